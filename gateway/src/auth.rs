@@ -1,0 +1,309 @@
+//! Authentication: JWT verification and minting, and the identity a connection carries.
+//!
+//! Owns the token format (claims of SPEC.md "Running and configuration") and which
+//! algorithm is accepted: the configured key pins it, so `alg: none` or an HS256 token
+//! signed with an RSA public key never verify. Tokens never reach a log line.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use roomcast_shared::Role;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AuthMode, Config, ConfigError, TokenArgs};
+use crate::util::{now_ms, random_id};
+
+/// JWT claims (the token is a boundary, so these are serialisable).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub roles: Vec<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// Who a connection is, after authentication.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: String,
+    /// Allowed roles; the first is the default at `join`.
+    pub roles: Vec<Role>,
+    /// Allowed sessions; `None` means any.
+    pub sessions: Option<HashSet<String>>,
+    pub name: Option<String>,
+    /// When the token expires (Unix ms); the connection is closed with 4001 then.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl Identity {
+    pub fn may_join(&self, session: &str) -> bool {
+        self.sessions.as_ref().is_none_or(|s| s.contains(session))
+    }
+
+    pub fn default_role(&self) -> Option<Role> {
+        self.roles.first().copied()
+    }
+}
+
+/// Why a token was refused: 401 (no or bad credential) or 403 (valid, not allowed).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("token expired")]
+    Expired,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+}
+
+/// Verifies tokens with the configured key; built once at start-up.
+pub struct Authenticator {
+    mode: AuthMode,
+    decoding: Option<DecodingKey>,
+    encoding: Option<EncodingKey>,
+    validation: Validation,
+    algorithm: Algorithm,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys stay out of Debug output.
+        f.debug_struct("Authenticator")
+            .field("mode", &self.mode)
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let (algorithm, decoding, encoding) = match (&config.jwt_secret, &config.jwt_public_key) {
+            (Some(secret), _) => (
+                Algorithm::HS256,
+                Some(DecodingKey::from_secret(secret.as_bytes())),
+                Some(EncodingKey::from_secret(secret.as_bytes())),
+            ),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ConfigError(format!("cannot read ROOMCAST_JWT_PUBLIC_KEY {}: {e}", path.display()))
+                })?;
+                if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                    (Algorithm::RS256, Some(key), None)
+                } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                    (Algorithm::ES256, Some(key), None)
+                } else {
+                    return Err(ConfigError(format!(
+                        "ROOMCAST_JWT_PUBLIC_KEY {} is not an RSA or EC public key in PEM",
+                        path.display()
+                    )));
+                }
+            }
+            (None, None) => (Algorithm::HS256, None, None),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        match &config.jwt_issuer {
+            Some(iss) => validation.set_issuer(&[iss]),
+            None => validation.iss = None,
+        }
+        match &config.jwt_audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Authenticator {
+            mode: config.auth,
+            decoding,
+            encoding,
+            validation,
+            algorithm,
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+        })
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.mode == AuthMode::Off
+    }
+
+    /// Verifies a token and returns who it names.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let key = self
+            .decoding
+            .as_ref()
+            .ok_or_else(|| AuthError::Invalid("no verification key configured".into()))?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::Invalid("token not valid yet".into()),
+                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not accepted".into()),
+                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
+                ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
+                ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing `{c}`")),
+                _ => AuthError::Invalid("malformed token".into()),
+            }
+        })?;
+        let claims = data.claims;
+        if claims.sub.is_empty() || claims.sub.len() > 128 {
+            return Err(AuthError::Invalid("`sub` must be 1 to 128 characters".into()));
+        }
+        if claims.roles.is_empty() {
+            return Err(AuthError::Forbidden("token allows no role".into()));
+        }
+        Ok(Identity {
+            user: claims.sub,
+            roles: claims.roles,
+            sessions: claims.sessions.map(|s| s.into_iter().collect()),
+            name: claims.name,
+            expires_at_ms: Some(claims.exp.saturating_mul(1000)),
+        })
+    }
+
+    /// The identity of an unauthenticated connection when auth is off (development).
+    pub fn anonymous(&self, user: Option<&str>) -> Identity {
+        Identity {
+            user: user
+                .filter(|u| !u.is_empty() && u.len() <= 128)
+                .map(String::from)
+                .unwrap_or_else(|| format!("anon-{}", random_id(8))),
+            roles: vec![Role::Controller, Role::Display, Role::Observer],
+            sessions: None,
+            name: None,
+            expires_at_ms: None,
+        }
+    }
+
+    /// Signs a token with the configured secret (HS256 only: we never hold private keys).
+    pub fn mint(&self, args: &TokenArgs) -> Result<String, AuthError> {
+        let key = self.encoding.as_ref().ok_or_else(|| {
+            AuthError::Invalid("minting needs ROOMCAST_JWT_SECRET (public-key mode cannot sign)".into())
+        })?;
+        self.mint_claims(key, args.sub.clone(), args.roles.clone(), &args.sessions, args.name.clone(), args.ttl)
+    }
+
+    fn mint_claims(
+        &self,
+        key: &EncodingKey,
+        sub: String,
+        roles: Vec<Role>,
+        sessions: &[String],
+        name: Option<String>,
+        ttl: Duration,
+    ) -> Result<String, AuthError> {
+        let now = now_ms() / 1000;
+        let claims = Claims {
+            sub,
+            roles,
+            sessions: (!sessions.is_empty()).then(|| sessions.to_vec()),
+            name,
+            exp: now + ttl.as_secs().max(1),
+            nbf: Some(now),
+            iat: Some(now),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key)
+            .map_err(|e| AuthError::Invalid(format!("cannot sign: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(extra: &[(&str, &str)]) -> Authenticator {
+        let mut pairs = vec![("jwt-secret", "0123456789abcdef0123456789abcdef")];
+        pairs.extend_from_slice(extra);
+        Authenticator::from_config(&Config::from_pairs(&pairs).unwrap()).unwrap()
+    }
+
+    fn args(ttl: Duration) -> TokenArgs {
+        TokenArgs {
+            sub: "alice".into(),
+            roles: vec![Role::Controller, Role::Display],
+            sessions: vec!["s1".into()],
+            name: Some("Alice".into()),
+            ttl,
+        }
+    }
+
+    #[test]
+    fn mint_then_verify() {
+        let a = auth(&[]);
+        let token = a.mint(&args(Duration::from_secs(60))).unwrap();
+        let id = a.verify(&token).unwrap();
+        assert_eq!(id.user, "alice");
+        assert_eq!(id.default_role(), Some(Role::Controller));
+        assert!(id.may_join("s1"));
+        assert!(!id.may_join("s2"));
+    }
+
+    #[test]
+    fn wrong_secret_is_invalid() {
+        let token = auth(&[]).mint(&args(Duration::from_secs(60))).unwrap();
+        let other = Authenticator::from_config(
+            &Config::from_pairs(&[("jwt-secret", "another-secret-of-enough-length")]).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(other.verify(&token), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        use base64_url as b64;
+        let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = b64(br#"{"sub":"eve","roles":["controller"],"exp":99999999999}"#);
+        let token = format!("{header}.{body}.");
+        assert!(matches!(auth(&[]).verify(&token), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn audience_and_issuer_are_checked_when_configured() {
+        let minter = auth(&[("jwt-audience", "other"), ("jwt-issuer", "me")]);
+        let token = minter.mint(&args(Duration::from_secs(60))).unwrap();
+        let checker = auth(&[("jwt-audience", "roomcast"), ("jwt-issuer", "me")]);
+        assert!(matches!(checker.verify(&token), Err(AuthError::Invalid(_))));
+        let same = auth(&[("jwt-audience", "other"), ("jwt-issuer", "me")]);
+        assert!(same.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn garbage_is_invalid() {
+        let a = auth(&[]);
+        for t in ["", "a.b.c", "not a token", "....."] {
+            assert!(matches!(a.verify(t), Err(AuthError::Invalid(_))), "{t}");
+        }
+    }
+
+    /// Unpadded base64url, enough for forging test tokens.
+    fn base64_url(bytes: &[u8]) -> String {
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}

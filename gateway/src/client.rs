@@ -1,0 +1,302 @@
+//! One client's outbound side: its bounded send queue, its writer task and its close signal.
+//!
+//! Owns the rule of STYLE.md practice 4: producers (fan-out, replies) only `try_send`; a
+//! full queue closes that client with 4008 and nobody else waits. The writer drains the
+//! queue in batches, feeding every frame and flushing once per batch. Frames shared by many
+//! clients are encoded once per format ([`SharedFrame`]).
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::SplitSink;
+use futures_util::SinkExt;
+use roomcast_shared::{close, encode, Format, ServerFrame};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics as m;
+
+/// What the writer task sends.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(Message),
+    /// Close after everything queued before it (used for `session/ended` then 4000).
+    Close(u16),
+}
+
+/// The sending half of a client, cheap to clone into session pumps.
+#[derive(Clone, Debug)]
+pub struct ClientHandle {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: String,
+    user: String,
+    format: Format,
+    tx: mpsc::Sender<Outbound>,
+    kill: CancellationToken,
+    /// The close code the writer sends when `kill` fires; the first reason wins.
+    code: AtomicU16,
+}
+
+/// Result of offering a frame to a client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// The queue was full: the client is being closed with 4008.
+    Overflow,
+    /// The client is already gone.
+    Closed,
+}
+
+impl ClientHandle {
+    /// Creates the handle and the receiver its writer drains.
+    pub fn new(id: String, user: String, format: Format, queue: usize) -> (Self, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let inner = Inner {
+            id,
+            user,
+            format,
+            tx,
+            kill: CancellationToken::new(),
+            code: AtomicU16::new(0),
+        };
+        (ClientHandle { inner: Arc::new(inner) }, rx)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    pub fn user(&self) -> &str {
+        &self.inner.user
+    }
+
+    pub fn format(&self) -> Format {
+        self.inner.format
+    }
+
+    /// Fires when the client must go: slow consumer, drain, session ended, token expiry.
+    pub fn killed(&self) -> &CancellationToken {
+        &self.inner.kill
+    }
+
+    /// The close code chosen when the client was killed.
+    pub fn close_code(&self) -> u16 {
+        match self.inner.code.load(Ordering::Acquire) {
+            0 => close::NORMAL,
+            c => c,
+        }
+    }
+
+    /// Closes the client now with `code`, skipping anything still queued.
+    pub fn kill(&self, code: u16) {
+        let _ = self
+            .inner
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.inner.kill.cancel();
+    }
+
+    /// Queues a message without waiting. A full queue kills the client with 4008.
+    pub fn offer(&self, msg: Message) -> Offer {
+        match self.inner.tx.try_send(Outbound::Frame(msg)) {
+            Ok(()) => Offer::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.inner.kill.is_cancelled() {
+                    m::slow_consumer();
+                    tracing::info!(client_id = %self.inner.id, "send queue full: closing slow consumer");
+                    self.kill(close::SLOW_CONSUMER);
+                }
+                Offer::Overflow
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+        }
+    }
+
+    /// Encodes and queues a frame meant for this client only.
+    pub fn send(&self, frame: &ServerFrame) -> Offer {
+        if let ServerFrame::Error { code, .. } = frame {
+            m::error_sent(code.as_str());
+        }
+        match encode_message(self.inner.format, frame) {
+            Some(msg) => self.offer(msg),
+            None => Offer::Closed,
+        }
+    }
+
+    /// Queues a close behind what is already queued; kills at once if the queue is full.
+    pub fn close_after_queue(&self, code: u16) {
+        if self.inner.tx.try_send(Outbound::Close(code)).is_err() {
+            self.kill(code);
+        }
+    }
+}
+
+/// Encodes one frame for one format. Our frames always encode; a failure is logged.
+fn encode_message(format: Format, frame: &ServerFrame) -> Option<Message> {
+    match encode(format, frame) {
+        Ok(bytes) => Some(match format {
+            // serde_json output is UTF-8 by construction.
+            Format::Json => Message::Text(Utf8Bytes::try_from(Bytes::from(bytes)).ok()?),
+            Format::Msgpack => Message::Binary(Bytes::from(bytes)),
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a server frame");
+            None
+        }
+    }
+}
+
+/// A frame for many clients, encoded at most once per format and shared by reference count.
+pub struct SharedFrame {
+    frame: ServerFrame,
+    json: OnceLock<Option<Message>>,
+    msgpack: OnceLock<Option<Message>>,
+}
+
+impl SharedFrame {
+    pub fn new(frame: ServerFrame) -> Self {
+        SharedFrame {
+            frame,
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        }
+    }
+
+    /// The encoded message for `format` (a cheap clone of shared bytes).
+    pub fn message(&self, format: Format) -> Option<Message> {
+        let cell = match format {
+            Format::Json => &self.json,
+            Format::Msgpack => &self.msgpack,
+        };
+        cell.get_or_init(|| encode_message(format, &self.frame)).clone()
+    }
+}
+
+/// How long a close frame may take to leave before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Frames fed per flush.
+const BATCH: usize = 64;
+
+/// Drains the client's queue into the socket until the queue closes or the client is
+/// killed; then sends the close frame (bounded in time) and returns.
+pub async fn run_writer(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    client: ClientHandle,
+) {
+    let kill = client.killed().clone();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut close_code = None;
+    loop {
+        let write = async {
+            if rx.recv_many(&mut batch, BATCH).await == 0 {
+                return Ok(Some(close::NORMAL));
+            }
+            for item in batch.drain(..) {
+                match item {
+                    Outbound::Frame(msg) => sink.feed(msg).await?,
+                    Outbound::Close(code) => return Ok(Some(code)),
+                }
+            }
+            sink.flush().await.map(|()| None)
+        };
+        tokio::select! {
+            biased;
+            _ = kill.cancelled() => break,
+            result = write => match result {
+                Ok(None) => {}
+                Ok(Some(code)) => {
+                    close_code = Some(code);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "write failed");
+                    // The peer is gone; make the reader stop too.
+                    client.kill(close::NORMAL);
+                    return;
+                }
+            },
+        }
+    }
+    let code = close_code.unwrap_or_else(|| client.close_code());
+    if close_code.is_some() {
+        client.kill(code);
+    }
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(close_reason(code)),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+/// The reason text sent with each close code.
+pub fn close_reason(code: u16) -> &'static str {
+    match code {
+        close::NORMAL => "bye",
+        close::GOING_AWAY => "going away: reconnect with since",
+        close::INVALID_PAYLOAD => "invalid UTF-8",
+        close::POLICY => "policy violation",
+        close::TOO_BIG => "frame too large",
+        close::INTERNAL => "internal error",
+        close::TRY_AGAIN_LATER => "try again later",
+        close::SESSION_ENDED => "session ended",
+        close::TOKEN_EXPIRED => "token expired",
+        close::FORBIDDEN => "forbidden",
+        close::SLOW_CONSUMER => "slow consumer",
+        close::RATE_LIMITED => "rate limited",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_kills_with_4008_once() {
+        let (client, _rx) = ClientHandle::new("c".into(), "u".into(), Format::Json, 2);
+        let frame = ServerFrame::Pong { reference: None };
+        assert_eq!(client.send(&frame), Offer::Queued);
+        assert_eq!(client.send(&frame), Offer::Queued);
+        assert_eq!(client.send(&frame), Offer::Overflow);
+        assert!(client.killed().is_cancelled());
+        assert_eq!(client.close_code(), close::SLOW_CONSUMER);
+        // A later reason does not overwrite the first.
+        client.kill(close::GOING_AWAY);
+        assert_eq!(client.close_code(), close::SLOW_CONSUMER);
+    }
+
+    #[tokio::test]
+    async fn shared_frame_encodes_once_per_format() {
+        let shared = SharedFrame::new(ServerFrame::Pong { reference: Some("r".into()) });
+        let a = shared.message(Format::Json).unwrap();
+        let b = shared.message(Format::Json).unwrap();
+        match (a, b) {
+            (Message::Text(a), Message::Text(b)) => {
+                assert_eq!(a.as_str(), r#"{"type":"pong","ref":"r"}"#);
+                // Same allocation: the bytes were shared, not re-encoded.
+                assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(shared.message(Format::Msgpack), Some(Message::Binary(_))));
+    }
+
+    #[tokio::test]
+    async fn closed_queue_reports_closed() {
+        let (client, rx) = ClientHandle::new("c".into(), "u".into(), Format::Json, 2);
+        drop(rx);
+        assert_eq!(client.send(&ServerFrame::Pong { reference: None }), Offer::Closed);
+    }
+}

@@ -1,0 +1,378 @@
+//! Typed configuration: flags and `ROOMCAST_*` variables parsed once into `Config`.
+//!
+//! Owns every knob of SPEC.md "Running and configuration" and its validation. Nothing else
+//! reads the environment. Tests build configs with [`Config::from_pairs`] instead of
+//! touching the process environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit code for an invalid configuration (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "roomcast", version, about = "Roomcast realtime gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Print a JWT signed with the configured secret, for development and tests.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// Allowed role; repeat for several. The first is the default role at join.
+    #[arg(long = "role", value_parser = parse_role, required = true)]
+    pub roles: Vec<roomcast_shared::Role>,
+    /// Allowed session; repeat for several. Absent: any session.
+    #[arg(long = "session")]
+    pub sessions: Vec<String>,
+    /// Display name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+/// How tokens are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// JWTs are required (the default).
+    Jwt,
+    /// No authentication at all: development only, logged loudly.
+    Off,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A sliding-window rate: `COUNT/WINDOW` such as `10/60s`; `0` disables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub window: Duration,
+}
+
+impl Rate {
+    pub fn is_disabled(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "0" {
+            return Ok(Rate {
+                count: 0,
+                window: Duration::from_secs(1),
+            });
+        }
+        let (count, window) = s
+            .split_once('/')
+            .ok_or_else(|| format!("rate `{s}` is not COUNT/WINDOW (like 10/60s) or 0"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("rate `{s}`: `{count}` is not a count"))?;
+        let window = parse_duration(window.trim())?;
+        if window.is_zero() {
+            return Err(format!("rate `{s}`: the window must be positive"));
+        }
+        Ok(Rate { count, window })
+    }
+}
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    s.parse()
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration (like 30s, 15m): {e}"))
+}
+
+fn parse_role(s: &str) -> Result<roomcast_shared::Role, String> {
+    roomcast_shared::Role::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a role (controller, display, observer)"))
+}
+
+/// Everything the gateway is configured with.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Redis URL: redis://, rediss://, redis-cluster://, redis-sentinel://.
+    #[arg(long, env = "ROOMCAST_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Connections in the Redis command pool.
+    #[arg(long, env = "ROOMCAST_REDIS_POOL", default_value_t = 4)]
+    pub redis_pool: usize,
+    /// Timeout of one Redis command (and of the readiness PING).
+    #[arg(long, env = "ROOMCAST_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "ROOMCAST_KEY_PREFIX", default_value = "rc")]
+    pub key_prefix: String,
+    /// Node id; defaults to the hostname plus a random suffix.
+    #[arg(long, env = "ROOMCAST_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// `jwt` (default) or `off` (development only).
+    #[arg(long, env = "ROOMCAST_AUTH", value_enum, default_value = "jwt")]
+    pub auth: AuthMode,
+    /// HMAC secret for HS256 tokens.
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with an RSA or EC public key (RS256/ES256 tokens).
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss`; unchecked when unset.
+    #[arg(long, env = "ROOMCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud`; unchecked when unset.
+    #[arg(long, env = "ROOMCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Server API key (REST server routes).
+    #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Admin token (REST admin routes).
+    #[arg(long, env = "ROOMCAST_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Comma-separated `Origin` allow-list for upgrades; empty allows any origin.
+    #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Comma-separated peer addresses whose `X-Forwarded-For` is trusted.
+    #[arg(long, env = "ROOMCAST_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+
+    /// Messages kept per session.
+    #[arg(long, env = "ROOMCAST_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: u32,
+    /// Lifetime of a session's keys after its last write.
+    #[arg(long, env = "ROOMCAST_HISTORY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+    /// WebSocket ping interval; presence is refreshed on the same clock.
+    #[arg(long, env = "ROOMCAST_HEARTBEAT", default_value = "25s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    #[arg(long, env = "ROOMCAST_INACTIVITY_WARNING", default_value = "10m", value_parser = parse_duration)]
+    pub inactivity_warning: Duration,
+    #[arg(long, env = "ROOMCAST_INACTIVITY_TIMEOUT", default_value = "15m", value_parser = parse_duration)]
+    pub inactivity_timeout: Duration,
+    #[arg(long, env = "ROOMCAST_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub max_lifetime: Duration,
+    /// A member is idle after this long without activity.
+    #[arg(long, env = "ROOMCAST_IDLE_AFTER", default_value = "30m", value_parser = parse_duration)]
+    pub idle_after: Duration,
+    /// Largest accepted WebSocket message, in bytes.
+    #[arg(long, env = "ROOMCAST_MAX_FRAME_BYTES", default_value_t = 65536)]
+    pub max_frame_bytes: usize,
+    /// Frames queued per client before it is closed as a slow consumer (4008).
+    #[arg(long, env = "ROOMCAST_SEND_QUEUE", default_value_t = 1024)]
+    pub send_queue: usize,
+    /// Most WebSocket connections this instance accepts; 0: no cap besides the OS.
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+    /// Members listed in `joined.presence` (the largest sessions get the first ones).
+    #[arg(long, env = "ROOMCAST_PRESENCE_LIST_MAX", default_value_t = 1000)]
+    pub presence_list_max: u32,
+
+    #[arg(long, env = "ROOMCAST_RATE_PUBLISH", default_value = "10/60s", value_parser = parse_rate)]
+    pub rate_publish: Rate,
+    #[arg(long, env = "ROOMCAST_RATE_PUBLISH_IP", default_value = "20/60s", value_parser = parse_rate)]
+    pub rate_publish_ip: Rate,
+    #[arg(long, env = "ROOMCAST_RATE_CONNECT", default_value = "30/60s", value_parser = parse_rate)]
+    pub rate_connect: Rate,
+    #[arg(long, env = "ROOMCAST_RATE_API", default_value = "100/15m", value_parser = parse_rate)]
+    pub rate_api: Rate,
+    #[arg(long, env = "ROOMCAST_RATE_API_STRICT", default_value = "20/15m", value_parser = parse_rate)]
+    pub rate_api_strict: Rate,
+    #[arg(long, env = "ROOMCAST_RATE_BURST", default_value = "10/1s", value_parser = parse_rate)]
+    pub rate_burst: Rate,
+    /// Per-connection token bucket for `signal` and `typing`.
+    #[arg(long, env = "ROOMCAST_RATE_SIGNAL", default_value = "20/1s", value_parser = parse_rate)]
+    pub rate_signal: Rate,
+
+    /// How long shutdown waits for connections and tasks.
+    #[arg(long, env = "ROOMCAST_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Log filter (tracing env-filter syntax).
+    #[arg(long, env = "ROOMCAST_LOG", default_value = "info")]
+    pub log: String,
+    #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// OTLP collector endpoint (also read from OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, env = "ROOMCAST_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+/// A configuration that cannot work, with a one-line reason.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Builds a config from `(flag, value)` pairs on top of the defaults, ignoring the
+    /// process environment's `ROOMCAST_*` values only in the sense that flags win.
+    /// Meant for tests: `Config::from_pairs(&[("redis-url", url)])`.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut args = vec!["roomcast".to_string()];
+        for (k, v) in pairs {
+            args.push(format!("--{k}={v}"));
+        }
+        let cli = Cli::try_parse_from(args).map_err(|e| ConfigError(e.to_string()))?;
+        cli.config.validate()?;
+        Ok(cli.config)
+    }
+
+    /// Checks what clap cannot: combinations and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: &str| Err(ConfigError(m.to_string()));
+        if self.auth == AuthMode::Jwt && self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+        {
+            return fail(
+                "ROOMCAST_JWT_SECRET or ROOMCAST_JWT_PUBLIC_KEY is required (or ROOMCAST_AUTH=off for development)",
+            );
+        }
+        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+            return fail("set only one of ROOMCAST_JWT_SECRET and ROOMCAST_JWT_PUBLIC_KEY");
+        }
+        if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
+            return fail("ROOMCAST_JWT_SECRET must be at least 16 bytes");
+        }
+        if self.history_size == 0 {
+            return fail("ROOMCAST_HISTORY_SIZE must be at least 1");
+        }
+        if self.heartbeat < Duration::from_millis(100) {
+            return fail("ROOMCAST_HEARTBEAT must be at least 100ms");
+        }
+        if self.history_ttl < Duration::from_secs(1) {
+            return fail("ROOMCAST_HISTORY_TTL must be at least 1s");
+        }
+        if self.inactivity_warning >= self.inactivity_timeout {
+            return fail("ROOMCAST_INACTIVITY_WARNING must be shorter than ROOMCAST_INACTIVITY_TIMEOUT");
+        }
+        if self.max_frame_bytes < 256 {
+            return fail("ROOMCAST_MAX_FRAME_BYTES must be at least 256");
+        }
+        if self.send_queue < 8 {
+            return fail("ROOMCAST_SEND_QUEUE must be at least 8");
+        }
+        if self.redis_pool == 0 {
+            return fail("ROOMCAST_REDIS_POOL must be at least 1");
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
+            return fail("ROOMCAST_KEY_PREFIX must be non-empty without braces or spaces");
+        }
+        if self.allowed_origins.iter().any(|o| o.trim().is_empty()) {
+            return fail("ROOMCAST_ALLOWED_ORIGINS has an empty entry");
+        }
+        if let Some(node) = &self.node_id {
+            if node.is_empty() || node.len() > 64 {
+                return fail("ROOMCAST_NODE_ID must be 1 to 64 characters");
+            }
+        }
+        Ok(())
+    }
+
+    /// The node id: configured, or hostname plus a random suffix.
+    pub fn resolve_node_id(&self) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "roomcast".to_string());
+        format!("{host}-{}", crate::util::random_id(6))
+    }
+
+    /// The OTLP endpoint from our variable or the standard one.
+    pub fn otlp(&self) -> Option<String> {
+        self.otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_spec() {
+        let c = Config::from_pairs(&[("jwt-secret", "0123456789abcdef0123")]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.history_size, 100);
+        assert_eq!(c.history_ttl, Duration::from_secs(86400));
+        assert_eq!(c.heartbeat, Duration::from_secs(25));
+        assert_eq!(c.max_frame_bytes, 65536);
+        assert_eq!(c.send_queue, 1024);
+        assert_eq!(
+            c.rate_publish,
+            Rate {
+                count: 10,
+                window: Duration::from_secs(60)
+            }
+        );
+        assert!(c.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(
+            "20/15m".parse::<Rate>().unwrap(),
+            Rate {
+                count: 20,
+                window: Duration::from_secs(900)
+            }
+        );
+        assert!("0".parse::<Rate>().unwrap().is_disabled());
+        assert!("ten/1s".parse::<Rate>().is_err());
+        assert!("10".parse::<Rate>().is_err());
+        assert!("10/0s".parse::<Rate>().is_err());
+    }
+
+    #[test]
+    fn auth_required_unless_off() {
+        assert!(Config::from_pairs(&[]).is_err());
+        assert!(Config::from_pairs(&[("auth", "off")]).is_ok());
+        assert!(Config::from_pairs(&[("jwt-secret", "short")]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let s = ("jwt-secret", "0123456789abcdef0123");
+        assert!(Config::from_pairs(&[s, ("heartbeat", "soon")]).is_err());
+        assert!(Config::from_pairs(&[s, ("history-size", "0")]).is_err());
+        assert!(Config::from_pairs(&[s, ("listen", "nowhere")]).is_err());
+        assert!(Config::from_pairs(&[s, ("inactivity-warning", "20m")]).is_err());
+        let c = Config::from_pairs(&[s, ("allowed-origins", "https://a.example,https://b.example")])
+            .unwrap();
+        assert_eq!(c.allowed_origins, vec!["https://a.example", "https://b.example"]);
+    }
+}

@@ -1,0 +1,684 @@
+//! WebSocket connections: the checks before the upgrade, then one task per connection.
+//!
+//! Owns the HTTP-side admission (draining, `Origin`, connection cap, token, subprotocol),
+//! and after the upgrade the connection's read loop: decoding frames, applying commands,
+//! heartbeats, token expiry, and leaving every session when the socket ends. Outbound
+//! frames go through the client's bounded queue (`client`); session fan-out happens in the
+//! session pump (`session`). A bad frame gets an `error` frame; only the close codes of
+//! SPEC.md end a connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use futures_util::StreamExt;
+use roomcast_shared::{
+    close, decode_client, ClientFrame, ErrorCode, Format, From, Role, ServerFrame, PROTOCOL_VERSION,
+    SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
+};
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::auth::{AuthError, Identity};
+use crate::client::{self, ClientHandle};
+use crate::envelope::{encode_entry_tail, kind, Event, MemberInfo};
+use crate::http::problem;
+use crate::hub::SessionHandle;
+use crate::metrics as m;
+use crate::session::{Command, JoinError, JoinRequest};
+use crate::store::StoreError;
+use crate::util::{now_ms, random_id, valid_id};
+use crate::App;
+
+/// Sessions one connection may be joined to at once.
+const MAX_SESSIONS_PER_CONNECTION: usize = 16;
+/// Longest display name.
+const MAX_NAME_LEN: usize = 64;
+/// Longest `ref`.
+const MAX_REF_LEN: usize = 128;
+
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+    /// Only with `ROOMCAST_AUTH=off`: the user id to act as.
+    user: Option<String>,
+}
+
+/// `GET /ws`: admission checks, then the upgrade.
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    mut ws: WebSocketUpgrade,
+) -> Response {
+    if app.is_draining() {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "node is draining; connect to another node");
+    }
+    if !origin_allowed(&app.config.allowed_origins, &headers) {
+        return problem(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed");
+    }
+    let cap = app.config.max_connections;
+    if cap > 0 && app.hub.client_count() >= cap {
+        let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "connection limit reached");
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    let identity = match authenticate(&app, &headers, &query) {
+        Ok(identity) => identity,
+        Err(e) => {
+            let (status, code) = match e {
+                AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+                _ => (StatusCode::UNAUTHORIZED, ErrorCode::Forbidden),
+            };
+            return problem(status, code, &e.to_string());
+        }
+    };
+    let format = match select_protocol(&mut ws) {
+        Ok(format) => format,
+        Err(offered) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                &format!("unsupported subprotocol {offered:?}; use {SUBPROTOCOL_JSON} or {SUBPROTOCOL_MSGPACK}"),
+            )
+        }
+    };
+    let max = app.config.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        // Small per-connection buffers: most frames are small and idle sockets are many.
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .on_upgrade(move |socket| {
+            let tracker = app.tracker.clone();
+            tracker.track_future(run(app, socket, identity, format, peer))
+        })
+}
+
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    // Browsers always send Origin; a client without one is not a browser page and cannot
+    // be the victim of cross-site WebSocket hijacking.
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+}
+
+fn authenticate(app: &App, headers: &HeaderMap, query: &WsQuery) -> Result<Identity, AuthError> {
+    if app.auth.is_off() {
+        return Ok(app.auth.anonymous(query.user.as_deref()));
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let token = bearer
+        .or(query.token.as_deref())
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::Missing)?;
+    app.auth.verify(token)
+}
+
+/// Picks the first offered subprotocol we speak; none offered means JSON.
+fn select_protocol(ws: &mut WebSocketUpgrade) -> Result<Format, String> {
+    let offered: Vec<String> = ws
+        .requested_protocols()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if offered.is_empty() {
+        return Ok(Format::Json);
+    }
+    for p in &offered {
+        let format = match p.as_str() {
+            SUBPROTOCOL_JSON => Format::Json,
+            SUBPROTOCOL_MSGPACK => Format::Msgpack,
+            _ => continue,
+        };
+        ws.set_selected_protocol(HeaderValue::from_static(match format {
+            Format::Json => SUBPROTOCOL_JSON,
+            Format::Msgpack => SUBPROTOCOL_MSGPACK,
+        }));
+        return Ok(format);
+    }
+    Err(offered.join(", "))
+}
+
+/// A session this connection has joined.
+struct Joined {
+    handle: SessionHandle,
+    info: MemberInfo,
+}
+
+/// A command's failure, sent back as an `error` frame (and maybe a close).
+struct Failure {
+    code: ErrorCode,
+    message: String,
+    retry_after_ms: Option<u64>,
+    close: Option<u16>,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+            close: None,
+        }
+    }
+
+    fn from_store(e: StoreError) -> Self {
+        match e {
+            StoreError::SessionEnded => Failure::new(ErrorCode::SessionEnded, "the session has ended"),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "redis unavailable");
+                Failure {
+                    retry_after_ms: Some(1000),
+                    ..Failure::new(ErrorCode::Unavailable, "storage unavailable, retry later")
+                }
+            }
+            StoreError::Internal(detail) => {
+                tracing::error!(error = %detail, "redis error");
+                Failure::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+struct Connection {
+    app: Arc<App>,
+    client: ClientHandle,
+    identity: Identity,
+    sessions: HashMap<String, Joined>,
+}
+
+/// The connection task: from `welcome` to the last leave.
+async fn run(app: Arc<App>, socket: WebSocket, identity: Identity, format: Format, peer: SocketAddr) {
+    let client_id = random_id(16);
+    let span = tracing::info_span!("conn", client_id = %client_id, peer = %peer, user = %identity.user);
+    async move {
+        let role = identity.default_role().map(Role::as_str).unwrap_or("none");
+        let (sink, mut stream) = socket.split();
+        let (client, rx) = ClientHandle::new(client_id.clone(), identity.user.clone(), format, app.config.send_queue);
+        app.hub.add_client(client.clone());
+        m::connection_opened(role);
+        tracing::debug!("connected");
+        let writer = app
+            .tracker
+            .spawn(client::run_writer(sink, rx, client.clone()).in_current_span());
+        client.send(&ServerFrame::Welcome {
+            client_id: client_id.clone(),
+            node: app.node_id.clone(),
+            heartbeat_ms: app.config.heartbeat.as_millis() as u64,
+            protocol: PROTOCOL_VERSION,
+        });
+        let mut conn = Connection {
+            app: app.clone(),
+            client: client.clone(),
+            identity,
+            sessions: HashMap::new(),
+        };
+        let reason = conn.read_loop(&mut stream).await;
+        conn.leave_all();
+        app.hub.remove_client(&client_id);
+        // Let the writer send its close frame; it is bounded by its own timeout.
+        client.kill(close::NORMAL);
+        let _ = writer.await;
+        m::connection_closed(role, reason);
+        tracing::debug!(reason, code = client.close_code(), "disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+impl Connection {
+    /// Reads until the client leaves or must go; answers why, for the metric label.
+    async fn read_loop(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) -> &'static str {
+        let heartbeat = self.app.config.heartbeat;
+        let mut ping = interval_at(Instant::now() + heartbeat, heartbeat);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_seen = Instant::now();
+        let expires = self.identity.expires_at_ms.map(|exp| {
+            Instant::now() + Duration::from_millis(exp.saturating_sub(now_ms()))
+        });
+        let expiry = async move {
+            match expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        let killed = self.client.killed().clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = killed.cancelled() => return close_label(self.client.close_code()),
+                _ = &mut expiry => {
+                    self.client.kill(close::TOKEN_EXPIRED);
+                    return "token_expired";
+                }
+                _ = ping.tick() => {
+                    if last_seen.elapsed() > heartbeat * 2 {
+                        self.client.kill(close::GOING_AWAY);
+                        return "heartbeat_timeout";
+                    }
+                    self.client.offer(Message::Ping(Default::default()));
+                }
+                msg = stream.next() => {
+                    let msg = match msg {
+                        None => return "client_closed",
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => return self.read_error(e),
+                    };
+                    last_seen = Instant::now();
+                    match msg {
+                        Message::Text(text) => self.on_bytes(Format::Json, text.as_bytes()).await,
+                        Message::Binary(bytes) => self.on_bytes(Format::Msgpack, &bytes).await,
+                        // tungstenite answers pings itself; any frame proves liveness.
+                        Message::Ping(_) | Message::Pong(_) => {}
+                        Message::Close(_) => return "client_closed",
+                    }
+                }
+            }
+        }
+    }
+
+    /// A read error ends the connection; size and UTF-8 violations get their close codes.
+    fn read_error(&self, e: axum::Error) -> &'static str {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let inner = e.into_inner();
+        match inner.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(_)) => {
+                self.client.kill(close::TOO_BIG);
+                "too_large"
+            }
+            Some(WsError::Utf8(_)) => {
+                self.client.kill(close::INVALID_PAYLOAD);
+                "invalid_utf8"
+            }
+            Some(WsError::Protocol(p)) => {
+                tracing::debug!(error = %p, "protocol violation");
+                self.client.kill(close::POLICY);
+                "protocol_error"
+            }
+            _ => {
+                tracing::debug!(error = %inner, "read failed");
+                "io_error"
+            }
+        }
+    }
+
+    async fn on_bytes(&mut self, got: Format, bytes: &[u8]) {
+        let format = self.client.format();
+        if got != format {
+            let expected = match format {
+                Format::Json => "text frames (roomcast.v1.json)",
+                Format::Msgpack => "binary frames (roomcast.v1.msgpack)",
+            };
+            self.fail(None, Failure::new(ErrorCode::BadRequest, format!("this connection accepts {expected}")));
+            return;
+        }
+        let frame = match decode_client(format, bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                m::received("invalid");
+                self.fail(e.reference.map(clip_ref), Failure::new(e.code, e.message));
+                return;
+            }
+        };
+        m::received(frame.kind());
+        let reference = frame.reference().map(|r| clip_ref(r.to_string()));
+        if let Err(failure) = self.apply(frame).await {
+            self.fail(reference, failure);
+        }
+    }
+
+    fn fail(&self, reference: Option<String>, failure: Failure) {
+        self.client.send(&ServerFrame::Error {
+            reference,
+            code: failure.code,
+            message: failure.message,
+            retry_after_ms: failure.retry_after_ms,
+        });
+        if let Some(code) = failure.close {
+            self.client.close_after_queue(code);
+        }
+    }
+
+    async fn apply(&mut self, frame: ClientFrame) -> Result<(), Failure> {
+        match frame {
+            ClientFrame::Join {
+                session,
+                role,
+                name,
+                since,
+                reference,
+            } => self.join(session, role, name, since, reference).await,
+            ClientFrame::Leave { session, reference } => {
+                let joined = self
+                    .sessions
+                    .remove(&session)
+                    .ok_or_else(|| not_joined(&session))?;
+                let (done, wait) = oneshot::channel();
+                let leave = Command::Leave {
+                    client_id: self.client.id().to_string(),
+                    done: Some(done),
+                };
+                if joined.handle.tx.send(leave).await.is_ok() {
+                    let _ = wait.await;
+                }
+                self.ack(reference, None);
+                Ok(())
+            }
+            ClientFrame::Publish {
+                session,
+                data,
+                reference,
+            } => {
+                let started = std::time::Instant::now();
+                let from = self.writer_in(&session)?;
+                let now = now_ms();
+                let tail = encode_entry_tail(now, &from, &data)
+                    .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("data cannot be stored: {e}")))?;
+                let seq = self
+                    .app
+                    .store
+                    .publish(&session, tail, now)
+                    .await
+                    .map_err(Failure::from_store)?;
+                m::publish_duration(started.elapsed());
+                self.client.send(&ServerFrame::Ack {
+                    reference,
+                    seq: Some(seq),
+                });
+                self.note_activity(&session).await;
+                Ok(())
+            }
+            ClientFrame::Signal {
+                session,
+                data,
+                to,
+                reference,
+            } => {
+                let from = self.writer_in(&session)?;
+                if let Some(to) = &to {
+                    if !valid_id(to) {
+                        return Err(Failure::new(ErrorCode::BadRequest, "`to` is not a client id"));
+                    }
+                }
+                let payload = Event::Signal { from, data, to }.encode();
+                self.app
+                    .store
+                    .publish_event(&session, payload)
+                    .await
+                    .map_err(Failure::from_store)?;
+                self.ack(reference, None);
+                Ok(())
+            }
+            ClientFrame::Typing {
+                session,
+                active,
+                reference,
+            } => {
+                let from = self.writer_in(&session)?;
+                let payload = Event::Typing { from, active }.encode();
+                self.app
+                    .store
+                    .publish_event(&session, payload)
+                    .await
+                    .map_err(Failure::from_store)?;
+                self.ack(reference, None);
+                Ok(())
+            }
+            ClientFrame::Activity { session, reference } => {
+                if !self.sessions.contains_key(&session) {
+                    return Err(not_joined(&session));
+                }
+                self.touch(&session).await?;
+                self.ack(reference, None);
+                Ok(())
+            }
+            ClientFrame::Ping { reference } => {
+                self.client.send(&ServerFrame::Pong { reference });
+                Ok(())
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        session: String,
+        role: Option<Role>,
+        name: Option<String>,
+        since: Option<u64>,
+        reference: Option<String>,
+    ) -> Result<(), Failure> {
+        if !valid_id(&session) {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                "`session` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :",
+            ));
+        }
+        if self.sessions.contains_key(&session) {
+            return Err(Failure::new(ErrorCode::BadRequest, "already joined to this session"));
+        }
+        if self.sessions.len() >= MAX_SESSIONS_PER_CONNECTION {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("at most {MAX_SESSIONS_PER_CONNECTION} sessions per connection"),
+            ));
+        }
+        if !self.identity.may_join(&session) {
+            return Err(Failure::new(ErrorCode::Forbidden, "the token does not allow this session"));
+        }
+        let role = match role.or(self.identity.default_role()) {
+            Some(role) if self.identity.roles.contains(&role) => role,
+            Some(role) => {
+                return Err(Failure::new(
+                    ErrorCode::Forbidden,
+                    format!("the token does not allow the role {}", role.as_str()),
+                ))
+            }
+            None => return Err(Failure::new(ErrorCode::Forbidden, "the token allows no role")),
+        };
+        let name = name.or_else(|| self.identity.name.clone());
+        if name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_LEN) {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("`name` is longer than {MAX_NAME_LEN} characters"),
+            ));
+        }
+        let now = now_ms();
+        let info = MemberInfo {
+            client_id: self.client.id().to_string(),
+            user: self.identity.user.clone(),
+            role,
+            name,
+            node: self.app.node_id.clone(),
+            joined_at: now,
+            active_at: now,
+        };
+        // A pump that is retiring answers Retry; the next lookup spawns a fresh one.
+        for _ in 0..3 {
+            let handle = self.app.hub.session(&self.app, &session);
+            let (reply, answer) = oneshot::channel();
+            let request = JoinRequest {
+                client: self.client.clone(),
+                info: info.clone(),
+                since,
+                reference: reference.clone(),
+                reply,
+            };
+            if handle.tx.send(Command::Join(Box::new(request))).await.is_err() {
+                continue;
+            }
+            match answer.await {
+                Ok(Ok(())) => {
+                    self.sessions.insert(session, Joined { handle, info });
+                    return Ok(());
+                }
+                Ok(Err(JoinError::Retry)) | Err(_) => continue,
+                Ok(Err(JoinError::Store(StoreError::Unavailable(detail)))) => {
+                    tracing::warn!(error = %detail, "join failed: redis unavailable");
+                    return Err(Failure {
+                        close: Some(close::TRY_AGAIN_LATER),
+                        retry_after_ms: Some(1000),
+                        ..Failure::new(ErrorCode::Unavailable, "storage unavailable, reconnect later")
+                    });
+                }
+                Ok(Err(JoinError::Store(e))) => return Err(Failure::from_store(e)),
+            }
+        }
+        Err(Failure::new(ErrorCode::Internal, "could not join, retry"))
+    }
+
+    /// The `from` of a write in `session`, if this connection may write there.
+    fn writer_in(&self, session: &str) -> Result<From, Failure> {
+        let joined = self.sessions.get(session).ok_or_else(|| not_joined(session))?;
+        if !joined.info.role.can_write() {
+            return Err(Failure::new(ErrorCode::Forbidden, "observers cannot write"));
+        }
+        Ok(From {
+            client_id: joined.info.client_id.clone(),
+            user: joined.info.user.clone(),
+            role: joined.info.role,
+            name: joined.info.name.clone(),
+        })
+    }
+
+    fn ack(&self, reference: Option<String>, seq: Option<u64>) {
+        // Commands other than publish are acknowledged only when the client asked (ref).
+        if reference.is_some() || seq.is_some() {
+            self.client.send(&ServerFrame::Ack { reference, seq });
+        }
+    }
+
+    /// Records activity in presence after a write, at most every so often; a member that
+    /// was idle is announced active again.
+    async fn note_activity(&mut self, session: &str) {
+        let Some(joined) = self.sessions.get(session) else {
+            return;
+        };
+        let idle_after = self.app.config.idle_after.as_millis() as u64;
+        let stale_after = (idle_after / 2).min(60_000);
+        if now_ms().saturating_sub(joined.info.active_at) > stale_after {
+            if let Err(f) = self.touch(session).await {
+                tracing::debug!(error = %f.message, "activity update failed");
+            }
+        }
+    }
+
+    /// Writes this member's activity to presence and the session.
+    async fn touch(&mut self, session: &str) -> Result<(), Failure> {
+        let now = now_ms();
+        let idle_after = self.app.config.idle_after.as_millis() as u64;
+        let expiry = now + (self.app.config.heartbeat.as_millis() as u64) * 3 / 2;
+        let Some(joined) = self.sessions.get_mut(session) else {
+            return Err(not_joined(session));
+        };
+        let was_idle = now.saturating_sub(joined.info.active_at) > idle_after;
+        joined.info.active_at = now;
+        let info = joined.info.encode();
+        let announce = if was_idle { kind::UPDATE } else { 0 };
+        self.app
+            .store
+            .presence_set(session, self.client.id(), expiry, &info, announce, now)
+            .await
+            .map_err(Failure::from_store)
+    }
+
+    /// Leaves every joined session; the pumps remove the presence entries.
+    fn leave_all(&mut self) {
+        for (session, joined) in self.sessions.drain() {
+            let leave = Command::Leave {
+                client_id: self.client.id().to_string(),
+                done: None,
+            };
+            if joined.handle.tx.try_send(leave).is_err() {
+                // The pump is gone or saturated: remove the entry directly.
+                let app = self.app.clone();
+                let client_id = self.client.id().to_string();
+                self.app.tracker.spawn(async move {
+                    let _ = app.store.leave(&session, &client_id).await;
+                });
+            }
+        }
+    }
+}
+
+fn not_joined(session: &str) -> Failure {
+    let shown: String = session.chars().take(64).collect();
+    Failure::new(ErrorCode::NotJoined, format!("not joined to session `{shown}`"))
+}
+
+fn clip_ref(mut r: String) -> String {
+    if r.len() > MAX_REF_LEN {
+        let mut end = MAX_REF_LEN;
+        while !r.is_char_boundary(end) {
+            end -= 1;
+        }
+        r.truncate(end);
+    }
+    r
+}
+
+/// The disconnect-reason label for a close code.
+fn close_label(code: u16) -> &'static str {
+    match code {
+        close::GOING_AWAY => "going_away",
+        close::TOO_BIG => "too_large",
+        close::SESSION_ENDED => "session_ended",
+        close::TOKEN_EXPIRED => "token_expired",
+        close::SLOW_CONSUMER => "slow_consumer",
+        close::TRY_AGAIN_LATER => "unavailable",
+        close::RATE_LIMITED => "rate_limited",
+        close::FORBIDDEN => "forbidden",
+        close::POLICY => "policy",
+        _ => "closed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let mut h = HeaderMap::new();
+        assert!(origin_allowed(&[], &h));
+        let allowed = vec!["https://app.example".to_string()];
+        assert!(origin_allowed(&allowed, &h), "non-browser clients send no Origin");
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert!(!origin_allowed(&allowed, &h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://app.example"));
+        assert!(origin_allowed(&allowed, &h));
+    }
+
+    #[test]
+    fn refs_are_clipped_on_char_boundaries() {
+        let long = "é".repeat(100);
+        let clipped = clip_ref(long);
+        assert!(clipped.len() <= MAX_REF_LEN);
+        assert!(clipped.chars().all(|c| c == 'é'));
+    }
+}

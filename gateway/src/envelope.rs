@@ -1,0 +1,223 @@
+//! Internal encodings shared through Redis: history entries, member info, pub/sub payloads.
+//!
+//! Owns the msgpack layouts the Lua scripts assemble or forward (see `redis/*.lua`):
+//! an entry is the array `[seq, ts, from, data]`; a pub/sub payload is `[kind, body]`.
+//! These are not client-facing frames: the gateway turns them into `ServerFrame`s.
+
+use roomcast_shared::{From, HistoryMessage, Member, Role, SessionEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Payload kinds, the first element of every pub/sub payload.
+pub mod kind {
+    /// A stored message (`Entry`), published by `publish.lua`.
+    pub const MESSAGE: u8 = 1;
+    /// An ephemeral event (`Event`) encoded by a gateway.
+    pub const EVENT: u8 = 2;
+    /// A member left or expired (`MemberInfo`).
+    pub const LEAVE: u8 = 3;
+    /// A member joined (`MemberInfo`).
+    pub const JOIN: u8 = 4;
+    /// A member's info changed, e.g. it is active again (`MemberInfo`).
+    pub const UPDATE: u8 = 5;
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    pub ts: u64,
+    pub from: From,
+    pub data: Value,
+}
+
+impl Entry {
+    pub fn into_history(self) -> HistoryMessage {
+        HistoryMessage {
+            seq: self.seq,
+            ts: self.ts,
+            from: self.from,
+            data: self.data,
+        }
+    }
+}
+
+/// A member as stored in the session's `pinfo` hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub client_id: String,
+    pub user: String,
+    pub role: Role,
+    pub name: Option<String>,
+    pub node: String,
+    pub joined_at: u64,
+    /// Last activity (ms); `idle` is derived from it when shown.
+    pub active_at: u64,
+}
+
+impl MemberInfo {
+    pub fn to_member(&self, now_ms: u64, idle_after_ms: u64) -> Member {
+        Member {
+            client_id: self.client_id.clone(),
+            user: self.user.clone(),
+            role: self.role,
+            name: self.name.clone(),
+            node: self.node.clone(),
+            joined_at: self.joined_at,
+            idle: now_ms.saturating_sub(self.active_at) > idle_after_ms,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        // Our own types always encode; an empty payload would be rejected on decode.
+        rmp_serde::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+}
+
+/// Ephemeral events: never stored, no seq.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    Signal {
+        from: From,
+        data: Value,
+        /// Direct signal: only this client receives it.
+        to: Option<String>,
+    },
+    Typing {
+        from: From,
+        active: bool,
+    },
+    Session {
+        event: SessionEvent,
+        reason: Option<String>,
+        at: u64,
+    },
+}
+
+impl Event {
+    /// The pub/sub payload `[2, event]`.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(&(kind::EVENT, self)).unwrap_or_default()
+    }
+}
+
+/// A decoded pub/sub payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Envelope {
+    Message(Entry),
+    Event(Event),
+    Leave(MemberInfo),
+    Join(MemberInfo),
+    Update(MemberInfo),
+}
+
+/// A payload we could not read (another version, or corruption).
+#[derive(Debug, thiserror::Error)]
+#[error("bad pub/sub payload: {0}")]
+pub struct EnvelopeError(String);
+
+impl Envelope {
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        // Every payload is a 2-element array whose first element is a positive fixint.
+        let [0x92, k, body @ ..] = bytes else {
+            return Err(EnvelopeError("not a [kind, body] array".into()));
+        };
+        let err = |e: rmp_serde::decode::Error| EnvelopeError(e.to_string());
+        match *k {
+            kind::MESSAGE => rmp_serde::from_slice(body).map(Envelope::Message).map_err(err),
+            kind::EVENT => rmp_serde::from_slice(body).map(Envelope::Event).map_err(err),
+            kind::LEAVE => MemberInfo::decode(body).map(Envelope::Leave).map_err(err),
+            kind::JOIN => MemberInfo::decode(body).map(Envelope::Join).map_err(err),
+            kind::UPDATE => MemberInfo::decode(body).map(Envelope::Update).map_err(err),
+            other => Err(EnvelopeError(format!("unknown kind {other}"))),
+        }
+    }
+}
+
+/// Decodes a stored history entry.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, EnvelopeError> {
+    rmp_serde::from_slice(bytes).map_err(|e| EnvelopeError(e.to_string()))
+}
+
+/// Everything of an entry but its seq, which `publish.lua` prepends (see the script).
+pub fn encode_entry_tail(ts: u64, from: &From, data: &Value) -> Result<Vec<u8>, EnvelopeError> {
+    let mut out = rmp_serde::to_vec(&ts).map_err(|e| EnvelopeError(e.to_string()))?;
+    out.extend(rmp_serde::to_vec(from).map_err(|e| EnvelopeError(e.to_string()))?);
+    out.extend(rmp_serde::to_vec(data).map_err(|e| EnvelopeError(e.to_string()))?);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn from() -> From {
+        From {
+            client_id: "c1".into(),
+            user: "u".into(),
+            role: Role::Controller,
+            name: None,
+        }
+    }
+
+    /// What publish.lua does: `'\148' .. cmsgpack.pack(seq) .. tail`, for each width
+    /// cmsgpack may choose for the seq.
+    #[test]
+    fn lua_assembled_entry_decodes() {
+        let data = json!({"text": "hi", "n": [1, 2]});
+        let tail = encode_entry_tail(1234, &from(), &data).unwrap();
+        let seq_encodings: [(u64, Vec<u8>); 4] = [
+            (5, vec![0x05]),
+            (200, vec![0xcc, 200]),
+            (70000, vec![0xce, 0, 1, 0x11, 0x70]),
+            (1 << 40, vec![0xcf, 0, 0, 1, 0, 0, 0, 0, 0]),
+        ];
+        for (seq, packed) in seq_encodings {
+            let mut entry = vec![0x94];
+            entry.extend(&packed);
+            entry.extend(&tail);
+            let e = decode_entry(&entry).unwrap();
+            assert_eq!(e.seq, seq);
+            assert_eq!(e.ts, 1234);
+            assert_eq!(e.data, data);
+            let mut payload = vec![0x92, kind::MESSAGE];
+            payload.extend(&entry);
+            assert_eq!(Envelope::decode(&payload).unwrap(), Envelope::Message(e));
+        }
+    }
+
+    #[test]
+    fn events_and_members_round_trip() {
+        let ev = Event::Typing {
+            from: from(),
+            active: true,
+        };
+        assert_eq!(Envelope::decode(&ev.encode()).unwrap(), Envelope::Event(ev));
+        let info = MemberInfo {
+            client_id: "c".into(),
+            user: "u".into(),
+            role: Role::Display,
+            name: Some("TV".into()),
+            node: "n1".into(),
+            joined_at: 10,
+            active_at: 10,
+        };
+        let mut payload = vec![0x92, kind::LEAVE];
+        payload.extend(info.encode());
+        assert_eq!(Envelope::decode(&payload).unwrap(), Envelope::Leave(info.clone()));
+        assert!(!info.to_member(20, 100).idle);
+        assert!(info.to_member(200, 100).idle);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for bad in [&[][..], &[0x92], &[0x92, 9, 1], &[0x91, 1], &[0x92, 1, 0xc1]] {
+            assert!(Envelope::decode(bad).is_err());
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The HTTP surface: the router, operational endpoints, request ids and HTTP metrics.
+//!
+//! Owns `router(app)` (so tests need no socket for plain HTTP), the health endpoints of
+//! SPEC.md "Operations", `/metrics`, the `X-Request-Id` convention and the one problem+json
+//! error shape (RFC 9457) every HTTP error uses.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use roomcast_shared::ErrorCode;
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::metrics as m;
+use crate::util::random_id;
+use crate::{conn, App};
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole HTTP application.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/ws", get(conn::upgrade))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/health", get(health))
+        .route("/ping", get(|| async { "pong" }))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn(observe))
+        .with_state(app)
+}
+
+/// An RFC 9457 problem response with our `code`.
+pub fn problem(status: StatusCode, code: ErrorCode, detail: &str) -> Response {
+    let body = json!({
+        "type": format!("https://roomcast.dev/problems/{}", code.as_str()),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code.as_str(),
+    });
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+async fn not_found() -> Response {
+    problem(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
+}
+
+/// Request id, span and metrics for every request.
+async fn observe(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    // Echo a sane caller id; anything else is replaced, never logged raw.
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(String::from)
+        .unwrap_or_else(|| random_id(20));
+    let span = tracing::info_span!("http", request_id = %request_id, method = %method, route = %route);
+    let mut response = next.run(req).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    m::http_request(method.as_str(), &route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn live() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    match app.not_ready_reason() {
+        None => Json(json!({"status": "ready"})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason})),
+        )
+            .into_response(),
+    }
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let redis_ok = app.redis_ok();
+    let pubsub_ok = app.bus.is_up();
+    let draining = app.is_draining();
+    let status = if !redis_ok {
+        "unhealthy"
+    } else if !pubsub_ok || draining {
+        "degraded"
+    } else {
+        "healthy"
+    };
+    let body = json!({
+        "status": status,
+        "version": env!("CARGO_PKG_VERSION"),
+        "node": app.node_id,
+        "uptime_s": app.started.elapsed().as_secs(),
+        "draining": draining,
+        "checks": {
+            "redis": {"status": ok(redis_ok), "latency_ms": app.redis_latency_ms()},
+            "pubsub": {"status": ok(pubsub_ok)},
+            "memory": {"status": "ok", "rss_bytes": rss_bytes()},
+            "connections": {"status": "ok", "count": app.hub.client_count()},
+            "sessions": {"status": "ok", "local": app.hub.session_count()},
+        },
+    });
+    let code = if status == "unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(body)).into_response()
+}
+
+fn ok(up: bool) -> &'static str {
+    if up {
+        "ok"
+    } else {
+        "down"
+    }
+}
+
+/// Resident memory from /proc (Linux); 0 elsewhere.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,100 @@
+//! The local registry: which sessions have a pump on this instance, and which clients are
+//! connected here.
+//!
+//! Owns the map from session id to its pump's mailbox and spawns pumps on first use. The
+//! map is a `DashMap` touched only briefly and never across an `.await`. Pub/sub payloads
+//! are handed to pumps with `try_send`: a full mailbox drops the payload, which the pump's
+//! gap detection later recovers from history for stored messages.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+
+use crate::client::ClientHandle;
+use crate::metrics as m;
+use crate::session::{Command, Pump};
+use crate::App;
+
+/// Commands queued per session pump before pub/sub payloads are dropped.
+const PUMP_QUEUE: usize = 4096;
+
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub tx: mpsc::Sender<Command>,
+    generation: u64,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    sessions: DashMap<String, SessionHandle>,
+    clients: DashMap<String, ClientHandle>,
+    generation: AtomicU64,
+}
+
+impl Hub {
+    /// The session's pump, spawned if this instance has none.
+    pub fn session(&self, app: &Arc<App>, id: &str) -> SessionHandle {
+        if let Some(handle) = self.sessions.get(id) {
+            return handle.clone();
+        }
+        self.sessions
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = mpsc::channel(PUMP_QUEUE);
+                let pump = Pump::new(app.clone(), id.to_string(), generation, rx);
+                let span = tracing::info_span!("session", session = %id);
+                app.tracker.spawn(tracing::Instrument::instrument(pump.run(), span));
+                SessionHandle { tx, generation }
+            })
+            .clone()
+    }
+
+    /// Forgets a pump, unless a newer one already took its place.
+    pub(crate) fn remove(&self, id: &str, generation: u64) {
+        self.sessions.remove_if(id, |_, h| h.generation == generation);
+    }
+
+    /// Hands a pub/sub payload to the session's pump, if there is one here.
+    pub fn dispatch(&self, session: &str, payload: Bytes) {
+        let Some(handle) = self.sessions.get(session).map(|h| h.tx.clone()) else {
+            // A message in flight while the last member left.
+            return;
+        };
+        if handle.try_send(Command::Payload(payload)).is_err() {
+            m::pubsub_dropped("session_queue_full", 1);
+        }
+    }
+
+    /// Asks every pump to read history after its last delivered seq.
+    pub fn catch_up_all(&self) {
+        let handles: Vec<_> = self.sessions.iter().map(|e| e.value().tx.clone()).collect();
+        for tx in handles {
+            let _ = tx.try_send(Command::CatchUp);
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn add_client(&self, client: ClientHandle) {
+        self.clients.insert(client.id().to_string(), client);
+    }
+
+    pub fn remove_client(&self, id: &str) {
+        self.clients.remove(id);
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// A snapshot of the connected clients (for draining).
+    pub fn clients(&self) -> Vec<ClientHandle> {
+        self.clients.iter().map(|e| e.value().clone()).collect()
+    }
+}

@@ -1,0 +1,255 @@
+//! Roomcast gateway: stateless WebSocket and HTTP front-ends over Redis.
+//!
+//! Code map (see ARCHITECTURE.md for the data flow and invariants):
+//! - [`config`]: typed configuration from flags and `ROOMCAST_*`.
+//! - [`auth`]: JWT verification and minting.
+//! - [`http`]: the router, health, metrics endpoint, problem+json.
+//! - [`conn`]: WebSocket admission and the per-connection read loop.
+//! - [`client`]: a client's bounded send queue and writer task.
+//! - [`hub`]: local sessions and clients of this instance.
+//! - [`session`]: the per-session pump, the single ordering point of delivery.
+//! - [`bus`]: the pub/sub connection and its subscriptions.
+//! - [`store`]: every Redis command and Lua script.
+//! - [`keys`], [`envelope`]: Redis key names and internal encodings.
+//! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
+//!
+//! [`run`] wires them: it owns start-up, the background tasks and graceful shutdown.
+
+pub mod auth;
+pub mod bus;
+pub mod client;
+pub mod config;
+pub mod conn;
+pub mod envelope;
+pub mod http;
+pub mod hub;
+pub mod keys;
+pub mod metrics;
+pub mod session;
+pub mod store;
+pub mod telemetry;
+pub mod util;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::interfaces::ClientLike;
+use metrics_exporter_prometheus::PrometheusHandle;
+use roomcast_shared::close;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::store::{redis_builder, Store};
+use crate::util::now_ms;
+
+/// Clients closed per batch when draining, and the pause between batches.
+const DRAIN_BATCH: usize = 500;
+const DRAIN_PAUSE: Duration = Duration::from_millis(20);
+/// Between readiness turning 503 and the first close, so probes and load balancers see
+/// the node leave before its clients come looking for another one.
+const DRAIN_ANNOUNCE: Duration = Duration::from_millis(200);
+
+/// Pub/sub messages buffered between the subscriber connection and the reader task.
+const SUBSCRIBER_BUFFER: usize = 16 * 1024;
+
+/// Everything shared by the tasks of one gateway instance.
+pub struct App {
+    pub config: Config,
+    pub node_id: String,
+    pub store: Store,
+    pub bus: Bus,
+    pub hub: Hub,
+    pub auth: Authenticator,
+    /// Every spawned task and connection, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when background tasks must stop (after clients are closed).
+    pub shutdown: CancellationToken,
+    pub metrics: PrometheusHandle,
+    pub started: Instant,
+    draining: AtomicBool,
+    redis_ok: AtomicBool,
+    redis_latency_us: AtomicU64,
+}
+
+impl App {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn redis_ok(&self) -> bool {
+        self.redis_ok.load(Ordering::Acquire)
+    }
+
+    pub fn redis_latency_ms(&self) -> f64 {
+        self.redis_latency_us.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
+    /// Why `/health/ready` says no, if it does.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            Some("draining")
+        } else if !self.redis_ok() {
+            Some("redis unreachable")
+        } else if !self.bus.is_up() {
+            Some("pub/sub not subscribed")
+        } else {
+            None
+        }
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("redis client: {0}")]
+    Redis(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs a gateway on `listener` until `shutdown` resolves, then drains (SPEC.md
+/// "Shutdown") and returns.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    config.validate()?;
+    let auth = Authenticator::from_config(&config)?;
+    if auth.is_off() {
+        tracing::warn!("AUTHENTICATION IS OFF (ROOMCAST_AUTH=off): anyone can connect as anyone; development only");
+    }
+    let node_id = config.resolve_node_id();
+    let redis_error = |e: &dyn std::fmt::Display| StartError::Redis(e.to_string());
+    let pool = redis_builder(&config, 32)
+        .map_err(|e| redis_error(&e))?
+        .build_pool(config.redis_pool)
+        .map_err(|e| redis_error(&e))?;
+    let subscriber = redis_builder(&config, SUBSCRIBER_BUFFER)
+        .map_err(|e| redis_error(&e))?
+        .build_subscriber_client()
+        .map_err(|e| redis_error(&e))?;
+    let metrics = metrics::install().map_err(StartError::Metrics)?;
+    let app = Arc::new(App {
+        store: Store::new(pool, &config),
+        bus: Bus::new(subscriber),
+        hub: Hub::default(),
+        auth,
+        node_id,
+        tracker: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        metrics,
+        started: Instant::now(),
+        draining: AtomicBool::new(false),
+        redis_ok: AtomicBool::new(false),
+        redis_latency_us: AtomicU64::new(0),
+        config,
+    });
+
+    // Connect without failing: a gateway started before Redis reports not-ready until it
+    // is reachable, instead of crash-looping.
+    let wait = app.config.redis_timeout;
+    let _ = app.store.pool().connect_pool();
+    if tokio::time::timeout(wait, app.store.pool().wait_for_connect()).await.is_err() {
+        tracing::warn!("redis not reachable yet; retrying in the background");
+    }
+    Bus::start(&app, wait).await;
+    app.tracker.spawn(monitor(app.clone()));
+
+    let addr = listener.local_addr()?;
+    tracing::info!(addr = %addr, node = %app.node_id, "listening");
+
+    let stop_accepting = CancellationToken::new();
+    app.tracker.spawn(drain_on(shutdown, app.clone(), stop_accepting.clone()));
+    let router = http::router(app.clone());
+    let stop = stop_accepting.clone();
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
+
+    // The listener is closed and HTTP requests are done; wait for connections and pumps.
+    app.tracker.close();
+    let grace = app.config.shutdown_grace;
+    if tokio::time::timeout(grace, app.tracker.wait()).await.is_err() {
+        tracing::warn!(grace = ?grace, "tasks still running after the grace period; exiting anyway");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), app.store.node_remove(&app.node_id)).await;
+    app.bus.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// On shutdown: readiness 503 at once, refuse upgrades, close clients with 1001 in
+/// batches, then stop the listener and the background tasks.
+async fn drain_on(shutdown: impl Future<Output = ()>, app: Arc<App>, stop_accepting: CancellationToken) {
+    tokio::select! {
+        _ = shutdown => {}
+        // Something else stopped the server: nothing to drain.
+        _ = stop_accepting.cancelled() => return,
+    }
+    app.draining.store(true, Ordering::Release);
+    let clients = app.hub.clients();
+    tracing::info!(clients = clients.len(), "draining");
+    tokio::time::sleep(DRAIN_ANNOUNCE).await;
+    for batch in clients.chunks(DRAIN_BATCH) {
+        for client in batch {
+            client.kill(close::GOING_AWAY);
+        }
+        tokio::time::sleep(DRAIN_PAUSE).await;
+    }
+    stop_accepting.cancel();
+    // Connection tasks finish their leaves through the pumps; then background tasks end.
+    let grace = app.config.shutdown_grace;
+    let deadline = Instant::now() + grace;
+    while app.hub.client_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.shutdown.cancel();
+}
+
+/// Background health: Redis PING (readiness and `redis_up`) and the node heartbeat.
+async fn monitor(app: Arc<App>) {
+    let period = Duration::from_millis(500).min(app.config.heartbeat);
+    let ping_timeout = app.config.redis_timeout.min(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    let mut last_node_beat: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let started = Instant::now();
+        let ok = app.store.ping(ping_timeout).await.is_ok();
+        if ok {
+            app.redis_latency_us
+                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        if app.redis_ok.swap(ok, Ordering::AcqRel) != ok {
+            if ok {
+                tracing::info!("redis reachable");
+            } else {
+                tracing::warn!("redis unreachable");
+            }
+        }
+        metrics::redis_up(ok);
+        let heartbeat = app.config.heartbeat;
+        if ok && last_node_beat.is_none_or(|t| t.elapsed() >= heartbeat) {
+            last_node_beat = Some(Instant::now());
+            if let Err(e) = app.store.node_heartbeat(&app.node_id, now_ms(), heartbeat * 3).await {
+                tracing::debug!(error = %e, "node heartbeat failed");
+            }
+        }
+    }
+}

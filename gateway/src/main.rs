@@ -1,0 +1,76 @@
+//! The `roomcast` binary: parse config, set up logging, bind, run. Nothing else lives here.
+
+use clap::Parser;
+use gateway::auth::Authenticator;
+use gateway::config::{Cli, Command, EXIT_CONFIG};
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = cli.config.validate() {
+        eprintln!("roomcast: {e}");
+        std::process::exit(EXIT_CONFIG);
+    }
+    match cli.command {
+        Some(Command::Token(args)) => {
+            let token = Authenticator::from_config(&cli.config).and_then(|auth| {
+                auth.mint(&args)
+                    .map_err(|e| gateway::config::ConfigError(e.to_string()))
+            });
+            match token {
+                Ok(token) => println!("{token}"),
+                Err(e) => {
+                    eprintln!("roomcast: {e}");
+                    std::process::exit(EXIT_CONFIG);
+                }
+            }
+        }
+        None | Some(Command::Serve) => serve(cli.config),
+    }
+}
+
+fn serve(config: gateway::config::Config) {
+    if let Err(e) = gateway::telemetry::init(&config) {
+        eprintln!("roomcast: invalid configuration: {e}");
+        std::process::exit(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roomcast: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        gateway::run(config, listener, shutdown_signal()).await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    });
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gateway failed");
+        eprintln!("roomcast: {e}");
+        let code = if e.downcast_ref::<gateway::StartError>().is_some_and(|e| matches!(e, gateway::StartError::Config(_))) {
+            EXIT_CONFIG
+        } else {
+            1
+        };
+        std::process::exit(code);
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Prometheus metrics: the names of SPEC.md "Metrics", their help texts and buckets.
+//!
+//! Owns the recorder installation and every metric name; the rest of the gateway calls the
+//! small helpers here so that names and label sets stay in one place. Labels have bounded
+//! cardinality: never a session id, user, client id or IP.
+
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS: &str = "roomcast_connections";
+pub const CONNECTIONS_TOTAL: &str = "roomcast_connections_total";
+pub const DISCONNECTIONS_TOTAL: &str = "roomcast_disconnections_total";
+pub const SESSIONS_LOCAL: &str = "roomcast_sessions_local";
+pub const SUBSCRIPTIONS: &str = "roomcast_subscriptions";
+pub const MESSAGES_RECEIVED_TOTAL: &str = "roomcast_messages_received_total";
+pub const MESSAGES_DELIVERED_TOTAL: &str = "roomcast_messages_delivered_total";
+pub const PUBLISH_DURATION: &str = "roomcast_publish_duration_seconds";
+pub const DELIVERY_LATENCY: &str = "roomcast_delivery_latency_seconds";
+pub const REDIS_COMMAND_DURATION: &str = "roomcast_redis_command_duration_seconds";
+pub const REDIS_UP: &str = "roomcast_redis_up";
+pub const PUBSUB_RECONNECTS_TOTAL: &str = "roomcast_pubsub_reconnects_total";
+pub const PUBSUB_DROPPED_TOTAL: &str = "roomcast_pubsub_dropped_total";
+pub const RECOVERED_MESSAGES_TOTAL: &str = "roomcast_recovered_messages_total";
+pub const RATE_LIMITED_TOTAL: &str = "roomcast_rate_limited_total";
+pub const SLOW_CONSUMER_TOTAL: &str = "roomcast_slow_consumer_disconnects_total";
+pub const HTTP_REQUESTS_TOTAL: &str = "roomcast_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "roomcast_http_request_duration_seconds";
+pub const ERRORS_TOTAL: &str = "roomcast_errors_total";
+
+/// Buckets from 100 µs to 10 s: sub-millisecond local work up to multi-second stalls.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Installs the global recorder and describes every metric. Idempotent: a second call
+/// (several gateways in one test process) returns a handle that renders nothing new.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Only the first install in a process takes effect; later ones keep their handle
+    // working on a private recorder, which is what in-process tests want.
+    if metrics::set_global_recorder(recorder).is_ok() {
+        describe();
+    }
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS, "Open WebSocket connections, by role of the token.");
+    describe_counter!(CONNECTIONS_TOTAL, "WebSocket connections accepted.");
+    describe_counter!(DISCONNECTIONS_TOTAL, "WebSocket connections closed, by reason.");
+    describe_gauge!(SESSIONS_LOCAL, "Sessions with at least one member on this instance.");
+    describe_gauge!(SUBSCRIPTIONS, "Pub/sub channels this instance is subscribed to.");
+    describe_counter!(MESSAGES_RECEIVED_TOTAL, "Client frames received, by type.");
+    describe_counter!(MESSAGES_DELIVERED_TOTAL, "Frames queued to local clients by fan-out.");
+    describe_histogram!(PUBLISH_DURATION, Unit::Seconds, "Time from receiving a publish to its ack.");
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "Time from a message's publish timestamp to its fan-out on this instance."
+    );
+    describe_histogram!(REDIS_COMMAND_DURATION, Unit::Seconds, "Redis round trips, by command or script.");
+    describe_gauge!(REDIS_UP, "1 when Redis answers PING within the timeout, else 0.");
+    describe_counter!(PUBSUB_RECONNECTS_TOTAL, "Times the pub/sub connection came back and resubscribed.");
+    describe_counter!(
+        PUBSUB_DROPPED_TOTAL,
+        "Pub/sub payloads dropped before fan-out (lagging reader, full session queue, bad payload)."
+    );
+    describe_counter!(
+        RECOVERED_MESSAGES_TOTAL,
+        "Messages read back from history to fill a pub/sub gap or a reconnect."
+    );
+    describe_counter!(RATE_LIMITED_TOTAL, "Requests refused by a rate limit, by scope.");
+    describe_counter!(SLOW_CONSUMER_TOTAL, "Clients closed with 4008 because their send queue overflowed.");
+    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests, by method, route template and status.");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "HTTP request latency, by method, route template and status."
+    );
+    describe_counter!(ERRORS_TOTAL, "Error frames sent to clients, by code.");
+}
+
+pub fn redis_command(command: &'static str, took: Duration) {
+    histogram!(REDIS_COMMAND_DURATION, "command" => command).record(took.as_secs_f64());
+}
+
+pub fn connection_opened(role: &'static str) {
+    counter!(CONNECTIONS_TOTAL).increment(1);
+    gauge!(CONNECTIONS, "role" => role).increment(1.0);
+}
+
+pub fn connection_closed(role: &'static str, reason: &'static str) {
+    gauge!(CONNECTIONS, "role" => role).decrement(1.0);
+    counter!(DISCONNECTIONS_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn received(kind: &'static str) {
+    counter!(MESSAGES_RECEIVED_TOTAL, "type" => kind).increment(1);
+}
+
+pub fn error_sent(code: &'static str) {
+    counter!(ERRORS_TOTAL, "code" => code).increment(1);
+}
+
+pub fn delivered(count: u64) {
+    counter!(MESSAGES_DELIVERED_TOTAL).increment(count);
+}
+
+pub fn delivery_latency(seconds: f64) {
+    histogram!(DELIVERY_LATENCY).record(seconds);
+}
+
+pub fn publish_duration(took: Duration) {
+    histogram!(PUBLISH_DURATION).record(took.as_secs_f64());
+}
+
+pub fn session_opened() {
+    gauge!(SESSIONS_LOCAL).increment(1.0);
+}
+
+pub fn session_closed() {
+    gauge!(SESSIONS_LOCAL).decrement(1.0);
+}
+
+pub fn subscriptions(count: usize) {
+    gauge!(SUBSCRIPTIONS).set(count as f64);
+}
+
+pub fn redis_up(up: bool) {
+    gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn pubsub_reconnect() {
+    counter!(PUBSUB_RECONNECTS_TOTAL).increment(1);
+}
+
+pub fn pubsub_dropped(reason: &'static str, count: u64) {
+    counter!(PUBSUB_DROPPED_TOTAL, "reason" => reason).increment(count);
+}
+
+pub fn recovered(count: u64) {
+    counter!(RECOVERED_MESSAGES_TOTAL).increment(count);
+}
+
+pub fn slow_consumer() {
+    counter!(SLOW_CONSUMER_TOTAL).increment(1);
+}
+
+pub fn rate_limited(scope: &'static str) {
+    counter!(RATE_LIMITED_TOTAL, "scope" => scope).increment(1);
+}
+
+pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.to_string()),
+        ("status", status.to_string()),
+    ];
+    counter!(HTTP_REQUESTS_TOTAL, &labels).increment(1);
+    histogram!(HTTP_REQUEST_DURATION, &labels).record(took.as_secs_f64());
+}

@@ -1,0 +1,439 @@
+//! The session pump: one task per session with local members, the single ordering point for
+//! everything this instance delivers in that session.
+//!
+//! Owns the session's local membership (no lock: only this task touches it), the last seq
+//! delivered on this instance, and the per-member baseline taken at join. Because joins,
+//! leaves, pub/sub payloads and catch-ups are all handled in this one task, delivery is in
+//! seq order without duplicates, and a gap (pub/sub dropped something, or the subscriber
+//! reconnected) is filled from history before any newer message goes out.
+//! It must not block on a client: fan-out only `try_send`s (see `client`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use roomcast_shared::{close, PresenceEvent, ServerFrame, SessionEvent};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+use crate::client::{ClientHandle, SharedFrame};
+use crate::envelope::{decode_entry, kind, Entry, Envelope, Event, MemberInfo};
+use crate::metrics as m;
+use crate::store::{JoinArgs, StoreError};
+use crate::util::now_ms;
+use crate::App;
+
+/// Commands a session pump accepts.
+#[derive(Debug)]
+pub enum Command {
+    Join(Box<JoinRequest>),
+    Leave {
+        client_id: String,
+        done: Option<oneshot::Sender<()>>,
+    },
+    /// A raw pub/sub payload for this session.
+    Payload(Bytes),
+    /// Pub/sub may have lost messages: read history after the last delivered seq.
+    CatchUp,
+}
+
+/// A member joining through this pump.
+#[derive(Debug)]
+pub struct JoinRequest {
+    pub client: ClientHandle,
+    pub info: MemberInfo,
+    pub since: Option<u64>,
+    pub reference: Option<String>,
+    pub reply: oneshot::Sender<Result<(), JoinError>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The pump was retiring; ask the hub for a fresh one.
+    #[error("session pump retired")]
+    Retry,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct LocalMember {
+    client: ClientHandle,
+    info: MemberInfo,
+    /// The highest seq this member has been given.
+    last_seq: u64,
+}
+
+pub(crate) struct Pump {
+    app: Arc<App>,
+    session: String,
+    generation: u64,
+    rx: mpsc::Receiver<Command>,
+    members: HashMap<String, LocalMember>,
+    /// The highest seq delivered on this instance; `None` before the first join.
+    last_seq: Option<u64>,
+}
+
+impl Pump {
+    pub(crate) fn new(app: Arc<App>, session: String, generation: u64, rx: mpsc::Receiver<Command>) -> Self {
+        Pump {
+            app,
+            session,
+            generation,
+            rx,
+            members: HashMap::new(),
+            last_seq: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        m::session_opened();
+        let channel = self.app.store.keys().session_channel(&self.session);
+        // Subscribe before the first join reads its seq, so nothing falls between them.
+        if let Err(e) = self.app.bus.subscribe(channel.clone()).await {
+            tracing::warn!(session = %self.session, error = %e, "subscribe failed");
+            self.retire(Some(e)).await;
+            m::session_closed();
+            return;
+        }
+        let period = self.refresh_period();
+        let mut tick = interval_at(Instant::now() + period, period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.refresh_presence().await,
+            }
+            if self.members.is_empty() {
+                break;
+            }
+        }
+        self.retire(None).await;
+        self.app.bus.unsubscribe(channel);
+        m::session_closed();
+    }
+
+    fn refresh_period(&self) -> Duration {
+        self.app.config.heartbeat / 2
+    }
+
+    /// Presence entries live 1.5 heartbeats past each refresh (every half heartbeat), so a
+    /// dead node's members are swept within two heartbeats.
+    fn presence_expiry(&self, now: u64) -> u64 {
+        now + (self.app.config.heartbeat.as_millis() as u64) * 3 / 2
+    }
+
+    /// Leaves the hub so new joins get a fresh pump, then answers what is still queued.
+    async fn retire(&mut self, failure: Option<StoreError>) {
+        self.app.hub.remove(&self.session, self.generation);
+        self.rx.close();
+        let mut failure = failure;
+        while let Some(cmd) = self.rx.recv().await {
+            match cmd {
+                Command::Join(req) => {
+                    let answer = match failure.take() {
+                        Some(e) => Err(JoinError::Store(e)),
+                        None => Err(JoinError::Retry),
+                    };
+                    let _ = req.reply.send(answer);
+                }
+                Command::Leave { client_id, done } => {
+                    if let Err(e) = self.app.store.leave(&self.session, &client_id).await {
+                        tracing::debug!(error = %e, "leave after retire failed");
+                    }
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                }
+                Command::Payload(_) | Command::CatchUp => {}
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Join(req) => self.join(*req).await,
+            Command::Leave { client_id, done } => {
+                if self.members.remove(&client_id).is_some() {
+                    if let Err(e) = self.app.store.leave(&self.session, &client_id).await {
+                        // The entry expires on its own within two heartbeats.
+                        tracing::debug!(error = %e, "leave script failed");
+                    }
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            Command::Payload(bytes) => match Envelope::decode(&bytes) {
+                Ok(envelope) => self.on_envelope(envelope).await,
+                Err(e) => {
+                    m::pubsub_dropped("bad_payload", 1);
+                    tracing::warn!(session = %self.session, error = %e, "dropping pub/sub payload");
+                }
+            },
+            Command::CatchUp => {
+                if let Some(last) = self.last_seq {
+                    self.fill_from(last).await;
+                }
+            }
+        }
+    }
+
+    async fn join(&mut self, req: JoinRequest) {
+        let now = now_ms();
+        let info_bytes = req.info.encode();
+        let args = JoinArgs {
+            client_id: req.client.id(),
+            info: &info_bytes,
+            expiry_ms: self.presence_expiry(now),
+            now_ms: now,
+            since: req.since,
+            presence_list_max: self.app.config.presence_list_max,
+        };
+        let reply = match self.app.store.join(&self.session, args).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                let _ = req.reply.send(Err(JoinError::Store(e)));
+                return;
+            }
+        };
+        let mut history: Vec<Entry> = reply
+            .history
+            .iter()
+            .filter_map(|b| decode_entry(b).ok())
+            .collect();
+        history.reverse();
+        let recovered = match req.since {
+            None => true,
+            // A since past the top means the session was reset.
+            Some(since) if since > reply.seq => false,
+            Some(since) => {
+                history.retain(|e| e.seq > since);
+                history.len() as u64 == reply.seq - since
+            }
+        };
+        let idle_after = self.app.config.idle_after.as_millis() as u64;
+        let presence = reply
+            .members
+            .iter()
+            .filter_map(|b| MemberInfo::decode(b).ok())
+            .map(|i| i.to_member(now, idle_after))
+            .collect();
+        let joined = ServerFrame::Joined {
+            session: self.session.clone(),
+            seq: reply.seq,
+            recovered,
+            history: history.into_iter().map(Entry::into_history).collect(),
+            presence,
+            reference: req.reference,
+        };
+        req.client.send(&joined);
+        match self.last_seq {
+            None => self.last_seq = Some(reply.seq),
+            // The seq went backwards: the session's keys expired and it started over.
+            Some(last) if reply.seq < last => self.last_seq = Some(reply.seq),
+            Some(_) => {}
+        }
+        self.members.insert(
+            req.client.id().to_string(),
+            LocalMember {
+                client: req.client,
+                info: req.info,
+                last_seq: reply.seq,
+            },
+        );
+        let _ = req.reply.send(Ok(()));
+    }
+
+    async fn on_envelope(&mut self, envelope: Envelope) {
+        match envelope {
+            Envelope::Message(entry) => self.on_entry(entry).await,
+            Envelope::Event(event) => self.on_event(event),
+            Envelope::Join(info) => self.presence(PresenceEvent::Join, info),
+            Envelope::Leave(info) => self.presence(PresenceEvent::Leave, info),
+            Envelope::Update(info) => self.presence(PresenceEvent::Update, info),
+        }
+    }
+
+    async fn on_entry(&mut self, entry: Entry) {
+        let Some(last) = self.last_seq else {
+            // No member has joined yet; the first join's baseline covers this message.
+            return;
+        };
+        if entry.seq <= last {
+            return;
+        }
+        if entry.seq > last + 1 {
+            // Pub/sub lost something: history has it, and it goes out first.
+            self.fill_from(last).await;
+        }
+        if entry.seq > self.last_seq.unwrap_or(0) {
+            self.deliver(entry);
+        }
+    }
+
+    /// Delivers every stored message after `last`, oldest first.
+    async fn fill_from(&mut self, last: u64) {
+        let (top, stored) = match self.app.store.history_since(&self.session, last).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The next payload or catch-up retries the read.
+                tracing::warn!(session = %self.session, error = %e, "history read for gap fill failed");
+                return;
+            }
+        };
+        let mut entries: Vec<Entry> = stored.iter().filter_map(|b| decode_entry(b).ok()).collect();
+        entries.reverse();
+        entries.retain(|e| e.seq > last);
+        if let Some(first) = entries.first() {
+            if first.seq != last + 1 {
+                tracing::warn!(
+                    session = %self.session, from = last + 1, to = first.seq - 1,
+                    "messages expired from history before they could be recovered"
+                );
+            }
+        }
+        if top < last {
+            tracing::info!(session = %self.session, top, last, "session seq restarted");
+            self.last_seq = Some(top);
+        }
+        m::recovered(entries.len() as u64);
+        for entry in entries {
+            self.deliver(entry);
+        }
+    }
+
+    fn deliver(&mut self, entry: Entry) {
+        let seq = entry.seq;
+        let ts = entry.ts;
+        let frame = SharedFrame::new(ServerFrame::Message {
+            session: self.session.clone(),
+            seq,
+            ts,
+            from: entry.from,
+            data: entry.data,
+        });
+        let mut count = 0;
+        for member in self.members.values_mut() {
+            if seq <= member.last_seq {
+                continue;
+            }
+            member.last_seq = seq;
+            if let Some(msg) = frame.message(member.client.format()) {
+                member.client.offer(msg);
+                count += 1;
+            }
+        }
+        self.last_seq = Some(seq);
+        m::delivered(count);
+        m::delivery_latency(now_ms().saturating_sub(ts) as f64 / 1000.0);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Signal { from, data, to } => {
+                let sender = from.client_id.clone();
+                let frame = SharedFrame::new(ServerFrame::Signal {
+                    session: self.session.clone(),
+                    from,
+                    data,
+                });
+                match to {
+                    Some(target) => {
+                        if let Some(member) = self.members.get(&target) {
+                            offer(&frame, &member.client);
+                        }
+                    }
+                    None => self.broadcast(&frame, Some(&sender)),
+                }
+            }
+            Event::Typing { from, active } => {
+                let sender = from.client_id.clone();
+                let frame = SharedFrame::new(ServerFrame::Typing {
+                    session: self.session.clone(),
+                    from,
+                    active,
+                });
+                self.broadcast(&frame, Some(&sender));
+            }
+            Event::Session { event, reason, at } => {
+                let frame = SharedFrame::new(ServerFrame::Session {
+                    session: self.session.clone(),
+                    event,
+                    reason,
+                    at,
+                });
+                self.broadcast(&frame, None);
+                if event == SessionEvent::Ended {
+                    for member in self.members.values() {
+                        member.client.close_after_queue(close::SESSION_ENDED);
+                    }
+                }
+            }
+        }
+    }
+
+    fn presence(&mut self, event: PresenceEvent, info: MemberInfo) {
+        let idle_after = self.app.config.idle_after.as_millis() as u64;
+        let subject = info.client_id.clone();
+        let frame = SharedFrame::new(ServerFrame::Presence {
+            session: self.session.clone(),
+            event,
+            member: info.to_member(now_ms(), idle_after),
+        });
+        // A member learns about itself from `joined`, not from its own presence events.
+        self.broadcast(&frame, Some(&subject));
+    }
+
+    fn broadcast(&self, frame: &SharedFrame, except: Option<&str>) {
+        let mut count = 0;
+        for (id, member) in &self.members {
+            if Some(id.as_str()) != except {
+                offer(frame, &member.client);
+                count += 1;
+            }
+        }
+        m::delivered(count);
+    }
+
+    async fn refresh_presence(&mut self) {
+        let now = now_ms();
+        let expiry = self.presence_expiry(now);
+        let ids = self.members.keys().cloned().collect::<Vec<_>>();
+        let missing = match self
+            .app
+            .store
+            .refresh_presence(&self.session, now, expiry, ids.into_iter())
+            .await
+        {
+            Ok(missing) => missing,
+            Err(e) => {
+                tracing::debug!(session = %self.session, error = %e, "presence refresh failed");
+                return;
+            }
+        };
+        // Swept while this node was stalled, yet still connected: put them back.
+        for id in missing {
+            if let Some(member) = self.members.get(&id) {
+                let info = member.info.encode();
+                if let Err(e) = self
+                    .app
+                    .store
+                    .presence_set(&self.session, &id, expiry, &info, kind::JOIN, now)
+                    .await
+                {
+                    tracing::debug!(error = %e, "presence re-add failed");
+                }
+            }
+        }
+    }
+}
+
+fn offer(frame: &SharedFrame, client: &ClientHandle) {
+    if let Some(msg) = frame.message(client.format()) {
+        client.offer(msg);
+    }
+}

@@ -1,0 +1,42 @@
+-- join.lua: add a member to presence and read what it needs to start, atomically.
+-- KEYS: 1 pres, 2 pinfo, 3 seq, 4 hist, 5 meta, 6 ch
+-- ARGV: 1 client_id, 2 presence expiry ms, 3 member info (msgpack), 4 now ms,
+--       5 since (-1: no history), 6 history cap, 7 ttl ms, 8 presence list max
+-- Returns {-1} when the session has ended, else {seq, history (newest first), infos}.
+-- Expired members (their node died) are swept first and announced as leaves ([3, info]);
+-- the new member is announced as a join ([4, info]).
+if redis.call('HGET', KEYS[5], 'status') == 'ended' then
+  return {-1}
+end
+local now = tonumber(ARGV[4])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  local info = redis.call('HGET', KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  if info then
+    redis.call('PUBLISH', KEYS[6], '\146\3' .. info)
+  end
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
+local since = tonumber(ARGV[5])
+local hist = {}
+if since >= 0 then
+  local n = tonumber(ARGV[6])
+  if since <= seq then
+    n = math.min(n, seq - since)
+  end
+  if n > 0 then
+    hist = redis.call('LRANGE', KEYS[4], 0, n - 1)
+  end
+end
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[8]) - 1)
+local infos = {}
+if #ids > 0 then
+  infos = redis.call('HMGET', KEYS[2], unpack(ids))
+end
+redis.call('PUBLISH', KEYS[6], '\146\4' .. ARGV[3])
+return {seq, hist, infos}

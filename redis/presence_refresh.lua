@@ -1,0 +1,30 @@
+-- presence_refresh.lua: one node's heartbeat for its members of one session.
+-- KEYS: 1 pres, 2 pinfo, 3 ch, 4 seq
+-- ARGV: 1 now ms, 2 new expiry ms, 3 ttl ms, 4.. client ids of this node's members
+-- Pushes the expiry of each listed member that is still present; sweeps members whose
+-- expiry passed (their node stopped refreshing) and announces each leave once ([3, info]).
+-- Returns the listed ids that were no longer present, so the node can re-add them.
+local missing = {}
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
+  else
+    missing[#missing + 1] = ARGV[i]
+  end
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]))) do
+  local info = redis.call('HGET', KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  if info then
+    redis.call('PUBLISH', KEYS[3], '\146\3' .. info)
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  -- While anyone is connected the seq must not expire: numbering restarting under live
+  -- members would look like duplicates to them.
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+end
+return missing

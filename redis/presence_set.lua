@@ -1,0 +1,24 @@
+-- presence_set.lua: write a member's info and announce it ([kind, info]).
+-- Used to re-add a member swept while its node was stalled (kind 4, join) and to
+-- report a member's activity after it was idle (kind 5, update).
+-- KEYS: 1 pres, 2 pinfo, 3 ch, 4 meta
+-- ARGV: 1 client_id, 2 expiry ms (0: keep the current one), 3 info, 4 kind, 5 ttl ms,
+--       6 now ms
+-- Returns 1 when written, 0 when the member is gone and kind is an update.
+if ARGV[2] == '0' then
+  if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+    return 0
+  end
+else
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HSET', KEYS[4], 'last_activity', ARGV[6])
+end
+if ARGV[4] ~= '0' then
+  redis.call('PUBLISH', KEYS[3], '\146' .. string.char(tonumber(ARGV[4])) .. ARGV[3])
+end
+return 1

@@ -1,0 +1,21 @@
+-- publish.lua: store one message and fan it out, atomically, on the session's slot.
+-- KEYS: 1 seq, 2 hist, 3 meta, 4 ch
+-- ARGV: 1 entry tail (msgpack of ts, from, data), 2 history cap, 3 ttl ms, 4 now ms
+-- Returns the new seq, or -1 when the session has ended.
+-- The entry is the msgpack array [seq, ts, from, data]; the gateway encodes everything
+-- but seq, which only this script knows. The pub/sub payload is [1, entry].
+if redis.call('HGET', KEYS[3], 'status') == 'ended' then
+  return -1
+end
+local seq = redis.call('INCR', KEYS[1])
+local entry = '\148' .. cmsgpack.pack(seq) .. ARGV[1]
+redis.call('LPUSH', KEYS[2], entry)
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+redis.call('HSETNX', KEYS[3], 'status', 'active')
+redis.call('HSETNX', KEYS[3], 'created_at', ARGV[4])
+redis.call('HSET', KEYS[3], 'last_activity', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+redis.call('PUBLISH', KEYS[4], '\146\1' .. entry)
+return seq

@@ -1,0 +1,290 @@
+//! Pure encode/decode of protocol frames for both subprotocols.
+//!
+//! Owns the mapping from bytes to [`ClientFrame`]/[`ServerFrame`] and the classification of
+//! bad input into SPEC.md error codes. No I/O here: the gateway and the load generator call
+//! these functions on frames they already hold.
+
+use std::borrow::Cow;
+
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Deserialize;
+
+use crate::protocol::{ClientFrame, ErrorCode, ServerFrame};
+
+/// The codec a connection speaks, chosen by subprotocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// `roomcast.v1.json`: UTF-8 text frames.
+    Json,
+    /// `roomcast.v1.msgpack`: binary frames, maps with named fields.
+    Msgpack,
+}
+
+/// Why a frame could not be decoded, with the code for the `error` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The `ref` of the frame, when it could be read, so the error can echo it.
+    pub reference: Option<String>,
+}
+
+impl DecodeError {
+    fn new(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Self {
+        DecodeError {
+            code,
+            message: message.into(),
+            reference,
+        }
+    }
+}
+
+/// The first pass over a frame: its `type` and `ref`, everything else skipped.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "ref", default)]
+    reference: Option<PeekRef>,
+}
+
+/// `ref` as sent: a string is echoed; any other type is a bad request.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PeekRef {
+    Str(String),
+    Other(IgnoredAny),
+}
+
+const KNOWN_TYPES: [&str; 7] = [
+    "join", "leave", "publish", "signal", "typing", "activity", "ping",
+];
+
+/// Decodes a client frame. Malformed input gets `bad_request`, an unknown `type` gets
+/// `unknown_type`; both carry the frame's `ref` when it was readable.
+pub fn decode_client(format: Format, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+    let peek: Peek<'_> = match format {
+        Format::Json => serde_json::from_slice(bytes).map_err(|e| {
+            DecodeError::new(ErrorCode::BadRequest, format!("malformed JSON: {e}"), None)
+        })?,
+        Format::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| {
+            DecodeError::new(
+                ErrorCode::BadRequest,
+                format!("malformed msgpack: {e}"),
+                None,
+            )
+        })?,
+    };
+    let reference = match peek.reference {
+        None => None,
+        Some(PeekRef::Str(s)) => Some(s),
+        Some(PeekRef::Other(_)) => {
+            return Err(DecodeError::new(
+                ErrorCode::BadRequest,
+                "`ref` must be a string",
+                None,
+            ))
+        }
+    };
+    let Some(kind) = peek.kind else {
+        return Err(DecodeError::new(
+            ErrorCode::BadRequest,
+            "frame has no string `type`",
+            reference,
+        ));
+    };
+    if !KNOWN_TYPES.contains(&kind.as_ref()) {
+        let shown: String = kind.chars().take(32).collect();
+        return Err(DecodeError::new(
+            ErrorCode::UnknownType,
+            format!("unknown frame type `{shown}`"),
+            reference,
+        ));
+    }
+    let frame: Result<ClientFrame, String> = match format {
+        Format::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Format::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+    };
+    frame.map_err(|e| {
+        DecodeError::new(
+            ErrorCode::BadRequest,
+            format!("invalid `{kind}` frame: {e}"),
+            reference,
+        )
+    })
+}
+
+/// Encodes a frame in the given format. JSON output is always valid UTF-8.
+pub fn encode<T: serde::Serialize>(format: Format, frame: &T) -> Result<Vec<u8>, EncodeError> {
+    match format {
+        Format::Json => serde_json::to_vec(frame).map_err(|e| EncodeError(e.to_string())),
+        Format::Msgpack => rmp_serde::to_vec_named(frame).map_err(|e| EncodeError(e.to_string())),
+    }
+}
+
+/// Decodes a server frame (used by clients: tests and the load generator).
+pub fn decode_server(format: Format, bytes: &[u8]) -> Result<ServerFrame, String> {
+    decode_any(format, bytes)
+}
+
+fn decode_any<T: DeserializeOwned>(format: Format, bytes: &[u8]) -> Result<T, String> {
+    match format {
+        Format::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        Format::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+    }
+}
+
+/// A frame that could not be encoded (a bug: our own types always encode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodeError(pub String);
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "encode failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{From, Role};
+    use serde_json::json;
+
+    fn json(v: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn decodes_every_client_type() {
+        let cases = [
+            json!({"type":"join","session":"s1","role":"display","since":3,"ref":"a"}),
+            json!({"type":"leave","session":"s1"}),
+            json!({"type":"publish","session":"s1","data":{"x":[1,2]},"ref":"p"}),
+            json!({"type":"signal","session":"s1","data":1,"to":"c2"}),
+            json!({"type":"typing","session":"s1","active":true}),
+            json!({"type":"activity","session":"s1"}),
+            json!({"type":"ping","ref":"r"}),
+        ];
+        for case in cases {
+            let f = decode_client(Format::Json, &json(case.clone())).unwrap();
+            assert_eq!(f.kind(), case["type"].as_str().unwrap());
+            // Round-trip through msgpack with named fields.
+            let packed = rmp_serde::to_vec_named(&case).unwrap();
+            assert_eq!(decode_client(Format::Msgpack, &packed).unwrap(), f);
+        }
+    }
+
+    #[test]
+    fn join_fields() {
+        let f = decode_client(
+            Format::Json,
+            br#"{"type":"join","session":"s","since":0,"ref":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Join {
+                session: "s".into(),
+                role: None,
+                name: None,
+                since: Some(0),
+                reference: Some("x".into())
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_bad_request() {
+        let e = decode_client(Format::Json, b"{\"type\":").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = decode_client(Format::Json, b"[1,2]").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = decode_client(Format::Json, b"null").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn unknown_type_keeps_ref() {
+        let e = decode_client(Format::Json, br#"{"type":"launch","ref":"r1"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownType);
+        assert_eq!(e.reference.as_deref(), Some("r1"));
+    }
+
+    #[test]
+    fn missing_and_wrong_fields_are_bad_request_with_ref() {
+        for bad in [
+            br#"{"type":"publish","ref":"r"}"#.as_slice(),
+            br#"{"type":"join","session":5,"ref":"r"}"#,
+            br#"{"type":"typing","session":"s","active":"yes","ref":"r"}"#,
+            br#"{"type":"join","session":"s","since":-1,"ref":"r"}"#,
+            br#"{"type":"join","session":"s","role":"admin","ref":"r"}"#,
+        ] {
+            let e = decode_client(Format::Json, bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(e.reference.as_deref(), Some("r"));
+        }
+    }
+
+    #[test]
+    fn non_string_type_or_ref_is_bad_request() {
+        let e = decode_client(Format::Json, br#"{"type":7}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = decode_client(Format::Json, br#"{"type":"ping","ref":{"a":1}}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn msgpack_garbage_is_bad_request() {
+        for bad in [&[0xc1u8][..], &[0x81, 0xa4], &[0xff, 0x00, 0x13], b"{\"type\":\"ping\"}"] {
+            let e = decode_client(Format::Msgpack, bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest);
+        }
+    }
+
+    #[test]
+    fn server_frames_round_trip_both_formats() {
+        let from = From {
+            client_id: "c1".into(),
+            user: "alice".into(),
+            role: Role::Controller,
+            name: Some("Alice".into()),
+        };
+        let frames = [
+            ServerFrame::Message {
+                session: "s".into(),
+                seq: 9,
+                ts: 1_700_000_000_000,
+                from: from.clone(),
+                data: json!({"k": "v", "n": [1, 2.5, null]}),
+            },
+            ServerFrame::Ack {
+                reference: None,
+                seq: Some(3),
+            },
+            ServerFrame::error(Some("r".into()), ErrorCode::RateLimited, "slow down"),
+            ServerFrame::Pong { reference: None },
+        ];
+        for frame in frames {
+            for format in [Format::Json, Format::Msgpack] {
+                let bytes = encode(format, &frame).unwrap();
+                assert_eq!(decode_server(format, &bytes).unwrap(), frame);
+            }
+        }
+    }
+
+    #[test]
+    fn ack_without_ref_has_null_ref() {
+        let bytes = encode(
+            Format::Json,
+            &ServerFrame::Ack {
+                reference: None,
+                seq: Some(1),
+            },
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v, json!({"type":"ack","ref":null,"seq":1}));
+    }
+}

@@ -1,0 +1,13 @@
+//! Roomcast wire types, shared by the gateway and the load generator.
+//!
+//! - [`protocol`]: the frames of WebSocket protocol v1 (SPEC.md) and the close codes.
+//! - [`codec`]: pure JSON/msgpack encode and decode, with bad input classified into the
+//!   SPEC.md error codes.
+//!
+//! Nothing here does I/O; the types are the boundary, so they are the only `Serialize` ones.
+
+pub mod codec;
+pub mod protocol;
+
+pub use codec::{decode_client, decode_server, encode, DecodeError, Format};
+pub use protocol::*;
