@@ -101,7 +101,10 @@ impl Authenticator {
             ),
             (None, Some(path)) => {
                 let pem = std::fs::read(path).map_err(|e| {
-                    ConfigError(format!("cannot read ROOMCAST_JWT_PUBLIC_KEY {}: {e}", path.display()))
+                    ConfigError(format!(
+                        "cannot read ROOMCAST_JWT_PUBLIC_KEY {}: {e}",
+                        path.display()
+                    ))
                 })?;
                 if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                     (Algorithm::RS256, Some(key), None)
@@ -163,7 +166,9 @@ impl Authenticator {
         })?;
         let claims = data.claims;
         if claims.sub.is_empty() || claims.sub.len() > 128 {
-            return Err(AuthError::Invalid("`sub` must be 1 to 128 characters".into()));
+            return Err(AuthError::Invalid(
+                "`sub` must be 1 to 128 characters".into(),
+            ));
         }
         if claims.roles.is_empty() {
             return Err(AuthError::Forbidden("token allows no role".into()));
@@ -194,9 +199,18 @@ impl Authenticator {
     /// Signs a token with the configured secret (HS256 only: we never hold private keys).
     pub fn mint(&self, args: &TokenArgs) -> Result<String, AuthError> {
         let key = self.encoding.as_ref().ok_or_else(|| {
-            AuthError::Invalid("minting needs ROOMCAST_JWT_SECRET (public-key mode cannot sign)".into())
+            AuthError::Invalid(
+                "minting needs ROOMCAST_JWT_SECRET (public-key mode cannot sign)".into(),
+            )
         })?;
-        self.mint_claims(key, args.sub.clone(), args.roles.clone(), &args.sessions, args.name.clone(), args.ttl)
+        self.mint_claims(
+            key,
+            args.sub.clone(),
+            args.roles.clone(),
+            &args.sessions,
+            args.name.clone(),
+            args.ttl,
+        )
     }
 
     fn mint_claims(
@@ -272,7 +286,10 @@ mod tests {
         let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
         let body = b64(br#"{"sub":"eve","roles":["controller"],"exp":99999999999}"#);
         let token = format!("{header}.{body}.");
-        assert!(matches!(auth(&[]).verify(&token), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            auth(&[]).verify(&token),
+            Err(AuthError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -298,7 +315,11 @@ mod tests {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..=chunk.len() {
                 out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);

@@ -84,8 +84,13 @@ impl Bus {
             return;
         };
         let shutdown = app.shutdown.clone();
-        app.tracker.spawn(manage(app.clone(), ops_rx, shutdown.clone()));
-        app.tracker.spawn(read(app.clone(), bus.subscriber.message_rx(), shutdown.clone()));
+        app.tracker
+            .spawn(manage(app.clone(), ops_rx, shutdown.clone()));
+        app.tracker.spawn(read(
+            app.clone(),
+            bus.subscriber.message_rx(),
+            shutdown.clone(),
+        ));
         app.tracker.spawn(watch(app.clone(), shutdown));
     }
 
@@ -206,12 +211,19 @@ async fn resubscribe(app: &Arc<App>, subscribed: &HashSet<String>, shutdown: &Ca
     }
     app.bus.up.store(true, Ordering::Release);
     m::pubsub_reconnect();
-    tracing::info!(channels = channels.len(), "pub/sub resubscribed; catching up from history");
+    tracing::info!(
+        channels = channels.len(),
+        "pub/sub resubscribed; catching up from history"
+    );
     app.hub.catch_up_all();
 }
 
 /// Routes pub/sub messages to session pumps.
-async fn read(app: Arc<App>, mut rx: broadcast::Receiver<fred::types::Message>, shutdown: CancellationToken) {
+async fn read(
+    app: Arc<App>,
+    mut rx: broadcast::Receiver<fred::types::Message>,
+    shutdown: CancellationToken,
+) {
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -235,7 +247,10 @@ async fn read(app: Arc<App>, mut rx: broadcast::Receiver<fred::types::Message>, 
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 // We do not know which sessions lost messages: all of them check history.
                 m::pubsub_dropped("lagged", n);
-                tracing::warn!(dropped = n, "pub/sub reader lagged; catching up from history");
+                tracing::warn!(
+                    dropped = n,
+                    "pub/sub reader lagged; catching up from history"
+                );
                 app.hub.catch_up_all();
             }
             Err(broadcast::error::RecvError::Closed) => return,

@@ -56,7 +56,12 @@ pub enum Offer {
 
 impl ClientHandle {
     /// Creates the handle and the receiver its writer drains.
-    pub fn new(id: String, user: String, format: Format, queue: usize) -> (Self, mpsc::Receiver<Outbound>) {
+    pub fn new(
+        id: String,
+        user: String,
+        format: Format,
+        queue: usize,
+    ) -> (Self, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(queue);
         let inner = Inner {
             id,
@@ -66,7 +71,12 @@ impl ClientHandle {
             kill: CancellationToken::new(),
             code: AtomicU16::new(0),
         };
-        (ClientHandle { inner: Arc::new(inner) }, rx)
+        (
+            ClientHandle {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
     }
 
     pub fn id(&self) -> &str {
@@ -175,7 +185,8 @@ impl SharedFrame {
             Format::Json => &self.json,
             Format::Msgpack => &self.msgpack,
         };
-        cell.get_or_init(|| encode_message(format, &self.frame)).clone()
+        cell.get_or_init(|| encode_message(format, &self.frame))
+            .clone()
     }
 }
 
@@ -279,7 +290,9 @@ mod tests {
 
     #[tokio::test]
     async fn shared_frame_encodes_once_per_format() {
-        let shared = SharedFrame::new(ServerFrame::Pong { reference: Some("r".into()) });
+        let shared = SharedFrame::new(ServerFrame::Pong {
+            reference: Some("r".into()),
+        });
         let a = shared.message(Format::Json).unwrap();
         let b = shared.message(Format::Json).unwrap();
         match (a, b) {
@@ -290,13 +303,19 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(shared.message(Format::Msgpack), Some(Message::Binary(_))));
+        assert!(matches!(
+            shared.message(Format::Msgpack),
+            Some(Message::Binary(_))
+        ));
     }
 
     #[tokio::test]
     async fn closed_queue_reports_closed() {
         let (client, rx) = ClientHandle::new("c".into(), "u".into(), Format::Json, 2);
         drop(rx);
-        assert_eq!(client.send(&ServerFrame::Pong { reference: None }), Offer::Closed);
+        assert_eq!(
+            client.send(&ServerFrame::Pong { reference: None }),
+            Offer::Closed
+        );
     }
 }

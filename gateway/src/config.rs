@@ -110,7 +110,8 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration (like 30s, 15m): {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration (like 30s, 15m): {e}"))
 }
 
 fn parse_role(s: &str) -> Result<roomcast_shared::Role, String> {
@@ -125,7 +126,11 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Redis URL: redis://, rediss://, redis-cluster://, redis-sentinel://.
-    #[arg(long, env = "ROOMCAST_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "ROOMCAST_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
     /// Connections in the Redis command pool.
     #[arg(long, env = "ROOMCAST_REDIS_POOL", default_value_t = 4)]
@@ -272,7 +277,9 @@ impl Config {
             return fail("ROOMCAST_HISTORY_TTL must be at least 1s");
         }
         if self.inactivity_warning >= self.inactivity_timeout {
-            return fail("ROOMCAST_INACTIVITY_WARNING must be shorter than ROOMCAST_INACTIVITY_TIMEOUT");
+            return fail(
+                "ROOMCAST_INACTIVITY_WARNING must be shorter than ROOMCAST_INACTIVITY_TIMEOUT",
+            );
         }
         if self.max_frame_bytes < 256 {
             return fail("ROOMCAST_MAX_FRAME_BYTES must be at least 256");
@@ -371,8 +378,14 @@ mod tests {
         assert!(Config::from_pairs(&[s, ("history-size", "0")]).is_err());
         assert!(Config::from_pairs(&[s, ("listen", "nowhere")]).is_err());
         assert!(Config::from_pairs(&[s, ("inactivity-warning", "20m")]).is_err());
-        let c = Config::from_pairs(&[s, ("allowed-origins", "https://a.example,https://b.example")])
-            .unwrap();
-        assert_eq!(c.allowed_origins, vec!["https://a.example", "https://b.example"]);
+        let c = Config::from_pairs(&[
+            s,
+            ("allowed-origins", "https://a.example,https://b.example"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
     }
 }

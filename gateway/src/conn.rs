@@ -18,8 +18,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use futures_util::StreamExt;
 use roomcast_shared::{
-    close, decode_client, ClientFrame, ErrorCode, Format, From, Role, ServerFrame, PROTOCOL_VERSION,
-    SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
+    close, decode_client, ClientFrame, ErrorCode, Format, From, Role, ServerFrame,
+    PROTOCOL_VERSION, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK,
 };
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -60,14 +60,26 @@ pub async fn upgrade(
     mut ws: WebSocketUpgrade,
 ) -> Response {
     if app.is_draining() {
-        return problem(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "node is draining; connect to another node");
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "node is draining; connect to another node",
+        );
     }
     if !origin_allowed(&app.config.allowed_origins, &headers) {
-        return problem(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed");
+        return problem(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        );
     }
     let cap = app.config.max_connections;
     if cap > 0 && app.hub.client_count() >= cap {
-        let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "connection limit reached");
+        let mut response = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "connection limit reached",
+        );
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -117,7 +129,9 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     let Ok(origin) = origin.to_str() else {
         return false;
     };
-    allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
 }
 
 fn authenticate(app: &App, headers: &HeaderMap, query: &WsQuery) -> Result<Identity, AuthError> {
@@ -127,7 +141,10 @@ fn authenticate(app: &App, headers: &HeaderMap, query: &WsQuery) -> Result<Ident
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     let token = bearer
         .or(query.token.as_deref())
@@ -189,7 +206,9 @@ impl Failure {
 
     fn from_store(e: StoreError) -> Self {
         match e {
-            StoreError::SessionEnded => Failure::new(ErrorCode::SessionEnded, "the session has ended"),
+            StoreError::SessionEnded => {
+                Failure::new(ErrorCode::SessionEnded, "the session has ended")
+            }
             StoreError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "redis unavailable");
                 Failure {
@@ -213,13 +232,25 @@ struct Connection {
 }
 
 /// The connection task: from `welcome` to the last leave.
-async fn run(app: Arc<App>, socket: WebSocket, identity: Identity, format: Format, peer: SocketAddr) {
+async fn run(
+    app: Arc<App>,
+    socket: WebSocket,
+    identity: Identity,
+    format: Format,
+    peer: SocketAddr,
+) {
     let client_id = random_id(16);
-    let span = tracing::info_span!("conn", client_id = %client_id, peer = %peer, user = %identity.user);
+    let span =
+        tracing::info_span!("conn", client_id = %client_id, peer = %peer, user = %identity.user);
     async move {
         let role = identity.default_role().map(Role::as_str).unwrap_or("none");
         let (sink, mut stream) = socket.split();
-        let (client, rx) = ClientHandle::new(client_id.clone(), identity.user.clone(), format, app.config.send_queue);
+        let (client, rx) = ClientHandle::new(
+            client_id.clone(),
+            identity.user.clone(),
+            format,
+            app.config.send_queue,
+        );
         app.hub.add_client(client.clone());
         m::connection_opened(role);
         tracing::debug!("connected");
@@ -253,14 +284,18 @@ async fn run(app: Arc<App>, socket: WebSocket, identity: Identity, format: Forma
 
 impl Connection {
     /// Reads until the client leaves or must go; answers why, for the metric label.
-    async fn read_loop(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) -> &'static str {
+    async fn read_loop(
+        &mut self,
+        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    ) -> &'static str {
         let heartbeat = self.app.config.heartbeat;
         let mut ping = interval_at(Instant::now() + heartbeat, heartbeat);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
-        let expires = self.identity.expires_at_ms.map(|exp| {
-            Instant::now() + Duration::from_millis(exp.saturating_sub(now_ms()))
-        });
+        let expires = self
+            .identity
+            .expires_at_ms
+            .map(|exp| Instant::now() + Duration::from_millis(exp.saturating_sub(now_ms())));
         let expiry = async move {
             match expires {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -335,7 +370,13 @@ impl Connection {
                 Format::Json => "text frames (roomcast.v1.json)",
                 Format::Msgpack => "binary frames (roomcast.v1.msgpack)",
             };
-            self.fail(None, Failure::new(ErrorCode::BadRequest, format!("this connection accepts {expected}")));
+            self.fail(
+                None,
+                Failure::new(
+                    ErrorCode::BadRequest,
+                    format!("this connection accepts {expected}"),
+                ),
+            );
             return;
         }
         let frame = match decode_client(format, bytes) {
@@ -398,8 +439,9 @@ impl Connection {
                 let started = std::time::Instant::now();
                 let from = self.writer_in(&session)?;
                 let now = now_ms();
-                let tail = encode_entry_tail(now, &from, &data)
-                    .map_err(|e| Failure::new(ErrorCode::BadRequest, format!("data cannot be stored: {e}")))?;
+                let tail = encode_entry_tail(now, &from, &data).map_err(|e| {
+                    Failure::new(ErrorCode::BadRequest, format!("data cannot be stored: {e}"))
+                })?;
                 let seq = self
                     .app
                     .store
@@ -423,7 +465,10 @@ impl Connection {
                 let from = self.writer_in(&session)?;
                 if let Some(to) = &to {
                     if !valid_id(to) {
-                        return Err(Failure::new(ErrorCode::BadRequest, "`to` is not a client id"));
+                        return Err(Failure::new(
+                            ErrorCode::BadRequest,
+                            "`to` is not a client id",
+                        ));
                     }
                 }
                 let payload = Event::Signal { from, data, to }.encode();
@@ -480,7 +525,10 @@ impl Connection {
             ));
         }
         if self.sessions.contains_key(&session) {
-            return Err(Failure::new(ErrorCode::BadRequest, "already joined to this session"));
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                "already joined to this session",
+            ));
         }
         if self.sessions.len() >= MAX_SESSIONS_PER_CONNECTION {
             return Err(Failure::new(
@@ -489,7 +537,10 @@ impl Connection {
             ));
         }
         if !self.identity.may_join(&session) {
-            return Err(Failure::new(ErrorCode::Forbidden, "the token does not allow this session"));
+            return Err(Failure::new(
+                ErrorCode::Forbidden,
+                "the token does not allow this session",
+            ));
         }
         let role = match role.or(self.identity.default_role()) {
             Some(role) if self.identity.roles.contains(&role) => role,
@@ -499,10 +550,18 @@ impl Connection {
                     format!("the token does not allow the role {}", role.as_str()),
                 ))
             }
-            None => return Err(Failure::new(ErrorCode::Forbidden, "the token allows no role")),
+            None => {
+                return Err(Failure::new(
+                    ErrorCode::Forbidden,
+                    "the token allows no role",
+                ))
+            }
         };
         let name = name.or_else(|| self.identity.name.clone());
-        if name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_LEN) {
+        if name
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > MAX_NAME_LEN)
+        {
             return Err(Failure::new(
                 ErrorCode::BadRequest,
                 format!("`name` is longer than {MAX_NAME_LEN} characters"),
@@ -529,7 +588,12 @@ impl Connection {
                 reference: reference.clone(),
                 reply,
             };
-            if handle.tx.send(Command::Join(Box::new(request))).await.is_err() {
+            if handle
+                .tx
+                .send(Command::Join(Box::new(request)))
+                .await
+                .is_err()
+            {
                 continue;
             }
             match answer.await {
@@ -543,7 +607,10 @@ impl Connection {
                     return Err(Failure {
                         close: Some(close::TRY_AGAIN_LATER),
                         retry_after_ms: Some(1000),
-                        ..Failure::new(ErrorCode::Unavailable, "storage unavailable, reconnect later")
+                        ..Failure::new(
+                            ErrorCode::Unavailable,
+                            "storage unavailable, reconnect later",
+                        )
                     });
                 }
                 Ok(Err(JoinError::Store(e))) => return Err(Failure::from_store(e)),
@@ -554,7 +621,10 @@ impl Connection {
 
     /// The `from` of a write in `session`, if this connection may write there.
     fn writer_in(&self, session: &str) -> Result<From, Failure> {
-        let joined = self.sessions.get(session).ok_or_else(|| not_joined(session))?;
+        let joined = self
+            .sessions
+            .get(session)
+            .ok_or_else(|| not_joined(session))?;
         if !joined.info.role.can_write() {
             return Err(Failure::new(ErrorCode::Forbidden, "observers cannot write"));
         }
@@ -628,7 +698,10 @@ impl Connection {
 
 fn not_joined(session: &str) -> Failure {
     let shown: String = session.chars().take(64).collect();
-    Failure::new(ErrorCode::NotJoined, format!("not joined to session `{shown}`"))
+    Failure::new(
+        ErrorCode::NotJoined,
+        format!("not joined to session `{shown}`"),
+    )
 }
 
 fn clip_ref(mut r: String) -> String {
@@ -667,10 +740,19 @@ mod tests {
         let mut h = HeaderMap::new();
         assert!(origin_allowed(&[], &h));
         let allowed = vec!["https://app.example".to_string()];
-        assert!(origin_allowed(&allowed, &h), "non-browser clients send no Origin");
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert!(
+            origin_allowed(&allowed, &h),
+            "non-browser clients send no Origin"
+        );
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
         assert!(!origin_allowed(&allowed, &h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://app.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://app.example"),
+        );
         assert!(origin_allowed(&allowed, &h));
     }
 

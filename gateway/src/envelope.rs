@@ -128,8 +128,12 @@ impl Envelope {
         };
         let err = |e: rmp_serde::decode::Error| EnvelopeError(e.to_string());
         match *k {
-            kind::MESSAGE => rmp_serde::from_slice(body).map(Envelope::Message).map_err(err),
-            kind::EVENT => rmp_serde::from_slice(body).map(Envelope::Event).map_err(err),
+            kind::MESSAGE => rmp_serde::from_slice(body)
+                .map(Envelope::Message)
+                .map_err(err),
+            kind::EVENT => rmp_serde::from_slice(body)
+                .map(Envelope::Event)
+                .map_err(err),
             kind::LEAVE => MemberInfo::decode(body).map(Envelope::Leave).map_err(err),
             kind::JOIN => MemberInfo::decode(body).map(Envelope::Join).map_err(err),
             kind::UPDATE => MemberInfo::decode(body).map(Envelope::Update).map_err(err),
@@ -209,14 +213,23 @@ mod tests {
         };
         let mut payload = vec![0x92, kind::LEAVE];
         payload.extend(info.encode());
-        assert_eq!(Envelope::decode(&payload).unwrap(), Envelope::Leave(info.clone()));
+        assert_eq!(
+            Envelope::decode(&payload).unwrap(),
+            Envelope::Leave(info.clone())
+        );
         assert!(!info.to_member(20, 100).idle);
         assert!(info.to_member(200, 100).idle);
     }
 
     #[test]
     fn garbage_is_an_error() {
-        for bad in [&[][..], &[0x92], &[0x92, 9, 1], &[0x91, 1], &[0x92, 1, 0xc1]] {
+        for bad in [
+            &[][..],
+            &[0x92],
+            &[0x92, 9, 1],
+            &[0x91, 1],
+            &[0x92, 1, 0xc1],
+        ] {
             assert!(Envelope::decode(bad).is_err());
         }
     }

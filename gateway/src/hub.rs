@@ -47,7 +47,8 @@ impl Hub {
                 let (tx, rx) = mpsc::channel(PUMP_QUEUE);
                 let pump = Pump::new(app.clone(), id.to_string(), generation, rx);
                 let span = tracing::info_span!("session", session = %id);
-                app.tracker.spawn(tracing::Instrument::instrument(pump.run(), span));
+                app.tracker
+                    .spawn(tracing::Instrument::instrument(pump.run(), span));
                 SessionHandle { tx, generation }
             })
             .clone()
@@ -55,7 +56,8 @@ impl Hub {
 
     /// Forgets a pump, unless a newer one already took its place.
     pub(crate) fn remove(&self, id: &str, generation: u64) {
-        self.sessions.remove_if(id, |_, h| h.generation == generation);
+        self.sessions
+            .remove_if(id, |_, h| h.generation == generation);
     }
 
     /// Hands a pub/sub payload to the session's pump, if there is one here.

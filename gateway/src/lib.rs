@@ -162,7 +162,10 @@ pub async fn run(
     // is reachable, instead of crash-looping.
     let wait = app.config.redis_timeout;
     let _ = app.store.pool().connect_pool();
-    if tokio::time::timeout(wait, app.store.pool().wait_for_connect()).await.is_err() {
+    if tokio::time::timeout(wait, app.store.pool().wait_for_connect())
+        .await
+        .is_err()
+    {
         tracing::warn!("redis not reachable yet; retrying in the background");
     }
     Bus::start(&app, wait).await;
@@ -172,17 +175,24 @@ pub async fn run(
     tracing::info!(addr = %addr, node = %app.node_id, "listening");
 
     let stop_accepting = CancellationToken::new();
-    app.tracker.spawn(drain_on(shutdown, app.clone(), stop_accepting.clone()));
+    app.tracker
+        .spawn(drain_on(shutdown, app.clone(), stop_accepting.clone()));
     let router = http::router(app.clone());
     let stop = stop_accepting.clone();
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await?;
 
     // The listener is closed and HTTP requests are done; wait for connections and pumps.
     app.tracker.close();
     let grace = app.config.shutdown_grace;
-    if tokio::time::timeout(grace, app.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(grace, app.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(grace = ?grace, "tasks still running after the grace period; exiting anyway");
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), app.store.node_remove(&app.node_id)).await;
@@ -193,7 +203,11 @@ pub async fn run(
 
 /// On shutdown: readiness 503 at once, refuse upgrades, close clients with 1001 in
 /// batches, then stop the listener and the background tasks.
-async fn drain_on(shutdown: impl Future<Output = ()>, app: Arc<App>, stop_accepting: CancellationToken) {
+async fn drain_on(
+    shutdown: impl Future<Output = ()>,
+    app: Arc<App>,
+    stop_accepting: CancellationToken,
+) {
     tokio::select! {
         _ = shutdown => {}
         // Something else stopped the server: nothing to drain.
@@ -247,7 +261,11 @@ async fn monitor(app: Arc<App>) {
         let heartbeat = app.config.heartbeat;
         if ok && last_node_beat.is_none_or(|t| t.elapsed() >= heartbeat) {
             last_node_beat = Some(Instant::now());
-            if let Err(e) = app.store.node_heartbeat(&app.node_id, now_ms(), heartbeat * 3).await {
+            if let Err(e) = app
+                .store
+                .node_heartbeat(&app.node_id, now_ms(), heartbeat * 3)
+                .await
+            {
                 tracing::debug!(error = %e, "node heartbeat failed");
             }
         }

@@ -5,7 +5,15 @@ use gateway::auth::Authenticator;
 use gateway::config::{Cli, Command, EXIT_CONFIG};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version are not errors; everything else is a bad configuration.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
     if let Err(e) = cli.config.validate() {
         eprintln!("roomcast: {e}");
         std::process::exit(EXIT_CONFIG);
@@ -33,7 +41,10 @@ fn serve(config: gateway::config::Config) {
         eprintln!("roomcast: invalid configuration: {e}");
         std::process::exit(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("roomcast: cannot start the runtime: {e}");
@@ -48,7 +59,10 @@ fn serve(config: gateway::config::Config) {
     if let Err(e) = result {
         tracing::error!(error = %e, "gateway failed");
         eprintln!("roomcast: {e}");
-        let code = if e.downcast_ref::<gateway::StartError>().is_some_and(|e| matches!(e, gateway::StartError::Config(_))) {
+        let code = if e
+            .downcast_ref::<gateway::StartError>()
+            .is_some_and(|e| matches!(e, gateway::StartError::Config(_)))
+        {
             EXIT_CONFIG
         } else {
             1

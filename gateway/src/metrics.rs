@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTIONS: &str = "roomcast_connections";
@@ -52,22 +54,51 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    describe_gauge!(CONNECTIONS, "Open WebSocket connections, by role of the token.");
+    describe_gauge!(
+        CONNECTIONS,
+        "Open WebSocket connections, by role of the token."
+    );
     describe_counter!(CONNECTIONS_TOTAL, "WebSocket connections accepted.");
-    describe_counter!(DISCONNECTIONS_TOTAL, "WebSocket connections closed, by reason.");
-    describe_gauge!(SESSIONS_LOCAL, "Sessions with at least one member on this instance.");
-    describe_gauge!(SUBSCRIPTIONS, "Pub/sub channels this instance is subscribed to.");
+    describe_counter!(
+        DISCONNECTIONS_TOTAL,
+        "WebSocket connections closed, by reason."
+    );
+    describe_gauge!(
+        SESSIONS_LOCAL,
+        "Sessions with at least one member on this instance."
+    );
+    describe_gauge!(
+        SUBSCRIPTIONS,
+        "Pub/sub channels this instance is subscribed to."
+    );
     describe_counter!(MESSAGES_RECEIVED_TOTAL, "Client frames received, by type.");
-    describe_counter!(MESSAGES_DELIVERED_TOTAL, "Frames queued to local clients by fan-out.");
-    describe_histogram!(PUBLISH_DURATION, Unit::Seconds, "Time from receiving a publish to its ack.");
+    describe_counter!(
+        MESSAGES_DELIVERED_TOTAL,
+        "Frames queued to local clients by fan-out."
+    );
+    describe_histogram!(
+        PUBLISH_DURATION,
+        Unit::Seconds,
+        "Time from receiving a publish to its ack."
+    );
     describe_histogram!(
         DELIVERY_LATENCY,
         Unit::Seconds,
         "Time from a message's publish timestamp to its fan-out on this instance."
     );
-    describe_histogram!(REDIS_COMMAND_DURATION, Unit::Seconds, "Redis round trips, by command or script.");
-    describe_gauge!(REDIS_UP, "1 when Redis answers PING within the timeout, else 0.");
-    describe_counter!(PUBSUB_RECONNECTS_TOTAL, "Times the pub/sub connection came back and resubscribed.");
+    describe_histogram!(
+        REDIS_COMMAND_DURATION,
+        Unit::Seconds,
+        "Redis round trips, by command or script."
+    );
+    describe_gauge!(
+        REDIS_UP,
+        "1 when Redis answers PING within the timeout, else 0."
+    );
+    describe_counter!(
+        PUBSUB_RECONNECTS_TOTAL,
+        "Times the pub/sub connection came back and resubscribed."
+    );
     describe_counter!(
         PUBSUB_DROPPED_TOTAL,
         "Pub/sub payloads dropped before fan-out (lagging reader, full session queue, bad payload)."
@@ -76,9 +107,18 @@ fn describe() {
         RECOVERED_MESSAGES_TOTAL,
         "Messages read back from history to fill a pub/sub gap or a reconnect."
     );
-    describe_counter!(RATE_LIMITED_TOTAL, "Requests refused by a rate limit, by scope.");
-    describe_counter!(SLOW_CONSUMER_TOTAL, "Clients closed with 4008 because their send queue overflowed.");
-    describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests, by method, route template and status.");
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Requests refused by a rate limit, by scope."
+    );
+    describe_counter!(
+        SLOW_CONSUMER_TOTAL,
+        "Clients closed with 4008 because their send queue overflowed."
+    );
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "HTTP requests, by method, route template and status."
+    );
     describe_histogram!(
         HTTP_REQUEST_DURATION,
         Unit::Seconds,

@@ -75,7 +75,12 @@ pub(crate) struct Pump {
 }
 
 impl Pump {
-    pub(crate) fn new(app: Arc<App>, session: String, generation: u64, rx: mpsc::Receiver<Command>) -> Self {
+    pub(crate) fn new(
+        app: Arc<App>,
+        session: String,
+        generation: u64,
+        rx: mpsc::Receiver<Command>,
+    ) -> Self {
         Pump {
             app,
             session,

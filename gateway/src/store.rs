@@ -164,7 +164,12 @@ impl Store {
     }
 
     /// Runs `publish.lua`: the message is stored and fanned out, or nothing happened.
-    pub async fn publish(&self, session: &str, tail: Vec<u8>, now_ms: u64) -> Result<u64, StoreError> {
+    pub async fn publish(
+        &self,
+        session: &str,
+        tail: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
         let k = self.keys.session(session);
         let reply = self
             .eval(
@@ -182,7 +187,9 @@ impl Store {
         match reply.as_i64() {
             Some(-1) => Err(StoreError::SessionEnded),
             Some(seq) if seq > 0 => Ok(seq as u64),
-            _ => Err(StoreError::Internal(format!("publish.lua answered {reply:?}"))),
+            _ => Err(StoreError::Internal(format!(
+                "publish.lua answered {reply:?}"
+            ))),
         }
     }
 
@@ -295,7 +302,11 @@ impl Store {
 
     /// Runs `history.lua`: the current seq and the stored entries after `since`, newest
     /// first.
-    pub async fn history_since(&self, session: &str, since: u64) -> Result<(u64, Vec<Bytes>), StoreError> {
+    pub async fn history_since(
+        &self,
+        session: &str,
+        since: u64,
+    ) -> Result<(u64, Vec<Bytes>), StoreError> {
         let k = self.keys.session(session);
         let reply = self
             .eval(
@@ -317,20 +328,33 @@ impl Store {
     pub async fn publish_event(&self, session: &str, payload: Vec<u8>) -> Result<(), StoreError> {
         let started = Instant::now();
         let channel = self.keys.session_channel(session);
-        let result: Result<i64, _> = self.pool.next().publish(channel, Value::Bytes(payload.into())).await;
+        let result: Result<i64, _> = self
+            .pool
+            .next()
+            .publish(channel, Value::Bytes(payload.into()))
+            .await;
         m::redis_command("publish_event", started.elapsed());
         result?;
         Ok(())
     }
 
     /// Records this node's heartbeat and forgets nodes silent for `forget_after`.
-    pub async fn node_heartbeat(&self, node: &str, now_ms: u64, forget_after: Duration) -> Result<(), StoreError> {
+    pub async fn node_heartbeat(
+        &self,
+        node: &str,
+        now_ms: u64,
+        forget_after: Duration,
+    ) -> Result<(), StoreError> {
         let started = Instant::now();
         let key = self.keys.nodes();
         let client = self.pool.next();
-        let _: i64 = client.zadd(&key, None, None, false, false, (now_ms as f64, node)).await?;
+        let _: i64 = client
+            .zadd(&key, None, None, false, false, (now_ms as f64, node))
+            .await?;
         let horizon = now_ms.saturating_sub(forget_after.as_millis() as u64) as f64;
-        let _: i64 = client.zremrangebyscore(&key, f64::NEG_INFINITY, horizon).await?;
+        let _: i64 = client
+            .zremrangebyscore(&key, f64::NEG_INFINITY, horizon)
+            .await?;
         m::redis_command("node_heartbeat", started.elapsed());
         Ok(())
     }

@@ -222,7 +222,12 @@ mod tests {
             br#"{"type":"join","session":"s","role":"admin","ref":"r"}"#,
         ] {
             let e = decode_client(Format::Json, bad).unwrap_err();
-            assert_eq!(e.code, ErrorCode::BadRequest, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                e.code,
+                ErrorCode::BadRequest,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
             assert_eq!(e.reference.as_deref(), Some("r"));
         }
     }
@@ -237,7 +242,12 @@ mod tests {
 
     #[test]
     fn msgpack_garbage_is_bad_request() {
-        for bad in [&[0xc1u8][..], &[0x81, 0xa4], &[0xff, 0x00, 0x13], b"{\"type\":\"ping\"}"] {
+        for bad in [
+            &[0xc1u8][..],
+            &[0x81, 0xa4],
+            &[0xff, 0x00, 0x13],
+            b"{\"type\":\"ping\"}",
+        ] {
             let e = decode_client(Format::Msgpack, bad).unwrap_err();
             assert_eq!(e.code, ErrorCode::BadRequest);
         }

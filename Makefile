@@ -1,0 +1,40 @@
+# Roomcast: `make run` to try it, `make test` to check it. Both install what is missing.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help deps run test test-only lint fmt build release stop-redis clean-run
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+deps: ## install redis-server, redis-cli and promtool when missing
+	@scripts/install-deps.sh --test
+
+run: ## start a local Redis and one gateway with a dev config, print how to connect
+	@scripts/install-deps.sh
+	@scripts/dev-run.sh
+
+test: deps lint test-only ## install what is missing, lint, run every test
+
+test-only: ## run every test (each starts its own private Redis instances)
+	$(CARGO) test --workspace --all-targets
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+build: ## debug build
+	$(CARGO) build --workspace
+
+release: ## optimised build of the roomcast binary
+	$(CARGO) build --release -p roomcast-gateway
+
+stop-redis: ## stop the Redis that `make run` started
+	@if [[ -f .run/redis.pid ]]; then kill "$$(cat .run/redis.pid)" && rm -f .run/redis.pid && echo stopped; else echo "no Redis started by make run"; fi
+
+clean-run: stop-redis ## remove .run/
+	rm -rf .run

@@ -1,0 +1,715 @@
+//! Test harness: private Redis processes, gateway processes, a cuttable TCP proxy, WebSocket
+//! clients and a minimal HTTP client. Everything binds loopback, is stopped by pid on drop,
+//! and waits on conditions with deadlines instead of sleeping.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use gateway::auth::{Authenticator, Claims};
+use gateway::config::{Config, TokenArgs};
+use roomcast_shared::{decode_server, Format, Role, ServerFrame};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef0123";
+
+/// How long any single expectation may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Polls `cond` until it holds or `within` passes.
+pub async fn wait_for<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "roomcast-test-{}-{}-{}",
+        std::process::id(),
+        tag,
+        gateway::util::random_id(6)
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A private redis-server on a free loopback port.
+pub struct Redis {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let mut redis = Redis {
+            port: free_port(),
+            dir: scratch_dir("redis"),
+            child: None,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir.to_str().expect("utf-8 dir"),
+                "--loglevel",
+                "warning",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (make test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + DEADLINE;
+        while !self.ping() {
+            assert!(Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Whether the server answers PING.
+    pub fn ping(&self) -> bool {
+        self.cmd(&["PING"]).is_some_and(|r| r.starts_with("+PONG"))
+    }
+
+    /// Sends one command with redis-cli semantics over RESP and returns the raw reply.
+    pub fn cmd(&self, args: &[&str]) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.addr()).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        stream.write_all(req.as_bytes()).ok()?;
+        let mut buf = vec![0u8; 65536];
+        let n = stream.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Kills the server (SIGKILL): an outage.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: no persistence).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `roomcast` process.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Gateway {
+    /// Starts a gateway on `redis_url` with test defaults plus `env`.
+    pub fn start(redis_url: &str, env: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ROOMCAST_LISTEN", "127.0.0.1:0")
+            .env("ROOMCAST_REDIS_URL", redis_url)
+            .env("ROOMCAST_JWT_SECRET", SECRET)
+            .env("ROOMCAST_LOG", "info,gateway=debug")
+            .env("ROOMCAST_LOG_FORMAT", "json")
+            // Test clients read only when a test looks: a short heartbeat would time them out.
+            .env("ROOMCAST_HEARTBEAT", "5s")
+            .env("ROOMCAST_REDIS_TIMEOUT", "1s")
+            .env("ROOMCAST_SHUTDOWN_GRACE", "5s");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn roomcast");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if addr_tx.is_some() {
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if v["fields"]["message"] == "listening" {
+                            if let Some(a) = v["fields"]["addr"].as_str() {
+                                let _ = addr_tx.take().map(|tx| tx.send(a.to_string()));
+                            }
+                        }
+                    }
+                }
+                if std::env::var_os("ROOMCAST_TEST_LOGS").is_some() {
+                    eprintln!("{line}");
+                }
+                sink.lock().expect("logs").push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(DEADLINE)
+            .expect("gateway did not report its address")
+            .parse()
+            .expect("socket address");
+        Gateway {
+            addr,
+            child: Some(child),
+            logs,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path).await
+    }
+
+    /// Waits until the gateway is ready (Redis and pub/sub up).
+    pub async fn wait_ready(&self) {
+        wait_for(DEADLINE, "gateway readiness", || async {
+            self.get("/health/ready").await.0 == 200
+        })
+        .await;
+    }
+
+    pub async fn connect(&self, token: &str) -> WsClient {
+        WsClient::connect(&self.ws_url(), Some(token), None).await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Minimal HTTP/1.1 GET; answers status and body. Connection errors answer status 0.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, &[]).await
+}
+
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((status, body))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Some(r)) => r,
+        _ => (0, String::new()),
+    }
+}
+
+/// Mints a token with the test secret.
+pub fn token(sub: &str, roles: &[Role]) -> String {
+    token_with(sub, roles, &[], Duration::from_secs(3600))
+}
+
+pub fn token_with(sub: &str, roles: &[Role], sessions: &[&str], ttl: Duration) -> String {
+    let config = Config::from_pairs(&[("jwt-secret", SECRET)]).expect("config");
+    Authenticator::from_config(&config)
+        .expect("auth")
+        .mint(&TokenArgs {
+            sub: sub.into(),
+            roles: roles.to_vec(),
+            sessions: sessions.iter().map(|s| s.to_string()).collect(),
+            name: None,
+            ttl,
+        })
+        .expect("mint")
+}
+
+/// Signs arbitrary claims with `secret` (HS256), for forged and expired tokens.
+pub fn sign_claims(claims: &Claims, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a WebSocket client saw the connection end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Closed {
+    Code(u16),
+    /// The stream ended without a close frame.
+    Abrupt,
+}
+
+/// A protocol client for tests.
+pub struct WsClient {
+    ws: Ws,
+    pub format: Format,
+    pub client_id: String,
+    /// Frames read while looking for another one, in arrival order.
+    pending: std::collections::VecDeque<ServerFrame>,
+}
+
+impl WsClient {
+    /// Connects and reads `welcome`.
+    pub async fn connect(url: &str, token: Option<&str>, protocol: Option<&str>) -> WsClient {
+        let (ws, format) = Self::try_connect(url, token, protocol)
+            .await
+            .unwrap_or_else(|status| panic!("upgrade refused with HTTP {status}"));
+        let mut client = WsClient {
+            ws,
+            format,
+            client_id: String::new(),
+            pending: Default::default(),
+        };
+        match client.next_frame().await {
+            ServerFrame::Welcome {
+                client_id,
+                protocol,
+                ..
+            } => {
+                assert_eq!(protocol, 1);
+                client.client_id = client_id;
+            }
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        client
+    }
+
+    /// Attempts the upgrade; an HTTP refusal answers its status.
+    pub async fn try_connect(
+        url: &str,
+        token: Option<&str>,
+        protocol: Option<&str>,
+    ) -> Result<(Ws, Format), u16> {
+        let headers: Vec<(&str, &str)> = protocol
+            .map(|p| ("sec-websocket-protocol", p))
+            .into_iter()
+            .collect();
+        Self::try_connect_with(url, &headers, token).await
+    }
+
+    /// Attempts the upgrade with extra headers.
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+        token: Option<&str>,
+    ) -> Result<(Ws, Format), u16> {
+        let mut request = url.into_client_request().expect("request");
+        if let Some(token) = token {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        for (k, v) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName =
+                k.parse().expect("header name");
+            request
+                .headers_mut()
+                .insert(name, v.parse().expect("header"));
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, response)) => {
+                let format = match response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    Some("roomcast.v1.msgpack") => Format::Msgpack,
+                    _ => Format::Json,
+                };
+                Ok((ws, format))
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+
+    /// Connects over a socket with a tiny receive buffer (to make slow consumers quickly).
+    pub async fn connect_small_buffer(url: &str, token: &str) -> WsClient {
+        let addr: SocketAddr = url
+            .trim_start_matches("ws://")
+            .trim_end_matches("/ws")
+            .parse()
+            .expect("addr");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let stream = socket.connect(addr).await.expect("connect");
+        let mut request = url.into_client_request().expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("upgrade");
+        let mut client = WsClient {
+            ws,
+            format: Format::Json,
+            client_id: String::new(),
+            pending: Default::default(),
+        };
+        if let ServerFrame::Welcome { client_id, .. } = client.next_frame().await {
+            client.client_id = client_id;
+        }
+        client
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        match self.format {
+            Format::Json => self.send_raw(Message::text(v.to_string())).await,
+            Format::Msgpack => {
+                let bytes = rmp_serde::to_vec_named(&v).expect("msgpack");
+                self.send_raw(Message::binary(bytes)).await
+            }
+        }
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    /// The next protocol frame (pings skipped); panics on close or after the deadline.
+    pub async fn next_frame(&mut self) -> ServerFrame {
+        match self.next_event(DEADLINE).await {
+            Ok(frame) => frame,
+            Err(closed) => panic!("connection closed: {closed:?}"),
+        }
+    }
+
+    /// The next frame or how the connection ended.
+    pub async fn next_event(&mut self, within: Duration) -> Result<ServerFrame, Closed> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Ok(frame);
+        }
+        self.read_event(within).await
+    }
+
+    async fn read_event(&mut self, within: Duration) -> Result<ServerFrame, Closed> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("no frame within {within:?}"),
+                Ok(None) => return Err(Closed::Abrupt),
+                Ok(Some(Err(_))) => return Err(Closed::Abrupt),
+                Ok(Some(Ok(msg))) => msg,
+            };
+            match msg {
+                Message::Text(t) => {
+                    return Ok(decode_server(Format::Json, t.as_bytes()).expect("server frame"))
+                }
+                Message::Binary(b) => {
+                    return Ok(decode_server(Format::Msgpack, &b).expect("server frame"))
+                }
+                Message::Close(frame) => {
+                    return Err(frame
+                        .map(|f: CloseFrame| Closed::Code(f.code.into()))
+                        .unwrap_or(Closed::Abrupt))
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads frames until the connection closes; answers the close code.
+    pub async fn closed(&mut self, within: Duration) -> Closed {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Ok(_) => continue,
+                Err(c) => return c,
+            }
+        }
+    }
+
+    /// The first frame that matches; frames before it stay queued for later reads.
+    pub async fn expect<F: Fn(&ServerFrame) -> bool>(&mut self, what: &str, f: F) -> ServerFrame {
+        if let Some(i) = self.pending.iter().position(&f) {
+            return self.pending.remove(i).expect("index");
+        }
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}");
+            match self.read_event(left).await {
+                Ok(frame) if f(&frame) => return frame,
+                Ok(frame) => self.pending.push_back(frame),
+                Err(c) => panic!("closed ({c:?}) while waiting for {what}"),
+            }
+        }
+    }
+
+    pub async fn join(&mut self, session: &str, since: Option<u64>) -> ServerFrame {
+        let mut frame = serde_json::json!({"type": "join", "session": session});
+        if let Some(s) = since {
+            frame["since"] = s.into();
+        }
+        self.send_json(frame).await;
+        self.expect("joined", |f| {
+            matches!(f, ServerFrame::Joined { .. } | ServerFrame::Error { .. })
+        })
+        .await
+    }
+
+    pub async fn join_as(&mut self, session: &str, role: &str) -> ServerFrame {
+        self.send_json(serde_json::json!({"type": "join", "session": session, "role": role}))
+            .await;
+        self.expect("joined", |f| {
+            matches!(f, ServerFrame::Joined { .. } | ServerFrame::Error { .. })
+        })
+        .await
+    }
+
+    /// Publishes and waits for the ack; answers the seq.
+    pub async fn publish(&mut self, session: &str, data: Value) -> u64 {
+        let reference = gateway::util::random_id(8);
+        self.send_json(serde_json::json!({"type": "publish", "session": session, "data": data, "ref": reference}))
+            .await;
+        let frame = self
+            .expect("ack", |f| match f {
+                ServerFrame::Ack { reference: r, .. } => r.as_deref() == Some(reference.as_str()),
+                ServerFrame::Error { reference: r, .. } => r.as_deref() == Some(reference.as_str()),
+                _ => false,
+            })
+            .await;
+        match frame {
+            ServerFrame::Ack { seq: Some(seq), .. } => seq,
+            other => panic!("publish refused: {other:?}"),
+        }
+    }
+
+    /// Collects `message` seqs in `session` until `count` arrived.
+    pub async fn messages(&mut self, session: &str, count: usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while seqs.len() < count {
+            if let ServerFrame::Message {
+                session: s, seq, ..
+            } = self
+                .expect("message", |f| matches!(f, ServerFrame::Message { .. }))
+                .await
+            {
+                if s == session {
+                    seqs.push(seq);
+                }
+            }
+        }
+        seqs
+    }
+
+    /// Round-trips a ping and answers every frame received before the pong: a barrier
+    /// proving nothing else was queued for us.
+    pub async fn drain_until_pong(&mut self) -> Vec<ServerFrame> {
+        let reference = gateway::util::random_id(8);
+        self.send_json(serde_json::json!({"type": "ping", "ref": reference}))
+            .await;
+        let mut before = Vec::new();
+        loop {
+            match self.next_frame().await {
+                ServerFrame::Pong { reference: Some(r) } if r == reference => return before,
+                other => before.push(other),
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// A TCP proxy that can be cut (all connections dropped, new ones refused) and restored:
+/// a network partition between gateways and Redis.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<Mutex<CancellationToken>>,
+    stop: CancellationToken,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let cut = Arc::new(Mutex::new(CancellationToken::new()));
+        let stop = CancellationToken::new();
+        let (cut2, stop2) = (cut.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut inbound, _)) = accepted else {
+                    continue;
+                };
+                let epoch = cut2.lock().expect("cut").clone();
+                if epoch.is_cancelled() {
+                    drop(inbound);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = epoch.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, cut, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Drops every proxied connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.lock().expect("cut").cancel();
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        *self.cut.lock().expect("cut") = CancellationToken::new();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.cut();
+    }
+}
+
+/// Seqs of `message` frames among `frames`.
+pub fn message_seqs(frames: &[ServerFrame]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Message { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,166 @@
+//! Operational surface: health endpoints, metrics (checked by promtool), HTTP conventions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use roomcast_shared::{Role, ServerFrame};
+use serde_json::{json, Value};
+
+const BOTH: &[Role] = &[Role::Controller, Role::Display];
+
+/// The value of a sample line `name{labels} value` (labels matched as a substring).
+fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_move_with_events_and_pass_promtool() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    let b = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", BOTH)).await;
+    let mut tv = b.connect(&token("tv", &[Role::Display])).await;
+    ctl.join("m", None).await;
+    tv.join("m", None).await;
+    for i in 0..3 {
+        ctl.publish("m", json!(i)).await;
+    }
+    tv.messages("m", 3).await;
+    ctl.send_json(json!({"type": "nope"})).await;
+    ctl.expect("error", |f| matches!(f, ServerFrame::Error { .. }))
+        .await;
+
+    let (status, text) = a.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(
+            &text,
+            "roomcast_messages_received_total",
+            "type=\"publish\""
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, "roomcast_publish_duration_seconds_count", ""),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, "roomcast_errors_total", "code=\"unknown_type\""),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "roomcast_connections", "role=\"controller\""),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "roomcast_sessions_local", ""), Some(1.0));
+    assert_eq!(sample(&text, "roomcast_subscriptions", ""), Some(1.0));
+    assert_eq!(sample(&text, "roomcast_redis_up", ""), Some(1.0));
+    assert!(sample(
+        &text,
+        "roomcast_redis_command_duration_seconds_count",
+        "command=\"publish\""
+    )
+    .is_some());
+    assert!(sample(
+        &text,
+        "roomcast_http_requests_total",
+        "route=\"/health/ready\""
+    )
+    .is_some());
+    let (_, text_b) = b.get("/metrics").await;
+    // B delivered the three messages to its display (and the controller's presence event).
+    assert!(sample(&text_b, "roomcast_messages_delivered_total", "").is_some_and(|v| v >= 3.0));
+    assert_eq!(
+        sample(&text_b, "roomcast_delivery_latency_seconds_count", ""),
+        Some(3.0)
+    );
+    // No label carries a session, user, client id or address.
+    for forbidden in ["ctl", "\"tv\"", "session=", "client_id", "127.0.0.1"] {
+        assert!(!text.contains(forbidden), "metrics leak {forbidden}");
+    }
+
+    // promtool validates the exposition format and the help texts.
+    let checked = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("promtool must be installed (make test installs it)");
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[tokio::test]
+async fn health_endpoints_and_http_conventions() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_NODE_ID", "ops-node")]);
+    a.wait_ready().await;
+    assert_eq!(a.get("/health/live").await.0, 200);
+    assert_eq!(a.get("/ping").await, (200, "pong".to_string()));
+    let (status, body) = a.get("/health").await;
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["node"], "ops-node");
+    assert_eq!(health["checks"]["redis"]["status"], "ok");
+    assert_eq!(health["checks"]["pubsub"]["status"], "ok");
+    assert!(health["checks"]["memory"]["rss_bytes"]
+        .as_u64()
+        .is_some_and(|r| r > 0));
+
+    // Unknown routes answer problem+json; request ids are echoed or generated.
+    let raw = raw_get(a.addr, "/nope", Some("trace-abc-123")).await;
+    assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
+    assert!(
+        raw.contains("content-type: application/problem+json"),
+        "{raw}"
+    );
+    assert!(raw.contains("x-request-id: trace-abc-123"), "{raw}");
+    assert!(raw.contains("\"code\":\"not_found\""), "{raw}");
+    let raw = raw_get(a.addr, "/ping", None).await;
+    assert!(raw.contains("x-request-id: "), "{raw}");
+    // A hostile request id is replaced, not echoed.
+    let raw = raw_get(a.addr, "/ping", Some(&"x".repeat(500))).await;
+    assert!(!raw.contains(&"x".repeat(200)));
+    // A plain GET on /ws is not an upgrade.
+    assert_eq!(a.get("/ws").await.0, 400);
+}
+
+async fn raw_get(addr: std::net::SocketAddr, path: &str, request_id: Option<&str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    if let Some(id) = request_id {
+        req.push_str(&format!("X-Request-Id: {id}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.expect("read");
+    String::from_utf8_lossy(&buf).into_owned()
+}

@@ -1,0 +1,466 @@
+//! Multi-instance realtime behaviour against real Redis and real `roomcast` processes:
+//! fan-out, ordering, recovery, presence, signals, both subprotocols.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use roomcast_shared::{PresenceEvent, Role, ServerFrame};
+use serde_json::json;
+
+const BOTH: &[Role] = &[Role::Controller, Role::Display];
+
+#[tokio::test]
+async fn publish_on_a_reaches_displays_on_a_and_b_in_order_once() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    let b = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+
+    let mut controller = a.connect(&token("ctl", BOTH)).await;
+    let mut display_a = a.connect(&token("tv-a", &[Role::Display])).await;
+    let mut display_b = b.connect(&token("tv-b", &[Role::Display])).await;
+    for c in [&mut controller, &mut display_a, &mut display_b] {
+        assert!(matches!(
+            c.join("room-1", None).await,
+            ServerFrame::Joined { seq: 0, .. }
+        ));
+    }
+
+    let mut acked = Vec::new();
+    for i in 0..25 {
+        acked.push(controller.publish("room-1", json!({"i": i})).await);
+    }
+    assert_eq!(
+        acked,
+        (1..=25).collect::<Vec<_>>(),
+        "acks carry consecutive seqs"
+    );
+
+    for display in [&mut display_a, &mut display_b] {
+        assert_eq!(
+            display.messages("room-1", 25).await,
+            (1..=25).collect::<Vec<_>>()
+        );
+        // Nothing else (no duplicate) was queued behind them.
+        let rest = display.drain_until_pong().await;
+        assert!(message_seqs(&rest).is_empty(), "duplicates: {rest:?}");
+    }
+    // The publisher is a member too and sees its own messages once.
+    assert_eq!(
+        controller.messages("room-1", 25).await,
+        (1..=25).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn message_frames_carry_sender_and_data() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    let mut ctl = a.connect(&token("alice", BOTH)).await;
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    ctl.join("s", None).await;
+    tv.join("s", None).await;
+    let before = gateway::util::now_ms();
+    ctl.publish("s", json!({"slide": 3, "text": "héllo"})).await;
+    match tv
+        .expect("message", |f| matches!(f, ServerFrame::Message { .. }))
+        .await
+    {
+        ServerFrame::Message {
+            session,
+            seq,
+            ts,
+            from,
+            data,
+        } => {
+            assert_eq!(session, "s");
+            assert_eq!(seq, 1);
+            assert!(ts >= before);
+            assert_eq!(from.user, "alice");
+            assert_eq!(from.role, Role::Controller);
+            assert_eq!(from.client_id, ctl.client_id);
+            assert_eq!(data, json!({"slide": 3, "text": "héllo"}));
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn rejoin_with_since_recovers_exactly_the_missed_messages() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    let b = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", BOTH)).await;
+    ctl.join("rec", None).await;
+    let mut tv = b.connect(&token("tv", &[Role::Display])).await;
+    tv.join("rec", None).await;
+    for i in 0..3 {
+        ctl.publish("rec", json!(i)).await;
+    }
+    assert_eq!(tv.messages("rec", 3).await, vec![1, 2, 3]);
+    tv.close().await;
+
+    for i in 3..8 {
+        ctl.publish("rec", json!(i)).await;
+    }
+    // Reconnect to the other instance, as after a node drain.
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    match tv.join("rec", Some(3)).await {
+        ServerFrame::Joined {
+            seq,
+            recovered,
+            history,
+            ..
+        } => {
+            assert_eq!(seq, 8);
+            assert!(recovered);
+            assert_eq!(
+                history.iter().map(|m| m.seq).collect::<Vec<_>>(),
+                vec![4, 5, 6, 7, 8]
+            );
+            assert_eq!(history[0].data, json!(3));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Live messages continue after the recovered ones.
+    ctl.publish("rec", json!(8)).await;
+    assert_eq!(tv.messages("rec", 1).await, vec![9]);
+
+    // since = top: nothing missed. since absent: no history.
+    let mut other = b.connect(&token("tv2", &[Role::Display])).await;
+    match other.join("rec", Some(9)).await {
+        ServerFrame::Joined {
+            recovered, history, ..
+        } => assert!(recovered && history.is_empty()),
+        f => panic!("{f:?}"),
+    }
+    let mut fresh = b.connect(&token("tv3", &[Role::Display])).await;
+    match fresh.join("rec", None).await {
+        ServerFrame::Joined {
+            seq,
+            recovered,
+            history,
+            ..
+        } => {
+            assert_eq!(seq, 9);
+            assert!(recovered && history.is_empty());
+        }
+        f => panic!("{f:?}"),
+    }
+    let mut everything = b.connect(&token("tv4", &[Role::Display])).await;
+    match everything.join("rec", Some(0)).await {
+        ServerFrame::Joined {
+            recovered, history, ..
+        } => {
+            assert!(recovered);
+            assert_eq!(history.len(), 9);
+        }
+        f => panic!("{f:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_gap_larger_than_history_is_not_recovered() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_HISTORY_SIZE", "10")]);
+    a.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", BOTH)).await;
+    ctl.join("big", None).await;
+    for i in 0..30 {
+        ctl.publish("big", json!(i)).await;
+    }
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    match tv.join("big", Some(5)).await {
+        ServerFrame::Joined {
+            seq,
+            recovered,
+            history,
+            ..
+        } => {
+            assert_eq!(seq, 30);
+            assert!(!recovered, "24 missed, 10 stored");
+            assert_eq!(
+                history.iter().map(|m| m.seq).collect::<Vec<_>>(),
+                (21..=30).collect::<Vec<_>>()
+            );
+        }
+        f => panic!("{f:?}"),
+    }
+    // A since beyond the top means the session was reset: not recovered, whole window.
+    let mut tv2 = a.connect(&token("tv2", &[Role::Display])).await;
+    match tv2.join("big", Some(500)).await {
+        ServerFrame::Joined {
+            recovered, history, ..
+        } => {
+            assert!(!recovered);
+            assert_eq!(history.len(), 10);
+        }
+        f => panic!("{f:?}"),
+    }
+}
+
+#[tokio::test]
+async fn presence_events_cross_instances_and_dead_nodes_leave_no_ghost() {
+    let redis = Redis::start();
+    let hb = ("ROOMCAST_HEARTBEAT", "1s");
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_NODE_ID", "node-a"), hb]);
+    let b = Gateway::start(&redis.url(), &[("ROOMCAST_NODE_ID", "node-b"), hb]);
+    let mut c = Gateway::start(&redis.url(), &[("ROOMCAST_NODE_ID", "node-c"), hb]);
+    for g in [&a, &b, &c] {
+        g.wait_ready().await;
+    }
+    let mut watcher = a.connect(&token("watcher", &[Role::Observer])).await;
+    watcher.join("pres", None).await;
+
+    let mut tv = b.connect(&token("tv", &[Role::Display])).await;
+    match tv.join("pres", None).await {
+        ServerFrame::Joined { presence, .. } => {
+            let users: Vec<_> = presence.iter().map(|m| m.user.as_str()).collect();
+            assert!(
+                users.contains(&"watcher") && users.contains(&"tv"),
+                "{users:?}"
+            );
+        }
+        f => panic!("{f:?}"),
+    }
+    match watcher
+        .expect("presence join", |f| {
+            matches!(f, ServerFrame::Presence { .. })
+        })
+        .await
+    {
+        ServerFrame::Presence { event, member, .. } => {
+            assert_eq!(event, PresenceEvent::Join);
+            assert_eq!(member.user, "tv");
+            assert_eq!(member.node, "node-b");
+            assert_eq!(member.role, Role::Display);
+            assert!(!member.idle);
+        }
+        _ => unreachable!(),
+    }
+    tv.send_json(json!({"type": "leave", "session": "pres", "ref": "l"}))
+        .await;
+    tv.expect("leave ack", |f| matches!(f, ServerFrame::Ack { .. }))
+        .await;
+    match watcher
+        .expect("presence leave", |f| {
+            matches!(f, ServerFrame::Presence { .. })
+        })
+        .await
+    {
+        ServerFrame::Presence { event, member, .. } => {
+            assert_eq!(event, PresenceEvent::Leave);
+            assert_eq!(member.user, "tv");
+        }
+        _ => unreachable!(),
+    }
+
+    // A member on node C, then C dies without a word.
+    let mut ghost = c.connect(&token("ghost", &[Role::Display])).await;
+    ghost.join("pres", None).await;
+    watcher
+        .expect("ghost join", |f| {
+            matches!(
+                f,
+                ServerFrame::Presence {
+                    event: PresenceEvent::Join,
+                    ..
+                }
+            )
+        })
+        .await;
+    let killed = Instant::now();
+    c.kill();
+    match watcher
+        .expect("ghost leave", |f| {
+            matches!(
+                f,
+                ServerFrame::Presence {
+                    event: PresenceEvent::Leave,
+                    ..
+                }
+            )
+        })
+        .await
+    {
+        ServerFrame::Presence { member, .. } => assert_eq!(member.user, "ghost"),
+        _ => unreachable!(),
+    }
+    let heartbeat = Duration::from_secs(1);
+    assert!(
+        killed.elapsed() <= heartbeat * 2 + Duration::from_millis(300),
+        "ghost swept after {:?}",
+        killed.elapsed()
+    );
+    // And it is gone from what a new member sees.
+    let mut late = b.connect(&token("late", &[Role::Display])).await;
+    match late.join("pres", None).await {
+        ServerFrame::Joined { presence, .. } => {
+            assert!(
+                presence.iter().all(|m| m.user != "ghost" && m.user != "tv"),
+                "{presence:?}"
+            );
+        }
+        f => panic!("{f:?}"),
+    }
+}
+
+#[tokio::test]
+async fn signals_and_typing_are_ephemeral_and_can_be_direct() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    let b = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let mut remote = a.connect(&token("remote", BOTH)).await;
+    let mut screen1 = b.connect(&token("screen1", &[Role::Display])).await;
+    let mut screen2 = b.connect(&token("screen2", &[Role::Display])).await;
+    for c in [&mut remote, &mut screen1, &mut screen2] {
+        c.join("sig", None).await;
+    }
+    remote
+        .send_json(json!({"type": "signal", "session": "sig", "data": {"x": 1}, "ref": "s1"}))
+        .await;
+    remote
+        .expect("signal ack", |f| {
+            matches!(f, ServerFrame::Ack { seq: None, .. })
+        })
+        .await;
+    for s in [&mut screen1, &mut screen2] {
+        match s
+            .expect("signal", |f| matches!(f, ServerFrame::Signal { .. }))
+            .await
+        {
+            ServerFrame::Signal { data, from, .. } => {
+                assert_eq!(data, json!({"x": 1}));
+                assert_eq!(from.user, "remote");
+            }
+            _ => unreachable!(),
+        }
+    }
+    // Direct: only screen2.
+    remote
+        .send_json(
+            json!({"type": "signal", "session": "sig", "data": "only-2", "to": screen2.client_id}),
+        )
+        .await;
+    remote
+        .send_json(json!({"type": "typing", "session": "sig", "active": true}))
+        .await;
+    match screen2
+        .expect("direct signal", |f| matches!(f, ServerFrame::Signal { .. }))
+        .await
+    {
+        ServerFrame::Signal { data, .. } => assert_eq!(data, json!("only-2")),
+        _ => unreachable!(),
+    }
+    match screen1
+        .expect("typing", |f| {
+            matches!(f, ServerFrame::Typing { .. } | ServerFrame::Signal { .. })
+        })
+        .await
+    {
+        ServerFrame::Typing { active, from, .. } => {
+            assert!(active);
+            assert_eq!(from.user, "remote");
+        }
+        other => panic!("screen1 got a direct signal meant for screen2: {other:?}"),
+    }
+    // Signals are not stored: history stays empty.
+    let mut late = a.connect(&token("late", &[Role::Display])).await;
+    match late.join("sig", Some(0)).await {
+        ServerFrame::Joined { seq, history, .. } => assert!(seq == 0 && history.is_empty()),
+        f => panic!("{f:?}"),
+    }
+    // The sender does not get its own signal back.
+    let rest = remote.drain_until_pong().await;
+    assert!(
+        rest.iter()
+            .all(|f| !matches!(f, ServerFrame::Signal { .. })),
+        "{rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn msgpack_and_json_clients_share_a_session() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    let t = token("mp", BOTH);
+    let mut packed = WsClient::connect(&a.ws_url(), Some(&t), Some("roomcast.v1.msgpack")).await;
+    assert_eq!(packed.format, roomcast_shared::Format::Msgpack);
+    let mut text = WsClient::connect(&a.ws_url(), Some(&t), Some("roomcast.v1.json")).await;
+    assert_eq!(text.format, roomcast_shared::Format::Json);
+    packed.join("mix", None).await;
+    text.join("mix", None).await;
+    assert_eq!(packed.publish("mix", json!({"k": [1, 2, 3]})).await, 1);
+    assert_eq!(text.publish("mix", json!("from json")).await, 2);
+    assert_eq!(packed.messages("mix", 2).await, vec![1, 2]);
+    assert_eq!(text.messages("mix", 2).await, vec![1, 2]);
+    // An unsupported subprotocol is refused before the upgrade.
+    let refused = WsClient::try_connect(&a.ws_url(), Some(&t), Some("graphql-ws")).await;
+    assert_eq!(refused.err(), Some(400));
+}
+
+#[tokio::test]
+async fn roles_and_session_claims_are_enforced() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    let mut observer = a.connect(&token("obs", &[Role::Observer])).await;
+    observer.join("r", None).await;
+    observer
+        .send_json(json!({"type": "publish", "session": "r", "data": 1, "ref": "p"}))
+        .await;
+    match observer
+        .expect("error", |f| matches!(f, ServerFrame::Error { .. }))
+        .await
+    {
+        ServerFrame::Error {
+            code, reference, ..
+        } => {
+            assert_eq!(code, roomcast_shared::ErrorCode::Forbidden);
+            assert_eq!(reference.as_deref(), Some("p"));
+        }
+        _ => unreachable!(),
+    }
+    let mut limited = a
+        .connect(&token_with(
+            "lim",
+            &[Role::Display],
+            &["allowed"],
+            Duration::from_secs(60),
+        ))
+        .await;
+    assert!(matches!(
+        limited.join("allowed", None).await,
+        ServerFrame::Joined { .. }
+    ));
+    match limited.join("other", None).await {
+        ServerFrame::Error { code, .. } => assert_eq!(code, roomcast_shared::ErrorCode::Forbidden),
+        f => panic!("{f:?}"),
+    }
+    match limited.join_as("allowed2", "controller").await {
+        ServerFrame::Error { code, .. } => assert_eq!(code, roomcast_shared::ErrorCode::Forbidden),
+        f => panic!("{f:?}"),
+    }
+    // Writing to a session one has not joined.
+    let mut ctl = a.connect(&token("ctl", BOTH)).await;
+    ctl.send_json(json!({"type": "publish", "session": "nope", "data": 1}))
+        .await;
+    match ctl
+        .expect("error", |f| matches!(f, ServerFrame::Error { .. }))
+        .await
+    {
+        ServerFrame::Error { code, .. } => assert_eq!(code, roomcast_shared::ErrorCode::NotJoined),
+        _ => unreachable!(),
+    }
+}

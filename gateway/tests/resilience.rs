@@ -1,0 +1,256 @@
+//! Failure behaviour: Redis outages and partitions, slow consumers, draining on SIGTERM.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use roomcast_shared::{close, Role, ServerFrame};
+use serde_json::json;
+
+const BOTH: &[Role] = &[Role::Controller, Role::Display];
+
+/// Gateways A and B reach Redis through a proxy that we cut; C reaches it directly and
+/// keeps publishing. When the proxy comes back, A's and B's displays get everything that
+/// was published meanwhile, in order, without a gap or a duplicate, before newer messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_instances_catch_up_from_history_without_gap_or_duplicate() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let a = Gateway::start(&proxy.url(), &[]);
+    let b = Gateway::start(&proxy.url(), &[]);
+    let c = Gateway::start(&redis.url(), &[]);
+    for g in [&a, &b, &c] {
+        g.wait_ready().await;
+    }
+    let mut ctl = c.connect(&token("ctl", BOTH)).await;
+    let mut tv_a = a.connect(&token("tv-a", &[Role::Display])).await;
+    let mut tv_b = b.connect(&token("tv-b", &[Role::Display])).await;
+    for client in [&mut ctl, &mut tv_a, &mut tv_b] {
+        client.join("blink", None).await;
+    }
+    for i in 1..=5 {
+        ctl.publish("blink", json!(i)).await;
+    }
+    for tv in [&mut tv_a, &mut tv_b] {
+        assert_eq!(tv.messages("blink", 5).await, vec![1, 2, 3, 4, 5]);
+    }
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    for g in [&a, &b] {
+        wait_for(
+            Duration::from_secs(3),
+            "readiness 503 during the outage",
+            || async { g.get("/health/ready").await.0 == 503 },
+        )
+        .await;
+        assert_eq!(
+            g.get("/health/live").await.0,
+            200,
+            "liveness does not depend on Redis"
+        );
+    }
+    assert!(cut_at.elapsed() < Duration::from_secs(3));
+    // Published while A and B cannot hear pub/sub: stored, acked, not delivered (yet).
+    for i in 6..=10 {
+        ctl.publish("blink", json!(i)).await;
+    }
+
+    proxy.restore();
+    for g in [&a, &b] {
+        g.wait_ready().await;
+    }
+    for i in 11..=15 {
+        ctl.publish("blink", json!(i)).await;
+    }
+    for tv in [&mut tv_a, &mut tv_b] {
+        assert_eq!(tv.messages("blink", 10).await, (6..=15).collect::<Vec<_>>());
+        let rest = tv.drain_until_pong().await;
+        assert!(
+            message_seqs(&rest).is_empty(),
+            "duplicates after catch-up: {rest:?}"
+        );
+    }
+    let (_, metrics) = a.get("/metrics").await;
+    assert!(
+        metrics.contains("roomcast_pubsub_reconnects_total"),
+        "reconnect counted"
+    );
+    assert!(
+        metrics.contains("roomcast_recovered_messages_total"),
+        "recovery counted"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_turns_ready_503_and_back() {
+    let mut redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", BOTH)).await;
+    ctl.join("down", None).await;
+
+    redis.stop();
+    let stopped = Instant::now();
+    wait_for(Duration::from_secs(3), "ready 503", || async {
+        a.get("/health/ready").await.0 == 503
+    })
+    .await;
+    assert!(stopped.elapsed() < Duration::from_secs(3));
+    assert_eq!(a.get("/health/live").await.0, 200);
+    wait_for(Duration::from_secs(3), "deep health unhealthy", || async {
+        let (status, body) = a.get("/health").await;
+        status == 503 && body.contains("\"unhealthy\"")
+    })
+    .await;
+
+    // A publish while Redis is down is refused clearly and the connection lives.
+    ctl.send_json(json!({"type": "publish", "session": "down", "data": 1, "ref": "x"}))
+        .await;
+    match ctl
+        .expect("error", |f| matches!(f, ServerFrame::Error { .. }))
+        .await
+    {
+        ServerFrame::Error {
+            code,
+            retry_after_ms,
+            reference,
+            ..
+        } => {
+            assert_eq!(code, roomcast_shared::ErrorCode::Unavailable);
+            assert!(retry_after_ms.is_some());
+            assert_eq!(reference.as_deref(), Some("x"));
+        }
+        _ => unreachable!(),
+    }
+    // A join while Redis is down: `unavailable`, then close 1013.
+    let mut late = a.connect(&token("late", &[Role::Display])).await;
+    late.send_json(json!({"type": "join", "session": "down"}))
+        .await;
+    match late
+        .expect("error", |f| matches!(f, ServerFrame::Error { .. }))
+        .await
+    {
+        ServerFrame::Error { code, .. } => {
+            assert_eq!(code, roomcast_shared::ErrorCode::Unavailable)
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(
+        late.closed(DEADLINE).await,
+        Closed::Code(close::TRY_AGAIN_LATER)
+    );
+
+    redis.restart();
+    a.wait_ready().await;
+    let (_, metrics) = a.get("/metrics").await;
+    assert!(metrics.contains("roomcast_redis_up 1"), "{metrics}");
+    // Redis came back empty (no persistence here); the session works again.
+    let mut again = a.connect(&token("again", BOTH)).await;
+    again.join("down2", None).await;
+    assert_eq!(again.publish("down2", json!("back")).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_4008_and_others_keep_receiving() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_SEND_QUEUE", "16")]);
+    a.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", BOTH)).await;
+    let mut good = a.connect(&token("good", &[Role::Display])).await;
+    let mut slow =
+        WsClient::connect_small_buffer(&a.ws_url(), &token("slow", &[Role::Display])).await;
+    ctl.join("firehose", None).await;
+    good.join("firehose", None).await;
+    slow.join("firehose", None).await;
+    // `slow` now reads nothing while 14 MiB go out: more than the socket buffers and the
+    // 16-frame queue can hold.
+    let blob = "x".repeat(48 * 1024);
+    let total = 300;
+    let reader = tokio::spawn(async move {
+        let seqs = good.messages("firehose", total).await;
+        (good, seqs)
+    });
+    let publisher = tokio::spawn(async move {
+        for _ in 0..total {
+            ctl.publish("firehose", json!(blob)).await;
+        }
+    });
+    wait_for(DEADLINE, "the slow consumer to be cut off", || async {
+        a.get("/metrics")
+            .await
+            .1
+            .contains("roomcast_slow_consumer_disconnects_total 1")
+    })
+    .await;
+    // When the slow client reads again, it finds the 4008 close after what was queued.
+    assert_eq!(
+        slow.closed(Duration::from_secs(15)).await,
+        Closed::Code(close::SLOW_CONSUMER)
+    );
+    publisher.await.expect("publisher");
+    let (_good, seqs) = reader.await.expect("reader");
+    assert_eq!(
+        seqs,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "the good display missed nothing"
+    );
+    let (_, metrics) = a.get("/metrics").await;
+    assert!(metrics.contains("reason=\"slow_consumer\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn sigterm_turns_ready_503_then_closes_clients_1001_and_exits_in_grace() {
+    let redis = Redis::start();
+    let mut a = Gateway::start(&redis.url(), &[("ROOMCAST_SHUTDOWN_GRACE", "5s")]);
+    a.wait_ready().await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let mut c = a.connect(&token(&format!("u{i}"), &[Role::Display])).await;
+        c.join("bye", None).await;
+        clients.push(c);
+    }
+    // Watch readiness from before the signal.
+    let addr = a.addr;
+    let poller = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let (status, _) = http_get(addr, "/health/ready").await;
+            if status == 503 {
+                return Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let signalled = Instant::now();
+    a.terminate();
+    let mut closed_at = Vec::new();
+    for c in &mut clients {
+        assert_eq!(c.closed(DEADLINE).await, Closed::Code(close::GOING_AWAY));
+        closed_at.push(Instant::now());
+    }
+    let not_ready_at = poller
+        .await
+        .expect("poller")
+        .expect("readiness never said 503");
+    assert!(
+        closed_at.iter().all(|t| *t >= not_ready_at),
+        "a client was closed before readiness failed"
+    );
+    let code = tokio::task::spawn_blocking(move || a.wait_exit(Duration::from_secs(6)))
+        .await
+        .expect("wait");
+    assert_eq!(code, Some(0), "clean exit");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(6),
+        "exited within the grace period"
+    );
+    // Presence was cleaned on the way out: nobody is left in the session.
+    let members = redis.cmd(&["ZCARD", "rc:{s:bye}:pres"]).unwrap_or_default();
+    assert!(members.starts_with(":0"), "presence left behind: {members}");
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# `make run`: a local Redis (reused if one answers on the port) and one gateway with a
+# development config, plus a token and the commands to try it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REDIS_PORT="${REDIS_PORT:-6379}"
+LISTEN="${ROOMCAST_LISTEN:-127.0.0.1:8080}"
+export ROOMCAST_LISTEN="$LISTEN"
+export ROOMCAST_REDIS_URL="${ROOMCAST_REDIS_URL:-redis://127.0.0.1:${REDIS_PORT}}"
+export ROOMCAST_JWT_SECRET="${ROOMCAST_JWT_SECRET:-roomcast-dev-secret-do-not-use-in-production}"
+export ROOMCAST_LOG_FORMAT="${ROOMCAST_LOG_FORMAT:-pretty}"
+export ROOMCAST_NODE_ID="${ROOMCAST_NODE_ID:-dev-1}"
+
+mkdir -p .run
+if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  echo "using the Redis already answering on port $REDIS_PORT"
+else
+  echo "starting redis-server on port $REDIS_PORT (data in .run/, pid in .run/redis.pid)"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$PWD/.run" --pidfile "$PWD/.run/redis.pid" --daemonize yes --logfile "$PWD/.run/redis.log"
+  for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+cargo build -q -p roomcast-gateway
+BIN=target/debug/roomcast
+CTL=$("$BIN" token --sub alice --role controller --name Alice --ttl 12h)
+TV=$("$BIN" token --sub tv --role display --name "Living room" --ttl 12h)
+
+cat <<MSG
+
+Roomcast is starting on http://$LISTEN   (Ctrl-C stops it; stop Redis with: make stop-redis)
+
+Try it (two terminals; needs: pip install websockets):
+  python3 -m websockets "ws://$LISTEN/ws?token=$TV"
+      > {"type":"join","session":"demo"}
+  python3 -m websockets "ws://$LISTEN/ws?token=$CTL"
+      > {"type":"join","session":"demo"}
+      > {"type":"publish","session":"demo","data":{"slide":2},"ref":"p1"}
+
+Health: curl http://$LISTEN/health     Metrics: curl http://$LISTEN/metrics
+More tokens: $BIN token --sub NAME --role controller|display|observer
+
+MSG
+exec "$BIN" serve
