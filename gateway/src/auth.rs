@@ -310,6 +310,73 @@ mod tests {
         }
     }
 
+    fn public_key_auth(file: &str) -> Authenticator {
+        let path = format!("{}/tests/keys/{file}", env!("CARGO_MANIFEST_DIR"));
+        Authenticator::from_config(&Config::from_pairs(&[("jwt-public-key", &path)]).unwrap())
+            .unwrap()
+    }
+
+    fn sign_with(alg: Algorithm, key: EncodingKey, exp_from_now: i64) -> String {
+        let now = (now_ms() / 1000) as i64;
+        let claims = Claims {
+            sub: "kiosk".into(),
+            roles: vec![Role::Display],
+            sessions: None,
+            name: None,
+            exp: (now + exp_from_now) as u64,
+            nbf: None,
+            iat: None,
+            iss: None,
+            aud: None,
+        };
+        jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap()
+    }
+
+    fn private_pem(file: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/tests/keys/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn rs256_and_es256_public_keys_verify_and_pin_their_algorithm() {
+        let rsa = public_key_auth("rs256-public.pem");
+        let ec = public_key_auth("es256-public.pem");
+        let rs_token = sign_with(
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&private_pem("rs256-private.pem")).unwrap(),
+            60,
+        );
+        let es_token = sign_with(
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&private_pem("es256-private.pem")).unwrap(),
+            60,
+        );
+        assert_eq!(rsa.verify(&rs_token).unwrap().user, "kiosk");
+        assert_eq!(ec.verify(&es_token).unwrap().user, "kiosk");
+        // Each key accepts only its own algorithm.
+        assert!(rsa.verify(&es_token).is_err());
+        assert!(ec.verify(&rs_token).is_err());
+        // An HS256 token "signed" with the public key's text must not pass (key confusion).
+        let public_text = private_pem("rs256-public.pem");
+        let confused = sign_with(Algorithm::HS256, EncodingKey::from_secret(&public_text), 60);
+        assert!(rsa.verify(&confused).is_err());
+        // Expired is reported as such (beyond the 5 s leeway).
+        let expired = sign_with(
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&private_pem("es256-private.pem")).unwrap(),
+            -60,
+        );
+        assert_eq!(ec.verify(&expired).unwrap_err(), AuthError::Expired);
+        // Public-key mode cannot mint.
+        assert!(ec.mint(&args(Duration::from_secs(60))).is_err());
+    }
+
+    #[test]
+    fn a_non_key_file_is_a_config_error() {
+        let path = format!("{}/Cargo.toml", env!("CARGO_MANIFEST_DIR"));
+        let config = Config::from_pairs(&[("jwt-public-key", &path)]).unwrap();
+        assert!(Authenticator::from_config(&config).is_err());
+    }
+
     /// Unpadded base64url, enough for forging test tokens.
     fn base64_url(bytes: &[u8]) -> String {
         const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

@@ -265,13 +265,45 @@ async fn invalid_utf8_in_a_text_frame_closes_1007() {
 
 #[tokio::test]
 async fn silent_clients_are_closed_after_two_heartbeats() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let redis = Redis::start();
     let a = Gateway::start(&redis.url(), &[("ROOMCAST_HEARTBEAT", "300ms")]);
     a.wait_ready().await;
-    let mut c = a.connect(&token("quiet", BOTH)).await;
-    // Do not read (so no pong) for well over two intervals, then look.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(c.closed(DEADLINE).await, Closed::Code(close::GOING_AWAY));
+    // A raw socket that completes the handshake, then reads but never answers a ping.
+    let mut tcp = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+    let t = token("quiet", BOTH);
+    let handshake = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {t}\r\n\r\n"
+    );
+    tcp.write_all(handshake.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Server frames are unmasked: opcode 0x8 with a 2-byte code 1001 is 88 02 03 e9
+    // (possibly followed by a reason, so look for the code bytes after 0x88).
+    let close_1001 = |b: &[u8]| {
+        b.windows(4)
+            .any(|w| w[0] == 0x88 && w[2..4] == [0x03, 0xe9])
+    };
+    let mut pings = 0;
+    while !close_1001(&buf) {
+        let n = tokio::time::timeout(DEADLINE, tcp.read(&mut chunk))
+            .await
+            .expect("the server never closed the silent client")
+            .unwrap();
+        assert!(n > 0, "connection dropped without a close frame");
+        pings += chunk[..n].windows(1).filter(|w| w[0] == 0x89).count();
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(pings >= 1, "the server pinged before giving up");
+    // Two 300 ms intervals without an answer, checked on the next tick.
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

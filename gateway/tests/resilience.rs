@@ -215,18 +215,22 @@ async fn sigterm_turns_ready_503_then_closes_clients_1001_and_exits_in_grace() {
     }
     // Watch readiness from before the signal.
     let addr = a.addr;
+    let (watching, watching_rx) = tokio::sync::oneshot::channel();
     let poller = tokio::spawn(async move {
+        let mut watching = Some(watching);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let (status, _) = http_get(addr, "/health/ready").await;
             if status == 503 {
                 return Some(Instant::now());
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            if status == 200 {
+                watching.take().map(|w| w.send(()));
+            }
         }
         None
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    watching_rx.await.expect("the poller saw the node ready");
     let signalled = Instant::now();
     a.terminate();
     let mut closed_at = Vec::new();
