@@ -1,9 +1,11 @@
 -- publish.lua: store one message and fan it out, atomically, on the session's slot.
 -- KEYS: 1 seq, 2 hist, 3 meta, 4 ch
--- ARGV: 1 entry tail (msgpack of ts, from, data), 2 history cap, 3 ttl ms, 4 now ms
+-- ARGV: 1 entry tail (msgpack of ts, from, data), 2 history cap, 3 ttl ms, 4 now ms,
+--       5 trace context (a msgpack string, or empty when tracing is off)
 -- Returns the new seq, or -1 when the session has ended.
 -- The entry is the msgpack array [seq, ts, from, data]; the gateway encodes everything
--- but seq, which only this script knows. The pub/sub payload is [1, entry].
+-- but seq, which only this script knows. The pub/sub payload is [1, entry] or, with a
+-- trace context, [1, entry, traceparent]; history keeps the entry alone.
 if redis.call('HGET', KEYS[3], 'status') == 'ended' then
   return -1
 end
@@ -17,5 +19,9 @@ redis.call('HSET', KEYS[3], 'last_activity', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
-redis.call('PUBLISH', KEYS[4], '\146\1' .. entry)
+if ARGV[5] == '' then
+  redis.call('PUBLISH', KEYS[4], '\146\1' .. entry)
+else
+  redis.call('PUBLISH', KEYS[4], '\147\1' .. entry .. ARGV[5])
+end
 return seq

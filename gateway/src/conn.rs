@@ -414,7 +414,12 @@ impl Connection {
                 name,
                 since,
                 reference,
-            } => self.join(session, role, name, since, reference).await,
+            } => {
+                let span = tracing::info_span!("join", session = %session);
+                self.join(session, role, name, since, reference)
+                    .instrument(span)
+                    .await
+            }
             ClientFrame::Leave { session, reference } => {
                 let joined = self
                     .sessions
@@ -442,12 +447,17 @@ impl Connection {
                 let tail = encode_entry_tail(now, &from, &data).map_err(|e| {
                     Failure::new(ErrorCode::BadRequest, format!("data cannot be stored: {e}"))
                 })?;
-                let seq = self
-                    .app
-                    .store
-                    .publish(&session, tail, now)
-                    .await
-                    .map_err(Failure::from_store)?;
+                let span = tracing::info_span!("publish", session = %session);
+                let seq = async {
+                    let traceparent = crate::telemetry::current_traceparent();
+                    self.app
+                        .store
+                        .publish(&session, tail, now, traceparent.as_deref())
+                        .await
+                }
+                .instrument(span)
+                .await
+                .map_err(Failure::from_store)?;
                 m::publish_duration(started.elapsed());
                 self.client.send(&ServerFrame::Ack {
                     reference,

@@ -108,7 +108,8 @@ impl Event {
 /// A decoded pub/sub payload.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Envelope {
-    Message(Entry),
+    /// A stored message and, when tracing, its publish's W3C traceparent.
+    Message(Entry, Option<String>),
     Event(Event),
     Leave(MemberInfo),
     Join(MemberInfo),
@@ -122,14 +123,21 @@ pub struct EnvelopeError(String);
 
 impl Envelope {
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        // Every payload is a 2-element array whose first element is a positive fixint.
+        let err = |e: rmp_serde::decode::Error| EnvelopeError(e.to_string());
+        // A traced message is [1, entry, traceparent].
+        if let [0x93, kind::MESSAGE, body @ ..] = bytes {
+            let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(body));
+            let entry = Entry::deserialize(&mut de).map_err(err)?;
+            let traceparent = String::deserialize(&mut de).ok();
+            return Ok(Envelope::Message(entry, traceparent));
+        }
+        // Every other payload is a 2-element array whose first element is a positive fixint.
         let [0x92, k, body @ ..] = bytes else {
             return Err(EnvelopeError("not a [kind, body] array".into()));
         };
-        let err = |e: rmp_serde::decode::Error| EnvelopeError(e.to_string());
         match *k {
             kind::MESSAGE => rmp_serde::from_slice(body)
-                .map(Envelope::Message)
+                .map(|e| Envelope::Message(e, None))
                 .map_err(err),
             kind::EVENT => rmp_serde::from_slice(body)
                 .map(Envelope::Event)
@@ -191,7 +199,19 @@ mod tests {
             assert_eq!(e.data, data);
             let mut payload = vec![0x92, kind::MESSAGE];
             payload.extend(&entry);
-            assert_eq!(Envelope::decode(&payload).unwrap(), Envelope::Message(e));
+            assert_eq!(
+                Envelope::decode(&payload).unwrap(),
+                Envelope::Message(e.clone(), None)
+            );
+            // With a trace context appended, as publish.lua does when tracing.
+            let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let mut traced = vec![0x93, kind::MESSAGE];
+            traced.extend(&entry);
+            traced.extend(rmp_serde::to_vec(tp).unwrap());
+            assert_eq!(
+                Envelope::decode(&traced).unwrap(),
+                Envelope::Message(e, Some(tp.into()))
+            );
         }
     }
 

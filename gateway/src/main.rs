@@ -36,11 +36,7 @@ fn main() {
     }
 }
 
-fn serve(config: gateway::config::Config) {
-    if let Err(e) = gateway::telemetry::init(&config) {
-        eprintln!("roomcast: invalid configuration: {e}");
-        std::process::exit(EXIT_CONFIG);
-    }
+fn serve(mut config: gateway::config::Config) {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,10 +47,25 @@ fn serve(config: gateway::config::Config) {
             std::process::exit(1);
         }
     };
+    // Resolved once so logs, traces and the Redis node registry agree on it.
+    let node_id = config.resolve_node_id();
+    config.node_id = Some(node_id.clone());
+    // The gRPC trace exporter needs the runtime, so telemetry starts inside it.
+    let telemetry = match runtime.block_on(async { gateway::telemetry::init(&config, &node_id) }) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("roomcast: invalid configuration: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         gateway::run(config, listener, shutdown_signal()).await?;
         Ok::<(), Box<dyn std::error::Error>>(())
+    });
+    // Flush buffered spans; the exporter blocks, so off the async workers.
+    runtime.block_on(async {
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     });
     if let Err(e) = result {
         tracing::error!(error = %e, "gateway failed");

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use roomcast_shared::{close, PresenceEvent, ServerFrame, SessionEvent};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tracing::Instrument;
 
 use crate::client::{ClientHandle, SharedFrame};
 use crate::envelope::{decode_entry, kind, Entry, Envelope, Event, MemberInfo};
@@ -255,7 +256,13 @@ impl Pump {
 
     async fn on_envelope(&mut self, envelope: Envelope) {
         match envelope {
-            Envelope::Message(entry) => self.on_entry(entry).await,
+            Envelope::Message(entry, traceparent) => {
+                let span = tracing::info_span!("deliver", seq = entry.seq);
+                if let Some(tp) = &traceparent {
+                    crate::telemetry::set_remote_parent(&span, tp);
+                }
+                self.on_entry(entry).instrument(span).await
+            }
             Envelope::Event(event) => self.on_event(event),
             Envelope::Join(info) => self.presence(PresenceEvent::Join, info),
             Envelope::Leave(info) => self.presence(PresenceEvent::Leave, info),

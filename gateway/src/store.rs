@@ -13,6 +13,7 @@ use fred::interfaces::{ClientLike, PubsubInterface, SortedSetsInterface};
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::scripts::Script;
 use fred::types::{Builder, Value};
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::keys::Keys;
@@ -158,18 +159,25 @@ impl Store {
         let started = Instant::now();
         let result = script
             .evalsha_with_reload::<Value, _, _>(self.pool.next(), keys, args)
+            .instrument(tracing::info_span!("redis", script = name))
             .await;
         m::redis_command(name, started.elapsed());
         Ok(result?)
     }
 
     /// Runs `publish.lua`: the message is stored and fanned out, or nothing happened.
+    /// `traceparent` rides along in the pub/sub payload (not in history).
     pub async fn publish(
         &self,
         session: &str,
         tail: Vec<u8>,
         now_ms: u64,
+        traceparent: Option<&str>,
     ) -> Result<u64, StoreError> {
+        let trace = match traceparent {
+            Some(tp) => rmp_serde::to_vec(tp).map_err(|e| StoreError::Internal(e.to_string()))?,
+            None => Vec::new(),
+        };
         let k = self.keys.session(session);
         let reply = self
             .eval(
@@ -181,6 +189,7 @@ impl Store {
                     self.history_size.into(),
                     (self.ttl_ms as i64).into(),
                     (now_ms as i64).into(),
+                    Value::Bytes(trace.into()),
                 ],
             )
             .await?;
