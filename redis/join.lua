@@ -1,7 +1,10 @@
 -- join.lua: add a member to presence and read what it needs to start, atomically.
 -- KEYS: 1 pres, 2 pinfo, 3 seq, 4 hist, 5 meta, 6 ch
 -- ARGV: 1 client_id, 2 presence expiry ms, 3 member info (msgpack), 4 now ms,
---       5 since (-1: no history), 6 history cap, 7 ttl ms, 8 presence list max
+--       5 since (-1: no history), 6 history cap, 7 ttl ms, 8 presence list max,
+--       9 expires_at ms for a session this join creates
+-- A join is activity: it creates the session's meta when absent (implicit sessions) and
+-- touches last_activity.
 -- Returns {-1} when the session has ended, else {seq, history (newest first), infos}.
 -- Expired members (their node died) are swept first and announced as leaves ([3, info]);
 -- the new member is announced as a join ([4, info]).
@@ -9,6 +12,11 @@ if redis.call('HGET', KEYS[5], 'status') == 'ended' then
   return {-1}
 end
 local now = tonumber(ARGV[4])
+if redis.call('HSETNX', KEYS[5], 'status', 'active') == 1 then
+  redis.call('HSET', KEYS[5], 'created_at', ARGV[4], 'expires_at', ARGV[9], 'state', 'null')
+end
+redis.call('HSET', KEYS[5], 'last_activity', ARGV[4])
+redis.call('PEXPIRE', KEYS[5], ARGV[7])
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   local info = redis.call('HGET', KEYS[2], id)
   redis.call('ZREM', KEYS[1], id)

@@ -3,7 +3,7 @@
 -- ARGV: 1 now ms, 2 new expiry ms, 3 ttl ms, 4.. client ids of this node's members
 -- Pushes the expiry of each listed member that is still present; sweeps members whose
 -- expiry passed (their node stopped refreshing) and announces each leave once ([3, info]).
--- Returns the listed ids that were no longer present, so the node can re-add them.
+-- Returns {ids no longer present (so the node can re-add them), number swept}.
 local missing = {}
 for i = 4, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
@@ -12,7 +12,8 @@ for i = 4, #ARGV do
     missing[#missing + 1] = ARGV[i]
   end
 end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]))) do
+local swept = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]))
+for _, id in ipairs(swept) do
   local info = redis.call('HGET', KEYS[2], id)
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
@@ -27,4 +28,4 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   -- members would look like duplicates to them.
   redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
-return missing
+return {missing, #swept}

@@ -1,13 +1,20 @@
 -- publish.lua: store one message and fan it out, atomically, on the session's slot.
 -- KEYS: 1 seq, 2 hist, 3 meta, 4 ch
 -- ARGV: 1 entry tail (msgpack of ts, from, data), 2 history cap, 3 ttl ms, 4 now ms,
---       5 trace context (a msgpack string, or empty when tracing is off)
--- Returns the new seq, or -1 when the session has ended.
+--       5 trace context (a msgpack string, or empty when tracing is off),
+--       6 expires_at ms for a session this publish creates
+-- Returns the new seq, -1 when the session has ended, -2 when it is resolved.
+-- Publishing is activity: an inactive session becomes active again.
 -- The entry is the msgpack array [seq, ts, from, data]; the gateway encodes everything
 -- but seq, which only this script knows. The pub/sub payload is [1, entry] or, with a
 -- trace context, [1, entry, traceparent]; history keeps the entry alone.
-if redis.call('HGET', KEYS[3], 'status') == 'ended' then
+local status = redis.call('HGET', KEYS[3], 'status')
+if status == 'ended' then
   return -1
+elseif status == 'resolved' then
+  return -2
+elseif status == 'inactive' then
+  redis.call('HSET', KEYS[3], 'status', 'active')
 end
 local seq = redis.call('INCR', KEYS[1])
 local entry = '\148' .. cmsgpack.pack(seq) .. ARGV[1]
@@ -15,6 +22,7 @@ redis.call('LPUSH', KEYS[2], entry)
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 redis.call('HSETNX', KEYS[3], 'status', 'active')
 redis.call('HSETNX', KEYS[3], 'created_at', ARGV[4])
+redis.call('HSETNX', KEYS[3], 'expires_at', ARGV[6])
 redis.call('HSET', KEYS[3], 'last_activity', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])

@@ -213,6 +213,25 @@ impl Authenticator {
         )
     }
 
+    /// Signs a token expiring at `exp` (Unix seconds), for the REST session routes.
+    pub fn mint_until(
+        &self,
+        sub: String,
+        roles: Vec<Role>,
+        sessions: &[String],
+        name: Option<String>,
+        exp: u64,
+    ) -> Result<String, AuthError> {
+        let key = self.encoding.as_ref().ok_or_else(|| {
+            AuthError::Invalid(
+                "minting needs ROOMCAST_JWT_SECRET (public-key mode cannot sign)".into(),
+            )
+        })?;
+        let now = now_ms() / 1000;
+        let ttl = Duration::from_secs(exp.saturating_sub(now).max(1));
+        self.mint_claims(key, sub, roles, sessions, name, ttl)
+    }
+
     fn mint_claims(
         &self,
         key: &EncodingKey,

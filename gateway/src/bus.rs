@@ -231,9 +231,6 @@ async fn read(
         };
         match message {
             Ok(message) => {
-                let Some(session) = app.store.keys().session_of_channel(&message.channel) else {
-                    continue;
-                };
                 let payload = match message.value {
                     Value::Bytes(b) => b,
                     Value::String(s) => s.into_inner(),
@@ -242,7 +239,12 @@ async fn read(
                         continue;
                     }
                 };
-                app.hub.dispatch(session, payload);
+                let keys = app.store.keys();
+                if let Some(session) = keys.session_of_channel(&message.channel) {
+                    app.hub.dispatch(session, payload);
+                } else if let Some(user) = keys.user_of_channel(&message.channel) {
+                    app.hub.dispatch_user(user, &payload);
+                }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 // We do not know which sessions lost messages: all of them check history.

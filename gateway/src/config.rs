@@ -166,6 +166,12 @@ pub struct Config {
     /// Admin token (REST admin routes).
     #[arg(long, env = "ROOMCAST_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// `false` puts `POST /sessions` and `POST /sessions/join` behind the server API key.
+    #[arg(long, env = "ROOMCAST_OPEN_SESSIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub open_sessions: bool,
+    /// How long a presence entry added over REST lives without an `activity` call.
+    #[arg(long, env = "ROOMCAST_REST_PRESENCE_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub rest_presence_ttl: Duration,
     /// Comma-separated `Origin` allow-list for upgrades; empty allows any origin.
     #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,

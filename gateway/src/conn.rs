@@ -209,6 +209,10 @@ impl Failure {
             StoreError::SessionEnded => {
                 Failure::new(ErrorCode::SessionEnded, "the session has ended")
             }
+            StoreError::SessionResolved => Failure::new(
+                ErrorCode::Forbidden,
+                "the session is resolved; resume it before writing",
+            ),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "redis unavailable");
                 Failure {
@@ -251,7 +255,14 @@ async fn run(
             format,
             app.config.send_queue,
         );
-        app.hub.add_client(client.clone());
+        let user_channel = app.store.keys().user_channel(&identity.user);
+        if app.hub.add_client(client.clone()) {
+            // Direct messages for this user reach this instance from now on. Not fatal:
+            // sessions work without it, and a resubscribe follows a Redis outage.
+            if let Err(e) = app.bus.subscribe(user_channel.clone()).await {
+                tracing::debug!(error = %e, "user channel subscribe failed");
+            }
+        }
         m::connection_opened(role);
         tracing::debug!("connected");
         let writer = app
@@ -271,7 +282,9 @@ async fn run(
         };
         let reason = conn.read_loop(&mut stream).await;
         conn.leave_all();
-        app.hub.remove_client(&client_id);
+        if app.hub.remove_client(&client) {
+            app.bus.unsubscribe(user_channel);
+        }
         // Let the writer send its close frame; it is bounded by its own timeout.
         client.kill(close::NORMAL);
         let _ = writer.await;
@@ -488,6 +501,7 @@ impl Connection {
                     .await
                     .map_err(Failure::from_store)?;
                 self.ack(reference, None);
+                self.note_activity(&session).await;
                 Ok(())
             }
             ClientFrame::Typing {
@@ -503,6 +517,7 @@ impl Connection {
                     .await
                     .map_err(Failure::from_store)?;
                 self.ack(reference, None);
+                self.note_activity(&session).await;
                 Ok(())
             }
             ClientFrame::Activity { session, reference } => {
@@ -608,6 +623,7 @@ impl Connection {
             }
             match answer.await {
                 Ok(Ok(())) => {
+                    self.touch_indexes(&session, Some(self.identity.user.clone()));
                     self.sessions.insert(session, Joined { handle, info });
                     return Ok(());
                 }
@@ -659,13 +675,36 @@ impl Connection {
         let Some(joined) = self.sessions.get(session) else {
             return;
         };
-        let idle_after = self.app.config.idle_after.as_millis() as u64;
-        let stale_after = (idle_after / 2).min(60_000);
+        let config = &self.app.config;
+        // Often enough that neither `idle` nor the inactivity warning fires on a member
+        // that keeps writing; rarely enough to cost little.
+        let stale_after = (config.idle_after / 2)
+            .min(config.inactivity_warning / 4)
+            .min(Duration::from_secs(60))
+            .as_millis() as u64;
         if now_ms().saturating_sub(joined.info.active_at) > stale_after {
             if let Err(f) = self.touch(session).await {
                 tracing::debug!(error = %f.message, "activity update failed");
             }
+            self.touch_indexes(session, None);
         }
+    }
+
+    /// Records activity in the cross-slot session indexes, off the connection's path.
+    fn touch_indexes(&self, session: &str, user: Option<String>) {
+        let app = self.app.clone();
+        let session = session.to_string();
+        self.app.tracker.spawn(async move {
+            let now = now_ms();
+            let expires = now + app.config.max_lifetime.as_millis() as u64;
+            if let Err(e) = app
+                .store
+                .touch_indexes(&session, now, expires, user.as_deref())
+                .await
+            {
+                tracing::debug!(error = %e, "index touch failed");
+            }
+        });
     }
 
     /// Writes this member's activity to presence and the session.

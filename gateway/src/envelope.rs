@@ -20,6 +20,8 @@ pub mod kind {
     pub const JOIN: u8 = 4;
     /// A member's info changed, e.g. it is active again (`MemberInfo`).
     pub const UPDATE: u8 = 5;
+    /// A session lifecycle event `[event, reason, at]`, encoded by the lifecycle scripts.
+    pub const SESSION: u8 = 6;
 }
 
 /// A stored message.
@@ -91,10 +93,10 @@ pub enum Event {
         from: From,
         active: bool,
     },
-    Session {
-        event: SessionEvent,
-        reason: Option<String>,
-        at: u64,
+    /// A message for every connection of one user (published on the user channel).
+    Direct {
+        data: Value,
+        ts: u64,
     },
 }
 
@@ -114,6 +116,11 @@ pub enum Envelope {
     Leave(MemberInfo),
     Join(MemberInfo),
     Update(MemberInfo),
+    Session {
+        event: SessionEvent,
+        reason: Option<String>,
+        at: u64,
+    },
 }
 
 /// A payload we could not read (another version, or corruption).
@@ -145,6 +152,19 @@ impl Envelope {
             kind::LEAVE => MemberInfo::decode(body).map(Envelope::Leave).map_err(err),
             kind::JOIN => MemberInfo::decode(body).map(Envelope::Join).map_err(err),
             kind::UPDATE => MemberInfo::decode(body).map(Envelope::Update).map_err(err),
+            kind::SESSION => {
+                let (event, reason, at): (String, String, u64) =
+                    rmp_serde::from_slice(body).map_err(err)?;
+                let event = match event.as_str() {
+                    "expiring" => SessionEvent::Expiring,
+                    "ended" => SessionEvent::Ended,
+                    "resolved" => SessionEvent::Resolved,
+                    "updated" => SessionEvent::Updated,
+                    other => return Err(EnvelopeError(format!("unknown session event {other}"))),
+                };
+                let reason = (!reason.is_empty()).then_some(reason);
+                Ok(Envelope::Session { event, reason, at })
+            }
             other => Err(EnvelopeError(format!("unknown kind {other}"))),
         }
     }
@@ -239,6 +259,23 @@ mod tests {
         );
         assert!(!info.to_member(20, 100).idle);
         assert!(info.to_member(200, 100).idle);
+    }
+
+    /// What the lifecycle scripts publish: `'\146\6' .. cmsgpack.pack({event, reason, at})`.
+    #[test]
+    fn lua_session_events_decode() {
+        let mut payload = vec![0x92, kind::SESSION, 0x93];
+        payload.extend(rmp_serde::to_vec("expiring").unwrap());
+        payload.extend(rmp_serde::to_vec("inactivity").unwrap());
+        payload.extend([0xcf, 0, 0, 1, 0x8c, 0, 0, 0, 0]);
+        assert_eq!(
+            Envelope::decode(&payload).unwrap(),
+            Envelope::Session {
+                event: SessionEvent::Expiring,
+                reason: Some("inactivity".into()),
+                at: 0x18c_0000_0000,
+            }
+        );
     }
 
     #[test]

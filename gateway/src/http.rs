@@ -32,6 +32,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/ping", get(|| async { "pong" }))
         .route("/metrics", get(metrics))
+        .nest("/api/v1", crate::api::router())
         .fallback(not_found)
         .layer(middleware::from_fn(observe))
         .with_state(app)

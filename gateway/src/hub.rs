@@ -31,6 +31,8 @@ pub struct SessionHandle {
 pub struct Hub {
     sessions: DashMap<String, SessionHandle>,
     clients: DashMap<String, ClientHandle>,
+    /// user → that user's connections here, for direct messages.
+    users: DashMap<String, Vec<ClientHandle>>,
     generation: AtomicU64,
 }
 
@@ -83,12 +85,50 @@ impl Hub {
         self.sessions.len()
     }
 
-    pub fn add_client(&self, client: ClientHandle) {
+    /// Registers a connection; true when it is its user's first one here.
+    pub fn add_client(&self, client: ClientHandle) -> bool {
+        let mut first = false;
+        self.users
+            .entry(client.user().to_string())
+            .or_insert_with(|| {
+                first = true;
+                Vec::new()
+            })
+            .push(client.clone());
         self.clients.insert(client.id().to_string(), client);
+        first
     }
 
-    pub fn remove_client(&self, id: &str) {
-        self.clients.remove(id);
+    /// Forgets a connection; true when it was its user's last one here.
+    pub fn remove_client(&self, client: &ClientHandle) -> bool {
+        self.clients.remove(client.id());
+        if let Some(mut list) = self.users.get_mut(client.user()) {
+            list.retain(|c| c.id() != client.id());
+        }
+        // Decided under the entry lock: a connection of the same user arriving meanwhile
+        // keeps the entry (and the subscription).
+        self.users
+            .remove_if(client.user(), |_, list| list.is_empty())
+            .is_some()
+    }
+
+    /// Delivers a user-channel payload to that user's connections here.
+    pub fn dispatch_user(&self, user: &str, payload: &[u8]) {
+        let Ok(crate::envelope::Envelope::Event(crate::envelope::Event::Direct { data, ts })) =
+            crate::envelope::Envelope::decode(payload)
+        else {
+            m::pubsub_dropped("bad_payload", 1);
+            return;
+        };
+        let clients = self.users.get(user).map(|l| l.clone()).unwrap_or_default();
+        let frame =
+            crate::client::SharedFrame::new(roomcast_shared::ServerFrame::Direct { data, ts });
+        for client in &clients {
+            if let Some(msg) = frame.message(client.format()) {
+                client.offer(msg);
+            }
+        }
+        m::delivered(clients.len() as u64);
     }
 
     pub fn client_count(&self) -> usize {

@@ -56,6 +56,49 @@ impl Keys {
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
+
+    /// Connections per node (HASH node id → count), written with the heartbeat.
+    pub fn node_connections(&self) -> String {
+        format!("{}:nodes:conns", self.prefix)
+    }
+
+    /// A join code → session id.
+    pub fn code(&self, code: &str) -> String {
+        format!("{}:code:{{{code}}}", self.prefix)
+    }
+
+    /// Every session, scored by last activity (stats, listing).
+    pub fn sessions(&self) -> String {
+        format!("{}:sessions", self.prefix)
+    }
+
+    /// Active sessions scored by last activity: what the inactivity sweeper scans.
+    pub fn sessions_live(&self) -> String {
+        format!("{}:sessions:live", self.prefix)
+    }
+
+    /// Sessions not yet ended, scored by `expires_at`: what the lifetime sweeper scans.
+    pub fn sessions_expiry(&self) -> String {
+        format!("{}:sessions:expiry", self.prefix)
+    }
+
+    /// A user's sessions scored by last activity.
+    pub fn user_sessions(&self, user: &str) -> String {
+        format!("{}:{{u:{user}}}:sess", self.prefix)
+    }
+
+    /// A user's direct-message channel.
+    pub fn user_channel(&self, user: &str) -> String {
+        format!("{}:{{u:{user}}}:ch", self.prefix)
+    }
+
+    /// The user a channel name belongs to, if it is a user channel of ours.
+    pub fn user_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":{u:")?
+            .strip_suffix("}:ch")
+    }
 }
 
 #[cfg(test)]
@@ -73,6 +116,12 @@ mod tests {
         assert_eq!(s.pinfo, "rc:{s:abc}:pinfo");
         assert_eq!(s.channel, "rc:{s:abc}:ch");
         assert_eq!(k.nodes(), "rc:nodes");
+        assert_eq!(k.code("ABC234"), "rc:code:{ABC234}");
+        assert_eq!(k.sessions(), "rc:sessions");
+        assert_eq!(k.user_sessions("bob"), "rc:{u:bob}:sess");
+        assert_eq!(k.user_channel("bob"), "rc:{u:bob}:ch");
+        assert_eq!(k.user_of_channel("rc:{u:bob}:ch"), Some("bob"));
+        assert_eq!(k.user_of_channel("rc:{s:bob}:ch"), None);
     }
 
     #[test]

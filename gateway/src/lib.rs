@@ -4,6 +4,8 @@
 //! - [`config`]: typed configuration from flags and `ROOMCAST_*`.
 //! - [`auth`]: JWT verification and minting.
 //! - [`http`]: the router, health, metrics endpoint, problem+json.
+//! - [`api`]: the REST API under `/api/v1` and its OpenAPI document.
+//! - [`lifecycle`]: the inactivity and lifetime sweeper.
 //! - [`conn`]: WebSocket admission and the per-connection read loop.
 //! - [`client`]: a client's bounded send queue and writer task.
 //! - [`hub`]: local sessions and clients of this instance.
@@ -15,6 +17,7 @@
 //!
 //! [`run`] wires them: it owns start-up, the background tasks and graceful shutdown.
 
+pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod client;
@@ -24,6 +27,7 @@ pub mod envelope;
 pub mod http;
 pub mod hub;
 pub mod keys;
+pub mod lifecycle;
 pub mod metrics;
 pub mod session;
 pub mod store;
@@ -170,6 +174,7 @@ pub async fn run(
     }
     Bus::start(&app, wait).await;
     app.tracker.spawn(monitor(app.clone()));
+    app.tracker.spawn(lifecycle::sweeper(app.clone()));
 
     let addr = listener.local_addr()?;
     tracing::info!(addr = %addr, node = %app.node_id, "listening");

@@ -267,6 +267,7 @@ impl Pump {
             Envelope::Join(info) => self.presence(PresenceEvent::Join, info),
             Envelope::Leave(info) => self.presence(PresenceEvent::Leave, info),
             Envelope::Update(info) => self.presence(PresenceEvent::Update, info),
+            Envelope::Session { event, reason, at } => self.on_session_event(event, reason, at),
         }
     }
 
@@ -371,19 +372,23 @@ impl Pump {
                 });
                 self.broadcast(&frame, Some(&sender));
             }
-            Event::Session { event, reason, at } => {
-                let frame = SharedFrame::new(ServerFrame::Session {
-                    session: self.session.clone(),
-                    event,
-                    reason,
-                    at,
-                });
-                self.broadcast(&frame, None);
-                if event == SessionEvent::Ended {
-                    for member in self.members.values() {
-                        member.client.close_after_queue(close::SESSION_ENDED);
-                    }
-                }
+            // User-channel traffic never arrives on a session channel.
+            Event::Direct { .. } => m::pubsub_dropped("bad_payload", 1),
+        }
+    }
+
+    /// A lifecycle event; `ended` then closes every member with 4000.
+    fn on_session_event(&mut self, event: SessionEvent, reason: Option<String>, at: u64) {
+        let frame = SharedFrame::new(ServerFrame::Session {
+            session: self.session.clone(),
+            event,
+            reason,
+            at,
+        });
+        self.broadcast(&frame, None);
+        if event == SessionEvent::Ended {
+            for member in self.members.values() {
+                member.client.close_after_queue(close::SESSION_ENDED);
             }
         }
     }
@@ -421,7 +426,7 @@ impl Pump {
             .refresh_presence(&self.session, now, expiry, ids.into_iter())
             .await
         {
-            Ok(missing) => missing,
+            Ok((missing, _swept)) => missing,
             Err(e) => {
                 tracing::debug!(session = %self.session, error = %e, "presence refresh failed");
                 return;

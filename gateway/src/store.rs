@@ -4,15 +4,19 @@
 //! EVALSHA, reloaded on NOSCRIPT) and the mapping of Redis failures to [`StoreError`].
 //! Pub/sub subscriptions are not here but in `bus`; key names come from `keys`.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::clients::Pool;
 use fred::error::ErrorKind;
-use fred::interfaces::{ClientLike, PubsubInterface, SortedSetsInterface};
+use fred::interfaces::{
+    ClientLike, HashesInterface, KeysInterface, ListInterface, PubsubInterface, SortedSetsInterface,
+};
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::scripts::Script;
 use fred::types::{Builder, Value};
+use fred::types::{Expiration, SetOptions};
 use tracing::Instrument;
 
 use crate::config::Config;
@@ -28,6 +32,9 @@ pub enum StoreError {
     /// The session was ended; nothing can be written to it.
     #[error("session ended")]
     SessionEnded,
+    /// The session is resolved: readable, not writable until resumed.
+    #[error("session resolved")]
+    SessionResolved,
     /// Redis answered something we did not expect (a bug or a foreign key).
     #[error("redis error: {0}")]
     Internal(String),
@@ -58,6 +65,9 @@ struct Scripts {
     presence_refresh: Script,
     presence_set: Script,
     history: Script,
+    session_create: Script,
+    session_transition: Script,
+    session_sweep: Script,
 }
 
 impl Scripts {
@@ -69,6 +79,11 @@ impl Scripts {
             presence_refresh: Script::from_lua(include_str!("../../redis/presence_refresh.lua")),
             presence_set: Script::from_lua(include_str!("../../redis/presence_set.lua")),
             history: Script::from_lua(include_str!("../../redis/history.lua")),
+            session_create: Script::from_lua(include_str!("../../redis/session_create.lua")),
+            session_transition: Script::from_lua(include_str!(
+                "../../redis/session_transition.lua"
+            )),
+            session_sweep: Script::from_lua(include_str!("../../redis/session_sweep.lua")),
         }
     }
 }
@@ -128,6 +143,7 @@ pub struct Store {
     scripts: Scripts,
     history_size: u32,
     ttl_ms: u64,
+    max_lifetime_ms: u64,
 }
 
 impl Store {
@@ -138,6 +154,7 @@ impl Store {
             scripts: Scripts::new(),
             history_size: config.history_size,
             ttl_ms: config.history_ttl.as_millis() as u64,
+            max_lifetime_ms: config.max_lifetime.as_millis() as u64,
         }
     }
 
@@ -190,11 +207,13 @@ impl Store {
                     (self.ttl_ms as i64).into(),
                     (now_ms as i64).into(),
                     Value::Bytes(trace.into()),
+                    ((now_ms + self.max_lifetime_ms) as i64).into(),
                 ],
             )
             .await?;
         match reply.as_i64() {
             Some(-1) => Err(StoreError::SessionEnded),
+            Some(-2) => Err(StoreError::SessionResolved),
             Some(seq) if seq > 0 => Ok(seq as u64),
             _ => Err(StoreError::Internal(format!(
                 "publish.lua answered {reply:?}"
@@ -220,6 +239,7 @@ impl Store {
                     self.history_size.into(),
                     (self.ttl_ms as i64).into(),
                     a.presence_list_max.into(),
+                    ((a.now_ms + self.max_lifetime_ms) as i64).into(),
                 ],
             )
             .await?;
@@ -250,14 +270,15 @@ impl Store {
         Ok(reply.as_i64() == Some(1))
     }
 
-    /// Runs `presence_refresh.lua`; answers the listed ids that were no longer present.
+    /// Runs `presence_refresh.lua`; answers the listed ids that were no longer present and
+    /// how many expired entries were swept.
     pub async fn refresh_presence(
         &self,
         session: &str,
         now_ms: u64,
         expiry_ms: u64,
         client_ids: impl Iterator<Item = String>,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<(Vec<String>, u64), StoreError> {
         let k = self.keys.session(session);
         let mut args: Vec<Value> = vec![
             (now_ms as i64).into(),
@@ -273,11 +294,16 @@ impl Store {
                 args,
             )
             .await?;
-        Ok(reply
-            .into_array()
+        let mut parts = reply.into_array().into_iter();
+        let missing = parts
+            .next()
+            .map(Value::into_array)
+            .unwrap_or_default()
             .into_iter()
             .filter_map(|v| v.as_str().map(|s| s.to_string()))
-            .collect())
+            .collect();
+        let swept = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok((missing, swept))
     }
 
     /// Runs `presence_set.lua`: writes a member's info and announces it with `kind`
@@ -406,4 +432,418 @@ fn bytes_list(value: Option<Value>) -> Vec<Bytes> {
             _ => None,
         })
         .collect()
+}
+
+/// What a lifecycle transition found.
+#[derive(Debug)]
+pub enum Transition {
+    /// Done; the session's fields after the change.
+    Done(HashMap<String, String>),
+    Missing,
+    /// The current status does not allow the change.
+    Conflict(String),
+}
+
+/// A lifecycle event to announce with a transition.
+#[derive(Debug, Clone, Copy)]
+pub struct LifecycleEvent<'a> {
+    pub event: &'a str,
+    pub reason: &'a str,
+    pub at: u64,
+}
+
+/// Sessions, codes, indexes and the REST reads.
+impl Store {
+    /// Claims a join code for a session; false when the code is taken.
+    pub async fn claim_code(
+        &self,
+        code: &str,
+        session: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let set: Option<String> = self
+            .pool
+            .next()
+            .set(
+                self.keys.code(code),
+                session,
+                Some(Expiration::PX(ttl_ms.max(1) as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    pub async fn code_session(&self, code: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.pool.next().get(self.keys.code(code)).await?)
+    }
+
+    pub async fn release_code(&self, code: &str) -> Result<(), StoreError> {
+        let _: i64 = self.pool.next().del(self.keys.code(code)).await?;
+        Ok(())
+    }
+
+    /// Runs `session_create.lua`; false when the id exists.
+    pub async fn create_session(
+        &self,
+        session: &str,
+        now_ms: u64,
+        expires_at: u64,
+        code: &str,
+        owner: &str,
+        metadata_json: &str,
+    ) -> Result<bool, StoreError> {
+        let k = self.keys.session(session);
+        let ttl = self.ttl_ms.max(expires_at.saturating_sub(now_ms));
+        let reply = self
+            .eval(
+                "session_create",
+                &self.scripts.session_create,
+                vec![k.meta],
+                vec![
+                    (now_ms as i64).into(),
+                    (expires_at as i64).into(),
+                    (ttl as i64).into(),
+                    code.into(),
+                    owner.into(),
+                    metadata_json.into(),
+                ],
+            )
+            .await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
+    /// The session's meta fields; `None` when it does not exist.
+    pub async fn session_fields(
+        &self,
+        session: &str,
+    ) -> Result<Option<HashMap<String, String>>, StoreError> {
+        let fields: HashMap<String, String> = self
+            .pool
+            .next()
+            .hgetall(self.keys.session(session).meta)
+            .await?;
+        Ok((!fields.is_empty()).then_some(fields))
+    }
+
+    /// Runs `session_transition.lua`.
+    pub async fn transition(
+        &self,
+        session: &str,
+        now_ms: u64,
+        allowed: &str,
+        to: Option<&str>,
+        event: Option<LifecycleEvent<'_>>,
+        fields: &[(&str, String)],
+    ) -> Result<Transition, StoreError> {
+        let k = self.keys.session(session);
+        let mut args: Vec<Value> = vec![
+            (now_ms as i64).into(),
+            allowed.into(),
+            to.unwrap_or("").into(),
+            event.map(|e| e.event).unwrap_or("").into(),
+            event.map(|e| e.reason).unwrap_or("").into(),
+            (event.map(|e| e.at).unwrap_or(0) as i64).into(),
+        ];
+        for (field, value) in fields {
+            args.push((*field).into());
+            args.push(value.as_str().into());
+        }
+        let reply = self
+            .eval(
+                "session_transition",
+                &self.scripts.session_transition,
+                vec![k.meta, k.channel],
+                args,
+            )
+            .await?;
+        let mut parts = reply.into_array().into_iter();
+        match parts.next().and_then(|v| v.as_i64()) {
+            Some(1) => {
+                let flat: Vec<String> = parts.filter_map(|v| v.as_string()).collect();
+                Ok(Transition::Done(
+                    flat.chunks(2)
+                        .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone())))
+                        .collect(),
+                ))
+            }
+            Some(-1) => Ok(Transition::Missing),
+            Some(-2) => Ok(Transition::Conflict(
+                parts.next().and_then(|v| v.as_string()).unwrap_or_default(),
+            )),
+            _ => Err(StoreError::Internal(
+                "session_transition.lua answered nothing".into(),
+            )),
+        }
+    }
+
+    /// Runs `session_sweep.lua`: the outcome and the session's last activity.
+    pub async fn sweep(
+        &self,
+        session: &str,
+        now_ms: u64,
+        warning: Duration,
+        timeout: Duration,
+    ) -> Result<(String, u64), StoreError> {
+        let k = self.keys.session(session);
+        let reply = self
+            .eval(
+                "session_sweep",
+                &self.scripts.session_sweep,
+                vec![k.meta, k.channel],
+                vec![
+                    (now_ms as i64).into(),
+                    (warning.as_millis() as i64).into(),
+                    (timeout.as_millis() as i64).into(),
+                ],
+            )
+            .await?;
+        let mut parts = reply.into_array().into_iter();
+        let outcome = parts.next().and_then(|v| v.as_string()).unwrap_or_default();
+        let last = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok((outcome, last))
+    }
+
+    /// Sessions due for a lifecycle check: active ones idle past `warning`, and ones past
+    /// their lifetime.
+    pub async fn sweep_candidates(
+        &self,
+        now_ms: u64,
+        warning: Duration,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let client = self.pool.next();
+        let idle_before = now_ms.saturating_sub(warning.as_millis() as u64) as f64;
+        let mut ids: Vec<String> = client
+            .zrangebyscore(
+                self.keys.sessions_live(),
+                f64::NEG_INFINITY,
+                idle_before,
+                false,
+                Some((0, limit)),
+            )
+            .await?;
+        let expired: Vec<String> = client
+            .zrangebyscore(
+                self.keys.sessions_expiry(),
+                f64::NEG_INFINITY,
+                now_ms as f64,
+                false,
+                Some((0, limit)),
+            )
+            .await?;
+        ids.extend(expired);
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Records activity in the session indexes (and the user's, when given). Cross-slot,
+    /// so not atomic with the scripts; every step is idempotent.
+    pub async fn touch_indexes(
+        &self,
+        session: &str,
+        now_ms: u64,
+        expires_at: u64,
+        user: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let pipe = self.pool.next().pipeline();
+        let now = now_ms as f64;
+        let _: () = pipe
+            .zadd(
+                self.keys.sessions(),
+                None,
+                None,
+                false,
+                false,
+                (now, session),
+            )
+            .await?;
+        let _: () = pipe
+            .zadd(
+                self.keys.sessions_live(),
+                None,
+                None,
+                false,
+                false,
+                (now, session),
+            )
+            .await?;
+        let _: () = pipe
+            .zadd(
+                self.keys.sessions_expiry(),
+                Some(SetOptions::NX),
+                None,
+                false,
+                false,
+                (expires_at as f64, session),
+            )
+            .await?;
+        if let Some(user) = user {
+            let key = self.keys.user_sessions(user);
+            let _: () = pipe
+                .zadd(&key, None, None, false, false, (now, session))
+                .await?;
+            let _: () = pipe
+                .pexpire(&key, self.max_lifetime_ms.max(self.ttl_ms) as i64, None)
+                .await?;
+        }
+        let _: Vec<Value> = pipe.all().await?;
+        m::redis_command("touch_indexes", started.elapsed());
+        Ok(())
+    }
+
+    /// Removes a session from the sweeper's indexes (it is no longer active / has ended).
+    pub async fn untrack(&self, session: &str, live: bool, expiry: bool) -> Result<(), StoreError> {
+        let client = self.pool.next();
+        if live {
+            let _: i64 = client.zrem(self.keys.sessions_live(), session).await?;
+        }
+        if expiry {
+            let _: i64 = client.zrem(self.keys.sessions_expiry(), session).await?;
+        }
+        Ok(())
+    }
+
+    /// Every stored history entry, newest first.
+    pub async fn history_all(&self, session: &str) -> Result<Vec<Bytes>, StoreError> {
+        let values: Vec<Value> = self
+            .pool
+            .next()
+            .lrange(self.keys.session(session).hist, 0, -1)
+            .await?;
+        Ok(bytes_list(Some(Value::Array(values))))
+    }
+
+    /// Deletes the stored history (seq numbering continues).
+    pub async fn history_clear(&self, session: &str) -> Result<u64, StoreError> {
+        let removed: i64 = self
+            .pool
+            .next()
+            .del(self.keys.session(session).hist)
+            .await?;
+        Ok(removed.max(0) as u64)
+    }
+
+    /// Member infos of everyone present (entries not expired).
+    pub async fn presence_members(
+        &self,
+        session: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let k = self.keys.session(session);
+        let client = self.pool.next();
+        let ids: Vec<String> = client
+            .zrangebyscore(&k.pres, (now_ms + 1) as f64, f64::INFINITY, false, None)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let infos: Vec<Value> = client.hmget(&k.pinfo, ids).await?;
+        Ok(bytes_list(Some(Value::Array(infos))))
+    }
+
+    /// One member's stored info.
+    pub async fn presence_info(
+        &self,
+        session: &str,
+        client_id: &str,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let value: Value = self
+            .pool
+            .next()
+            .hget(self.keys.session(session).pinfo, client_id)
+            .await?;
+        Ok(bytes_list(Some(Value::Array(vec![value]))).pop())
+    }
+
+    /// A user's most recently active sessions.
+    pub async fn user_session_ids(
+        &self,
+        user: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .pool
+            .next()
+            .zrevrange(self.keys.user_sessions(user), 0, limit - 1, false)
+            .await?)
+    }
+
+    /// Every indexed session id.
+    pub async fn all_session_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .pool
+            .next()
+            .zrange(self.keys.sessions(), 0, -1, None, false, None, false)
+            .await?)
+    }
+
+    /// The status of each session (None when its meta expired), pipelined.
+    pub async fn statuses(&self, ids: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let pipe = self.pool.next().pipeline();
+            for id in chunk {
+                let _: () = pipe.hget(self.keys.session(id).meta, "status").await?;
+            }
+            let values: Vec<Value> = pipe.all().await?;
+            out.extend(values.into_iter().map(|v| v.as_string()));
+        }
+        Ok(out)
+    }
+
+    /// Forgets index entries of sessions whose keys expired.
+    pub async fn forget_sessions(&self, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let client = self.pool.next();
+        let _: i64 = client.zrem(self.keys.sessions(), ids.to_vec()).await?;
+        let _: i64 = client.zrem(self.keys.sessions_live(), ids.to_vec()).await?;
+        let _: i64 = client
+            .zrem(self.keys.sessions_expiry(), ids.to_vec())
+            .await?;
+        Ok(())
+    }
+
+    /// Records this node's connection count for cluster stats.
+    pub async fn node_connections(&self, node: &str, count: usize) -> Result<(), StoreError> {
+        let _: i64 = self
+            .pool
+            .next()
+            .hset(self.keys.node_connections(), (node, count as i64))
+            .await?;
+        Ok(())
+    }
+
+    /// Live nodes (heartbeat within `within`) and their total connections.
+    pub async fn cluster(&self, now_ms: u64, within: Duration) -> Result<(u64, u64), StoreError> {
+        let client = self.pool.next();
+        let since = now_ms.saturating_sub(within.as_millis() as u64) as f64;
+        let nodes: Vec<String> = client
+            .zrangebyscore(self.keys.nodes(), since, f64::INFINITY, false, None)
+            .await?;
+        let counts: HashMap<String, i64> = client.hgetall(self.keys.node_connections()).await?;
+        let total = nodes
+            .iter()
+            .filter_map(|n| counts.get(n))
+            .map(|c| (*c).max(0) as u64)
+            .sum();
+        Ok((nodes.len() as u64, total))
+    }
+
+    /// Publishes a payload on a user's channel; answers how many instances received it.
+    pub async fn publish_user(&self, user: &str, payload: Vec<u8>) -> Result<u64, StoreError> {
+        let started = Instant::now();
+        let receivers: i64 = self
+            .pool
+            .next()
+            .publish(self.keys.user_channel(user), Value::Bytes(payload.into()))
+            .await?;
+        m::redis_command("publish_user", started.elapsed());
+        Ok(receivers.max(0) as u64)
+    }
 }

@@ -64,7 +64,8 @@ async fn metrics_move_with_events_and_pass_promtool() {
         Some(1.0)
     );
     assert_eq!(sample(&text, "roomcast_sessions_local", ""), Some(1.0));
-    assert_eq!(sample(&text, "roomcast_subscriptions", ""), Some(1.0));
+    // One session channel and the controller's user channel.
+    assert_eq!(sample(&text, "roomcast_subscriptions", ""), Some(2.0));
     assert_eq!(sample(&text, "roomcast_redis_up", ""), Some(1.0));
     assert!(sample(
         &text,

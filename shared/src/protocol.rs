@@ -14,6 +14,7 @@ pub const SUBPROTOCOL_JSON: &str = "roomcast.v1.json";
 pub const SUBPROTOCOL_MSGPACK: &str = "roomcast.v1.msgpack";
 
 /// What a client may do in a session.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -48,6 +49,7 @@ impl Role {
 }
 
 /// The sender of a message, signal or typing event.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct From {
     pub client_id: String,
@@ -57,6 +59,7 @@ pub struct From {
 }
 
 /// A session member as shown in `joined.presence` and `presence` events.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     pub client_id: String,
@@ -69,6 +72,7 @@ pub struct Member {
 }
 
 /// One stored message, as listed in `joined.history`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryMessage {
     pub seq: u64,
@@ -257,6 +261,9 @@ pub enum ServerFrame {
         reason: Option<String>,
         at: u64,
     },
+    /// A server message for one user, on every connection of that user (REST
+    /// `POST /users/{user}/messages`). Not stored, no seq, no session.
+    Direct { data: Value, ts: u64 },
     Ack {
         #[serde(rename = "ref")]
         reference: Option<String>,

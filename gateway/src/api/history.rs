@@ -1,0 +1,226 @@
+//! History routes: cursor pages newest first, latest, search, stats, clear.
+//!
+//! They read the same capped list WebSocket recovery reads (`rc:{s:ID}:hist`), so REST and
+//! `join` with `since` always agree. The list is small (the cap), so filtering happens here.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use roomcast_shared::HistoryMessage;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::sessions::load;
+use super::{checked_id, require_session, ApiError, ApiPath, ApiQuery};
+use crate::envelope::{decode_entry, Entry};
+use crate::App;
+
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+
+/// Stored messages, newest first.
+async fn entries(app: &App, id: &str, headers: &HeaderMap) -> Result<Vec<Entry>, ApiError> {
+    checked_id(id, "id")?;
+    require_session(app, headers, id, false)?;
+    load(app, id).await?;
+    Ok(app
+        .store
+        .history_all(id)
+        .await?
+        .iter()
+        .filter_map(|b| decode_entry(b).ok())
+        .collect())
+}
+
+fn limit(limit: Option<u32>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        l @ 1..=MAX_LIMIT => Ok(l as usize),
+        _ => Err(ApiError::bad_request(format!(
+            "`limit` is 1 to {MAX_LIMIT}"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<u32>,
+    /// Only messages with a seq below this (the previous page's `next_before`).
+    pub before: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page {
+    /// Newest first.
+    pub messages: Vec<HistoryMessage>,
+    /// Pass as `before` for the next (older) page; null on the last page.
+    pub next_before: Option<u64>,
+}
+
+/// `GET /sessions/{id}/history`
+#[utoipa::path(get, path = "/sessions/{id}/history", tag = "history", params(("id" = String, Path), PageParams),
+    responses((status = 200, body = Page), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn list(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<PageParams>,
+) -> Result<Json<Page>, ApiError> {
+    let limit = limit(params.limit)?;
+    let mut older: Vec<Entry> = entries(&app, &id, &headers)
+        .await?
+        .into_iter()
+        .filter(|e| params.before.is_none_or(|b| e.seq < b))
+        .collect();
+    let more = older.len() > limit;
+    older.truncate(limit);
+    let next_before = if more {
+        older.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        messages: older.into_iter().map(Entry::into_history).collect(),
+        next_before,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LatestParams {
+    /// How many, 1 to 100 (default 20).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Messages {
+    /// Newest first.
+    pub messages: Vec<HistoryMessage>,
+}
+
+/// `GET /sessions/{id}/history/latest`
+#[utoipa::path(get, path = "/sessions/{id}/history/latest", tag = "history", params(("id" = String, Path), LatestParams),
+    responses((status = 200, body = Messages), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn latest(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<LatestParams>,
+) -> Result<Json<Messages>, ApiError> {
+    let limit = limit(params.limit)?;
+    let messages = entries(&app, &id, &headers)
+        .await?
+        .into_iter()
+        .take(limit)
+        .map(Entry::into_history)
+        .collect();
+    Ok(Json(Messages { messages }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    /// Case-insensitive substring, 1 to 200 characters.
+    pub q: String,
+    /// At most this many, 1 to 100 (default 20).
+    pub limit: Option<u32>,
+}
+
+/// The searchable text of a message: the string itself, or its JSON.
+fn text_of(data: &serde_json::Value) -> String {
+    match data {
+        serde_json::Value::String(s) => s.to_lowercase(),
+        other => other.to_string().to_lowercase(),
+    }
+}
+
+/// `GET /sessions/{id}/history/search`
+#[utoipa::path(get, path = "/sessions/{id}/history/search", tag = "history", params(("id" = String, Path), SearchParams),
+    responses((status = 200, body = Messages), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn search(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<SearchParams>,
+) -> Result<Json<Messages>, ApiError> {
+    let limit = limit(params.limit)?;
+    let count = params.q.chars().count();
+    if count == 0 || count > 200 {
+        return Err(ApiError::bad_request("`q` is 1 to 200 characters"));
+    }
+    let needle = params.q.to_lowercase();
+    let messages = entries(&app, &id, &headers)
+        .await?
+        .into_iter()
+        .filter(|e| text_of(&e.data).contains(&needle))
+        .take(limit)
+        .map(Entry::into_history)
+        .collect();
+    Ok(Json(Messages { messages }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryStats {
+    pub count: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub first_ts: Option<u64>,
+    pub last_ts: Option<u64>,
+    /// `last_ts - first_ts`.
+    pub duration_ms: Option<u64>,
+}
+
+/// `GET /sessions/{id}/history/stats`
+#[utoipa::path(get, path = "/sessions/{id}/history/stats", tag = "history", params(("id" = String, Path)),
+    responses((status = 200, body = HistoryStats), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn stats(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<HistoryStats>, ApiError> {
+    let all = entries(&app, &id, &headers).await?;
+    let (newest, oldest) = (all.first(), all.last());
+    Ok(Json(HistoryStats {
+        count: all.len() as u64,
+        first_seq: oldest.map(|e| e.seq),
+        last_seq: newest.map(|e| e.seq),
+        first_ts: oldest.map(|e| e.ts),
+        last_ts: newest.map(|e| e.ts),
+        duration_ms: oldest.zip(newest).map(|(o, n)| n.ts.saturating_sub(o.ts)),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Cleared {
+    pub cleared: bool,
+}
+
+/// `DELETE /sessions/{id}/history`: forgets stored messages; seq numbering continues.
+#[utoipa::path(delete, path = "/sessions/{id}/history", tag = "history", params(("id" = String, Path)),
+    responses((status = 200, body = Cleared), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn clear(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Cleared>, ApiError> {
+    checked_id(&id, "id")?;
+    require_session(&app, &headers, &id, true)?;
+    load(&app, &id).await?;
+    let removed = app.store.history_clear(&id).await?;
+    Ok(Json(Cleared {
+        cleared: removed > 0,
+    }))
+}

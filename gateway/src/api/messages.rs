@@ -1,0 +1,146 @@
+//! Server-side publishing: into a session (exactly like a client publish: seq, history,
+//! fan-out) and directly to every connection of one user on any instance.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use roomcast_shared::{ErrorCode, From, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::{checked_id, require_server, ApiError, ApiJson, ApiPath};
+use crate::envelope::{encode_entry_tail, Event};
+use crate::util::now_ms;
+use crate::App;
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sender {
+    /// Shown as `from.user` (default `server`).
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerMessage {
+    /// Any JSON value, up to `ROOMCAST_MAX_FRAME_BYTES` once encoded.
+    pub data: Value,
+    #[serde(default)]
+    pub from: Option<Sender>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Published {
+    pub seq: u64,
+}
+
+fn check_size(app: &App, data: &Value) -> Result<(), ApiError> {
+    let size = serde_json::to_vec(data)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > app.config.max_frame_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            format!("`data` is larger than {} bytes", app.config.max_frame_bytes),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /sessions/{id}/messages`
+#[utoipa::path(post, path = "/sessions/{id}/messages", tag = "messages", params(("id" = String, Path)),
+    request_body = ServerMessage,
+    responses((status = 200, body = Published), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 409, body = super::openapi::Problem), (status = 410, body = super::openapi::Problem),
+        (status = 413, body = super::openapi::Problem), (status = 415, body = super::openapi::Problem),
+        (status = 503, body = super::openapi::Problem)))]
+pub async fn publish(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<ServerMessage>,
+) -> Result<Json<Published>, ApiError> {
+    checked_id(&id, "id")?;
+    require_server(&app, &headers)?;
+    check_size(&app, &body.data)?;
+    let sender = body.from.unwrap_or_default();
+    let user = sender.user.unwrap_or_else(|| "server".into());
+    if user.is_empty()
+        || user.chars().count() > 128
+        || sender.name.as_ref().is_some_and(|n| n.chars().count() > 64)
+    {
+        return Err(ApiError::bad_request(
+            "`from.user` is 1 to 128 characters, `from.name` at most 64",
+        ));
+    }
+    let from = From {
+        client_id: "server".into(),
+        user,
+        role: Role::Controller,
+        name: sender.name,
+    };
+    let now = now_ms();
+    let tail = encode_entry_tail(now, &from, &body.data)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let traceparent = crate::telemetry::current_traceparent();
+    let seq = app
+        .store
+        .publish(&id, tail, now, traceparent.as_deref())
+        .await?;
+    let expires = now + app.config.max_lifetime.as_millis() as u64;
+    if let Err(e) = app.store.touch_indexes(&id, now, expires, None).await {
+        tracing::debug!(error = %e, "index touch failed");
+    }
+    Ok(Json(Published { seq }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirectMessage {
+    /// Any JSON value, delivered as a `direct` frame.
+    pub data: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Delivered {
+    /// Whether any instance had a connection of that user.
+    pub delivered: bool,
+    /// Instances that received it.
+    pub instances: u64,
+}
+
+/// `POST /users/{user}/messages`
+#[utoipa::path(post, path = "/users/{user}/messages", tag = "messages", params(("user" = String, Path)),
+    request_body = DirectMessage,
+    responses((status = 200, body = Delivered), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 413, body = super::openapi::Problem), (status = 415, body = super::openapi::Problem),
+        (status = 503, body = super::openapi::Problem)))]
+pub async fn direct(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(user): ApiPath<String>,
+    ApiJson(body): ApiJson<DirectMessage>,
+) -> Result<Json<Delivered>, ApiError> {
+    checked_id(&user, "user")?;
+    require_server(&app, &headers)?;
+    check_size(&app, &body.data)?;
+    let payload = Event::Direct {
+        data: body.data,
+        ts: now_ms(),
+    }
+    .encode();
+    let instances = app.store.publish_user(&user, payload).await?;
+    Ok(Json(Delivered {
+        delivered: instances > 0,
+        instances,
+    }))
+}

@@ -1,0 +1,374 @@
+//! The REST API under `/api/v1`: sessions, history, presence, server publish.
+//!
+//! Owns the HTTP edge of the session model: one [`ApiError`] that renders RFC 9457
+//! problem+json with the SPEC.md `code` (internals are logged, never returned), the
+//! credentials of SPEC.md "REST API" (server API key, admin token, session JWTs; keys
+//! compared in constant time), and extractors whose rejections are problems too.
+//! Business rules live in the route modules; Redis access goes through `store`.
+
+pub mod history;
+pub mod messages;
+pub mod openapi;
+pub mod presence;
+pub mod sessions;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use roomcast_shared::{ErrorCode, Role};
+
+use crate::auth::{AuthError, Identity};
+use crate::http::problem;
+use crate::store::StoreError;
+use crate::util::valid_id;
+use crate::App;
+
+/// Largest REST request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The `/api/v1` router.
+pub fn router() -> Router<Arc<App>> {
+    Router::new()
+        .route("/openapi.json", get(openapi::serve))
+        .route("/sessions", post(sessions::create))
+        .route("/sessions/join", post(sessions::join))
+        .route("/sessions/stats", get(sessions::stats))
+        .route(
+            "/sessions/{id}",
+            get(sessions::get)
+                .patch(sessions::patch)
+                .delete(sessions::end),
+        )
+        .route("/sessions/{id}/resolve", post(sessions::resolve))
+        .route("/sessions/{id}/resume", post(sessions::resume))
+        .route(
+            "/sessions/{id}/history",
+            get(history::list).delete(history::clear),
+        )
+        .route("/sessions/{id}/history/latest", get(history::latest))
+        .route("/sessions/{id}/history/search", get(history::search))
+        .route("/sessions/{id}/history/stats", get(history::stats))
+        .route("/sessions/{id}/presence", get(presence::summary))
+        .route("/sessions/{id}/presence/users", get(presence::users))
+        .route("/sessions/{id}/presence/join", post(presence::join))
+        .route("/sessions/{id}/presence/leave", post(presence::leave))
+        .route("/sessions/{id}/presence/activity", post(presence::activity))
+        .route("/sessions/{id}/presence/cleanup", post(presence::cleanup))
+        .route("/sessions/{id}/messages", post(messages::publish))
+        .route("/users/{user}/messages", post(messages::direct))
+        .route("/users/{user}/sessions", get(sessions::of_user))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// Every REST failure: a status, a SPEC.md code and a message safe to show.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    detail: String,
+    /// Seconds for `Retry-After`.
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, detail)
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, ErrorCode::BadRequest, detail)
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "internal error",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = problem(self.status, self.code, &self.detail);
+        if let Some(seconds) = self.retry_after {
+            if let Ok(v) = header::HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "redis unavailable");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "storage unavailable, retry later",
+                );
+                e.retry_after = Some(1);
+                e
+            }
+            StoreError::SessionEnded => ApiError::new(
+                StatusCode::GONE,
+                ErrorCode::SessionEnded,
+                "the session has ended",
+            ),
+            StoreError::SessionResolved => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Forbidden,
+                "the session is resolved; resume it before writing",
+            ),
+            StoreError::Internal(detail) => {
+                tracing::error!(error = %detail, "redis error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::TooLarge
+        } else {
+            ErrorCode::BadRequest
+        };
+        let status = if status == StatusCode::PAYLOAD_TOO_LARGE
+            || status == StatusCode::UNSUPPORTED_MEDIA_TYPE
+        {
+            status
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, code, r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::bad_request(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::bad_request(r.body_text())
+    }
+}
+
+/// `Json` whose rejections are problems.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// An optional JSON body: empty means `None`; anything else must be JSON of `T`.
+pub struct MaybeJson<T>(pub Option<T>);
+
+impl<T, S> FromRequest<S> for MaybeJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                let status = e.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ErrorCode::TooLarge
+                } else {
+                    ErrorCode::BadRequest
+                };
+                ApiError::new(status, code, e.body_text())
+            })?;
+        if bytes.is_empty() {
+            return Ok(MaybeJson(None));
+        }
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::BadRequest,
+                "the body must be application/json",
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(|v| MaybeJson(Some(v)))
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// `Query` whose rejections are problems.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// `Path` whose rejections are problems.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// A validated id from the path.
+pub fn checked_id(id: &str, what: &str) -> Result<(), ApiError> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`{what}` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :"
+        )))
+    }
+}
+
+/// Who is calling.
+#[derive(Debug)]
+pub enum Credential {
+    Admin,
+    Server,
+    Token(Identity),
+}
+
+/// Compares secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The caller's credential from `Authorization: Bearer` or `X-Api-Key`; 401 when absent
+/// or invalid.
+pub fn credential(app: &App, headers: &HeaderMap) -> Result<Credential, ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("missing credential"))?;
+    if let Some(admin) = &app.config.admin_token {
+        if constant_time_eq(presented.as_bytes(), admin.as_bytes()) {
+            return Ok(Credential::Admin);
+        }
+    }
+    if let Some(key) = &app.config.api_key {
+        if constant_time_eq(presented.as_bytes(), key.as_bytes()) {
+            return Ok(Credential::Server);
+        }
+    }
+    if app.auth.is_off() {
+        return Ok(Credential::Token(app.auth.anonymous(None)));
+    }
+    match app.auth.verify(presented) {
+        Ok(identity) => Ok(Credential::Token(identity)),
+        Err(AuthError::Forbidden(m)) => Err(ApiError::forbidden(m)),
+        Err(e) => Err(ApiError::unauthorized(e.to_string())),
+    }
+}
+
+/// Server API key or admin token.
+pub fn require_server(app: &App, headers: &HeaderMap) -> Result<Credential, ApiError> {
+    match credential(app, headers)? {
+        c @ (Credential::Server | Credential::Admin) => Ok(c),
+        Credential::Token(_) => Err(ApiError::forbidden("this route needs the server API key")),
+    }
+}
+
+/// Admin token only.
+pub fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    match credential(app, headers)? {
+        Credential::Admin => Ok(()),
+        _ => Err(ApiError::forbidden("this route needs the admin token")),
+    }
+}
+
+/// A credential for one session: server key, admin token, or a JWT whose `sessions` claim
+/// lists it. `write` also refuses observer-only tokens.
+pub fn require_session(
+    app: &App,
+    headers: &HeaderMap,
+    session: &str,
+    write: bool,
+) -> Result<Credential, ApiError> {
+    let credential = credential(app, headers)?;
+    if let Credential::Token(identity) = &credential {
+        let listed = identity
+            .sessions
+            .as_ref()
+            .is_some_and(|s: &HashSet<String>| s.contains(session));
+        if !listed && !app.auth.is_off() {
+            return Err(ApiError::forbidden("the token does not list this session"));
+        }
+        if write && !identity.roles.iter().any(|r| r.can_write()) {
+            return Err(ApiError::forbidden("observer tokens are read-only"));
+        }
+    }
+    Ok(credential)
+}
+
+/// Parses a role name from a request body.
+pub fn parse_role(role: Option<&str>, default: Role) -> Result<Role, ApiError> {
+    match role {
+        None => Ok(default),
+        Some(r) => Role::parse(r)
+            .ok_or_else(|| ApiError::bad_request("`role` must be controller, display or observer")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret!"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

@@ -1,0 +1,331 @@
+//! Presence routes: summary, member list, join/leave/activity for clients without a
+//! socket, and the admin sweep.
+//!
+//! REST members live in the same ZSET/HASH as WebSocket members and are announced the same
+//! way; their entries expire after `ROOMCAST_REST_PRESENCE_TTL` unless refreshed.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use roomcast_shared::{Member, Role};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::sessions::{acts_for, load};
+use super::{
+    checked_id, parse_role, require_admin, require_session, ApiError, ApiJson, ApiPath, Credential,
+    MaybeJson,
+};
+use crate::envelope::{kind, MemberInfo};
+use crate::util::{now_ms, random_id, valid_id};
+use crate::App;
+
+async fn members(app: &App, id: &str, headers: &HeaderMap) -> Result<Vec<Member>, ApiError> {
+    checked_id(id, "id")?;
+    require_session(app, headers, id, false)?;
+    load(app, id).await?;
+    let now = now_ms();
+    let idle_after = app.config.idle_after.as_millis() as u64;
+    Ok(app
+        .store
+        .presence_members(id, now)
+        .await?
+        .iter()
+        .filter_map(|b| MemberInfo::decode(b).ok())
+        .map(|i| i.to_member(now, idle_after))
+        .collect())
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct ByRole {
+    pub controller: u64,
+    pub display: u64,
+    pub observer: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Summary {
+    pub total: u64,
+    pub by_role: ByRole,
+    /// Members without activity for `ROOMCAST_IDLE_AFTER`.
+    pub idle: u64,
+}
+
+/// `GET /sessions/{id}/presence`
+#[utoipa::path(get, path = "/sessions/{id}/presence", tag = "presence", params(("id" = String, Path)),
+    responses((status = 200, body = Summary), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn summary(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Summary>, ApiError> {
+    let all = members(&app, &id, &headers).await?;
+    let mut by_role = ByRole::default();
+    for m in &all {
+        match m.role {
+            Role::Controller => by_role.controller += 1,
+            Role::Display => by_role.display += 1,
+            Role::Observer => by_role.observer += 1,
+        }
+    }
+    Ok(Json(Summary {
+        total: all.len() as u64,
+        idle: all.iter().filter(|m| m.idle).count() as u64,
+        by_role,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberList {
+    pub members: Vec<Member>,
+}
+
+/// `GET /sessions/{id}/presence/users`
+#[utoipa::path(get, path = "/sessions/{id}/presence/users", tag = "presence", params(("id" = String, Path)),
+    responses((status = 200, body = MemberList), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn users(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<MemberList>, ApiError> {
+    Ok(Json(MemberList {
+        members: members(&app, &id, &headers).await?,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceJoin {
+    /// Reuse an id (to re-join); a new one is made when absent.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Required with the server key; taken from the token otherwise.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PresenceEntry {
+    pub client_id: String,
+    /// When the entry expires unless `activity` refreshes it (ms).
+    pub expires_at: u64,
+}
+
+/// `POST /sessions/{id}/presence/join`
+#[utoipa::path(post, path = "/sessions/{id}/presence/join", tag = "presence", params(("id" = String, Path)),
+    request_body(content = Option<PresenceJoin>),
+    responses((status = 200, body = PresenceEntry), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 409, body = super::openapi::Problem),
+        (status = 410, body = super::openapi::Problem), (status = 413, body = super::openapi::Problem),
+        (status = 415, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn join(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    MaybeJson(body): MaybeJson<PresenceJoin>,
+) -> Result<Json<PresenceEntry>, ApiError> {
+    checked_id(&id, "id")?;
+    let credential = require_session(&app, &headers, &id, false)?;
+    let body = body.unwrap_or_default();
+    let fields = load(&app, &id).await?;
+    if fields.get("status").map(String::as_str) == Some("ended") {
+        return Err(crate::store::StoreError::SessionEnded.into());
+    }
+    let (user, default_role, token_name) = match &credential {
+        Credential::Token(identity) => (
+            identity.user.clone(),
+            identity.default_role().unwrap_or(Role::Observer),
+            identity.name.clone(),
+        ),
+        _ => (
+            body.user
+                .clone()
+                .ok_or_else(|| ApiError::bad_request("`user` is required with the server key"))?,
+            Role::Controller,
+            None,
+        ),
+    };
+    if !valid_id(&user) {
+        return Err(ApiError::bad_request(
+            "`user` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :",
+        ));
+    }
+    if body.user.as_ref().is_some_and(|u| u != &user) {
+        return Err(ApiError::forbidden("a token joins as its own user"));
+    }
+    let role = parse_role(body.role.as_deref(), default_role)?;
+    if let Credential::Token(identity) = &credential {
+        if !identity.roles.contains(&role) {
+            return Err(ApiError::forbidden(format!(
+                "the token does not allow the role {}",
+                role.as_str()
+            )));
+        }
+    }
+    let name = body.name.or(token_name);
+    if name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.chars().count() > 64)
+    {
+        return Err(ApiError::bad_request("`name` must be 1 to 64 characters"));
+    }
+    let client_id = match body.client_id {
+        Some(c) if valid_id(&c) => c,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`client_id` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :",
+            ))
+        }
+        None => format!("rest-{}", random_id(12)),
+    };
+    let now = now_ms();
+    let info = MemberInfo {
+        client_id: client_id.clone(),
+        user,
+        role,
+        name,
+        node: "rest".into(),
+        joined_at: now,
+        active_at: now,
+    };
+    let expires_at = now + app.config.rest_presence_ttl.as_millis() as u64;
+    app.store
+        .presence_set(&id, &client_id, expires_at, &info.encode(), kind::JOIN, now)
+        .await?;
+    Ok(Json(PresenceEntry {
+        client_id,
+        expires_at,
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceClient {
+    pub client_id: String,
+}
+
+/// Looks up a REST member the caller may act for.
+async fn own_member(
+    app: &App,
+    id: &str,
+    credential: &Credential,
+    client_id: &str,
+) -> Result<MemberInfo, ApiError> {
+    if !valid_id(client_id) {
+        return Err(ApiError::bad_request(
+            "`client_id` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :",
+        ));
+    }
+    let info = app
+        .store
+        .presence_info(id, client_id)
+        .await?
+        .and_then(|b| MemberInfo::decode(&b).ok())
+        .ok_or_else(|| ApiError::not_found("no such member"))?;
+    if !acts_for(credential, &info.user) {
+        return Err(ApiError::forbidden("that member belongs to another user"));
+    }
+    Ok(info)
+}
+
+/// `POST /sessions/{id}/presence/activity`: refreshes the entry and marks it active.
+#[utoipa::path(post, path = "/sessions/{id}/presence/activity", tag = "presence", params(("id" = String, Path)),
+    request_body = PresenceClient,
+    responses((status = 200, body = PresenceEntry), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 413, body = super::openapi::Problem),
+        (status = 415, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn activity(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<PresenceClient>,
+) -> Result<Json<PresenceEntry>, ApiError> {
+    checked_id(&id, "id")?;
+    let credential = require_session(&app, &headers, &id, false)?;
+    load(&app, &id).await?;
+    let mut info = own_member(&app, &id, &credential, &body.client_id).await?;
+    let now = now_ms();
+    let was_idle = now.saturating_sub(info.active_at) > app.config.idle_after.as_millis() as u64;
+    info.active_at = now;
+    let expires_at = now + app.config.rest_presence_ttl.as_millis() as u64;
+    let announce = if was_idle { kind::UPDATE } else { 0 };
+    app.store
+        .presence_set(
+            &id,
+            &body.client_id,
+            expires_at,
+            &info.encode(),
+            announce,
+            now,
+        )
+        .await?;
+    Ok(Json(PresenceEntry {
+        client_id: body.client_id,
+        expires_at,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Left {
+    pub left: bool,
+}
+
+/// `POST /sessions/{id}/presence/leave`
+#[utoipa::path(post, path = "/sessions/{id}/presence/leave", tag = "presence", params(("id" = String, Path)),
+    request_body = PresenceClient,
+    responses((status = 200, body = Left), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 413, body = super::openapi::Problem),
+        (status = 415, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn leave(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<PresenceClient>,
+) -> Result<Json<Left>, ApiError> {
+    checked_id(&id, "id")?;
+    let credential = require_session(&app, &headers, &id, false)?;
+    load(&app, &id).await?;
+    own_member(&app, &id, &credential, &body.client_id).await?;
+    let left = app.store.leave(&id, &body.client_id).await?;
+    Ok(Json(Left { left }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Cleanup {
+    /// Expired entries removed (and announced as leaves).
+    pub removed: u64,
+}
+
+/// `POST /sessions/{id}/presence/cleanup` (admin): sweeps expired entries now.
+#[utoipa::path(post, path = "/sessions/{id}/presence/cleanup", tag = "presence", params(("id" = String, Path)),
+    responses((status = 200, body = Cleanup), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn cleanup(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Cleanup>, ApiError> {
+    checked_id(&id, "id")?;
+    require_admin(&app, &headers)?;
+    load(&app, &id).await?;
+    let now = now_ms();
+    let (_, removed) = app
+        .store
+        .refresh_presence(&id, now, now, std::iter::empty())
+        .await?;
+    Ok(Json(Cleanup { removed }))
+}

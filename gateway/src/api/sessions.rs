@@ -1,0 +1,697 @@
+//! Session lifecycle routes: create, join by code, get, patch, end, resolve, resume, a
+//! user's sessions, stats.
+//!
+//! Every state change is one `session_transition.lua` call on the session's slot, which
+//! also announces it to members; the cross-slot indexes (`rc:sessions`, the sweeper's
+//! indexes, the join code) are updated after, idempotently.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rand::Rng;
+use roomcast_shared::{HistoryMessage, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{
+    checked_id, parse_role, require_server, require_session, ApiError, ApiJson, ApiPath, ApiQuery,
+    Credential, MaybeJson,
+};
+use crate::envelope::decode_entry;
+use crate::store::{LifecycleEvent, Transition};
+use crate::util::{now_ms, random_id};
+use crate::App;
+
+/// Join-code alphabet: no 0/O, 1/I/L, so codes survive being read aloud or off a TV.
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+const CODE_LEN: usize = 6;
+/// Longest `metadata`, `state` or `notes` once serialised.
+const MAX_FIELD_BYTES: usize = 16 * 1024;
+/// Messages returned by `resume`.
+const RESUME_HISTORY: usize = 20;
+
+/// A session as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    pub id: String,
+    /// Join code (sessions created over REST only).
+    pub code: Option<String>,
+    /// `active`, `inactive`, `resolved` or `ended`.
+    pub status: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub last_activity: u64,
+    pub metadata: Value,
+    pub state: Value,
+    pub notes: Option<String>,
+    pub resolved_at: Option<u64>,
+    pub ended_at: Option<u64>,
+    /// Why it ended or went inactive.
+    pub reason: Option<String>,
+}
+
+impl SessionView {
+    pub fn from_fields(id: &str, f: &HashMap<String, String>) -> Self {
+        let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
+        let json = |k: &str| {
+            f.get(k)
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or(Value::Null)
+        };
+        let text = |k: &str| f.get(k).filter(|v| !v.is_empty()).cloned();
+        SessionView {
+            id: id.to_string(),
+            code: text("code"),
+            status: f.get("status").cloned().unwrap_or_else(|| "active".into()),
+            created_at: num("created_at").unwrap_or(0),
+            expires_at: num("expires_at").unwrap_or(0),
+            last_activity: num("last_activity").unwrap_or(0),
+            metadata: json("metadata"),
+            state: json("state"),
+            notes: text("notes"),
+            resolved_at: num("resolved_at"),
+            ended_at: num("ended_at"),
+            reason: text("reason"),
+        }
+    }
+}
+
+/// Loads a session or answers 404.
+pub async fn load(app: &App, id: &str) -> Result<HashMap<String, String>, ApiError> {
+    checked_id(id, "id")?;
+    app.store
+        .session_fields(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such session"))
+}
+
+fn json_field(value: &Value, what: &str) -> Result<String, ApiError> {
+    let text = serde_json::to_string(value)
+        .map_err(|_| ApiError::bad_request(format!("`{what}` is not JSON")))?;
+    if text.len() > MAX_FIELD_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            roomcast_shared::ErrorCode::TooLarge,
+            format!("`{what}` is larger than {MAX_FIELD_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// Free-form JSON kept with the session.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    /// Lifetime in seconds, at most the configured maximum.
+    #[serde(default)]
+    pub max_lifetime_s: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionCreated {
+    pub id: String,
+    pub code: String,
+    pub status: String,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub last_activity: u64,
+    /// A display token for this session, valid until it expires.
+    pub display_token: String,
+}
+
+/// Open routes stay open unless `ROOMCAST_OPEN_SESSIONS=false`.
+fn open_route(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    if app.config.open_sessions {
+        Ok(())
+    } else {
+        require_server(app, headers).map(|_| ())
+    }
+}
+
+fn new_code() -> String {
+    let mut rng = rand::rng();
+    (0..CODE_LEN)
+        .map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char)
+        .collect()
+}
+
+/// `POST /sessions`
+#[utoipa::path(post, path = "/sessions", tag = "sessions", request_body(content = Option<CreateSession>),
+    responses((status = 201, body = SessionCreated), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 413, body = super::openapi::Problem), (status = 415, body = super::openapi::Problem),
+        (status = 503, body = super::openapi::Problem)))]
+pub async fn create(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    MaybeJson(body): MaybeJson<CreateSession>,
+) -> Result<Response, ApiError> {
+    open_route(&app, &headers)?;
+    let body = body.unwrap_or_default();
+    let max = app.config.max_lifetime.as_secs();
+    let lifetime = match body.max_lifetime_s {
+        Some(0) => return Err(ApiError::bad_request("`max_lifetime_s` must be positive")),
+        Some(s) if s > max => {
+            return Err(ApiError::bad_request(format!(
+                "`max_lifetime_s` is at most {max}"
+            )))
+        }
+        Some(s) => s,
+        None => max,
+    };
+    let metadata = json_field(&body.metadata.unwrap_or(Value::Null), "metadata")?;
+    let now = now_ms();
+    let expires_at = now + lifetime * 1000;
+    let id = random_id(16);
+    let mut code = None;
+    for _ in 0..8 {
+        let candidate = new_code();
+        if app
+            .store
+            .claim_code(&candidate, &id, lifetime * 1000)
+            .await?
+        {
+            code = Some(candidate);
+            break;
+        }
+    }
+    let code = code.ok_or_else(|| {
+        tracing::error!("no free join code after 8 tries");
+        ApiError::internal()
+    })?;
+    if !app
+        .store
+        .create_session(&id, now, expires_at, &code, "", &metadata)
+        .await?
+    {
+        return Err(ApiError::internal());
+    }
+    app.store.touch_indexes(&id, now, expires_at, None).await?;
+    let display_token = app
+        .auth
+        .mint_until(
+            format!("display-{id}"),
+            vec![Role::Display],
+            std::slice::from_ref(&id),
+            Some("Display".into()),
+            expires_at / 1000,
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot mint a display token");
+            ApiError::internal()
+        })?;
+    let created = SessionCreated {
+        id,
+        code,
+        status: "active".into(),
+        created_at: now,
+        expires_at,
+        last_activity: now,
+        display_token,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinByCode {
+    /// The 6-character join code (case-insensitive).
+    pub code: String,
+    /// Display name for the new member.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `controller` (default), `display` or `observer`.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Joined {
+    pub session_id: String,
+    /// A token for this session with the requested role.
+    pub token: String,
+}
+
+/// `POST /sessions/join`
+#[utoipa::path(post, path = "/sessions/join", tag = "sessions", request_body = JoinByCode,
+    responses((status = 200, body = Joined), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 410, body = super::openapi::Problem),
+        (status = 413, body = super::openapi::Problem), (status = 415, body = super::openapi::Problem),
+        (status = 503, body = super::openapi::Problem)))]
+pub async fn join(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<JoinByCode>,
+) -> Result<Json<Joined>, ApiError> {
+    open_route(&app, &headers)?;
+    let code = body.code.trim().to_ascii_uppercase();
+    if code.len() != CODE_LEN || !code.bytes().all(|b| CODE_ALPHABET.contains(&b)) {
+        return Err(ApiError::bad_request(
+            "`code` is 6 characters of A-Z and 2-9",
+        ));
+    }
+    if body
+        .name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 64 || n.is_empty())
+    {
+        return Err(ApiError::bad_request("`name` must be 1 to 64 characters"));
+    }
+    let role = parse_role(body.role.as_deref(), Role::Controller)?;
+    let id = app
+        .store
+        .code_session(&code)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown or expired join code"))?;
+    let fields = app.store.session_fields(&id).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::GONE,
+            roomcast_shared::ErrorCode::SessionEnded,
+            "the session expired",
+        )
+    })?;
+    let view = SessionView::from_fields(&id, &fields);
+    if view.status == "ended" || view.expires_at <= now_ms() {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            roomcast_shared::ErrorCode::SessionEnded,
+            "the session has ended",
+        ));
+    }
+    let user = format!("guest-{}", random_id(10));
+    let token = app
+        .auth
+        .mint_until(
+            user.clone(),
+            vec![role],
+            std::slice::from_ref(&id),
+            body.name,
+            view.expires_at / 1000,
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot mint a session token");
+            ApiError::internal()
+        })?;
+    app.store
+        .touch_indexes(&id, now_ms(), view.expires_at, Some(&user))
+        .await?;
+    Ok(Json(Joined {
+        session_id: id,
+        token,
+    }))
+}
+
+/// `GET /sessions/{id}`
+#[utoipa::path(get, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn get(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    checked_id(&id, "id")?;
+    require_session(&app, &headers, &id, false)?;
+    let fields = load(&app, &id).await?;
+    Ok(Json(SessionView::from_fields(&id, &fields)))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchSession {
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    /// Application state shared by the session's members.
+    #[serde(default)]
+    pub state: Option<Value>,
+}
+
+/// Applies a transition and maps its outcome.
+async fn transition(
+    app: &App,
+    id: &str,
+    allowed: &str,
+    to: Option<&str>,
+    event: Option<LifecycleEvent<'_>>,
+    fields: &[(&str, String)],
+) -> Result<HashMap<String, String>, ApiError> {
+    match app
+        .store
+        .transition(id, now_ms(), allowed, to, event, fields)
+        .await?
+    {
+        Transition::Done(fields) => Ok(fields),
+        Transition::Missing => Err(ApiError::not_found("no such session")),
+        Transition::Conflict(status) if status == "ended" => Err(ApiError::new(
+            StatusCode::GONE,
+            roomcast_shared::ErrorCode::SessionEnded,
+            "the session has ended",
+        )),
+        Transition::Conflict(status) => Err(ApiError::conflict(format!(
+            "not allowed while the session is {status}"
+        ))),
+    }
+}
+
+/// `PATCH /sessions/{id}`
+#[utoipa::path(patch, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path)), request_body = PatchSession,
+    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 409, body = super::openapi::Problem),
+        (status = 410, body = super::openapi::Problem), (status = 413, body = super::openapi::Problem),
+        (status = 415, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn patch(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<PatchSession>,
+) -> Result<Json<SessionView>, ApiError> {
+    checked_id(&id, "id")?;
+    require_session(&app, &headers, &id, true)?;
+    let mut fields = Vec::new();
+    if let Some(m) = &body.metadata {
+        fields.push(("metadata", json_field(m, "metadata")?));
+    }
+    if let Some(s) = &body.state {
+        fields.push(("state", json_field(s, "state")?));
+    }
+    if fields.is_empty() {
+        return Err(ApiError::bad_request("give `metadata` and/or `state`"));
+    }
+    let event = LifecycleEvent {
+        event: "updated",
+        reason: "patched",
+        at: now_ms(),
+    };
+    let after = transition(
+        &app,
+        &id,
+        "active,inactive,resolved",
+        None,
+        Some(event),
+        &fields,
+    )
+    .await?;
+    Ok(Json(SessionView::from_fields(&id, &after)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EndParams {
+    /// Why the session ends (shown to members).
+    pub reason: Option<String>,
+}
+
+/// `DELETE /sessions/{id}`: ends it; members get `session/ended`, then close 4000.
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path), EndParams),
+    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 410, body = super::openapi::Problem),
+        (status = 503, body = super::openapi::Problem)))]
+pub async fn end(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<EndParams>,
+) -> Result<Json<SessionView>, ApiError> {
+    checked_id(&id, "id")?;
+    require_session(&app, &headers, &id, true)?;
+    let reason = params.reason.unwrap_or_else(|| "ended".into());
+    if reason.chars().count() > 200 {
+        return Err(ApiError::bad_request("`reason` is at most 200 characters"));
+    }
+    let now = now_ms();
+    let event = LifecycleEvent {
+        event: "ended",
+        reason: &reason,
+        at: now,
+    };
+    let fields = [("ended_at", now.to_string()), ("reason", reason.clone())];
+    let after = transition(
+        &app,
+        &id,
+        "active,inactive,resolved",
+        Some("ended"),
+        Some(event),
+        &fields,
+    )
+    .await?;
+    let view = SessionView::from_fields(&id, &after);
+    app.store.untrack(&id, true, true).await?;
+    if let Some(code) = &view.code {
+        app.store.release_code(code).await?;
+    }
+    Ok(Json(view))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveSession {
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+/// `POST /sessions/{id}/resolve`
+#[utoipa::path(post, path = "/sessions/{id}/resolve", tag = "sessions", params(("id" = String, Path)),
+    request_body(content = Option<ResolveSession>),
+    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 409, body = super::openapi::Problem),
+        (status = 410, body = super::openapi::Problem), (status = 413, body = super::openapi::Problem),
+        (status = 415, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn resolve(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+    MaybeJson(body): MaybeJson<ResolveSession>,
+) -> Result<Json<SessionView>, ApiError> {
+    checked_id(&id, "id")?;
+    require_session(&app, &headers, &id, true)?;
+    let notes = body.and_then(|b| b.notes).unwrap_or_default();
+    if notes.len() > MAX_FIELD_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "`notes` is at most {MAX_FIELD_BYTES} bytes"
+        )));
+    }
+    let now = now_ms();
+    let event = LifecycleEvent {
+        event: "resolved",
+        reason: "resolved",
+        at: now,
+    };
+    let fields = [("resolved_at", now.to_string()), ("notes", notes)];
+    let after = transition(
+        &app,
+        &id,
+        "active,inactive",
+        Some("resolved"),
+        Some(event),
+        &fields,
+    )
+    .await?;
+    app.store.untrack(&id, true, false).await?;
+    Ok(Json(SessionView::from_fields(&id, &after)))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Resumed {
+    pub session: SessionView,
+    /// The most recent messages, oldest first.
+    pub history: Vec<HistoryMessage>,
+}
+
+/// `POST /sessions/{id}/resume`: reactivates an inactive or resolved session inside its
+/// lifetime.
+#[utoipa::path(post, path = "/sessions/{id}/resume", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 200, body = Resumed), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 404, body = super::openapi::Problem), (status = 409, body = super::openapi::Problem),
+        (status = 410, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn resume(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Resumed>, ApiError> {
+    checked_id(&id, "id")?;
+    require_session(&app, &headers, &id, true)?;
+    let current = SessionView::from_fields(&id, &load(&app, &id).await?);
+    let now = now_ms();
+    if current.expires_at <= now {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            roomcast_shared::ErrorCode::SessionEnded,
+            "the session's lifetime is over",
+        ));
+    }
+    let event = LifecycleEvent {
+        event: "updated",
+        reason: "resumed",
+        at: now,
+    };
+    let fields = [
+        ("last_activity", now.to_string()),
+        ("warned_for", String::new()),
+    ];
+    let after = transition(
+        &app,
+        &id,
+        "inactive,resolved",
+        Some("active"),
+        Some(event),
+        &fields,
+    )
+    .await?;
+    let view = SessionView::from_fields(&id, &after);
+    app.store
+        .touch_indexes(&id, now, view.expires_at, None)
+        .await?;
+    let mut history: Vec<HistoryMessage> = app
+        .store
+        .history_all(&id)
+        .await?
+        .iter()
+        .take(RESUME_HISTORY)
+        .filter_map(|b| decode_entry(b).ok())
+        .map(|e| e.into_history())
+        .collect();
+    history.reverse();
+    Ok(Json(Resumed {
+        session: view,
+        history,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UserSessionsParams {
+    /// `active`, `unresolved` (active or inactive) or `recent` (any status; the default).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// At most this many (1 to 100, default 20).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+}
+
+/// `GET /users/{user}/sessions`
+#[utoipa::path(get, path = "/users/{user}/sessions", tag = "sessions", params(("user" = String, Path), UserSessionsParams),
+    responses((status = 200, body = SessionList), (status = 400, body = super::openapi::Problem),
+        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
+        (status = 503, body = super::openapi::Problem)))]
+pub async fn of_user(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath(user): ApiPath<String>,
+    ApiQuery(params): ApiQuery<UserSessionsParams>,
+) -> Result<Json<SessionList>, ApiError> {
+    checked_id(&user, "user")?;
+    require_server(&app, &headers)?;
+    let limit = params.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` is 1 to 100"));
+    }
+    let wanted: &[&str] = match params.kind.as_deref().unwrap_or("recent") {
+        "active" => &["active"],
+        "unresolved" => &["active", "inactive"],
+        "recent" => &["active", "inactive", "resolved", "ended"],
+        _ => {
+            return Err(ApiError::bad_request(
+                "`type` is active, unresolved or recent",
+            ))
+        }
+    };
+    // Scan a bounded window of the user's most recent sessions.
+    let ids = app.store.user_session_ids(&user, 500).await?;
+    let mut sessions = Vec::new();
+    for id in ids {
+        if sessions.len() >= limit as usize {
+            break;
+        }
+        if let Some(fields) = app.store.session_fields(&id).await? {
+            let view = SessionView::from_fields(&id, &fields);
+            if wanted.contains(&view.status.as_str()) {
+                sessions.push(view);
+            }
+        }
+    }
+    Ok(Json(SessionList { sessions }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    pub total: u64,
+    pub active: u64,
+    pub inactive: u64,
+    pub resolved: u64,
+    pub ended: u64,
+    /// WebSocket connections on live nodes.
+    pub connections: u64,
+    /// Nodes that sent a heartbeat within three heartbeats.
+    pub nodes: u64,
+}
+
+/// `GET /sessions/stats`
+#[utoipa::path(get, path = "/sessions/stats", tag = "sessions",
+    responses((status = 200, body = Stats), (status = 401, body = super::openapi::Problem),
+        (status = 403, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+pub async fn stats(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<Stats>, ApiError> {
+    require_server(&app, &headers)?;
+    let ids = app.store.all_session_ids().await?;
+    let statuses = app.store.statuses(&ids).await?;
+    let mut stats = Stats {
+        total: 0,
+        active: 0,
+        inactive: 0,
+        resolved: 0,
+        ended: 0,
+        connections: 0,
+        nodes: 0,
+    };
+    let mut gone = Vec::new();
+    for (id, status) in ids.into_iter().zip(statuses) {
+        match status.as_deref() {
+            None => gone.push(id),
+            Some(s) => {
+                stats.total += 1;
+                match s {
+                    "inactive" => stats.inactive += 1,
+                    "resolved" => stats.resolved += 1,
+                    "ended" => stats.ended += 1,
+                    _ => stats.active += 1,
+                }
+            }
+        }
+    }
+    // Keys expire on their own; the index learns it here.
+    app.store.forget_sessions(&gone).await?;
+    let (nodes, connections) = app
+        .store
+        .cluster(now_ms(), app.config.heartbeat * 3)
+        .await?;
+    stats.nodes = nodes;
+    stats.connections = connections;
+    Ok(Json(stats))
+}
+
+/// Whether the credential may act for `user` (server keys may act for anyone).
+pub fn acts_for(credential: &Credential, user: &str) -> bool {
+    match credential {
+        Credential::Admin | Credential::Server => true,
+        Credential::Token(identity) => identity.user == user,
+    }
+}
