@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics as m;
 use crate::util::now_ms;
 use crate::App;
 
@@ -43,7 +44,7 @@ async fn sweep_once(app: &App) -> Result<(), crate::store::StoreError> {
         .sweep_candidates(now, config.inactivity_warning, BATCH)
         .await?;
     for id in candidates {
-        let (outcome, last) = app
+        let (outcome, last, status) = app
             .store
             .sweep(
                 &id,
@@ -53,9 +54,23 @@ async fn sweep_once(app: &App) -> Result<(), crate::store::StoreError> {
             )
             .await?;
         match outcome.as_str() {
-            "warned" => tracing::info!(session = %id, "session expiring: warning sent"),
-            "inactive" | "resolved" => app.store.untrack(&id, true, false).await?,
-            "ended" | "gone" => app.store.untrack(&id, true, true).await?,
+            "warned" => {
+                m::lifecycle_transition("expiring");
+                tracing::info!(session = %id, "session expiring: warning sent");
+            }
+            "inactive" => {
+                m::lifecycle_transition("inactive");
+                tracing::info!(session = %id, "session inactive");
+                app.store.untrack(&id, true, false).await?;
+            }
+            "ended" => {
+                m::lifecycle_transition("ended");
+                tracing::info!(session = %id, "session reached its maximum lifetime");
+                app.store.untrack(&id, true, true).await?;
+            }
+            "gone" => app.store.untrack(&id, true, true).await?,
+            // Another instance (or a REST call) changed it first.
+            "unchanged" => app.store.untrack(&id, true, status == "ended").await?,
             // Still active: the index lagged behind the session's real last activity.
             _ => {
                 let expires = now + config.max_lifetime.as_millis() as u64;

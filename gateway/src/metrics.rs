@@ -30,6 +30,7 @@ pub const SLOW_CONSUMER_TOTAL: &str = "roomcast_slow_consumer_disconnects_total"
 pub const HTTP_REQUESTS_TOTAL: &str = "roomcast_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "roomcast_http_request_duration_seconds";
 pub const ERRORS_TOTAL: &str = "roomcast_errors_total";
+pub const LIFECYCLE_TRANSITIONS_TOTAL: &str = "roomcast_lifecycle_transitions_total";
 
 /// Buckets from 100 µs to 10 s: sub-millisecond local work up to multi-second stalls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -125,6 +126,10 @@ fn describe() {
         "HTTP request latency, by method, route template and status."
     );
     describe_counter!(ERRORS_TOTAL, "Error frames sent to clients, by code.");
+    describe_counter!(
+        LIFECYCLE_TRANSITIONS_TOTAL,
+        "Session lifecycle events this instance's sweeper announced (expiring, inactive, ended)."
+    );
 }
 
 pub fn redis_command(command: &'static str, took: Duration) {
@@ -143,6 +148,10 @@ pub fn connection_closed(role: &'static str, reason: &'static str) {
 
 pub fn received(kind: &'static str) {
     counter!(MESSAGES_RECEIVED_TOTAL, "type" => kind).increment(1);
+}
+
+pub fn lifecycle_transition(event: &'static str) {
+    counter!(LIFECYCLE_TRANSITIONS_TOTAL, "event" => event).increment(1);
 }
 
 pub fn error_sent(code: &'static str) {

@@ -578,14 +578,14 @@ impl Store {
         }
     }
 
-    /// Runs `session_sweep.lua`: the outcome and the session's last activity.
+    /// Runs `session_sweep.lua`: the outcome, the session's last activity and its status.
     pub async fn sweep(
         &self,
         session: &str,
         now_ms: u64,
         warning: Duration,
         timeout: Duration,
-    ) -> Result<(String, u64), StoreError> {
+    ) -> Result<(String, u64, String), StoreError> {
         let k = self.keys.session(session);
         let reply = self
             .eval(
@@ -602,7 +602,8 @@ impl Store {
         let mut parts = reply.into_array().into_iter();
         let outcome = parts.next().and_then(|v| v.as_string()).unwrap_or_default();
         let last = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
-        Ok((outcome, last))
+        let status = parts.next().and_then(|v| v.as_string()).unwrap_or_default();
+        Ok((outcome, last, status))
     }
 
     /// Sessions due for a lifecycle check: active ones idle past `warning`, and ones past

@@ -15,7 +15,7 @@ pub mod sessions;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -161,25 +161,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        let status = r.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ErrorCode::TooLarge
-        } else {
-            ErrorCode::BadRequest
-        };
-        let status = if status == StatusCode::PAYLOAD_TOO_LARGE
-            || status == StatusCode::UNSUPPORTED_MEDIA_TYPE
-        {
-            status
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        ApiError::new(status, code, r.body_text())
-    }
-}
-
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         ApiError::bad_request(r.body_text())
@@ -192,10 +173,34 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// `Json` whose rejections are problems.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A required JSON object body of `T`; every failure is a problem.
 pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match MaybeJson::<T>::from_request(req, state).await? {
+            MaybeJson(Some(value)) => Ok(ApiJson(value)),
+            MaybeJson(None) => Err(ApiError::bad_request("a JSON object body is required")),
+        }
+    }
+}
+
+/// Parses a request body that must be a JSON object (serde would also accept an array
+/// for a struct, positionally, which no client means).
+fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+}
 
 /// An optional JSON body: empty means `None`; anything else must be JSON of `T`.
 pub struct MaybeJson<T>(pub Option<T>);
@@ -234,9 +239,7 @@ where
                 "the body must be application/json",
             ));
         }
-        serde_json::from_slice(&bytes)
-            .map(|v| MaybeJson(Some(v)))
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+        parse_object(&bytes).map(|v| MaybeJson(Some(v)))
     }
 }
 

@@ -135,6 +135,12 @@ fn open_route(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Session tokens outlive their session by a minute, so the session's end (close 4000, with
+/// its reason) is what members see, not a token expiry (4001) racing it.
+fn token_expiry(session_expires_at_ms: u64) -> u64 {
+    session_expires_at_ms / 1000 + 60
+}
+
 fn new_code() -> String {
     let mut rng = rand::rng();
     (0..CODE_LEN)
@@ -201,7 +207,7 @@ pub async fn create(
             vec![Role::Display],
             std::slice::from_ref(&id),
             Some("Display".into()),
-            expires_at / 1000,
+            token_expiry(expires_at),
         )
         .map_err(|e| {
             tracing::error!(error = %e, "cannot mint a display token");
