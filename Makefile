@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps run test test-only lint k8s-check fmt build release stop-redis clean-run
+.PHONY: help deps run test test-only lint k8s-check contract-test fmt build release stop-redis clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ run: ## start a local Redis and one gateway with a dev config, print how to conn
 	@scripts/install-deps.sh
 	@scripts/dev-run.sh
 
-test: deps lint test-only k8s-check ## install what is missing, lint, run every test, validate manifests
+test: deps lint test-only contract-test k8s-check ## install what is missing, lint, run every test, validate manifests
 
 test-only: ## run every test (each starts its own private Redis instances)
 	$(CARGO) test --workspace --all-targets
@@ -23,6 +23,10 @@ test-only: ## run every test (each starts its own private Redis instances)
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+contract-test: ## schemathesis against the served OpenAPI document (private Redis and gateway)
+	$(CARGO) build -q -p roomcast-gateway
+	scripts/contract-test.sh
 
 k8s-check: ## render k8s/ with kustomize and validate it offline; promtool on alerts; hadolint
 	scripts/k8s-check.sh

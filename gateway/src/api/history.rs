@@ -21,9 +21,14 @@ const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
 /// Stored messages, newest first.
-async fn entries(app: &App, id: &str, headers: &HeaderMap) -> Result<Vec<Entry>, ApiError> {
+/// Checks the id and the caller's right to read the session.
+fn authorize(app: &App, id: &str, headers: &HeaderMap) -> Result<(), ApiError> {
     checked_id(id, "id")?;
-    require_session(app, headers, id, false)?;
+    require_session(app, headers, id, false).map(|_| ())
+}
+
+async fn entries(app: &App, id: &str, headers: &HeaderMap) -> Result<Vec<Entry>, ApiError> {
+    authorize(app, id, headers)?;
     load(app, id).await?;
     Ok(app
         .store
@@ -45,11 +50,14 @@ fn limit(limit: Option<u32>) -> Result<usize, ApiError> {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Only messages with a seq below this (the previous page's `next_before`).
-    pub before: Option<u64>,
+    #[param(minimum = 1)]
+    pub before: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -61,21 +69,27 @@ pub struct Page {
 }
 
 /// `GET /sessions/{id}/history`
-#[utoipa::path(get, path = "/sessions/{id}/history", tag = "history", params(("id" = String, Path), PageParams),
-    responses((status = 200, body = Page), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(get, path = "/sessions/{id}/history", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), PageParams),
+    responses((status = 200, body = Page), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(params): ApiQuery<PageParams>,
+    params: ApiQuery<PageParams>,
 ) -> Result<Json<Page>, ApiError> {
+    authorize(&app, &id, &headers)?;
+    let params = params.value()?;
     let limit = limit(params.limit)?;
+    let before = match params.before {
+        Some(b) if b < 1 => return Err(ApiError::bad_request("`before` is a seq, at least 1")),
+        b => b.map(|b| b as u64),
+    };
     let mut older: Vec<Entry> = entries(&app, &id, &headers)
         .await?
         .into_iter()
-        .filter(|e| params.before.is_none_or(|b| e.seq < b))
+        .filter(|e| before.is_none_or(|b| e.seq < b))
         .collect();
     let more = older.len() > limit;
     older.truncate(limit);
@@ -92,8 +106,10 @@ pub async fn list(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LatestParams {
     /// How many, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
@@ -104,16 +120,18 @@ pub struct Messages {
 }
 
 /// `GET /sessions/{id}/history/latest`
-#[utoipa::path(get, path = "/sessions/{id}/history/latest", tag = "history", params(("id" = String, Path), LatestParams),
-    responses((status = 200, body = Messages), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(get, path = "/sessions/{id}/history/latest", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), LatestParams),
+    responses((status = 200, body = Messages), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn latest(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(params): ApiQuery<LatestParams>,
+    params: ApiQuery<LatestParams>,
 ) -> Result<Json<Messages>, ApiError> {
+    authorize(&app, &id, &headers)?;
+    let params = params.value()?;
     let limit = limit(params.limit)?;
     let messages = entries(&app, &id, &headers)
         .await?
@@ -126,10 +144,13 @@ pub async fn latest(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
     /// Case-insensitive substring, 1 to 200 characters.
+    #[param(min_length = 1, max_length = 200)]
     pub q: String,
     /// At most this many, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
@@ -142,16 +163,18 @@ fn text_of(data: &serde_json::Value) -> String {
 }
 
 /// `GET /sessions/{id}/history/search`
-#[utoipa::path(get, path = "/sessions/{id}/history/search", tag = "history", params(("id" = String, Path), SearchParams),
-    responses((status = 200, body = Messages), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(get, path = "/sessions/{id}/history/search", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), SearchParams),
+    responses((status = 200, body = Messages), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn search(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(params): ApiQuery<SearchParams>,
+    params: ApiQuery<SearchParams>,
 ) -> Result<Json<Messages>, ApiError> {
+    authorize(&app, &id, &headers)?;
+    let params = params.value()?;
     let limit = limit(params.limit)?;
     let count = params.q.chars().count();
     if count == 0 || count > 200 {
@@ -180,10 +203,10 @@ pub struct HistoryStats {
 }
 
 /// `GET /sessions/{id}/history/stats`
-#[utoipa::path(get, path = "/sessions/{id}/history/stats", tag = "history", params(("id" = String, Path)),
-    responses((status = 200, body = HistoryStats), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(get, path = "/sessions/{id}/history/stats", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+    responses((status = 200, body = HistoryStats), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn stats(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -207,10 +230,10 @@ pub struct Cleared {
 }
 
 /// `DELETE /sessions/{id}/history`: forgets stored messages; seq numbering continues.
-#[utoipa::path(delete, path = "/sessions/{id}/history", tag = "history", params(("id" = String, Path)),
-    responses((status = 200, body = Cleared), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(delete, path = "/sessions/{id}/history", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+    responses((status = 200, body = Cleared), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn clear(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

@@ -21,8 +21,10 @@ use crate::App;
 pub struct Sender {
     /// Shown as `from.user` (default `server`).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub user: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 64)]
     pub name: Option<String>,
 }
 
@@ -31,8 +33,10 @@ pub struct Sender {
 pub struct ServerMessage {
     /// Any JSON value, up to `ROOMCAST_MAX_FRAME_BYTES` once encoded.
     pub data: Value,
+    /// Who the message is shown as coming from.
     #[serde(default)]
-    pub from: Option<Sender>,
+    #[schema(value_type = Option<Sender>)]
+    pub from: Option<Value>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -55,23 +59,30 @@ fn check_size(app: &App, data: &Value) -> Result<(), ApiError> {
 }
 
 /// `POST /sessions/{id}/messages`
-#[utoipa::path(post, path = "/sessions/{id}/messages", tag = "messages", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/sessions/{id}/messages", tag = "messages", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = ServerMessage,
-    responses((status = 200, body = Published), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 409, body = super::openapi::Problem), (status = 410, body = super::openapi::Problem),
-        (status = 413, body = super::openapi::Problem), (status = 415, body = super::openapi::Problem),
-        (status = 503, body = super::openapi::Problem)))]
+    responses((status = 200, body = Published), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn publish(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    ApiJson(body): ApiJson<ServerMessage>,
+    body: ApiJson<ServerMessage>,
 ) -> Result<Json<Published>, ApiError> {
     checked_id(&id, "id")?;
     require_server(&app, &headers)?;
+    let body = body.value()?;
     check_size(&app, &body.data)?;
-    let sender = body.from.unwrap_or_default();
+    // Read as a value first: serde would accept an array for a struct, positionally.
+    let sender: Sender = match body.from {
+        None | Some(Value::Null) => Sender::default(),
+        Some(v @ Value::Object(_)) => serde_json::from_value(v)
+            .map_err(|e| ApiError::bad_request(format!("invalid `from`: {e}")))?,
+        Some(_) => return Err(ApiError::bad_request("`from` must be an object")),
+    };
     let user = sender.user.unwrap_or_else(|| "server".into());
     if user.is_empty()
         || user.chars().count() > 128
@@ -118,20 +129,21 @@ pub struct Delivered {
 }
 
 /// `POST /users/{user}/messages`
-#[utoipa::path(post, path = "/users/{user}/messages", tag = "messages", params(("user" = String, Path)),
+#[utoipa::path(post, path = "/users/{user}/messages", tag = "messages", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = DirectMessage,
-    responses((status = 200, body = Delivered), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 413, body = super::openapi::Problem), (status = 415, body = super::openapi::Problem),
-        (status = 503, body = super::openapi::Problem)))]
+    responses((status = 200, body = Delivered), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn direct(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(user): ApiPath<String>,
-    ApiJson(body): ApiJson<DirectMessage>,
+    body: ApiJson<DirectMessage>,
 ) -> Result<Json<Delivered>, ApiError> {
     checked_id(&user, "user")?;
     require_server(&app, &headers)?;
+    let body = body.value()?;
     check_size(&app, &body.data)?;
     let payload = Event::Direct {
         data: body.data,

@@ -143,8 +143,9 @@ impl From<StoreError> for ApiError {
                 e.retry_after = Some(1);
                 e
             }
+            // 409: the request conflicts with the session's state (410 is kept for join codes).
             StoreError::SessionEnded => ApiError::new(
-                StatusCode::GONE,
+                StatusCode::CONFLICT,
                 ErrorCode::SessionEnded,
                 "the session has ended",
             ),
@@ -173,44 +174,61 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// A required JSON object body of `T`; every failure is a problem.
-pub struct ApiJson<T>(pub T);
+/// A required JSON object body of `T`. Parsing is deferred: handlers check credentials
+/// first and then call [`ApiJson::value`], so a missing credential is a 401 even when the
+/// body is also wrong.
+pub struct ApiJson<T>(Result<T, ApiError>);
+
+impl<T> ApiJson<T> {
+    pub fn value(self) -> Result<T, ApiError> {
+        self.0
+    }
+}
 
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
     T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = std::convert::Infallible;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        match MaybeJson::<T>::from_request(req, state).await? {
-            MaybeJson(Some(value)) => Ok(ApiJson(value)),
-            MaybeJson(None) => Err(ApiError::bad_request("a JSON object body is required")),
-        }
+        let MaybeJson(parsed) = MaybeJson::<T>::from_request(req, state).await?;
+        Ok(ApiJson(parsed.and_then(|v| {
+            v.ok_or_else(|| ApiError::bad_request("a JSON object body is required"))
+        })))
     }
 }
 
 /// Parses a request body that must be a JSON object (serde would also accept an array
-/// for a struct, positionally, which no client means).
-fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// for a struct, positionally, which no client means). `null` means no body.
+fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    if !value.is_object() {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
+    match value {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Object(_) => serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}"))),
+        _ => Err(ApiError::bad_request("the body must be a JSON object")),
     }
-    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
 }
 
-/// An optional JSON body: empty means `None`; anything else must be JSON of `T`.
-pub struct MaybeJson<T>(pub Option<T>);
+/// An optional JSON object body (empty or `null` means `None`); deferred like [`ApiJson`].
+pub struct MaybeJson<T>(Result<Option<T>, ApiError>);
+
+impl<T> MaybeJson<T> {
+    pub fn value(self) -> Result<Option<T>, ApiError> {
+        self.0
+    }
+}
 
 impl<T, S> FromRequest<S> for MaybeJson<T>
 where
     T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = std::convert::Infallible;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         let is_json = req
@@ -218,35 +236,59 @@ where
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
                 let status = e.status();
                 let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
                     ErrorCode::TooLarge
                 } else {
                     ErrorCode::BadRequest
                 };
-                ApiError::new(status, code, e.body_text())
-            })?;
+                return Ok(MaybeJson(Err(ApiError::new(status, code, e.body_text()))));
+            }
+        };
         if bytes.is_empty() {
-            return Ok(MaybeJson(None));
+            return Ok(MaybeJson(Ok(None)));
         }
         if !is_json {
-            return Err(ApiError::new(
+            return Ok(MaybeJson(Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::BadRequest,
                 "the body must be application/json",
-            ));
+            ))));
         }
-        parse_object(&bytes).map(|v| MaybeJson(Some(v)))
+        Ok(MaybeJson(parse_object(&bytes)))
     }
 }
 
-/// `Query` whose rejections are problems.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
+/// Query parameters of `T`, parsed lazily like [`ApiJson`].
+pub struct ApiQuery<T>(Result<T, ApiError>);
+
+impl<T> ApiQuery<T> {
+    pub fn value(self) -> Result<T, ApiError> {
+        self.0
+    }
+}
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let parsed = axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| q.0)
+            .map_err(ApiError::from);
+        Ok(ApiQuery(parsed))
+    }
+}
 
 /// `Path` whose rejections are problems.
 #[derive(FromRequestParts)]

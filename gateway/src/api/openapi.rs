@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{history, messages, presence, sessions};
@@ -30,6 +31,12 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
+        // PATCH needs at least one field. Set here because utoipa-gen 5.5 emits
+        // `#[schema(min_properties)]` as `maxProperties`.
+        if let Some(RefOr::T(Schema::Object(patch))) = components.schemas.get_mut("PatchSession") {
+            patch.min_properties = Some(1);
+            patch.max_properties = None;
+        }
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
@@ -106,5 +113,10 @@ mod tests {
             );
         }
         assert!(doc["components"]["schemas"]["Problem"].is_object());
+        assert_eq!(
+            doc["components"]["schemas"]["PatchSession"]["minProperties"],
+            1
+        );
+        assert!(doc["components"]["schemas"]["PatchSession"]["maxProperties"].is_null());
     }
 }

@@ -54,10 +54,10 @@ pub struct Summary {
 }
 
 /// `GET /sessions/{id}/presence`
-#[utoipa::path(get, path = "/sessions/{id}/presence", tag = "presence", params(("id" = String, Path)),
-    responses((status = 200, body = Summary), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(get, path = "/sessions/{id}/presence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+    responses((status = 200, body = Summary), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn summary(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -85,10 +85,10 @@ pub struct MemberList {
 }
 
 /// `GET /sessions/{id}/presence/users`
-#[utoipa::path(get, path = "/sessions/{id}/presence/users", tag = "presence", params(("id" = String, Path)),
-    responses((status = 200, body = MemberList), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(get, path = "/sessions/{id}/presence/users", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+    responses((status = 200, body = MemberList), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn users(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -104,13 +104,17 @@ pub async fn users(
 pub struct PresenceJoin {
     /// Reuse an id (to re-join); a new one is made when absent.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub client_id: Option<String>,
     /// Required with the server key; taken from the token otherwise.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub user: Option<String>,
     #[serde(default)]
+    #[schema(pattern = "^(controller|display|observer)$")]
     pub role: Option<String>,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub name: Option<String>,
 }
 
@@ -122,26 +126,35 @@ pub struct PresenceEntry {
 }
 
 /// `POST /sessions/{id}/presence/join`
-#[utoipa::path(post, path = "/sessions/{id}/presence/join", tag = "presence", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/sessions/{id}/presence/join", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body(content = Option<PresenceJoin>),
-    responses((status = 200, body = PresenceEntry), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 409, body = super::openapi::Problem),
-        (status = 410, body = super::openapi::Problem), (status = 413, body = super::openapi::Problem),
-        (status = 415, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+    responses((status = 200, body = PresenceEntry), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn join(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    MaybeJson(body): MaybeJson<PresenceJoin>,
+    body: MaybeJson<PresenceJoin>,
 ) -> Result<Json<PresenceEntry>, ApiError> {
     checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, false)?;
-    let body = body.unwrap_or_default();
+    let body = body.value()?.unwrap_or_default();
     let fields = load(&app, &id).await?;
     if fields.get("status").map(String::as_str) == Some("ended") {
         return Err(crate::store::StoreError::SessionEnded.into());
     }
+    let client_id = match body.client_id.clone() {
+        Some(c) if valid_id(&c) => c,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`client_id` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :",
+            ))
+        }
+        None => format!("rest-{}", random_id(12)),
+    };
     let (user, default_role, token_name) = match &credential {
         Credential::Token(identity) => (
             identity.user.clone(),
@@ -149,9 +162,7 @@ pub async fn join(
             identity.name.clone(),
         ),
         _ => (
-            body.user
-                .clone()
-                .ok_or_else(|| ApiError::bad_request("`user` is required with the server key"))?,
+            body.user.clone().unwrap_or_else(|| client_id.clone()),
             Role::Controller,
             None,
         ),
@@ -180,15 +191,6 @@ pub async fn join(
     {
         return Err(ApiError::bad_request("`name` must be 1 to 64 characters"));
     }
-    let client_id = match body.client_id {
-        Some(c) if valid_id(&c) => c,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "`client_id` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :",
-            ))
-        }
-        None => format!("rest-{}", random_id(12)),
-    };
     let now = now_ms();
     let info = MemberInfo {
         client_id: client_id.clone(),
@@ -212,6 +214,7 @@ pub async fn join(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceClient {
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub client_id: String,
 }
 
@@ -240,20 +243,21 @@ async fn own_member(
 }
 
 /// `POST /sessions/{id}/presence/activity`: refreshes the entry and marks it active.
-#[utoipa::path(post, path = "/sessions/{id}/presence/activity", tag = "presence", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/sessions/{id}/presence/activity", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = PresenceClient,
-    responses((status = 200, body = PresenceEntry), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 413, body = super::openapi::Problem),
-        (status = 415, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+    responses((status = 200, body = PresenceEntry), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn activity(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    ApiJson(body): ApiJson<PresenceClient>,
+    body: ApiJson<PresenceClient>,
 ) -> Result<Json<PresenceEntry>, ApiError> {
     checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, false)?;
+    let body = body.value()?;
     load(&app, &id).await?;
     let mut info = own_member(&app, &id, &credential, &body.client_id).await?;
     let now = now_ms();
@@ -283,20 +287,21 @@ pub struct Left {
 }
 
 /// `POST /sessions/{id}/presence/leave`
-#[utoipa::path(post, path = "/sessions/{id}/presence/leave", tag = "presence", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/sessions/{id}/presence/leave", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = PresenceClient,
-    responses((status = 200, body = Left), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 413, body = super::openapi::Problem),
-        (status = 415, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+    responses((status = 200, body = Left), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn leave(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    ApiJson(body): ApiJson<PresenceClient>,
+    body: ApiJson<PresenceClient>,
 ) -> Result<Json<Left>, ApiError> {
     checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, false)?;
+    let body = body.value()?;
     load(&app, &id).await?;
     own_member(&app, &id, &credential, &body.client_id).await?;
     let left = app.store.leave(&id, &body.client_id).await?;
@@ -310,10 +315,10 @@ pub struct Cleanup {
 }
 
 /// `POST /sessions/{id}/presence/cleanup` (admin): sweeps expired entries now.
-#[utoipa::path(post, path = "/sessions/{id}/presence/cleanup", tag = "presence", params(("id" = String, Path)),
-    responses((status = 200, body = Cleanup), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(post, path = "/sessions/{id}/presence/cleanup", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+    responses((status = 200, body = Cleanup), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn cleanup(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

@@ -109,9 +109,10 @@ pub struct CreateSession {
     /// Free-form JSON kept with the session.
     #[serde(default)]
     pub metadata: Option<Value>,
-    /// Lifetime in seconds, at most the configured maximum.
+    /// Lifetime in seconds; longer values are cut to the configured maximum.
     #[serde(default)]
-    pub max_lifetime_s: Option<u64>,
+    #[schema(minimum = 1)]
+    pub max_lifetime_s: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -149,27 +150,22 @@ fn new_code() -> String {
 }
 
 /// `POST /sessions`
-#[utoipa::path(post, path = "/sessions", tag = "sessions", request_body(content = Option<CreateSession>),
-    responses((status = 201, body = SessionCreated), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 413, body = super::openapi::Problem), (status = 415, body = super::openapi::Problem),
-        (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(post, path = "/sessions", tag = "sessions", security(()), request_body(content = Option<CreateSession>),
+    responses((status = 201, body = SessionCreated), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    MaybeJson(body): MaybeJson<CreateSession>,
+    body: MaybeJson<CreateSession>,
 ) -> Result<Response, ApiError> {
     open_route(&app, &headers)?;
-    let body = body.unwrap_or_default();
+    let body = body.value()?.unwrap_or_default();
     let max = app.config.max_lifetime.as_secs();
     let lifetime = match body.max_lifetime_s {
-        Some(0) => return Err(ApiError::bad_request("`max_lifetime_s` must be positive")),
-        Some(s) if s > max => {
-            return Err(ApiError::bad_request(format!(
-                "`max_lifetime_s` is at most {max}"
-            )))
-        }
-        Some(s) => s,
+        Some(s) if s < 1 => return Err(ApiError::bad_request("`max_lifetime_s` must be positive")),
+        Some(s) => (s as u64).min(max),
         None => max,
     };
     let metadata = json_field(&body.metadata.unwrap_or(Value::Null), "metadata")?;
@@ -229,12 +225,15 @@ pub async fn create(
 #[serde(deny_unknown_fields)]
 pub struct JoinByCode {
     /// The 6-character join code (case-insensitive).
+    #[schema(pattern = "^[A-HJKMNP-Za-hjkmnp-z2-9]{6}$")]
     pub code: String,
     /// Display name for the new member.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
     pub name: Option<String>,
     /// `controller` (default), `display` or `observer`.
     #[serde(default)]
+    #[schema(pattern = "^(controller|display|observer)$")]
     pub role: Option<String>,
 }
 
@@ -246,18 +245,19 @@ pub struct Joined {
 }
 
 /// `POST /sessions/join`
-#[utoipa::path(post, path = "/sessions/join", tag = "sessions", request_body = JoinByCode,
-    responses((status = 200, body = Joined), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 410, body = super::openapi::Problem),
-        (status = 413, body = super::openapi::Problem), (status = 415, body = super::openapi::Problem),
-        (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(post, path = "/sessions/join", tag = "sessions", security(()), request_body = JoinByCode,
+    responses((status = 200, body = Joined), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn join(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<JoinByCode>,
+    body: ApiJson<JoinByCode>,
 ) -> Result<Json<Joined>, ApiError> {
     open_route(&app, &headers)?;
+    let body = body.value()?;
     let code = body.code.trim().to_ascii_uppercase();
     if code.len() != CODE_LEN || !code.bytes().all(|b| CODE_ALPHABET.contains(&b)) {
         return Err(ApiError::bad_request(
@@ -316,10 +316,10 @@ pub async fn join(
 }
 
 /// `GET /sessions/{id}`
-#[utoipa::path(get, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path)),
-    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(get, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -334,11 +334,17 @@ pub async fn get(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchSession {
-    #[serde(default)]
+    /// Replaces the metadata (`null` clears it).
+    #[serde(default, deserialize_with = "present")]
     pub metadata: Option<Value>,
-    /// Application state shared by the session's members.
-    #[serde(default)]
+    /// Application state shared by the session's members (`null` clears it).
+    #[serde(default, deserialize_with = "present")]
     pub state: Option<Value>,
+}
+
+/// A field that is present, even as `null`, is `Some`; only an absent one is `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// Applies a transition and maps its outcome.
@@ -358,7 +364,7 @@ async fn transition(
         Transition::Done(fields) => Ok(fields),
         Transition::Missing => Err(ApiError::not_found("no such session")),
         Transition::Conflict(status) if status == "ended" => Err(ApiError::new(
-            StatusCode::GONE,
+            StatusCode::CONFLICT,
             roomcast_shared::ErrorCode::SessionEnded,
             "the session has ended",
         )),
@@ -369,20 +375,21 @@ async fn transition(
 }
 
 /// `PATCH /sessions/{id}`
-#[utoipa::path(patch, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path)), request_body = PatchSession,
-    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 409, body = super::openapi::Problem),
-        (status = 410, body = super::openapi::Problem), (status = 413, body = super::openapi::Problem),
-        (status = 415, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(patch, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = PatchSession,
+    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn patch(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    ApiJson(body): ApiJson<PatchSession>,
+    body: ApiJson<PatchSession>,
 ) -> Result<Json<SessionView>, ApiError> {
     checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
+    let body = body.value()?;
     let mut fields = Vec::new();
     if let Some(m) = &body.metadata {
         fields.push(("metadata", json_field(m, "metadata")?));
@@ -412,25 +419,28 @@ pub async fn patch(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EndParams {
     /// Why the session ends (shown to members).
+    #[param(max_length = 200)]
     pub reason: Option<String>,
 }
 
 /// `DELETE /sessions/{id}`: ends it; members get `session/ended`, then close 4000.
-#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path), EndParams),
-    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 410, body = super::openapi::Problem),
-        (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), EndParams),
+    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn end(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(params): ApiQuery<EndParams>,
+    params: ApiQuery<EndParams>,
 ) -> Result<Json<SessionView>, ApiError> {
     checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
+    let params = params.value()?;
     let reason = params.reason.unwrap_or_else(|| "ended".into());
     if reason.chars().count() > 200 {
         return Err(ApiError::bad_request("`reason` is at most 200 characters"));
@@ -463,26 +473,27 @@ pub async fn end(
 #[serde(deny_unknown_fields)]
 pub struct ResolveSession {
     #[serde(default)]
+    #[schema(max_length = 16384)]
     pub notes: Option<String>,
 }
 
 /// `POST /sessions/{id}/resolve`
-#[utoipa::path(post, path = "/sessions/{id}/resolve", tag = "sessions", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/sessions/{id}/resolve", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body(content = Option<ResolveSession>),
-    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 409, body = super::openapi::Problem),
-        (status = 410, body = super::openapi::Problem), (status = 413, body = super::openapi::Problem),
-        (status = 415, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn resolve(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-    MaybeJson(body): MaybeJson<ResolveSession>,
+    body: MaybeJson<ResolveSession>,
 ) -> Result<Json<SessionView>, ApiError> {
     checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
-    let notes = body.and_then(|b| b.notes).unwrap_or_default();
+    let notes = body.value()?.and_then(|b| b.notes).unwrap_or_default();
     if notes.len() > MAX_FIELD_BYTES {
         return Err(ApiError::bad_request(format!(
             "`notes` is at most {MAX_FIELD_BYTES} bytes"
@@ -517,11 +528,11 @@ pub struct Resumed {
 
 /// `POST /sessions/{id}/resume`: reactivates an inactive or resolved session inside its
 /// lifetime.
-#[utoipa::path(post, path = "/sessions/{id}/resume", tag = "sessions", params(("id" = String, Path)),
-    responses((status = 200, body = Resumed), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 404, body = super::openapi::Problem), (status = 409, body = super::openapi::Problem),
-        (status = 410, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(post, path = "/sessions/{id}/resume", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+    responses((status = 200, body = Resumed), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn resume(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -533,7 +544,7 @@ pub async fn resume(
     let now = now_ms();
     if current.expires_at <= now {
         return Err(ApiError::new(
-            StatusCode::GONE,
+            StatusCode::CONFLICT,
             roomcast_shared::ErrorCode::SessionEnded,
             "the session's lifetime is over",
         ));
@@ -578,11 +589,14 @@ pub async fn resume(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UserSessionsParams {
     /// `active`, `unresolved` (active or inactive) or `recent` (any status; the default).
     #[serde(rename = "type")]
+    #[param(pattern = "^(active|unresolved|recent)$")]
     pub kind: Option<String>,
     /// At most this many (1 to 100, default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
@@ -592,18 +606,19 @@ pub struct SessionList {
 }
 
 /// `GET /users/{user}/sessions`
-#[utoipa::path(get, path = "/users/{user}/sessions", tag = "sessions", params(("user" = String, Path), UserSessionsParams),
-    responses((status = 200, body = SessionList), (status = 400, body = super::openapi::Problem),
-        (status = 401, body = super::openapi::Problem), (status = 403, body = super::openapi::Problem),
-        (status = 503, body = super::openapi::Problem)))]
+#[utoipa::path(get, path = "/users/{user}/sessions", tag = "sessions", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), UserSessionsParams),
+    responses((status = 200, body = SessionList), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn of_user(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(user): ApiPath<String>,
-    ApiQuery(params): ApiQuery<UserSessionsParams>,
+    params: ApiQuery<UserSessionsParams>,
 ) -> Result<Json<SessionList>, ApiError> {
     checked_id(&user, "user")?;
     require_server(&app, &headers)?;
+    let params = params.value()?;
     let limit = params.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request("`limit` is 1 to 100"));
@@ -650,8 +665,8 @@ pub struct Stats {
 
 /// `GET /sessions/stats`
 #[utoipa::path(get, path = "/sessions/stats", tag = "sessions",
-    responses((status = 200, body = Stats), (status = 401, body = super::openapi::Problem),
-        (status = 403, body = super::openapi::Problem), (status = 503, body = super::openapi::Problem)))]
+    responses((status = 200, body = Stats), (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn stats(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
