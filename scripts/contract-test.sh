@@ -25,15 +25,22 @@ API_KEY="contract-api-key-$RANDOM$RANDOM"
 ROOMCAST_LISTEN=127.0.0.1:$HTTP_PORT ROOMCAST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
   ROOMCAST_JWT_SECRET=contract-test-secret-0123456789 ROOMCAST_API_KEY=$API_KEY \
   ROOMCAST_ADMIN_TOKEN="contract-admin-$RANDOM$RANDOM" ROOMCAST_LOG=warn \
+  ROOMCAST_RATE_API=0 ROOMCAST_RATE_API_STRICT=0 ROOMCAST_RATE_BURST=0 \
   "$BIN" serve >"$WORK/gateway.log" 2>&1 &
 GATEWAY_PID=$!
 cleanup() { kill "$GATEWAY_PID" "$REDIS_PID" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-for _ in $(seq 100); do
-  curl -fsS "http://127.0.0.1:$HTTP_PORT/health/ready" >/dev/null 2>&1 && break
+ready=""
+for _ in $(seq 300); do
+  if curl -fsS "http://127.0.0.1:$HTTP_PORT/health/ready" >/dev/null 2>&1; then ready=1; break; fi
   sleep 0.1
 done
-curl -fsS "http://127.0.0.1:$HTTP_PORT/health/ready" >/dev/null
+if [[ -z $ready ]]; then
+  echo "contract-test: the gateway did not become ready; its log:" >&2
+  tail -n 40 "$WORK/gateway.log" >&2
+  curl -sS "http://127.0.0.1:$HTTP_PORT/health" >&2 || true
+  exit 1
+fi
 
 # With the server key every route is reachable; generated ids mostly hit 400/404 paths,
 # which must be documented problems too. Two stateful checks assume CRUD semantics this API

@@ -96,8 +96,8 @@ impl Authenticator {
         let (algorithm, decoding, encoding) = match (&config.jwt_secret, &config.jwt_public_key) {
             (Some(secret), _) => (
                 Algorithm::HS256,
-                Some(DecodingKey::from_secret(secret.as_bytes())),
-                Some(EncodingKey::from_secret(secret.as_bytes())),
+                Some(DecodingKey::from_secret(secret.expose().as_bytes())),
+                Some(EncodingKey::from_secret(secret.expose().as_bytes())),
             ),
             (None, Some(path)) => {
                 let pem = std::fs::read(path).map_err(|e| {

@@ -66,6 +66,34 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// A secret from the configuration. Its `Debug` never shows it, so a config printed by
+/// mistake leaks nothing; code that needs the value calls [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().is_empty() {
+            return Err("a secret cannot be empty".into());
+        }
+        Ok(Secret(s.to_string()))
+    }
+}
+
 /// A sliding-window rate: `COUNT/WINDOW` such as `10/60s`; `0` disables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -150,7 +178,7 @@ pub struct Config {
     pub auth: AuthMode,
     /// HMAC secret for HS256 tokens.
     #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// PEM file with an RSA or EC public key (RS256/ES256 tokens).
     #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
@@ -162,10 +190,10 @@ pub struct Config {
     pub jwt_audience: Option<String>,
     /// Server API key (REST server routes).
     #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Admin token (REST admin routes).
     #[arg(long, env = "ROOMCAST_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// `false` puts `POST /sessions` and `POST /sessions/join` behind the server API key.
     #[arg(long, env = "ROOMCAST_OPEN_SESSIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub open_sessions: bool,
@@ -206,6 +234,12 @@ pub struct Config {
     /// Most WebSocket connections this instance accepts; 0: no cap besides the OS.
     #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+    /// Most WebSocket connections one user may hold on this instance; 0: no cap.
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
+    pub max_connections_per_user: usize,
+    /// A client that has not sent its full request head by then is disconnected.
+    #[arg(long, env = "ROOMCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
     /// Members listed in `joined.presence` (the largest sessions get the first ones).
     #[arg(long, env = "ROOMCAST_PRESENCE_LIST_MAX", default_value_t = 1000)]
     pub presence_list_max: u32,
@@ -225,6 +259,10 @@ pub struct Config {
     /// Per-connection token bucket for `signal` and `typing`.
     #[arg(long, env = "ROOMCAST_RATE_SIGNAL", default_value = "20/1s", value_parser = parse_rate)]
     pub rate_signal: Rate,
+    /// Per-connection token bucket for every inbound frame (pings included); a client
+    /// above it is closed with 4029.
+    #[arg(long, env = "ROOMCAST_RATE_FRAMES", default_value = "200/1s", value_parser = parse_rate)]
+    pub rate_frames: Rate,
 
     /// How long shutdown waits for connections and tasks.
     #[arg(long, env = "ROOMCAST_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
@@ -270,7 +308,7 @@ impl Config {
         if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
             return fail("set only one of ROOMCAST_JWT_SECRET and ROOMCAST_JWT_PUBLIC_KEY");
         }
-        if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
+        if matches!(&self.jwt_secret, Some(s) if s.expose().len() < 16) {
             return fail("ROOMCAST_JWT_SECRET must be at least 16 bytes");
         }
         if self.history_size == 0 {
@@ -298,6 +336,12 @@ impl Config {
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
             return fail("ROOMCAST_KEY_PREFIX must be non-empty without braces or spaces");
+        }
+        if let Err(e) = crate::net::TrustedProxies::parse(&self.trusted_proxies) {
+            return Err(ConfigError(format!("ROOMCAST_TRUSTED_PROXIES: {e}")));
+        }
+        if self.header_timeout < Duration::from_millis(100) {
+            return fail("ROOMCAST_HEADER_TIMEOUT must be at least 100ms");
         }
         if self.allowed_origins.iter().any(|o| o.trim().is_empty()) {
             return fail("ROOMCAST_ALLOWED_ORIGINS has an empty entry");
@@ -353,6 +397,22 @@ mod tests {
             }
         );
         assert!(c.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::from_pairs(&[
+            ("jwt-secret", "0123456789abcdef-very-secret"),
+            ("api-key", "key-very-secret"),
+            ("admin-token", "admin-very-secret"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("very-secret"), "{shown}");
+        assert_eq!(
+            c.api_key.as_ref().map(Secret::expose),
+            Some("key-very-secret")
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! SPEC.md end a connection.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +26,14 @@ use tokio::sync::oneshot;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tracing::Instrument;
 
+use crate::api::limits;
 use crate::auth::{AuthError, Identity};
 use crate::client::{self, ClientHandle};
 use crate::envelope::{encode_entry_tail, kind, Event, MemberInfo};
 use crate::http::problem;
 use crate::hub::SessionHandle;
 use crate::metrics as m;
+use crate::ratelimit::{Scope, TokenBucket};
 use crate::session::{Command, JoinError, JoinRequest};
 use crate::store::StoreError;
 use crate::util::{now_ms, random_id, valid_id};
@@ -73,6 +75,19 @@ pub async fn upgrade(
             "origin not allowed",
         );
     }
+    let ip = app.proxies.client_ip(peer, &headers);
+    let ip_key = ip.to_string();
+    for (scope, what) in [
+        (Scope::Burst, "too many requests in a burst"),
+        (Scope::Connect, "too many connections from this address"),
+    ] {
+        if let Some(d) = limits::check(&app, scope, &ip_key)
+            .await
+            .filter(|d| !d.admitted)
+        {
+            return limits::refusal(&d, what);
+        }
+    }
     let cap = app.config.max_connections;
     if cap > 0 && app.hub.client_count() >= cap {
         let mut response = problem(
@@ -95,6 +110,14 @@ pub async fn upgrade(
             return problem(status, code, &e.to_string());
         }
     };
+    let per_user = app.config.max_connections_per_user;
+    if per_user > 0 && app.hub.user_connection_count(&identity.user) >= per_user {
+        return problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            &format!("at most {per_user} connections per user on this node"),
+        );
+    }
     let format = match select_protocol(&mut ws) {
         Ok(format) => format,
         Err(offered) => {
@@ -113,7 +136,7 @@ pub async fn upgrade(
         .write_buffer_size(4096)
         .on_upgrade(move |socket| {
             let tracker = app.tracker.clone();
-            tracker.track_future(run(app, socket, identity, format, peer))
+            tracker.track_future(run(app, socket, identity, format, peer, ip))
         })
 }
 
@@ -232,7 +255,13 @@ struct Connection {
     app: Arc<App>,
     client: ClientHandle,
     identity: Identity,
+    /// The client's address, for per-IP publish limits.
+    ip: String,
     sessions: HashMap<String, Joined>,
+    /// `signal` and `typing` allowance.
+    signals: Option<TokenBucket>,
+    /// Every inbound frame's allowance; running dry closes with 4029.
+    frames: Option<TokenBucket>,
 }
 
 /// The connection task: from `welcome` to the last leave.
@@ -242,6 +271,7 @@ async fn run(
     identity: Identity,
     format: Format,
     peer: SocketAddr,
+    ip: IpAddr,
 ) {
     let client_id = random_id(16);
     let span =
@@ -278,7 +308,10 @@ async fn run(
             app: app.clone(),
             client: client.clone(),
             identity,
+            ip: ip.to_string(),
             sessions: HashMap::new(),
+            signals: TokenBucket::new(app.config.rate_signal),
+            frames: TokenBucket::new(app.config.rate_frames),
         };
         let reason = conn.read_loop(&mut stream).await;
         conn.leave_all();
@@ -339,6 +372,13 @@ impl Connection {
                         Some(Err(e)) => return self.read_error(e),
                     };
                     last_seen = Instant::now();
+                    if let Some(frames) = &mut self.frames {
+                        if frames.take(std::time::Instant::now()).is_err() {
+                            m::rate_limited("frames");
+                            self.client.kill(close::RATE_LIMITED);
+                            return "rate_limited";
+                        }
+                    }
                     match msg {
                         Message::Text(text) => self.on_bytes(Format::Json, text.as_bytes()).await,
                         Message::Binary(bytes) => self.on_bytes(Format::Msgpack, &bytes).await,
@@ -456,6 +496,7 @@ impl Connection {
             } => {
                 let started = std::time::Instant::now();
                 let from = self.writer_in(&session)?;
+                self.publish_allowed().await?;
                 let now = now_ms();
                 let tail = encode_entry_tail(now, &from, &data).map_err(|e| {
                     Failure::new(ErrorCode::BadRequest, format!("data cannot be stored: {e}"))
@@ -486,6 +527,7 @@ impl Connection {
                 reference,
             } => {
                 let from = self.writer_in(&session)?;
+                self.signal_allowed()?;
                 if let Some(to) = &to {
                     if !valid_id(to) {
                         return Err(Failure::new(
@@ -510,6 +552,7 @@ impl Connection {
                 reference,
             } => {
                 let from = self.writer_in(&session)?;
+                self.signal_allowed()?;
                 let payload = Event::Typing { from, active }.encode();
                 self.app
                     .store
@@ -643,6 +686,73 @@ impl Connection {
             }
         }
         Err(Failure::new(ErrorCode::Internal, "could not join, retry"))
+    }
+
+    /// Counts a publish against the user's and the address's windows. Fails closed: when
+    /// Redis cannot answer, the publish could not be stored either.
+    async fn publish_allowed(&self) -> Result<(), Failure> {
+        let config = &self.app.config;
+        let store = &self.app.store;
+        let user = async {
+            let rate = config.rate_publish;
+            if rate.is_disabled() {
+                return Ok(None);
+            }
+            store
+                .rate_check(Scope::Publish, &self.identity.user, rate)
+                .await
+                .map(Some)
+        };
+        let ip = async {
+            let rate = config.rate_publish_ip;
+            if rate.is_disabled() {
+                return Ok(None);
+            }
+            store
+                .rate_check(Scope::PublishIp, &self.ip, rate)
+                .await
+                .map(Some)
+        };
+        let (user, ip) = tokio::join!(user, ip);
+        for decision in [user, ip] {
+            match decision {
+                Ok(Some(d)) if !d.admitted => {
+                    m::rate_limited(d.scope.name());
+                    return Err(Failure {
+                        retry_after_ms: Some(d.retry_after().as_millis() as u64),
+                        ..Failure::new(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "at most {} publishes per {}s ({})",
+                                d.limit,
+                                d.window.as_secs().max(1),
+                                d.scope.name()
+                            ),
+                        )
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    m::rate_limit_unavailable("publish");
+                    return Err(Failure::from_store(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a token for a `signal` or `typing` frame.
+    fn signal_allowed(&mut self) -> Result<(), Failure> {
+        let Some(bucket) = &mut self.signals else {
+            return Ok(());
+        };
+        bucket.take(std::time::Instant::now()).map_err(|wait| {
+            m::rate_limited("signal");
+            Failure {
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+                ..Failure::new(ErrorCode::RateLimited, "too many signals and typing frames")
+            }
+        })
     }
 
     /// The `from` of a write in `session`, if this connection may write there.

@@ -32,7 +32,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/ping", get(|| async { "pong" }))
         .route("/metrics", get(metrics))
-        .nest("/api/v1", crate::api::router())
+        .nest(
+            "/api/v1",
+            crate::api::router().layer(middleware::from_fn_with_state(
+                app.clone(),
+                crate::api::limits::enforce,
+            )),
+        )
         .fallback(not_found)
         .layer(middleware::from_fn(observe))
         .with_state(app)

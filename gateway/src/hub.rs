@@ -99,6 +99,11 @@ impl Hub {
         first
     }
 
+    /// How many connections `user` holds on this instance.
+    pub fn user_connection_count(&self, user: &str) -> usize {
+        self.users.get(user).map(|l| l.len()).unwrap_or(0)
+    }
+
     /// Forgets a connection; true when it was its user's last one here.
     pub fn remove_client(&self, client: &ClientHandle) -> bool {
         self.clients.remove(client.id());

@@ -62,6 +62,11 @@ impl Keys {
         format!("{}:nodes:conns", self.prefix)
     }
 
+    /// The sliding-window log of one rate-limit scope and key.
+    pub fn rate_limit(&self, scope: &str, key: &str) -> String {
+        format!("{}:rl:{{{scope}:{key}}}", self.prefix)
+    }
+
     /// A join code → session id.
     pub fn code(&self, code: &str) -> String {
         format!("{}:code:{{{code}}}", self.prefix)
@@ -118,6 +123,7 @@ mod tests {
         assert_eq!(k.nodes(), "rc:nodes");
         assert_eq!(k.code("ABC234"), "rc:code:{ABC234}");
         assert_eq!(k.sessions(), "rc:sessions");
+        assert_eq!(k.rate_limit("api", "10.0.0.1"), "rc:rl:{api:10.0.0.1}");
         assert_eq!(k.user_sessions("bob"), "rc:{u:bob}:sess");
         assert_eq!(k.user_channel("bob"), "rc:{u:bob}:ch");
         assert_eq!(k.user_of_channel("rc:{u:bob}:ch"), Some("bob"));

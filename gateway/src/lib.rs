@@ -6,6 +6,8 @@
 //! - [`http`]: the router, health, metrics endpoint, problem+json.
 //! - [`api`]: the REST API under `/api/v1` and its OpenAPI document.
 //! - [`lifecycle`]: the inactivity and lifetime sweeper.
+//! - [`ratelimit`]: sliding-window limits in Redis, token buckets in memory.
+//! - [`net`]: client addresses (trusted proxies) and the HTTP accept loop.
 //! - [`conn`]: WebSocket admission and the per-connection read loop.
 //! - [`client`]: a client's bounded send queue and writer task.
 //! - [`hub`]: local sessions and clients of this instance.
@@ -29,13 +31,14 @@ pub mod hub;
 pub mod keys;
 pub mod lifecycle;
 pub mod metrics;
+pub mod net;
+pub mod ratelimit;
 pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod util;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +75,8 @@ pub struct App {
     pub bus: Bus,
     pub hub: Hub,
     pub auth: Authenticator,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub proxies: net::TrustedProxies,
     /// Every spawned task and connection, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Cancelled when background tasks must stop (after clients are closed).
@@ -151,6 +156,8 @@ pub async fn run(
         bus: Bus::new(subscriber),
         hub: Hub::default(),
         auth,
+        proxies: net::TrustedProxies::parse(&config.trusted_proxies)
+            .map_err(|e| StartError::Config(config::ConfigError(e)))?,
         node_id,
         tracker: TaskTracker::new(),
         shutdown: CancellationToken::new(),
@@ -183,17 +190,21 @@ pub async fn run(
     app.tracker
         .spawn(drain_on(shutdown, app.clone(), stop_accepting.clone()));
     let router = http::router(app.clone());
-    let stop = stop_accepting.clone();
-    axum::serve(
+    let http = net::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router,
+        app.config.header_timeout,
+        stop_accepting.clone(),
     )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await?;
+    .await;
 
-    // The listener is closed and HTTP requests are done; wait for connections and pumps.
-    app.tracker.close();
+    // The listener is closed; let in-flight HTTP requests finish, then wait for
+    // connections and pumps.
     let grace = app.config.shutdown_grace;
+    if tokio::time::timeout(grace, http.wait()).await.is_err() {
+        tracing::warn!("HTTP requests still running after the grace period");
+    }
+    app.tracker.close();
     if tokio::time::timeout(grace, app.tracker.wait())
         .await
         .is_err()

@@ -26,6 +26,7 @@ pub const PUBSUB_RECONNECTS_TOTAL: &str = "roomcast_pubsub_reconnects_total";
 pub const PUBSUB_DROPPED_TOTAL: &str = "roomcast_pubsub_dropped_total";
 pub const RECOVERED_MESSAGES_TOTAL: &str = "roomcast_recovered_messages_total";
 pub const RATE_LIMITED_TOTAL: &str = "roomcast_rate_limited_total";
+pub const RATE_LIMIT_UNAVAILABLE_TOTAL: &str = "roomcast_rate_limit_unavailable_total";
 pub const SLOW_CONSUMER_TOTAL: &str = "roomcast_slow_consumer_disconnects_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "roomcast_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "roomcast_http_request_duration_seconds";
@@ -113,6 +114,10 @@ fn describe() {
         "Requests refused by a rate limit, by scope."
     );
     describe_counter!(
+        RATE_LIMIT_UNAVAILABLE_TOTAL,
+        "Rate-limit checks Redis could not answer, by scope (connect and API fail open, publish fails closed)."
+    );
+    describe_counter!(
         SLOW_CONSUMER_TOTAL,
         "Clients closed with 4008 because their send queue overflowed."
     );
@@ -196,6 +201,10 @@ pub fn pubsub_dropped(reason: &'static str, count: u64) {
 
 pub fn recovered(count: u64) {
     counter!(RECOVERED_MESSAGES_TOTAL).increment(count);
+}
+
+pub fn rate_limit_unavailable(scope: &'static str) {
+    counter!(RATE_LIMIT_UNAVAILABLE_TOTAL, "scope" => scope).increment(1);
 }
 
 pub fn slow_consumer() {

@@ -19,9 +19,10 @@ use fred::types::{Builder, Value};
 use fred::types::{Expiration, SetOptions};
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, Rate};
 use crate::keys::Keys;
 use crate::metrics as m;
+use crate::ratelimit::{Decision, Scope};
 
 /// Why a Redis operation failed, as the rest of the gateway needs to know it.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,7 @@ struct Scripts {
     session_create: Script,
     session_transition: Script,
     session_sweep: Script,
+    ratelimit: Script,
 }
 
 impl Scripts {
@@ -84,6 +86,7 @@ impl Scripts {
                 "../../redis/session_transition.lua"
             )),
             session_sweep: Script::from_lua(include_str!("../../redis/session_sweep.lua")),
+            ratelimit: Script::from_lua(include_str!("../../redis/ratelimit.lua")),
         }
     }
 }
@@ -846,5 +849,86 @@ impl Store {
             .await?;
         m::redis_command("publish_user", started.elapsed());
         Ok(receivers.max(0) as u64)
+    }
+}
+
+/// Rate limits.
+impl Store {
+    /// Runs `ratelimit.lua`: counts this attempt if the window has room.
+    pub async fn rate_check(
+        &self,
+        scope: Scope,
+        key: &str,
+        rate: Rate,
+    ) -> Result<Decision, StoreError> {
+        let member = crate::util::random_id(12);
+        let reply = self
+            .eval(
+                "ratelimit",
+                &self.scripts.ratelimit,
+                vec![self.keys.rate_limit(scope.name(), key)],
+                vec![
+                    (rate.window.as_millis() as i64).into(),
+                    i64::from(rate.count).into(),
+                    member.into(),
+                ],
+            )
+            .await?;
+        let v: Vec<u64> = reply
+            .into_array()
+            .into_iter()
+            .map(|v| v.as_u64().unwrap_or(0))
+            .collect();
+        let [admitted, count, oldest, now] = v[..] else {
+            return Err(StoreError::Internal(
+                "ratelimit.lua answered something else".into(),
+            ));
+        };
+        Ok(Decision::from_log(
+            scope,
+            rate,
+            admitted == 1,
+            count,
+            oldest,
+            now,
+        ))
+    }
+
+    /// The current state of a key without counting an attempt (admin).
+    pub async fn rate_peek(
+        &self,
+        scope: Scope,
+        key: &str,
+        rate: Rate,
+        now_ms: u64,
+    ) -> Result<Decision, StoreError> {
+        let log = self.keys.rate_limit(scope.name(), key);
+        let client = self.pool.next();
+        let since = now_ms.saturating_sub(rate.window.as_millis() as u64);
+        let count: u64 = client
+            .zcount(&log, (since + 1) as f64, f64::INFINITY)
+            .await?;
+        let first: Vec<(String, f64)> = client
+            .zrangebyscore(&log, (since + 1) as f64, f64::INFINITY, true, Some((0, 1)))
+            .await?;
+        let oldest = first.first().map(|(_, score)| *score as u64).unwrap_or(0);
+        Ok(Decision::from_log(
+            scope,
+            rate,
+            count < u64::from(rate.count),
+            count,
+            oldest,
+            now_ms,
+        ))
+    }
+
+    /// Forgets a key's log (admin reset); true when there was one.
+    pub async fn rate_reset(&self, scope: Scope, key: &str) -> Result<bool, StoreError> {
+        let removed: i64 = self
+            .pool
+            .next()
+            .del(self.keys.rate_limit(scope.name(), key))
+            .await?;
+        Ok(removed > 0)
     }
 }

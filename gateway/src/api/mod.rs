@@ -7,6 +7,7 @@
 //! Business rules live in the route modules; Redis access goes through `store`.
 
 pub mod history;
+pub mod limits;
 pub mod messages;
 pub mod openapi;
 pub mod presence;
@@ -63,6 +64,10 @@ pub fn router() -> Router<Arc<App>> {
         .route("/sessions/{id}/messages", post(messages::publish))
         .route("/users/{user}/messages", post(messages::direct))
         .route("/users/{user}/sessions", get(sessions::of_user))
+        .route(
+            "/admin/rate-limits/{scope}/{key}",
+            get(limits::show).delete(limits::reset),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
         })
@@ -337,12 +342,12 @@ pub fn credential(app: &App, headers: &HeaderMap) -> Result<Credential, ApiError
         .filter(|v| !v.is_empty())
         .ok_or_else(|| ApiError::unauthorized("missing credential"))?;
     if let Some(admin) = &app.config.admin_token {
-        if constant_time_eq(presented.as_bytes(), admin.as_bytes()) {
+        if constant_time_eq(presented.as_bytes(), admin.expose().as_bytes()) {
             return Ok(Credential::Admin);
         }
     }
     if let Some(key) = &app.config.api_key {
-        if constant_time_eq(presented.as_bytes(), key.as_bytes()) {
+        if constant_time_eq(presented.as_bytes(), key.expose().as_bytes()) {
             return Ok(Credential::Server);
         }
     }

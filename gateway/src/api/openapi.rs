@@ -10,7 +10,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{history, messages, presence, sessions};
+use super::{history, limits, messages, presence, sessions};
 
 /// RFC 9457 problem details, as every error response carries them.
 #[derive(Debug, Serialize, ToSchema)]
@@ -65,9 +65,10 @@ impl Modify for BearerAuth {
         presence::summary, presence::users, presence::join, presence::activity, presence::leave,
         presence::cleanup,
         messages::publish, messages::direct,
+        limits::show, limits::reset,
     ),
     components(schemas(Problem)),
-    tags((name = "sessions"), (name = "history"), (name = "presence"), (name = "messages"))
+    tags((name = "sessions"), (name = "history"), (name = "presence"), (name = "messages"), (name = "admin"))
 )]
 pub struct ApiDoc;
 

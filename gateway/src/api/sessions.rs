@@ -110,7 +110,7 @@ pub struct CreateSession {
     #[serde(default)]
     pub metadata: Option<Value>,
     /// Lifetime in seconds; longer values are cut to the configured maximum.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral")]
     #[schema(minimum = 1)]
     pub max_lifetime_s: Option<i64>,
 }
@@ -152,7 +152,7 @@ fn new_code() -> String {
 /// `POST /sessions`
 #[utoipa::path(post, path = "/sessions", tag = "sessions", security(()), request_body(content = Option<CreateSession>),
     responses((status = 201, body = SessionCreated), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create(
@@ -247,7 +247,7 @@ pub struct Joined {
 /// `POST /sessions/join`
 #[utoipa::path(post, path = "/sessions/join", tag = "sessions", security(()), request_body = JoinByCode,
     responses((status = 200, body = Joined), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
@@ -318,7 +318,7 @@ pub async fn join(
 /// `GET /sessions/{id}`
 #[utoipa::path(get, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(app): State<Arc<App>>,
@@ -340,6 +340,24 @@ pub struct PatchSession {
     /// Application state shared by the session's members (`null` clears it).
     #[serde(default, deserialize_with = "present")]
     pub state: Option<Value>,
+}
+
+/// An integer as JSON Schema means it: `3079` and `3079.0` alike; `null` is absent.
+fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .map(Some)
+            .ok_or_else(|| D::Error::custom("expected an integer")),
+        _ => Err(D::Error::custom("expected an integer")),
+    }
 }
 
 /// A field that is present, even as `null`, is `Some`; only an absent one is `None`.
@@ -377,7 +395,7 @@ async fn transition(
 /// `PATCH /sessions/{id}`
 #[utoipa::path(patch, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = PatchSession,
     responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
@@ -429,7 +447,7 @@ pub struct EndParams {
 /// `DELETE /sessions/{id}`: ends it; members get `session/ended`, then close 4000.
 #[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), EndParams),
     responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn end(
@@ -481,7 +499,7 @@ pub struct ResolveSession {
 #[utoipa::path(post, path = "/sessions/{id}/resolve", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body(content = Option<ResolveSession>),
     responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
@@ -530,7 +548,7 @@ pub struct Resumed {
 /// lifetime.
 #[utoipa::path(post, path = "/sessions/{id}/resume", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Resumed), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn resume(
@@ -608,7 +626,7 @@ pub struct SessionList {
 /// `GET /users/{user}/sessions`
 #[utoipa::path(get, path = "/users/{user}/sessions", tag = "sessions", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), UserSessionsParams),
     responses((status = 200, body = SessionList), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn of_user(
     State(app): State<Arc<App>>,
@@ -665,7 +683,7 @@ pub struct Stats {
 
 /// `GET /sessions/stats`
 #[utoipa::path(get, path = "/sessions/stats", tag = "sessions",
-    responses((status = 200, body = Stats), (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = Stats), (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn stats(
     State(app): State<Arc<App>>,

@@ -178,6 +178,19 @@ impl Gateway {
             .env("ROOMCAST_HEARTBEAT", "5s")
             .env("ROOMCAST_REDIS_TIMEOUT", "1s")
             .env("ROOMCAST_SHUTDOWN_GRACE", "5s");
+        // Every test client comes from 127.0.0.1: limits are off unless a test sets them.
+        for scope in [
+            "PUBLISH",
+            "PUBLISH_IP",
+            "CONNECT",
+            "API",
+            "API_STRICT",
+            "BURST",
+            "SIGNAL",
+            "FRAMES",
+        ] {
+            cmd.env(format!("ROOMCAST_RATE_{scope}"), "0");
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,0 +1,205 @@
+//! REST rate limits and their admin routes.
+//!
+//! The middleware runs before any handler, so limits are checked before credentials (a
+//! flood of bad credentials is throttled like any other). Every `/api/v1` request counts
+//! against `burst` and `api` for its client address; creating and joining sessions also
+//! against `api_strict`. Refusals are 429 problems with `Retry-After`, `RateLimit-Policy`
+//! and `RateLimit`; admitted requests carry the `api` scope's headers. When Redis cannot
+//! answer, the check is skipped (fail open): the route itself will report the outage.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use roomcast_shared::ErrorCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{require_admin, ApiError, ApiPath};
+use crate::metrics as m;
+use crate::ratelimit::{ceil_secs, Decision, Scope};
+use crate::util::{now_ms, valid_id};
+use crate::App;
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Checks one scope for `key`; `None` when the scope is disabled or Redis did not answer.
+pub async fn check(app: &App, scope: Scope, key: &str) -> Option<Decision> {
+    let rate = scope.rate(&app.config);
+    if rate.is_disabled() {
+        return None;
+    }
+    match app.store.rate_check(scope, key, rate).await {
+        Ok(decision) => {
+            if !decision.admitted {
+                m::rate_limited(scope.name());
+            }
+            Some(decision)
+        }
+        Err(e) => {
+            m::rate_limit_unavailable(scope.name());
+            tracing::debug!(scope = scope.name(), error = %e, "rate limit check skipped (fail open)");
+            None
+        }
+    }
+}
+
+/// Adds the IETF headers of a decision to a response.
+pub fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
+    if let Ok(v) = HeaderValue::from_str(&decision.policy_header()) {
+        headers.insert(RATELIMIT_POLICY.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&decision.limit_header()) {
+        headers.insert(RATELIMIT.clone(), v);
+    }
+}
+
+/// The 429 answer for a refused decision.
+pub fn refusal(decision: &Decision, what: &str) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        format!(
+            "{what}: limit {} per {}s ({}); retry after {} ms",
+            decision.limit,
+            decision.window.as_secs().max(1),
+            decision.scope.name(),
+            decision.retry_after().as_millis()
+        ),
+    )
+    .into_response();
+    let headers = response.headers_mut();
+    add_headers(headers, decision);
+    if let Ok(v) = HeaderValue::from_str(&ceil_secs(decision.retry_after()).max(1).to_string()) {
+        headers.insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+/// The client address of a request.
+pub fn client_ip(app: &App, req: &Request) -> IpAddr {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    app.proxies.client_ip(peer, req.headers())
+}
+
+/// The `/api/v1` middleware.
+pub async fn enforce(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let ip = client_ip(&app, &req).to_string();
+    let strict =
+        req.method() == Method::POST && matches!(req.uri().path(), "/sessions" | "/sessions/join");
+    if let Some(d) = check(&app, Scope::Burst, &ip).await.filter(|d| !d.admitted) {
+        return refusal(&d, "too many requests in a burst");
+    }
+    if strict {
+        if let Some(d) = check(&app, Scope::ApiStrict, &ip)
+            .await
+            .filter(|d| !d.admitted)
+        {
+            return refusal(&d, "too many sessions created or joined");
+        }
+    }
+    let api = check(&app, Scope::Api, &ip).await;
+    if let Some(d) = api.filter(|d| !d.admitted) {
+        return refusal(&d, "too many API requests");
+    }
+    let mut response = next.run(req).await;
+    if let Some(d) = api {
+        add_headers(response.headers_mut(), &d);
+    }
+    response
+}
+
+/// A rate-limit key as the admin routes show it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LimitState {
+    pub scope: String,
+    pub key: String,
+    /// Admissions allowed per window (0: the scope is disabled).
+    pub limit: u32,
+    pub window_ms: u64,
+    /// Admissions counted in the current window.
+    pub count: u64,
+    pub remaining: u32,
+    /// Until the oldest counted admission leaves the window.
+    pub reset_ms: u64,
+}
+
+fn scope_and_key(scope: &str, key: &str) -> Result<Scope, ApiError> {
+    let scope = Scope::parse(scope).ok_or_else(|| {
+        ApiError::bad_request("`scope` is publish, publish_ip, connect, api, api_strict or burst")
+    })?;
+    if !valid_id(key) {
+        return Err(ApiError::bad_request("`key` is a user id or an IP address"));
+    }
+    Ok(scope)
+}
+
+/// `GET /admin/rate-limits/{scope}/{key}`
+#[utoipa::path(get, path = "/admin/rate-limits/{scope}/{key}", tag = "admin",
+    params(("scope" = String, Path, pattern = "^(publish|publish_ip|connect|api|api_strict|burst)$"),
+        ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+    responses((status = 200, body = LimitState),
+        (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+pub async fn show(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath((scope, key)): ApiPath<(String, String)>,
+) -> Result<Json<LimitState>, ApiError> {
+    require_admin(&app, &headers)?;
+    let scope = scope_and_key(&scope, &key)?;
+    let rate = scope.rate(&app.config);
+    let d = if rate.is_disabled() {
+        None
+    } else {
+        Some(app.store.rate_peek(scope, &key, rate, now_ms()).await?)
+    };
+    Ok(Json(LimitState {
+        scope: scope.name().into(),
+        key,
+        limit: rate.count,
+        window_ms: rate.window.as_millis() as u64,
+        count: d.map(|d| u64::from(d.limit - d.remaining)).unwrap_or(0),
+        remaining: d.map(|d| d.remaining).unwrap_or(0),
+        reset_ms: d.map(|d| d.reset.as_millis() as u64).unwrap_or(0),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Reset {
+    /// Whether there was anything to forget.
+    pub reset: bool,
+}
+
+/// `DELETE /admin/rate-limits/{scope}/{key}`: forgets the key's window.
+#[utoipa::path(delete, path = "/admin/rate-limits/{scope}/{key}", tag = "admin",
+    params(("scope" = String, Path, pattern = "^(publish|publish_ip|connect|api|api_strict|burst)$"),
+        ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+    responses((status = 200, body = Reset),
+        (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+pub async fn reset(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ApiPath((scope, key)): ApiPath<(String, String)>,
+) -> Result<Json<Reset>, ApiError> {
+    require_admin(&app, &headers)?;
+    let scope = scope_and_key(&scope, &key)?;
+    let reset = app.store.rate_reset(scope, &key).await?;
+    Ok(Json(Reset { reset }))
+}
