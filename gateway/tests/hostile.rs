@@ -461,3 +461,38 @@ async fn invalid_config_exits_64() {
         .expect("valid token");
     assert_eq!(identity.user, "alice");
 }
+
+#[tokio::test]
+async fn fragments_adding_up_past_the_limit_close_1009() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_MAX_FRAME_BYTES", "4096")]);
+    a.wait_ready().await;
+    let mut bystander = a.connect(&token("tv", &[Role::Display])).await;
+    bystander.join("frag", None).await;
+    let mut c = a.connect(&token("frag", BOTH)).await;
+    // Each fragment is small; together they exceed the 4 KiB message limit.
+    c.send_raw(Message::Frame(Frame::message(
+        vec![b'['; 1000],
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await;
+    for _ in 0..10 {
+        c.send_raw(Message::Frame(Frame::message(
+            vec![b' '; 1000],
+            OpCode::Data(Data::Continue),
+            false,
+        )))
+        .await;
+    }
+    assert_eq!(c.closed(DEADLINE).await, Closed::Code(close::TOO_BIG));
+    // Huge arrays and strings inside the limit are just data, or a clear error.
+    let mut ok = a.connect(&token("ok", BOTH)).await;
+    ok.join("frag", None).await;
+    let many: Vec<u8> = vec![0; 1500];
+    assert_eq!(ok.publish("frag", json!(many)).await, 1);
+    assert_eq!(bystander.messages("frag", 1).await, vec![1]);
+    assert_eq!(a.get("/health/live").await.0, 200);
+}

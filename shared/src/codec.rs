@@ -298,3 +298,153 @@ mod tests {
         assert_eq!(v, json!({"type":"ack","ref":null,"seq":1}));
     }
 }
+
+/// Property tests: the decoder never panics, classifies every failure, and round-trips
+/// every valid frame in both formats.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::protocol::Role;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,8}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+            ]
+        })
+    }
+
+    /// Objects shaped like frames: a known or unknown `type` plus arbitrary fields.
+    fn frame_like() -> impl Strategy<Value = Value> {
+        let kind = prop_oneof![
+            Just("join"),
+            Just("leave"),
+            Just("publish"),
+            Just("signal"),
+            Just("typing"),
+            Just("activity"),
+            Just("ping"),
+            Just("bogus"),
+        ];
+        let field = prop_oneof![
+            Just("session"),
+            Just("data"),
+            Just("ref"),
+            Just("since"),
+            Just("role"),
+            Just("to"),
+            Just("active"),
+            Just("name"),
+        ];
+        (kind, prop::collection::btree_map(field, json_value(), 0..6)).prop_map(|(k, fields)| {
+            let mut m: Map<String, Value> = fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            m.insert("type".into(), Value::String(k.into()));
+            Value::Object(m)
+        })
+    }
+
+    fn valid_frame() -> impl Strategy<Value = ClientFrame> {
+        let id = "[A-Za-z0-9_.:-]{1,16}";
+        let reference = prop::option::of("[a-z0-9]{0,8}");
+        let role = prop::option::of(prop_oneof![
+            Just(Role::Controller),
+            Just(Role::Display),
+            Just(Role::Observer)
+        ]);
+        prop_oneof![
+            (
+                id,
+                role,
+                prop::option::of(".{0,10}"),
+                prop::option::of(any::<u64>()),
+                reference.clone()
+            )
+                .prop_map(|(session, role, name, since, reference)| {
+                    ClientFrame::Join {
+                        session,
+                        role,
+                        name,
+                        since,
+                        reference,
+                    }
+                }),
+            (id, json_value(), reference.clone()).prop_map(|(session, data, reference)| {
+                ClientFrame::Publish {
+                    session,
+                    data,
+                    reference,
+                }
+            }),
+            (id, json_value(), prop::option::of(id), reference.clone()).prop_map(
+                |(session, data, to, reference)| ClientFrame::Signal {
+                    session,
+                    data,
+                    to,
+                    reference
+                }
+            ),
+            (id, any::<bool>(), reference.clone()).prop_map(|(session, active, reference)| {
+                ClientFrame::Typing {
+                    session,
+                    active,
+                    reference,
+                }
+            }),
+            reference.prop_map(|reference| ClientFrame::Ping { reference }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            for format in [Format::Json, Format::Msgpack] {
+                if let Err(e) = decode_client(format, &bytes) {
+                    prop_assert!(matches!(e.code, ErrorCode::BadRequest | ErrorCode::UnknownType));
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn frame_like_objects_are_classified(value in frame_like()) {
+            // A `ref` that is not a string is refused before the type is looked at.
+            let bad_ref = value.get("ref").is_some_and(|r| !r.is_string());
+            let unknown = value["type"] == "bogus" && !bad_ref;
+            let json = serde_json::to_vec(&value).unwrap();
+            let packed = rmp_serde::to_vec_named(&value).unwrap();
+            for (format, bytes) in [(Format::Json, json), (Format::Msgpack, packed)] {
+                match decode_client(format, &bytes) {
+                    Ok(frame) => prop_assert_eq!(frame.kind(), value["type"].as_str().unwrap()),
+                    Err(e) if unknown => prop_assert_eq!(e.code, ErrorCode::UnknownType),
+                    Err(e) => prop_assert_eq!(e.code, ErrorCode::BadRequest),
+                }
+            }
+        }
+
+        #[test]
+        fn valid_frames_round_trip(frame in valid_frame()) {
+            for format in [Format::Json, Format::Msgpack] {
+                let bytes = encode(format, &frame).unwrap();
+                prop_assert_eq!(decode_client(format, &bytes).unwrap(), frame.clone());
+            }
+        }
+    }
+}

@@ -422,3 +422,78 @@ mod tests {
         assert!(!constant_time_eq(b"", b"x"));
     }
 }
+
+/// Property tests of REST body parsing: any JSON gives a body or a `bad_request`, never a
+/// panic, and only objects (or `null`, "no body") are accepted.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            let key = prop_oneof![
+                Just("metadata".to_string()),
+                Just("max_lifetime_s".to_string()),
+                Just("code".to_string()),
+                Just("name".to_string()),
+                Just("role".to_string()),
+                Just("state".to_string()),
+                Just("data".to_string()),
+                Just("from".to_string()),
+                Just("client_id".to_string()),
+                Just("user".to_string()),
+                Just("notes".to_string()),
+                "[a-z]{1,6}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(key, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+            ]
+        })
+    }
+
+    fn check<T: serde::de::DeserializeOwned>(value: &Value) -> Result<(), TestCaseError> {
+        let bytes = serde_json::to_vec(value).unwrap();
+        match parse_object::<T>(&bytes) {
+            Ok(Some(_)) => prop_assert!(value.is_object()),
+            Ok(None) => prop_assert!(value.is_null()),
+            Err(e) => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn every_body_type_parses_or_is_a_bad_request(value in json_value()) {
+            check::<sessions::CreateSession>(&value)?;
+            check::<sessions::JoinByCode>(&value)?;
+            check::<sessions::PatchSession>(&value)?;
+            check::<sessions::ResolveSession>(&value)?;
+            check::<presence::PresenceJoin>(&value)?;
+            check::<presence::PresenceClient>(&value)?;
+            check::<messages::ServerMessage>(&value)?;
+            check::<messages::DirectMessage>(&value)?;
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_a_bad_request(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(e) = parse_object::<sessions::CreateSession>(&bytes) {
+                prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            }
+        }
+    }
+}

@@ -836,3 +836,26 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+/// One HTTP/1.1 request with extra headers and an optional JSON body.
+pub async fn call_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Resp {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    if body.is_some() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!(
+        "Content-Length: {}\r\n\r\n{payload}",
+        payload.len()
+    ));
+    call_raw(addr, req.as_bytes()).await
+}
