@@ -104,6 +104,11 @@ impl ClientHandle {
         }
     }
 
+    /// Whether the writer has ended (the connection is over).
+    pub fn is_gone(&self) -> bool {
+        self.inner.tx.is_closed()
+    }
+
     /// Closes the client now with `code`, skipping anything still queued.
     pub fn kill(&self, code: u16) {
         let _ = self

@@ -45,6 +45,8 @@ const MAX_SESSIONS_PER_CONNECTION: usize = 16;
 const MAX_NAME_LEN: usize = 64;
 /// Longest `ref`.
 const MAX_REF_LEN: usize = 128;
+/// How long a closing connection keeps reading, waiting for the client's close frame.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -318,9 +320,19 @@ async fn run(
         if app.hub.remove_client(&client) {
             app.bus.unsubscribe(user_channel);
         }
-        // Let the writer send its close frame; it is bounded by its own timeout.
+        // Let the writer send its close frame (bounded by its own timeout) while we keep
+        // reading: dropping a socket with unread input makes the kernel answer with a
+        // reset, which can destroy the close frame (and its code) before the client reads
+        // it. The client's own close frame, or a short deadline, ends the drain.
         client.kill(close::NORMAL);
-        let _ = writer.await;
+        let drain = tokio::time::timeout(CLOSE_DRAIN, async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        });
+        let (_, _) = tokio::join!(writer, drain);
         m::connection_closed(role, reason);
         tracing::debug!(reason, code = client.close_code(), "disconnected");
     }

@@ -163,11 +163,11 @@ impl Pump {
         match cmd {
             Command::Join(req) => self.join(*req).await,
             Command::Leave { client_id, done } => {
-                if self.members.remove(&client_id).is_some() {
-                    if let Err(e) = self.app.store.leave(&self.session, &client_id).await {
-                        // The entry expires on its own within two heartbeats.
-                        tracing::debug!(error = %e, "leave script failed");
-                    }
+                self.members.remove(&client_id);
+                // Idempotent: the member may already have been dropped as gone.
+                if let Err(e) = self.app.store.leave(&self.session, &client_id).await {
+                    // The entry expires on its own within two heartbeats.
+                    tracing::debug!(error = %e, "leave script failed");
                 }
                 if let Some(done) = done {
                     let _ = done.send(());
@@ -417,6 +417,20 @@ impl Pump {
     }
 
     async fn refresh_presence(&mut self) {
+        // A member whose writer has ended is gone even if its leave never reached us
+        // (a saturated mailbox): stop refreshing it so it cannot linger as a ghost.
+        let gone: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.client.is_gone())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.members.remove(&id);
+            if let Err(e) = self.app.store.leave(&self.session, &id).await {
+                tracing::debug!(error = %e, "leave of a gone member failed");
+            }
+        }
         let now = now_ms();
         let expiry = self.presence_expiry(now);
         let ids = self.members.keys().cloned().collect::<Vec<_>>();

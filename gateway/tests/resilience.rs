@@ -205,8 +205,18 @@ async fn a_client_that_stops_reading_is_closed_4008_and_others_keep_receiving() 
         (1..=total as u64).collect::<Vec<_>>(),
         "the good display missed nothing"
     );
-    let (_, metrics) = a.get("/metrics").await;
-    assert!(metrics.contains("reason=\"slow_consumer\""), "{metrics}");
+    // Recorded once the close handshake is over.
+    wait_for(
+        DEADLINE,
+        "the slow-consumer disconnect to be counted",
+        || async {
+            a.get("/metrics")
+                .await
+                .1
+                .contains("reason=\"slow_consumer\"")
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
