@@ -16,7 +16,9 @@ if redis.call('HSETNX', KEYS[5], 'status', 'active') == 1 then
   redis.call('HSET', KEYS[5], 'created_at', ARGV[4], 'expires_at', ARGV[9], 'state', 'null')
 end
 redis.call('HSET', KEYS[5], 'last_activity', ARGV[4])
-redis.call('PEXPIRE', KEYS[5], ARGV[7])
+-- The meta lives at least until the session's end of life, whatever the history TTL.
+local expires = tonumber(redis.call('HGET', KEYS[5], 'expires_at') or '0') or 0
+redis.call('PEXPIRE', KEYS[5], math.max(tonumber(ARGV[7]), expires - now))
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   local info = redis.call('HGET', KEYS[2], id)
   redis.call('ZREM', KEYS[1], id)

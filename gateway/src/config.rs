@@ -311,6 +311,9 @@ impl Config {
         if matches!(&self.jwt_secret, Some(s) if s.expose().len() < 16) {
             return fail("ROOMCAST_JWT_SECRET must be at least 16 bytes");
         }
+        if !(1..=5000).contains(&self.presence_list_max) {
+            return fail("ROOMCAST_PRESENCE_LIST_MAX must be 1 to 5000");
+        }
         if self.history_size == 0 {
             return fail("ROOMCAST_HISTORY_SIZE must be at least 1");
         }
@@ -336,6 +339,9 @@ impl Config {
         }
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
             return fail("ROOMCAST_KEY_PREFIX must be non-empty without braces or spaces");
+        }
+        if let Err(e) = fred::types::config::Config::from_url(&self.redis_url) {
+            return Err(ConfigError(format!("ROOMCAST_REDIS_URL: {e}")));
         }
         if let Err(e) = crate::net::TrustedProxies::parse(&self.trusted_proxies) {
             return Err(ConfigError(format!("ROOMCAST_TRUSTED_PROXIES: {e}")));

@@ -78,7 +78,7 @@ pub async fn upgrade(
         );
     }
     let ip = app.proxies.client_ip(peer, &headers);
-    let ip_key = ip.to_string();
+    let ip_key = limits::ip_key(ip);
     for (scope, what) in [
         (Scope::Burst, "too many requests in a burst"),
         (Scope::Connect, "too many connections from this address"),
@@ -114,11 +114,16 @@ pub async fn upgrade(
     };
     let per_user = app.config.max_connections_per_user;
     if per_user > 0 && app.hub.user_connection_count(&identity.user) >= per_user {
-        return problem(
+        let mut response = problem(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
             &format!("at most {per_user} connections per user on this node"),
         );
+        // A slot frees when one of the user's connections closes: no window to wait for.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
     }
     let format = match select_protocol(&mut ws) {
         Ok(format) => format,
@@ -289,11 +294,20 @@ async fn run(
         );
         let user_channel = app.store.keys().user_channel(&identity.user);
         if app.hub.add_client(client.clone()) {
-            // Direct messages for this user reach this instance from now on. Not fatal:
-            // sessions work without it, and a resubscribe follows a Redis outage.
+            // Direct messages for this user reach this instance from now on.
             if let Err(e) = app.bus.subscribe(user_channel.clone()).await {
-                tracing::debug!(error = %e, "user channel subscribe failed");
+                // Sessions work without it; keep trying while the user is connected here.
+                tracing::debug!(error = %e, "user channel subscribe failed; retrying");
+                app.tracker.spawn(retry_user_channel(
+                    app.clone(),
+                    identity.user.clone(),
+                    user_channel.clone(),
+                ));
             }
+        }
+        if app.is_draining() {
+            // Upgraded just as the drain began: go elsewhere like everyone else.
+            client.kill(close::GOING_AWAY);
         }
         m::connection_opened(role);
         tracing::debug!("connected");
@@ -310,7 +324,7 @@ async fn run(
             app: app.clone(),
             client: client.clone(),
             identity,
-            ip: ip.to_string(),
+            ip: limits::ip_key(ip),
             sessions: HashMap::new(),
             signals: TokenBucket::new(app.config.rate_signal),
             frames: TokenBucket::new(app.config.rate_frames),
@@ -444,7 +458,7 @@ impl Connection {
             );
             return;
         }
-        let frame = match decode_client(format, bytes) {
+        let mut frame = match decode_client(format, bytes) {
             Ok(frame) => frame,
             Err(e) => {
                 m::received("invalid");
@@ -453,7 +467,11 @@ impl Connection {
             }
         };
         m::received(frame.kind());
-        let reference = frame.reference().map(|r| clip_ref(r.to_string()));
+        // Every reply echoes at most MAX_REF_LEN bytes of it.
+        if let Some(r) = frame.reference_mut() {
+            *r = clip_ref(std::mem::take(r));
+        }
+        let reference = frame.reference().map(str::to_string);
         if let Err(failure) = self.apply(frame).await {
             self.fail(reference, failure);
         }
@@ -514,7 +532,7 @@ impl Connection {
                     Failure::new(ErrorCode::BadRequest, format!("data cannot be stored: {e}"))
                 })?;
                 let span = tracing::info_span!("publish", session = %session);
-                let seq = async {
+                let published = async {
                     let traceparent = crate::telemetry::current_traceparent();
                     self.app
                         .store
@@ -527,8 +545,12 @@ impl Connection {
                 m::publish_duration(started.elapsed());
                 self.client.send(&ServerFrame::Ack {
                     reference,
-                    seq: Some(seq),
+                    seq: Some(published.seq),
                 });
+                if published.reactivated {
+                    // Back under the lifecycle clock.
+                    self.touch_indexes(&session, None);
+                }
                 self.note_activity(&session).await;
                 Ok(())
             }
@@ -676,7 +698,17 @@ impl Connection {
             {
                 continue;
             }
-            match answer.await {
+            // Bounded: a pump stuck behind a Redis outage must not hold this connection's
+            // reader (heartbeats, kills, token expiry) hostage.
+            let deadline = self.app.config.redis_timeout * 3;
+            let Ok(answer) = tokio::time::timeout(deadline, answer).await else {
+                return Err(Failure {
+                    close: Some(close::TRY_AGAIN_LATER),
+                    retry_after_ms: Some(1000),
+                    ..Failure::new(ErrorCode::Unavailable, "join timed out, reconnect later")
+                });
+            };
+            match answer {
                 Ok(Ok(())) => {
                     self.touch_indexes(&session, Some(self.identity.user.clone()));
                     self.sessions.insert(session, Joined { handle, info });
@@ -833,7 +865,6 @@ impl Connection {
     async fn touch(&mut self, session: &str) -> Result<(), Failure> {
         let now = now_ms();
         let idle_after = self.app.config.idle_after.as_millis() as u64;
-        let expiry = now + (self.app.config.heartbeat.as_millis() as u64) * 3 / 2;
         let Some(joined) = self.sessions.get_mut(session) else {
             return Err(not_joined(session));
         };
@@ -841,9 +872,11 @@ impl Connection {
         joined.info.active_at = now;
         let info = joined.info.encode();
         let announce = if was_idle { kind::UPDATE } else { 0 };
+        // Expiry 0: update the entry only if it is still there. A member swept meanwhile
+        // was announced as gone; the pump's next refresh re-adds it with a join.
         self.app
             .store
-            .presence_set(session, self.client.id(), expiry, &info, announce, now)
+            .presence_set(session, self.client.id(), 0, &info, announce, now)
             .await
             .map_err(Failure::from_store)
     }
@@ -863,6 +896,31 @@ impl Connection {
                     let _ = app.store.leave(&session, &client_id).await;
                 });
             }
+        }
+    }
+}
+
+/// Subscribes a user's direct-message channel after a failed first attempt, with backoff,
+/// for as long as the user has a connection on this instance.
+async fn retry_user_channel(app: Arc<App>, user: String, channel: String) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        if app.hub.user_connection_count(&user) == 0 {
+            return;
+        }
+        match app.bus.subscribe(channel.clone()).await {
+            Ok(()) => {
+                // The last connection may have left while we subscribed.
+                if app.hub.user_connection_count(&user) == 0 {
+                    app.bus.unsubscribe(channel);
+                }
+                return;
+            }
+            Err(_) => delay = (delay * 2).min(Duration::from_secs(5)),
         }
     }
 }

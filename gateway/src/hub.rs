@@ -6,7 +6,7 @@
 //! are handed to pumps with `try_send`: a full mailbox drops the payload, which the pump's
 //! gap detection later recovers from history for stored messages.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,6 +25,8 @@ const PUMP_QUEUE: usize = 4096;
 pub struct SessionHandle {
     pub tx: mpsc::Sender<Command>,
     generation: u64,
+    /// Raised when a payload or catch-up could not be queued; the pump then reads history.
+    lagged: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -47,11 +49,16 @@ impl Hub {
             .or_insert_with(|| {
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel(PUMP_QUEUE);
-                let pump = Pump::new(app.clone(), id.to_string(), generation, rx);
+                let lagged = Arc::new(AtomicBool::new(false));
+                let pump = Pump::new(app.clone(), id.to_string(), generation, rx, lagged.clone());
                 let span = tracing::info_span!("session", session = %id);
                 app.tracker
                     .spawn(tracing::Instrument::instrument(pump.run(), span));
-                SessionHandle { tx, generation }
+                SessionHandle {
+                    tx,
+                    generation,
+                    lagged,
+                }
             })
             .clone()
     }
@@ -64,20 +71,25 @@ impl Hub {
 
     /// Hands a pub/sub payload to the session's pump, if there is one here.
     pub fn dispatch(&self, session: &str, payload: Bytes) {
-        let Some(handle) = self.sessions.get(session).map(|h| h.tx.clone()) else {
+        let Some(handle) = self.sessions.get(session).map(|h| h.clone()) else {
             // A message in flight while the last member left.
             return;
         };
-        if handle.try_send(Command::Payload(payload)).is_err() {
+        if handle.tx.try_send(Command::Payload(payload)).is_err() {
+            // Stored messages are recovered from history once the pump catches up; the
+            // flag makes sure it does even if nothing newer arrives.
+            handle.lagged.store(true, Ordering::Release);
             m::pubsub_dropped("session_queue_full", 1);
         }
     }
 
     /// Asks every pump to read history after its last delivered seq.
     pub fn catch_up_all(&self) {
-        let handles: Vec<_> = self.sessions.iter().map(|e| e.value().tx.clone()).collect();
-        for tx in handles {
-            let _ = tx.try_send(Command::CatchUp);
+        let handles: Vec<_> = self.sessions.iter().map(|e| e.value().clone()).collect();
+        for handle in handles {
+            // A busy pump sees the flag after its current command; an idle one is woken.
+            handle.lagged.store(true, Ordering::Release);
+            let _ = handle.tx.try_send(Command::CatchUp);
         }
     }
 

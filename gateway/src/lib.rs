@@ -230,14 +230,26 @@ async fn drain_on(
         _ = stop_accepting.cancelled() => return,
     }
     app.draining.store(true, Ordering::Release);
-    let clients = app.hub.clients();
-    tracing::info!(clients = clients.len(), "draining");
+    tracing::info!(clients = app.hub.client_count(), "draining");
     tokio::time::sleep(DRAIN_ANNOUNCE).await;
-    for batch in clients.chunks(DRAIN_BATCH) {
-        for client in batch {
-            client.kill(close::GOING_AWAY);
+    // Snapshot again until none is left un-closed: a connection whose upgrade raced the
+    // signal registers after the first snapshot.
+    loop {
+        let open: Vec<_> = app
+            .hub
+            .clients()
+            .into_iter()
+            .filter(|c| !c.killed().is_cancelled())
+            .collect();
+        if open.is_empty() {
+            break;
         }
-        tokio::time::sleep(DRAIN_PAUSE).await;
+        for batch in open.chunks(DRAIN_BATCH) {
+            for client in batch {
+                client.kill(close::GOING_AWAY);
+            }
+            tokio::time::sleep(DRAIN_PAUSE).await;
+        }
     }
     stop_accepting.cancel();
     // Connection tasks finish their leaves through the pumps; then background tasks end.
@@ -283,6 +295,13 @@ async fn monitor(app: Arc<App>) {
                 .await
             {
                 tracing::debug!(error = %e, "node heartbeat failed");
+            }
+            if let Err(e) = app
+                .store
+                .node_connections(&app.node_id, app.hub.client_count())
+                .await
+            {
+                tracing::debug!(error = %e, "node connection count failed");
             }
         }
     }

@@ -39,6 +39,10 @@ pub async fn sweeper(app: Arc<App>) {
 async fn sweep_once(app: &App) -> Result<(), crate::store::StoreError> {
     let config = &app.config;
     let now = now_ms();
+    // Sessions idle past both their history and their lifetime have no keys left.
+    let horizon =
+        now.saturating_sub(config.history_ttl.max(config.max_lifetime).as_millis() as u64);
+    app.store.prune_sessions(horizon).await?;
     let candidates = app
         .store
         .sweep_candidates(now, config.inactivity_warning, BATCH)

@@ -10,7 +10,13 @@ fn main() {
         // --help and --version are not errors; everything else is a bad configuration.
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            let _ = e.print();
+            // One line: clap's first line names the flag or variable and the problem.
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "roomcast: invalid configuration: {}",
+                line.trim_start_matches("error: ")
+            );
             std::process::exit(EXIT_CONFIG);
         }
     };

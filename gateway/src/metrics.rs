@@ -51,6 +51,19 @@ pub fn install() -> Result<PrometheusHandle, String> {
     // working on a private recorder, which is what in-process tests want.
     if metrics::set_global_recorder(recorder).is_ok() {
         describe();
+        // Counters without labels exist from the start (at 0), so rates and alerts work
+        // on a fresh node instead of seeing an absent series.
+        for name in [
+            CONNECTIONS_TOTAL,
+            MESSAGES_DELIVERED_TOTAL,
+            PUBSUB_RECONNECTS_TOTAL,
+            RECOVERED_MESSAGES_TOTAL,
+            SLOW_CONSUMER_TOTAL,
+        ] {
+            counter!(name).increment(0);
+        }
+        gauge!(SESSIONS_LOCAL).set(0.0);
+        gauge!(SUBSCRIPTIONS).set(0.0);
     }
     Ok(handle)
 }

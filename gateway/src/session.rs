@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use roomcast_shared::{close, PresenceEvent, ServerFrame, SessionEvent};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
+
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tracing::Instrument;
 
@@ -24,6 +26,17 @@ use crate::metrics as m;
 use crate::store::{JoinArgs, StoreError};
 use crate::util::now_ms;
 use crate::App;
+
+/// Delay before a failed history read is tried again.
+const RETRY_DELAY: Duration = Duration::from_millis(250);
+
+/// Sleeps until `at`, or forever when there is nothing scheduled.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Commands a session pump accepts.
 #[derive(Debug)]
@@ -73,6 +86,13 @@ pub(crate) struct Pump {
     members: HashMap<String, LocalMember>,
     /// The highest seq delivered on this instance; `None` before the first join.
     last_seq: Option<u64>,
+    /// Set by the hub when it could not hand this pump a payload (or a catch-up):
+    /// something may be missing, so history is read before going on.
+    lagged: Arc<AtomicBool>,
+    /// When a failed history read is tried again (until it works, nothing newer goes out).
+    retry_at: Option<Instant>,
+    /// Whether a join was handled; a pump retires when empty only after one.
+    joined_once: bool,
 }
 
 impl Pump {
@@ -81,6 +101,7 @@ impl Pump {
         session: String,
         generation: u64,
         rx: mpsc::Receiver<Command>,
+        lagged: Arc<AtomicBool>,
     ) -> Self {
         Pump {
             app,
@@ -89,6 +110,9 @@ impl Pump {
             rx,
             members: HashMap::new(),
             last_seq: None,
+            lagged,
+            retry_at: None,
+            joined_once: false,
         }
     }
 
@@ -106,14 +130,22 @@ impl Pump {
         let mut tick = interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            let retry_at = self.retry_at;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => break,
                 },
                 _ = tick.tick() => self.refresh_presence().await,
+                _ = sleep_until_opt(retry_at) => {
+                    self.retry_at = None;
+                    self.catch_up().await;
+                }
             }
-            if self.members.is_empty() {
+            if self.lagged.swap(false, Ordering::AcqRel) {
+                self.catch_up().await;
+            }
+            if self.joined_once && self.members.is_empty() {
                 break;
             }
         }
@@ -180,11 +212,41 @@ impl Pump {
                     tracing::warn!(session = %self.session, error = %e, "dropping pub/sub payload");
                 }
             },
-            Command::CatchUp => {
-                if let Some(last) = self.last_seq {
-                    self.fill_from(last).await;
-                }
+            Command::CatchUp => self.catch_up().await,
+        }
+    }
+
+    /// Reads what pub/sub may have dropped: stored messages after the last delivered seq,
+    /// and whether the session ended meanwhile (that event is not stored anywhere else).
+    async fn catch_up(&mut self) {
+        self.lagged.store(false, Ordering::Release);
+        if let Some(last) = self.last_seq {
+            self.fill_from(last).await;
+        }
+        if self.members.is_empty() {
+            return;
+        }
+        match self.app.store.session_fields(&self.session).await {
+            Ok(Some(fields)) if fields.get("status").map(String::as_str) == Some("ended") => {
+                let at = fields
+                    .get("ended_at")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(now_ms);
+                let reason = fields.get("reason").cloned();
+                self.on_session_event(SessionEvent::Ended, reason, at);
             }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(session = %self.session, error = %e, "status read during catch-up failed");
+                self.schedule_retry();
+            }
+        }
+    }
+
+    /// Tries the history read again shortly.
+    fn schedule_retry(&mut self) {
+        if self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now() + RETRY_DELAY);
         }
     }
 
@@ -237,21 +299,29 @@ impl Pump {
             reference: req.reference,
         };
         req.client.send(&joined);
+        self.joined_once = true;
         match self.last_seq {
             None => self.last_seq = Some(reply.seq),
             // The seq went backwards: the session's keys expired and it started over.
-            Some(last) if reply.seq < last => self.last_seq = Some(reply.seq),
+            Some(last) if reply.seq < last => self.restart_numbering(reply.seq),
             Some(_) => {}
         }
+        let client_id = req.client.id().to_string();
         self.members.insert(
-            req.client.id().to_string(),
+            client_id.clone(),
             LocalMember {
                 client: req.client,
                 info: req.info,
                 last_seq: reply.seq,
             },
         );
-        let _ = req.reply.send(Ok(()));
+        if req.reply.send(Ok(())).is_err() {
+            // The connection gave up waiting (or is gone): undo the join.
+            self.members.remove(&client_id);
+            if let Err(e) = self.app.store.leave(&self.session, &client_id).await {
+                tracing::debug!(error = %e, "undoing an abandoned join failed");
+            }
+        }
     }
 
     async fn on_envelope(&mut self, envelope: Envelope) {
@@ -280,22 +350,27 @@ impl Pump {
             return;
         }
         if entry.seq > last + 1 {
-            // Pub/sub lost something: history has it, and it goes out first.
-            self.fill_from(last).await;
+            // Pub/sub lost something: history has it, and it goes out first. If history
+            // cannot be read now, this entry waits too (it is stored): the retry delivers
+            // the gap and it in order.
+            if !self.fill_from(last).await {
+                return;
+            }
         }
         if entry.seq > self.last_seq.unwrap_or(0) {
             self.deliver(entry);
         }
     }
 
-    /// Delivers every stored message after `last`, oldest first.
-    async fn fill_from(&mut self, last: u64) {
+    /// Delivers every stored message after `last`, oldest first. False when history could
+    /// not be read (a retry is scheduled).
+    async fn fill_from(&mut self, last: u64) -> bool {
         let (top, stored) = match self.app.store.history_since(&self.session, last).await {
             Ok(r) => r,
             Err(e) => {
-                // The next payload or catch-up retries the read.
-                tracing::warn!(session = %self.session, error = %e, "history read for gap fill failed");
-                return;
+                tracing::warn!(session = %self.session, error = %e, "history read for gap fill failed; retrying");
+                self.schedule_retry();
+                return false;
             }
         };
         let mut entries: Vec<Entry> = stored.iter().filter_map(|b| decode_entry(b).ok()).collect();
@@ -311,11 +386,21 @@ impl Pump {
         }
         if top < last {
             tracing::info!(session = %self.session, top, last, "session seq restarted");
-            self.last_seq = Some(top);
+            self.restart_numbering(top);
         }
         m::recovered(entries.len() as u64);
         for entry in entries {
             self.deliver(entry);
+        }
+        true
+    }
+
+    /// The session's keys expired (or Redis lost them) and seqs started over: every
+    /// baseline moves back so the new numbering is delivered.
+    fn restart_numbering(&mut self, top: u64) {
+        self.last_seq = Some(top);
+        for member in self.members.values_mut() {
+            member.last_seq = member.last_seq.min(top);
         }
     }
 

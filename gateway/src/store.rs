@@ -91,6 +91,14 @@ impl Scripts {
     }
 }
 
+/// What `publish.lua` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+    /// The session was inactive and this publish made it active again.
+    pub reactivated: bool,
+}
+
 /// What `join.lua` answers.
 #[derive(Debug)]
 pub struct JoinReply {
@@ -193,7 +201,7 @@ impl Store {
         tail: Vec<u8>,
         now_ms: u64,
         traceparent: Option<&str>,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Published, StoreError> {
         let trace = match traceparent {
             Some(tp) => rmp_serde::to_vec(tp).map_err(|e| StoreError::Internal(e.to_string()))?,
             None => Vec::new(),
@@ -214,12 +222,20 @@ impl Store {
                 ],
             )
             .await?;
-        match reply.as_i64() {
-            Some(-1) => Err(StoreError::SessionEnded),
-            Some(-2) => Err(StoreError::SessionResolved),
-            Some(seq) if seq > 0 => Ok(seq as u64),
+        // {seq, reactivated} on success; a bare -1/-2 on refusal.
+        let parts: Vec<i64> = match reply {
+            Value::Array(values) => values.iter().filter_map(Value::as_i64).collect(),
+            other => other.as_i64().into_iter().collect(),
+        };
+        match parts[..] {
+            [-1] => Err(StoreError::SessionEnded),
+            [-2] => Err(StoreError::SessionResolved),
+            [seq, reactivated] if seq > 0 => Ok(Published {
+                seq: seq as u64,
+                reactivated: reactivated == 1,
+            }),
             _ => Err(StoreError::Internal(format!(
-                "publish.lua answered {reply:?}"
+                "publish.lua answered {parts:?}"
             ))),
         }
     }
@@ -399,7 +415,9 @@ impl Store {
 
     /// Removes this node from the registry (clean shutdown).
     pub async fn node_remove(&self, node: &str) -> Result<(), StoreError> {
-        let _: i64 = self.pool.next().zrem(self.keys.nodes(), node).await?;
+        let client = self.pool.next();
+        let _: i64 = client.zrem(self.keys.nodes(), node).await?;
+        let _: i64 = client.hdel(self.keys.node_connections(), node).await?;
         Ok(())
     }
 
@@ -797,6 +815,16 @@ impl Store {
             out.extend(values.into_iter().map(|v| v.as_string()));
         }
         Ok(out)
+    }
+
+    /// Drops sessions idle since before `horizon` from the session index.
+    pub async fn prune_sessions(&self, horizon_ms: u64) -> Result<(), StoreError> {
+        let _: i64 = self
+            .pool
+            .next()
+            .zremrangebyscore(self.keys.sessions(), f64::NEG_INFINITY, horizon_ms as f64)
+            .await?;
+        Ok(())
     }
 
     /// Forgets index entries of sessions whose keys expired.

@@ -123,6 +123,14 @@ async fn health_endpoints_and_http_conventions() {
     a.wait_ready().await;
     assert_eq!(a.get("/health/live").await.0, 200);
     assert_eq!(a.get("/ping").await, (200, "pong".to_string()));
+    // Counters exist at zero before their first event, so rates and alerts see a series.
+    let (_, metrics) = a.get("/metrics").await;
+    for zero in [
+        "roomcast_slow_consumer_disconnects_total 0",
+        "roomcast_pubsub_reconnects_total 0",
+    ] {
+        assert!(metrics.contains(zero), "{zero}: {metrics}");
+    }
     let (status, body) = a.get("/health").await;
     assert_eq!(status, 200);
     let health: Value = serde_json::from_str(&body).expect("json");

@@ -275,3 +275,54 @@ async fn sigterm_turns_ready_503_then_closes_clients_1001_and_exits_in_grace() {
     let members = redis.cmd(&["ZCARD", "rc:{s:bye}:pres"]).unwrap_or_default();
     assert!(members.starts_with(":0"), "presence left behind: {members}");
 }
+
+/// A session ended while A could not hear pub/sub: A's members still get `session/ended`
+/// and close 4000 once the partition heals (catch-up reads the status, not just history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_missed_during_a_partition_is_delivered_after_it() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let a = Gateway::start(&proxy.url(), &[]);
+    let c = Gateway::start(
+        &redis.url(),
+        &[("ROOMCAST_API_KEY", "partition-key-0123456789")],
+    );
+    a.wait_ready().await;
+    c.wait_ready().await;
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    tv.join("doomed", None).await;
+    proxy.cut();
+    wait_for(Duration::from_secs(3), "A not ready", || async {
+        a.get("/health/ready").await.0 == 503
+    })
+    .await;
+    let ended = call(
+        c.addr,
+        "DELETE",
+        "/api/v1/sessions/doomed?reason=closing",
+        Some("partition-key-0123456789"),
+        None,
+    )
+    .await;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    proxy.restore();
+    match tv
+        .expect("session ended", |f| {
+            matches!(
+                f,
+                ServerFrame::Session {
+                    event: roomcast_shared::SessionEvent::Ended,
+                    ..
+                }
+            )
+        })
+        .await
+    {
+        ServerFrame::Session { reason, .. } => assert_eq!(reason.as_deref(), Some("closing")),
+        _ => unreachable!(),
+    }
+    assert_eq!(
+        tv.closed(DEADLINE).await,
+        Closed::Code(close::SESSION_ENDED)
+    );
+}

@@ -338,7 +338,16 @@ async fn routes_validate_and_authorize() {
             .await
             .assert_problem(400, "bad_request");
     }
-    // Observers read but do not write.
+    // Observers read but do not write (presence over REST is a write).
+    call(
+        a.addr,
+        "POST",
+        &format!("{base}/presence/join"),
+        Some(&observer),
+        None,
+    )
+    .await
+    .assert_problem(403, "forbidden");
     assert_eq!(
         call(a.addr, "GET", &base, Some(&observer), None)
             .await
@@ -531,6 +540,13 @@ async fn routes_validate_and_authorize() {
             "bad_request",
         ),
         ("GET", "/api/v1/nothing/here".into(), None, 404, "not_found"),
+        (
+            "POST",
+            format!("{base}/presence/join"),
+            Some(json!({"client_id": "someone-elses-socket-id"})),
+            400,
+            "bad_request",
+        ),
     ];
     for (method, path, body, status, code) in bad {
         let credential = if path.contains("/sessions/join") || path == "/api/v1/sessions" {

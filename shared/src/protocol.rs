@@ -199,6 +199,19 @@ impl ClientFrame {
         }
     }
 
+    /// The client-chosen `ref`, for changing in place (the gateway clips long ones).
+    pub fn reference_mut(&mut self) -> Option<&mut String> {
+        match self {
+            ClientFrame::Join { reference, .. }
+            | ClientFrame::Leave { reference, .. }
+            | ClientFrame::Publish { reference, .. }
+            | ClientFrame::Signal { reference, .. }
+            | ClientFrame::Typing { reference, .. }
+            | ClientFrame::Activity { reference, .. }
+            | ClientFrame::Ping { reference } => reference.as_mut(),
+        }
+    }
+
     /// The client-chosen `ref`, echoed on the reply.
     pub fn reference(&self) -> Option<&str> {
         match self {

@@ -91,9 +91,21 @@ pub fn client_ip(app: &App, req: &Request) -> IpAddr {
     app.proxies.client_ip(peer, req.headers())
 }
 
+/// The rate-limit key of an address: IPv4 as is, IPv6 by its /64 (one subscriber
+/// usually holds a whole /64, so a /128 key would let it rotate past every limit).
+pub fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
 /// The `/api/v1` middleware.
 pub async fn enforce(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let ip = client_ip(&app, &req).to_string();
+    let ip = ip_key(client_ip(&app, &req));
     let strict =
         req.method() == Method::POST && matches!(req.uri().path(), "/sessions" | "/sessions/join");
     if let Some(d) = check(&app, Scope::Burst, &ip).await.filter(|d| !d.admitted) {
@@ -137,8 +149,15 @@ fn scope_and_key(scope: &str, key: &str) -> Result<Scope, ApiError> {
     let scope = Scope::parse(scope).ok_or_else(|| {
         ApiError::bad_request("`scope` is publish, publish_ip, connect, api, api_strict or burst")
     })?;
-    if !valid_id(key) {
-        return Err(ApiError::bad_request("`key` is a user id or an IP address"));
+    // IPv6 keys are /64 prefixes ("2001:db8:1:2::/64").
+    let plain = key
+        .strip_suffix("/64")
+        .filter(|k| k.ends_with("::"))
+        .unwrap_or(key);
+    if !valid_id(plain) {
+        return Err(ApiError::bad_request(
+            "`key` is a user id, an IPv4 address or an IPv6 /64",
+        ));
     }
     Ok(scope)
 }
@@ -146,7 +165,7 @@ fn scope_and_key(scope: &str, key: &str) -> Result<Scope, ApiError> {
 /// `GET /admin/rate-limits/{scope}/{key}`
 #[utoipa::path(get, path = "/admin/rate-limits/{scope}/{key}", tag = "admin",
     params(("scope" = String, Path, pattern = "^(publish|publish_ip|connect|api|api_strict|burst)$"),
-        ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+        ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}(/64)?$")),
     responses((status = 200, body = LimitState),
         (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -186,7 +205,7 @@ pub struct Reset {
 /// `DELETE /admin/rate-limits/{scope}/{key}`: forgets the key's window.
 #[utoipa::path(delete, path = "/admin/rate-limits/{scope}/{key}", tag = "admin",
     params(("scope" = String, Path, pattern = "^(publish|publish_ip|connect|api|api_strict|burst)$"),
-        ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+        ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}(/64)?$")),
     responses((status = 200, body = Reset),
         (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -202,4 +221,21 @@ pub async fn reset(
     let scope = scope_and_key(&scope, &key)?;
     let reset = app.store.rate_reset(scope, &key).await?;
     Ok(Json(Reset { reset }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_is_keyed_by_its_64() {
+        assert_eq!(ip_key("203.0.113.9".parse().unwrap()), "203.0.113.9");
+        let a = ip_key("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = ip_key("2001:db8:1:2:bbbb::9".parse().unwrap());
+        assert_eq!(a, "2001:db8:1:2::/64");
+        assert_eq!(a, b);
+        assert!(scope_and_key("api", &a).is_ok());
+        assert!(scope_and_key("api", "../etc").is_err());
+        assert!(scope_and_key("api", "a/b").is_err());
+    }
 }

@@ -105,7 +105,8 @@ pub async fn publish(
     let seq = app
         .store
         .publish(&id, tail, now, traceparent.as_deref())
-        .await?;
+        .await?
+        .seq;
     let expires = now + app.config.max_lifetime.as_millis() as u64;
     if let Err(e) = app.store.touch_indexes(&id, now, expires, None).await {
         tracing::debug!(error = %e, "index touch failed");

@@ -102,9 +102,9 @@ pub async fn users(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceJoin {
-    /// Reuse an id (to re-join); a new one is made when absent.
+    /// Reuse an id this API gave out (to re-join); a new one is made when absent.
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    #[schema(pattern = "^rest-[A-Za-z0-9_.:-]{1,123}$")]
     pub client_id: Option<String>,
     /// Required with the server key; taken from the token otherwise.
     #[serde(default)]
@@ -140,17 +140,19 @@ pub async fn join(
     body: MaybeJson<PresenceJoin>,
 ) -> Result<Json<PresenceEntry>, ApiError> {
     checked_id(&id, "id")?;
-    let credential = require_session(&app, &headers, &id, false)?;
+    let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value()?.unwrap_or_default();
     let fields = load(&app, &id).await?;
     if fields.get("status").map(String::as_str) == Some("ended") {
         return Err(crate::store::StoreError::SessionEnded.into());
     }
+    // REST members have `rest-` ids, so a caller can never take over a WebSocket
+    // member's entry by naming its client id.
     let client_id = match body.client_id.clone() {
-        Some(c) if valid_id(&c) => c,
+        Some(c) if valid_id(&c) && c.starts_with("rest-") => c,
         Some(_) => {
             return Err(ApiError::bad_request(
-                "`client_id` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :",
+                "`client_id` must be an id this API gave out (rest-…), up to 128 characters",
             ))
         }
         None => format!("rest-{}", random_id(12)),
@@ -190,6 +192,12 @@ pub async fn join(
         .is_some_and(|n| n.is_empty() || n.chars().count() > 64)
     {
         return Err(ApiError::bad_request("`name` must be 1 to 64 characters"));
+    }
+    // Re-joining an id is for its own user only.
+    if let Some(existing) = app.store.presence_info(&id, &client_id).await? {
+        if MemberInfo::decode(&existing).is_ok_and(|i| i.user != user) {
+            return Err(ApiError::forbidden("that member belongs to another user"));
+        }
     }
     let now = now_ms();
     let info = MemberInfo {
@@ -256,7 +264,7 @@ pub async fn activity(
     body: ApiJson<PresenceClient>,
 ) -> Result<Json<PresenceEntry>, ApiError> {
     checked_id(&id, "id")?;
-    let credential = require_session(&app, &headers, &id, false)?;
+    let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value()?;
     load(&app, &id).await?;
     let mut info = own_member(&app, &id, &credential, &body.client_id).await?;
@@ -300,7 +308,7 @@ pub async fn leave(
     body: ApiJson<PresenceClient>,
 ) -> Result<Json<Left>, ApiError> {
     checked_id(&id, "id")?;
-    let credential = require_session(&app, &headers, &id, false)?;
+    let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value()?;
     load(&app, &id).await?;
     own_member(&app, &id, &credential, &body.client_id).await?;

@@ -300,7 +300,7 @@ pub async fn join(
             vec![role],
             std::slice::from_ref(&id),
             body.name,
-            view.expires_at / 1000,
+            token_expiry(view.expires_at),
         )
         .map_err(|e| {
             tracing::error!(error = %e, "cannot mint a session token");
