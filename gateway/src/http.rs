@@ -84,7 +84,15 @@ async fn observe(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| random_id(20));
     let span =
         tracing::info_span!("http", request_id = %request_id, method = %method, route = %route);
-    let mut response = next.run(req).instrument(span).await;
+    let mut response = next.run(req).instrument(span.clone()).await;
+    // The access log line, in the request's span (so it carries the request id).
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            latency_us = started.elapsed().as_micros() as u64,
+            "request"
+        )
+    });
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }

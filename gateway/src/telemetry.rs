@@ -48,10 +48,12 @@ impl Telemetry {
 pub fn init(config: &Config, node_id: &str) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_new(&config.log).map_err(|e| format!("ROOMCAST_LOG: {e}"))?;
     let fmt_layer = match config.log_format {
+        // The whole span list, not just the innermost span: a line logged inside a nested
+        // span (a Redis call, a publish) still carries the request id or client id.
         LogFormat::Json => fmt::layer()
             .json()
-            .with_current_span(true)
-            .with_span_list(false)
+            .with_current_span(false)
+            .with_span_list(true)
             .with_target(false)
             .boxed(),
         LogFormat::Pretty => fmt::layer().with_target(false).boxed(),

@@ -119,7 +119,10 @@ async fn metrics_move_with_events_and_pass_promtool() {
 #[tokio::test]
 async fn health_endpoints_and_http_conventions() {
     let redis = Redis::start();
-    let a = Gateway::start(&redis.url(), &[("ROOMCAST_NODE_ID", "ops-node")]);
+    let a = Gateway::start(
+        &redis.url(),
+        &[("ROOMCAST_NODE_ID", "ops-node"), ("ROOMCAST_LOG", "debug")],
+    );
     a.wait_ready().await;
     assert_eq!(a.get("/health/live").await.0, 200);
     assert_eq!(a.get("/ping").await, (200, "pong".to_string()));
@@ -150,6 +153,17 @@ async fn health_endpoints_and_http_conventions() {
         "{raw}"
     );
     assert!(raw.contains("x-request-id: trace-abc-123"), "{raw}");
+    // The request's log lines carry its id.
+    wait_for(DEADLINE, "a log line with the request id", || async {
+        a.logs.lock().unwrap().iter().any(|l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| {
+                v["spans"]
+                    .as_array()
+                    .is_some_and(|spans| spans.iter().any(|s| s["request_id"] == "trace-abc-123"))
+            })
+        })
+    })
+    .await;
     assert!(raw.contains("\"code\":\"not_found\""), "{raw}");
     let raw = raw_get(a.addr, "/ping", None).await;
     assert!(raw.contains("x-request-id: "), "{raw}");
