@@ -70,9 +70,8 @@ pub struct Page {
 
 /// `GET /sessions/{id}/history`
 #[utoipa::path(get, path = "/sessions/{id}/history", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), PageParams),
-    responses((status = 200, body = Page), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Page),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn list(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -121,9 +120,8 @@ pub struct Messages {
 
 /// `GET /sessions/{id}/history/latest`
 #[utoipa::path(get, path = "/sessions/{id}/history/latest", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), LatestParams),
-    responses((status = 200, body = Messages), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Messages),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn latest(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -164,9 +162,8 @@ fn text_of(data: &serde_json::Value) -> String {
 
 /// `GET /sessions/{id}/history/search`
 #[utoipa::path(get, path = "/sessions/{id}/history/search", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), SearchParams),
-    responses((status = 200, body = Messages), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Messages),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn search(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -204,9 +201,8 @@ pub struct HistoryStats {
 
 /// `GET /sessions/{id}/history/stats`
 #[utoipa::path(get, path = "/sessions/{id}/history/stats", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
-    responses((status = 200, body = HistoryStats), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = HistoryStats),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn stats(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -231,9 +227,8 @@ pub struct Cleared {
 
 /// `DELETE /sessions/{id}/history`: forgets stored messages; seq numbering continues.
 #[utoipa::path(delete, path = "/sessions/{id}/history", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
-    responses((status = 200, body = Cleared), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Cleared),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn clear(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

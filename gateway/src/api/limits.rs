@@ -166,12 +166,7 @@ fn scope_and_key(scope: &str, key: &str) -> Result<Scope, ApiError> {
 #[utoipa::path(get, path = "/admin/rate-limits/{scope}/{key}", tag = "admin",
     params(("scope" = String, Path, pattern = "^(publish|publish_ip|connect|api|api_strict|burst)$"),
         ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}(/64)?$")),
-    responses((status = 200, body = LimitState),
-        (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = LimitState)))]
 pub async fn show(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -206,12 +201,7 @@ pub struct Reset {
 #[utoipa::path(delete, path = "/admin/rate-limits/{scope}/{key}", tag = "admin",
     params(("scope" = String, Path, pattern = "^(publish|publish_ip|connect|api|api_strict|burst)$"),
         ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}(/64)?$")),
-    responses((status = 200, body = Reset),
-        (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Reset)))]
 pub async fn reset(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

@@ -61,11 +61,9 @@ fn check_size(app: &App, data: &Value) -> Result<(), ApiError> {
 /// `POST /sessions/{id}/messages`
 #[utoipa::path(post, path = "/sessions/{id}/messages", tag = "messages", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = ServerMessage,
-    responses((status = 200, body = Published), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = Published),
         (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn publish(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -132,10 +130,8 @@ pub struct Delivered {
 /// `POST /users/{user}/messages`
 #[utoipa::path(post, path = "/users/{user}/messages", tag = "messages", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = DirectMessage,
-    responses((status = 200, body = Delivered), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Delivered),
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn direct(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

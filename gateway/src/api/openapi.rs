@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{RefOr, Schema};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::{history, limits, messages, presence, sessions};
@@ -26,10 +26,41 @@ pub struct Problem {
     pub code: String,
 }
 
+/// Responses every route can give, added to each operation here rather than repeated in
+/// every annotation: bad input, credentials, rate limits, Redis down.
+const COMMON_PROBLEMS: [(&str, &str); 5] = [
+    ("400", "Invalid input"),
+    ("401", "Missing or invalid credential"),
+    ("403", "The credential does not allow this"),
+    (
+        "429",
+        "Rate limited (Retry-After, RateLimit-Policy, RateLimit headers)",
+    ),
+    ("503", "Storage unavailable (Retry-After)"),
+];
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+                &mut item.put,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in COMMON_PROBLEMS {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| RefOr::T(problem_response(description)));
+                }
+            }
+        }
         let components = openapi.components.get_or_insert_with(Default::default);
         // PATCH needs at least one field. Set here because utoipa-gen 5.5 emits
         // `#[schema(min_properties)]` as `maxProperties`.
@@ -74,6 +105,18 @@ pub struct ApiDoc;
 
 static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::openapi);
 
+fn problem_response(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+}
+
 /// `GET /api/v1/openapi.json`
 pub async fn serve() -> Response {
     Json(&*DOCUMENT).into_response()
@@ -114,6 +157,17 @@ mod tests {
             );
         }
         assert!(doc["components"]["schemas"]["Problem"].is_object());
+        // Every operation documents the common problems.
+        for (path, item) in paths {
+            for (method, op) in item.as_object().unwrap() {
+                for status in ["400", "401", "403", "429", "503"] {
+                    assert!(
+                        op["responses"][status]["content"]["application/problem+json"].is_object(),
+                        "{method} {path} lacks {status}"
+                    );
+                }
+            }
+        }
         assert_eq!(
             doc["components"]["schemas"]["PatchSession"]["minProperties"],
             1

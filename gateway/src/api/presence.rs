@@ -55,9 +55,8 @@ pub struct Summary {
 
 /// `GET /sessions/{id}/presence`
 #[utoipa::path(get, path = "/sessions/{id}/presence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
-    responses((status = 200, body = Summary), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Summary),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn summary(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -86,9 +85,8 @@ pub struct MemberList {
 
 /// `GET /sessions/{id}/presence/users`
 #[utoipa::path(get, path = "/sessions/{id}/presence/users", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
-    responses((status = 200, body = MemberList), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = MemberList),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn users(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -128,11 +126,10 @@ pub struct PresenceEntry {
 /// `POST /sessions/{id}/presence/join`
 #[utoipa::path(post, path = "/sessions/{id}/presence/join", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body(content = Option<PresenceJoin>),
-    responses((status = 200, body = PresenceEntry), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = PresenceEntry),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn join(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -253,10 +250,9 @@ async fn own_member(
 /// `POST /sessions/{id}/presence/activity`: refreshes the entry and marks it active.
 #[utoipa::path(post, path = "/sessions/{id}/presence/activity", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = PresenceClient,
-    responses((status = 200, body = PresenceEntry), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = PresenceEntry),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn activity(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -297,10 +293,9 @@ pub struct Left {
 /// `POST /sessions/{id}/presence/leave`
 #[utoipa::path(post, path = "/sessions/{id}/presence/leave", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = PresenceClient,
-    responses((status = 200, body = Left), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = Left),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn leave(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -324,9 +319,8 @@ pub struct Cleanup {
 
 /// `POST /sessions/{id}/presence/cleanup` (admin): sweeps expired entries now.
 #[utoipa::path(post, path = "/sessions/{id}/presence/cleanup", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
-    responses((status = 200, body = Cleanup), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Cleanup),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn cleanup(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

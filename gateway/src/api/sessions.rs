@@ -151,10 +151,8 @@ fn new_code() -> String {
 
 /// `POST /sessions`
 #[utoipa::path(post, path = "/sessions", tag = "sessions", security(()), request_body(content = Option<CreateSession>),
-    responses((status = 201, body = SessionCreated), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 201, body = SessionCreated),
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn create(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -246,11 +244,9 @@ pub struct Joined {
 
 /// `POST /sessions/join`
 #[utoipa::path(post, path = "/sessions/join", tag = "sessions", security(()), request_body = JoinByCode,
-    responses((status = 200, body = Joined), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = Joined),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn join(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -317,9 +313,8 @@ pub async fn join(
 
 /// `GET /sessions/{id}`
 #[utoipa::path(get, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
-    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = SessionView),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn get(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -394,11 +389,10 @@ async fn transition(
 
 /// `PATCH /sessions/{id}`
 #[utoipa::path(patch, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = PatchSession,
-    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = SessionView),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn patch(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -446,10 +440,8 @@ pub struct EndParams {
 
 /// `DELETE /sessions/{id}`: ends it; members get `session/ended`, then close 4000.
 #[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), EndParams),
-    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = SessionView),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn end(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -498,11 +490,10 @@ pub struct ResolveSession {
 /// `POST /sessions/{id}/resolve`
 #[utoipa::path(post, path = "/sessions/{id}/resolve", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body(content = Option<ResolveSession>),
-    responses((status = 200, body = SessionView), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = SessionView),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn resolve(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -547,10 +538,8 @@ pub struct Resumed {
 /// `POST /sessions/{id}/resume`: reactivates an inactive or resolved session inside its
 /// lifetime.
 #[utoipa::path(post, path = "/sessions/{id}/resume", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
-    responses((status = 200, body = Resumed), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Resumed),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn resume(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -625,9 +614,7 @@ pub struct SessionList {
 
 /// `GET /users/{user}/sessions`
 #[utoipa::path(get, path = "/users/{user}/sessions", tag = "sessions", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), UserSessionsParams),
-    responses((status = 200, body = SessionList), (status = 400, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = SessionList)))]
 pub async fn of_user(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -683,8 +670,7 @@ pub struct Stats {
 
 /// `GET /sessions/stats`
 #[utoipa::path(get, path = "/sessions/stats", tag = "sessions",
-    responses((status = 200, body = Stats), (status = 401, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 403, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, body = super::openapi::Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = Stats)))]
 pub async fn stats(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

@@ -771,19 +771,13 @@ pub async fn call(
     bearer: Option<&str>,
     body: Option<&Value>,
 ) -> Resp {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(b) = bearer {
-        req.push_str(&format!("Authorization: Bearer {b}\r\n"));
-    }
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    if body.is_some() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    req.push_str(&format!(
-        "Content-Length: {}\r\n\r\n{payload}",
-        payload.len()
-    ));
-    call_raw(addr, req.as_bytes()).await
+    let authorization = bearer.map(|b| format!("Bearer {b}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .as_deref()
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    call_with(addr, method, path, &headers, body).await
 }
 
 /// Sends raw request bytes and parses the (non-chunked or chunked) response.
