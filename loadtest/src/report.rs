@@ -1,0 +1,183 @@
+//! What a run measured: shared counters while it runs, and the report after (a table for
+//! people, JSON for machines).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::Args;
+
+/// Counters every client task updates.
+pub(crate) struct Shared {
+    pub(crate) sent: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) lost: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    /// Publish-to-receive, microseconds.
+    pub(crate) latency: Mutex<Histogram<u64>>,
+    /// Connect plus join, microseconds.
+    pub(crate) connect_join: Mutex<Histogram<u64>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+/// 1 µs to 60 s at 3 significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
+    // Constant, valid bounds: construction only fails for low >= high or sigfig > 5.
+    #[allow(clippy::expect_used)]
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+impl Shared {
+    pub(crate) fn new() -> Self {
+        Shared {
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            latency: Mutex::new(histogram()),
+            connect_join: Mutex::new(histogram()),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Counts an error by kind.
+    pub(crate) fn error(&self, kind: &str) {
+        if let Ok(mut errors) = self.errors.lock() {
+            *errors.entry(kind.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    pub(crate) fn error_count(&self) -> u64 {
+        self.errors.lock().map(|e| e.values().sum()).unwrap_or(0)
+    }
+}
+
+/// Percentiles of one histogram, in milliseconds.
+#[derive(Debug, Serialize)]
+pub(crate) struct Percentiles {
+    pub(crate) count: u64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p90_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
+    pub(crate) max_ms: f64,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            count: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            p999_ms: ms(h.value_at_quantile(0.999)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+/// The result of a run.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) urls: Vec<String>,
+    pub(crate) sessions: usize,
+    pub(crate) displays_per_session: usize,
+    pub(crate) rate_per_session: f64,
+    pub(crate) payload_bytes: usize,
+    pub(crate) protocol: String,
+    pub(crate) duration_s: f64,
+    pub(crate) published: u64,
+    pub(crate) acked: u64,
+    pub(crate) delivered: u64,
+    pub(crate) expected: u64,
+    pub(crate) deliveries_per_s: f64,
+    pub(crate) lost: u64,
+    pub(crate) duplicated_or_reordered: u64,
+    pub(crate) latency: Percentiles,
+    pub(crate) connect_join: Percentiles,
+    pub(crate) errors: BTreeMap<String, u64>,
+}
+
+impl Report {
+    pub(crate) fn build(args: &Args, shared: &Shared, elapsed: Duration) -> Self {
+        let published = shared.sent.load(Ordering::Relaxed);
+        let delivered = shared.received.load(Ordering::Relaxed);
+        let latency = shared
+            .latency
+            .lock()
+            .map(|h| Percentiles::of(&h))
+            .unwrap_or_else(|_| Percentiles::of(&histogram()));
+        let connect_join = shared
+            .connect_join
+            .lock()
+            .map(|h| Percentiles::of(&h))
+            .unwrap_or_else(|_| Percentiles::of(&histogram()));
+        let active = args.duration.as_secs_f64().max(0.001);
+        Report {
+            urls: args.urls.clone(),
+            sessions: args.sessions,
+            displays_per_session: args.displays,
+            rate_per_session: args.rate,
+            payload_bytes: args.payload,
+            protocol: args.protocol.clone(),
+            duration_s: elapsed.as_secs_f64(),
+            published,
+            acked: shared.acked.load(Ordering::Relaxed),
+            delivered,
+            expected: published * args.displays as u64,
+            deliveries_per_s: delivered as f64 / active,
+            lost: shared.lost.load(Ordering::Relaxed),
+            duplicated_or_reordered: shared.duplicates.load(Ordering::Relaxed),
+            latency,
+            connect_join,
+            errors: shared.errors.lock().map(|e| e.clone()).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    pub(crate) fn table(&self) -> String {
+        let p = |x: &Percentiles| {
+            format!(
+                "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2} ms  (n={})",
+                x.p50_ms, x.p90_ms, x.p99_ms, x.p999_ms, x.max_ms, x.count
+            )
+        };
+        let mut out = String::new();
+        out.push_str(&format!(
+            "sessions {} x (1 controller + {} displays), {} msg/s each, {} B, {}\n",
+            self.sessions,
+            self.displays_per_session,
+            self.rate_per_session,
+            self.payload_bytes,
+            self.protocol
+        ));
+        out.push_str(&format!(
+            "published {}  acked {}  delivered {} of {} expected  ({:.0} deliveries/s)\n",
+            self.published, self.acked, self.delivered, self.expected, self.deliveries_per_s
+        ));
+        out.push_str(&format!(
+            "lost {}  duplicated/out of order {}\n",
+            self.lost, self.duplicated_or_reordered
+        ));
+        out.push_str(&format!("latency       {}\n", p(&self.latency)));
+        out.push_str(&format!("connect+join  {}\n", p(&self.connect_join)));
+        if self.errors.is_empty() {
+            out.push_str("errors        none\n");
+        } else {
+            for (kind, n) in &self.errors {
+                out.push_str(&format!("error         {kind}: {n}\n"));
+            }
+        }
+        out
+    }
+}
