@@ -251,6 +251,8 @@ impl Pump {
     }
 
     async fn join(&mut self, req: JoinRequest) {
+        // Handled, whatever the outcome: an empty pump may retire from now on.
+        self.joined_once = true;
         let now = now_ms();
         let info_bytes = req.info.encode();
         let args = JoinArgs {
@@ -299,7 +301,6 @@ impl Pump {
             reference: req.reference,
         };
         req.client.send(&joined);
-        self.joined_once = true;
         match self.last_seq {
             None => self.last_seq = Some(reply.seq),
             // The seq went backwards: the session's keys expired and it started over.
