@@ -181,9 +181,13 @@ async fn send(ws: &mut Ws, format: Format, frame: &ClientFrame) -> Result<(), St
     ws.send(msg).await.map_err(|e| e.to_string())
 }
 
-async fn next_frame(ws: &mut Ws, format: Format) -> Option<Result<ServerFrame, String>> {
+/// The next protocol frame from a socket (or its read half); pings are skipped.
+async fn next_frame<S>(stream: &mut S, format: Format) -> Option<Result<ServerFrame, String>>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     loop {
-        let msg = match ws.next().await? {
+        let msg = match stream.next().await? {
             Ok(msg) => msg,
             Err(e) => return Some(Err(e.to_string())),
         };
@@ -371,7 +375,7 @@ async fn controller(ws: Ws, args: &Args, session: &str, format: Format, shared: 
     let pad = "x".repeat(args.payload);
     let (mut sink, mut stream) = ws.split();
     let reader = async {
-        while let Some(frame) = next_frame_split(&mut stream, format).await {
+        while let Some(frame) = next_frame(&mut stream, format).await {
             match frame {
                 Ok(ServerFrame::Ack { .. }) => {
                     shared.acked.fetch_add(1, Ordering::Relaxed);
@@ -414,27 +418,6 @@ async fn controller(ws: Ws, args: &Args, session: &str, format: Format, shared: 
     tokio::select! {
         _ = writer => {}
         _ = reader => {}
-    }
-}
-
-async fn next_frame_split(
-    stream: &mut futures_util::stream::SplitStream<Ws>,
-    format: Format,
-) -> Option<Result<ServerFrame, String>> {
-    loop {
-        let msg = match stream.next().await? {
-            Ok(msg) => msg,
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        let bytes = match msg {
-            Message::Text(t) => t.as_bytes().to_vec(),
-            Message::Binary(b) => b.to_vec(),
-            Message::Close(c) => {
-                return Some(Err(format!("closed {:?}", c.map(|c| u16::from(c.code)))))
-            }
-            _ => continue,
-        };
-        return Some(decode_server(format, &bytes));
     }
 }
 
