@@ -137,12 +137,9 @@ async fn fifty_clients_on_three_instances_get_exactly_the_limit_and_resume_on_ti
     // The metric counted the refusals on the instances that refused.
     let mut counted = 0.0;
     for g in &gateways {
-        let (_, text) = g.get("/metrics").await;
-        counted += text
-            .lines()
-            .find(|l| l.starts_with("roomcast_rate_limited_total{scope=\"publish\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        counted += g
+            .metric("roomcast_rate_limited_total", "scope=\"publish\"")
+            .await;
     }
     assert!(counted >= 30.0, "{counted}");
 }

@@ -10,18 +10,6 @@ use serde_json::{json, Value};
 
 const BOTH: &[Role] = &[Role::Controller, Role::Display];
 
-/// The value of a sample line `name{labels} value` (labels matched as a substring).
-fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_move_with_events_and_pass_promtool() {
     let redis = Redis::start();

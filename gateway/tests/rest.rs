@@ -614,19 +614,6 @@ async fn closed_session_creation_needs_the_server_key() {
     );
 }
 
-/// The counter a gateway's sweeper increments for each lifecycle event it announced.
-async fn transitions(g: &Gateway, event: &str) -> u64 {
-    let (_, text) = g.get("/metrics").await;
-    text.lines()
-        .find(|l| {
-            l.starts_with("roomcast_lifecycle_transitions_total")
-                && l.contains(&format!("event=\"{event}\""))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inactivity_warning_and_timeout_fire_exactly_once_across_three_instances() {
     let redis = Redis::start();
@@ -678,8 +665,12 @@ async fn inactivity_warning_and_timeout_fire_exactly_once_across_three_instances
     let mut warned = 0;
     let mut inactive = 0;
     for g in &gateways {
-        warned += transitions(g, "expiring").await;
-        inactive += transitions(g, "inactive").await;
+        warned += g
+            .metric("roomcast_lifecycle_transitions_total", "event=\"expiring\"")
+            .await as u64;
+        inactive += g
+            .metric("roomcast_lifecycle_transitions_total", "event=\"inactive\"")
+            .await as u64;
     }
     assert_eq!(
         (warned, inactive),

@@ -853,3 +853,23 @@ pub async fn call_with(
     ));
     call_raw(addr, req.as_bytes()).await
 }
+
+/// The value of the sample `name{labels} value` in a Prometheus text scrape (`labels` is
+/// matched as a substring; "" matches an unlabelled sample).
+pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(labels)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+impl Gateway {
+    /// One sample from this gateway's `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        sample(&self.get("/metrics").await.1, name, labels).unwrap_or(0.0)
+    }
+}
