@@ -71,7 +71,8 @@ impl Hub {
 
     /// Hands a pub/sub payload to the session's pump, if there is one here.
     pub fn dispatch(&self, session: &str, payload: Bytes) {
-        let Some(handle) = self.sessions.get(session).map(|h| h.clone()) else {
+        // try_send never waits, so the map's read guard is held only for an instant.
+        let Some(handle) = self.sessions.get(session) else {
             // A message in flight while the last member left.
             return;
         };
@@ -87,9 +88,10 @@ impl Hub {
     pub fn catch_up_all(&self) {
         let handles: Vec<_> = self.sessions.iter().map(|e| e.value().clone()).collect();
         for handle in handles {
-            // A busy pump sees the flag after its current command; an idle one is woken.
-            handle.lagged.store(true, Ordering::Release);
-            let _ = handle.tx.try_send(Command::CatchUp);
+            // A full mailbox means a busy pump: it sees the flag after its current command.
+            if handle.tx.try_send(Command::CatchUp).is_err() {
+                handle.lagged.store(true, Ordering::Release);
+            }
         }
     }
 
