@@ -208,17 +208,24 @@ pub async fn run_writer(
     client: ClientHandle,
 ) {
     let kill = client.killed().clone();
-    let mut batch = Vec::with_capacity(BATCH);
     let mut close_code = None;
     loop {
+        // Feed what is queued (up to BATCH frames), then flush once. Items are taken one
+        // at a time rather than into a batch vector, which idle sockets would each keep.
         let write = async {
-            if rx.recv_many(&mut batch, BATCH).await == 0 {
+            let mut next = rx.recv().await;
+            if next.is_none() {
                 return Ok(Some(close::NORMAL));
             }
-            for item in batch.drain(..) {
+            let mut fed = 0;
+            while let Some(item) = next.take() {
                 match item {
                     Outbound::Frame(msg) => sink.feed(msg).await?,
                     Outbound::Close(code) => return Ok(Some(code)),
+                }
+                fed += 1;
+                if fed < BATCH {
+                    next = rx.try_recv().ok();
                 }
             }
             sink.flush().await.map(|()| None)

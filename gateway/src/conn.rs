@@ -295,7 +295,7 @@ async fn run(
         let user_channel = app.store.keys().user_channel(&identity.user);
         if app.hub.add_client(client.clone()) {
             // Direct messages for this user reach this instance from now on.
-            if let Err(e) = app.bus.subscribe(user_channel.clone()).await {
+            if let Err(e) = Box::pin(app.bus.subscribe(user_channel.clone())).await {
                 // Sessions work without it; keep trying while the user is connected here.
                 tracing::debug!(error = %e, "user channel subscribe failed; retrying");
                 app.tracker.spawn(retry_user_channel(
@@ -405,9 +405,15 @@ impl Connection {
                             return "rate_limited";
                         }
                     }
+                    // Frame handling is boxed: its Redis futures are kilobytes, and inline
+                    // they would size every idle connection's task for its busiest moment.
                     match msg {
-                        Message::Text(text) => self.on_bytes(Format::Json, text.as_bytes()).await,
-                        Message::Binary(bytes) => self.on_bytes(Format::Msgpack, &bytes).await,
+                        Message::Text(text) => {
+                            Box::pin(self.on_bytes(Format::Json, text.as_bytes())).await
+                        }
+                        Message::Binary(bytes) => {
+                            Box::pin(self.on_bytes(Format::Msgpack, &bytes)).await
+                        }
                         // tungstenite answers pings itself; any frame proves liveness.
                         Message::Ping(_) | Message::Pong(_) => {}
                         Message::Close(_) => return "client_closed",
@@ -991,5 +997,31 @@ mod tests {
         let clipped = clip_ref(long);
         assert!(clipped.len() <= MAX_REF_LEN);
         assert!(clipped.chars().all(|c| c == 'é'));
+    }
+}
+
+#[cfg(test)]
+mod task_size {
+    use super::*;
+    use std::future::Future;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<A, B, C, D, E, G, F: Future>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn writer_size<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle connection keeps one reader task and one writer task alive, each as large
+    /// as its future's busiest state: frame handling must stay boxed out of them.
+    #[test]
+    fn idle_connection_tasks_stay_small() {
+        let reader = future_size(run);
+        let writer = writer_size(client::run_writer);
+        eprintln!("reader task future {reader} B, writer {writer} B");
+        assert!(reader <= 4096, "connection future is {reader} bytes");
+        assert!(writer <= 2048, "writer future is {writer} bytes");
     }
 }
