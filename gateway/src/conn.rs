@@ -138,9 +138,12 @@ pub async fn upgrade(
     let max = app.config.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        // Small per-connection buffers: most frames are small and idle sockets are many.
-        .read_buffer_size(4096)
-        .write_buffer_size(4096)
+        // Small per-connection buffers: most frames are small and idle sockets are many
+        // (tungstenite never shrinks them). A larger frame still gets room for its whole
+        // length; these only bound how much one read takes in and how much one write
+        // batches, and 1 KiB still batches several fan-out frames per syscall.
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let tracker = app.tracker.clone();
             tracker.track_future(run(app, socket, identity, format, peer, ip))
@@ -270,6 +273,11 @@ struct Connection {
     /// Every inbound frame's allowance; running dry closes with 4029.
     frames: Option<TokenBucket>,
 }
+
+/// Bytes one socket read takes in (tungstenite's `read_buffer_size`).
+const WS_READ_BUFFER: usize = 1024;
+/// Bytes of outgoing frames batched before a socket write (`write_buffer_size`).
+const WS_WRITE_BUFFER: usize = 1024;
 
 /// The connection task: from `welcome` to the last leave.
 async fn run(
