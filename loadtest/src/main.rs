@@ -3,10 +3,17 @@
 //! displays measure publish-to-receive latency and check seq continuity, so every run
 //! reports throughput, latency percentiles, and messages lost, duplicated or out of order.
 //!
+//! One process holds at most a few tens of thousands of sockets (open files are capped per
+//! process), so `--workers N` runs N copies of itself, each with every Nth client, starts
+//! them publishing together and merges their results (see `worker.rs`).
+//!
 //! Wire types come from `roomcast-shared`; tokens are minted with the gateway's secret
 //! (`--secret`) or omitted when the gateway runs with `ROOMCAST_AUTH=off` (`--no-auth`).
+//! `--protocol socketio` drives the Socket.IO peer in `loadtest/peers/socketio` instead.
 
+mod proto;
 mod report;
+mod worker;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -15,24 +22,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-
-use roomcast_shared::{decode_server, encode, ClientFrame, Format, ServerFrame};
 use serde_json::json;
 use tokio::net::TcpSocket;
-use tokio::sync::Barrier;
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::report::{Report, Shared};
+use crate::proto::{Event, Proto};
+use crate::report::{Partial, Report, Shared};
 
 #[derive(Debug, Parser, Clone)]
 #[command(
     name = "loadtest",
-    about = "Drive Roomcast gateways and measure latency and loss"
+    about = "Drive Roomcast gateways (or the Socket.IO peer) and measure latency and loss"
 )]
 pub(crate) struct Args {
-    /// Gateway WebSocket URL; repeat to spread clients over several gateways.
+    /// Gateway WebSocket URL; repeat to spread clients over several gateways. For
+    /// `--protocol socketio` give the peer's base URL (ws://host:port).
     #[arg(long = "url", required = true)]
     pub(crate) urls: Vec<String>,
     /// HS256 secret to mint tokens with (the gateway's ROOMCAST_JWT_SECRET).
@@ -47,22 +54,22 @@ pub(crate) struct Args {
     /// Displays per session.
     #[arg(long, default_value_t = 10)]
     pub(crate) displays: usize,
-    /// Messages per second each controller publishes.
+    /// Messages per second each controller publishes; 0 holds the connections idle.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) rate: f64,
     /// Padding bytes in each message.
     #[arg(long, default_value_t = 64)]
     pub(crate) payload: usize,
-    /// How long controllers publish.
+    /// How long controllers publish (or, at rate 0, how long connections stay open).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) duration: Duration,
     /// Spread the connects over this long.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub(crate) ramp: Duration,
-    /// Connects in flight at once.
+    /// Connects in flight at once (per worker process).
     #[arg(long, default_value_t = 200)]
     pub(crate) concurrency: usize,
-    /// `json` or `msgpack`.
+    /// `json` or `msgpack` (Roomcast subprotocols), or `socketio` (the peer server).
     #[arg(long, default_value = "json")]
     pub(crate) protocol: String,
     /// Loopback source addresses to spread client sockets over (more local ports).
@@ -80,6 +87,18 @@ pub(crate) struct Args {
     /// Print progress every second.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) progress: bool,
+    /// Worker processes; each opens every Nth client (open files are capped per process).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) workers: usize,
+    /// Set by the parent on its workers: which share this process runs.
+    #[arg(long, hide = true)]
+    pub(crate) worker_index: Option<usize>,
+}
+
+impl Args {
+    pub(crate) fn proto(&self) -> Proto {
+        Proto::parse(&self.protocol).unwrap_or(Proto::Roomcast(roomcast_shared::Format::Json))
+    }
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -112,28 +131,39 @@ fn mint(secret: &str, sub: &str) -> Result<String, String> {
     .map_err(|e| e.to_string())
 }
 
-/// Connects one client (socket bound to a source address when given) and reads `welcome`.
+/// The URL one client dials.
+fn client_url(args: &Args, url: &str, user: &str) -> String {
+    match args.proto() {
+        Proto::SocketIo => format!(
+            "{}/socket.io/?EIO=4&transport=websocket",
+            url.trim_end_matches('/')
+        ),
+        Proto::Roomcast(_) if args.no_auth => format!("{url}?user={user}"),
+        Proto::Roomcast(_) => url.to_string(),
+    }
+}
+
+/// Connects one client (socket bound to a source address when given); Roomcast clients
+/// carry a token, Socket.IO clients finish the Engine.IO/Socket.IO handshake.
 async fn connect(args: &Args, url: &str, user: &str, source: Option<IpAddr>) -> Result<Ws, String> {
-    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
-    if !args.no_auth {
+    let proto = args.proto();
+    let mut request = client_url(args, url, user)
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    if matches!(proto, Proto::Roomcast(_)) && !args.no_auth {
         let secret = args
             .secret
             .as_deref()
             .ok_or("--secret or --no-auth is required")?;
-        let token = mint(secret, user)?;
-        let value = format!("Bearer {token}")
+        let value = format!("Bearer {}", mint(secret, user)?)
             .parse()
             .map_err(|_| "bad token header".to_string())?;
         request.headers_mut().insert("authorization", value);
-    } else {
-        let with_user = format!("{url}?user={user}");
-        request = with_user.into_client_request().map_err(|e| e.to_string())?;
     }
-    if args.protocol == "msgpack" {
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            "roomcast.v1.msgpack".parse().map_err(|_| "header")?,
-        );
+    if let Some(sub) = proto.subprotocol() {
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", sub.parse().map_err(|_| "header")?);
     }
     let host = request.uri().host().ok_or("URL without host")?.to_string();
     let port = request.uri().port_u16().unwrap_or(80);
@@ -158,48 +188,40 @@ async fn connect(args: &Args, url: &str, user: &str, source: Option<IpAddr>) -> 
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+    let (mut ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
         .await
         .map_err(|e| format!("upgrade: {e}"))?;
+    if proto == Proto::SocketIo {
+        // The server speaks first (Engine.IO open); then connect to the default namespace.
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.starts_with('0') => {}
+            other => return Err(format!("handshake: expected open packet, got {other:?}")),
+        }
+        ws.send(proto::socketio_connect())
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        // The server closes a socket that sends an event before its namespace connect
+        // has completed, so wait for the `40{...}` answer.
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.starts_with("40") => {}
+            other => return Err(format!("handshake: expected connect ack, got {other:?}")),
+        }
+    }
     Ok(ws)
 }
 
-fn format_of(args: &Args) -> Format {
-    if args.protocol == "msgpack" {
-        Format::Msgpack
-    } else {
-        Format::Json
-    }
-}
-
-async fn send(ws: &mut Ws, format: Format, frame: &ClientFrame) -> Result<(), String> {
-    let bytes = encode(format, frame).map_err(|e| e.to_string())?;
-    let msg = match format {
-        Format::Json => Message::text(String::from_utf8(bytes).map_err(|e| e.to_string())?),
-        Format::Msgpack => Message::binary(bytes),
-    };
-    ws.send(msg).await.map_err(|e| e.to_string())
-}
-
-/// The next protocol frame from a socket (or its read half); pings are skipped.
-async fn next_frame<S>(stream: &mut S, format: Format) -> Option<Result<ServerFrame, String>>
+/// The next event from a socket (or its read half); WebSocket pings are answered by
+/// tungstenite and skipped here. `None` when the stream ends.
+async fn next_event<S>(stream: &mut S, proto: Proto) -> Option<Event>
 where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     loop {
-        let msg = match stream.next().await? {
-            Ok(msg) => msg,
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        let bytes = match msg {
-            Message::Text(t) => t.as_bytes().to_vec(),
-            Message::Binary(b) => b.to_vec(),
-            Message::Close(c) => {
-                return Some(Err(format!("closed {:?}", c.map(|c| u16::from(c.code)))))
-            }
-            _ => continue,
-        };
-        return Some(decode_server(format, &bytes));
+        match stream.next().await? {
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+            Ok(msg) => return Some(proto.decode(&msg)),
+            Err(e) => return Some(Event::Malformed(e.to_string())),
+        }
     }
 }
 
@@ -213,7 +235,7 @@ async fn connect_and_join(
     shared: &Shared,
 ) -> Option<Ws> {
     let started = Instant::now();
-    let format = format_of(args);
+    let proto = args.proto();
     let mut ws = match connect(args, url, user, source).await {
         Ok(ws) => ws,
         Err(e) => {
@@ -224,53 +246,86 @@ async fn connect_and_join(
             return None;
         }
     };
-    let join = ClientFrame::Join {
-        session: session.to_string(),
-        role: None,
-        name: None,
-        since: None,
-        reference: None,
+    let sent = match proto.join(session) {
+        Ok(join) => ws.send(join).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e),
     };
-    if let Err(e) = send(&mut ws, format, &join).await {
+    if let Err(e) = sent {
         shared.error(&format!("join send: {e}"));
         return None;
     }
     loop {
-        match next_frame(&mut ws, format).await {
-            Some(Ok(ServerFrame::Joined { .. })) => break,
-            Some(Ok(ServerFrame::Error { code, .. })) => {
-                shared.error(&format!("join refused: {}", code.as_str()));
+        match next_event(&mut ws, proto).await {
+            Some(Event::Joined) => break,
+            Some(Event::Refused(code)) => {
+                shared.error(&format!("join refused: {code}"));
                 return None;
             }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
+            Some(Event::Ping) => {
+                let _ = ws.send(proto::pong()).await;
+            }
+            Some(Event::Closed(code)) => {
+                shared.error(&format!("join: closed {code:?}"));
+                return None;
+            }
+            Some(Event::Malformed(e)) => {
                 shared.error(&format!("join: {}", e.chars().take(40).collect::<String>()));
                 return None;
             }
+            Some(_) => continue,
             None => {
                 shared.error("join: closed");
                 return None;
             }
         }
     }
-    if let Ok(mut h) = shared.connect_join.lock() {
-        let _ = h.record(started.elapsed().as_micros().max(1) as u64);
-    }
+    shared.record_connect_join(started.elapsed());
     Some(ws)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
-    if !args.no_auth && args.secret.is_none() {
-        eprintln!("loadtest: give --secret (or ROOMCAST_JWT_SECRET), or --no-auth");
+    let usage = |msg: &str| -> ! {
+        eprintln!("loadtest: {msg}");
         std::process::exit(64);
+    };
+    if args.proto() == Proto::SocketIo {
+        // The peer has no authentication.
+    } else if !args.no_auth && args.secret.is_none() {
+        usage("give --secret (or ROOMCAST_JWT_SECRET), or --no-auth");
     }
-    if args.protocol != "json" && args.protocol != "msgpack" {
-        eprintln!("loadtest: --protocol is json or msgpack");
-        std::process::exit(64);
+    if Proto::parse(&args.protocol).is_none() {
+        usage("--protocol is json, msgpack or socketio");
     }
-    let report = run(args.clone()).await;
+    if args.workers == 0 || args.rate < 0.0 || !args.rate.is_finite() {
+        usage("--workers must be at least 1 and --rate a finite number >= 0");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtest: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Some(index) = args.worker_index {
+        // A worker: run its share in lockstep with the parent, print the partial result.
+        std::process::exit(runtime.block_on(worker::serve(args, index)));
+    }
+    let partial = if args.workers > 1 {
+        match runtime.block_on(worker::spawn_all(&args)) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("loadtest: {e}");
+                std::process::exit(1);
+            }
+        }
+    } else {
+        runtime.block_on(run(args.clone(), None, None))
+    };
+    let report = Report::build(&args, partial);
     print!("{}", report.table());
     if let Some(path) = &args.json {
         if let Err(e) = std::fs::write(path, report.json()) {
@@ -280,74 +335,87 @@ async fn main() {
     }
 }
 
-/// Runs one load test and returns its report.
-pub(crate) async fn run(args: Args) -> Report {
+/// Runs this process's share of a load test: every client when `share` is `None`, else
+/// the clients whose global index is `i` modulo `n` for `share = Some((i, n))`. A worker
+/// passes its `gate`: once its clients have joined it reports ready and waits for the
+/// parent's go, so all workers start publishing together.
+pub(crate) async fn run(
+    args: Args,
+    share: Option<(usize, usize)>,
+    gate: Option<worker::Gate>,
+) -> Partial {
     let args = Arc::new(args);
     let shared = Arc::new(Shared::new());
-    let clients = args.sessions * (args.displays + 1);
-    let barrier = Arc::new(Barrier::new(clients + 1));
-    let gate = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
-    let ramp_step = if clients > 0 {
-        args.ramp / clients as u32
+    let (mine, of) = share.unwrap_or((0, 1));
+    let total = args.sessions * (args.displays + 1);
+    let clients = (0..total).filter(|i| i % of == mine).count();
+    // Each client reports once it has joined (or failed to), then waits for the go.
+    let (arrived_tx, mut arrived_rx) = mpsc::unbounded_channel::<()>();
+    let (go_tx, go_rx) = watch::channel(false);
+    let limit = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let ramp_step = if total > 0 {
+        args.ramp / total as u32
     } else {
         Duration::ZERO
     };
-    let format = format_of(&args);
+    let connecting = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
     let mut index = 0usize;
     for s in 0..args.sessions {
         let session = format!("{}-{s}", args.prefix);
         for d in 0..=args.displays {
-            let is_controller = d == 0;
-            let url = args.urls[index % args.urls.len()].clone();
-            let source = (!args.source.is_empty()).then(|| args.source[index % args.source.len()]);
-            let delay = ramp_step * index as u32;
+            let this = index;
             index += 1;
-            let (args, shared, barrier, gate, session) = (
-                args.clone(),
-                shared.clone(),
-                barrier.clone(),
-                gate.clone(),
-                session.clone(),
-            );
+            if this % of != mine {
+                continue;
+            }
+            let is_controller = d == 0;
+            let url = args.urls[this % args.urls.len()].clone();
+            let source = (!args.source.is_empty()).then(|| args.source[this % args.source.len()]);
+            let delay = ramp_step * this as u32;
+            let (args, shared, limit, session) =
+                (args.clone(), shared.clone(), limit.clone(), session.clone());
+            let (arrived, mut go) = (arrived_tx.clone(), go_rx.clone());
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let user = format!(
-                    "{session}-{}",
-                    if is_controller {
-                        "ctl".to_string()
-                    } else {
-                        format!("d{d}")
-                    }
-                );
+                let user = if is_controller {
+                    format!("{session}-ctl")
+                } else {
+                    format!("{session}-d{d}")
+                };
                 let ws = {
-                    let _permit = gate.acquire().await;
+                    let _permit = limit.acquire().await;
                     connect_and_join(&args, &url, &user, &session, source, &shared).await
                 };
-                barrier.wait().await;
+                let _ = arrived.send(());
+                if go.wait_for(|go| *go).await.is_err() {
+                    return;
+                }
                 let Some(ws) = ws else { return };
                 if is_controller {
-                    controller(ws, &args, &session, format, &shared).await;
+                    controller(ws, &args, &session, &shared).await;
                 } else {
-                    display(ws, &args, format, &shared).await;
+                    display(ws, &args, &shared).await;
                 }
             }));
         }
     }
-    barrier.wait().await;
-    let started = Instant::now();
+    drop(arrived_tx);
     let progress = {
         let shared = shared.clone();
         let enabled = args.progress;
+        let label = share.map(|(i, _)| format!("[w{i}] ")).unwrap_or_default();
         tokio::spawn(async move {
+            let started = Instant::now();
             let mut last = 0;
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let now = shared.received.load(Ordering::Relaxed);
                 if enabled {
                     eprintln!(
-                        "[{:>4.0}s] sent {:>9} received {:>10} ({:>8}/s) lost {} errors {}",
+                        "{label}[{:>4.0}s] joined {:>6} sent {:>9} received {:>10} ({:>8}/s) lost {} errors {}",
                         started.elapsed().as_secs_f64(),
+                        shared.joined.load(Ordering::Relaxed),
                         shared.sent.load(Ordering::Relaxed),
                         now,
                         now - last,
@@ -359,58 +427,82 @@ pub(crate) async fn run(args: Args) -> Report {
             }
         })
     };
+    for _ in 0..clients {
+        if arrived_rx.recv().await.is_none() {
+            break;
+        }
+    }
+    let connect_phase = connecting.elapsed();
+    if let Some(gate) = gate {
+        gate.open().await;
+    }
+    let _ = go_tx.send(true);
+    let started = Instant::now();
     for task in tasks {
         let _ = task.await;
     }
     progress.abort();
-    Report::build(&args, &shared, started.elapsed())
+    shared.partial(started.elapsed(), connect_phase)
 }
 
-/// Publishes at the configured rate until the duration is over; counts acks.
-async fn controller(ws: Ws, args: &Args, session: &str, format: Format, shared: &Shared) {
-    let period = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Publishes at the configured rate until the duration is over; counts acks. At rate 0
+/// it only holds the connection (answering heartbeats) for the duration.
+async fn controller(ws: Ws, args: &Args, session: &str, shared: &Shared) {
+    let proto = args.proto();
     let end = Instant::now() + args.duration;
     let pad = "x".repeat(args.payload);
     let (mut sink, mut stream) = ws.split();
+    // Socket.IO pings arrive on the read half; their pongs go out through the writer.
+    let (pongs, mut pong_rx) = mpsc::channel::<()>(4);
     let reader = async {
-        while let Some(frame) = next_frame(&mut stream, format).await {
-            match frame {
-                Ok(ServerFrame::Ack { .. }) => {
+        while let Some(event) = next_event(&mut stream, proto).await {
+            match event {
+                Event::Ack => {
                     shared.acked.fetch_add(1, Ordering::Relaxed);
                 }
-                Ok(ServerFrame::Error { code, .. }) => {
-                    shared.error(&format!("publish: {}", code.as_str()))
+                Event::Refused(code) => shared.error(&format!("publish: {code}")),
+                Event::Ping => {
+                    let _ = pongs.try_send(());
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    shared.error(&format!("controller: {e}"));
+                Event::Closed(code) => {
+                    shared.error(&format!("controller: closed {code:?}"));
                     break;
                 }
+                Event::Malformed(e) => {
+                    shared.error(&format!(
+                        "controller: {}",
+                        e.chars().take(40).collect::<String>()
+                    ));
+                    break;
+                }
+                Event::Joined | Event::Message { .. } | Event::Other => {}
             }
         }
     };
     let writer = async {
-        while Instant::now() < end {
-            tick.tick().await;
-            let frame = ClientFrame::Publish {
-                session: session.to_string(),
-                data: json!({"t": now_us(), "pad": pad}),
-                reference: None,
-            };
-            let Ok(bytes) = encode(format, &frame) else {
-                break;
-            };
-            let msg = match format {
-                Format::Json => Message::text(String::from_utf8(bytes).unwrap_or_default()),
-                Format::Msgpack => Message::binary(bytes),
-            };
-            if sink.send(msg).await.is_err() {
-                shared.error("controller: send failed");
-                break;
+        let period = Duration::from_secs_f64(1.0 / args.rate.max(1e-6));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(end.into()) => break,
+                Some(()) = pong_rx.recv() => {
+                    if sink.send(proto::pong()).await.is_err() {
+                        break;
+                    }
+                }
+                _ = tick.tick(), if args.rate > 0.0 => {
+                    n += 1;
+                    let data = json!({"t": now_us(), "n": n, "pad": pad});
+                    let Ok(msg) = proto.publish(session, data, n) else { break };
+                    if sink.send(msg).await.is_err() {
+                        shared.error("controller: send failed");
+                        break;
+                    }
+                    shared.sent.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            shared.sent.fetch_add(1, Ordering::Relaxed);
         }
         tokio::time::sleep(args.drain).await;
         let _ = sink.close().await;
@@ -423,32 +515,42 @@ async fn controller(ws: Ws, args: &Args, session: &str, format: Format, shared: 
 
 /// Receives until the controller's run (plus the drain) is over; checks seq continuity
 /// and records latency.
-async fn display(mut ws: Ws, args: &Args, format: Format, shared: &Shared) {
-    let mut hist = Some(report::histogram());
+async fn display(mut ws: Ws, args: &Args, shared: &Shared) {
+    let proto = args.proto();
+    let mut hist = report::histogram();
     let end = Instant::now() + args.duration + args.drain;
     let mut check = SeqCheck::default();
     loop {
-        let frame = tokio::select! {
-            f = next_frame(&mut ws, format) => f,
+        let event = tokio::select! {
+            e = next_event(&mut ws, proto) => e,
             _ = tokio::time::sleep_until(end.into()) => break,
         };
-        match frame {
-            Some(Ok(ServerFrame::Message { seq, data, .. })) => {
+        match event {
+            Some(Event::Message { seq, sent_us }) => {
                 shared.received.fetch_add(1, Ordering::Relaxed);
                 check.see(seq);
-                if let (Some(t), Some(h)) = (data.get("t").and_then(|t| t.as_u64()), hist.as_mut())
-                {
-                    let _ = h.record(now_us().saturating_sub(t).max(1));
+                if let Some(t) = sent_us {
+                    let _ = hist.record(now_us().saturating_sub(t).max(1));
                 }
             }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
+            Some(Event::Ping) => {
+                if ws.send(proto::pong()).await.is_err() {
+                    shared.error("display: pong failed");
+                    break;
+                }
+            }
+            Some(Event::Closed(code)) => {
+                shared.error(&format!("display: closed {code:?}"));
+                break;
+            }
+            Some(Event::Malformed(e)) => {
                 shared.error(&format!(
                     "display: {}",
                     e.chars().take(40).collect::<String>()
                 ));
                 break;
             }
+            Some(_) => {}
             None => break,
         }
     }
@@ -457,9 +559,7 @@ async fn display(mut ws: Ws, args: &Args, format: Format, shared: &Shared) {
     shared
         .duplicates
         .fetch_add(check.duplicates, Ordering::Relaxed);
-    if let (Some(h), Ok(mut total)) = (hist, shared.latency.lock()) {
-        let _ = total.add(&h);
-    }
+    shared.add_latency(&hist);
 }
 
 /// Per-display seq accounting: a jump forward counts the skipped seqs as lost; a seq at or

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Args;
 
@@ -18,10 +18,11 @@ pub(crate) struct Shared {
     pub(crate) received: AtomicU64,
     pub(crate) lost: AtomicU64,
     pub(crate) duplicates: AtomicU64,
+    pub(crate) joined: AtomicU64,
     /// Publish-to-receive, microseconds.
-    pub(crate) latency: Mutex<Histogram<u64>>,
+    latency: Mutex<Histogram<u64>>,
     /// Connect plus join, microseconds.
-    pub(crate) connect_join: Mutex<Histogram<u64>>,
+    connect_join: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -40,6 +41,7 @@ impl Shared {
             received: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            joined: AtomicU64::new(0),
             latency: Mutex::new(histogram()),
             connect_join: Mutex::new(histogram()),
             errors: Mutex::new(BTreeMap::new()),
@@ -56,6 +58,88 @@ impl Shared {
     pub(crate) fn error_count(&self) -> u64 {
         self.errors.lock().map(|e| e.values().sum()).unwrap_or(0)
     }
+
+    pub(crate) fn record_connect_join(&self, took: Duration) {
+        self.joined.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = self.connect_join.lock() {
+            let _ = h.record(took.as_micros().max(1) as u64);
+        }
+    }
+
+    /// Adds one display's latencies (kept per display, merged once at its end).
+    pub(crate) fn add_latency(&self, h: &Histogram<u64>) {
+        if let Ok(mut total) = self.latency.lock() {
+            let _ = total.add(h);
+        }
+    }
+
+    /// This process's result, ready to merge with other workers'.
+    pub(crate) fn partial(&self, elapsed: Duration, connect_phase: Duration) -> Partial {
+        let buckets = |h: &Mutex<Histogram<u64>>| {
+            h.lock()
+                .map(|h| {
+                    h.iter_recorded()
+                        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Partial {
+            sent: self.sent.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            latency: buckets(&self.latency),
+            connect_join: buckets(&self.connect_join),
+            errors: self.errors.lock().map(|e| e.clone()).unwrap_or_default(),
+            elapsed_s: elapsed.as_secs_f64(),
+            connect_phase_s: connect_phase.as_secs_f64(),
+        }
+    }
+}
+
+/// One process's counts and histograms (as value/count pairs), as a worker hands them to
+/// its parent; merging partials gives the same report one big process would have.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Partial {
+    pub(crate) sent: u64,
+    pub(crate) acked: u64,
+    pub(crate) received: u64,
+    pub(crate) lost: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) latency: Vec<(u64, u64)>,
+    pub(crate) connect_join: Vec<(u64, u64)>,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) elapsed_s: f64,
+    pub(crate) connect_phase_s: f64,
+}
+
+impl Partial {
+    pub(crate) fn merge(mut self, other: Partial) -> Partial {
+        self.sent += other.sent;
+        self.acked += other.acked;
+        self.received += other.received;
+        self.lost += other.lost;
+        self.duplicates += other.duplicates;
+        self.latency.extend(other.latency);
+        self.connect_join.extend(other.connect_join);
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_insert(0) += n;
+        }
+        // Workers run side by side: the run took as long as the slowest of them.
+        self.elapsed_s = self.elapsed_s.max(other.elapsed_s);
+        self.connect_phase_s = self.connect_phase_s.max(other.connect_phase_s);
+        self
+    }
+}
+
+fn rebuild(buckets: &[(u64, u64)]) -> Histogram<u64> {
+    let mut h = histogram();
+    for &(value, count) in buckets {
+        let _ = h.record_n(value.max(1), count);
+    }
+    h
 }
 
 /// Percentiles of one histogram, in milliseconds.
@@ -102,23 +186,14 @@ pub(crate) struct Report {
     pub(crate) duplicated_or_reordered: u64,
     pub(crate) latency: Percentiles,
     pub(crate) connect_join: Percentiles,
+    /// From the first connect to the last client joined (the slowest worker's).
+    pub(crate) connect_phase_s: f64,
+    pub(crate) workers: usize,
     pub(crate) errors: BTreeMap<String, u64>,
 }
 
 impl Report {
-    pub(crate) fn build(args: &Args, shared: &Shared, elapsed: Duration) -> Self {
-        let published = shared.sent.load(Ordering::Relaxed);
-        let delivered = shared.received.load(Ordering::Relaxed);
-        let latency = shared
-            .latency
-            .lock()
-            .map(|h| Percentiles::of(&h))
-            .unwrap_or_else(|_| Percentiles::of(&histogram()));
-        let connect_join = shared
-            .connect_join
-            .lock()
-            .map(|h| Percentiles::of(&h))
-            .unwrap_or_else(|_| Percentiles::of(&histogram()));
+    pub(crate) fn build(args: &Args, p: Partial) -> Self {
         let active = args.duration.as_secs_f64().max(0.001);
         Report {
             urls: args.urls.clone(),
@@ -127,17 +202,19 @@ impl Report {
             rate_per_session: args.rate,
             payload_bytes: args.payload,
             protocol: args.protocol.clone(),
-            duration_s: elapsed.as_secs_f64(),
-            published,
-            acked: shared.acked.load(Ordering::Relaxed),
-            delivered,
-            expected: published * args.displays as u64,
-            deliveries_per_s: delivered as f64 / active,
-            lost: shared.lost.load(Ordering::Relaxed),
-            duplicated_or_reordered: shared.duplicates.load(Ordering::Relaxed),
-            latency,
-            connect_join,
-            errors: shared.errors.lock().map(|e| e.clone()).unwrap_or_default(),
+            duration_s: p.elapsed_s,
+            published: p.sent,
+            acked: p.acked,
+            delivered: p.received,
+            expected: p.sent * args.displays as u64,
+            deliveries_per_s: p.received as f64 / active,
+            lost: p.lost,
+            duplicated_or_reordered: p.duplicates,
+            latency: Percentiles::of(&rebuild(&p.latency)),
+            connect_join: Percentiles::of(&rebuild(&p.connect_join)),
+            connect_phase_s: p.connect_phase_s,
+            workers: args.workers,
+            errors: p.errors,
         }
     }
 
@@ -171,6 +248,10 @@ impl Report {
         ));
         out.push_str(&format!("latency       {}\n", p(&self.latency)));
         out.push_str(&format!("connect+join  {}\n", p(&self.connect_join)));
+        out.push_str(&format!(
+            "all joined    {:.2} s after the first connect ({} worker process(es))\n",
+            self.connect_phase_s, self.workers
+        ));
         if self.errors.is_empty() {
             out.push_str("errors        none\n");
         } else {

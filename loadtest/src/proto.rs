@@ -1,0 +1,244 @@
+//! The wire protocols the load generator speaks: Roomcast v1 (JSON or msgpack subprotocol)
+//! and, for the peer comparison, Socket.IO 5 over Engine.IO 4 as served by
+//! `loadtest/peers/socketio` (see its README for the frames).
+//!
+//! Everything above this module deals in [`Event`]s and in the same publish payload
+//! (`{"t": send time in µs, "n": per-controller counter, "pad": "..."}`), so both protocols
+//! are measured by the same code.
+
+use roomcast_shared::{decode_server, encode, ClientFrame, Format, ServerFrame};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Which server the clients talk to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proto {
+    Roomcast(Format),
+    SocketIo,
+}
+
+impl Proto {
+    pub(crate) fn parse(name: &str) -> Option<Proto> {
+        match name {
+            "json" => Some(Proto::Roomcast(Format::Json)),
+            "msgpack" => Some(Proto::Roomcast(Format::Msgpack)),
+            "socketio" => Some(Proto::SocketIo),
+            _ => None,
+        }
+    }
+
+    /// The WebSocket subprotocol to offer, if any.
+    pub(crate) fn subprotocol(self) -> Option<&'static str> {
+        match self {
+            Proto::Roomcast(Format::Msgpack) => Some("roomcast.v1.msgpack"),
+            _ => None,
+        }
+    }
+
+    /// The frame asking to join `session`.
+    pub(crate) fn join(self, session: &str) -> Result<Message, String> {
+        match self {
+            Proto::Roomcast(format) => roomcast(
+                format,
+                &ClientFrame::Join {
+                    session: session.to_string(),
+                    role: None,
+                    name: None,
+                    since: None,
+                    reference: None,
+                },
+            ),
+            Proto::SocketIo => Ok(Message::text(format!("42{}", json!(["join", session])))),
+        }
+    }
+
+    /// The frame publishing `data` to `session`; `n` doubles as the Socket.IO ack id.
+    pub(crate) fn publish(self, session: &str, data: Value, n: u64) -> Result<Message, String> {
+        match self {
+            Proto::Roomcast(format) => roomcast(
+                format,
+                &ClientFrame::Publish {
+                    session: session.to_string(),
+                    data,
+                    reference: None,
+                },
+            ),
+            Proto::SocketIo => Ok(Message::text(format!(
+                "42{n}{}",
+                json!(["publish", {"session": session, "data": data}])
+            ))),
+        }
+    }
+
+    /// Classifies one frame from the server.
+    pub(crate) fn decode(self, msg: &Message) -> Event {
+        match (self, msg) {
+            (_, Message::Close(c)) => Event::Closed(c.as_ref().map(|c| u16::from(c.code))),
+            (Proto::Roomcast(format), Message::Text(t)) => roomcast_event(format, t.as_bytes()),
+            (Proto::Roomcast(format), Message::Binary(b)) => roomcast_event(format, b),
+            (Proto::SocketIo, Message::Text(t)) => socketio_event(t.as_str()),
+            _ => Event::Other,
+        }
+    }
+}
+
+/// What a client saw, in protocol-neutral terms.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Event {
+    /// The join succeeded.
+    Joined,
+    /// The server refused something (join or publish), with its code.
+    Refused(String),
+    /// A publish was acknowledged.
+    Ack,
+    /// A room message: its sequence number (Roomcast's seq, or the payload's `n` for
+    /// Socket.IO, which has none) and the publisher's send time when present.
+    Message { seq: u64, sent_us: Option<u64> },
+    /// Socket.IO's application-level ping: the client must answer with [`pong`].
+    Ping,
+    /// The server closed the socket (with its close code, if any).
+    Closed(Option<u16>),
+    /// A frame the generator does not need (welcome, presence, Socket.IO handshake).
+    Other,
+    /// A frame that does not parse.
+    Malformed(String),
+}
+
+/// The answer to [`Event::Ping`].
+pub(crate) fn pong() -> Message {
+    Message::text("3")
+}
+
+/// The Socket.IO namespace connect sent after the Engine.IO open packet.
+pub(crate) fn socketio_connect() -> Message {
+    Message::text("40")
+}
+
+fn roomcast(format: Format, frame: &ClientFrame) -> Result<Message, String> {
+    let bytes = encode(format, frame).map_err(|e| e.to_string())?;
+    Ok(match format {
+        Format::Json => Message::text(String::from_utf8(bytes).map_err(|e| e.to_string())?),
+        Format::Msgpack => Message::binary(bytes),
+    })
+}
+
+fn roomcast_event(format: Format, bytes: &[u8]) -> Event {
+    match decode_server(format, bytes) {
+        Ok(ServerFrame::Joined { .. }) => Event::Joined,
+        Ok(ServerFrame::Ack { .. }) => Event::Ack,
+        Ok(ServerFrame::Error { code, .. }) => Event::Refused(code.as_str().to_string()),
+        Ok(ServerFrame::Message { seq, data, .. }) => Event::Message {
+            seq,
+            sent_us: data.get("t").and_then(Value::as_u64),
+        },
+        Ok(_) => Event::Other,
+        Err(e) => Event::Malformed(e),
+    }
+}
+
+fn socketio_event(text: &str) -> Event {
+    if text == "2" {
+        return Event::Ping;
+    }
+    // Engine.IO message (4) carrying a Socket.IO event (2) or ack (3), with an optional
+    // decimal ack id before the JSON array.
+    let Some(rest) = text.strip_prefix('4') else {
+        return Event::Other;
+    };
+    let (kind, rest) = rest.split_at(rest.len().min(1));
+    let body = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    match kind {
+        "2" => {
+            let Ok(Value::Array(items)) = serde_json::from_str::<Value>(body) else {
+                return Event::Malformed(format!("event {}", clip(text)));
+            };
+            match items.first().and_then(Value::as_str) {
+                Some("joined") => Event::Joined,
+                Some("message") => {
+                    let data = items.get(1).and_then(|m| m.get("data"));
+                    match data.and_then(|d| d.get("n")).and_then(Value::as_u64) {
+                        Some(seq) => Event::Message {
+                            seq,
+                            sent_us: data.and_then(|d| d.get("t")).and_then(Value::as_u64),
+                        },
+                        None => Event::Malformed(format!("message {}", clip(text))),
+                    }
+                }
+                _ => Event::Other,
+            }
+        }
+        "3" => match serde_json::from_str::<Value>(body) {
+            Ok(Value::Array(items))
+                if items.first().and_then(|a| a.get("ok")) == Some(&Value::Bool(false)) =>
+            {
+                Event::Refused("publish".into())
+            }
+            Ok(_) => Event::Ack,
+            Err(_) => Event::Malformed(format!("ack {}", clip(text))),
+        },
+        "4" => Event::Refused("connect".into()),
+        _ => Event::Other,
+    }
+}
+
+fn clip(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sio(text: &str) -> Event {
+        Proto::SocketIo.decode(&Message::text(text))
+    }
+
+    #[test]
+    fn socketio_frames_from_the_peer_readme() {
+        assert_eq!(sio("2"), Event::Ping);
+        assert_eq!(
+            sio(r#"0{"sid":"a","upgrades":[],"pingInterval":25000}"#),
+            Event::Other
+        );
+        assert_eq!(sio(r#"40{"sid":"b"}"#), Event::Other);
+        assert_eq!(sio(r#"42["joined",{"session":"S"}]"#), Event::Joined);
+        assert_eq!(
+            sio(r#"42["message",{"session":"S","data":{"t":5,"n":7,"pad":"x"}}]"#),
+            Event::Message {
+                seq: 7,
+                sent_us: Some(5)
+            }
+        );
+        assert_eq!(sio(r#"431[{"ok":true}]"#), Event::Ack);
+        assert_eq!(
+            sio(r#"4312[{"ok":false,"error":"x"}]"#),
+            Event::Refused("publish".into())
+        );
+        assert!(matches!(sio(r#"42["message",{}]"#), Event::Malformed(_)));
+        assert!(matches!(sio("42[nope"), Event::Malformed(_)));
+    }
+
+    #[test]
+    fn socketio_publish_carries_the_ack_id() {
+        let text = match Proto::SocketIo.publish("S", json!({"n": 3}), 3) {
+            Ok(Message::Text(t)) => t.to_string(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(text, r#"423["publish",{"data":{"n":3},"session":"S"}]"#);
+    }
+
+    #[test]
+    fn roomcast_message_and_error() {
+        let p = Proto::Roomcast(Format::Json);
+        let m = Message::text(
+            r#"{"type":"message","session":"s","seq":9,"from":{"client_id":"c","user":"u","role":"controller"},"data":{"t":11},"ts":1}"#,
+        );
+        assert_eq!(
+            p.decode(&m),
+            Event::Message {
+                seq: 9,
+                sent_us: Some(11)
+            }
+        );
+    }
+}
