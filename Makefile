@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps run test test-only lint k8s-check contract-test fmt build release stop-redis clean-run
+.PHONY: help deps run test test-only lint k8s-check contract-test bench fmt build release stop-redis clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ contract-test: ## schemathesis against the served OpenAPI document (private Redi
 
 k8s-check: ## render k8s/ with kustomize and validate it offline; promtool on alerts; hadolint
 	scripts/k8s-check.sh
+
+bench: ## benchmark scenarios (BENCHMARKS.md), results in bench/; SCENARIOS="fanout idle ..." picks some
+	scripts/bench.sh $(SCENARIOS)
 
 fmt: ## format the code
 	$(CARGO) fmt --all

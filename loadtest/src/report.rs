@@ -176,7 +176,10 @@ pub(crate) struct Report {
     pub(crate) rate_per_session: f64,
     pub(crate) payload_bytes: usize,
     pub(crate) protocol: String,
+    /// From the go to the last client done (publishing, then the drain).
     pub(crate) duration_s: f64,
+    /// The configured publishing time (`--duration`).
+    pub(crate) publish_s: f64,
     pub(crate) published: u64,
     pub(crate) acked: u64,
     pub(crate) delivered: u64,
@@ -203,6 +206,7 @@ impl Report {
             payload_bytes: args.payload,
             protocol: args.protocol.clone(),
             duration_s: p.elapsed_s,
+            publish_s: args.duration.as_secs_f64(),
             published: p.sent,
             acked: p.acked,
             delivered: p.received,

@@ -1,0 +1,104 @@
+//! Publishes per second through the gateway's own publish path (`Store::publish`: fred's
+//! pool, EVALSHA of publish.lua) against a running Redis, for scenario 5 of
+//! `scripts/bench.sh`, which runs `redis-benchmark` with the same script next to it as the
+//! ceiling.
+//!
+//! `cargo bench -p roomcast-gateway --bench publish_path -- REDIS_URL [SECONDS]
+//! [CONCURRENCY] [SESSIONS]`; prints one JSON line. Without a URL (as under `cargo test
+//! --all-targets`, which builds benches) it explains itself and exits 0.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::interfaces::ClientLike;
+use gateway::config::Config;
+use gateway::envelope::encode_entry_tail;
+use gateway::store::{redis_builder, Store};
+use roomcast_shared::{From, Role};
+use serde_json::json;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let Some(url) = args.first().filter(|u| u.starts_with("redis://")) else {
+        eprintln!("publish_path: give a redis:// URL (see scripts/bench.sh publish-path)");
+        return;
+    };
+    let number = |i: usize, default: u64| {
+        args.get(i)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    let (seconds, concurrency, sessions) = (number(1, 10), number(2, 64), number(3, 100));
+    if let Err(e) = run(url, seconds, concurrency, sessions).await {
+        eprintln!("publish_path: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(url: &str, seconds: u64, concurrency: u64, sessions: u64) -> Result<(), String> {
+    let config = Config::from_pairs(&[("redis-url", url)]).map_err(|e| e.to_string())?;
+    let pool = redis_builder(&config, 32)
+        .map_err(|e| e.to_string())?
+        .build_pool(config.redis_pool)
+        .map_err(|e| e.to_string())?;
+    pool.init().await.map_err(|e| e.to_string())?;
+    let store = Arc::new(Store::new(pool, &config));
+    let from = From {
+        client_id: "c0ffee0000000001".into(),
+        user: "bench".into(),
+        role: Role::Controller,
+        name: None,
+    };
+    let tail =
+        encode_entry_tail(1, &from, &json!({"pad": "x".repeat(64)})).map_err(|e| e.to_string())?;
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let (store, tail, done, failed) =
+            (store.clone(), tail.clone(), done.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = t;
+            while Instant::now() < end {
+                let session = format!("pp-{}", i % sessions);
+                i += concurrency;
+                match store.publish(&session, tail.clone(), now_ms(), None).await {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = done.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        json!({
+            "publishes": ok,
+            "failed": failed.load(Ordering::Relaxed),
+            "seconds": elapsed,
+            "publishes_per_s": ok as f64 / elapsed,
+            "concurrency": concurrency,
+            "sessions": sessions,
+            "redis_pool": config.redis_pool,
+        })
+    );
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,315 @@
+#!/usr/bin/env bash
+# `make bench`: the benchmark scenarios of BENCHMARKS.md, each against fresh private
+# processes (one redis-server, release gateways or Socket.IO peers) on loopback, stopped by
+# pid at the end. Results go to bench/ (BENCH_OUT overrides) as JSON, one file per run,
+# plus a summary per scenario.
+#
+#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|peer|micro|all]...
+#
+# Knobs (environment): BENCH_DURATION (publishing time per fan-out step, default 15s),
+# BENCH_RATES (per-session rates tried by the fan-out search), BENCH_IDLE_PER_NODE
+# (default 15000), BENCH_STORM_CLIENTS (default 10000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT="${BENCH_OUT:-bench}"
+WORK="$PWD/.run/bench"
+SECRET="bench-secret-0123456789abcdef"
+DURATION="${BENCH_DURATION:-15s}"
+RATES="${BENCH_RATES:-10 20 40 60 80 100 120 160}"
+IDLE_PER_NODE="${BENCH_IDLE_PER_NODE:-15000}"
+STORM_CLIENTS="${BENCH_STORM_CLIENTS:-10000}"
+LT=target/release/loadtest
+GW=target/release/roomcast
+mkdir -p "$OUT" "$WORK"
+
+PIDS=()
+stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+  PIDS=()
+}
+trap stop_all EXIT
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND until it succeeds or time is up.
+wait_for() {
+  local what=$1 secs=$2
+  shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      echo "bench: timed out waiting for $what" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+REDIS_PORT=""
+start_redis() {
+  REDIS_PORT=$(free_port)
+  local dir="$WORK/redis-$REDIS_PORT"
+  mkdir -p "$dir"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$dir" --logfile "$dir/redis.log" --maxclients 20000 &
+  PIDS+=($!)
+  wait_for "redis on $REDIS_PORT" 10 redis-cli -p "$REDIS_PORT" ping
+}
+
+# start_gateway: appends "port:pid" to NODES. Limits that would refuse a load generator
+# (one IP, many clients) are off; everything else is the default configuration.
+NODES=()
+start_gateway() {
+  local port
+  port=$(free_port)
+  ROOMCAST_LISTEN="127.0.0.1:$port" ROOMCAST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+    ROOMCAST_JWT_SECRET="$SECRET" ROOMCAST_LOG=warn ROOMCAST_NODE_ID="bench-$port" \
+    ROOMCAST_RATE_PUBLISH=0 ROOMCAST_RATE_PUBLISH_IP=0 ROOMCAST_RATE_CONNECT=0 \
+    ROOMCAST_RATE_BURST=0 ROOMCAST_RATE_FRAMES=0 ROOMCAST_MAX_CONNECTIONS=19000 \
+    "$GW" >"$WORK/gateway-$port.log" 2>&1 &
+  PIDS+=($!)
+  NODES+=("$port:$!")
+  wait_for "gateway on $port" 20 curl -sf "http://127.0.0.1:$port/health/ready"
+}
+
+start_peer() {
+  local port
+  port=$(free_port)
+  PORT="$port" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+    node loadtest/peers/socketio/server.js >"$WORK/peer-$port.log" 2>&1 &
+  PIDS+=($!)
+  NODES+=("$port:$!")
+  wait_for "peer on $port" 20 curl -sf "http://127.0.0.1:$port/health"
+}
+
+# urls PROTOCOL: --url flags for every node in NODES.
+urls() {
+  local n
+  for n in "${NODES[@]}"; do
+    if [[ $1 == socketio ]]; then echo "--url ws://127.0.0.1:${n%%:*}"; else echo "--url ws://127.0.0.1:${n%%:*}/ws"; fi
+  done
+}
+
+# node_health PORT FIELD: rss_bytes or connections, from either server's /health.
+node_health() {
+  curl -sf "http://127.0.0.1:$1/health" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+field = sys.argv[1]
+if "checks" in d:  # roomcast
+    v = d["checks"]["memory"]["rss_bytes"] if field == "rss" else d["checks"]["connections"]["count"]
+else:  # socket.io peer
+    v = d["rss_bytes"] if field == "rss" else d["sockets"]
+print(v)' "$2"
+}
+
+# cpu_ticks PID: user + system clock ticks so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+fresh() {
+  stop_all
+  NODES=()
+  start_redis
+}
+
+build() {
+  log "building release binaries"
+  cargo build --release -q -p roomcast-gateway -p roomcast-loadtest
+}
+
+# --- 1. fan-out (and 6. the same against the peer) -------------------------------------
+# Steps the per-session rate up until p99 >= 50 ms, a message is lost/duplicated, or the
+# offered rate is not reached; then runs at a quarter of the best passing rate.
+fanout_search() {
+  local label=$1 protocol=$2
+  local best_rate=0 rate file
+  for rate in $RATES; do
+    file="$OUT/fanout-$label-r$rate.json"
+    log "fan-out $label: 100 sessions x 10 displays, $rate msg/s per session"
+    # shellcheck disable=SC2046
+    "$LT" $(urls "$protocol") --protocol "$protocol" --secret "$SECRET" --sessions 100 \
+      --displays 10 --rate "$rate" --payload 64 --duration "$DURATION" --ramp 2s \
+      --prefix "f$label$rate" --progress false --json "$file" >&2
+    if python3 scripts/bench_report.py pass "$file" 50; then best_rate=$rate; else break; fi
+  done
+  if [[ $best_rate == 0 ]]; then
+    echo "bench: fan-out $label failed at the lowest rate" >&2
+    return 0
+  fi
+  local quarter
+  quarter=$(python3 -c "print(max(1, round($best_rate / 4, 2)))")
+  log "fan-out $label at 25 % of $best_rate msg/s: $quarter msg/s per session"
+  # shellcheck disable=SC2046
+  "$LT" $(urls "$protocol") --protocol "$protocol" --secret "$SECRET" --sessions 100 \
+    --displays 10 --rate "$quarter" --payload 64 --duration "$DURATION" --ramp 2s \
+    --prefix "q$label" --progress false --json "$OUT/fanout-$label-quarter.json" >&2
+  python3 scripts/bench_report.py fanout "$OUT" "$label" "$best_rate" >"$OUT/fanout-$label-summary.json"
+}
+
+scenario_fanout() {
+  fresh
+  start_gateway
+  start_gateway
+  fanout_search roomcast json
+}
+
+# --- 2. broadcast ------------------------------------------------------------------------
+scenario_broadcast() {
+  fresh
+  start_gateway
+  start_gateway
+  log "broadcast: 1 session, 10,000 displays over 2 instances, 10 msg/s"
+  # shellcheck disable=SC2046
+  "$LT" $(urls json) --secret "$SECRET" --sessions 1 --displays 10000 --rate 10 \
+    --payload 64 --duration 20s --drain 5s --concurrency 1000 --prefix bcast \
+    --progress false --json "$OUT/broadcast-10k.json" >&2
+}
+
+# --- 3. idle capacity (and 6. against the peer) ------------------------------------------
+idle_run() {
+  local label=$1 protocol=$2
+  local total=$((IDLE_PER_NODE * ${#NODES[@]}))
+  local n port pid before=() hold=90
+  for n in "${NODES[@]}"; do before+=("$(node_health "${n%%:*}" rss)"); done
+  log "idle $label: $IDLE_PER_NODE joined connections on each of ${#NODES[@]} instances"
+  # Each worker's clients all go to one node (index modulo workers = index modulo urls).
+  # shellcheck disable=SC2046
+  "$LT" $(urls "$protocol") --protocol "$protocol" --secret "$SECRET" \
+    --sessions $((total / 15)) --displays 14 --rate 0 --duration "${hold}s" --drain 0s \
+    --concurrency 500 --workers "${#NODES[@]}" --prefix "idle$label" --progress false \
+    --json "$OUT/idle-$label-loadtest.json" >&2 &
+  local lt=$!
+  for n in "${NODES[@]}"; do
+    port=${n%%:*}
+    wait_for "$IDLE_PER_NODE connections on $port" 120 \
+      bash -c "[[ \$(curl -sf http://127.0.0.1:$port/health | grep -o '\"\\(count\\|sockets\\)\":[0-9]*' | grep -o '[0-9]*$') -ge $IDLE_PER_NODE ]]"
+  done
+  sleep 5 # let the join burst's allocations settle before reading RSS
+  local rows=() i=0 t0 t1
+  for n in "${NODES[@]}"; do
+    port=${n%%:*} pid=${n##*:}
+    t0=$(cpu_ticks "$pid")
+    rows+=("$port $pid ${before[$i]} $t0")
+    i=$((i + 1))
+  done
+  local window=30
+  sleep "$window" # heartbeats (25 s) and presence refreshes fall inside this window
+  local result=()
+  for row in "${rows[@]}"; do
+    read -r port pid b t0 <<<"$row"
+    t1=$(cpu_ticks "$pid")
+    result+=("$port $b $(node_health "$port" rss) $(node_health "$port" conns) $((t1 - t0))")
+  done
+  wait "$lt" || true
+  printf '%s\n' "${result[@]}" |
+    python3 scripts/bench_report.py idle "$label" "$window" "$(getconf CLK_TCK)" >"$OUT/idle-$label.json"
+  cat "$OUT/idle-$label.json" >&2
+}
+
+scenario_idle() {
+  fresh
+  start_gateway
+  start_gateway
+  idle_run roomcast json
+}
+
+# --- 4. connect storm --------------------------------------------------------------------
+scenario_storm() {
+  fresh
+  start_gateway
+  start_gateway
+  log "connect storm: $STORM_CLIENTS clients connect and join, 1,000 in flight"
+  # shellcheck disable=SC2046
+  "$LT" $(urls json) --secret "$SECRET" --sessions $((STORM_CLIENTS / 10)) --displays 9 \
+    --rate 0 --duration 2s --drain 0s --concurrency 1000 --prefix storm --progress false \
+    --json "$OUT/storm-10k.json" >&2
+}
+
+# --- 5. publish path ---------------------------------------------------------------------
+scenario_publish_path() {
+  fresh
+  local concurrency=64 n=400000
+  log "publish path: Store::publish (fred, EVALSHA publish.lua), $concurrency in flight"
+  cargo bench -q -p roomcast-gateway --bench publish_path -- \
+    "redis://127.0.0.1:$REDIS_PORT" 10 "$concurrency" 100 >"$WORK/publish-path.json"
+  cat "$WORK/publish-path.json" >&2
+  local sha tail now
+  sha=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "$(cat redis/publish.lua)")
+  # An entry tail of the size the gateway sends for a 64-byte payload (the script only
+  # concatenates it).
+  tail=$(python3 -c 'print("x" * 120)')
+  now=$(date +%s%3N)
+  log "publish path ceiling: redis-benchmark EVALSHA publish.lua, $concurrency clients"
+  redis-benchmark -p "$REDIS_PORT" -c "$concurrency" -n "$n" -r 100 --csv \
+    EVALSHA "$sha" 4 'rc:{s:rb-__rand_int__}:seq' 'rc:{s:rb-__rand_int__}:hist' \
+    'rc:{s:rb-__rand_int__}:meta' 'rc:{s:rb-__rand_int__}:ch' \
+    "$tail" 100 86400000 "$now" '' $((now + 86400000)) >"$WORK/redis-benchmark.csv"
+  cat "$WORK/redis-benchmark.csv" >&2
+  python3 scripts/bench_report.py publish-path "$WORK/publish-path.json" "$WORK/redis-benchmark.csv" \
+    >"$OUT/publish-path.json"
+  cat "$OUT/publish-path.json" >&2
+}
+
+# --- 6. the Socket.IO peer ---------------------------------------------------------------
+scenario_peer() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "bench: the peer needs node and npm (apt-get install -y nodejs npm)" >&2
+    return 1
+  fi
+  (cd loadtest/peers/socketio && npm ci --silent --no-audit --no-fund)
+  fresh
+  start_peer
+  start_peer
+  fanout_search socketio socketio
+  fresh
+  start_peer
+  start_peer
+  idle_run socketio socketio
+}
+
+# --- in-process hot path -----------------------------------------------------------------
+scenario_micro() {
+  log "cargo bench: encode and fan-out hot path"
+  cargo bench -q -p roomcast-gateway --bench fanout 2>&1 | tee "$WORK/criterion.txt" >&2
+}
+
+scripts/install-deps.sh --test >/dev/null
+build
+ulimit -n 20000 2>/dev/null || true
+[[ $# -gt 0 ]] || set -- all
+for s in "$@"; do
+  case $s in
+  fanout) scenario_fanout ;;
+  broadcast) scenario_broadcast ;;
+  idle) scenario_idle ;;
+  storm) scenario_storm ;;
+  publish-path) scenario_publish_path ;;
+  peer) scenario_peer ;;
+  micro) scenario_micro ;;
+  all)
+    scenario_publish_path
+    scenario_fanout
+    scenario_storm
+    scenario_idle
+    scenario_broadcast
+    scenario_peer
+    scenario_micro
+    ;;
+  *)
+    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|peer|micro|all]..." >&2
+    exit 64
+    ;;
+  esac
+done
+stop_all
+python3 scripts/bench_report.py table "$OUT" >&2

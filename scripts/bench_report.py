@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Reads loadtest JSON reports for scripts/bench.sh: pass/fail of a fan-out step, scenario
+summaries, and the table printed at the end of `make bench`."""
+
+import csv
+import glob
+import json
+import os
+import sys
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def passes(r, p99_ms):
+    """A fan-out step passes with p99 under the bound, nothing lost, duplicated or
+    reordered, no errors, and at least 95 % of the offered publishes sent."""
+    wanted = r["sessions"] * r["rate_per_session"] * r["publish_s"]
+    return (
+        r["latency"]["p99_ms"] < p99_ms
+        and r["lost"] == 0
+        and r["duplicated_or_reordered"] == 0
+        and not r["errors"]
+        and r["delivered"] == r["expected"]
+        and r["published"] >= 0.95 * wanted
+    )
+
+
+def row(r):
+    l = r["latency"]
+    return {
+        "rate_per_session": r["rate_per_session"],
+        "published": r["published"],
+        "delivered": r["delivered"],
+        "deliveries_per_s": round(r["deliveries_per_s"]),
+        "lost": r["lost"],
+        "duplicated_or_reordered": r["duplicated_or_reordered"],
+        "p50_ms": l["p50_ms"],
+        "p90_ms": l["p90_ms"],
+        "p99_ms": l["p99_ms"],
+        "p999_ms": l["p999_ms"],
+        "max_ms": l["max_ms"],
+        "errors": r["errors"],
+    }
+
+
+def fanout(out, label, best_rate):
+    steps = []
+    for path in sorted(glob.glob(os.path.join(out, f"fanout-{label}-r*.json")),
+                       key=lambda p: float(p.rsplit("-r", 1)[1][:-5])):
+        r = load(path)
+        steps.append(dict(row(r), passed=passes(r, 50)))
+    best = max((s for s in steps if s["passed"]), key=lambda s: s["deliveries_per_s"], default=None)
+    quarter_path = os.path.join(out, f"fanout-{label}-quarter.json")
+    quarter = row(load(quarter_path)) if os.path.exists(quarter_path) else None
+    return {
+        "scenario": "fanout",
+        "server": label,
+        "setup": "100 sessions x (1 controller + 10 displays), 2 instances, 64 B payload",
+        "p99_bound_ms": 50,
+        "best_rate_per_session": float(best_rate),
+        "best_deliveries_per_s": best["deliveries_per_s"] if best else 0,
+        "steps": steps,
+        "at_25_percent": quarter,
+    }
+
+
+def idle(label, window, clk):
+    nodes = []
+    for line in sys.stdin:
+        port, before, rss, conns, ticks = line.split()
+        before, rss, conns, ticks = int(before), int(rss), int(conns), int(ticks)
+        nodes.append({
+            "port": int(port),
+            "connections": conns,
+            "rss_before_bytes": before,
+            "rss_bytes": rss,
+            "rss_per_connection_bytes": round((rss - before) / conns) if conns else None,
+            "cpu_percent_of_one_core": round(100.0 * ticks / clk / window, 2),
+        })
+    per_conn = [n["rss_per_connection_bytes"] for n in nodes if n["rss_per_connection_bytes"]]
+    return {
+        "scenario": "idle",
+        "server": label,
+        "cpu_window_s": window,
+        "nodes": nodes,
+        "rss_per_connection_bytes": round(sum(per_conn) / len(per_conn)) if per_conn else None,
+    }
+
+
+def publish_path(ours_path, csv_path):
+    ours = load(ours_path)
+    ceiling = None
+    with open(csv_path) as f:
+        for rec in csv.reader(f):
+            if rec and rec[0] != "test":
+                ceiling = float(rec[1])
+    return {
+        "scenario": "publish-path",
+        "gateway_store_publish_per_s": round(ours["publishes_per_s"]),
+        "gateway_failed": ours["failed"],
+        "redis_benchmark_evalsha_per_s": round(ceiling) if ceiling else None,
+        "ratio": round(ours["publishes_per_s"] / ceiling, 3) if ceiling else None,
+        "concurrency": ours["concurrency"],
+        "sessions": ours["sessions"],
+    }
+
+
+def table(out):
+    lines = []
+    for label in ("roomcast", "socketio"):
+        p = os.path.join(out, f"fanout-{label}-summary.json")
+        if os.path.exists(p):
+            s = load(p)
+            q = s["at_25_percent"] or {}
+            lines.append(f"fan-out {label}: best {s['best_deliveries_per_s']} deliveries/s at "
+                         f"{s['best_rate_per_session']} msg/s/session; at 25 %: p50 {q.get('p50_ms')} "
+                         f"p99 {q.get('p99_ms')} ms")
+        p = os.path.join(out, f"idle-{label}.json")
+        if os.path.exists(p):
+            s = load(p)
+            cpu = ", ".join(str(n["cpu_percent_of_one_core"]) for n in s["nodes"])
+            lines.append(f"idle {label}: {s['rss_per_connection_bytes']} B RSS per connection; "
+                         f"CPU % of a core per node: {cpu}")
+    for name, title in (("storm-10k.json", "connect storm"), ("broadcast-10k.json", "broadcast")):
+        p = os.path.join(out, name)
+        if os.path.exists(p):
+            r = load(p)
+            lines.append(f"{title}: delivered {r['delivered']}/{r['expected']}, lost {r['lost']}, "
+                         f"latency p99 {r['latency']['p99_ms']} ms, connect+join p99 "
+                         f"{r['connect_join']['p99_ms']} ms, all joined {r['connect_phase_s']:.2f} s, "
+                         f"errors {sum(r['errors'].values())}")
+    p = os.path.join(out, "publish-path.json")
+    if os.path.exists(p):
+        s = load(p)
+        lines.append(f"publish path: {s['gateway_store_publish_per_s']}/s vs redis-benchmark "
+                     f"{s['redis_benchmark_evalsha_per_s']}/s ({s['ratio']})")
+    return "\n".join(lines)
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "pass":
+        r = load(args[0])
+        ok = passes(r, float(args[1]))
+        print(f"{'pass' if ok else 'FAIL'}: {json.dumps(row(r))}", file=sys.stderr)
+        sys.exit(0 if ok else 1)
+    elif cmd == "fanout":
+        print(json.dumps(fanout(args[0], args[1], args[2]), indent=2))
+    elif cmd == "idle":
+        print(json.dumps(idle(args[0], float(args[1]), float(args[2])), indent=2))
+    elif cmd == "publish-path":
+        print(json.dumps(publish_path(args[0], args[1]), indent=2))
+    elif cmd == "table":
+        print(table(args[0]))
+    else:
+        sys.exit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
