@@ -2,16 +2,21 @@
 -- KEYS: 1 pres, 2 pinfo, 3 seq, 4 hist, 5 meta, 6 ch
 -- ARGV: 1 client_id, 2 presence expiry ms, 3 member info (msgpack), 4 now ms,
 --       5 since (-1: no history), 6 history cap, 7 ttl ms, 8 presence list max,
---       9 expires_at ms for a session this join creates
+--       9 expires_at ms for a session this join creates, 10 presence events max (0: no cap)
 -- A join is activity: it creates the session's meta when absent (implicit sessions) and
 -- touches last_activity.
 -- Returns {-1} when the session has ended, else {seq, history (newest first), infos}.
 -- Expired members (their node died) are swept first and announced as leaves ([3, info]);
--- the new member is announced as a join ([4, info]).
+-- the new member is announced as a join ([4, info]). Sessions with more members than
+-- ARGV[10] get no presence events: each would go to every member (quadratic in size).
 if redis.call('HGET', KEYS[5], 'status') == 'ended' then
   return {-1}
 end
 local now = tonumber(ARGV[4])
+local function loud()
+  local max = tonumber(ARGV[10])
+  return max == 0 or redis.call('ZCARD', KEYS[1]) <= max
+end
 if redis.call('HSETNX', KEYS[5], 'status', 'active') == 1 then
   redis.call('HSET', KEYS[5], 'created_at', ARGV[4], 'expires_at', ARGV[9], 'state', 'null')
 end
@@ -23,7 +28,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   local info = redis.call('HGET', KEYS[2], id)
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
-  if info then
+  if info and loud() then
     redis.call('PUBLISH', KEYS[6], '\146\3' .. info)
   end
 end
@@ -48,5 +53,7 @@ local infos = {}
 if #ids > 0 then
   infos = redis.call('HMGET', KEYS[2], unpack(ids))
 end
-redis.call('PUBLISH', KEYS[6], '\146\4' .. ARGV[3])
+if loud() then
+  redis.call('PUBLISH', KEYS[6], '\146\4' .. ARGV[3])
+end
 return {seq, hist, infos}

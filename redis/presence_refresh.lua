@@ -1,11 +1,12 @@
 -- presence_refresh.lua: one node's heartbeat for its members of one session.
 -- KEYS: 1 pres, 2 pinfo, 3 ch, 4 seq
--- ARGV: 1 now ms, 2 new expiry ms, 3 ttl ms, 4.. client ids of this node's members
+-- ARGV: 1 now ms, 2 new expiry ms, 3 ttl ms, 4 presence events max (0: no cap),
+--       5.. client ids of this node's members
 -- Pushes the expiry of each listed member that is still present; sweeps members whose
 -- expiry passed (their node stopped refreshing) and announces each leave once ([3, info]).
 -- Returns {ids no longer present (so the node can re-add them), number swept}.
 local missing = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
     redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
   else
@@ -17,7 +18,8 @@ for _, id in ipairs(swept) do
   local info = redis.call('HGET', KEYS[2], id)
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
-  if info then
+  local max = tonumber(ARGV[4])
+  if info and (max == 0 or redis.call('ZCARD', KEYS[1]) < max) then
     redis.call('PUBLISH', KEYS[3], '\146\3' .. info)
   end
 end

@@ -3,7 +3,7 @@
 -- report a member's activity after it was idle (kind 5, update).
 -- KEYS: 1 pres, 2 pinfo, 3 ch, 4 meta
 -- ARGV: 1 client_id, 2 expiry ms (0: keep the current one), 3 info, 4 kind, 5 ttl ms,
---       6 now ms
+--       6 now ms, 7 presence events max (0: no cap; larger sessions are not told)
 -- Returns 1 when written, 0 when the member is gone and kind is an update.
 if ARGV[2] == '0' then
   if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
@@ -18,7 +18,8 @@ redis.call('PEXPIRE', KEYS[2], ARGV[5])
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('HSET', KEYS[4], 'last_activity', ARGV[6])
 end
-if ARGV[4] ~= '0' then
+local max = tonumber(ARGV[7])
+if ARGV[4] ~= '0' and (max == 0 or redis.call('ZCARD', KEYS[1]) <= max) then
   redis.call('PUBLISH', KEYS[3], '\146' .. string.char(tonumber(ARGV[4])) .. ARGV[3])
 end
 return 1

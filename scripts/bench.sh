@@ -249,14 +249,19 @@ scenario_publish_path() {
   # concatenates it).
   tail=$(python3 -c 'print("x" * 120)')
   now=$(date +%s%3N)
-  log "publish path ceiling: redis-benchmark EVALSHA publish.lua, $concurrency clients"
-  redis-benchmark -p "$REDIS_PORT" -c "$concurrency" -n "$n" -r 100 --csv \
-    EVALSHA "$sha" 4 'rc:{s:rb-__rand_int__}:seq' 'rc:{s:rb-__rand_int__}:hist' \
-    'rc:{s:rb-__rand_int__}:meta' 'rc:{s:rb-__rand_int__}:ch' \
-    "$tail" 100 86400000 "$now" '' $((now + 86400000)) >"$WORK/redis-benchmark.csv"
-  cat "$WORK/redis-benchmark.csv" >&2
-  python3 scripts/bench_report.py publish-path "$WORK/publish-path.json" "$WORK/redis-benchmark.csv" \
-    >"$OUT/publish-path.json"
+  # Without pipelining (one command per connection per round trip) and with 16 in flight
+  # per connection (what Redis itself can take: the ceiling).
+  local depth
+  for depth in 1 16; do
+    log "publish path ceiling: redis-benchmark EVALSHA publish.lua, $concurrency clients, pipeline $depth"
+    redis-benchmark -p "$REDIS_PORT" -c "$concurrency" -n "$n" -r 100 -P "$depth" --csv \
+      EVALSHA "$sha" 4 'rc:{s:rb-__rand_int__}:seq' 'rc:{s:rb-__rand_int__}:hist' \
+      'rc:{s:rb-__rand_int__}:meta' 'rc:{s:rb-__rand_int__}:ch' \
+      "$tail" 100 86400000 "$now" '' $((now + 86400000)) >"$WORK/redis-benchmark-P$depth.csv"
+    cat "$WORK/redis-benchmark-P$depth.csv" >&2
+  done
+  python3 scripts/bench_report.py publish-path "$WORK/publish-path.json" \
+    "$WORK/redis-benchmark-P1.csv" "$WORK/redis-benchmark-P16.csv" >"$OUT/publish-path.json"
   cat "$OUT/publish-path.json" >&2
 }
 

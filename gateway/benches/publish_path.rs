@@ -41,7 +41,8 @@ async fn main() {
 }
 
 async fn run(url: &str, seconds: u64, concurrency: u64, sessions: u64) -> Result<(), String> {
-    let config = Config::from_pairs(&[("redis-url", url)]).map_err(|e| e.to_string())?;
+    let config =
+        Config::from_pairs(&[("redis-url", url), ("auth", "off")]).map_err(|e| e.to_string())?;
     let pool = redis_builder(&config, 32)
         .map_err(|e| e.to_string())?
         .build_pool(config.redis_pool)

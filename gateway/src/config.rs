@@ -240,9 +240,15 @@ pub struct Config {
     /// A client that has not sent its full request head by then is disconnected.
     #[arg(long, env = "ROOMCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
-    /// Members listed in `joined.presence` (the largest sessions get the first ones).
-    #[arg(long, env = "ROOMCAST_PRESENCE_LIST_MAX", default_value_t = 1000)]
+    /// Members listed in `joined.presence` (the largest sessions get the first ones). Every
+    /// join reads and sends this list, so it bounds what a join costs in a big session.
+    #[arg(long, env = "ROOMCAST_PRESENCE_LIST_MAX", default_value_t = 100)]
     pub presence_list_max: u32,
+    /// Presence events (join/leave/update) are broadcast only while a session has at most
+    /// this many members: each goes to every member, so joining N members costs N²/2
+    /// frames. Larger sessions learn presence through REST. 0: no cap.
+    #[arg(long, env = "ROOMCAST_PRESENCE_EVENTS_MAX", default_value_t = 1000)]
+    pub presence_events_max: u32,
 
     #[arg(long, env = "ROOMCAST_RATE_PUBLISH", default_value = "10/60s", value_parser = parse_rate)]
     pub rate_publish: Rate,

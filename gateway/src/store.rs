@@ -155,6 +155,8 @@ pub struct Store {
     history_size: u32,
     ttl_ms: u64,
     max_lifetime_ms: u64,
+    /// Sessions with more members get no presence events (see join.lua).
+    presence_events_max: i64,
 }
 
 impl Store {
@@ -166,6 +168,7 @@ impl Store {
             history_size: config.history_size,
             ttl_ms: config.history_ttl.as_millis() as u64,
             max_lifetime_ms: config.max_lifetime.as_millis() as u64,
+            presence_events_max: i64::from(config.presence_events_max),
         }
     }
 
@@ -259,6 +262,7 @@ impl Store {
                     (self.ttl_ms as i64).into(),
                     a.presence_list_max.into(),
                     ((a.now_ms + self.max_lifetime_ms) as i64).into(),
+                    self.presence_events_max.into(),
                 ],
             )
             .await?;
@@ -283,7 +287,7 @@ impl Store {
                 "leave",
                 &self.scripts.leave,
                 vec![k.pres, k.pinfo, k.channel],
-                vec![client_id.into()],
+                vec![client_id.into(), self.presence_events_max.into()],
             )
             .await?;
         Ok(reply.as_i64() == Some(1))
@@ -303,6 +307,7 @@ impl Store {
             (now_ms as i64).into(),
             (expiry_ms as i64).into(),
             (self.ttl_ms as i64).into(),
+            self.presence_events_max.into(),
         ];
         args.extend(client_ids.map(Value::from));
         let reply = self
@@ -348,6 +353,7 @@ impl Store {
                 i64::from(kind).into(),
                 (self.ttl_ms as i64).into(),
                 (now_ms as i64).into(),
+                self.presence_events_max.into(),
             ],
         )
         .await?;

@@ -464,3 +464,51 @@ async fn roles_and_session_claims_are_enforced() {
         _ => unreachable!(),
     }
 }
+
+/// Presence events go to every member, so sessions above ROOMCAST_PRESENCE_EVENTS_MAX
+/// members get none (joining N members would cost N²/2 frames); they resume below it.
+#[tokio::test]
+async fn presence_events_stop_above_the_cap_and_resume_below_it() {
+    let redis = Redis::start();
+    let caps = [("ROOMCAST_PRESENCE_EVENTS_MAX", "2")];
+    let a = Gateway::start(&redis.url(), &caps);
+    let b = Gateway::start(&redis.url(), &caps);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let mut watcher = a.connect(&token("watcher", &[Role::Observer])).await;
+    watcher.join("big", None).await;
+    let mut ctl = b.connect(&token("ctl", BOTH)).await;
+    ctl.join("big", None).await;
+    match watcher.next_frame().await {
+        ServerFrame::Presence { event, member, .. } => {
+            assert_eq!((event, member.user.as_str()), (PresenceEvent::Join, "ctl"));
+        }
+        f => panic!("the second member is announced: {f:?}"),
+    }
+    // A third member makes the session larger than the cap: no join event. Pub/sub keeps
+    // one channel's order, so a message published after the join arrives after the event
+    // the join would have sent: the next frame must be that message.
+    let mut tv = b.connect(&token("tv", &[Role::Display])).await;
+    tv.join("big", None).await;
+    let seq = ctl.publish("big", json!({"after": "tv joined"})).await;
+    match watcher.next_frame().await {
+        ServerFrame::Message { seq: got, .. } => assert_eq!(got, seq),
+        f => panic!("no presence event above the cap, got {f:?}"),
+    }
+    // Leaving a 3-member session is not announced either; the next leave (2 -> 1) is.
+    tv.send_json(json!({"type": "leave", "session": "big"}))
+        .await;
+    let seq = ctl.publish("big", json!({"after": "tv left"})).await;
+    match watcher.next_frame().await {
+        ServerFrame::Message { seq: got, .. } => assert_eq!(got, seq),
+        f => panic!("no leave event from a session above the cap, got {f:?}"),
+    }
+    ctl.send_json(json!({"type": "leave", "session": "big"}))
+        .await;
+    match watcher.next_frame().await {
+        ServerFrame::Presence { event, member, .. } => {
+            assert_eq!((event, member.user.as_str()), (PresenceEvent::Leave, "ctl"));
+        }
+        f => panic!("below the cap leaves are announced again: {f:?}"),
+    }
+}

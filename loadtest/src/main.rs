@@ -87,6 +87,9 @@ pub(crate) struct Args {
     /// Print progress every second.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) progress: bool,
+    /// A client that has not connected and joined within this long counts as an error.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) join_timeout: Duration,
     /// Worker processes; each opens every Nth client (open files are capped per process).
     #[arg(long, default_value_t = 1)]
     pub(crate) workers: usize,
@@ -385,7 +388,14 @@ pub(crate) async fn run(
                 };
                 let ws = {
                     let _permit = limit.acquire().await;
-                    connect_and_join(&args, &url, &user, &session, source, &shared).await
+                    let join = connect_and_join(&args, &url, &user, &session, source, &shared);
+                    match tokio::time::timeout(args.join_timeout, join).await {
+                        Ok(ws) => ws,
+                        Err(_) => {
+                            shared.error("join: timed out");
+                            None
+                        }
+                    }
                 };
                 let _ = arrived.send(());
                 if go.wait_for(|go| *go).await.is_err() {
