@@ -4,12 +4,11 @@
 //! --bench fanout`; numbers in BENCHMARKS.md.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gateway::client::{ClientHandle, Outbound, SharedFrame};
+use gateway::client::{ClientHandle, Outbox, SharedFrame};
 use gateway::envelope::{encode_entry_tail, Envelope};
 use roomcast_shared::{Format, From, Role, ServerFrame};
 use serde_json::json;
 use std::hint::black_box;
-use tokio::sync::mpsc;
 
 /// A pub/sub payload as publish.lua emits it: `[1, [seq, ts, from, data]]`.
 fn payload(pad: usize) -> Vec<u8> {
@@ -54,7 +53,7 @@ fn encode(c: &mut Criterion) {
 }
 
 /// Clients with queues deep enough for a whole measurement batch, drained between batches.
-fn clients(n: usize) -> Vec<(ClientHandle, mpsc::Receiver<Outbound>)> {
+fn clients(n: usize) -> Vec<(ClientHandle, Outbox)> {
     (0..n)
         .map(|i| {
             let format = if i % 4 == 0 {
@@ -91,7 +90,7 @@ fn fanout(c: &mut Criterion) {
                     }
                     total += started.elapsed();
                     for (_, rx) in &mut set {
-                        while rx.try_recv().is_ok() {}
+                        while rx.try_recv().is_some() {}
                     }
                     done += batch;
                 }

@@ -1,12 +1,17 @@
 //! One client's outbound side: its bounded send queue, its writer task and its close signal.
 //!
-//! Owns the rule of STYLE.md practice 4: producers (fan-out, replies) only `try_send`; a
-//! full queue closes that client with 4008 and nobody else waits. The writer drains the
-//! queue in batches, feeding every frame and flushing once per batch. Frames shared by many
+//! Owns the rule of STYLE.md practice 4: producers (fan-out, replies) never wait; a full
+//! queue closes that client with 4008 and nobody else waits. The writer drains the queue
+//! in batches, feeding every frame and flushing once per batch. Frames shared by many
 //! clients are encoded once per format ([`SharedFrame`]).
+//!
+//! The queue is a `VecDeque` behind a short mutex plus a `Notify`, not a tokio channel: a
+//! bounded channel allocates a 32-slot block (about 1.5 KB) per client up front, and a
+//! deque costs nothing while empty and gives back what a burst made it grow.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -14,7 +19,7 @@ use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use roomcast_shared::{close, encode, Format, ServerFrame};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
@@ -38,11 +43,25 @@ struct Inner {
     id: String,
     user: String,
     format: Format,
-    tx: mpsc::Sender<Outbound>,
+    queue: Mutex<Queue>,
+    /// Most frames queued at once; one more closes the client with 4008.
+    capacity: usize,
+    /// Wakes the writer; a notification sent while it is busy is kept for its next wait.
+    ready: Notify,
     kill: CancellationToken,
     /// The close code the writer sends when `kill` fires; the first reason wins.
     code: AtomicU16,
 }
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// The writer has ended: nothing is queued any more.
+    closed: bool,
+}
+
+/// A drained queue keeps at most this many slots; a burst's growth is given back.
+const KEEP_SLOTS: usize = 8;
 
 /// Result of offering a frame to a client.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,26 +75,22 @@ pub enum Offer {
 
 impl ClientHandle {
     /// Creates the handle and the receiver its writer drains.
-    pub fn new(
-        id: String,
-        user: String,
-        format: Format,
-        queue: usize,
-    ) -> (Self, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue);
-        let inner = Inner {
+    pub fn new(id: String, user: String, format: Format, queue: usize) -> (Self, Outbox) {
+        let inner = Arc::new(Inner {
             id,
             user,
             format,
-            tx,
+            queue: Mutex::new(Queue::default()),
+            capacity: queue.max(1),
+            ready: Notify::new(),
             kill: CancellationToken::new(),
             code: AtomicU16::new(0),
-        };
+        });
         (
             ClientHandle {
-                inner: Arc::new(inner),
+                inner: inner.clone(),
             },
-            rx,
+            Outbox { inner },
         )
     }
 
@@ -106,7 +121,7 @@ impl ClientHandle {
 
     /// Whether the writer has ended (the connection is over).
     pub fn is_gone(&self) -> bool {
-        self.inner.tx.is_closed()
+        self.inner.lock().closed
     }
 
     /// Closes the client now with `code`, skipping anything still queued.
@@ -120,9 +135,8 @@ impl ClientHandle {
 
     /// Queues a message without waiting. A full queue kills the client with 4008.
     pub fn offer(&self, msg: Message) -> Offer {
-        match self.inner.tx.try_send(Outbound::Frame(msg)) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        match self.inner.push(Outbound::Frame(msg)) {
+            Offer::Overflow => {
                 if !self.inner.kill.is_cancelled() {
                     m::slow_consumer();
                     tracing::info!(client_id = %self.inner.id, "send queue full: closing slow consumer");
@@ -130,7 +144,7 @@ impl ClientHandle {
                 }
                 Offer::Overflow
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+            other => other,
         }
     }
 
@@ -147,9 +161,74 @@ impl ClientHandle {
 
     /// Queues a close behind what is already queued; kills at once if the queue is full.
     pub fn close_after_queue(&self, code: u16) {
-        if self.inner.tx.try_send(Outbound::Close(code)).is_err() {
+        if self.inner.push(Outbound::Close(code)) != Offer::Queued {
             self.kill(code);
         }
+    }
+}
+
+impl Inner {
+    /// The queue, even if a holder panicked: its state is a plain deque and a flag, valid
+    /// after any completed push or pop.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, item: Outbound) -> Offer {
+        {
+            let mut q = self.lock();
+            if q.closed {
+                return Offer::Closed;
+            }
+            if q.items.len() >= self.capacity {
+                return Offer::Overflow;
+            }
+            q.items.push_back(item);
+        }
+        self.ready.notify_one();
+        Offer::Queued
+    }
+}
+
+/// The writer's end of a client's queue. Dropping it marks the client gone.
+#[derive(Debug)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+impl Outbox {
+    /// The next queued item, waiting for one; `None` once the queue is closed.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            // A push between the look and the wait is not missed: notify_one keeps a
+            // permit when nobody waits, and the next wait takes it.
+            let notified = self.inner.ready.notified();
+            if let Some(item) = self.try_recv() {
+                return Some(item);
+            }
+            if self.inner.lock().closed {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// The next queued item if there is one.
+    pub fn try_recv(&self) -> Option<Outbound> {
+        let mut q = self.inner.lock();
+        let item = q.items.pop_front();
+        if q.items.is_empty() && q.items.capacity() > KEEP_SLOTS {
+            q.items.shrink_to(KEEP_SLOTS);
+        }
+        item
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut q = self.inner.lock();
+        q.closed = true;
+        q.items = VecDeque::new();
     }
 }
 
@@ -204,7 +283,7 @@ const BATCH: usize = 64;
 /// killed; then sends the close frame (bounded in time) and returns.
 pub async fn run_writer(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: Outbox,
     client: ClientHandle,
 ) {
     let kill = client.killed().clone();
@@ -225,7 +304,7 @@ pub async fn run_writer(
                 }
                 fed += 1;
                 if fed < BATCH {
-                    next = rx.try_recv().ok();
+                    next = rx.try_recv();
                 }
             }
             sink.flush().await.map(|()| None)
@@ -319,6 +398,36 @@ mod tests {
             shared.message(Format::Msgpack),
             Some(Message::Binary(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn writer_wakes_on_push_and_a_drained_queue_gives_back_its_burst() {
+        let (client, mut rx) = ClientHandle::new("c".into(), "u".into(), Format::Json, 4096);
+        let pong = ServerFrame::Pong { reference: None };
+        let waiter = tokio::spawn(async move {
+            let got = rx.recv().await;
+            (got.is_some(), rx)
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(client.send(&pong), Offer::Queued);
+        let (got, rx) = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiting writer was woken")
+            .expect("task");
+        assert!(got);
+        for _ in 0..1000 {
+            assert_eq!(client.send(&pong), Offer::Queued);
+        }
+        assert!(client.inner.lock().items.capacity() >= 1000);
+        let mut drained = 0;
+        while rx.try_recv().is_some() {
+            drained += 1;
+        }
+        assert_eq!(drained, 1000);
+        assert!(client.inner.lock().items.capacity() <= KEEP_SLOTS);
+        assert!(!client.is_gone());
+        drop(rx);
+        assert!(client.is_gone(), "the writer's end dropped means gone");
     }
 
     #[tokio::test]
