@@ -61,7 +61,7 @@ struct Queue {
 }
 
 /// A drained queue keeps at most this many slots; a burst's growth is given back.
-const KEEP_SLOTS: usize = 8;
+const KEEP_SLOTS: usize = 4;
 
 /// Result of offering a frame to a client.
 #[derive(Debug, PartialEq, Eq)]

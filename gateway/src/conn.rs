@@ -280,27 +280,40 @@ const WS_READ_BUFFER: usize = 1024;
 const WS_WRITE_BUFFER: usize = 1024;
 
 /// The connection task: from `welcome` to the last leave.
-async fn run(
+///
+/// Everything that needs no waiting is set up here, outside the future: an async fn keeps
+/// its arguments in its future for its whole life even after they are moved out, and every
+/// idle connection's task is as large as that future.
+fn run(
     app: Arc<App>,
     socket: WebSocket,
     identity: Identity,
     format: Format,
     peer: SocketAddr,
     ip: IpAddr,
-) {
+) -> impl std::future::Future<Output = ()> {
     let client_id = random_id(16);
     let span =
         tracing::info_span!("conn", client_id = %client_id, peer = %peer, user = %identity.user);
+    let role = identity.default_role().map(Role::as_str).unwrap_or("none");
+    let (sink, mut stream) = socket.split();
+    let (client, rx) = ClientHandle::new(
+        client_id,
+        identity.user.clone(),
+        format,
+        app.config.send_queue,
+    );
+    let user_channel = app.store.keys().user_channel(&identity.user);
+    let mut conn = Connection {
+        app: app.clone(),
+        client: client.clone(),
+        identity,
+        ip: limits::ip_key(ip),
+        sessions: HashMap::new(),
+        signals: TokenBucket::new(app.config.rate_signal),
+        frames: TokenBucket::new(app.config.rate_frames),
+    };
     async move {
-        let role = identity.default_role().map(Role::as_str).unwrap_or("none");
-        let (sink, mut stream) = socket.split();
-        let (client, rx) = ClientHandle::new(
-            client_id.clone(),
-            identity.user.clone(),
-            format,
-            app.config.send_queue,
-        );
-        let user_channel = app.store.keys().user_channel(&identity.user);
         if app.hub.add_client(client.clone()) {
             // Direct messages for this user reach this instance from now on.
             if let Err(e) = Box::pin(app.bus.subscribe(user_channel.clone())).await {
@@ -308,7 +321,7 @@ async fn run(
                 tracing::debug!(error = %e, "user channel subscribe failed; retrying");
                 app.tracker.spawn(retry_user_channel(
                     app.clone(),
-                    identity.user.clone(),
+                    conn.identity.user.clone(),
                     user_channel.clone(),
                 ));
             }
@@ -323,20 +336,11 @@ async fn run(
             .tracker
             .spawn(client::run_writer(sink, rx, client.clone()).in_current_span());
         client.send(&ServerFrame::Welcome {
-            client_id: client_id.clone(),
+            client_id: client.id().to_string(),
             node: app.node_id.clone(),
             heartbeat_ms: app.config.heartbeat.as_millis() as u64,
             protocol: PROTOCOL_VERSION,
         });
-        let mut conn = Connection {
-            app: app.clone(),
-            client: client.clone(),
-            identity,
-            ip: limits::ip_key(ip),
-            sessions: HashMap::new(),
-            signals: TokenBucket::new(app.config.rate_signal),
-            frames: TokenBucket::new(app.config.rate_frames),
-        };
         let reason = conn.read_loop(&mut stream).await;
         conn.leave_all();
         if app.hub.remove_client(&client) {
@@ -359,7 +363,6 @@ async fn run(
         tracing::debug!(reason, code = client.close_code(), "disconnected");
     }
     .instrument(span)
-    .await
 }
 
 impl Connection {
@@ -1029,7 +1032,7 @@ mod task_size {
         let reader = future_size(run);
         let writer = writer_size(client::run_writer);
         eprintln!("reader task future {reader} B, writer {writer} B");
-        assert!(reader <= 4096, "connection future is {reader} bytes");
+        assert!(reader <= 1536, "connection future is {reader} bytes");
         assert!(writer <= 2048, "writer future is {writer} bytes");
     }
 }
