@@ -120,9 +120,11 @@ impl Pump {
         m::session_opened();
         let channel = self.app.store.keys().session_channel(&self.session);
         // Subscribe before the first join reads its seq, so nothing falls between them.
-        if let Err(e) = self.app.bus.subscribe(channel.clone()).await {
+        // The work below is boxed: its Redis futures are kilobytes, and inline they would
+        // size every pump, idle most of its life, for its busiest moment.
+        if let Err(e) = Box::pin(self.app.bus.subscribe(channel.clone())).await {
             tracing::warn!(session = %self.session, error = %e, "subscribe failed");
-            self.retire(Some(e)).await;
+            Box::pin(self.retire(Some(e))).await;
             m::session_closed();
             return;
         }
@@ -133,23 +135,23 @@ impl Pump {
             let retry_at = self.retry_at;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd).await,
+                    Some(cmd) => Box::pin(self.handle(cmd)).await,
                     None => break,
                 },
-                _ = tick.tick() => self.refresh_presence().await,
+                _ = tick.tick() => Box::pin(self.refresh_presence()).await,
                 _ = sleep_until_opt(retry_at) => {
                     self.retry_at = None;
-                    self.catch_up().await;
+                    Box::pin(self.catch_up()).await;
                 }
             }
             if self.lagged.swap(false, Ordering::AcqRel) {
-                self.catch_up().await;
+                Box::pin(self.catch_up()).await;
             }
             if self.joined_once && self.members.is_empty() {
                 break;
             }
         }
-        self.retire(None).await;
+        Box::pin(self.retire(None)).await;
         self.app.bus.unsubscribe(channel);
         m::session_closed();
     }
@@ -552,5 +554,23 @@ impl Pump {
 fn offer(frame: &SharedFrame, client: &ClientHandle) {
     if let Some(msg) = frame.message(client.format()) {
         client.offer(msg);
+    }
+}
+
+#[cfg(test)]
+mod task_size {
+    use super::Pump;
+
+    fn future_size<A, F: std::future::Future>(_: fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every session with a member on this instance keeps a pump task alive, as large as
+    /// its future's busiest state: the Redis work must stay boxed out of it.
+    #[test]
+    fn idle_pump_task_stays_small() {
+        let pump = future_size(Pump::run);
+        eprintln!("pump task future {pump} B");
+        assert!(pump <= 1536, "pump future is {pump} bytes");
     }
 }
