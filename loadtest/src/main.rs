@@ -403,7 +403,7 @@ pub(crate) async fn run(
                 }
                 let Some(ws) = ws else { return };
                 if is_controller {
-                    controller(ws, &args, &session, &shared).await;
+                    controller(ws, &args, &session, s, &shared).await;
                 } else {
                     display(ws, &args, &shared).await;
                 }
@@ -456,8 +456,9 @@ pub(crate) async fn run(
 }
 
 /// Publishes at the configured rate until the duration is over; counts acks. At rate 0
-/// it only holds the connection (answering heartbeats) for the duration.
-async fn controller(ws: Ws, args: &Args, session: &str, shared: &Shared) {
+/// it only holds the connection (answering heartbeats) for the duration. Controller
+/// `index` starts `index / sessions` of a period late.
+async fn controller(ws: Ws, args: &Args, session: &str, index: usize, shared: &Shared) {
     let proto = args.proto();
     let end = Instant::now() + args.duration;
     let pad = "x".repeat(args.payload);
@@ -491,12 +492,17 @@ async fn controller(ws: Ws, args: &Args, session: &str, shared: &Shared) {
     };
     let writer = async {
         let period = Duration::from_secs_f64(1.0 / args.rate.max(1e-6));
-        let mut tick = tokio::time::interval(period);
+        // Controllers are spread evenly over one period: all starting at the same instant
+        // would publish in lockstep bursts that no real set of publishers produces.
+        let phase = period.mul_f64(index as f64 / args.sessions.max(1) as f64);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n = 0u64;
+        let stop = tokio::time::sleep_until(end.into());
+        tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(end.into()) => break,
+                _ = &mut stop => break,
                 Some(()) = pong_rx.recv() => {
                     if sink.send(proto::pong()).await.is_err() {
                         break;
@@ -523,24 +529,34 @@ async fn controller(ws: Ws, args: &Args, session: &str, shared: &Shared) {
     }
 }
 
+/// Latency samples a display keeps before adding them to the shared histogram.
+const LATENCY_BATCH: usize = 64;
+
 /// Receives until the controller's run (plus the drain) is over; checks seq continuity
 /// and records latency.
 async fn display(mut ws: Ws, args: &Args, shared: &Shared) {
     let proto = args.proto();
-    let mut hist = report::histogram();
+    // Samples are batched into the process-wide histogram: one hdrhistogram per display
+    // (about 140 KB each) would cost gigabytes at tens of thousands of displays.
+    let mut samples = Vec::new();
     let end = Instant::now() + args.duration + args.drain;
     let mut check = SeqCheck::default();
+    let stop = tokio::time::sleep_until(end.into());
+    tokio::pin!(stop);
     loop {
         let event = tokio::select! {
             e = next_event(&mut ws, proto) => e,
-            _ = tokio::time::sleep_until(end.into()) => break,
+            _ = &mut stop => break,
         };
         match event {
             Some(Event::Message { seq, sent_us }) => {
                 shared.received.fetch_add(1, Ordering::Relaxed);
                 check.see(seq);
                 if let Some(t) = sent_us {
-                    let _ = hist.record(now_us().saturating_sub(t).max(1));
+                    samples.push(now_us().saturating_sub(t).max(1));
+                    if samples.len() >= LATENCY_BATCH {
+                        shared.add_latencies(&mut samples);
+                    }
                 }
             }
             Some(Event::Ping) => {
@@ -569,7 +585,7 @@ async fn display(mut ws: Ws, args: &Args, shared: &Shared) {
     shared
         .duplicates
         .fetch_add(check.duplicates, Ordering::Relaxed);
-    shared.add_latency(&hist);
+    shared.add_latencies(&mut samples);
 }
 
 /// Per-display seq accounting: a jump forward counts the skipped seqs as lost; a seq at or

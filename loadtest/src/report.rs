@@ -66,11 +66,14 @@ impl Shared {
         }
     }
 
-    /// Adds one display's latencies (kept per display, merged once at its end).
-    pub(crate) fn add_latency(&self, h: &Histogram<u64>) {
+    /// Records a batch of one display's latency samples (µs) and empties the batch.
+    pub(crate) fn add_latencies(&self, samples: &mut Vec<u64>) {
         if let Ok(mut total) = self.latency.lock() {
-            let _ = total.add(h);
+            for &us in samples.iter() {
+                let _ = total.record(us);
+            }
         }
+        samples.clear();
     }
 
     /// This process's result, ready to merge with other workers'.
