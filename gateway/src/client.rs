@@ -58,6 +58,9 @@ struct Queue {
     items: VecDeque<Outbound>,
     /// The writer has ended: nothing is queued any more.
     closed: bool,
+    /// The writer found the queue empty and sleeps: the next push must wake it. Pushes
+    /// while it is awake skip the notification.
+    waiting: bool,
 }
 
 /// A drained queue keeps at most this many slots; a burst's growth is given back.
@@ -175,7 +178,7 @@ impl Inner {
     }
 
     fn push(&self, item: Outbound) -> Offer {
-        {
+        let wake = {
             let mut q = self.lock();
             if q.closed {
                 return Offer::Closed;
@@ -184,8 +187,11 @@ impl Inner {
                 return Offer::Overflow;
             }
             q.items.push_back(item);
+            std::mem::take(&mut q.waiting)
+        };
+        if wake {
+            self.ready.notify_one();
         }
-        self.ready.notify_one();
         Offer::Queued
     }
 }
@@ -200,16 +206,19 @@ impl Outbox {
     /// The next queued item, waiting for one; `None` once the queue is closed.
     pub async fn recv(&mut self) -> Option<Outbound> {
         loop {
-            // A push between the look and the wait is not missed: notify_one keeps a
-            // permit when nobody waits, and the next wait takes it.
-            let notified = self.inner.ready.notified();
-            if let Some(item) = self.try_recv() {
-                return Some(item);
+            {
+                let mut q = self.inner.lock();
+                if let Some(item) = q.items.pop_front() {
+                    return Some(item);
+                }
+                if q.closed {
+                    return None;
+                }
+                q.waiting = true;
             }
-            if self.inner.lock().closed {
-                return None;
-            }
-            notified.await;
+            // A push between the unlock and the wait is not missed: it sees `waiting`, and
+            // notify_one keeps a permit when nobody waits yet, which this wait then takes.
+            self.inner.ready.notified().await;
         }
     }
 
