@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// `cargo test --workspace` builds the loadtest binary next to the gateway's.
+/// `cargo test --workspace` builds the loadtest binary next to the gateway's (the
+/// loadtest crate's own integration tests, `loadtest/tests/cli.rs`, make cargo build it).
 fn loadtest_bin() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_roomcast")).with_file_name("loadtest")
 }
@@ -60,6 +61,8 @@ async fn loadtest_workers_count_every_delivery_across_two_gateways() {
         "every display got every message: {r}"
     );
     assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["duplicated"], 0, "{r}");
+    assert_eq!(r["out_of_order"], 0, "{r}");
     assert_eq!(r["duplicated_or_reordered"], 0, "{r}");
     assert_eq!(r["errors"], serde_json::json!({}), "{r}");
     assert_eq!(r["workers"], 2, "{r}");
@@ -68,6 +71,9 @@ async fn loadtest_workers_count_every_delivery_across_two_gateways() {
         Some(6 * 5),
         "both workers' clients are in the merged report: {r}"
     );
+    for phase in ["connect", "join"] {
+        assert_eq!(r[phase]["count"].as_u64(), Some(6 * 5), "{phase}: {r}");
+    }
     assert_eq!(
         r["latency"]["count"].as_u64(),
         Some(published * 4),

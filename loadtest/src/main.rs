@@ -13,6 +13,7 @@
 
 mod proto;
 mod report;
+mod seq;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};
@@ -31,6 +32,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::proto::{Event, Proto};
 use crate::report::{Partial, Report, Shared};
+use crate::seq::SeqCheck;
 
 #[derive(Debug, Parser, Clone)]
 #[command(
@@ -228,7 +230,8 @@ where
     }
 }
 
-/// Connects, joins, and reports how long that took.
+/// Connects, joins, and reports how long each took; the socket and the session's seq at
+/// the join (the baseline every later message counts from).
 async fn connect_and_join(
     args: &Args,
     url: &str,
@@ -236,19 +239,19 @@ async fn connect_and_join(
     session: &str,
     source: Option<IpAddr>,
     shared: &Shared,
-) -> Option<Ws> {
+) -> Option<(Ws, u64)> {
     let started = Instant::now();
     let proto = args.proto();
     let mut ws = match connect(args, url, user, source).await {
         Ok(ws) => ws,
         Err(e) => {
-            shared.error(&format!(
-                "connect: {}",
-                e.split(':').next().unwrap_or("error")
-            ));
+            // `e` names its stage (connect, upgrade, handshake) and the reason, which is
+            // the error's kind; clipped, so a peer's echoed text cannot make every kind new.
+            shared.error(&e.chars().take(60).collect::<String>());
             return None;
         }
     };
+    let connected = Instant::now();
     let sent = match proto.join(session) {
         Ok(join) => ws.send(join).await.map_err(|e| e.to_string()),
         Err(e) => Err(e),
@@ -257,9 +260,9 @@ async fn connect_and_join(
         shared.error(&format!("join send: {e}"));
         return None;
     }
-    loop {
+    let baseline = loop {
         match next_event(&mut ws, proto).await {
-            Some(Event::Joined) => break,
+            Some(Event::Joined { seq }) => break seq,
             Some(Event::Refused(code)) => {
                 shared.error(&format!("join refused: {code}"));
                 return None;
@@ -281,9 +284,9 @@ async fn connect_and_join(
                 return None;
             }
         }
-    }
-    shared.record_connect_join(started.elapsed());
-    Some(ws)
+    };
+    shared.record_connect_join(connected - started, connected.elapsed());
+    Some((ws, baseline))
 }
 
 fn main() {
@@ -348,7 +351,7 @@ pub(crate) async fn run(
     gate: Option<worker::Gate>,
 ) -> Partial {
     let args = Arc::new(args);
-    let shared = Arc::new(Shared::new());
+    let shared = Arc::new(Shared::new(args.sessions));
     let (mine, of) = share.unwrap_or((0, 1));
     let total = args.sessions * (args.displays + 1);
     let clients = (0..total).filter(|i| i % of == mine).count();
@@ -401,11 +404,11 @@ pub(crate) async fn run(
                 if go.wait_for(|go| *go).await.is_err() {
                     return;
                 }
-                let Some(ws) = ws else { return };
+                let Some((ws, baseline)) = ws else { return };
                 if is_controller {
                     controller(ws, &args, &session, s, &shared).await;
                 } else {
-                    display(ws, &args, &shared).await;
+                    display(ws, &args, s, baseline, &shared).await;
                 }
             }));
         }
@@ -468,8 +471,11 @@ async fn controller(ws: Ws, args: &Args, session: &str, index: usize, shared: &S
     let reader = async {
         while let Some(event) = next_event(&mut stream, proto).await {
             match event {
-                Event::Ack => {
+                Event::Ack { seq } => {
                     shared.acked.fetch_add(1, Ordering::Relaxed);
+                    if let Some(seq) = seq {
+                        shared.tallies.acked(index, seq);
+                    }
                 }
                 Event::Refused(code) => shared.error(&format!("publish: {code}")),
                 Event::Ping => {
@@ -486,7 +492,7 @@ async fn controller(ws: Ws, args: &Args, session: &str, index: usize, shared: &S
                     ));
                     break;
                 }
-                Event::Joined | Event::Message { .. } | Event::Other => {}
+                Event::Joined { .. } | Event::Message { .. } | Event::Other => {}
             }
         }
     };
@@ -533,14 +539,14 @@ async fn controller(ws: Ws, args: &Args, session: &str, index: usize, shared: &S
 const LATENCY_BATCH: usize = 64;
 
 /// Receives until the controller's run (plus the drain) is over; checks seq continuity
-/// and records latency.
-async fn display(mut ws: Ws, args: &Args, shared: &Shared) {
+/// from `baseline` (the seq at its join) and records latency.
+async fn display(mut ws: Ws, args: &Args, session: usize, baseline: u64, shared: &Shared) {
     let proto = args.proto();
     // Samples are batched into the process-wide histogram: one hdrhistogram per display
     // (about 140 KB each) would cost gigabytes at tens of thousands of displays.
     let mut samples = Vec::new();
     let end = Instant::now() + args.duration + args.drain;
-    let mut check = SeqCheck::default();
+    let mut check = SeqCheck::new(baseline);
     let stop = tokio::time::sleep_until(end.into());
     tokio::pin!(stop);
     loop {
@@ -583,59 +589,11 @@ async fn display(mut ws: Ws, args: &Args, shared: &Shared) {
     let _ = ws.close(None).await;
     shared.lost.fetch_add(check.lost, Ordering::Relaxed);
     shared
-        .duplicates
-        .fetch_add(check.duplicates, Ordering::Relaxed);
+        .duplicated
+        .fetch_add(check.duplicated, Ordering::Relaxed);
+    shared
+        .out_of_order
+        .fetch_add(check.out_of_order, Ordering::Relaxed);
+    shared.tallies.display_done(session, check.last());
     shared.add_latencies(&mut samples);
-}
-
-/// Per-display seq accounting: a jump forward counts the skipped seqs as lost; a seq at or
-/// below the last one counts as duplicated or out of order (the protocol forbids both).
-#[derive(Debug, Default)]
-struct SeqCheck {
-    last: Option<u64>,
-    lost: u64,
-    duplicates: u64,
-}
-
-impl SeqCheck {
-    fn see(&mut self, seq: u64) {
-        match self.last {
-            Some(last) if seq <= last => self.duplicates += 1,
-            Some(last) => {
-                self.lost += seq - last - 1;
-                self.last = Some(seq);
-            }
-            None => self.last = Some(seq),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::SeqCheck;
-
-    fn run(seqs: &[u64]) -> (u64, u64) {
-        let mut c = SeqCheck::default();
-        for s in seqs {
-            c.see(*s);
-        }
-        (c.lost, c.duplicates)
-    }
-
-    #[test]
-    fn seq_accounting() {
-        assert_eq!(run(&[1, 2, 3]), (0, 0));
-        assert_eq!(
-            run(&[5, 6, 7]),
-            (0, 0),
-            "the first seq seen is the baseline"
-        );
-        assert_eq!(run(&[1, 3, 4]), (1, 0));
-        assert_eq!(run(&[1, 2, 2, 3]), (0, 1));
-        assert_eq!(
-            run(&[1, 3, 2, 4]),
-            (1, 1),
-            "a late 2 is lost then out of order"
-        );
-    }
 }

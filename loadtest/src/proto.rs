@@ -85,12 +85,14 @@ impl Proto {
 /// What a client saw, in protocol-neutral terms.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Event {
-    /// The join succeeded.
-    Joined,
+    /// The join succeeded; Roomcast tells the session's current seq (the baseline
+    /// after which every message must arrive), Socket.IO has none (its counter starts at 1).
+    Joined { seq: u64 },
     /// The server refused something (join or publish), with its code.
     Refused(String),
-    /// A publish was acknowledged.
-    Ack,
+    /// A publish was acknowledged, with the seq it got (Roomcast) or its ack id, which is
+    /// the payload counter `n` (Socket.IO).
+    Ack { seq: Option<u64> },
     /// A room message: its sequence number (Roomcast's seq, or the payload's `n` for
     /// Socket.IO, which has none) and the publisher's send time when present.
     Message { seq: u64, sent_us: Option<u64> },
@@ -124,8 +126,8 @@ fn roomcast(format: Format, frame: &ClientFrame) -> Result<Message, String> {
 
 fn roomcast_event(format: Format, bytes: &[u8]) -> Event {
     match decode_server(format, bytes) {
-        Ok(ServerFrame::Joined { .. }) => Event::Joined,
-        Ok(ServerFrame::Ack { .. }) => Event::Ack,
+        Ok(ServerFrame::Joined { seq, .. }) => Event::Joined { seq },
+        Ok(ServerFrame::Ack { seq, .. }) => Event::Ack { seq },
         Ok(ServerFrame::Error { code, .. }) => Event::Refused(code.as_str().to_string()),
         Ok(ServerFrame::Message { seq, data, .. }) => Event::Message {
             seq,
@@ -147,13 +149,14 @@ fn socketio_event(text: &str) -> Event {
     };
     let (kind, rest) = rest.split_at(rest.len().min(1));
     let body = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    let ack_id = rest[..rest.len() - body.len()].parse::<u64>().ok();
     match kind {
         "2" => {
             let Ok(Value::Array(items)) = serde_json::from_str::<Value>(body) else {
                 return Event::Malformed(format!("event {}", clip(text)));
             };
             match items.first().and_then(Value::as_str) {
-                Some("joined") => Event::Joined,
+                Some("joined") => Event::Joined { seq: 0 },
                 Some("message") => {
                     let data = items.get(1).and_then(|m| m.get("data"));
                     match data.and_then(|d| d.get("n")).and_then(Value::as_u64) {
@@ -173,7 +176,7 @@ fn socketio_event(text: &str) -> Event {
             {
                 Event::Refused("publish".into())
             }
-            Ok(_) => Event::Ack,
+            Ok(_) => Event::Ack { seq: ack_id },
             Err(_) => Event::Malformed(format!("ack {}", clip(text))),
         },
         "4" => Event::Refused("connect".into()),
@@ -201,7 +204,10 @@ mod tests {
             Event::Other
         );
         assert_eq!(sio(r#"40{"sid":"b"}"#), Event::Other);
-        assert_eq!(sio(r#"42["joined",{"session":"S"}]"#), Event::Joined);
+        assert_eq!(
+            sio(r#"42["joined",{"session":"S"}]"#),
+            Event::Joined { seq: 0 }
+        );
         assert_eq!(
             sio(r#"42["message",{"session":"S","data":{"t":5,"n":7,"pad":"x"}}]"#),
             Event::Message {
@@ -209,7 +215,8 @@ mod tests {
                 sent_us: Some(5)
             }
         );
-        assert_eq!(sio(r#"431[{"ok":true}]"#), Event::Ack);
+        assert_eq!(sio(r#"431[{"ok":true}]"#), Event::Ack { seq: Some(1) });
+        assert_eq!(sio(r#"43[{"ok":true}]"#), Event::Ack { seq: None });
         assert_eq!(
             sio(r#"4312[{"ok":false,"error":"x"}]"#),
             Event::Refused("publish".into())
@@ -240,5 +247,15 @@ mod tests {
                 sent_us: Some(11)
             }
         );
+        let joined = Message::text(
+            r#"{"type":"joined","session":"s","seq":41,"recovered":true,"history":[],"presence":[]}"#,
+        );
+        assert_eq!(p.decode(&joined), Event::Joined { seq: 41 });
+        let ack = Message::text(r#"{"type":"ack","ref":null,"seq":42}"#);
+        assert_eq!(p.decode(&ack), Event::Ack { seq: Some(42) });
+        let refused = Message::text(
+            r#"{"type":"error","code":"rate_limited","message":"slow down","retry_after_ms":10}"#,
+        );
+        assert_eq!(p.decode(&refused), Event::Refused("rate_limited".into()));
     }
 }

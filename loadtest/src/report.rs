@@ -9,6 +9,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::seq::{Tallies, Tally};
 use crate::Args;
 
 /// Counters every client task updates.
@@ -16,11 +17,18 @@ pub(crate) struct Shared {
     pub(crate) sent: AtomicU64,
     pub(crate) acked: AtomicU64,
     pub(crate) received: AtomicU64,
+    /// Gaps inside what displays saw (the tail is counted from `tallies` at the end).
     pub(crate) lost: AtomicU64,
-    pub(crate) duplicates: AtomicU64,
+    pub(crate) duplicated: AtomicU64,
+    pub(crate) out_of_order: AtomicU64,
     pub(crate) joined: AtomicU64,
+    pub(crate) tallies: Tallies,
     /// Publish-to-receive, microseconds.
     latency: Mutex<Histogram<u64>>,
+    /// TCP and WebSocket handshakes (and Socket.IO's own), microseconds.
+    connect: Mutex<Histogram<u64>>,
+    /// The join frame to its answer, microseconds.
+    join: Mutex<Histogram<u64>>,
     /// Connect plus join, microseconds.
     connect_join: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -34,15 +42,19 @@ pub(crate) fn histogram() -> Histogram<u64> {
 }
 
 impl Shared {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(sessions: usize) -> Self {
         Shared {
             sent: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             received: AtomicU64::new(0),
             lost: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
+            duplicated: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
             joined: AtomicU64::new(0),
+            tallies: Tallies::new(sessions),
             latency: Mutex::new(histogram()),
+            connect: Mutex::new(histogram()),
+            join: Mutex::new(histogram()),
             connect_join: Mutex::new(histogram()),
             errors: Mutex::new(BTreeMap::new()),
         }
@@ -59,10 +71,17 @@ impl Shared {
         self.errors.lock().map(|e| e.values().sum()).unwrap_or(0)
     }
 
-    pub(crate) fn record_connect_join(&self, took: Duration) {
+    /// A client joined: `connect` is its handshakes, `join` the join's round trip.
+    pub(crate) fn record_connect_join(&self, connect: Duration, join: Duration) {
         self.joined.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut h) = self.connect_join.lock() {
-            let _ = h.record(took.as_micros().max(1) as u64);
+        for (h, took) in [
+            (&self.connect, connect),
+            (&self.join, join),
+            (&self.connect_join, connect + join),
+        ] {
+            if let Ok(mut h) = h.lock() {
+                let _ = h.record(took.as_micros().max(1) as u64);
+            }
         }
     }
 
@@ -92,8 +111,12 @@ impl Shared {
             acked: self.acked.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             lost: self.lost.load(Ordering::Relaxed),
-            duplicates: self.duplicates.load(Ordering::Relaxed),
+            duplicated: self.duplicated.load(Ordering::Relaxed),
+            out_of_order: self.out_of_order.load(Ordering::Relaxed),
+            sessions: self.tallies.snapshot(),
             latency: buckets(&self.latency),
+            connect: buckets(&self.connect),
+            join: buckets(&self.join),
             connect_join: buckets(&self.connect_join),
             errors: self.errors.lock().map(|e| e.clone()).unwrap_or_default(),
             elapsed_s: elapsed.as_secs_f64(),
@@ -110,8 +133,13 @@ pub(crate) struct Partial {
     pub(crate) acked: u64,
     pub(crate) received: u64,
     pub(crate) lost: u64,
-    pub(crate) duplicates: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) out_of_order: u64,
+    /// Indexed by session.
+    pub(crate) sessions: Vec<Tally>,
     pub(crate) latency: Vec<(u64, u64)>,
+    pub(crate) connect: Vec<(u64, u64)>,
+    pub(crate) join: Vec<(u64, u64)>,
     pub(crate) connect_join: Vec<(u64, u64)>,
     pub(crate) errors: BTreeMap<String, u64>,
     pub(crate) elapsed_s: f64,
@@ -124,8 +152,17 @@ impl Partial {
         self.acked += other.acked;
         self.received += other.received;
         self.lost += other.lost;
-        self.duplicates += other.duplicates;
+        self.duplicated += other.duplicated;
+        self.out_of_order += other.out_of_order;
+        if self.sessions.len() < other.sessions.len() {
+            self.sessions.resize(other.sessions.len(), Tally::default());
+        }
+        for (mine, theirs) in self.sessions.iter_mut().zip(other.sessions) {
+            *mine = mine.merge(theirs);
+        }
         self.latency.extend(other.latency);
+        self.connect.extend(other.connect);
+        self.join.extend(other.join);
         self.connect_join.extend(other.connect_join);
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_insert(0) += n;
@@ -188,9 +225,16 @@ pub(crate) struct Report {
     pub(crate) delivered: u64,
     pub(crate) expected: u64,
     pub(crate) deliveries_per_s: f64,
+    /// Messages a display should have got and never did: gaps, and the tail after the
+    /// last one it saw.
     pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) out_of_order: u64,
+    /// `duplicated + out_of_order` (both must be 0).
     pub(crate) duplicated_or_reordered: u64,
     pub(crate) latency: Percentiles,
+    pub(crate) connect: Percentiles,
+    pub(crate) join: Percentiles,
     pub(crate) connect_join: Percentiles,
     /// From the first connect to the last client joined (the slowest worker's).
     pub(crate) connect_phase_s: f64,
@@ -215,9 +259,13 @@ impl Report {
             delivered: p.received,
             expected: p.sent * args.displays as u64,
             deliveries_per_s: p.received as f64 / active,
-            lost: p.lost,
-            duplicated_or_reordered: p.duplicates,
+            lost: p.lost + p.sessions.iter().map(Tally::tail_lost).sum::<u64>(),
+            duplicated: p.duplicated,
+            out_of_order: p.out_of_order,
+            duplicated_or_reordered: p.duplicated + p.out_of_order,
             latency: Percentiles::of(&rebuild(&p.latency)),
+            connect: Percentiles::of(&rebuild(&p.connect)),
+            join: Percentiles::of(&rebuild(&p.join)),
             connect_join: Percentiles::of(&rebuild(&p.connect_join)),
             connect_phase_s: p.connect_phase_s,
             workers: args.workers,
@@ -250,10 +298,12 @@ impl Report {
             self.published, self.acked, self.delivered, self.expected, self.deliveries_per_s
         ));
         out.push_str(&format!(
-            "lost {}  duplicated/out of order {}\n",
-            self.lost, self.duplicated_or_reordered
+            "lost {}  duplicated {}  out of order {}\n",
+            self.lost, self.duplicated, self.out_of_order
         ));
         out.push_str(&format!("latency       {}\n", p(&self.latency)));
+        out.push_str(&format!("connect       {}\n", p(&self.connect)));
+        out.push_str(&format!("join          {}\n", p(&self.join)));
         out.push_str(&format!("connect+join  {}\n", p(&self.connect_join)));
         out.push_str(&format!(
             "all joined    {:.2} s after the first connect ({} worker process(es))\n",
