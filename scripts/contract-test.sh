@@ -16,11 +16,36 @@ BIN=${ROOMCAST_BIN:-target/debug/roomcast}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d)
-REDIS_PORT=$(free_port)
+GATEWAY_PID=""
+REDIS_PID=""
+cleanup() { kill $GATEWAY_PID $REDIS_PID 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+# Redis first, answering and ours (a port free when picked can be taken before the server
+# binds it), then the gateway: a gateway started first would only be not-ready for a while.
+for _ in 1 2 3 4 5; do
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
+    --loglevel warning >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 100); do
+    kill -0 "$REDIS_PID" 2>/dev/null || break
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  info=$(redis-cli -p "$REDIS_PORT" info server 2>/dev/null | tr -d '\r' || true)
+  if grep -qx "process_id:$REDIS_PID" <<<"$info"; then
+    break
+  fi
+  kill "$REDIS_PID" 2>/dev/null || true
+  REDIS_PID=""
+done
+if [[ -z $REDIS_PID ]]; then
+  echo "contract-test: redis-server did not start; its log:" >&2
+  cat "$WORK/redis.log" >&2
+  exit 1
+fi
 HTTP_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
-  --loglevel warning >/dev/null &
-REDIS_PID=$!
 API_KEY="contract-api-key-$RANDOM$RANDOM"
 ROOMCAST_LISTEN=127.0.0.1:$HTTP_PORT ROOMCAST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
   ROOMCAST_JWT_SECRET=contract-test-secret-0123456789 ROOMCAST_API_KEY=$API_KEY \
@@ -28,8 +53,6 @@ ROOMCAST_LISTEN=127.0.0.1:$HTTP_PORT ROOMCAST_REDIS_URL=redis://127.0.0.1:$REDIS
   ROOMCAST_RATE_API=0 ROOMCAST_RATE_API_STRICT=0 ROOMCAST_RATE_BURST=0 \
   "$BIN" serve >"$WORK/gateway.log" 2>&1 &
 GATEWAY_PID=$!
-cleanup() { kill "$GATEWAY_PID" "$REDIS_PID" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
 ready=""
 for _ in $(seq 300); do
   if curl -fsS "http://127.0.0.1:$HTTP_PORT/health/ready" >/dev/null 2>&1; then ready=1; break; fi

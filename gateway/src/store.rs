@@ -124,8 +124,12 @@ pub struct JoinArgs<'a> {
 /// `broadcast_capacity` sizes fred's event channels, which are allocated up front per
 /// client: large for the subscriber (its message stream), small for the command pool.
 pub fn redis_builder(config: &Config, broadcast_capacity: usize) -> Result<Builder, StoreError> {
-    let redis_config = RedisConfig::from_url(&config.redis_url)
+    let mut redis_config = RedisConfig::from_url(&config.redis_url)
         .map_err(|e| StoreError::Internal(format!("ROOMCAST_REDIS_URL: {e}")))?;
+    // fred's reconnect policy covers only connections that were up once; without this a
+    // gateway started before Redis (a pod scheduled first, Redis restarting) never
+    // connects and stays not-ready for good.
+    redis_config.fail_fast = false;
     let timeout = config.redis_timeout;
     let mut builder = Builder::from_config(redis_config);
     builder

@@ -84,6 +84,36 @@ async fn partitioned_instances_catch_up_from_history_without_gap_or_duplicate() 
     );
 }
 
+/// A gateway that starts before Redis (a pod scheduled first, Redis restarting) is
+/// not-ready until Redis comes up, then serves: commands, scripts and pub/sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_before_redis_serves_once_redis_is_up() {
+    let mut redis = Redis::not_started();
+    let a = Gateway::start(&redis.url(), &[]);
+    wait_for(DEADLINE, "ready 503 without Redis", || async {
+        a.get("/health/ready").await.0 == 503
+    })
+    .await;
+    assert_eq!(a.get("/health/live").await.0, 200);
+
+    redis.restart();
+    a.wait_ready().await;
+    let mut display = a.connect(&token("d", &[Role::Display])).await;
+    display.join("late-redis", None).await;
+    let mut ctl = a.connect(&token("ctl", BOTH)).await;
+    ctl.join("late-redis", None).await;
+    assert_eq!(ctl.publish("late-redis", json!("hello")).await, 1);
+    match display
+        .expect("message", |f| matches!(f, ServerFrame::Message { .. }))
+        .await
+    {
+        ServerFrame::Message { seq, data, .. } => {
+            assert_eq!((seq, data), (1, json!("hello")));
+        }
+        _ => unreachable!(),
+    }
+}
+
 #[tokio::test]
 async fn redis_down_turns_ready_503_and_back() {
     let mut redis = Redis::start();

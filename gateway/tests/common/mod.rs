@@ -69,16 +69,30 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let mut redis = Redis {
+        let mut redis = Redis::not_started();
+        // The port was free when picked, but another test may take it before this server
+        // binds it: then try another one.
+        for _ in 0..5 {
+            if redis.spawn() {
+                return redis;
+            }
+            redis.port = free_port();
+        }
+        panic!("redis did not start on any of 5 free ports");
+    }
+
+    /// A port and a directory, no process yet: [`Redis::restart`] starts it.
+    pub fn not_started() -> Redis {
+        Redis {
             port: free_port(),
             dir: scratch_dir("redis"),
             child: None,
-        };
-        redis.spawn();
-        redis
+        }
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server on `self.port`; false when that port was taken by another
+    /// process (whose answers must not be mistaken for ours).
+    fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -98,9 +112,25 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (make test installs it)");
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + DEADLINE;
-        while !self.ping() {
+        loop {
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+            if exited {
+                self.child = None;
+                return false;
+            }
+            if self.ping() {
+                let info = self.cmd(&["INFO", "server"]).unwrap_or_default();
+                return info.contains(&format!("process_id:{pid}\r\n")) || {
+                    self.stop();
+                    false
+                };
+            }
             assert!(Instant::now() < deadline, "redis did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -145,7 +175,7 @@ impl Redis {
     /// Starts it again on the same port (empty: no persistence).
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(self.spawn(), "port {} was taken meanwhile", self.port);
     }
 }
 
