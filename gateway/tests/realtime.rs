@@ -512,3 +512,71 @@ async fn presence_events_stop_above_the_cap_and_resume_below_it() {
         f => panic!("below the cap leaves are announced again: {f:?}"),
     }
 }
+
+/// Many displays join one session at once while its controller keeps publishing (a
+/// reconnect storm into a big room): each display gets exactly the messages after the seq
+/// its `joined` reported, in order, once; with `since: 0`, history and live messages
+/// together are every message, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn displays_joining_together_during_publishes_each_get_every_later_message_once() {
+    const DISPLAYS: usize = 60;
+    const MESSAGES: u64 = 200;
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", BOTH)).await;
+    ctl.join("crowd", None).await;
+    let mut displays = Vec::new();
+    for i in 0..DISPLAYS {
+        displays.push(a.connect(&token(&format!("tv{i}"), &[Role::Display])).await);
+    }
+    let publisher = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            ctl.publish("crowd", json!(i)).await;
+        }
+        ctl
+    });
+    // Every join frame goes out before any answer is read, so they queue together.
+    for (i, d) in displays.iter_mut().enumerate() {
+        let mut join = json!({"type": "join", "session": "crowd"});
+        if i % 2 == 1 {
+            join["since"] = 0.into();
+        }
+        d.send_json(join).await;
+    }
+    let _ctl = publisher.await.expect("publisher");
+    for (i, d) in displays.iter_mut().enumerate() {
+        let (seq, history) = match d
+            .expect("joined", |f| matches!(f, ServerFrame::Joined { .. }))
+            .await
+        {
+            ServerFrame::Joined {
+                seq,
+                history,
+                recovered,
+                ..
+            } => {
+                assert!(recovered, "display {i}");
+                (seq, history.iter().map(|m| m.seq).collect::<Vec<_>>())
+            }
+            _ => unreachable!(),
+        };
+        let live = d.messages("crowd", (MESSAGES - seq) as usize).await;
+        assert_eq!(
+            live,
+            (seq + 1..=MESSAGES).collect::<Vec<_>>(),
+            "display {i} joined at {seq}"
+        );
+        if i % 2 == 1 {
+            assert_eq!(history, (1..=seq).collect::<Vec<_>>(), "display {i}");
+        } else {
+            assert!(history.is_empty());
+        }
+        let rest = d.drain_until_pong().await;
+        assert!(message_seqs(&rest).is_empty(), "display {i}: {rest:?}");
+    }
+    // The joins queued up behind each other and were run in batches: the path above was
+    // the batched one.
+    let logs = a.logs.lock().expect("logs").join("\n");
+    assert!(logs.contains("join batch"), "no join was batched");
+}
