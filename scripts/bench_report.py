@@ -6,6 +6,8 @@ import csv
 import glob
 import json
 import os
+import resource
+import subprocess
 import sys
 
 
@@ -38,7 +40,10 @@ def cpu(path):
         c = load(path + ".cpu")
     except (OSError, ValueError):
         return None
-    return {"server_cpu_s": c["server_ticks"] / c["clk_tck"], "redis_cpu_s": c["redis_ticks"] / c["clk_tck"]}
+    out = {"server_cpu_s": c["server_ticks"] / c["clk_tck"], "redis_cpu_s": c["redis_ticks"] / c["clk_tck"]}
+    if "loadgen_cpu_s" in c:
+        out["loadgen_cpu_s"] = round(c["loadgen_cpu_s"], 2)
+    return out
 
 
 def row(r, path=None):
@@ -63,6 +68,8 @@ def row(r, path=None):
         out.update(c)
         if r["delivered"]:
             out["server_cpu_us_per_delivery"] = round(1e6 * c["server_cpu_s"] / r["delivered"], 2)
+            if "loadgen_cpu_s" in c:
+                out["loadgen_cpu_us_per_delivery"] = round(1e6 * c["loadgen_cpu_s"] / r["delivered"], 2)
     return out
 
 
@@ -189,17 +196,18 @@ def table(out):
 def markdown(out, label):
     """The fan-out summary as a Markdown table (for BENCHMARKS.md)."""
     s = load(os.path.join(out, f"fanout-{label}-summary.json"))
-    lines = ["| msg/s per session | sent of offered | deliveries/s | lost / dup | p50 | p90 | p99 | p99.9 | max | server CPU per delivery | p99 < 50 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| msg/s per session | sent of offered | deliveries/s | lost / dup | p50 | p90 | p99 | p99.9 | max | server CPU per delivery | generator CPU per delivery | p99 < 50 ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = [(str(r["rate_per_session"]), r) for r in s["steps"]]
     if s["at_25_percent"]:
         rows.append((f"{s['at_25_percent']['rate_per_session']} (25 %)", dict(s["at_25_percent"], passed=passes_row(s["at_25_percent"]))))
     for name, r in rows:
         cpu_us = r.get("server_cpu_us_per_delivery")
+        gen_us = r.get("loadgen_cpu_us_per_delivery")
         lines.append(
             f"| {name} | {100 * r['offered_share']:.0f} % | {r['deliveries_per_s']:,} | {r['lost']} / {r['duplicated_or_reordered']} "
             f"| {r['p50_ms']:.2f} ms | {r['p90_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['p999_ms']:.2f} ms | {r['max_ms']:.2f} ms "
-            f"| {cpu_us if cpu_us is not None else '-'} µs | {'yes' if r['passed'] else 'no'} |")
+            f"| {cpu_us if cpu_us is not None else '-'} µs | {gen_us if gen_us is not None else '-'} µs | {'yes' if r['passed'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -218,6 +226,14 @@ def main():
             verdict = "pass, but the load generator sent under 80 % of the offered rate: stop"
         print(f"{verdict}: {json.dumps(row(r, args[0]))}", file=sys.stderr)
         sys.exit(0 if ok and not saturated else (2 if ok else 1))
+    elif cmd == "child-cpu":
+        # child-cpu FILE COMMAND...: runs COMMAND, writes the CPU seconds it (and its
+        # children: the load generator's workers) used to FILE, exits with its code.
+        code = subprocess.run(args[1:]).returncode
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with open(args[0], "w") as f:
+            f.write(f"{usage.ru_utime + usage.ru_stime:.3f}\n")
+        sys.exit(code)
     elif cmd == "quarter":
         print(quarter(args[0], args[1]))
     elif cmd == "fanout":
