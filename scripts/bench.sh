@@ -20,7 +20,8 @@ RATES="${BENCH_RATES:-10 20 30 40 60 80 100 120}"
 IDLE_PER_NODE="${BENCH_IDLE_PER_NODE:-15000}"
 STORM_CLIENTS="${BENCH_STORM_CLIENTS:-10000}"
 LT=target/release/loadtest
-GW=target/release/roomcast
+# ROOMCAST_BIN benchmarks another gateway build (an A/B against an older commit).
+GW=${ROOMCAST_BIN:-target/release/roomcast}
 mkdir -p "$OUT" "$WORK"
 
 PIDS=()

@@ -274,8 +274,10 @@ struct Connection {
     frames: Option<TokenBucket>,
 }
 
-/// Bytes one socket read takes in (tungstenite's `read_buffer_size`).
-const WS_READ_BUFFER: usize = 1024;
+/// Bytes one socket read takes in (tungstenite's `read_buffer_size`). Allocated for every
+/// connection for its whole life; client frames are a few hundred bytes, and a larger one
+/// still arrives (the buffer grows for it).
+const WS_READ_BUFFER: usize = 512;
 /// Bytes of outgoing frames batched before a socket write (`write_buffer_size`).
 const WS_WRITE_BUFFER: usize = 1024;
 
