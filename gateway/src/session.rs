@@ -32,8 +32,8 @@ const RETRY_DELAY: Duration = Duration::from_millis(250);
 
 /// Most joins a pump takes from its mailbox at once. A reconnect storm into one big
 /// session queues thousands of joins behind one pump; run one at a time, each waits for
-/// the round trip of the one before (10,000 displays took 2.9 s to join). Bounded so a
-/// batch's replies (each with up to `presence_list_max` members) stay small.
+/// the round trip of the one before (10,000 displays joining one session: p99 2.9 s).
+/// Bounded so a batch's replies (each with up to `presence_list_max` members) stay small.
 const JOIN_BATCH: usize = 64;
 
 /// Sleeps until `at`, or forever when there is nothing scheduled.
