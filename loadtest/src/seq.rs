@@ -113,29 +113,38 @@ impl Tally {
 
 /// The per-session tallies every client task of one process updates.
 pub(crate) struct Tallies {
-    sessions: Vec<[AtomicU64; 4]>,
+    sessions: Vec<LiveTally>,
+}
+
+/// A [`Tally`] while the run goes on.
+#[derive(Default)]
+struct LiveTally {
+    acked_top: AtomicU64,
+    displays: AtomicU64,
+    last_sum: AtomicU64,
+    last_max: AtomicU64,
 }
 
 impl Tallies {
     pub(crate) fn new(sessions: usize) -> Self {
         Tallies {
-            sessions: (0..sessions).map(|_| Default::default()).collect(),
+            sessions: (0..sessions).map(|_| LiveTally::default()).collect(),
         }
     }
 
     /// The controller of `session` got an ack for `seq`.
     pub(crate) fn acked(&self, session: usize, seq: u64) {
         if let Some(t) = self.sessions.get(session) {
-            t[0].fetch_max(seq, Ordering::Relaxed);
+            t.acked_top.fetch_max(seq, Ordering::Relaxed);
         }
     }
 
     /// A display of `session` finished with `last` as the highest seq it saw.
     pub(crate) fn display_done(&self, session: usize, last: u64) {
         if let Some(t) = self.sessions.get(session) {
-            t[1].fetch_add(1, Ordering::Relaxed);
-            t[2].fetch_add(last, Ordering::Relaxed);
-            t[3].fetch_max(last, Ordering::Relaxed);
+            t.displays.fetch_add(1, Ordering::Relaxed);
+            t.last_sum.fetch_add(last, Ordering::Relaxed);
+            t.last_max.fetch_max(last, Ordering::Relaxed);
         }
     }
 
@@ -143,10 +152,10 @@ impl Tallies {
         self.sessions
             .iter()
             .map(|t| Tally {
-                acked_top: t[0].load(Ordering::Relaxed),
-                displays: t[1].load(Ordering::Relaxed),
-                last_sum: t[2].load(Ordering::Relaxed),
-                last_max: t[3].load(Ordering::Relaxed),
+                acked_top: t.acked_top.load(Ordering::Relaxed),
+                displays: t.displays.load(Ordering::Relaxed),
+                last_sum: t.last_sum.load(Ordering::Relaxed),
+                last_max: t.last_max.load(Ordering::Relaxed),
             })
             .collect()
     }
