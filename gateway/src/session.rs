@@ -144,11 +144,7 @@ impl Pump {
                     // Messages, the hot path, run inline (their rare gap fill is boxed);
                     // everything else is boxed.
                     Some(Command::Payload(bytes)) => self.on_payload(&bytes).await,
-                    Some(Command::Join(req)) => match Box::pin(self.joins(*req)).await {
-                        Some(Command::Payload(bytes)) => self.on_payload(&bytes).await,
-                        Some(cmd) => Box::pin(self.handle(cmd)).await,
-                        None => {}
-                    },
+                    Some(Command::Join(req)) => Box::pin(self.joins(*req)).await,
                     Some(cmd) => Box::pin(self.handle(cmd)).await,
                     None => break,
                 },
@@ -270,22 +266,25 @@ impl Pump {
         }
     }
 
-    /// Handles `first` and the joins queued right behind it as one batch; answers the
-    /// first other command it took from the mailbox, which the caller handles next.
-    async fn joins(&mut self, first: JoinRequest) -> Option<Command> {
+    /// Handles `first` and the joins queued right behind it as one batch, then the first
+    /// other command it took from the mailbox, so mailbox order is kept.
+    async fn joins(&mut self, first: JoinRequest) {
         let mut batch = vec![first];
+        let mut next = None;
         while batch.len() < JOIN_BATCH {
             match self.rx.try_recv() {
                 Ok(Command::Join(req)) => batch.push(*req),
                 Ok(other) => {
-                    self.join_batch(batch).await;
-                    return Some(other);
+                    next = Some(other);
+                    break;
                 }
                 Err(_) => break,
             }
         }
         self.join_batch(batch).await;
-        None
+        if let Some(cmd) = next {
+            self.handle(cmd).await;
+        }
     }
 
     /// Runs the join scripts of a batch concurrently (pipelined on the pool: one round
