@@ -598,13 +598,6 @@ async fn display(mut ws: Ws, args: &Args, session: usize, baseline: u64, shared:
         }
     }
     let _ = ws.close(None).await;
-    shared.lost.fetch_add(check.lost, Ordering::Relaxed);
-    shared
-        .duplicated
-        .fetch_add(check.duplicated, Ordering::Relaxed);
-    shared
-        .out_of_order
-        .fetch_add(check.out_of_order, Ordering::Relaxed);
-    shared.tallies.display_done(session, check.last());
+    shared.display_done(session, &check);
     shared.add_latencies(&mut samples);
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::seq::{Tallies, Tally};
+use crate::seq::{SeqCheck, Tallies, Tally};
 use crate::Args;
 
 /// Counters every client task updates.
@@ -83,6 +83,17 @@ impl Shared {
                 let _ = h.record(took.as_micros().max(1) as u64);
             }
         }
+    }
+
+    /// A display of `session` finished: its gaps, duplicates, late messages, and where
+    /// it stopped (for the tail, counted per session at the end).
+    pub(crate) fn display_done(&self, session: usize, check: &SeqCheck) {
+        self.lost.fetch_add(check.lost, Ordering::Relaxed);
+        self.duplicated
+            .fetch_add(check.duplicated, Ordering::Relaxed);
+        self.out_of_order
+            .fetch_add(check.out_of_order, Ordering::Relaxed);
+        self.tallies.display_done(session, check.last());
     }
 
     /// Records a batch of one display's latency samples (µs) and empties the batch.
