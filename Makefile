@@ -44,7 +44,7 @@ release: ## optimised build of the roomcast binary
 	$(CARGO) build --release -p roomcast-gateway
 
 stop-redis: ## stop the Redis that `make run` started
-	@if [[ -f .run/redis.pid ]]; then kill "$$(cat .run/redis.pid)" && rm -f .run/redis.pid && echo stopped; else echo "no Redis started by make run"; fi
+	@scripts/stop-pid.sh .run/redis.pid Redis
 
 clean-run: stop-redis ## remove .run/
 	rm -rf .run

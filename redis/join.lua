@@ -2,28 +2,41 @@
 -- KEYS: 1 pres, 2 pinfo, 3 seq, 4 hist, 5 meta, 6 ch
 -- ARGV: 1 client_id, 2 presence expiry ms, 3 member info (msgpack), 4 now ms,
 --       5 since (-1: no history), 6 history cap, 7 ttl ms, 8 presence list max,
---       9 expires_at ms for a session this join creates, 10 presence events max (0: no cap)
--- A join is activity: it creates the session's meta when absent (implicit sessions) and
--- touches last_activity.
--- Returns {-1} when the session has ended, else {seq, history (newest first), infos}.
+--       9 expires_at ms for a session this join creates, 10 presence events max (0: no cap),
+--       11 tombstone ms (how long the meta outlives the session's lifetime),
+--       12 create ('1': create the session when absent), 13 activity ('1': a writer's
+--       join touches last_activity; an observer's is a read), 14 owner (the creating user)
+-- Returns {-1} when the session has ended, {-2} when it does not exist and ARGV[12] is not
+-- '1', else {seq, history (newest first), infos, created (1/0)}.
 -- Expired members (their node died) are swept first and announced as leaves ([3, info]);
 -- the new member is announced as a join ([4, info]). Sessions with more members than
 -- ARGV[10] get no presence events: each would go to every member (quadratic in size).
-if redis.call('HGET', KEYS[5], 'status') == 'ended' then
+local status = redis.call('HGET', KEYS[5], 'status')
+if status == 'ended' then
   return {-1}
+end
+local created = 0
+if not status then
+  if ARGV[12] ~= '1' then
+    return {-2}
+  end
+  redis.call('HSET', KEYS[5], 'status', 'active', 'created_at', ARGV[4],
+    'expires_at', ARGV[9], 'last_activity', ARGV[4], 'state', 'null', 'owner', ARGV[14])
+  created = 1
 end
 local now = tonumber(ARGV[4])
 local function loud()
   local max = tonumber(ARGV[10])
   return max == 0 or redis.call('ZCARD', KEYS[1]) <= max
 end
-if redis.call('HSETNX', KEYS[5], 'status', 'active') == 1 then
-  redis.call('HSET', KEYS[5], 'created_at', ARGV[4], 'expires_at', ARGV[9], 'state', 'null')
+if ARGV[13] == '1' then
+  redis.call('HSET', KEYS[5], 'last_activity', ARGV[4])
 end
-redis.call('HSET', KEYS[5], 'last_activity', ARGV[4])
--- The meta lives at least until the session's end of life, whatever the history TTL.
+-- The meta outlives the session's end of life by the tombstone, whatever the history TTL:
+-- the lifecycle clock must find it to announce the end, and late joins must find it ended
+-- rather than create a new session under the same id.
 local expires = tonumber(redis.call('HGET', KEYS[5], 'expires_at') or '0') or 0
-redis.call('PEXPIRE', KEYS[5], math.max(tonumber(ARGV[7]), expires - now))
+redis.call('PEXPIRE', KEYS[5], math.max(tonumber(ARGV[7]), expires - now + tonumber(ARGV[11])))
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   local info = redis.call('HGET', KEYS[2], id)
   redis.call('ZREM', KEYS[1], id)
@@ -56,4 +69,4 @@ end
 if loud() then
   redis.call('PUBLISH', KEYS[6], '\146\4' .. ARGV[3])
 end
-return {seq, hist, infos}
+return {seq, hist, infos, created}

@@ -2,16 +2,20 @@
 -- KEYS: 1 seq, 2 hist, 3 meta, 4 ch
 -- ARGV: 1 entry tail (msgpack of ts, from, data), 2 history cap, 3 ttl ms, 4 now ms,
 --       5 trace context (a msgpack string, or empty when tracing is off),
---       6 expires_at ms for a session this publish creates
--- Returns {seq, reactivated (1/0)}, or -1 when the session has ended, -2 when it is
--- resolved. Publishing is activity: an inactive session becomes active again (the caller
--- puts it back in the lifecycle index when `reactivated`).
+--       6 expires_at ms for a session this publish creates, 7 tombstone ms (how long
+--       the meta outlives the session's lifetime)
+-- Returns {seq, reactivated (1/0), created (1/0)}, or -1 when the session has ended, -2
+-- when it is resolved. Publishing is activity: an inactive session becomes active again
+-- (the caller puts it back under the lifecycle clock when `reactivated` or `created`).
 -- The entry is the msgpack array [seq, ts, from, data]; the gateway encodes everything
 -- but seq, which only this script knows. The pub/sub payload is [1, entry] or, with a
 -- trace context, [1, entry, traceparent]; history keeps the entry alone.
 local status = redis.call('HGET', KEYS[3], 'status')
 local reactivated = 0
-if status == 'ended' then
+local created = 0
+if not status then
+  created = 1
+elseif status == 'ended' then
   return -1
 elseif status == 'resolved' then
   return -2
@@ -29,12 +33,13 @@ redis.call('HSETNX', KEYS[3], 'expires_at', ARGV[6])
 redis.call('HSET', KEYS[3], 'last_activity', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
--- The meta lives at least until the session's end of life, whatever the history TTL.
+-- The meta outlives the session's end of life by the tombstone (see join.lua).
 local expires = tonumber(redis.call('HGET', KEYS[3], 'expires_at') or '0') or 0
-redis.call('PEXPIRE', KEYS[3], math.max(tonumber(ARGV[3]), expires - tonumber(ARGV[4])))
+redis.call('PEXPIRE', KEYS[3],
+  math.max(tonumber(ARGV[3]), expires - tonumber(ARGV[4]) + tonumber(ARGV[7])))
 if ARGV[5] == '' then
   redis.call('PUBLISH', KEYS[4], '\146\1' .. entry)
 else
   redis.call('PUBLISH', KEYS[4], '\147\1' .. entry .. ARGV[5])
 end
-return {seq, reactivated}
+return {seq, reactivated, created}

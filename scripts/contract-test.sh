@@ -70,7 +70,7 @@ fi
 # does not have, so they are excluded: `use_after_free` (an ended session and a cleared
 # history stay readable by design) and `ensure_resource_availability` (a 404 from
 # /sessions/{id}/presence/leave is about the member, not the session just created).
-"$VENV/bin/schemathesis" run "http://127.0.0.1:$HTTP_PORT/api/v1/openapi.json" \
+"$VENV/bin/schemathesis" --config-file scripts/schemathesis.toml run "http://127.0.0.1:$HTTP_PORT/api/v1/openapi.json" \
   --url "http://127.0.0.1:$HTTP_PORT/api/v1" \
   -H "Authorization: Bearer $API_KEY" \
   --checks all \

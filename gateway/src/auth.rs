@@ -70,6 +70,40 @@ pub enum AuthError {
     Forbidden(String),
 }
 
+/// Most sessions a token's `sessions` claim may list.
+pub const MAX_TOKEN_SESSIONS: usize = 256;
+
+/// Checks the claims every connection and request carries, so that a token the gateway
+/// accepts never fails later (at `join`, or when its user is addressed over REST): the
+/// user id's charset, the session ids, and the display name. Shared by verification and
+/// minting, so `roomcast token` cannot mint what the gateway would refuse.
+pub fn check_claims(
+    sub: &str,
+    sessions: Option<&[String]>,
+    name: Option<&str>,
+) -> Result<(), String> {
+    if !crate::util::valid_user_id(sub) {
+        return Err(format!("`sub` must be {}", crate::util::USER_CHARSET));
+    }
+    if let Some(sessions) = sessions {
+        if sessions.len() > MAX_TOKEN_SESSIONS {
+            return Err(format!(
+                "`sessions` lists more than {MAX_TOKEN_SESSIONS} sessions"
+            ));
+        }
+        if !sessions.iter().all(|s| crate::util::valid_id(s)) {
+            return Err(format!(
+                "`sessions` entries must be {}",
+                crate::util::ID_CHARSET
+            ));
+        }
+    }
+    if let Some(problem) = name.and_then(crate::util::name_problem) {
+        return Err(format!("`name` {problem}"));
+    }
+    Ok(())
+}
+
 /// Verifies tokens with the configured key; built once at start-up.
 pub struct Authenticator {
     mode: AuthMode,
@@ -165,11 +199,12 @@ impl Authenticator {
             }
         })?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.len() > 128 {
-            return Err(AuthError::Invalid(
-                "`sub` must be 1 to 128 characters".into(),
-            ));
-        }
+        check_claims(
+            &claims.sub,
+            claims.sessions.as_deref(),
+            claims.name.as_deref(),
+        )
+        .map_err(AuthError::Invalid)?;
         if claims.roles.is_empty() {
             return Err(AuthError::Forbidden("token allows no role".into()));
         }
@@ -186,7 +221,7 @@ impl Authenticator {
     pub fn anonymous(&self, user: Option<&str>) -> Identity {
         Identity {
             user: user
-                .filter(|u| !u.is_empty() && u.len() <= 128)
+                .filter(|u| crate::util::valid_user_id(u))
                 .map(String::from)
                 .unwrap_or_else(|| format!("anon-{}", random_id(8))),
             roles: vec![Role::Controller, Role::Display, Role::Observer],
@@ -241,6 +276,7 @@ impl Authenticator {
         name: Option<String>,
         ttl: Duration,
     ) -> Result<String, AuthError> {
+        check_claims(&sub, Some(sessions), name.as_deref()).map_err(AuthError::Invalid)?;
         let now = now_ms() / 1000;
         let claims = Claims {
             sub,

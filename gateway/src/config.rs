@@ -197,6 +197,14 @@ pub struct Config {
     /// `false` puts `POST /sessions` and `POST /sessions/join` behind the server API key.
     #[arg(long, env = "ROOMCAST_OPEN_SESSIONS", default_value_t = true, action = clap::ArgAction::Set)]
     pub open_sessions: bool,
+    /// Whether a WebSocket `join` of a session that does not exist creates it (observers
+    /// never do). `false`: sessions are created only with `POST /sessions`.
+    #[arg(long, env = "ROOMCAST_IMPLICIT_SESSIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub implicit_sessions: bool,
+    /// Most implicitly created sessions one user may hold at once (until each one's
+    /// lifetime ends); 0: no cap.
+    #[arg(long, env = "ROOMCAST_MAX_SESSIONS_PER_USER", default_value_t = 100)]
+    pub max_sessions_per_user: u32,
     /// How long a presence entry added over REST lives without an `activity` call.
     #[arg(long, env = "ROOMCAST_REST_PRESENCE_TTL", default_value = "60s", value_parser = parse_duration)]
     pub rest_presence_ttl: Duration,
@@ -262,6 +270,10 @@ pub struct Config {
     pub rate_api_strict: Rate,
     #[arg(long, env = "ROOMCAST_RATE_BURST", default_value = "10/1s", value_parser = parse_rate)]
     pub rate_burst: Rate,
+    /// Sessions one user may create implicitly (a `join` of a session that does not
+    /// exist); the creator's address also counts against `ROOMCAST_RATE_API_STRICT`.
+    #[arg(long, env = "ROOMCAST_RATE_CREATE", default_value = "20/15m", value_parser = parse_rate)]
+    pub rate_create: Rate,
     /// Per-connection token bucket for `signal` and `typing`.
     #[arg(long, env = "ROOMCAST_RATE_SIGNAL", default_value = "20/1s", value_parser = parse_rate)]
     pub rate_signal: Rate,
@@ -349,6 +361,18 @@ impl Config {
         if let Err(e) = fred::types::config::Config::from_url(&self.redis_url) {
             return Err(ConfigError(format!("ROOMCAST_REDIS_URL: {e}")));
         }
+        // fred parses `rediss://` without a TLS feature and then connects in plaintext:
+        // never let a URL that asks for TLS run without it.
+        let scheme = self
+            .redis_url
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        if scheme.starts_with("rediss") || scheme.starts_with("valkeys") {
+            return fail(
+                "ROOMCAST_REDIS_URL: TLS to Redis (rediss://) is not supported by this build; use redis:// on a trusted network",
+            );
+        }
         if let Err(e) = crate::net::TrustedProxies::parse(&self.trusted_proxies) {
             return Err(ConfigError(format!("ROOMCAST_TRUSTED_PROXIES: {e}")));
         }
@@ -364,6 +388,20 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Checks what `roomcast token` needs: a secret to sign with (a public key can only
+    /// verify, and `ROOMCAST_AUTH=off` has nothing to sign for).
+    pub fn validate_for_minting(&self) -> Result<(), ConfigError> {
+        match &self.jwt_secret {
+            None => Err(ConfigError(
+                "roomcast token signs with ROOMCAST_JWT_SECRET (HS256): set it (or --jwt-secret) to the gateway's secret".into(),
+            )),
+            Some(s) if s.expose().len() < 16 => Err(ConfigError(
+                "ROOMCAST_JWT_SECRET must be at least 16 bytes".into(),
+            )),
+            Some(_) => Ok(()),
+        }
     }
 
     /// The node id: configured, or hostname plus a random suffix.
@@ -456,6 +494,14 @@ mod tests {
         assert!(Config::from_pairs(&[s, ("history-size", "0")]).is_err());
         assert!(Config::from_pairs(&[s, ("listen", "nowhere")]).is_err());
         assert!(Config::from_pairs(&[s, ("inactivity-warning", "20m")]).is_err());
+        for tls in [
+            "rediss://127.0.0.1:6380",
+            "REDISS://h:1",
+            "rediss-cluster://h:1",
+        ] {
+            let e = Config::from_pairs(&[s, ("redis-url", tls)]).unwrap_err();
+            assert!(e.0.contains("TLS"), "{tls}: {e}");
+        }
         let c = Config::from_pairs(&[
             s,
             ("allowed-origins", "https://a.example,https://b.example"),

@@ -41,8 +41,6 @@ use crate::App;
 
 /// Sessions one connection may be joined to at once.
 const MAX_SESSIONS_PER_CONNECTION: usize = 16;
-/// Longest display name.
-const MAX_NAME_LEN: usize = 64;
 /// Longest `ref`.
 const MAX_REF_LEN: usize = 128;
 /// How long a closing connection keeps reading, waiting for the client's close frame.
@@ -107,7 +105,7 @@ pub async fn upgrade(
         Err(e) => {
             let (status, code) = match e {
                 AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
-                _ => (StatusCode::UNAUTHORIZED, ErrorCode::Forbidden),
+                _ => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
             };
             return problem(status, code, &e.to_string());
         }
@@ -242,6 +240,7 @@ impl Failure {
             StoreError::SessionEnded => {
                 Failure::new(ErrorCode::SessionEnded, "the session has ended")
             }
+            StoreError::NoSuchSession => Failure::new(ErrorCode::NotFound, "no such session"),
             StoreError::SessionResolved => Failure::new(
                 ErrorCode::Forbidden,
                 "the session is resolved; resume it before writing",
@@ -566,9 +565,9 @@ impl Connection {
                     reference,
                     seq: Some(published.seq),
                 });
-                if published.reactivated {
+                if let Some(due) = published.due(&self.app.config, now) {
                     // Back under the lifecycle clock.
-                    self.touch_indexes(&session, None);
+                    self.touch_indexes(&session, None, Some(due), true);
                 }
                 self.note_activity(&session).await;
                 Ok(())
@@ -617,9 +616,8 @@ impl Connection {
                 Ok(())
             }
             ClientFrame::Activity { session, reference } => {
-                if !self.sessions.contains_key(&session) {
-                    return Err(not_joined(&session));
-                }
+                // Activity keeps a session alive: a write, refused to observers.
+                self.writer_in(&session)?;
                 self.touch(&session).await?;
                 self.ack(reference, None);
                 Ok(())
@@ -678,16 +676,14 @@ impl Connection {
                 ))
             }
         };
-        let name = name.or_else(|| self.identity.name.clone());
-        if name
-            .as_ref()
-            .is_some_and(|n| n.chars().count() > MAX_NAME_LEN)
-        {
+        // The token's name was checked at the upgrade; a name in the frame is checked here.
+        if let Some(problem) = name.as_deref().and_then(crate::util::name_problem) {
             return Err(Failure::new(
                 ErrorCode::BadRequest,
-                format!("`name` is longer than {MAX_NAME_LEN} characters"),
+                format!("`name` {problem}"),
             ));
         }
+        let name = name.or_else(|| self.identity.name.clone());
         let now = now_ms();
         let info = MemberInfo {
             client_id: self.client.id().to_string(),
@@ -698,8 +694,11 @@ impl Connection {
             joined_at: now,
             active_at: now,
         };
-        // A pump that is retiring answers Retry; the next lookup spawns a fresh one.
-        for _ in 0..3 {
+        // A pump that is retiring answers Retry; the next lookup spawns a fresh one. A
+        // join first assumes the session exists; only when it does not are the creation
+        // rules checked and the join sent again, allowed to create it.
+        let mut create = false;
+        for _ in 0..4 {
             let handle = self.app.hub.session(&self.app, &session);
             let (reply, answer) = oneshot::channel();
             let request = JoinRequest {
@@ -707,6 +706,7 @@ impl Connection {
                 info: info.clone(),
                 since,
                 reference: reference.clone(),
+                create,
                 reply,
             };
             if handle
@@ -728,10 +728,25 @@ impl Connection {
                 });
             };
             match answer {
-                Ok(Ok(())) => {
-                    self.touch_indexes(&session, Some(self.identity.user.clone()));
+                Ok(Ok(created)) => {
+                    // A new session goes under the lifecycle clock; an observer's join is a
+                    // read and records no activity.
+                    let now = now_ms();
+                    let expires = now + self.app.config.max_lifetime.as_millis() as u64;
+                    let due = created
+                        .then(|| crate::lifecycle::first_due(&self.app.config, now, expires));
+                    self.touch_indexes(
+                        &session,
+                        Some(self.identity.user.clone()),
+                        due,
+                        role.can_write(),
+                    );
                     self.sessions.insert(session, Joined { handle, info });
                     return Ok(());
+                }
+                Ok(Err(JoinError::Store(StoreError::NoSuchSession))) if !create => {
+                    self.may_create(&session, role).await?;
+                    create = true;
                 }
                 Ok(Err(JoinError::Retry)) | Err(_) => continue,
                 Ok(Err(JoinError::Store(StoreError::Unavailable(detail)))) => {
@@ -749,6 +764,60 @@ impl Connection {
             }
         }
         Err(Failure::new(ErrorCode::Internal, "could not join, retry"))
+    }
+
+    /// Whether this connection may create `session` by joining it: implicit creation is
+    /// on, the role can write (observers never create), the creation limits admit it
+    /// (per address, shared with `POST /sessions`, and per user), and the user is under
+    /// the cap of sessions it holds.
+    async fn may_create(&self, session: &str, role: Role) -> Result<(), Failure> {
+        let config = &self.app.config;
+        let missing =
+            |why: &str| Failure::new(ErrorCode::NotFound, format!("no such session; {why}"));
+        if !config.implicit_sessions {
+            return Err(missing("create it with POST /api/v1/sessions"));
+        }
+        if !role.can_write() {
+            return Err(missing("observers cannot create sessions"));
+        }
+        let (ip, user) = tokio::join!(
+            limits::check(&self.app, Scope::ApiStrict, &self.ip),
+            limits::check(&self.app, Scope::Create, &self.identity.user),
+        );
+        for decision in [ip, user].into_iter().flatten() {
+            if !decision.admitted {
+                return Err(Failure {
+                    retry_after_ms: Some(decision.retry_after().as_millis() as u64),
+                    ..Failure::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "at most {} sessions created per {}s ({})",
+                            decision.limit,
+                            decision.window.as_secs().max(1),
+                            decision.scope.name()
+                        ),
+                    )
+                });
+            }
+        }
+        let cap = config.max_sessions_per_user;
+        if cap > 0 {
+            let now = now_ms();
+            let expires = now + config.max_lifetime.as_millis() as u64;
+            let counted = self
+                .app
+                .store
+                .claim_owned(&self.identity.user, session, now, expires, cap)
+                .await
+                .map_err(Failure::from_store)?;
+            if !counted {
+                return Err(Failure::new(
+                    ErrorCode::Forbidden,
+                    format!("this user already holds {cap} sessions it created (ROOMCAST_MAX_SESSIONS_PER_USER)"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Counts a publish against the user's and the address's windows. Fails closed: when
@@ -859,22 +928,27 @@ impl Connection {
             if let Err(f) = self.touch(session).await {
                 tracing::debug!(error = %f.message, "activity update failed");
             }
-            self.touch_indexes(session, None);
+            self.touch_indexes(session, None, None, true);
         }
     }
 
-    /// Records activity in the cross-slot session indexes, off the connection's path.
-    fn touch_indexes(&self, session: &str, user: Option<String>) {
+    /// Records activity (when `activity`) in the cross-slot session indexes, and the
+    /// user's membership and the lifecycle due time when given, off the connection's path.
+    fn touch_indexes(&self, session: &str, user: Option<String>, due: Option<u64>, activity: bool) {
         let app = self.app.clone();
         let session = session.to_string();
         self.app.tracker.spawn(async move {
             let now = now_ms();
-            let expires = now + app.config.max_lifetime.as_millis() as u64;
-            if let Err(e) = app
-                .store
-                .touch_indexes(&session, now, expires, user.as_deref())
-                .await
-            {
+            let result = if activity {
+                app.store
+                    .touch_indexes(&session, now, user.as_deref(), due)
+                    .await
+            } else if let Some(user) = user {
+                app.store.remember_user_session(&user, &session, now).await
+            } else {
+                Ok(())
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "index touch failed");
             }
         });

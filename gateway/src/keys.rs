@@ -77,14 +77,16 @@ impl Keys {
         format!("{}:sessions", self.prefix)
     }
 
-    /// Active sessions scored by last activity: what the inactivity sweeper scans.
-    pub fn sessions_live(&self) -> String {
-        format!("{}:sessions:live", self.prefix)
+    /// Sessions not yet ended, scored by when the lifecycle clock next needs to look at
+    /// them (an inactivity warning or timeout, or the end of life), in ms.
+    pub fn sessions_due(&self) -> String {
+        format!("{}:sessions:due", self.prefix)
     }
 
-    /// Sessions not yet ended, scored by `expires_at`: what the lifetime sweeper scans.
-    pub fn sessions_expiry(&self) -> String {
-        format!("{}:sessions:expiry", self.prefix)
+    /// Sessions a user created implicitly, scored by the end of their lifetime: the
+    /// per-user cap counts the ones still alive.
+    pub fn user_owned(&self, user: &str) -> String {
+        format!("{}:{{u:{user}}}:owned", self.prefix)
     }
 
     /// A user's sessions scored by last activity.
@@ -126,6 +128,8 @@ mod tests {
         assert_eq!(k.rate_limit("api", "10.0.0.1"), "rc:rl:{api:10.0.0.1}");
         assert_eq!(k.user_sessions("bob"), "rc:{u:bob}:sess");
         assert_eq!(k.user_channel("bob"), "rc:{u:bob}:ch");
+        assert_eq!(k.user_owned("bob"), "rc:{u:bob}:owned");
+        assert_eq!(k.sessions_due(), "rc:sessions:due");
         assert_eq!(k.user_of_channel("rc:{u:bob}:ch"), Some("bob"));
         assert_eq!(k.user_of_channel("rc:{s:bob}:ch"), None);
     }

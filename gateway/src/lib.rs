@@ -84,7 +84,6 @@ pub struct App {
     pub metrics: PrometheusHandle,
     pub started: Instant,
     draining: AtomicBool,
-    redis_ok: AtomicBool,
     redis_latency_us: AtomicU64,
 }
 
@@ -94,7 +93,7 @@ impl App {
     }
 
     pub fn redis_ok(&self) -> bool {
-        self.redis_ok.load(Ordering::Acquire)
+        self.store.is_reachable()
     }
 
     pub fn redis_latency_ms(&self) -> f64 {
@@ -164,7 +163,6 @@ pub async fn run(
         metrics,
         started: Instant::now(),
         draining: AtomicBool::new(false),
-        redis_ok: AtomicBool::new(false),
         redis_latency_us: AtomicU64::new(0),
         config,
     });
@@ -179,6 +177,8 @@ pub async fn run(
     {
         tracing::warn!("redis not reachable yet; retrying in the background");
     }
+    // Ready only once a PING is answered (the monitor's first tick checks at once).
+    app.store.set_reachable(false);
     Bus::start(&app, wait).await;
     app.tracker.spawn(monitor(app.clone()));
     app.tracker.spawn(lifecycle::sweeper(app.clone()));
@@ -278,7 +278,7 @@ async fn monitor(app: Arc<App>) {
             app.redis_latency_us
                 .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
-        if app.redis_ok.swap(ok, Ordering::AcqRel) != ok {
+        if app.store.set_reachable(ok) != ok {
             if ok {
                 tracing::info!("redis reachable");
             } else {

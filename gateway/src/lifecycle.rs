@@ -1,86 +1,133 @@
 //! The session lifecycle clock: inactivity warnings, inactivity timeouts and the maximum
-//! lifetime, for every session, from every instance, each event exactly once.
+//! lifetime, for every session, from every instance, each event exactly once and on time.
 //!
-//! Owns no session. Every instance runs the same loop: pick candidates from the shared
-//! indexes (`rc:sessions:live` by last activity, `rc:sessions:expiry` by end of life) and
-//! run `session_sweep.lua` on each; the script decides and announces atomically on the
-//! session's slot, so three instances sweeping the same session produce one event.
+//! Owns no session. Sessions sit in one due index (`rc:sessions:due`) scored by when the
+//! clock next needs to look at them. Every instance runs the same loop: lease the sessions
+//! that are due (`due_claim.lua`, so instances share the work instead of repeating it),
+//! run `session_sweep.lua` on each, concurrently, and file each one's next due time
+//! (`due_reschedule.lua`). The sweep script decides and announces atomically on the
+//! session's slot, so even two instances sweeping the same session produce one event.
+//! Activity does not touch the index: a session found still active is simply filed again
+//! for its new due time, so a busy session costs the clock one look per warning period.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use crate::metrics as m;
+use crate::store::{StoreError, SweepOutcome};
 use crate::util::now_ms;
 use crate::App;
 
-/// Sessions checked per tick.
-const BATCH: i64 = 500;
+/// Sessions leased per claim.
+const BATCH: usize = 256;
+/// Sweep scripts in flight at once (they pipeline on the command pool).
+const CONCURRENCY: usize = 64;
+/// How long a claimed session is this instance's; an instance that dies mid-sweep gives
+/// its claims back to the others after this.
+const LEASE: Duration = Duration::from_secs(30);
+/// Longest one tick keeps claiming before it lets the next tick start (and shutdown in).
+const TICK_BUDGET: Duration = Duration::from_secs(5);
 
-/// How often to sweep: a quarter of the warning threshold, between 50 ms and 5 s.
+/// How often each instance looks for due sessions: a quarter of the warning threshold, at
+/// most a second (the clock's lateness bound), at least 50 ms.
 pub fn period(warning: Duration) -> Duration {
-    (warning / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    (warning / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// When the clock first needs to look at a session that became active at `now`: its
+/// inactivity warning, or its end of life if that comes first.
+pub fn first_due(config: &crate::config::Config, now_ms: u64, expires_at: u64) -> u64 {
+    (now_ms + config.inactivity_warning.as_millis() as u64).min(expires_at)
 }
 
 /// Runs until shutdown.
 pub async fn sweeper(app: Arc<App>) {
     let mut tick = tokio::time::interval(period(app.config.inactivity_warning));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune = None::<std::time::Instant>;
     loop {
         tokio::select! {
             _ = app.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = sweep_once(&app).await {
-            tracing::debug!(error = %e, "lifecycle sweep failed");
+        // The listing index needs pruning rarely; the clock runs every tick.
+        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            last_prune = Some(std::time::Instant::now());
+            if let Err(e) = prune(&app).await {
+                tracing::debug!(error = %e, "session index prune failed");
+            }
+        }
+        let started = std::time::Instant::now();
+        loop {
+            match sweep_due(&app).await {
+                // A full batch means more may be due: keep going within the budget.
+                Ok(n) if n == BATCH && started.elapsed() < TICK_BUDGET => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "lifecycle sweep failed");
+                    break;
+                }
+            }
         }
     }
 }
 
-async fn sweep_once(app: &App) -> Result<(), crate::store::StoreError> {
+/// Drops sessions idle past both their history and their lifetime (their keys are gone)
+/// from the listing index.
+async fn prune(app: &App) -> Result<(), StoreError> {
+    let config = &app.config;
+    let horizon = now_ms().saturating_sub(
+        (config.history_ttl.max(config.max_lifetime) + crate::store::TOMBSTONE).as_millis() as u64,
+    );
+    app.store.prune_sessions(horizon).await
+}
+
+/// Leases one batch of due sessions, sweeps them, files their next due times. Answers
+/// how many it leased.
+async fn sweep_due(app: &App) -> Result<usize, StoreError> {
     let config = &app.config;
     let now = now_ms();
-    // Sessions idle past both their history and their lifetime have no keys left.
-    let horizon =
-        now.saturating_sub(config.history_ttl.max(config.max_lifetime).as_millis() as u64);
-    app.store.prune_sessions(horizon).await?;
-    let candidates = app
-        .store
-        .sweep_candidates(now, config.inactivity_warning, BATCH)
-        .await?;
-    for id in candidates {
-        let (outcome, last, status) = app
-            .store
-            .sweep(
-                &id,
-                now,
-                config.inactivity_warning,
-                config.inactivity_timeout,
-            )
-            .await?;
-        match outcome.as_str() {
-            "warned" => {
-                m::lifecycle_transition("expiring");
-                tracing::info!(session = %id, "session expiring: warning sent");
-            }
-            "inactive" => {
-                m::lifecycle_transition("inactive");
-                tracing::info!(session = %id, "session inactive");
-                app.store.untrack(&id, true, false).await?;
-            }
-            "ended" => {
-                m::lifecycle_transition("ended");
-                tracing::info!(session = %id, "session reached its maximum lifetime");
-                app.store.untrack(&id, true, true).await?;
-            }
-            "gone" => app.store.untrack(&id, true, true).await?,
-            // Another instance (or a REST call) changed it first.
-            "unchanged" => app.store.untrack(&id, true, status == "ended").await?,
-            // Still active: the index lagged behind the session's real last activity.
-            _ => {
-                let expires = now + config.max_lifetime.as_millis() as u64;
-                app.store.touch_indexes(&id, last, expires, None).await?;
-            }
-        }
+    let (lease, due) = app.store.claim_due(now, BATCH, LEASE).await?;
+    let leased = due.len();
+    if leased == 0 {
+        return Ok(0);
     }
-    Ok(())
+    let next: Vec<(String, u64)> = futures_util::stream::iter(due)
+        .map(|(id, due_at)| async move {
+            let swept = app
+                .store
+                .sweep(
+                    &id,
+                    now_ms(),
+                    config.inactivity_warning,
+                    config.inactivity_timeout,
+                )
+                .await;
+            match swept {
+                Ok(swept) => {
+                    if let Some(label) = swept.outcome.transition() {
+                        m::lifecycle_transition(label);
+                        // How late the clock acted on what was due (the index score).
+                        m::lifecycle_lag(now_ms().saturating_sub(due_at));
+                        tracing::info!(session = %id, event = label, "session lifecycle");
+                    }
+                    if swept.outcome == SweepOutcome::Gone {
+                        tracing::debug!(session = %id, "session keys expired");
+                    }
+                    (id, swept.next_due)
+                }
+                Err(e) => {
+                    // Filed back at the time it was due: the next tick tries again.
+                    tracing::debug!(session = %id, error = %e, "session sweep failed");
+                    (id, due_at)
+                }
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    app.store.reschedule_due(lease, &next).await?;
+    Ok(leased)
 }

@@ -10,17 +10,19 @@ fn main() {
         // --help and --version are not errors; everything else is a bad configuration.
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            // One line: clap's first line names the flag or variable and the problem.
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
             eprintln!(
                 "roomcast: invalid configuration: {}",
-                line.trim_start_matches("error: ")
+                one_line(&e.to_string())
             );
             std::process::exit(EXIT_CONFIG);
         }
     };
-    if let Err(e) = cli.config.validate() {
+    // Minting needs a secret and nothing else a server needs.
+    let checked = match cli.command {
+        Some(Command::Token(_)) => cli.config.validate_for_minting(),
+        _ => cli.config.validate(),
+    };
+    if let Err(e) = checked {
         eprintln!("roomcast: {e}");
         std::process::exit(EXIT_CONFIG);
     }
@@ -85,6 +87,23 @@ fn serve(mut config: gateway::config::Config) {
             1
         };
         std::process::exit(code);
+    }
+}
+
+/// clap's message up to its usage block, on one line: the first line alone can end in a
+/// colon with the missing arguments on the lines below it.
+fn one_line(text: &str) -> String {
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let joined = message.join(" ");
+    let joined = joined.trim_start_matches("error: ");
+    if joined.is_empty() {
+        "invalid arguments".to_string()
+    } else {
+        joined.to_string()
     }
 }
 

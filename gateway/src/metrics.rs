@@ -32,6 +32,9 @@ pub const HTTP_REQUESTS_TOTAL: &str = "roomcast_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "roomcast_http_request_duration_seconds";
 pub const ERRORS_TOTAL: &str = "roomcast_errors_total";
 pub const LIFECYCLE_TRANSITIONS_TOTAL: &str = "roomcast_lifecycle_transitions_total";
+pub const LIFECYCLE_LAG: &str = "roomcast_lifecycle_lag_seconds";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "roomcast_connections_refused_total";
+pub const ACCEPT_ERRORS_TOTAL: &str = "roomcast_accept_errors_total";
 
 /// Buckets from 100 µs to 10 s: sub-millisecond local work up to multi-second stalls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -59,6 +62,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
             PUBSUB_RECONNECTS_TOTAL,
             RECOVERED_MESSAGES_TOTAL,
             SLOW_CONSUMER_TOTAL,
+            ACCEPT_ERRORS_TOTAL,
         ] {
             counter!(name).increment(0);
         }
@@ -148,6 +152,19 @@ fn describe() {
         LIFECYCLE_TRANSITIONS_TOTAL,
         "Session lifecycle events this instance's sweeper announced (expiring, inactive, ended)."
     );
+    describe_histogram!(
+        LIFECYCLE_LAG,
+        Unit::Seconds,
+        "How long after it was due each lifecycle event was announced."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "TCP connections closed before a request or upgrade, by reason (header_timeout, per_ip, capacity)."
+    );
+    describe_counter!(
+        ACCEPT_ERRORS_TOTAL,
+        "accept() failures on the listeners (out of descriptors and the like)."
+    );
 }
 
 pub fn redis_command(command: &'static str, took: Duration) {
@@ -170,6 +187,18 @@ pub fn received(kind: &'static str) {
 
 pub fn lifecycle_transition(event: &'static str) {
     counter!(LIFECYCLE_TRANSITIONS_TOTAL, "event" => event).increment(1);
+}
+
+pub fn lifecycle_lag(late_ms: u64) {
+    histogram!(LIFECYCLE_LAG).record(late_ms as f64 / 1000.0);
+}
+
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn accept_error() {
+    counter!(ACCEPT_ERRORS_TOTAL).increment(1);
 }
 
 pub fn error_sent(code: &'static str) {

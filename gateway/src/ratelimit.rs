@@ -25,16 +25,19 @@ pub enum Scope {
     ApiStrict,
     /// Any request or connection per IP, over a short window.
     Burst,
+    /// Sessions a user creates implicitly by joining one that does not exist.
+    Create,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 6] = [
+    pub const ALL: [Scope; 7] = [
         Scope::Publish,
         Scope::PublishIp,
         Scope::Connect,
         Scope::Api,
         Scope::ApiStrict,
         Scope::Burst,
+        Scope::Create,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +48,7 @@ impl Scope {
             Scope::Api => "api",
             Scope::ApiStrict => "api_strict",
             Scope::Burst => "burst",
+            Scope::Create => "create",
         }
     }
 
@@ -60,6 +64,7 @@ impl Scope {
             Scope::Api => config.rate_api,
             Scope::ApiStrict => config.rate_api_strict,
             Scope::Burst => config.rate_burst,
+            Scope::Create => config.rate_create,
         }
     }
 }

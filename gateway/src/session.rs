@@ -65,7 +65,11 @@ pub struct JoinRequest {
     pub info: MemberInfo,
     pub since: Option<u64>,
     pub reference: Option<String>,
-    pub reply: oneshot::Sender<Result<(), JoinError>>,
+    /// Create the session if it does not exist (the connection checked the creation
+    /// limits); otherwise a missing session answers `NoSuchSession`.
+    pub create: bool,
+    /// Whether the join created the session, or why it failed.
+    pub reply: oneshot::Sender<Result<bool, JoinError>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +320,9 @@ impl Pump {
                         now_ms: now,
                         since: req.since,
                         presence_list_max,
+                        create: req.create,
+                        activity: req.info.role.can_write(),
+                        owner: &req.info.user,
                     },
                 )
             }))
@@ -379,7 +386,7 @@ impl Pump {
                 last_seq: reply.seq,
             },
         );
-        if req.reply.send(Ok(())).is_err() {
+        if req.reply.send(Ok(reply.created)).is_err() {
             // The connection gave up waiting (or is gone): undo the join.
             self.members.remove(&client_id);
             if let Err(e) = self.app.store.leave(&self.session, &client_id).await {

@@ -5,6 +5,7 @@
 //! Pub/sub subscriptions are not here but in `bus`; key names come from `keys`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,6 +37,9 @@ pub enum StoreError {
     /// The session is resolved: readable, not writable until resumed.
     #[error("session resolved")]
     SessionResolved,
+    /// The session does not exist (and the operation does not create it).
+    #[error("no such session")]
+    NoSuchSession,
     /// Redis answered something we did not expect (a bug or a foreign key).
     #[error("redis error: {0}")]
     Internal(String),
@@ -69,6 +73,9 @@ struct Scripts {
     session_create: Script,
     session_transition: Script,
     session_sweep: Script,
+    due_claim: Script,
+    due_reschedule: Script,
+    owned_claim: Script,
     ratelimit: Script,
 }
 
@@ -86,10 +93,19 @@ impl Scripts {
                 "../../redis/session_transition.lua"
             )),
             session_sweep: Script::from_lua(include_str!("../../redis/session_sweep.lua")),
+            due_claim: Script::from_lua(include_str!("../../redis/due_claim.lua")),
+            due_reschedule: Script::from_lua(include_str!("../../redis/due_reschedule.lua")),
+            owned_claim: Script::from_lua(include_str!("../../redis/owned_claim.lua")),
             ratelimit: Script::from_lua(include_str!("../../redis/ratelimit.lua")),
         }
     }
 }
+
+/// How long a session's meta (and its join code) outlives the end of its lifetime: long
+/// enough for the lifecycle clock to find it and announce the end, and for late joins and
+/// writes to be told `session_ended` (410 for the code) instead of silently creating a new
+/// session under the same id.
+pub const TOMBSTONE: Duration = Duration::from_secs(3600);
 
 /// What `publish.lua` answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +113,24 @@ pub struct Published {
     pub seq: u64,
     /// The session was inactive and this publish made it active again.
     pub reactivated: bool,
+    /// The session did not exist and this publish created it.
+    pub created: bool,
+}
+
+impl Published {
+    /// When the lifecycle clock must look at the session next, if this publish put it
+    /// (back) under the clock: a new one at its first warning, a reactivated one at once
+    /// (the sweep then files its exact next due time from its meta).
+    pub fn due(&self, config: &Config, now_ms: u64) -> Option<u64> {
+        if self.created {
+            let expires = now_ms + config.max_lifetime.as_millis() as u64;
+            Some(crate::lifecycle::first_due(config, now_ms, expires))
+        } else if self.reactivated {
+            Some(now_ms)
+        } else {
+            None
+        }
+    }
 }
 
 /// What `join.lua` answers.
@@ -107,6 +141,8 @@ pub struct JoinReply {
     pub history: Vec<Bytes>,
     /// Member infos (msgpack), the joiner included.
     pub members: Vec<Bytes>,
+    /// This join created the session (implicit creation).
+    pub created: bool,
 }
 
 /// Arguments of a join.
@@ -118,6 +154,12 @@ pub struct JoinArgs<'a> {
     pub now_ms: u64,
     pub since: Option<u64>,
     pub presence_list_max: u32,
+    /// Create the session when it does not exist (otherwise `NoSuchSession`).
+    pub create: bool,
+    /// Whether the join is activity (a writer's) or a read (an observer's).
+    pub activity: bool,
+    /// The joining user, recorded as the owner of a session this join creates.
+    pub owner: &'a str,
 }
 
 /// Builds the fred client configuration for the pool and the subscriber.
@@ -161,6 +203,10 @@ pub struct Store {
     max_lifetime_ms: u64,
     /// Sessions with more members get no presence events (see join.lua).
     presence_events_max: i64,
+    /// What the last readiness PING found. While it is false every command fails at once
+    /// with `Unavailable` instead of waiting out its timeout and retries: a client learns
+    /// of an outage the gateway already knows about in microseconds, not seconds.
+    reachable: AtomicBool,
 }
 
 impl Store {
@@ -173,6 +219,29 @@ impl Store {
             ttl_ms: config.history_ttl.as_millis() as u64,
             max_lifetime_ms: config.max_lifetime.as_millis() as u64,
             presence_events_max: i64::from(config.presence_events_max),
+            reachable: AtomicBool::new(true),
+        }
+    }
+
+    /// Records what the readiness PING found; answers the previous value.
+    pub fn set_reachable(&self, ok: bool) -> bool {
+        self.reachable.swap(ok, Ordering::AcqRel)
+    }
+
+    /// Whether the last readiness PING was answered.
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Acquire)
+    }
+
+    /// A pool connection for one command, or `Unavailable` at once when Redis is known to
+    /// be down (see `reachable`).
+    fn client(&self) -> Result<&fred::clients::Client, StoreError> {
+        if self.is_reachable() {
+            Ok(self.pool.next())
+        } else {
+            Err(StoreError::Unavailable(
+                "redis is unreachable (the readiness check is failing)".into(),
+            ))
         }
     }
 
@@ -193,7 +262,7 @@ impl Store {
     ) -> Result<Value, StoreError> {
         let started = Instant::now();
         let result = script
-            .evalsha_with_reload::<Value, _, _>(self.pool.next(), keys, args)
+            .evalsha_with_reload::<Value, _, _>(self.client()?, keys, args)
             .instrument(tracing::info_span!("redis", script = name))
             .await;
         m::redis_command(name, started.elapsed());
@@ -226,10 +295,11 @@ impl Store {
                     (now_ms as i64).into(),
                     Value::Bytes(trace.into()),
                     ((now_ms + self.max_lifetime_ms) as i64).into(),
+                    (TOMBSTONE.as_millis() as i64).into(),
                 ],
             )
             .await?;
-        // {seq, reactivated} on success; a bare -1/-2 on refusal.
+        // {seq, reactivated, created} on success; a bare -1/-2 on refusal.
         let parts: Vec<i64> = match reply {
             Value::Array(values) => values.iter().filter_map(Value::as_i64).collect(),
             other => other.as_i64().into_iter().collect(),
@@ -237,9 +307,10 @@ impl Store {
         match parts[..] {
             [-1] => Err(StoreError::SessionEnded),
             [-2] => Err(StoreError::SessionResolved),
-            [seq, reactivated] if seq > 0 => Ok(Published {
+            [seq, reactivated, created] if seq > 0 => Ok(Published {
                 seq: seq as u64,
                 reactivated: reactivated == 1,
+                created: created == 1,
             }),
             _ => Err(StoreError::Internal(format!(
                 "publish.lua answered {parts:?}"
@@ -267,6 +338,10 @@ impl Store {
                     a.presence_list_max.into(),
                     ((a.now_ms + self.max_lifetime_ms) as i64).into(),
                     self.presence_events_max.into(),
+                    (TOMBSTONE.as_millis() as i64).into(),
+                    flag(a.create),
+                    flag(a.activity),
+                    a.owner.into(),
                 ],
             )
             .await?;
@@ -274,10 +349,12 @@ impl Store {
         let seq = parts.next().and_then(|v| v.as_i64());
         match seq {
             Some(-1) => Err(StoreError::SessionEnded),
+            Some(-2) => Err(StoreError::NoSuchSession),
             Some(seq) if seq >= 0 => Ok(JoinReply {
                 seq: seq as u64,
                 history: bytes_list(parts.next()),
                 members: bytes_list(parts.next()),
+                created: parts.next().and_then(|v| v.as_i64()) == Some(1),
             }),
             _ => Err(StoreError::Internal("join.lua answered no seq".into())),
         }
@@ -393,8 +470,7 @@ impl Store {
         let started = Instant::now();
         let channel = self.keys.session_channel(session);
         let result: Result<i64, _> = self
-            .pool
-            .next()
+            .client()?
             .publish(channel, Value::Bytes(payload.into()))
             .await;
         m::redis_command("publish_event", started.elapsed());
@@ -411,7 +487,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let started = Instant::now();
         let key = self.keys.nodes();
-        let client = self.pool.next();
+        let client = self.client()?;
         let _: i64 = client
             .zadd(&key, None, None, false, false, (now_ms as f64, node))
             .await?;
@@ -425,7 +501,7 @@ impl Store {
 
     /// Removes this node from the registry (clean shutdown).
     pub async fn node_remove(&self, node: &str) -> Result<(), StoreError> {
-        let client = self.pool.next();
+        let client = self.client()?;
         let _: i64 = client.zrem(self.keys.nodes(), node).await?;
         let _: i64 = client.hdel(self.keys.node_connections(), node).await?;
         Ok(())
@@ -443,11 +519,11 @@ impl Store {
             Err(_) => Err(StoreError::Unavailable("PING timed out".into())),
         }
     }
+}
 
-    /// Whether every connection of the pool is up (no command sent).
-    pub fn is_connected(&self) -> bool {
-        self.pool.clients().iter().all(|c| c.is_connected())
-    }
+/// A boolean script argument.
+fn flag(on: bool) -> Value {
+    if on { "1" } else { "0" }.into()
 }
 
 /// A Lua array of bulk strings (nil entries skipped) as byte buffers.
@@ -475,6 +551,54 @@ pub enum Transition {
     Conflict(String),
 }
 
+/// What the lifecycle clock did to one session (`session_sweep.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepOutcome {
+    /// `session/expiring` was sent.
+    Warned,
+    /// It went inactive (`session/updated`, reason `inactive`).
+    Inactive,
+    /// It reached its maximum lifetime (`session/ended`).
+    Ended,
+    /// Nothing was due yet.
+    Active,
+    /// Not active any more; nothing to do until its end of life.
+    Unchanged,
+    /// Its keys expired.
+    Gone,
+}
+
+impl SweepOutcome {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "warned" => SweepOutcome::Warned,
+            "inactive" => SweepOutcome::Inactive,
+            "ended" => SweepOutcome::Ended,
+            "active" => SweepOutcome::Active,
+            "unchanged" => SweepOutcome::Unchanged,
+            "gone" => SweepOutcome::Gone,
+            _ => return None,
+        })
+    }
+
+    /// The metric and log label of an outcome that changed something.
+    pub fn transition(self) -> Option<&'static str> {
+        match self {
+            SweepOutcome::Warned => Some("expiring"),
+            SweepOutcome::Inactive => Some("inactive"),
+            SweepOutcome::Ended => Some("ended"),
+            _ => None,
+        }
+    }
+}
+
+/// One session's sweep: what happened, and when it is next due (0: never).
+#[derive(Debug, Clone, Copy)]
+pub struct Swept {
+    pub outcome: SweepOutcome,
+    pub next_due: u64,
+}
+
 /// A lifecycle event to announce with a transition.
 #[derive(Debug, Clone, Copy)]
 pub struct LifecycleEvent<'a> {
@@ -493,8 +617,7 @@ impl Store {
         ttl_ms: u64,
     ) -> Result<bool, StoreError> {
         let set: Option<String> = self
-            .pool
-            .next()
+            .client()?
             .set(
                 self.keys.code(code),
                 session,
@@ -507,12 +630,15 @@ impl Store {
     }
 
     pub async fn code_session(&self, code: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.pool.next().get(self.keys.code(code)).await?)
+        Ok(self.client()?.get(self.keys.code(code)).await?)
     }
 
-    pub async fn release_code(&self, code: &str) -> Result<(), StoreError> {
-        let _: i64 = self.pool.next().del(self.keys.code(code)).await?;
-        Ok(())
+    /// How long a join code must live for a session of `lifetime`: as long as the
+    /// session's meta can (its lifetime, then the longer of the tombstone and the history
+    /// TTL that a last write just before the end starts), so an ended session's code
+    /// answers 410 until its keys are gone.
+    pub fn code_ttl(&self, lifetime: Duration) -> Duration {
+        lifetime + TOMBSTONE.max(Duration::from_millis(self.ttl_ms))
     }
 
     /// Runs `session_create.lua`; false when the id exists.
@@ -526,7 +652,9 @@ impl Store {
         metadata_json: &str,
     ) -> Result<bool, StoreError> {
         let k = self.keys.session(session);
-        let ttl = self.ttl_ms.max(expires_at.saturating_sub(now_ms));
+        let ttl = self
+            .ttl_ms
+            .max(expires_at.saturating_sub(now_ms) + TOMBSTONE.as_millis() as u64);
         let reply = self
             .eval(
                 "session_create",
@@ -551,8 +679,7 @@ impl Store {
         session: &str,
     ) -> Result<Option<HashMap<String, String>>, StoreError> {
         let fields: HashMap<String, String> = self
-            .pool
-            .next()
+            .client()?
             .hgetall(self.keys.session(session).meta)
             .await?;
         Ok((!fields.is_empty()).then_some(fields))
@@ -609,14 +736,14 @@ impl Store {
         }
     }
 
-    /// Runs `session_sweep.lua`: the outcome, the session's last activity and its status.
+    /// Runs `session_sweep.lua` on one session.
     pub async fn sweep(
         &self,
         session: &str,
         now_ms: u64,
         warning: Duration,
         timeout: Duration,
-    ) -> Result<(String, u64, String), StoreError> {
+    ) -> Result<Swept, StoreError> {
         let k = self.keys.session(session);
         let reply = self
             .eval(
@@ -632,56 +759,110 @@ impl Store {
             .await?;
         let mut parts = reply.into_array().into_iter();
         let outcome = parts.next().and_then(|v| v.as_string()).unwrap_or_default();
-        let last = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
-        let status = parts.next().and_then(|v| v.as_string()).unwrap_or_default();
-        Ok((outcome, last, status))
+        let outcome = SweepOutcome::parse(&outcome).ok_or_else(|| {
+            StoreError::Internal(format!("session_sweep.lua answered `{outcome}`"))
+        })?;
+        let _last = parts.next();
+        let _status = parts.next();
+        let next_due = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok(Swept { outcome, next_due })
     }
 
-    /// Sessions due for a lifecycle check: active ones idle past `warning`, and ones past
-    /// their lifetime.
-    pub async fn sweep_candidates(
+    /// Takes up to `limit` sessions whose lifecycle check is due, leased for `lease` so
+    /// other instances take others. Answers the lease score and (id, due time) pairs.
+    pub async fn claim_due(
         &self,
         now_ms: u64,
-        warning: Duration,
-        limit: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let client = self.pool.next();
-        let idle_before = now_ms.saturating_sub(warning.as_millis() as u64) as f64;
-        let mut ids: Vec<String> = client
-            .zrangebyscore(
-                self.keys.sessions_live(),
-                f64::NEG_INFINITY,
-                idle_before,
-                false,
-                Some((0, limit)),
+        limit: usize,
+        lease: Duration,
+    ) -> Result<(u64, Vec<(String, u64)>), StoreError> {
+        let reply = self
+            .eval(
+                "due_claim",
+                &self.scripts.due_claim,
+                vec![self.keys.sessions_due()],
+                vec![
+                    (now_ms as i64).into(),
+                    (limit as i64).into(),
+                    (lease.as_millis() as i64).into(),
+                ],
             )
             .await?;
-        let expired: Vec<String> = client
-            .zrangebyscore(
-                self.keys.sessions_expiry(),
-                f64::NEG_INFINITY,
-                now_ms as f64,
-                false,
-                Some((0, limit)),
-            )
-            .await?;
-        ids.extend(expired);
-        ids.sort();
-        ids.dedup();
-        Ok(ids)
+        let flat = reply.into_array();
+        let due = flat
+            .chunks(2)
+            .filter_map(|pair| {
+                let id = pair.first()?.as_string()?;
+                let at = pair.get(1)?.as_f64()?;
+                Some((id, at.max(0.0) as u64))
+            })
+            .collect();
+        Ok((now_ms + lease.as_millis() as u64, due))
     }
 
-    /// Records activity in the session indexes (and the user's, when given). Cross-slot,
-    /// so not atomic with the scripts; every step is idempotent.
+    /// Files the next due time of sessions leased by [`Store::claim_due`] (0: drop them).
+    pub async fn reschedule_due(
+        &self,
+        lease_score: u64,
+        next: &[(String, u64)],
+    ) -> Result<(), StoreError> {
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<Value> = Vec::with_capacity(1 + 2 * next.len());
+        args.push((lease_score as i64).into());
+        for (id, at) in next {
+            args.push(id.as_str().into());
+            args.push((*at as i64).into());
+        }
+        self.eval(
+            "due_reschedule",
+            &self.scripts.due_reschedule,
+            vec![self.keys.sessions_due()],
+            args,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Puts a session under the lifecycle clock at `due_ms`, unless it is already due
+    /// sooner (a new or reactivated session).
+    pub async fn schedule(&self, session: &str, due_ms: u64) -> Result<(), StoreError> {
+        let _: Value = self
+            .client()?
+            .zadd(
+                self.keys.sessions_due(),
+                None,
+                Some(fred::types::sorted_sets::Ordering::LessThan),
+                false,
+                false,
+                (due_ms as f64, session),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes a session out from under the lifecycle clock (it has ended).
+    pub async fn unschedule(&self, session: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .client()?
+            .zrem(self.keys.sessions_due(), session)
+            .await?;
+        Ok(())
+    }
+
+    /// Records activity in the session index, and the user's when given; files the
+    /// session under the lifecycle clock at `due` when given. Cross-slot, so not atomic
+    /// with the scripts; every step is idempotent.
     pub async fn touch_indexes(
         &self,
         session: &str,
         now_ms: u64,
-        expires_at: u64,
         user: Option<&str>,
+        due: Option<u64>,
     ) -> Result<(), StoreError> {
         let started = Instant::now();
-        let pipe = self.pool.next().pipeline();
+        let pipe = self.client()?.pipeline();
         let now = now_ms as f64;
         let _: () = pipe
             .zadd(
@@ -693,26 +874,18 @@ impl Store {
                 (now, session),
             )
             .await?;
-        let _: () = pipe
-            .zadd(
-                self.keys.sessions_live(),
-                None,
-                None,
-                false,
-                false,
-                (now, session),
-            )
-            .await?;
-        let _: () = pipe
-            .zadd(
-                self.keys.sessions_expiry(),
-                Some(SetOptions::NX),
-                None,
-                false,
-                false,
-                (expires_at as f64, session),
-            )
-            .await?;
+        if let Some(due) = due {
+            let _: () = pipe
+                .zadd(
+                    self.keys.sessions_due(),
+                    None,
+                    Some(fred::types::sorted_sets::Ordering::LessThan),
+                    false,
+                    false,
+                    (due as f64, session),
+                )
+                .await?;
+        }
         if let Some(user) = user {
             let key = self.keys.user_sessions(user);
             let _: () = pipe
@@ -727,23 +900,64 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a session from the sweeper's indexes (it is no longer active / has ended).
-    pub async fn untrack(&self, session: &str, live: bool, expiry: bool) -> Result<(), StoreError> {
-        let client = self.pool.next();
-        if live {
-            let _: i64 = client.zrem(self.keys.sessions_live(), session).await?;
-        }
-        if expiry {
-            let _: i64 = client.zrem(self.keys.sessions_expiry(), session).await?;
-        }
+    /// Records that `user` is in `session` (their sessions listing) without counting it
+    /// as the session's activity (an observer).
+    pub async fn remember_user_session(
+        &self,
+        user: &str,
+        session: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.user_sessions(user);
+        let client = self.client()?;
+        let _: i64 = client
+            .zadd(&key, None, None, false, false, (now_ms as f64, session))
+            .await?;
+        let _: i64 = client
+            .pexpire(&key, self.max_lifetime_ms.max(self.ttl_ms) as i64, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts a session against the cap of sessions its creator may hold (`owned_claim.lua`);
+    /// false when the user is at the cap.
+    pub async fn claim_owned(
+        &self,
+        user: &str,
+        session: &str,
+        now_ms: u64,
+        expires_at: u64,
+        cap: u32,
+    ) -> Result<bool, StoreError> {
+        let reply = self
+            .eval(
+                "owned_claim",
+                &self.scripts.owned_claim,
+                vec![self.keys.user_owned(user)],
+                vec![
+                    (now_ms as i64).into(),
+                    session.into(),
+                    (expires_at as i64).into(),
+                    i64::from(cap).into(),
+                ],
+            )
+            .await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
+    /// Stops counting an ended session against its creator's cap.
+    pub async fn disown(&self, user: &str, session: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .client()?
+            .zrem(self.keys.user_owned(user), session)
+            .await?;
         Ok(())
     }
 
     /// Every stored history entry, newest first.
     pub async fn history_all(&self, session: &str) -> Result<Vec<Bytes>, StoreError> {
         let values: Vec<Value> = self
-            .pool
-            .next()
+            .client()?
             .lrange(self.keys.session(session).hist, 0, -1)
             .await?;
         Ok(bytes_list(Some(Value::Array(values))))
@@ -751,11 +965,7 @@ impl Store {
 
     /// Deletes the stored history (seq numbering continues).
     pub async fn history_clear(&self, session: &str) -> Result<u64, StoreError> {
-        let removed: i64 = self
-            .pool
-            .next()
-            .del(self.keys.session(session).hist)
-            .await?;
+        let removed: i64 = self.client()?.del(self.keys.session(session).hist).await?;
         Ok(removed.max(0) as u64)
     }
 
@@ -766,7 +976,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<Vec<Bytes>, StoreError> {
         let k = self.keys.session(session);
-        let client = self.pool.next();
+        let client = self.client()?;
         let ids: Vec<String> = client
             .zrangebyscore(&k.pres, (now_ms + 1) as f64, f64::INFINITY, false, None)
             .await?;
@@ -784,8 +994,7 @@ impl Store {
         client_id: &str,
     ) -> Result<Option<Bytes>, StoreError> {
         let value: Value = self
-            .pool
-            .next()
+            .client()?
             .hget(self.keys.session(session).pinfo, client_id)
             .await?;
         Ok(bytes_list(Some(Value::Array(vec![value]))).pop())
@@ -798,8 +1007,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
         Ok(self
-            .pool
-            .next()
+            .client()?
             .zrevrange(self.keys.user_sessions(user), 0, limit - 1, false)
             .await?)
     }
@@ -807,8 +1015,7 @@ impl Store {
     /// Every indexed session id.
     pub async fn all_session_ids(&self) -> Result<Vec<String>, StoreError> {
         Ok(self
-            .pool
-            .next()
+            .client()?
             .zrange(self.keys.sessions(), 0, -1, None, false, None, false)
             .await?)
     }
@@ -817,7 +1024,7 @@ impl Store {
     pub async fn statuses(&self, ids: &[String]) -> Result<Vec<Option<String>>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let pipe = self.pool.next().pipeline();
+            let pipe = self.client()?.pipeline();
             for id in chunk {
                 let _: () = pipe.hget(self.keys.session(id).meta, "status").await?;
             }
@@ -830,8 +1037,7 @@ impl Store {
     /// Drops sessions idle since before `horizon` from the session index.
     pub async fn prune_sessions(&self, horizon_ms: u64) -> Result<(), StoreError> {
         let _: i64 = self
-            .pool
-            .next()
+            .client()?
             .zremrangebyscore(self.keys.sessions(), f64::NEG_INFINITY, horizon_ms as f64)
             .await?;
         Ok(())
@@ -842,20 +1048,16 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let client = self.pool.next();
+        let client = self.client()?;
         let _: i64 = client.zrem(self.keys.sessions(), ids.to_vec()).await?;
-        let _: i64 = client.zrem(self.keys.sessions_live(), ids.to_vec()).await?;
-        let _: i64 = client
-            .zrem(self.keys.sessions_expiry(), ids.to_vec())
-            .await?;
+        let _: i64 = client.zrem(self.keys.sessions_due(), ids.to_vec()).await?;
         Ok(())
     }
 
     /// Records this node's connection count for cluster stats.
     pub async fn node_connections(&self, node: &str, count: usize) -> Result<(), StoreError> {
         let _: i64 = self
-            .pool
-            .next()
+            .client()?
             .hset(self.keys.node_connections(), (node, count as i64))
             .await?;
         Ok(())
@@ -863,7 +1065,7 @@ impl Store {
 
     /// Live nodes (heartbeat within `within`) and their total connections.
     pub async fn cluster(&self, now_ms: u64, within: Duration) -> Result<(u64, u64), StoreError> {
-        let client = self.pool.next();
+        let client = self.client()?;
         let since = now_ms.saturating_sub(within.as_millis() as u64) as f64;
         let nodes: Vec<String> = client
             .zrangebyscore(self.keys.nodes(), since, f64::INFINITY, false, None)
@@ -881,8 +1083,7 @@ impl Store {
     pub async fn publish_user(&self, user: &str, payload: Vec<u8>) -> Result<u64, StoreError> {
         let started = Instant::now();
         let receivers: i64 = self
-            .pool
-            .next()
+            .client()?
             .publish(self.keys.user_channel(user), Value::Bytes(payload.into()))
             .await?;
         m::redis_command("publish_user", started.elapsed());
@@ -941,7 +1142,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<Decision, StoreError> {
         let log = self.keys.rate_limit(scope.name(), key);
-        let client = self.pool.next();
+        let client = self.client()?;
         let since = now_ms.saturating_sub(rate.window.as_millis() as u64);
         let count: u64 = client
             .zcount(&log, (since + 1) as f64, f64::INFINITY)
@@ -963,8 +1164,7 @@ impl Store {
     /// Forgets a key's log (admin reset); true when there was one.
     pub async fn rate_reset(&self, scope: Scope, key: &str) -> Result<bool, StoreError> {
         let removed: i64 = self
-            .pool
-            .next()
+            .client()?
             .del(self.keys.rate_limit(scope.name(), key))
             .await?;
         Ok(removed > 0)

@@ -29,9 +29,87 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
+/// What a session or client id may contain, for error messages.
+pub const ID_CHARSET: &str = "1 to 128 characters of A-Z a-z 0-9 _ - . :";
+
+/// Whether `user` is acceptable as a user id (a token's `sub`): 1 to 128 characters of
+/// `[A-Za-z0-9_.:@+|-]`, so e-mail addresses and identity-provider ids (`auth0|…`) fit.
+/// Every user a token may name is addressable over REST (`/users/{user}/…`, percent-
+/// encoded as usual); braces stay out because user ids sit inside Redis hash tags.
+pub fn valid_user_id(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 128
+        && user.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'+' | b'|')
+        })
+}
+
+/// What a user id may contain, for error messages.
+pub const USER_CHARSET: &str = "1 to 128 characters of A-Z a-z 0-9 _ - . : @ + |";
+
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Why a display name is refused; `None` when it is fine. Names are shown to other people,
+/// so control characters (NUL, CR/LF…), line separators and bidirectional overrides
+/// (U+202E and friends, which reverse how the text around them reads) are refused.
+pub fn name_problem(name: &str) -> Option<String> {
+    let count = name.chars().count();
+    if count == 0 || count > MAX_NAME_CHARS {
+        return Some(format!("must be 1 to {MAX_NAME_CHARS} characters"));
+    }
+    let bad = name.chars().find(|c| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{2028}' | '\u{2029}'
+            )
+            || ('\u{202A}'..='\u{202E}').contains(c)
+            || ('\u{2066}'..='\u{2069}').contains(c)
+    })?;
+    Some(format!(
+        "must not contain control or bidirectional-override characters (found U+{:04X})",
+        u32::from(bad)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids() {
+        for ok in [
+            "alice",
+            "ann@example.com",
+            "auth0|5f1c",
+            "a+tag@x.io",
+            "guest-1",
+        ] {
+            assert!(valid_user_id(ok), "{ok}");
+        }
+        for bad in ["", "a}b", "{u:x}", "a b", "a/b", "é", &"x".repeat(129)] {
+            assert!(!valid_user_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["Alice", "Zoë 👩‍👩‍👧", "東京", &"x".repeat(64)] {
+            assert_eq!(name_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "a\0b",
+            "line\r\nbreak",
+            "evil\u{202E}gpj.exe",
+            "iso\u{2066}late",
+            "sep\u{2028}",
+            &"x".repeat(65),
+        ] {
+            assert!(name_problem(bad).is_some(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn ids() {

@@ -217,6 +217,7 @@ async fn presence_events_cross_instances_and_dead_nodes_leave_no_ghost() {
     for g in [&a, &b, &c] {
         g.wait_ready().await;
     }
+    open_session(&a, "pres").await;
     let mut watcher = a.connect(&token("watcher", &[Role::Observer])).await;
     watcher.join("pres", None).await;
 
@@ -415,6 +416,7 @@ async fn roles_and_session_claims_are_enforced() {
     let redis = Redis::start();
     let a = Gateway::start(&redis.url(), &[]);
     a.wait_ready().await;
+    open_session(&a, "r").await;
     let mut observer = a.connect(&token("obs", &[Role::Observer])).await;
     observer.join("r", None).await;
     observer
@@ -475,6 +477,7 @@ async fn presence_events_stop_above_the_cap_and_resume_below_it() {
     let b = Gateway::start(&redis.url(), &caps);
     a.wait_ready().await;
     b.wait_ready().await;
+    open_session(&a, "big").await;
     let mut watcher = a.connect(&token("watcher", &[Role::Observer])).await;
     watcher.join("big", None).await;
     let mut ctl = b.connect(&token("ctl", BOTH)).await;

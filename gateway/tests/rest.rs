@@ -237,7 +237,8 @@ async fn lifecycle_end_to_end_across_two_instances() {
         );
         assert_eq!(c.closed(DEADLINE).await, Closed::Code(close::SESSION_ENDED));
     }
-    // The code is released; the ended session refuses joins and writes.
+    // The code is a tombstone (410 until the session's keys expire); the ended session
+    // refuses joins and writes.
     call(
         a.addr,
         "POST",
@@ -246,7 +247,7 @@ async fn lifecycle_end_to_end_across_two_instances() {
         Some(&json!({"code": code})),
     )
     .await
-    .assert_problem(404, "not_found");
+    .assert_problem(410, "session_ended");
     let mut late = ws(&a, &token("late", &[Role::Display])).await;
     assert!(matches!(
         late.join(&id, None).await,
@@ -315,10 +316,10 @@ async fn routes_validate_and_authorize() {
         // No credential: 401. A token for another session or no session claim: 403.
         call(a.addr, method, path, None, body.as_ref())
             .await
-            .assert_problem(401, "forbidden");
+            .assert_problem(401, "unauthorized");
         call(a.addr, method, path, Some("garbage"), body.as_ref())
             .await
-            .assert_problem(401, "forbidden");
+            .assert_problem(401, "unauthorized");
         call(a.addr, method, path, Some(&other), body.as_ref())
             .await
             .assert_problem(403, "forbidden");
@@ -383,7 +384,7 @@ async fn routes_validate_and_authorize() {
             .assert_problem(403, "forbidden");
         call(a.addr, method, &path, None, body.as_ref())
             .await
-            .assert_problem(401, "forbidden");
+            .assert_problem(401, "unauthorized");
         assert_eq!(
             call(a.addr, method, &path, Some(API_KEY), body.as_ref())
                 .await
@@ -587,7 +588,7 @@ async fn closed_session_creation_needs_the_server_key() {
     a.wait_ready().await;
     call(a.addr, "POST", "/api/v1/sessions", None, None)
         .await
-        .assert_problem(401, "forbidden");
+        .assert_problem(401, "unauthorized");
     let created = call(a.addr, "POST", "/api/v1/sessions", Some(API_KEY), None).await;
     assert_eq!(created.status, 201, "{}", created.body);
     let code = created.json()["code"].as_str().unwrap().to_string();
@@ -599,7 +600,7 @@ async fn closed_session_creation_needs_the_server_key() {
         Some(&json!({"code": code})),
     )
     .await
-    .assert_problem(401, "forbidden");
+    .assert_problem(401, "unauthorized");
     assert_eq!(
         call(
             a.addr,

@@ -105,13 +105,26 @@ pub fn decode_client(format: Format, bytes: &[u8]) -> Result<ClientFrame, Decode
         Format::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
         Format::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
     };
-    frame.map_err(|e| {
-        DecodeError::new(
-            ErrorCode::BadRequest,
-            format!("invalid `{kind}` frame: {e}"),
-            reference,
-        )
-    })
+    let frame = match frame {
+        Ok(frame) => frame,
+        Err(e) => {
+            return Err(DecodeError::new(
+                ErrorCode::BadRequest,
+                format!("invalid `{kind}` frame: {e}"),
+                reference,
+            ))
+        }
+    };
+    // A number that decoding would have changed (a float for a huge integer, null for
+    // NaN) is refused rather than stored altered.
+    let numbers = match format {
+        Format::Json => crate::numbers::check_json(bytes),
+        Format::Msgpack => crate::numbers::check_msgpack(bytes),
+    };
+    match numbers {
+        Ok(()) => Ok(frame),
+        Err(e) => Err(DecodeError::new(ErrorCode::BadRequest, e.0, reference)),
+    }
 }
 
 /// Encodes a frame in the given format. JSON output is always valid UTF-8.

@@ -108,6 +108,9 @@ pub enum ErrorCode {
     UnknownType,
     TooLarge,
     NotJoined,
+    /// Missing or bad credential (HTTP 401).
+    Unauthorized,
+    /// Valid credential, not allowed (HTTP 403).
     Forbidden,
     NotFound,
     SessionEnded,
@@ -123,6 +126,7 @@ impl ErrorCode {
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::NotJoined => "not_joined",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::SessionEnded => "session_ended",

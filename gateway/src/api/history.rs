@@ -12,7 +12,7 @@ use roomcast_shared::HistoryMessage;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::sessions::load;
+use super::sessions::{load, load_open};
 use super::{checked_id, require_session, ApiError, ApiPath, ApiQuery};
 use crate::envelope::{decode_entry, Entry};
 use crate::App;
@@ -228,7 +228,7 @@ pub struct Cleared {
 /// `DELETE /sessions/{id}/history`: forgets stored messages; seq numbering continues.
 #[utoipa::path(delete, path = "/sessions/{id}/history", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Cleared),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn clear(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -236,7 +236,7 @@ pub async fn clear(
 ) -> Result<Json<Cleared>, ApiError> {
     checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
-    load(&app, &id).await?;
+    load_open(&app, &id).await?;
     let removed = app.store.history_clear(&id).await?;
     Ok(Json(Cleared {
         cleared: removed > 0,

@@ -23,8 +23,13 @@ pub struct Sender {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 128)]
     pub user: Option<String>,
+    /// Shown as `from.name`: 1 to 64 characters, no control or bidi-override characters.
     #[serde(default)]
-    #[schema(max_length = 64)]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028-\\u202E\\u2066-\\u2069]{1,64}$"
+    )]
     pub name: Option<String>,
 }
 
@@ -90,6 +95,7 @@ pub async fn publish(
             "`from.user` is 1 to 128 characters, `from.name` at most 64",
         ));
     }
+    super::checked_name(sender.name.as_deref())?;
     let from = From {
         client_id: "server".into(),
         user,
@@ -100,16 +106,16 @@ pub async fn publish(
     let tail = encode_entry_tail(now, &from, &body.data)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let traceparent = crate::telemetry::current_traceparent();
-    let seq = app
+    let published = app
         .store
         .publish(&id, tail, now, traceparent.as_deref())
-        .await?
-        .seq;
-    let expires = now + app.config.max_lifetime.as_millis() as u64;
-    if let Err(e) = app.store.touch_indexes(&id, now, expires, None).await {
+        .await?;
+    // A new or reactivated session goes (back) under the lifecycle clock.
+    let due = published.due(&app.config, now);
+    if let Err(e) = app.store.touch_indexes(&id, now, None, due).await {
         tracing::debug!(error = %e, "index touch failed");
     }
-    Ok(Json(Published { seq }))
+    Ok(Json(Published { seq: published.seq }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -128,7 +134,7 @@ pub struct Delivered {
 }
 
 /// `POST /users/{user}/messages`
-#[utoipa::path(post, path = "/users/{user}/messages", tag = "messages", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/users/{user}/messages", tag = "messages", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$")),
     request_body = DirectMessage,
     responses((status = 200, body = Delivered),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
@@ -138,7 +144,7 @@ pub async fn direct(
     ApiPath(user): ApiPath<String>,
     body: ApiJson<DirectMessage>,
 ) -> Result<Json<Delivered>, ApiError> {
-    checked_id(&user, "user")?;
+    super::checked_user(&user)?;
     require_server(&app, &headers)?;
     let body = body.value()?;
     check_size(&app, &body.data)?;

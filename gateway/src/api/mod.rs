@@ -107,7 +107,7 @@ impl ApiError {
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Forbidden, detail)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, detail)
     }
 
     pub fn conflict(detail: impl Into<String>) -> Self {
@@ -154,6 +154,7 @@ impl From<StoreError> for ApiError {
                 ErrorCode::SessionEnded,
                 "the session has ended",
             ),
+            StoreError::NoSuchSession => ApiError::not_found("no such session"),
             StoreError::SessionResolved => ApiError::new(
                 StatusCode::CONFLICT,
                 ErrorCode::Forbidden,
@@ -210,6 +211,8 @@ where
 fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    // An integer beyond 64 bits parses as a float that has lost digits: refuse it.
+    roomcast_shared::numbers::check_json(bytes).map_err(|e| ApiError::bad_request(e.0))?;
     match value {
         serde_json::Value::Null => Ok(None),
         serde_json::Value::Object(_) => serde_json::from_value(value)
@@ -306,8 +309,29 @@ pub fn checked_id(id: &str, what: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!(
-            "`{what}` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :"
+            "`{what}` must be {}",
+            crate::util::ID_CHARSET
         )))
+    }
+}
+
+/// A user id from a path or body: 400 unless it is one a token could carry.
+pub fn checked_user(user: &str) -> Result<(), ApiError> {
+    if crate::util::valid_user_id(user) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`user` must be {}",
+            crate::util::USER_CHARSET
+        )))
+    }
+}
+
+/// A display name from a request: 400 with the reason when it is refused.
+pub fn checked_name(name: Option<&str>) -> Result<(), ApiError> {
+    match name.and_then(crate::util::name_problem) {
+        Some(problem) => Err(ApiError::bad_request(format!("`name` {problem}"))),
+        None => Ok(()),
     }
 }
 

@@ -13,7 +13,7 @@ use roomcast_shared::{Member, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::sessions::{acts_for, load};
+use super::sessions::{acts_for, load, load_open};
 use super::{
     checked_id, parse_role, require_admin, require_session, ApiError, ApiJson, ApiPath, Credential,
     MaybeJson,
@@ -106,13 +106,17 @@ pub struct PresenceJoin {
     pub client_id: Option<String>,
     /// Required with the server key; taken from the token otherwise.
     #[serde(default)]
-    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
+    #[schema(pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$")]
     pub user: Option<String>,
     #[serde(default)]
     #[schema(pattern = "^(controller|display|observer)$")]
     pub role: Option<String>,
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028-\\u202E\\u2066-\\u2069]{1,64}$"
+    )]
     pub name: Option<String>,
 }
 
@@ -139,10 +143,7 @@ pub async fn join(
     checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value()?.unwrap_or_default();
-    let fields = load(&app, &id).await?;
-    if fields.get("status").map(String::as_str) == Some("ended") {
-        return Err(crate::store::StoreError::SessionEnded.into());
-    }
+    load_open(&app, &id).await?;
     // REST members have `rest-` ids, so a caller can never take over a WebSocket
     // member's entry by naming its client id.
     let client_id = match body.client_id.clone() {
@@ -166,11 +167,7 @@ pub async fn join(
             None,
         ),
     };
-    if !valid_id(&user) {
-        return Err(ApiError::bad_request(
-            "`user` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :",
-        ));
-    }
+    super::checked_user(&user)?;
     if body.user.as_ref().is_some_and(|u| u != &user) {
         return Err(ApiError::forbidden("a token joins as its own user"));
     }
@@ -184,12 +181,7 @@ pub async fn join(
         }
     }
     let name = body.name.or(token_name);
-    if name
-        .as_ref()
-        .is_some_and(|n| n.is_empty() || n.chars().count() > 64)
-    {
-        return Err(ApiError::bad_request("`name` must be 1 to 64 characters"));
-    }
+    super::checked_name(name.as_deref())?;
     // Re-joining an id is for its own user only.
     if let Some(existing) = app.store.presence_info(&id, &client_id).await? {
         if MemberInfo::decode(&existing).is_ok_and(|i| i.user != user) {
@@ -251,7 +243,7 @@ async fn own_member(
 #[utoipa::path(post, path = "/sessions/{id}/presence/activity", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = PresenceClient,
     responses((status = 200, body = PresenceEntry),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn activity(
     State(app): State<Arc<App>>,
@@ -262,7 +254,7 @@ pub async fn activity(
     checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value()?;
-    load(&app, &id).await?;
+    load_open(&app, &id).await?;
     let mut info = own_member(&app, &id, &credential, &body.client_id).await?;
     let now = now_ms();
     let was_idle = now.saturating_sub(info.active_at) > app.config.idle_after.as_millis() as u64;
@@ -294,7 +286,7 @@ pub struct Left {
 #[utoipa::path(post, path = "/sessions/{id}/presence/leave", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = PresenceClient,
     responses((status = 200, body = Left),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub async fn leave(
     State(app): State<Arc<App>>,
@@ -305,7 +297,7 @@ pub async fn leave(
     checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value()?;
-    load(&app, &id).await?;
+    load_open(&app, &id).await?;
     own_member(&app, &id, &credential, &body.client_id).await?;
     let left = app.store.leave(&id, &body.client_id).await?;
     Ok(Json(Left { left }))

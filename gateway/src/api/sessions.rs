@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -88,6 +89,16 @@ pub async fn load(app: &App, id: &str) -> Result<HashMap<String, String>, ApiErr
         .session_fields(id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such session"))
+}
+
+/// Loads a session that may still change: 404 when absent, 409 `session_ended` when it
+/// has ended (an ended session refuses every write until its keys expire).
+pub async fn load_open(app: &App, id: &str) -> Result<HashMap<String, String>, ApiError> {
+    let fields = load(app, id).await?;
+    if fields.get("status").map(String::as_str) == Some("ended") {
+        return Err(crate::store::StoreError::SessionEnded.into());
+    }
+    Ok(fields)
 }
 
 fn json_field(value: &Value, what: &str) -> Result<String, ApiError> {
@@ -175,7 +186,13 @@ pub async fn create(
         let candidate = new_code();
         if app
             .store
-            .claim_code(&candidate, &id, lifetime * 1000)
+            .claim_code(
+                &candidate,
+                &id,
+                app.store
+                    .code_ttl(Duration::from_secs(lifetime))
+                    .as_millis() as u64,
+            )
             .await?
         {
             code = Some(candidate);
@@ -193,7 +210,8 @@ pub async fn create(
     {
         return Err(ApiError::internal());
     }
-    app.store.touch_indexes(&id, now, expires_at, None).await?;
+    let due = crate::lifecycle::first_due(&app.config, now, expires_at);
+    app.store.touch_indexes(&id, now, None, Some(due)).await?;
     let display_token = app
         .auth
         .mint_until(
@@ -227,7 +245,11 @@ pub struct JoinByCode {
     pub code: String,
     /// Display name for the new member.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200E\\u200F\\u2028-\\u202E\\u2066-\\u2069]{1,64}$"
+    )]
     pub name: Option<String>,
     /// `controller` (default), `display` or `observer`.
     #[serde(default)]
@@ -260,13 +282,7 @@ pub async fn join(
             "`code` is 6 characters of A-Z and 2-9",
         ));
     }
-    if body
-        .name
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > 64 || n.is_empty())
-    {
-        return Err(ApiError::bad_request("`name` must be 1 to 64 characters"));
-    }
+    super::checked_name(body.name.as_deref())?;
     let role = parse_role(body.role.as_deref(), Role::Controller)?;
     let id = app
         .store
@@ -303,7 +319,7 @@ pub async fn join(
             ApiError::internal()
         })?;
     app.store
-        .touch_indexes(&id, now_ms(), view.expires_at, Some(&user))
+        .touch_indexes(&id, now_ms(), Some(&user), None)
         .await?;
     Ok(Json(Joined {
         session_id: id,
@@ -471,12 +487,12 @@ pub async fn end(
         &fields,
     )
     .await?;
-    let view = SessionView::from_fields(&id, &after);
-    app.store.untrack(&id, true, true).await?;
-    if let Some(code) = &view.code {
-        app.store.release_code(code).await?;
+    // The join code stays as a tombstone (410) until it expires with the session's keys.
+    app.store.unschedule(&id).await?;
+    if let Some(owner) = after.get("owner").filter(|o| !o.is_empty()) {
+        app.store.disown(owner, &id).await?;
     }
-    Ok(Json(view))
+    Ok(Json(SessionView::from_fields(&id, &after)))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -524,7 +540,6 @@ pub async fn resolve(
         &fields,
     )
     .await?;
-    app.store.untrack(&id, true, false).await?;
     Ok(Json(SessionView::from_fields(&id, &after)))
 }
 
@@ -575,9 +590,8 @@ pub async fn resume(
     )
     .await?;
     let view = SessionView::from_fields(&id, &after);
-    app.store
-        .touch_indexes(&id, now, view.expires_at, None)
-        .await?;
+    let due = crate::lifecycle::first_due(&app.config, now, view.expires_at);
+    app.store.touch_indexes(&id, now, None, Some(due)).await?;
     let mut history: Vec<HistoryMessage> = app
         .store
         .history_all(&id)
@@ -613,7 +627,7 @@ pub struct SessionList {
 }
 
 /// `GET /users/{user}/sessions`
-#[utoipa::path(get, path = "/users/{user}/sessions", tag = "sessions", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), UserSessionsParams),
+#[utoipa::path(get, path = "/users/{user}/sessions", tag = "sessions", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$"), UserSessionsParams),
     responses((status = 200, body = SessionList)))]
 pub async fn of_user(
     State(app): State<Arc<App>>,
@@ -621,7 +635,7 @@ pub async fn of_user(
     ApiPath(user): ApiPath<String>,
     params: ApiQuery<UserSessionsParams>,
 ) -> Result<Json<SessionList>, ApiError> {
-    checked_id(&user, "user")?;
+    super::checked_user(&user)?;
     require_server(&app, &headers)?;
     let params = params.value()?;
     let limit = params.limit.unwrap_or(20);

@@ -218,6 +218,7 @@ impl Gateway {
             "BURST",
             "SIGNAL",
             "FRAMES",
+            "CREATE",
         ] {
             cmd.env(format!("ROOMCAST_RATE_{scope}"), "0");
         }
@@ -326,6 +327,23 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Creates session `id` the way a first writer does (join, then leave), so that observers,
+/// who never create sessions, can join it. Leaves no member behind.
+pub async fn open_session(g: &Gateway, id: &str) {
+    let mut opener = g.connect(&token("opener", &[Role::Controller])).await;
+    assert!(
+        matches!(opener.join(id, None).await, ServerFrame::Joined { .. }),
+        "session {id} could not be created"
+    );
+    opener
+        .send_json(serde_json::json!({"type": "leave", "session": id, "ref": "bye"}))
+        .await;
+    opener
+        .expect("leave ack", |f| matches!(f, ServerFrame::Ack { .. }))
+        .await;
+    opener.close().await;
 }
 
 /// Minimal HTTP/1.1 GET; answers status and body. Connection errors answer status 0.

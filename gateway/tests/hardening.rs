@@ -1,0 +1,425 @@
+//! Regressions for what a black-box red team and a first-time user found (issue 10): each
+//! test fails on the gateway as it was and passes now. The network edge (silent sockets,
+//! descriptor pressure) and the lifecycle clock have their own files: `edge.rs` and
+//! `lifecycle.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use gateway::auth::Claims;
+use roomcast_shared::{ErrorCode, Role, ServerFrame};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const API_KEY: &str = "test-api-key-0123456789";
+
+fn claims(sub: &str, name: Option<String>) -> Claims {
+    Claims {
+        sub: sub.into(),
+        roles: vec![Role::Controller, Role::Display],
+        sessions: None,
+        name,
+        exp: gateway::util::now_ms() / 1000 + 3600,
+        nbf: None,
+        iat: None,
+        iss: None,
+        aud: None,
+    }
+}
+
+/// Sends `frame` and answers the code and message of the `error` frame it gets.
+async fn error_for(client: &mut WsClient, frame: Value) -> (ErrorCode, String) {
+    client.send_json(frame).await;
+    match client
+        .expect("error", |f| matches!(f, ServerFrame::Error { .. }))
+        .await
+    {
+        ServerFrame::Error { code, message, .. } => (code, message),
+        _ => unreachable!(),
+    }
+}
+
+fn meta_field(redis: &Redis, session: &str, field: &str) -> String {
+    redis
+        .cmd(&["HGET", &format!("rc:{{s:{session}}}:meta"), field])
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn observers_cannot_write_activity() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", &[Role::Controller])).await;
+    ctl.join("watched", None).await;
+    let before = meta_field(&redis, "watched", "last_activity");
+    let mut watcher = a.connect(&token("eye", &[Role::Observer])).await;
+    assert!(matches!(
+        watcher.join("watched", None).await,
+        ServerFrame::Joined { .. }
+    ));
+    // The observer's join was a read: it did not move the session's activity either.
+    let (code, message) = error_for(
+        &mut watcher,
+        json!({"type": "activity", "session": "watched", "ref": "a1"}),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::Forbidden, "{message}");
+    assert_eq!(meta_field(&redis, "watched", "last_activity"), before);
+    // A controller's activity is still a write.
+    ctl.send_json(json!({"type": "activity", "session": "watched", "ref": "a2"}))
+        .await;
+    ctl.expect("ack", |f| matches!(f, ServerFrame::Ack { .. }))
+        .await;
+}
+
+#[tokio::test]
+async fn ended_sessions_refuse_writes_and_their_codes_answer_410() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_API_KEY", API_KEY)]);
+    a.wait_ready().await;
+    let created = call(a.addr, "POST", "/api/v1/sessions", None, None)
+        .await
+        .json();
+    let id = created["id"].as_str().unwrap().to_string();
+    let code = created["code"].as_str().unwrap().to_string();
+    let r = call(
+        a.addr,
+        "POST",
+        &format!("/api/v1/sessions/{id}/messages"),
+        Some(API_KEY),
+        Some(&json!({"data": "before the end"})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = call(
+        a.addr,
+        "DELETE",
+        &format!("/api/v1/sessions/{id}"),
+        Some(API_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Every write is refused with 409 session_ended, and the history is still there.
+    for (method, path, body) in [
+        ("DELETE", format!("/api/v1/sessions/{id}/history"), None),
+        (
+            "POST",
+            format!("/api/v1/sessions/{id}/presence/join"),
+            Some(json!({"user": "late"})),
+        ),
+        (
+            "POST",
+            format!("/api/v1/sessions/{id}/messages"),
+            Some(json!({"data": 1})),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/sessions/{id}"),
+            Some(json!({"state": 1})),
+        ),
+    ] {
+        call(a.addr, method, &path, Some(API_KEY), body.as_ref())
+            .await
+            .assert_problem(409, "session_ended");
+    }
+    let stats = call(
+        a.addr,
+        "GET",
+        &format!("/api/v1/sessions/{id}/history/stats"),
+        Some(API_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(stats.json()["count"], 1, "{}", stats.body);
+    // Its join code is a tombstone: 410, not 404.
+    call(
+        a.addr,
+        "POST",
+        "/api/v1/sessions/join",
+        None,
+        Some(&json!({"code": code})),
+    )
+    .await
+    .assert_problem(410, "session_ended");
+}
+
+#[tokio::test]
+async fn token_claims_are_checked_at_the_upgrade() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_API_KEY", API_KEY)]);
+    a.wait_ready().await;
+    let url = a.ws_url();
+    for (what, claims) in [
+        (
+            "a 40,000-character name",
+            claims("u1", Some("n".repeat(40_000))),
+        ),
+        (
+            "a right-to-left override",
+            claims("u2", Some("evil\u{202E}txt.exe".into())),
+        ),
+        (
+            "a name with CR/LF",
+            claims("u3", Some("line\r\nbreak".into())),
+        ),
+        ("a brace in sub", claims("a}b", None)),
+        ("a space in sub", claims("a b", None)),
+    ] {
+        let refused = WsClient::try_connect(&url, Some(&sign_claims(&claims, SECRET)), None).await;
+        assert_eq!(refused.err(), Some(401), "{what}");
+    }
+    // What a token may carry as `sub` is addressable: an e-mail address connects, and a
+    // direct message to it over REST arrives.
+    let mut ann = a
+        .connect(&sign_claims(&claims("ann+tv@example.com", None), SECRET))
+        .await;
+    wait_for(DEADLINE, "a delivered direct message", || async {
+        let r = call(
+            a.addr,
+            "POST",
+            "/api/v1/users/ann+tv%40example.com/messages",
+            Some(API_KEY),
+            Some(&json!({"data": "hi"})),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["delivered"] == true
+    })
+    .await;
+    match ann
+        .expect("direct", |f| matches!(f, ServerFrame::Direct { .. }))
+        .await
+    {
+        ServerFrame::Direct { data, .. } => assert_eq!(data, json!("hi")),
+        _ => unreachable!(),
+    }
+    // A name given at join gets the same check, as an error frame.
+    for name in ["a\u{0}b", "x\u{2066}y", ""] {
+        let (code, message) = error_for(
+            &mut ann,
+            json!({"type": "join", "session": "names", "name": name}),
+        )
+        .await;
+        assert_eq!(code, ErrorCode::BadRequest, "{name:?}: {message}");
+    }
+    // So does REST.
+    call(
+        a.addr,
+        "POST",
+        "/api/v1/users/a%7Bb/messages",
+        Some(API_KEY),
+        Some(&json!({"data": 1})),
+    )
+    .await
+    .assert_problem(400, "bad_request");
+}
+
+#[tokio::test]
+async fn numbers_that_would_change_are_refused() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_API_KEY", API_KEY)]);
+    a.wait_ready().await;
+    let mut json_client = a.connect(&token("j", &[Role::Controller])).await;
+    json_client.join("nums", None).await;
+    json_client
+        .send_raw(Message::text(
+            r#"{"type":"publish","session":"nums","data":{"n":18446744073709551616},"ref":"big"}"#,
+        ))
+        .await;
+    match json_client
+        .expect("error", |f| matches!(f, ServerFrame::Error { .. }))
+        .await
+    {
+        ServerFrame::Error {
+            code, reference, ..
+        } => {
+            assert_eq!(code, ErrorCode::BadRequest);
+            assert_eq!(reference.as_deref(), Some("big"));
+        }
+        _ => unreachable!(),
+    }
+    // The largest integers that fit are stored exactly.
+    json_client
+        .send_raw(Message::text(
+            r#"{"type":"publish","session":"nums","data":[18446744073709551615,-9223372036854775808],"ref":"max"}"#,
+        ))
+        .await;
+    json_client
+        .expect("ack", |f| matches!(f, ServerFrame::Ack { .. }))
+        .await;
+    let stored = json_client
+        .expect("message", |f| matches!(f, ServerFrame::Message { .. }))
+        .await;
+    match stored {
+        ServerFrame::Message { data, .. } => {
+            assert_eq!(data, json!([u64::MAX, i64::MIN]));
+        }
+        _ => unreachable!(),
+    }
+    // msgpack NaN and infinities have no JSON form: refused, not turned into null.
+    let mut mp = WsClient::connect(
+        &a.ws_url(),
+        Some(&token("m", &[Role::Controller])),
+        Some("roomcast.v1.msgpack"),
+    )
+    .await;
+    mp.join("nums", None).await;
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        #[derive(serde::Serialize)]
+        struct Publish<'a> {
+            r#type: &'a str,
+            session: &'a str,
+            data: f64,
+        }
+        let bytes = rmp_serde::to_vec_named(&Publish {
+            r#type: "publish",
+            session: "nums",
+            data: bad,
+        })
+        .unwrap();
+        mp.send_raw(Message::binary(bytes)).await;
+        match mp
+            .expect("error", |f| matches!(f, ServerFrame::Error { .. }))
+            .await
+        {
+            ServerFrame::Error { code, .. } => assert_eq!(code, ErrorCode::BadRequest, "{bad}"),
+            _ => unreachable!(),
+        }
+    }
+    // Nothing but the one good message was stored.
+    assert_eq!(
+        redis
+            .cmd(&["LLEN", "rc:{s:nums}:hist"])
+            .unwrap_or_default()
+            .trim(),
+        ":1"
+    );
+    // REST bodies get the same rule.
+    call_raw(
+        a.addr,
+        format!(
+            "POST /api/v1/sessions/nums/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n\
+             Content-Length: 36\r\n\r\n{{\"data\":100000000000000000000000000}}"
+        )
+        .as_bytes(),
+    )
+    .await
+    .assert_problem(400, "bad_request");
+}
+
+#[tokio::test]
+async fn header_count_and_size_limits_are_the_documented_ones() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    let request = |headers: usize| {
+        let mut r = String::from("GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        // Host and Connection count too.
+        for i in 0..headers.saturating_sub(2) {
+            r.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        r.push_str("\r\n");
+        r
+    };
+    assert_eq!(call_raw(a.addr, request(100).as_bytes()).await.status, 200);
+    assert_eq!(call_raw(a.addr, request(101).as_bytes()).await.status, 431);
+    let under = format!(
+        "GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(60 * 1024)
+    );
+    assert_eq!(call_raw(a.addr, under.as_bytes()).await.status, 200);
+}
+
+#[tokio::test]
+async fn urls_asking_for_tls_exit_64_instead_of_running_in_plaintext() {
+    for url in ["rediss://127.0.0.1:6380", "rediss-cluster://127.0.0.1:7000"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+            .env_clear()
+            .env("ROOMCAST_JWT_SECRET", SECRET)
+            .env("ROOMCAST_REDIS_URL", url)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(64), "{url}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("TLS"), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_token_command_says_what_is_missing() {
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"));
+        cmd.env_clear().arg("token").args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    // No secret: it names the one variable that can sign, not the public key or auth=off.
+    let (code, stderr) = run(&[], &["--sub", "a", "--role", "controller"]);
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("ROOMCAST_JWT_SECRET"), "{stderr}");
+    assert!(
+        !stderr.contains("PUBLIC_KEY") && !stderr.contains("AUTH=off"),
+        "{stderr}"
+    );
+    // A missing flag is named on the one line.
+    let (code, stderr) = run(
+        &[("ROOMCAST_JWT_SECRET", SECRET)],
+        &["--role", "controller"],
+    );
+    assert_eq!(code, Some(64));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--sub"), "{stderr}");
+    // A claim the gateway would refuse is not minted.
+    let (code, stderr) = run(
+        &[("ROOMCAST_JWT_SECRET", SECRET)],
+        &["--sub", "a b", "--role", "controller"],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("sub"), "{stderr}");
+}
+
+#[tokio::test]
+async fn requests_fail_fast_while_redis_is_known_to_be_down() {
+    let mut redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_REDIS_TIMEOUT", "2s")]);
+    a.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", &[Role::Controller])).await;
+    ctl.join("fast", None).await;
+    redis.stop();
+    // Readiness may first fail for the lost subscriber; wait until the PING has failed.
+    wait_for(DEADLINE, "readiness 503 for redis", || async {
+        let (status, body) = a.get("/health/ready").await;
+        status == 503 && body.contains("redis unreachable")
+    })
+    .await;
+    // With a 2 s command timeout, waiting on Redis would take seconds; the gateway
+    // already knows, so it answers at once.
+    let started = Instant::now();
+    let r = call(a.addr, "POST", "/api/v1/sessions", None, None).await;
+    let took = started.elapsed();
+    r.assert_problem(503, "unavailable");
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    assert!(took < Duration::from_millis(1000), "took {took:?}");
+    let started = Instant::now();
+    let (code, _) = error_for(
+        &mut ctl,
+        json!({"type": "publish", "session": "fast", "data": 1, "ref": "p"}),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::Unavailable);
+    assert!(started.elapsed() < Duration::from_millis(1000));
+}
