@@ -57,7 +57,7 @@ COPY --from=builder --chown=0:0 --chmod=0755 /out/roomcast /roomcast
 USER 65532:65532
 
 # WebSocket, REST, health and metrics all share this port (ROOMCAST_LISTEN).
-EXPOSE 8080
+EXPOSE 8080 9090
 
 # SIGTERM starts the drain: readiness 503, close 1001 to clients, exit within
 # ROOMCAST_SHUTDOWN_GRACE. The binary is PID 1 (exec form), so it gets the signal.

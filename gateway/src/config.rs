@@ -245,7 +245,18 @@ pub struct Config {
     /// Most WebSocket connections one user may hold on this instance; 0: no cap.
     #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
     pub max_connections_per_user: usize,
-    /// A client that has not sent its full request head by then is disconnected.
+    /// Also serve the operational endpoints (`/health/*`, `/health`, `/ping`, `/metrics`)
+    /// on this address, apart from client traffic: probes keep answering when the main
+    /// listener is saturated. Unset: only on `ROOMCAST_LISTEN`.
+    #[arg(long, env = "ROOMCAST_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
+    /// Connections one address may hold that are not (yet) WebSockets; more are answered
+    /// 429 at once. Trusted proxies are exempt. 0: no cap.
+    #[arg(long, env = "ROOMCAST_MAX_PENDING_PER_IP", default_value_t = 128)]
+    pub max_pending_per_ip: usize,
+    /// A connection with no request in progress for this long is closed: from its accept
+    /// (a socket that sends nothing) and after each response (keep-alive). A request head
+    /// must also arrive whole within it.
     #[arg(long, env = "ROOMCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
     /// Members listed in `joined.presence` (the largest sessions get the first ones). Every

@@ -1,6 +1,7 @@
 //! The HTTP surface: the router, operational endpoints, request ids and HTTP metrics.
 //!
-//! Owns `router(app)` (so tests need no socket for plain HTTP), the health endpoints of
+//! Owns `router(app)` (so tests need no socket for plain HTTP) and `ops_router(app)` (the
+//! operational endpoints alone, for their own listener), the health endpoints of
 //! SPEC.md "Operations", `/metrics`, the `X-Request-Id` convention and the one problem+json
 //! error shape (RFC 9457) every HTTP error uses.
 
@@ -39,6 +40,20 @@ pub fn router(app: Arc<App>) -> Router {
                 crate::api::limits::enforce,
             )),
         )
+        .fallback(not_found)
+        .layer(middleware::from_fn(observe))
+        .with_state(app)
+}
+
+/// The operational endpoints alone, for `ROOMCAST_OPS_LISTEN`: probes and scrapes on a
+/// listener that client traffic cannot saturate.
+pub fn ops_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/health", get(health))
+        .route("/ping", get(|| async { "pong" }))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn(observe))
         .with_state(app)

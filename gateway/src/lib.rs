@@ -183,20 +183,58 @@ pub async fn run(
     app.tracker.spawn(monitor(app.clone()));
     app.tracker.spawn(lifecycle::sweeper(app.clone()));
 
+    // The ops listener is bound (and announced) before the main one is.
+    let ops_listener = match app.config.ops_listen {
+        Some(addr) => {
+            let ops = TcpListener::bind(addr).await?;
+            tracing::info!(addr = %ops.local_addr()?, "ops listening");
+            Some(ops)
+        }
+        None => None,
+    };
     let addr = listener.local_addr()?;
     tracing::info!(addr = %addr, node = %app.node_id, "listening");
 
     let stop_accepting = CancellationToken::new();
     app.tracker
         .spawn(drain_on(shutdown, app.clone(), stop_accepting.clone()));
+    // The client listener holds the descriptor budget; the ops listener has a small share
+    // of the reserve, no per-address cap (probes and scrapers come from few addresses),
+    // and the same idle timeout.
+    let capacity = net::Capacity::from_rlimit();
+    tracing::info!(
+        budget = capacity.budget(),
+        "connection budget (open-files limit less a reserve)"
+    );
+    let edge = net::EdgeConfig {
+        header_timeout: app.config.header_timeout,
+        max_pending_per_ip: app.config.max_pending_per_ip,
+        proxies: app.proxies.clone(),
+    };
+    let ops = match ops_listener {
+        Some(ops) => {
+            let ops_edge = net::EdgeConfig {
+                max_pending_per_ip: 0,
+                ..edge.clone()
+            };
+            let serving = net::serve(
+                ops,
+                http::ops_router(app.clone()),
+                ops_edge,
+                net::Capacity::fixed(net::OPS_CONNECTIONS),
+                stop_accepting.clone(),
+            );
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
     let router = http::router(app.clone());
-    let http = net::serve(
-        listener,
-        router,
-        app.config.header_timeout,
-        stop_accepting.clone(),
-    )
-    .await;
+    let http = net::serve(listener, router, edge, capacity, stop_accepting.clone()).await;
+    if let Some(ops) = ops {
+        if let Ok(ops) = ops.await {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ops.wait()).await;
+        }
+    }
 
     // The listener is closed; let in-flight HTTP requests finish, then wait for
     // connections and pumps.

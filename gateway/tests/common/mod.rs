@@ -189,6 +189,8 @@ impl Drop for Redis {
 /// A `roomcast` process.
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The ops listener's address, when `ROOMCAST_OPS_LISTEN` was set.
+    pub ops: Option<SocketAddr>,
     child: Option<Child>,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
@@ -196,7 +198,20 @@ pub struct Gateway {
 impl Gateway {
     /// Starts a gateway on `redis_url` with test defaults plus `env`.
     pub fn start(redis_url: &str, env: &[(&str, &str)]) -> Gateway {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+        Gateway::start_limited(redis_url, env, None)
+    }
+
+    /// Like [`Gateway::start`], with the process's open-files limit set to `nofile`.
+    pub fn start_limited(redis_url: &str, env: &[(&str, &str)], nofile: Option<u32>) -> Gateway {
+        let bin = env!("CARGO_BIN_EXE_roomcast");
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\""), bin]);
+                sh
+            }
+            None => Command::new(bin),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("ROOMCAST_LISTEN", "127.0.0.1:0")
@@ -234,15 +249,22 @@ impl Gateway {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
+        let ops = Arc::new(Mutex::new(None));
+        let ops_seen = ops.clone();
         std::thread::spawn(move || {
             let mut addr_tx = Some(addr_tx);
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if addr_tx.is_some() {
                     if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        let addr = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
+                        // The ops listener is announced before the main one.
+                        if v["fields"]["message"] == "ops listening" {
+                            *ops_seen.lock().expect("ops") = addr;
+                        }
                         if v["fields"]["message"] == "listening" {
-                            if let Some(a) = v["fields"]["addr"].as_str() {
-                                let _ = addr_tx.take().map(|tx| tx.send(a.to_string()));
+                            if let Some(a) = addr {
+                                let _ = addr_tx.take().map(|tx| tx.send(a));
                             }
                         }
                     }
@@ -255,11 +277,11 @@ impl Gateway {
         });
         let addr = addr_rx
             .recv_timeout(DEADLINE)
-            .expect("gateway did not report its address")
-            .parse()
-            .expect("socket address");
+            .expect("gateway did not report its address");
+        let ops = *ops.lock().expect("ops");
         Gateway {
             addr,
+            ops,
             child: Some(child),
             logs,
         }
