@@ -4,11 +4,12 @@
 # pid at the end. Results go to bench/ (BENCH_OUT overrides) as JSON, one file per run,
 # plus a summary per scenario.
 #
-#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|peer|micro|all]...
+#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|peer|micro|lifecycle|silent|all]...
 #
 # Knobs (environment): BENCH_DURATION (publishing time per fan-out step, default 15s),
 # BENCH_RATES (per-session rates tried by the fan-out search), BENCH_IDLE_PER_NODE
-# (default 15000), BENCH_STORM_CLIENTS (default 10000).
+# (default 15000), BENCH_STORM_CLIENTS (default 10000), BENCH_LIFECYCLE_SESSIONS (default
+# 100000). GATEWAY_ENV adds variables to the gateways a scenario starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,7 +77,8 @@ NODES=()
 start_gateway() {
   local port
   port=$(free_port)
-  ROOMCAST_LISTEN="127.0.0.1:$port" ROOMCAST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+  # shellcheck disable=SC2086
+  env ${GATEWAY_ENV:-} ROOMCAST_LISTEN="127.0.0.1:$port" ROOMCAST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
     ROOMCAST_JWT_SECRET="$SECRET" ROOMCAST_LOG=warn ROOMCAST_NODE_ID="bench-$port" \
     ROOMCAST_RATE_PUBLISH=0 ROOMCAST_RATE_PUBLISH_IP=0 ROOMCAST_RATE_CONNECT=0 \
     ROOMCAST_RATE_BURST=0 ROOMCAST_RATE_FRAMES=0 ROOMCAST_RATE_API_STRICT=0 ROOMCAST_RATE_CREATE=0 \
@@ -310,6 +312,83 @@ scenario_peer() {
   idle_run socketio socketio
 }
 
+# --- 7. the lifecycle clock at scale -----------------------------------------------------
+# BENCH_LIFECYCLE_SESSIONS idle sessions whose warnings and timeouts fall due evenly over
+# 20 s, three gateways running the clock: how late was each event, and was each announced
+# exactly once.
+scenario_lifecycle() {
+  local n=${BENCH_LIFECYCLE_SESSIONS:-100000} warning=20000 timeout=40000 spread=20000
+  fresh
+  GATEWAY_ENV="ROOMCAST_INACTIVITY_WARNING=20s ROOMCAST_INACTIVITY_TIMEOUT=40s" start_gateway
+  GATEWAY_ENV="ROOMCAST_INACTIVITY_WARNING=20s ROOMCAST_INACTIVITY_TIMEOUT=40s" start_gateway
+  GATEWAY_ENV="ROOMCAST_INACTIVITY_WARNING=20s ROOMCAST_INACTIVITY_TIMEOUT=40s" start_gateway
+  log "lifecycle: $n sessions due over $((spread / 1000)) s, warning 20 s, timeout 40 s, 3 gateways"
+  python3 scripts/lifecycle_bench.py populate "$REDIS_PORT" "$n" "$spread" "$warning"
+  wait_for "every session inactive" $(((spread + timeout) / 1000 + 60)) \
+    python3 scripts/lifecycle_bench.py done "$REDIS_PORT" "$n"
+  local report events node
+  report=$(python3 scripts/lifecycle_bench.py report "$REDIS_PORT" "$n" "$warning" "$timeout")
+  events=$(for node in "${NODES[@]}"; do curl -s "http://127.0.0.1:${node%%:*}/metrics"; done |
+    python3 -c 'import sys, collections
+c = collections.Counter()
+for l in sys.stdin:
+    if l.startswith("roomcast_lifecycle_transitions_total{"):
+        c[l.split("\"")[1]] += int(float(l.split()[-1]))
+print(dict(c))')
+  printf '%s\n' "$report" | python3 -c "import json, sys, ast
+r = json.load(sys.stdin); r['announced'] = ast.literal_eval(sys.argv[1]); print(json.dumps(r, indent=2))" "$events" \
+    >"$OUT/lifecycle-$((n / 1000))k.json"
+  cat "$OUT/lifecycle-$((n / 1000))k.json" >&2
+}
+
+# --- 8. silent sockets: 20,000 connections that never send a byte ------------------------
+# Two flooding processes against one gateway; probes on its ops listener meanwhile. Once
+# with the defaults (the per-address cap answers most floods at once) and once without the
+# per-address cap, as if the sockets came from many addresses (the descriptor budget and
+# the header timeout do the work).
+scenario_silent() {
+  local variant ops
+  for variant in default no-per-ip-cap; do
+    fresh
+    ops=$(free_port)
+    local env="ROOMCAST_OPS_LISTEN=127.0.0.1:$ops"
+    [[ $variant == default ]] || env="$env ROOMCAST_MAX_PENDING_PER_IP=0"
+    GATEWAY_ENV="$env" start_gateway
+    local port=${NODES[0]%%:*}
+    log "silent sockets ($variant): 2 x 10,000 silent connections, header timeout 10 s"
+    python3 scripts/silent_flood.py 127.0.0.1 "$port" 10000 15 >"$WORK/flood-a.json" &
+    local fa=$!
+    python3 scripts/silent_flood.py 127.0.0.1 "$port" 10000 15 >"$WORK/flood-b.json" &
+    local fb=$!
+    local probes=() i code
+    for i in $(seq 20); do
+      sleep 0.5
+      code=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' --max-time 2 "http://127.0.0.1:$ops/health/ready" || true)
+      probes+=("$code")
+    done
+    wait "$fa" "$fb" || true
+    local metrics accept_lines
+    metrics=$(curl -s "http://127.0.0.1:$ops/metrics" | grep -E '^roomcast_(connections_refused_total|accept_errors_total)' || true)
+    accept_lines=$(grep -c 'accept failed' "$WORK/gateway-$port.log" || true)
+    python3 - "$variant" "$WORK/flood-a.json" "$WORK/flood-b.json" "$accept_lines" "$metrics" "${probes[@]}" \
+      >"$OUT/silent-$variant.json" <<'PY'
+import json, sys
+variant, a, b, accept_lines, metrics, *probes = sys.argv[1:]
+codes = [p.split()[0] for p in probes]
+times = sorted(float(p.split()[1]) for p in probes if len(p.split()) == 2)
+print(json.dumps({
+    "variant": variant,
+    "floods": [json.load(open(a)), json.load(open(b))],
+    "ready_probes": {"answered_200": codes.count("200"), "total": len(codes),
+                     "max_s": times[-1] if times else None},
+    "accept_failed_log_lines": int(accept_lines or 0),
+    "metrics": [l for l in metrics.splitlines() if l],
+}, indent=2))
+PY
+    cat "$OUT/silent-$variant.json" >&2
+  done
+}
+
 # --- in-process hot path -----------------------------------------------------------------
 scenario_micro() {
   log "cargo bench: encode and fan-out hot path"
@@ -329,6 +408,8 @@ for s in "$@"; do
   publish-path) scenario_publish_path ;;
   peer) scenario_peer ;;
   micro) scenario_micro ;;
+  lifecycle) scenario_lifecycle ;;
+  silent) scenario_silent ;;
   all)
     scenario_publish_path
     scenario_fanout
@@ -337,9 +418,11 @@ for s in "$@"; do
     scenario_broadcast
     scenario_peer
     scenario_micro
+    scenario_lifecycle
+    scenario_silent
     ;;
   *)
-    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|peer|micro|all]..." >&2
+    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|peer|micro|lifecycle|silent|all]..." >&2
     exit 64
     ;;
   esac
