@@ -1,0 +1,108 @@
+//! The two promises mutation testing found unguarded (issue 16): a message lost between
+//! Redis and an instance whose subscriber stayed connected is filled from history before
+//! the next one, and readiness follows a Redis that stops answering even while the
+//! subscriber connection stays up.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use roomcast_shared::{From, Role};
+use serde_json::json;
+
+/// Sends one command with binary-safe arguments; answers the raw reply.
+fn redis_bytes(redis: &Redis, args: &[&[u8]]) -> Vec<u8> {
+    let mut stream = std::net::TcpStream::connect(redis.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&req).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[tokio::test]
+async fn a_message_pubsub_dropped_is_delivered_before_the_next_one() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    let mut ctl = a.connect(&token("ctl", &[Role::Controller])).await;
+    tv.join("gap", None).await;
+    ctl.join("gap", None).await;
+    assert_eq!(ctl.publish("gap", json!("one")).await, 1);
+    assert_eq!(tv.messages("gap", 1).await, vec![1]);
+    // Message 2 is stored exactly as a publish stores it, but its pub/sub payload goes to
+    // a channel nobody listens on: the instance's subscriber stays connected and never
+    // sees it, as if Redis or the network had dropped it.
+    let now = gateway::util::now_ms();
+    let from = From {
+        client_id: "lost".into(),
+        user: "ghost".into(),
+        role: Role::Controller,
+        name: None,
+    };
+    let tail = gateway::envelope::encode_entry_tail(now, &from, &json!("two")).unwrap();
+    let now_s = now.to_string();
+    let expires = (now + 3_600_000).to_string();
+    let reply = redis_bytes(
+        &redis,
+        &[
+            b"EVAL",
+            include_bytes!("../../redis/publish.lua"),
+            b"4",
+            b"rc:{s:gap}:seq",
+            b"rc:{s:gap}:hist",
+            b"rc:{s:gap}:meta",
+            b"rc:{s:gap}:nowhere",
+            &tail,
+            b"100",
+            b"86400000",
+            now_s.as_bytes(),
+            b"",
+            expires.as_bytes(),
+            b"3600000",
+        ],
+    );
+    assert!(
+        reply.starts_with(b"*3\r\n:2\r\n"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    // The next message reveals the gap: the display gets 2 (from history) before 3.
+    assert_eq!(ctl.publish("gap", json!("three")).await, 3);
+    assert_eq!(tv.messages("gap", 2).await, vec![2, 3]);
+    let recovered = a.metric("roomcast_recovered_messages_total", "").await;
+    assert!(recovered >= 1.0, "{recovered}");
+}
+
+#[tokio::test]
+async fn readiness_follows_a_redis_that_stops_answering_with_the_subscriber_connected() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_REDIS_TIMEOUT", "500ms")]);
+    a.wait_ready().await;
+    // Every command blocks for 3 s, PING included; connections, the subscriber's among
+    // them, stay open.
+    assert!(redis
+        .cmd(&["CLIENT", "PAUSE", "3000", "ALL"])
+        .is_some_and(|r| r.starts_with("+OK")));
+    wait_for(DEADLINE, "not ready because of Redis", || async {
+        let (status, body) = a.get("/health/ready").await;
+        status == 503 && body.contains("redis unreachable")
+    })
+    .await;
+    // And ready again once Redis answers.
+    a.wait_ready().await;
+}
