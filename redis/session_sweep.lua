@@ -1,9 +1,9 @@
 -- session_sweep.lua: the lifecycle clock of one session, safe to run from every instance.
 -- KEYS: 1 meta, 2 ch
 -- ARGV: 1 now ms, 2 inactivity warning ms, 3 inactivity timeout ms
--- Returns {outcome, last_activity, status, next_due}. Outcomes that changed something:
+-- Returns {outcome, next_due}. Outcomes that changed something:
 -- warned, inactive, ended. Outcomes that did not: active (nothing due yet), unchanged (not
--- active any more: see status), gone (the keys expired). next_due is when this session
+-- active any more), gone (the keys expired). next_due is when this session
 -- next needs the clock (ms; 0: never again): the caller files it in the due index, so a
 -- session is looked at when something is due and not before.
 -- Because the check and the change happen in one script, each warning and each transition
@@ -13,7 +13,7 @@
 local m = redis.call('HMGET', KEYS[1], 'status', 'last_activity', 'expires_at', 'warned_for')
 local status = m[1]
 if not status then
-  return {'gone', 0, '', 0}
+  return {'gone', 0}
 end
 local now = tonumber(ARGV[1])
 local last = tonumber(m[2] or '0') or 0
@@ -28,28 +28,28 @@ local function due(at)
   return at
 end
 if status == 'ended' then
-  return {'unchanged', last, status, 0}
+  return {'unchanged', 0}
 end
 if expires > 0 and now >= expires then
   redis.call('HSET', KEYS[1], 'status', 'ended', 'ended_at', ARGV[1], 'reason', 'max_lifetime')
   redis.call('PUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({'ended', 'max_lifetime', now}))
-  return {'ended', last, 'ended', 0}
+  return {'ended', 0}
 end
 if status ~= 'active' then
-  return {'unchanged', last, status, due(0)}
+  return {'unchanged', due(0)}
 end
 if now - last >= timeout then
   redis.call('HSET', KEYS[1], 'status', 'inactive', 'inactive_at', ARGV[1])
   redis.call('PUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({'updated', 'inactive', now}))
-  return {'inactive', last, 'inactive', due(0)}
+  return {'inactive', due(0)}
 end
 local warned = m[4] == m[2]
 if now - last >= warning and not warned then
   redis.call('HSET', KEYS[1], 'warned_for', m[2], 'warned_at', ARGV[1])
   redis.call('PUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({'expiring', 'inactivity', last + timeout}))
-  return {'warned', last, status, due(last + timeout)}
+  return {'warned', due(last + timeout)}
 end
 if warned then
-  return {'active', last, status, due(last + timeout)}
+  return {'active', due(last + timeout)}
 end
-return {'active', last, status, due(last + warning)}
+return {'active', due(last + warning)}

@@ -19,6 +19,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::metrics as m;
+use crate::problem::problem;
 use crate::util::random_id;
 use crate::{conn, App};
 
@@ -57,23 +58,6 @@ pub fn ops_router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(observe))
         .with_state(app)
-}
-
-/// An RFC 9457 problem response with our `code`.
-pub fn problem(status: StatusCode, code: ErrorCode, detail: &str) -> Response {
-    let body = json!({
-        "type": format!("https://roomcast.dev/problems/{}", code.as_str()),
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-        "code": code.as_str(),
-    });
-    let mut response = (status, Json(body)).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    response
 }
 
 async fn not_found() -> Response {

@@ -3,7 +3,8 @@
 //! Code map (see ARCHITECTURE.md for the data flow and invariants):
 //! - [`config`]: typed configuration from flags and `ROOMCAST_*`.
 //! - [`auth`]: JWT verification and minting.
-//! - [`http`]: the router, health, metrics endpoint, problem+json.
+//! - [`http`]: the routers, health, metrics endpoint.
+//! - [`problem`]: the problem+json error shape of every HTTP answer.
 //! - [`api`]: the REST API under `/api/v1` and its OpenAPI document.
 //! - [`lifecycle`]: the inactivity and lifetime sweeper.
 //! - [`ratelimit`]: sliding-window limits in Redis, token buckets in memory.
@@ -32,6 +33,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod metrics;
 pub mod net;
+pub mod problem;
 pub mod ratelimit;
 pub mod session;
 pub mod store;

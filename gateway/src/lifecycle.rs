@@ -42,6 +42,24 @@ pub fn first_due(config: &crate::config::Config, now_ms: u64, expires_at: u64) -
     (now_ms + config.inactivity_warning.as_millis() as u64).min(expires_at)
 }
 
+/// When the clock must look at a session next if a publish at `now` put it (back) under
+/// the clock: a new one at its first warning, a reactivated one at once (the sweep then
+/// files its exact next due time from its meta); `None` when nothing changed.
+pub fn due_after_publish(
+    config: &crate::config::Config,
+    published: &crate::store::Published,
+    now_ms: u64,
+) -> Option<u64> {
+    if published.created {
+        let expires = now_ms + config.max_lifetime.as_millis() as u64;
+        Some(first_due(config, now_ms, expires))
+    } else if published.reactivated {
+        Some(now_ms)
+    } else {
+        None
+    }
+}
+
 /// Runs until shutdown.
 pub async fn sweeper(app: Arc<App>) {
     let mut tick = tokio::time::interval(period(app.config.inactivity_warning));

@@ -3,12 +3,22 @@
 //!
 //! Owns the scopes of SPEC.md "Rate limits", their keys (`rc:rl:{SCOPE:KEY}`), the decision
 //! type both HTTP and WebSocket answers are built from, and the IETF `RateLimit-Policy` /
-//! `RateLimit` header values. When Redis cannot answer, callers decide: publishes fail
-//! closed (they could not be stored anyway), connection and API checks fail open.
+//! `RateLimit` header values, the one `check` both the REST middleware and the WebSocket
+//! side call, and the 429 answer. When Redis cannot answer, callers decide: publishes
+//! fail closed (they could not be stored anyway), connection and API checks fail open.
 
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
+
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::Response;
+use roomcast_shared::ErrorCode;
+
 use crate::config::{Config, Rate};
+use crate::metrics as m;
+use crate::problem::problem;
+use crate::App;
 
 /// A limited scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +190,73 @@ impl TokenBucket {
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec))
+        }
+    }
+}
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Checks one scope for `key`; `None` when the scope is disabled or Redis did not answer.
+pub async fn check(app: &App, scope: Scope, key: &str) -> Option<Decision> {
+    let rate = scope.rate(&app.config);
+    if rate.is_disabled() {
+        return None;
+    }
+    match app.store.rate_check(scope, key, rate).await {
+        Ok(decision) => {
+            if !decision.admitted {
+                m::rate_limited(scope.name());
+            }
+            Some(decision)
+        }
+        Err(e) => {
+            m::rate_limit_unavailable(scope.name());
+            tracing::debug!(scope = scope.name(), error = %e, "rate limit check skipped (fail open)");
+            None
+        }
+    }
+}
+
+/// Adds the IETF headers of a decision to a response.
+pub fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
+    if let Ok(v) = HeaderValue::from_str(&decision.policy_header()) {
+        headers.insert(RATELIMIT_POLICY.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&decision.limit_header()) {
+        headers.insert(RATELIMIT.clone(), v);
+    }
+}
+
+/// The 429 answer for a refused decision.
+pub fn refusal(decision: &Decision, what: &str) -> Response {
+    let mut response = problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        &format!(
+            "{what}: limit {} per {}s ({}); retry after {} ms",
+            decision.limit,
+            decision.window.as_secs().max(1),
+            decision.scope.name(),
+            decision.retry_after().as_millis()
+        ),
+    );
+    let headers = response.headers_mut();
+    add_headers(headers, decision);
+    if let Ok(v) = HeaderValue::from_str(&ceil_secs(decision.retry_after()).max(1).to_string()) {
+        headers.insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+/// The rate-limit key of an address: IPv4 as is, IPv6 by its /64 (one subscriber
+/// usually holds a whole /64, so a /128 key would let it rotate past every limit).
+pub fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
     }
 }

@@ -12,7 +12,7 @@ use roomcast_shared::HistoryMessage;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::sessions::{load, load_open};
+use super::view::{load, load_open};
 use super::{checked_id, require_session, ApiError, ApiPath, ApiQuery};
 use crate::envelope::{decode_entry, Entry};
 use crate::App;

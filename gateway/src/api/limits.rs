@@ -11,75 +11,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
-use roomcast_shared::ErrorCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{require_admin, ApiError, ApiPath};
-use crate::metrics as m;
-use crate::ratelimit::{ceil_secs, Decision, Scope};
+use crate::ratelimit::{add_headers, check, ip_key, refusal, Scope};
 use crate::util::{now_ms, valid_id};
 use crate::App;
-
-static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-/// Checks one scope for `key`; `None` when the scope is disabled or Redis did not answer.
-pub async fn check(app: &App, scope: Scope, key: &str) -> Option<Decision> {
-    let rate = scope.rate(&app.config);
-    if rate.is_disabled() {
-        return None;
-    }
-    match app.store.rate_check(scope, key, rate).await {
-        Ok(decision) => {
-            if !decision.admitted {
-                m::rate_limited(scope.name());
-            }
-            Some(decision)
-        }
-        Err(e) => {
-            m::rate_limit_unavailable(scope.name());
-            tracing::debug!(scope = scope.name(), error = %e, "rate limit check skipped (fail open)");
-            None
-        }
-    }
-}
-
-/// Adds the IETF headers of a decision to a response.
-pub fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
-    if let Ok(v) = HeaderValue::from_str(&decision.policy_header()) {
-        headers.insert(RATELIMIT_POLICY.clone(), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&decision.limit_header()) {
-        headers.insert(RATELIMIT.clone(), v);
-    }
-}
-
-/// The 429 answer for a refused decision.
-pub fn refusal(decision: &Decision, what: &str) -> Response {
-    let mut response = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::RateLimited,
-        format!(
-            "{what}: limit {} per {}s ({}); retry after {} ms",
-            decision.limit,
-            decision.window.as_secs().max(1),
-            decision.scope.name(),
-            decision.retry_after().as_millis()
-        ),
-    )
-    .into_response();
-    let headers = response.headers_mut();
-    add_headers(headers, decision);
-    if let Ok(v) = HeaderValue::from_str(&ceil_secs(decision.retry_after()).max(1).to_string()) {
-        headers.insert(header::RETRY_AFTER, v);
-    }
-    response
-}
 
 /// The client address of a request.
 pub fn client_ip(app: &App, req: &Request) -> IpAddr {
@@ -89,18 +31,6 @@ pub fn client_ip(app: &App, req: &Request) -> IpAddr {
         .map(|c| c.0)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     app.proxies.client_ip(peer, req.headers())
-}
-
-/// The rate-limit key of an address: IPv4 as is, IPv6 by its /64 (one subscriber
-/// usually holds a whole /64, so a /128 key would let it rotate past every limit).
-pub fn ip_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-    }
 }
 
 /// The `/api/v1` middleware.

@@ -111,7 +111,7 @@ pub async fn publish(
         .publish(&id, tail, now, traceparent.as_deref())
         .await?;
     // A new or reactivated session goes (back) under the lifecycle clock.
-    let due = published.due(&app.config, now);
+    let due = crate::lifecycle::due_after_publish(&app.config, &published, now);
     if let Err(e) = app.store.touch_indexes(&id, now, None, due).await {
         tracing::debug!(error = %e, "index touch failed");
     }

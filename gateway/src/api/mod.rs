@@ -12,6 +12,7 @@ pub mod messages;
 pub mod openapi;
 pub mod presence;
 pub mod sessions;
+pub mod view;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use axum::Router;
 use roomcast_shared::{ErrorCode, Role};
 
 use crate::auth::{AuthError, Identity};
-use crate::http::problem;
+use crate::problem::problem;
 use crate::store::StoreError;
 use crate::util::valid_id;
 use crate::App;

@@ -13,7 +13,7 @@ use roomcast_shared::{Member, Role};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::sessions::{acts_for, load, load_open};
+use super::view::{acts_for, load, load_open};
 use super::{
     checked_id, parse_role, require_admin, require_session, ApiError, ApiJson, ApiPath, Credential,
     MaybeJson,

@@ -1,0 +1,528 @@
+//! What each client frame does: join (with the implicit-creation rules), leave, publish
+//! (limits, the store's script, the ack), signal, typing, activity, ping; and the
+//! per-member activity bookkeeping and index updates that follow writes.
+
+use std::time::Duration;
+
+use roomcast_shared::{close, ClientFrame, ErrorCode, From, Role, ServerFrame};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::envelope::{encode_entry_tail, kind, Event, MemberInfo};
+use crate::metrics as m;
+use crate::ratelimit as limits;
+use crate::ratelimit::Scope;
+use crate::session::{Command, JoinError, JoinRequest};
+use crate::store::StoreError;
+use crate::util::{now_ms, valid_id};
+
+use super::{Connection, Failure, Joined, MAX_SESSIONS_PER_CONNECTION};
+
+impl Connection {
+    pub(super) async fn apply(&mut self, frame: ClientFrame) -> Result<(), Failure> {
+        match frame {
+            ClientFrame::Join {
+                session,
+                role,
+                name,
+                since,
+                reference,
+            } => {
+                let span = tracing::info_span!("join", session = %session);
+                self.join(session, role, name, since, reference)
+                    .instrument(span)
+                    .await
+            }
+            ClientFrame::Leave { session, reference } => {
+                let joined = self
+                    .sessions
+                    .remove(&session)
+                    .ok_or_else(|| not_joined(&session))?;
+                let (done, wait) = oneshot::channel();
+                let leave = Command::Leave {
+                    client_id: self.client.id().to_string(),
+                    done: Some(done),
+                };
+                if joined.handle.tx.send(leave).await.is_ok() {
+                    let _ = wait.await;
+                }
+                self.ack(reference, None);
+                Ok(())
+            }
+            ClientFrame::Publish {
+                session,
+                data,
+                reference,
+            } => {
+                let started = std::time::Instant::now();
+                let from = self.writer_in(&session)?;
+                self.publish_allowed().await?;
+                let now = now_ms();
+                let tail = encode_entry_tail(now, &from, &data).map_err(|e| {
+                    Failure::new(ErrorCode::BadRequest, format!("data cannot be stored: {e}"))
+                })?;
+                let span = tracing::info_span!("publish", session = %session);
+                let published = async {
+                    let traceparent = crate::telemetry::current_traceparent();
+                    self.app
+                        .store
+                        .publish(&session, tail, now, traceparent.as_deref())
+                        .await
+                }
+                .instrument(span)
+                .await
+                .map_err(Failure::from_store)?;
+                m::publish_duration(started.elapsed());
+                self.client.send(&ServerFrame::Ack {
+                    reference,
+                    seq: Some(published.seq),
+                });
+                if let Some(due) =
+                    crate::lifecycle::due_after_publish(&self.app.config, &published, now)
+                {
+                    // Back under the lifecycle clock.
+                    self.touch_indexes(&session, None, Some(due), true);
+                }
+                self.note_activity(&session).await;
+                Ok(())
+            }
+            ClientFrame::Signal {
+                session,
+                data,
+                to,
+                reference,
+            } => {
+                let from = self.writer_in(&session)?;
+                self.signal_allowed()?;
+                if let Some(to) = &to {
+                    if !valid_id(to) {
+                        return Err(Failure::new(
+                            ErrorCode::BadRequest,
+                            "`to` is not a client id",
+                        ));
+                    }
+                }
+                let payload = Event::Signal { from, data, to }.encode();
+                self.app
+                    .store
+                    .publish_event(&session, payload)
+                    .await
+                    .map_err(Failure::from_store)?;
+                self.ack(reference, None);
+                self.note_activity(&session).await;
+                Ok(())
+            }
+            ClientFrame::Typing {
+                session,
+                active,
+                reference,
+            } => {
+                let from = self.writer_in(&session)?;
+                self.signal_allowed()?;
+                let payload = Event::Typing { from, active }.encode();
+                self.app
+                    .store
+                    .publish_event(&session, payload)
+                    .await
+                    .map_err(Failure::from_store)?;
+                self.ack(reference, None);
+                self.note_activity(&session).await;
+                Ok(())
+            }
+            ClientFrame::Activity { session, reference } => {
+                // Activity keeps a session alive: a write, refused to observers.
+                self.writer_in(&session)?;
+                self.touch(&session).await?;
+                self.ack(reference, None);
+                Ok(())
+            }
+            ClientFrame::Ping { reference } => {
+                self.client.send(&ServerFrame::Pong { reference });
+                Ok(())
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        session: String,
+        role: Option<Role>,
+        name: Option<String>,
+        since: Option<u64>,
+        reference: Option<String>,
+    ) -> Result<(), Failure> {
+        if !valid_id(&session) {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                "`session` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :",
+            ));
+        }
+        if self.sessions.contains_key(&session) {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                "already joined to this session",
+            ));
+        }
+        if self.sessions.len() >= MAX_SESSIONS_PER_CONNECTION {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("at most {MAX_SESSIONS_PER_CONNECTION} sessions per connection"),
+            ));
+        }
+        if !self.identity.may_join(&session) {
+            return Err(Failure::new(
+                ErrorCode::Forbidden,
+                "the token does not allow this session",
+            ));
+        }
+        let role = match role.or(self.identity.default_role()) {
+            Some(role) if self.identity.roles.contains(&role) => role,
+            Some(role) => {
+                return Err(Failure::new(
+                    ErrorCode::Forbidden,
+                    format!("the token does not allow the role {}", role.as_str()),
+                ))
+            }
+            None => {
+                return Err(Failure::new(
+                    ErrorCode::Forbidden,
+                    "the token allows no role",
+                ))
+            }
+        };
+        // The token's name was checked at the upgrade; a name in the frame is checked here.
+        if let Some(problem) = name.as_deref().and_then(crate::util::name_problem) {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("`name` {problem}"),
+            ));
+        }
+        let name = name.or_else(|| self.identity.name.clone());
+        let now = now_ms();
+        let info = MemberInfo {
+            client_id: self.client.id().to_string(),
+            user: self.identity.user.clone(),
+            role,
+            name,
+            node: self.app.node_id.clone(),
+            joined_at: now,
+            active_at: now,
+        };
+        // A pump that is retiring answers Retry; the next lookup spawns a fresh one. A
+        // join first assumes the session exists; only when it does not are the creation
+        // rules checked and the join sent again, allowed to create it.
+        let mut create = false;
+        for _ in 0..4 {
+            let handle = self.app.hub.session(&self.app, &session);
+            let (reply, answer) = oneshot::channel();
+            let request = JoinRequest {
+                client: self.client.clone(),
+                info: info.clone(),
+                since,
+                reference: reference.clone(),
+                create,
+                reply,
+            };
+            if handle
+                .tx
+                .send(Command::Join(Box::new(request)))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            // Bounded: a pump stuck behind a Redis outage must not hold this connection's
+            // reader (heartbeats, kills, token expiry) hostage.
+            let deadline = self.app.config.redis_timeout * 3;
+            let Ok(answer) = tokio::time::timeout(deadline, answer).await else {
+                return Err(Failure {
+                    close: Some(close::TRY_AGAIN_LATER),
+                    retry_after_ms: Some(1000),
+                    ..Failure::new(ErrorCode::Unavailable, "join timed out, reconnect later")
+                });
+            };
+            match answer {
+                Ok(Ok(created)) => {
+                    // A new session goes under the lifecycle clock; an observer's join is a
+                    // read and records no activity.
+                    let now = now_ms();
+                    let expires = now + self.app.config.max_lifetime.as_millis() as u64;
+                    let due = created
+                        .then(|| crate::lifecycle::first_due(&self.app.config, now, expires));
+                    self.touch_indexes(
+                        &session,
+                        Some(self.identity.user.clone()),
+                        due,
+                        role.can_write(),
+                    );
+                    self.sessions.insert(session, Joined { handle, info });
+                    return Ok(());
+                }
+                Ok(Err(JoinError::Store(StoreError::NoSuchSession))) if !create => {
+                    self.may_create(&session, role).await?;
+                    create = true;
+                }
+                Ok(Err(JoinError::Retry)) | Err(_) => continue,
+                Ok(Err(JoinError::Store(StoreError::Unavailable(detail)))) => {
+                    tracing::warn!(error = %detail, "join failed: redis unavailable");
+                    return Err(Failure {
+                        close: Some(close::TRY_AGAIN_LATER),
+                        retry_after_ms: Some(1000),
+                        ..Failure::new(
+                            ErrorCode::Unavailable,
+                            "storage unavailable, reconnect later",
+                        )
+                    });
+                }
+                Ok(Err(JoinError::Store(e))) => return Err(Failure::from_store(e)),
+            }
+        }
+        Err(Failure::new(ErrorCode::Internal, "could not join, retry"))
+    }
+
+    /// Whether this connection may create `session` by joining it: implicit creation is
+    /// on, the role can write (observers never create), the creation limits admit it
+    /// (per address, shared with `POST /sessions`, and per user), and the user is under
+    /// the cap of sessions it holds.
+    async fn may_create(&self, session: &str, role: Role) -> Result<(), Failure> {
+        let config = &self.app.config;
+        let missing =
+            |why: &str| Failure::new(ErrorCode::NotFound, format!("no such session; {why}"));
+        if !config.implicit_sessions {
+            return Err(missing("create it with POST /api/v1/sessions"));
+        }
+        if !role.can_write() {
+            return Err(missing("observers cannot create sessions"));
+        }
+        let (ip, user) = tokio::join!(
+            limits::check(&self.app, Scope::ApiStrict, &self.ip),
+            limits::check(&self.app, Scope::Create, &self.identity.user),
+        );
+        for decision in [ip, user].into_iter().flatten() {
+            if !decision.admitted {
+                return Err(Failure {
+                    retry_after_ms: Some(decision.retry_after().as_millis() as u64),
+                    ..Failure::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "at most {} sessions created per {}s ({})",
+                            decision.limit,
+                            decision.window.as_secs().max(1),
+                            decision.scope.name()
+                        ),
+                    )
+                });
+            }
+        }
+        let cap = config.max_sessions_per_user;
+        if cap > 0 {
+            let now = now_ms();
+            let expires = now + config.max_lifetime.as_millis() as u64;
+            let counted = self
+                .app
+                .store
+                .claim_owned(&self.identity.user, session, now, expires, cap)
+                .await
+                .map_err(Failure::from_store)?;
+            if !counted {
+                return Err(Failure::new(
+                    ErrorCode::Forbidden,
+                    format!("this user already holds {cap} sessions it created (ROOMCAST_MAX_SESSIONS_PER_USER)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a publish against the user's and the address's windows. Fails closed: when
+    /// Redis cannot answer, the publish could not be stored either.
+    async fn publish_allowed(&self) -> Result<(), Failure> {
+        let config = &self.app.config;
+        let store = &self.app.store;
+        let user = async {
+            let rate = config.rate_publish;
+            if rate.is_disabled() {
+                return Ok(None);
+            }
+            store
+                .rate_check(Scope::Publish, &self.identity.user, rate)
+                .await
+                .map(Some)
+        };
+        let ip = async {
+            let rate = config.rate_publish_ip;
+            if rate.is_disabled() {
+                return Ok(None);
+            }
+            store
+                .rate_check(Scope::PublishIp, &self.ip, rate)
+                .await
+                .map(Some)
+        };
+        let (user, ip) = tokio::join!(user, ip);
+        for decision in [user, ip] {
+            match decision {
+                Ok(Some(d)) if !d.admitted => {
+                    m::rate_limited(d.scope.name());
+                    return Err(Failure {
+                        retry_after_ms: Some(d.retry_after().as_millis() as u64),
+                        ..Failure::new(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "at most {} publishes per {}s ({})",
+                                d.limit,
+                                d.window.as_secs().max(1),
+                                d.scope.name()
+                            ),
+                        )
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    m::rate_limit_unavailable("publish");
+                    return Err(Failure::from_store(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a token for a `signal` or `typing` frame.
+    fn signal_allowed(&mut self) -> Result<(), Failure> {
+        let Some(bucket) = &mut self.signals else {
+            return Ok(());
+        };
+        bucket.take(std::time::Instant::now()).map_err(|wait| {
+            m::rate_limited("signal");
+            Failure {
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+                ..Failure::new(ErrorCode::RateLimited, "too many signals and typing frames")
+            }
+        })
+    }
+
+    /// The `from` of a write in `session`, if this connection may write there.
+    fn writer_in(&self, session: &str) -> Result<From, Failure> {
+        let joined = self
+            .sessions
+            .get(session)
+            .ok_or_else(|| not_joined(session))?;
+        if !joined.info.role.can_write() {
+            return Err(Failure::new(ErrorCode::Forbidden, "observers cannot write"));
+        }
+        Ok(From {
+            client_id: joined.info.client_id.clone(),
+            user: joined.info.user.clone(),
+            role: joined.info.role,
+            name: joined.info.name.clone(),
+        })
+    }
+
+    fn ack(&self, reference: Option<String>, seq: Option<u64>) {
+        // Commands other than publish are acknowledged only when the client asked (ref).
+        if reference.is_some() || seq.is_some() {
+            self.client.send(&ServerFrame::Ack { reference, seq });
+        }
+    }
+
+    /// Records activity in presence after a write, at most every so often; a member that
+    /// was idle is announced active again.
+    async fn note_activity(&mut self, session: &str) {
+        let Some(joined) = self.sessions.get(session) else {
+            return;
+        };
+        let config = &self.app.config;
+        // Often enough that neither `idle` nor the inactivity warning fires on a member
+        // that keeps writing; rarely enough to cost little.
+        let stale_after = (config.idle_after / 2)
+            .min(config.inactivity_warning / 4)
+            .min(Duration::from_secs(60))
+            .as_millis() as u64;
+        if now_ms().saturating_sub(joined.info.active_at) > stale_after {
+            if let Err(f) = self.touch(session).await {
+                tracing::debug!(error = %f.message, "activity update failed");
+            }
+            self.touch_indexes(session, None, None, true);
+        }
+    }
+
+    /// Records activity (when `activity`) in the cross-slot session indexes, and the
+    /// user's membership and the lifecycle due time when given, off the connection's path.
+    fn touch_indexes(&self, session: &str, user: Option<String>, due: Option<u64>, activity: bool) {
+        let app = self.app.clone();
+        let session = session.to_string();
+        self.app.tracker.spawn(async move {
+            // A due time is what puts a new or reactivated session under the lifecycle
+            // clock: worth a few tries. Activity alone is refreshed by the next write.
+            let attempts: u64 = if due.is_some() { 3 } else { 1 };
+            for attempt in 1..=attempts {
+                let now = now_ms();
+                let result = if activity {
+                    app.store
+                        .touch_indexes(&session, now, user.as_deref(), due)
+                        .await
+                } else if let Some(user) = &user {
+                    app.store.remember_user_session(user, &session, now).await
+                } else {
+                    Ok(())
+                };
+                match result {
+                    Ok(()) => return,
+                    Err(e) if attempt == attempts && due.is_some() => {
+                        tracing::warn!(session = %session, error = %e, "filing a session under the lifecycle clock failed");
+                    }
+                    Err(e) if attempt == attempts => {
+                        tracing::debug!(error = %e, "index touch failed");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500 * attempt)).await,
+                }
+            }
+        });
+    }
+
+    /// Writes this member's activity to presence and the session.
+    async fn touch(&mut self, session: &str) -> Result<(), Failure> {
+        let now = now_ms();
+        let idle_after = self.app.config.idle_after.as_millis() as u64;
+        let Some(joined) = self.sessions.get_mut(session) else {
+            return Err(not_joined(session));
+        };
+        let was_idle = now.saturating_sub(joined.info.active_at) > idle_after;
+        joined.info.active_at = now;
+        let info = joined.info.encode();
+        let announce = if was_idle { kind::UPDATE } else { 0 };
+        // Expiry 0: update the entry only if it is still there. A member swept meanwhile
+        // was announced as gone; the pump's next refresh re-adds it with a join.
+        self.app
+            .store
+            .presence_set(session, self.client.id(), 0, &info, announce, now)
+            .await
+            .map_err(Failure::from_store)
+    }
+
+    /// Leaves every joined session; the pumps remove the presence entries.
+    pub(super) fn leave_all(&mut self) {
+        for (session, joined) in self.sessions.drain() {
+            let leave = Command::Leave {
+                client_id: self.client.id().to_string(),
+                done: None,
+            };
+            if joined.handle.tx.try_send(leave).is_err() {
+                // The pump is gone or saturated: remove the entry directly.
+                let app = self.app.clone();
+                let client_id = self.client.id().to_string();
+                self.app.tracker.spawn(async move {
+                    let _ = app.store.leave(&session, &client_id).await;
+                });
+            }
+        }
+    }
+}
+
+fn not_joined(session: &str) -> Failure {
+    let shown: String = session.chars().take(64).collect();
+    Failure::new(
+        ErrorCode::NotJoined,
+        format!("not joined to session `{shown}`"),
+    )
+}

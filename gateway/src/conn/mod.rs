@@ -1,0 +1,327 @@
+//! WebSocket connections: the checks before the upgrade, then one task per connection.
+//!
+//! This file owns the HTTP-side admission (draining, `Origin`, connection cap, token,
+//! subprotocol) and the connection's state (`Connection`, its joined sessions, `Failure`);
+//! `task` the connection task (its read loop, heartbeats, token expiry, leaving every
+//! session when the socket ends); `commands` what each client frame does. Outbound frames
+//! go through the client's bounded queue (`client`); session fan-out happens in the
+//! session pump (`session`). A bad frame gets an `error` frame; only the close codes of
+//! SPEC.md end a connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use roomcast_shared::{ErrorCode, Format, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use serde::Deserialize;
+
+use crate::auth::{AuthError, Identity};
+use crate::client::ClientHandle;
+use crate::envelope::MemberInfo;
+use crate::hub::SessionHandle;
+use crate::problem::problem;
+use crate::ratelimit as limits;
+use crate::ratelimit::{Scope, TokenBucket};
+use crate::store::StoreError;
+use crate::App;
+
+mod commands;
+mod task;
+
+/// Sessions one connection may be joined to at once.
+const MAX_SESSIONS_PER_CONNECTION: usize = 16;
+/// Longest `ref`.
+const MAX_REF_LEN: usize = 128;
+/// How long a closing connection keeps reading, waiting for the client's close frame.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+    /// Only with `ROOMCAST_AUTH=off`: the user id to act as.
+    user: Option<String>,
+}
+
+/// `GET /ws`: admission checks, then the upgrade.
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    mut ws: WebSocketUpgrade,
+) -> Response {
+    if app.is_draining() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "node is draining; connect to another node",
+        );
+    }
+    if !origin_allowed(&app.config.allowed_origins, &headers) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        );
+    }
+    let ip = app.proxies.client_ip(peer, &headers);
+    let ip_key = limits::ip_key(ip);
+    for (scope, what) in [
+        (Scope::Burst, "too many requests in a burst"),
+        (Scope::Connect, "too many connections from this address"),
+    ] {
+        if let Some(d) = limits::check(&app, scope, &ip_key)
+            .await
+            .filter(|d| !d.admitted)
+        {
+            return limits::refusal(&d, what);
+        }
+    }
+    let cap = app.config.max_connections;
+    if cap > 0 && app.hub.client_count() >= cap {
+        let mut response = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "connection limit reached",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    let identity = match authenticate(&app, &headers, &query) {
+        Ok(identity) => identity,
+        Err(e) => {
+            let (status, code) = match e {
+                AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+                _ => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            };
+            return problem(status, code, &e.to_string());
+        }
+    };
+    let per_user = app.config.max_connections_per_user;
+    if per_user > 0 && app.hub.user_connection_count(&identity.user) >= per_user {
+        let mut response = problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            &format!("at most {per_user} connections per user on this node"),
+        );
+        // A slot frees when one of the user's connections closes: no window to wait for.
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    }
+    let format = match select_protocol(&mut ws) {
+        Ok(format) => format,
+        Err(offered) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                &format!("unsupported subprotocol {offered:?}; use {SUBPROTOCOL_JSON} or {SUBPROTOCOL_MSGPACK}"),
+            )
+        }
+    };
+    let max = app.config.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        // Small per-connection buffers: most frames are small and idle sockets are many
+        // (tungstenite never shrinks them). A larger frame still gets room for its whole
+        // length; these only bound how much one read takes in and how much one write
+        // batches, and 1 KiB still batches several fan-out frames per syscall.
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .on_upgrade(move |socket| {
+            let tracker = app.tracker.clone();
+            tracker.track_future(task::run(app, socket, identity, format, peer, ip))
+        })
+}
+
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    // Browsers always send Origin; a client without one is not a browser page and cannot
+    // be the victim of cross-site WebSocket hijacking.
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+}
+
+fn authenticate(app: &App, headers: &HeaderMap, query: &WsQuery) -> Result<Identity, AuthError> {
+    if app.auth.is_off() {
+        return Ok(app.auth.anonymous(query.user.as_deref()));
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let token = bearer
+        .or(query.token.as_deref())
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::Missing)?;
+    app.auth.verify(token)
+}
+
+/// Picks the first offered subprotocol we speak; none offered means JSON.
+fn select_protocol(ws: &mut WebSocketUpgrade) -> Result<Format, String> {
+    let offered: Vec<String> = ws
+        .requested_protocols()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if offered.is_empty() {
+        return Ok(Format::Json);
+    }
+    for p in &offered {
+        let format = match p.as_str() {
+            SUBPROTOCOL_JSON => Format::Json,
+            SUBPROTOCOL_MSGPACK => Format::Msgpack,
+            _ => continue,
+        };
+        ws.set_selected_protocol(HeaderValue::from_static(match format {
+            Format::Json => SUBPROTOCOL_JSON,
+            Format::Msgpack => SUBPROTOCOL_MSGPACK,
+        }));
+        return Ok(format);
+    }
+    Err(offered.join(", "))
+}
+
+/// A session this connection has joined.
+struct Joined {
+    handle: SessionHandle,
+    info: MemberInfo,
+}
+
+/// A command's failure, sent back as an `error` frame (and maybe a close).
+struct Failure {
+    code: ErrorCode,
+    message: String,
+    retry_after_ms: Option<u64>,
+    close: Option<u16>,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+            close: None,
+        }
+    }
+
+    fn from_store(e: StoreError) -> Self {
+        match e {
+            StoreError::SessionEnded => {
+                Failure::new(ErrorCode::SessionEnded, "the session has ended")
+            }
+            StoreError::NoSuchSession => Failure::new(ErrorCode::NotFound, "no such session"),
+            StoreError::SessionResolved => Failure::new(
+                ErrorCode::Forbidden,
+                "the session is resolved; resume it before writing",
+            ),
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "redis unavailable");
+                Failure {
+                    retry_after_ms: Some(1000),
+                    ..Failure::new(ErrorCode::Unavailable, "storage unavailable, retry later")
+                }
+            }
+            StoreError::Internal(detail) => {
+                tracing::error!(error = %detail, "redis error");
+                Failure::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+struct Connection {
+    app: Arc<App>,
+    client: ClientHandle,
+    identity: Identity,
+    /// The client's address, for per-IP publish limits.
+    ip: String,
+    sessions: HashMap<String, Joined>,
+    /// `signal` and `typing` allowance.
+    signals: Option<TokenBucket>,
+    /// Every inbound frame's allowance; running dry closes with 4029.
+    frames: Option<TokenBucket>,
+}
+
+/// Bytes one socket read takes in (tungstenite's `read_buffer_size`). Allocated for every
+/// connection for its whole life; client frames are a few hundred bytes, and a larger one
+/// still arrives (the buffer grows for it).
+const WS_READ_BUFFER: usize = 512;
+/// Bytes of outgoing frames batched before a socket write (`write_buffer_size`).
+const WS_WRITE_BUFFER: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let mut h = HeaderMap::new();
+        assert!(origin_allowed(&[], &h));
+        let allowed = vec!["https://app.example".to_string()];
+        assert!(
+            origin_allowed(&allowed, &h),
+            "non-browser clients send no Origin"
+        );
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(!origin_allowed(&allowed, &h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://app.example"),
+        );
+        assert!(origin_allowed(&allowed, &h));
+    }
+}
+
+#[cfg(test)]
+mod task_size {
+    use super::*;
+    use std::future::Future;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<A, B, C, D, E, G, F: Future>(_: fn(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn writer_size<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle connection keeps one reader task and one writer task alive, each as large
+    /// as its future's busiest state: frame handling must stay boxed out of them.
+    #[test]
+    fn idle_connection_tasks_stay_small() {
+        let reader = future_size(task::run);
+        let writer = writer_size(crate::client::run_writer);
+        eprintln!("reader task future {reader} B, writer {writer} B");
+        assert!(reader <= 1536, "connection future is {reader} bytes");
+        assert!(writer <= 2048, "writer future is {writer} bytes");
+    }
+}

@@ -1,0 +1,566 @@
+//! The Redis store: every command the gateway sends on its command pool.
+//!
+//! Owns the fred pool, the Lua scripts of `redis/` (loaded with `include_str!`, called by
+//! EVALSHA, reloaded on NOSCRIPT), the mapping of Redis failures to [`StoreError`], and
+//! whether Redis is known to be down (commands then fail at once). This file holds the
+//! realtime path (publish, join, leave, presence, history) and the node registry;
+//! `sessions` the session model and its indexes, `limits` the rate limits. Pub/sub
+//! subscriptions are not here but in `bus`; key names come from `keys`.
+
+mod limits;
+mod sessions;
+
+pub use sessions::{LifecycleEvent, SweepOutcome, Swept, Transition};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::clients::Pool;
+use fred::error::ErrorKind;
+use fred::interfaces::{ClientLike, HashesInterface, PubsubInterface, SortedSetsInterface};
+use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
+use fred::types::scripts::Script;
+use fred::types::{Builder, Value};
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::keys::Keys;
+use crate::metrics as m;
+
+/// Why a Redis operation failed, as the rest of the gateway needs to know it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis is unreachable or did not answer in time: the client may retry.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// The session was ended; nothing can be written to it.
+    #[error("session ended")]
+    SessionEnded,
+    /// The session is resolved: readable, not writable until resumed.
+    #[error("session resolved")]
+    SessionResolved,
+    /// The session does not exist (and the operation does not create it).
+    #[error("no such session")]
+    NoSuchSession,
+    /// Redis answered something we did not expect (a bug or a foreign key).
+    #[error("redis error: {0}")]
+    Internal(String),
+}
+
+impl From<fred::error::Error> for StoreError {
+    fn from(e: fred::error::Error) -> Self {
+        match e.kind() {
+            ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Routing => {
+                StoreError::Unavailable(e.to_string())
+            }
+            ErrorKind::Cluster if e.details().contains("CLUSTERDOWN") => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ if e.details().starts_with("LOADING") || e.details().starts_with("BUSY") => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The Lua scripts, compiled into the binary.
+struct Scripts {
+    publish: Script,
+    join: Script,
+    leave: Script,
+    presence_refresh: Script,
+    presence_set: Script,
+    history: Script,
+    session_create: Script,
+    session_transition: Script,
+    session_sweep: Script,
+    due_claim: Script,
+    due_reschedule: Script,
+    owned_claim: Script,
+    ratelimit: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            publish: Script::from_lua(include_str!("../../../redis/publish.lua")),
+            join: Script::from_lua(include_str!("../../../redis/join.lua")),
+            leave: Script::from_lua(include_str!("../../../redis/leave.lua")),
+            presence_refresh: Script::from_lua(include_str!("../../../redis/presence_refresh.lua")),
+            presence_set: Script::from_lua(include_str!("../../../redis/presence_set.lua")),
+            history: Script::from_lua(include_str!("../../../redis/history.lua")),
+            session_create: Script::from_lua(include_str!("../../../redis/session_create.lua")),
+            session_transition: Script::from_lua(include_str!(
+                "../../../redis/session_transition.lua"
+            )),
+            session_sweep: Script::from_lua(include_str!("../../../redis/session_sweep.lua")),
+            due_claim: Script::from_lua(include_str!("../../../redis/due_claim.lua")),
+            due_reschedule: Script::from_lua(include_str!("../../../redis/due_reschedule.lua")),
+            owned_claim: Script::from_lua(include_str!("../../../redis/owned_claim.lua")),
+            ratelimit: Script::from_lua(include_str!("../../../redis/ratelimit.lua")),
+        }
+    }
+}
+
+/// How long a session's meta (and its join code) outlives the end of its lifetime: long
+/// enough for the lifecycle clock to find it and announce the end, and for late joins and
+/// writes to be told `session_ended` (410 for the code) instead of silently creating a new
+/// session under the same id.
+pub const TOMBSTONE: Duration = Duration::from_secs(3600);
+
+/// What `publish.lua` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+    /// The session was inactive and this publish made it active again.
+    pub reactivated: bool,
+    /// The session did not exist and this publish created it.
+    pub created: bool,
+}
+
+/// What `join.lua` answers.
+#[derive(Debug)]
+pub struct JoinReply {
+    pub seq: u64,
+    /// Stored entries after `since`, newest first.
+    pub history: Vec<Bytes>,
+    /// Member infos (msgpack), the joiner included.
+    pub members: Vec<Bytes>,
+    /// This join created the session (implicit creation).
+    pub created: bool,
+}
+
+/// Arguments of a join.
+#[derive(Debug)]
+pub struct JoinArgs<'a> {
+    pub client_id: &'a str,
+    pub info: &'a [u8],
+    pub expiry_ms: u64,
+    pub now_ms: u64,
+    pub since: Option<u64>,
+    pub presence_list_max: u32,
+    /// Create the session when it does not exist (otherwise `NoSuchSession`).
+    pub create: bool,
+    /// Whether the join is activity (a writer's) or a read (an observer's).
+    pub activity: bool,
+    /// The joining user, recorded as the owner of a session this join creates.
+    pub owner: &'a str,
+}
+
+/// Builds the fred client configuration for the pool and the subscriber.
+/// `broadcast_capacity` sizes fred's event channels, which are allocated up front per
+/// client: large for the subscriber (its message stream), small for the command pool.
+pub fn redis_builder(config: &Config, broadcast_capacity: usize) -> Result<Builder, StoreError> {
+    let mut redis_config = RedisConfig::from_url(&config.redis_url)
+        .map_err(|e| StoreError::Internal(format!("ROOMCAST_REDIS_URL: {e}")))?;
+    // fred's reconnect policy covers only connections that were up once; without this a
+    // gateway started before Redis (a pod scheduled first, Redis restarting) never
+    // connects and stays not-ready for good.
+    redis_config.fail_fast = false;
+    let timeout = config.redis_timeout;
+    let mut builder = Builder::from_config(redis_config);
+    builder
+        .with_performance_config(|p| {
+            p.default_command_timeout = timeout;
+            // A lagging pub/sub reader loses messages here; the bus counts and repairs it.
+            p.broadcast_channel_capacity = broadcast_capacity;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout;
+            c.internal_command_timeout = timeout;
+            c.max_command_attempts = 2;
+            // A Redis that stops answering (paused, partitioned) is dropped and reconnected.
+            c.unresponsive.max_timeout = Some(timeout * 2);
+            c.unresponsive.interval = (timeout / 2).max(Duration::from_millis(50));
+        })
+        // Retry forever, 50 ms doubling to 1 s: a blink of Redis costs at most a second.
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2));
+    Ok(builder)
+}
+
+/// The command side of Redis.
+pub struct Store {
+    pool: Pool,
+    keys: Keys,
+    scripts: Scripts,
+    history_size: u32,
+    ttl_ms: u64,
+    max_lifetime_ms: u64,
+    /// Sessions with more members get no presence events (see join.lua).
+    presence_events_max: i64,
+    /// What the last readiness PING found. While it is false every command fails at once
+    /// with `Unavailable` instead of waiting out its timeout and retries: a client learns
+    /// of an outage the gateway already knows about in microseconds, not seconds.
+    reachable: AtomicBool,
+}
+
+impl Store {
+    pub fn new(pool: Pool, config: &Config) -> Self {
+        Store {
+            pool,
+            keys: Keys::new(&config.key_prefix),
+            scripts: Scripts::new(),
+            history_size: config.history_size,
+            ttl_ms: config.history_ttl.as_millis() as u64,
+            max_lifetime_ms: config.max_lifetime.as_millis() as u64,
+            presence_events_max: i64::from(config.presence_events_max),
+            reachable: AtomicBool::new(true),
+        }
+    }
+
+    /// Records what the readiness PING found; answers the previous value.
+    pub fn set_reachable(&self, ok: bool) -> bool {
+        self.reachable.swap(ok, Ordering::AcqRel)
+    }
+
+    /// Whether the last readiness PING was answered.
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Acquire)
+    }
+
+    /// A pool connection for one command, or `Unavailable` at once when Redis is known to
+    /// be down (see `reachable`).
+    fn client(&self) -> Result<&fred::clients::Client, StoreError> {
+        if self.is_reachable() {
+            Ok(self.pool.next())
+        } else {
+            Err(StoreError::Unavailable(
+                "redis is unreachable (the readiness check is failing)".into(),
+            ))
+        }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    async fn eval(
+        &self,
+        name: &'static str,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Value, StoreError> {
+        let started = Instant::now();
+        let result = script
+            .evalsha_with_reload::<Value, _, _>(self.client()?, keys, args)
+            .instrument(tracing::info_span!("redis", script = name))
+            .await;
+        m::redis_command(name, started.elapsed());
+        Ok(result?)
+    }
+
+    /// Runs `publish.lua`: the message is stored and fanned out, or nothing happened.
+    /// `traceparent` rides along in the pub/sub payload (not in history).
+    pub async fn publish(
+        &self,
+        session: &str,
+        tail: Vec<u8>,
+        now_ms: u64,
+        traceparent: Option<&str>,
+    ) -> Result<Published, StoreError> {
+        let trace = match traceparent {
+            Some(tp) => rmp_serde::to_vec(tp).map_err(|e| StoreError::Internal(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let k = self.keys.session(session);
+        let reply = self
+            .eval(
+                "publish",
+                &self.scripts.publish,
+                vec![k.seq, k.hist, k.meta, k.channel],
+                vec![
+                    Value::Bytes(tail.into()),
+                    self.history_size.into(),
+                    (self.ttl_ms as i64).into(),
+                    (now_ms as i64).into(),
+                    Value::Bytes(trace.into()),
+                    ((now_ms + self.max_lifetime_ms) as i64).into(),
+                    (TOMBSTONE.as_millis() as i64).into(),
+                ],
+            )
+            .await?;
+        // {seq, reactivated, created} on success; a bare -1/-2 on refusal.
+        let parts: Vec<i64> = match reply {
+            Value::Array(values) => values.iter().filter_map(Value::as_i64).collect(),
+            other => other.as_i64().into_iter().collect(),
+        };
+        match parts[..] {
+            [-1] => Err(StoreError::SessionEnded),
+            [-2] => Err(StoreError::SessionResolved),
+            [seq, reactivated, created] if seq > 0 => Ok(Published {
+                seq: seq as u64,
+                reactivated: reactivated == 1,
+                created: created == 1,
+            }),
+            _ => Err(StoreError::Internal(format!(
+                "publish.lua answered {parts:?}"
+            ))),
+        }
+    }
+
+    /// Runs `join.lua`.
+    pub async fn join(&self, session: &str, a: JoinArgs<'_>) -> Result<JoinReply, StoreError> {
+        let k = self.keys.session(session);
+        let since = a.since.map(|s| s as i64).unwrap_or(-1);
+        let reply = self
+            .eval(
+                "join",
+                &self.scripts.join,
+                vec![k.pres, k.pinfo, k.seq, k.hist, k.meta, k.channel],
+                vec![
+                    a.client_id.into(),
+                    (a.expiry_ms as i64).into(),
+                    Value::Bytes(Bytes::copy_from_slice(a.info)),
+                    (a.now_ms as i64).into(),
+                    since.into(),
+                    self.history_size.into(),
+                    (self.ttl_ms as i64).into(),
+                    a.presence_list_max.into(),
+                    ((a.now_ms + self.max_lifetime_ms) as i64).into(),
+                    self.presence_events_max.into(),
+                    (TOMBSTONE.as_millis() as i64).into(),
+                    flag(a.create),
+                    flag(a.activity),
+                    a.owner.into(),
+                ],
+            )
+            .await?;
+        let mut parts = reply.into_array().into_iter();
+        let seq = parts.next().and_then(|v| v.as_i64());
+        match seq {
+            Some(-1) => Err(StoreError::SessionEnded),
+            Some(-2) => Err(StoreError::NoSuchSession),
+            Some(seq) if seq >= 0 => Ok(JoinReply {
+                seq: seq as u64,
+                history: bytes_list(parts.next()),
+                members: bytes_list(parts.next()),
+                created: parts.next().and_then(|v| v.as_i64()) == Some(1),
+            }),
+            _ => Err(StoreError::Internal("join.lua answered no seq".into())),
+        }
+    }
+
+    /// Runs `leave.lua`; true when the member was present.
+    pub async fn leave(&self, session: &str, client_id: &str) -> Result<bool, StoreError> {
+        let k = self.keys.session(session);
+        let reply = self
+            .eval(
+                "leave",
+                &self.scripts.leave,
+                vec![k.pres, k.pinfo, k.channel],
+                vec![client_id.into(), self.presence_events_max.into()],
+            )
+            .await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
+    /// Runs `presence_refresh.lua`; answers the listed ids that were no longer present and
+    /// how many expired entries were swept.
+    pub async fn refresh_presence(
+        &self,
+        session: &str,
+        now_ms: u64,
+        expiry_ms: u64,
+        client_ids: impl Iterator<Item = String>,
+    ) -> Result<(Vec<String>, u64), StoreError> {
+        let k = self.keys.session(session);
+        let mut args: Vec<Value> = vec![
+            (now_ms as i64).into(),
+            (expiry_ms as i64).into(),
+            (self.ttl_ms as i64).into(),
+            self.presence_events_max.into(),
+        ];
+        args.extend(client_ids.map(Value::from));
+        let reply = self
+            .eval(
+                "presence_refresh",
+                &self.scripts.presence_refresh,
+                vec![k.pres, k.pinfo, k.channel, k.seq],
+                args,
+            )
+            .await?;
+        let mut parts = reply.into_array().into_iter();
+        let missing = parts
+            .next()
+            .map(Value::into_array)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.as_str().map(|s| s.to_string()))
+            .collect();
+        let swept = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok((missing, swept))
+    }
+
+    /// Runs `presence_set.lua`: writes a member's info and announces it with `kind`
+    /// (0: silently).
+    pub async fn presence_set(
+        &self,
+        session: &str,
+        client_id: &str,
+        expiry_ms: u64,
+        info: &[u8],
+        kind: u8,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let k = self.keys.session(session);
+        self.eval(
+            "presence_set",
+            &self.scripts.presence_set,
+            vec![k.pres, k.pinfo, k.channel, k.meta],
+            vec![
+                client_id.into(),
+                (expiry_ms as i64).into(),
+                Value::Bytes(Bytes::copy_from_slice(info)),
+                i64::from(kind).into(),
+                (self.ttl_ms as i64).into(),
+                (now_ms as i64).into(),
+                self.presence_events_max.into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Runs `history.lua`: the current seq and the stored entries after `since`, newest
+    /// first.
+    pub async fn history_since(
+        &self,
+        session: &str,
+        since: u64,
+    ) -> Result<(u64, Vec<Bytes>), StoreError> {
+        let k = self.keys.session(session);
+        let reply = self
+            .eval(
+                "history",
+                &self.scripts.history,
+                vec![k.seq, k.hist],
+                vec![(since as i64).into(), self.history_size.into()],
+            )
+            .await?;
+        let mut parts = reply.into_array().into_iter();
+        let seq = parts
+            .next()
+            .and_then(|v| v.as_i64())
+            .ok_or_else(|| StoreError::Internal("history.lua answered no seq".into()))?;
+        Ok((seq.max(0) as u64, bytes_list(parts.next())))
+    }
+
+    /// Publishes an ephemeral payload on a session's channel.
+    pub async fn publish_event(&self, session: &str, payload: Vec<u8>) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let channel = self.keys.session_channel(session);
+        let result: Result<i64, _> = self
+            .client()?
+            .publish(channel, Value::Bytes(payload.into()))
+            .await;
+        m::redis_command("publish_event", started.elapsed());
+        result?;
+        Ok(())
+    }
+
+    /// Records this node's heartbeat and forgets nodes silent for `forget_after`.
+    pub async fn node_heartbeat(
+        &self,
+        node: &str,
+        now_ms: u64,
+        forget_after: Duration,
+    ) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let key = self.keys.nodes();
+        let client = self.client()?;
+        let _: i64 = client
+            .zadd(&key, None, None, false, false, (now_ms as f64, node))
+            .await?;
+        let horizon = now_ms.saturating_sub(forget_after.as_millis() as u64) as f64;
+        let _: i64 = client
+            .zremrangebyscore(&key, f64::NEG_INFINITY, horizon)
+            .await?;
+        m::redis_command("node_heartbeat", started.elapsed());
+        Ok(())
+    }
+
+    /// Removes this node from the registry (clean shutdown).
+    pub async fn node_remove(&self, node: &str) -> Result<(), StoreError> {
+        let client = self.client()?;
+        let _: i64 = client.zrem(self.keys.nodes(), node).await?;
+        let _: i64 = client.hdel(self.keys.node_connections(), node).await?;
+        Ok(())
+    }
+
+    /// PING with a deadline: the readiness signal.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let client = self.pool.next_connected();
+        let result = tokio::time::timeout(timeout, client.ping::<String>(None)).await;
+        m::redis_command("ping", started.elapsed());
+        match result {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(StoreError::Unavailable("PING timed out".into())),
+        }
+    }
+
+    /// Records this node's connection count for cluster stats.
+    pub async fn node_connections(&self, node: &str, count: usize) -> Result<(), StoreError> {
+        let _: i64 = self
+            .client()?
+            .hset(self.keys.node_connections(), (node, count as i64))
+            .await?;
+        Ok(())
+    }
+
+    /// Live nodes (heartbeat within `within`) and their total connections.
+    pub async fn cluster(&self, now_ms: u64, within: Duration) -> Result<(u64, u64), StoreError> {
+        let client = self.client()?;
+        let since = now_ms.saturating_sub(within.as_millis() as u64) as f64;
+        let nodes: Vec<String> = client
+            .zrangebyscore(self.keys.nodes(), since, f64::INFINITY, false, None)
+            .await?;
+        let counts: HashMap<String, i64> = client.hgetall(self.keys.node_connections()).await?;
+        let total = nodes
+            .iter()
+            .filter_map(|n| counts.get(n))
+            .map(|c| (*c).max(0) as u64)
+            .sum();
+        Ok((nodes.len() as u64, total))
+    }
+
+    /// Publishes a payload on a user's channel; answers how many instances received it.
+    pub async fn publish_user(&self, user: &str, payload: Vec<u8>) -> Result<u64, StoreError> {
+        let started = Instant::now();
+        let receivers: i64 = self
+            .client()?
+            .publish(self.keys.user_channel(user), Value::Bytes(payload.into()))
+            .await?;
+        m::redis_command("publish_user", started.elapsed());
+        Ok(receivers.max(0) as u64)
+    }
+}
+
+/// A boolean script argument.
+fn flag(on: bool) -> Value {
+    if on { "1" } else { "0" }.into()
+}
+
+/// A Lua array of bulk strings (nil entries skipped) as byte buffers.
+fn bytes_list(value: Option<Value>) -> Vec<Bytes> {
+    value
+        .map(Value::into_array)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .filter_map(|v| match v {
+            Value::Bytes(b) => Some(b),
+            Value::String(s) => Some(s.into_inner()),
+            _ => None,
+        })
+        .collect()
+}

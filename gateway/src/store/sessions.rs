@@ -1,0 +1,529 @@
+//! The session model's Redis side: creation, join codes, lifecycle transitions, the
+//! lifecycle clock's due index, the activity and per-user indexes, the REST reads.
+//!
+//! Every state change of one session is one script on its slot (`session_create.lua`,
+//! `session_transition.lua`, `session_sweep.lua`); the indexes that span sessions are
+//! separate, idempotent commands (or single-key scripts: `due_claim.lua`,
+//! `due_reschedule.lua`, `owned_claim.lua`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::interfaces::{HashesInterface, KeysInterface, ListInterface, SortedSetsInterface};
+use fred::types::{Expiration, SetOptions, Value};
+
+use super::{bytes_list, Store, StoreError, TOMBSTONE};
+use crate::metrics as m;
+
+/// What a lifecycle transition found.
+#[derive(Debug)]
+pub enum Transition {
+    /// Done; the session's fields after the change.
+    Done(HashMap<String, String>),
+    Missing,
+    /// The current status does not allow the change.
+    Conflict(String),
+}
+
+/// What the lifecycle clock did to one session (`session_sweep.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepOutcome {
+    /// `session/expiring` was sent.
+    Warned,
+    /// It went inactive (`session/updated`, reason `inactive`).
+    Inactive,
+    /// It reached its maximum lifetime (`session/ended`).
+    Ended,
+    /// Nothing was due yet.
+    Active,
+    /// Not active any more; nothing to do until its end of life.
+    Unchanged,
+    /// Its keys expired.
+    Gone,
+}
+
+impl SweepOutcome {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "warned" => SweepOutcome::Warned,
+            "inactive" => SweepOutcome::Inactive,
+            "ended" => SweepOutcome::Ended,
+            "active" => SweepOutcome::Active,
+            "unchanged" => SweepOutcome::Unchanged,
+            "gone" => SweepOutcome::Gone,
+            _ => return None,
+        })
+    }
+
+    /// The metric and log label of an outcome that changed something.
+    pub fn transition(self) -> Option<&'static str> {
+        match self {
+            SweepOutcome::Warned => Some("expiring"),
+            SweepOutcome::Inactive => Some("inactive"),
+            SweepOutcome::Ended => Some("ended"),
+            _ => None,
+        }
+    }
+}
+
+/// One session's sweep: what happened, and when it is next due (0: never).
+#[derive(Debug, Clone, Copy)]
+pub struct Swept {
+    pub outcome: SweepOutcome,
+    pub next_due: u64,
+}
+
+/// A lifecycle event to announce with a transition.
+#[derive(Debug, Clone, Copy)]
+pub struct LifecycleEvent<'a> {
+    pub event: &'a str,
+    pub reason: &'a str,
+    pub at: u64,
+}
+
+/// Sessions, codes, indexes and the REST reads.
+impl Store {
+    /// Claims a join code for a session; false when the code is taken.
+    pub async fn claim_code(
+        &self,
+        code: &str,
+        session: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let set: Option<String> = self
+            .client()?
+            .set(
+                self.keys.code(code),
+                session,
+                Some(Expiration::PX(ttl_ms.max(1) as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    pub async fn code_session(&self, code: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.client()?.get(self.keys.code(code)).await?)
+    }
+
+    /// How long a join code must live for a session of `lifetime`: as long as the
+    /// session's meta can (its lifetime, then the longer of the tombstone and the history
+    /// TTL that a last write just before the end starts), so an ended session's code
+    /// answers 410 until its keys are gone.
+    pub fn code_ttl(&self, lifetime: Duration) -> Duration {
+        lifetime + TOMBSTONE.max(Duration::from_millis(self.ttl_ms))
+    }
+
+    /// Runs `session_create.lua`; false when the id exists.
+    pub async fn create_session(
+        &self,
+        session: &str,
+        now_ms: u64,
+        expires_at: u64,
+        code: &str,
+        owner: &str,
+        metadata_json: &str,
+    ) -> Result<bool, StoreError> {
+        let k = self.keys.session(session);
+        let ttl = self
+            .ttl_ms
+            .max(expires_at.saturating_sub(now_ms) + TOMBSTONE.as_millis() as u64);
+        let reply = self
+            .eval(
+                "session_create",
+                &self.scripts.session_create,
+                vec![k.meta],
+                vec![
+                    (now_ms as i64).into(),
+                    (expires_at as i64).into(),
+                    (ttl as i64).into(),
+                    code.into(),
+                    owner.into(),
+                    metadata_json.into(),
+                ],
+            )
+            .await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
+    /// The session's meta fields; `None` when it does not exist.
+    pub async fn session_fields(
+        &self,
+        session: &str,
+    ) -> Result<Option<HashMap<String, String>>, StoreError> {
+        let fields: HashMap<String, String> = self
+            .client()?
+            .hgetall(self.keys.session(session).meta)
+            .await?;
+        Ok((!fields.is_empty()).then_some(fields))
+    }
+
+    /// Runs `session_transition.lua`.
+    pub async fn transition(
+        &self,
+        session: &str,
+        now_ms: u64,
+        allowed: &str,
+        to: Option<&str>,
+        event: Option<LifecycleEvent<'_>>,
+        fields: &[(&str, String)],
+    ) -> Result<Transition, StoreError> {
+        let k = self.keys.session(session);
+        let mut args: Vec<Value> = vec![
+            (now_ms as i64).into(),
+            allowed.into(),
+            to.unwrap_or("").into(),
+            event.map(|e| e.event).unwrap_or("").into(),
+            event.map(|e| e.reason).unwrap_or("").into(),
+            (event.map(|e| e.at).unwrap_or(0) as i64).into(),
+        ];
+        for (field, value) in fields {
+            args.push((*field).into());
+            args.push(value.as_str().into());
+        }
+        let reply = self
+            .eval(
+                "session_transition",
+                &self.scripts.session_transition,
+                vec![k.meta, k.channel],
+                args,
+            )
+            .await?;
+        let mut parts = reply.into_array().into_iter();
+        match parts.next().and_then(|v| v.as_i64()) {
+            Some(1) => {
+                let flat: Vec<String> = parts.filter_map(|v| v.as_string()).collect();
+                Ok(Transition::Done(
+                    flat.chunks(2)
+                        .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone())))
+                        .collect(),
+                ))
+            }
+            Some(-1) => Ok(Transition::Missing),
+            Some(-2) => Ok(Transition::Conflict(
+                parts.next().and_then(|v| v.as_string()).unwrap_or_default(),
+            )),
+            _ => Err(StoreError::Internal(
+                "session_transition.lua answered nothing".into(),
+            )),
+        }
+    }
+
+    /// Runs `session_sweep.lua` on one session.
+    pub async fn sweep(
+        &self,
+        session: &str,
+        now_ms: u64,
+        warning: Duration,
+        timeout: Duration,
+    ) -> Result<Swept, StoreError> {
+        let k = self.keys.session(session);
+        let reply = self
+            .eval(
+                "session_sweep",
+                &self.scripts.session_sweep,
+                vec![k.meta, k.channel],
+                vec![
+                    (now_ms as i64).into(),
+                    (warning.as_millis() as i64).into(),
+                    (timeout.as_millis() as i64).into(),
+                ],
+            )
+            .await?;
+        let mut parts = reply.into_array().into_iter();
+        let outcome = parts.next().and_then(|v| v.as_string()).unwrap_or_default();
+        let outcome = SweepOutcome::parse(&outcome).ok_or_else(|| {
+            StoreError::Internal(format!("session_sweep.lua answered `{outcome}`"))
+        })?;
+        let next_due = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok(Swept { outcome, next_due })
+    }
+
+    /// Takes up to `limit` sessions whose lifecycle check is due, leased for `lease` so
+    /// other instances take others. Answers the lease score and (id, due time) pairs.
+    pub async fn claim_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<(u64, Vec<(String, u64)>), StoreError> {
+        let reply = self
+            .eval(
+                "due_claim",
+                &self.scripts.due_claim,
+                vec![self.keys.sessions_due()],
+                vec![
+                    (now_ms as i64).into(),
+                    (limit as i64).into(),
+                    (lease.as_millis() as i64).into(),
+                ],
+            )
+            .await?;
+        let flat = reply.into_array();
+        let due = flat
+            .chunks(2)
+            .filter_map(|pair| {
+                let id = pair.first()?.as_string()?;
+                let at = pair.get(1)?.as_f64()?;
+                Some((id, at.max(0.0) as u64))
+            })
+            .collect();
+        Ok((now_ms + lease.as_millis() as u64, due))
+    }
+
+    /// Files the next due time of sessions leased by [`Store::claim_due`] (0: drop them).
+    pub async fn reschedule_due(
+        &self,
+        lease_score: u64,
+        next: &[(String, u64)],
+    ) -> Result<(), StoreError> {
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<Value> = Vec::with_capacity(1 + 2 * next.len());
+        args.push((lease_score as i64).into());
+        for (id, at) in next {
+            args.push(id.as_str().into());
+            args.push((*at as i64).into());
+        }
+        self.eval(
+            "due_reschedule",
+            &self.scripts.due_reschedule,
+            vec![self.keys.sessions_due()],
+            args,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Puts a session under the lifecycle clock at `due_ms`, unless it is already due
+    /// sooner (a new or reactivated session).
+    pub async fn schedule(&self, session: &str, due_ms: u64) -> Result<(), StoreError> {
+        let _: Value = self
+            .client()?
+            .zadd(
+                self.keys.sessions_due(),
+                None,
+                Some(fred::types::sorted_sets::Ordering::LessThan),
+                false,
+                false,
+                (due_ms as f64, session),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Takes a session out from under the lifecycle clock (it has ended).
+    pub async fn unschedule(&self, session: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .client()?
+            .zrem(self.keys.sessions_due(), session)
+            .await?;
+        Ok(())
+    }
+
+    /// Records activity in the session index, and the user's when given; files the
+    /// session under the lifecycle clock at `due` when given. Cross-slot, so not atomic
+    /// with the scripts; every step is idempotent.
+    pub async fn touch_indexes(
+        &self,
+        session: &str,
+        now_ms: u64,
+        user: Option<&str>,
+        due: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let pipe = self.client()?.pipeline();
+        let now = now_ms as f64;
+        let _: () = pipe
+            .zadd(
+                self.keys.sessions(),
+                None,
+                None,
+                false,
+                false,
+                (now, session),
+            )
+            .await?;
+        if let Some(due) = due {
+            let _: () = pipe
+                .zadd(
+                    self.keys.sessions_due(),
+                    None,
+                    Some(fred::types::sorted_sets::Ordering::LessThan),
+                    false,
+                    false,
+                    (due as f64, session),
+                )
+                .await?;
+        }
+        if let Some(user) = user {
+            let key = self.keys.user_sessions(user);
+            let _: () = pipe
+                .zadd(&key, None, None, false, false, (now, session))
+                .await?;
+            let _: () = pipe
+                .pexpire(&key, self.max_lifetime_ms.max(self.ttl_ms) as i64, None)
+                .await?;
+        }
+        let _: Vec<Value> = pipe.all().await?;
+        m::redis_command("touch_indexes", started.elapsed());
+        Ok(())
+    }
+
+    /// Records that `user` is in `session` (their sessions listing) without counting it
+    /// as the session's activity (an observer).
+    pub async fn remember_user_session(
+        &self,
+        user: &str,
+        session: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.user_sessions(user);
+        let client = self.client()?;
+        let _: i64 = client
+            .zadd(&key, None, None, false, false, (now_ms as f64, session))
+            .await?;
+        let _: i64 = client
+            .pexpire(&key, self.max_lifetime_ms.max(self.ttl_ms) as i64, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts a session against the cap of sessions its creator may hold (`owned_claim.lua`);
+    /// false when the user is at the cap.
+    pub async fn claim_owned(
+        &self,
+        user: &str,
+        session: &str,
+        now_ms: u64,
+        expires_at: u64,
+        cap: u32,
+    ) -> Result<bool, StoreError> {
+        let reply = self
+            .eval(
+                "owned_claim",
+                &self.scripts.owned_claim,
+                vec![self.keys.user_owned(user)],
+                vec![
+                    (now_ms as i64).into(),
+                    session.into(),
+                    (expires_at as i64).into(),
+                    i64::from(cap).into(),
+                ],
+            )
+            .await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
+    /// Stops counting an ended session against its creator's cap.
+    pub async fn disown(&self, user: &str, session: &str) -> Result<(), StoreError> {
+        let _: i64 = self
+            .client()?
+            .zrem(self.keys.user_owned(user), session)
+            .await?;
+        Ok(())
+    }
+
+    /// Every stored history entry, newest first.
+    pub async fn history_all(&self, session: &str) -> Result<Vec<Bytes>, StoreError> {
+        let values: Vec<Value> = self
+            .client()?
+            .lrange(self.keys.session(session).hist, 0, -1)
+            .await?;
+        Ok(bytes_list(Some(Value::Array(values))))
+    }
+
+    /// Deletes the stored history (seq numbering continues).
+    pub async fn history_clear(&self, session: &str) -> Result<u64, StoreError> {
+        let removed: i64 = self.client()?.del(self.keys.session(session).hist).await?;
+        Ok(removed.max(0) as u64)
+    }
+
+    /// Member infos of everyone present (entries not expired).
+    pub async fn presence_members(
+        &self,
+        session: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Bytes>, StoreError> {
+        let k = self.keys.session(session);
+        let client = self.client()?;
+        let ids: Vec<String> = client
+            .zrangebyscore(&k.pres, (now_ms + 1) as f64, f64::INFINITY, false, None)
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let infos: Vec<Value> = client.hmget(&k.pinfo, ids).await?;
+        Ok(bytes_list(Some(Value::Array(infos))))
+    }
+
+    /// One member's stored info.
+    pub async fn presence_info(
+        &self,
+        session: &str,
+        client_id: &str,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let value: Value = self
+            .client()?
+            .hget(self.keys.session(session).pinfo, client_id)
+            .await?;
+        Ok(bytes_list(Some(Value::Array(vec![value]))).pop())
+    }
+
+    /// A user's most recently active sessions.
+    pub async fn user_session_ids(
+        &self,
+        user: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .client()?
+            .zrevrange(self.keys.user_sessions(user), 0, limit - 1, false)
+            .await?)
+    }
+
+    /// Every indexed session id.
+    pub async fn all_session_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .client()?
+            .zrange(self.keys.sessions(), 0, -1, None, false, None, false)
+            .await?)
+    }
+
+    /// The status of each session (None when its meta expired), pipelined.
+    pub async fn statuses(&self, ids: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let pipe = self.client()?.pipeline();
+            for id in chunk {
+                let _: () = pipe.hget(self.keys.session(id).meta, "status").await?;
+            }
+            let values: Vec<Value> = pipe.all().await?;
+            out.extend(values.into_iter().map(|v| v.as_string()));
+        }
+        Ok(out)
+    }
+
+    /// Drops sessions idle since before `horizon` from the session index.
+    pub async fn prune_sessions(&self, horizon_ms: u64) -> Result<(), StoreError> {
+        let _: i64 = self
+            .client()?
+            .zremrangebyscore(self.keys.sessions(), f64::NEG_INFINITY, horizon_ms as f64)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets index entries of sessions whose keys expired.
+    pub async fn forget_sessions(&self, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let client = self.client()?;
+        let _: i64 = client.zrem(self.keys.sessions(), ids.to_vec()).await?;
+        let _: i64 = client.zrem(self.keys.sessions_due(), ids.to_vec()).await?;
+        Ok(())
+    }
+}
