@@ -10,6 +10,8 @@ use serde_json::Value;
 
 /// Payload kinds, the first element of every pub/sub payload.
 pub mod kind {
+    /// Not a payload kind: `presence_set.lua` writes the member without announcing it.
+    pub const SILENT: u8 = 0;
     /// A stored message (`Entry`), published by `publish.lua`.
     pub const MESSAGE: u8 = 1;
     /// An ephemeral event (`Event`) encoded by a gateway.

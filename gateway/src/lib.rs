@@ -5,6 +5,7 @@
 //! - [`auth`]: JWT verification and minting.
 //! - [`http`]: the routers, health, metrics endpoint.
 //! - [`problem`]: the problem+json error shape of every HTTP answer.
+//! - [`publish`]: the one publish path of every surface.
 //! - [`api`]: the REST API under `/api/v1` and its OpenAPI document.
 //! - [`lifecycle`]: the inactivity and lifetime sweeper.
 //! - [`ratelimit`]: sliding-window limits in Redis, token buckets in memory.
@@ -34,6 +35,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod net;
 pub mod problem;
+pub mod publish;
 pub mod ratelimit;
 pub mod session;
 pub mod store;

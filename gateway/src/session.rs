@@ -52,6 +52,12 @@ pub enum Command {
         client_id: String,
         done: Option<oneshot::Sender<()>>,
     },
+    /// The member reported activity: the pump updates its state, writes presence, and
+    /// announces it if it was idle.
+    Activity {
+        client_id: String,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// A raw pub/sub payload for this session.
     Payload(Bytes),
     /// Pub/sub may have lost messages: read history after the last delivered seq.
@@ -195,12 +201,14 @@ impl Pump {
                     let _ = req.reply.send(answer);
                 }
                 Command::Leave { client_id, done } => {
-                    if let Err(e) = self.app.store.leave(&self.session, &client_id).await {
-                        tracing::debug!(error = %e, "leave after retire failed");
-                    }
+                    self.leave_member(&client_id).await;
                     if let Some(done) = done {
                         let _ = done.send(());
                     }
+                }
+                // Members left with the pump: nobody's state to update.
+                Command::Activity { done, .. } => {
+                    let _ = done.send(Ok(()));
                 }
                 Command::Payload(_) | Command::CatchUp => {}
             }
@@ -211,19 +219,48 @@ impl Pump {
         match cmd {
             Command::Join(req) => self.join_batch(vec![*req]).await,
             Command::Leave { client_id, done } => {
-                self.members.remove(&client_id);
-                // Idempotent: the member may already have been dropped as gone.
-                if let Err(e) = self.app.store.leave(&self.session, &client_id).await {
-                    // The entry expires on its own within two heartbeats.
-                    tracing::debug!(error = %e, "leave script failed");
-                }
+                self.leave_member(&client_id).await;
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
             }
+            Command::Activity { client_id, done } => {
+                let _ = done.send(self.activity(&client_id).await);
+            }
             Command::Payload(bytes) => self.on_payload(&bytes).await,
             Command::CatchUp => self.catch_up().await,
         }
+    }
+
+    /// The one way a member leaves: out of the local map, then its presence entry (and
+    /// the `leave` announcement, decided by `leave.lua`). Idempotent.
+    async fn leave_member(&mut self, client_id: &str) {
+        self.members.remove(client_id);
+        if let Err(e) = self.app.store.leave(&self.session, client_id).await {
+            // The entry expires on its own within two heartbeats.
+            tracing::debug!(error = %e, "leave script failed");
+        }
+    }
+
+    /// A member's activity: its state here first (so a later re-add of a swept member
+    /// writes the truth), then presence, announcing a member that was idle.
+    async fn activity(&mut self, client_id: &str) -> Result<(), StoreError> {
+        let now = now_ms();
+        let idle_after = self.app.config.idle_after.as_millis() as u64;
+        let Some(member) = self.members.get_mut(client_id) else {
+            // Left meanwhile: nothing to record.
+            return Ok(());
+        };
+        let was_idle = now.saturating_sub(member.info.active_at) > idle_after;
+        member.info.active_at = now;
+        let info = member.info.encode();
+        let announce = if was_idle { kind::UPDATE } else { kind::SILENT };
+        // Expiry 0: update the entry only if it is still there. A member swept meanwhile
+        // was announced as gone; the next refresh re-adds it, with this activity.
+        self.app
+            .store
+            .presence_set(&self.session, client_id, 0, &info, announce, now)
+            .await
     }
 
     async fn on_payload(&mut self, bytes: &[u8]) {
@@ -388,10 +425,7 @@ impl Pump {
         );
         if req.reply.send(Ok(reply.created)).is_err() {
             // The connection gave up waiting (or is gone): undo the join.
-            self.members.remove(&client_id);
-            if let Err(e) = self.app.store.leave(&self.session, &client_id).await {
-                tracing::debug!(error = %e, "undoing an abandoned join failed");
-            }
+            self.leave_member(&client_id).await;
         }
     }
 
@@ -582,10 +616,7 @@ impl Pump {
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
-            self.members.remove(&id);
-            if let Err(e) = self.app.store.leave(&self.session, &id).await {
-                tracing::debug!(error = %e, "leave of a gone member failed");
-            }
+            self.leave_member(&id).await;
         }
         let now = now_ms();
         let expiry = self.presence_expiry(now);

@@ -583,3 +583,53 @@ async fn displays_joining_together_during_publishes_each_get_every_later_message
     let logs = a.logs.lock().expect("logs").join("\n");
     assert!(logs.contains("join batch"), "no join was batched");
 }
+
+#[tokio::test]
+async fn a_swept_member_put_back_by_its_pump_keeps_its_latest_activity() {
+    let redis = Redis::start();
+    const KEY: &str = "test-api-key-0123456789";
+    // Presence is refreshed every 2.5 s; a member is idle after 5 s without activity.
+    let a = Gateway::start(
+        &redis.url(),
+        &[("ROOMCAST_IDLE_AFTER", "5s"), ("ROOMCAST_API_KEY", KEY)],
+    );
+    a.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", &[Role::Controller])).await;
+    ctl.join("idle-room", None).await;
+    let summary = || async {
+        call(
+            a.addr,
+            "GET",
+            "/api/v1/sessions/idle-room/presence",
+            Some(KEY),
+            None,
+        )
+        .await
+        .json()
+    };
+    wait_for(DEADLINE, "the member idle", || async {
+        summary().await["idle"] == 1
+    })
+    .await;
+    ctl.send_json(json!({"type": "activity", "session": "idle-room", "ref": "a"}))
+        .await;
+    ctl.expect("ack", |f| matches!(f, ServerFrame::Ack { .. }))
+        .await;
+    assert_eq!(summary().await["idle"], 0);
+    // Swept, as when this node stalled past the entry's expiry: its pump puts it back at
+    // the next refresh, with what it knows about the member.
+    let id = ctl.client_id.clone();
+    redis.cmd(&["ZREM", "rc:{s:idle-room}:pres", &id]).unwrap();
+    redis.cmd(&["HDEL", "rc:{s:idle-room}:pinfo", &id]).unwrap();
+    assert_eq!(summary().await["total"], 0);
+    wait_for(DEADLINE, "the member back", || async {
+        summary().await["total"] == 1
+    })
+    .await;
+    // Back within 2.5 s of its activity, so not idle: the pump knew of the activity.
+    assert_eq!(
+        summary().await["idle"],
+        0,
+        "re-added with a stale activity time"
+    );
+}

@@ -12,7 +12,8 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{checked_id, require_server, ApiError, ApiJson, ApiPath};
-use crate::envelope::{encode_entry_tail, Event};
+use crate::envelope::Event;
+use crate::publish::{publish_message, touch_indexes_later, PublishError};
 use crate::util::now_ms;
 use crate::App;
 
@@ -102,19 +103,15 @@ pub async fn publish(
         role: Role::Controller,
         name: sender.name,
     };
-    let now = now_ms();
-    let tail = encode_entry_tail(now, &from, &body.data)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let traceparent = crate::telemetry::current_traceparent();
-    let published = app
-        .store
-        .publish(&id, tail, now, traceparent.as_deref())
-        .await?;
-    // A new or reactivated session goes (back) under the lifecycle clock.
-    let due = crate::lifecycle::due_after_publish(&app.config, &published, now);
-    if let Err(e) = app.store.touch_indexes(&id, now, None, due).await {
-        tracing::debug!(error = %e, "index touch failed");
-    }
+    let published = publish_message(&app, &id, &from, &body.data)
+        .await
+        .map_err(|e| match e {
+            PublishError::Data(e) => ApiError::bad_request(e),
+            PublishError::Store(e) => e.into(),
+        })?;
+    // Server publishes are activity in the session index too (a WebSocket member's
+    // activity is recorded, throttled, through its connection).
+    touch_indexes_later(&app, &id, None, None, true);
     Ok(Json(Published { seq: published.seq }))
 }
 

@@ -8,8 +8,9 @@ use roomcast_shared::{close, ClientFrame, ErrorCode, From, Role, ServerFrame};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::envelope::{encode_entry_tail, kind, Event, MemberInfo};
+use crate::envelope::{Event, MemberInfo};
 use crate::metrics as m;
+use crate::publish::{publish_message, touch_indexes_later, PublishError};
 use crate::ratelimit as limits;
 use crate::ratelimit::Scope;
 use crate::session::{Command, JoinError, JoinRequest};
@@ -57,32 +58,20 @@ impl Connection {
                 let started = std::time::Instant::now();
                 let from = self.writer_in(&session)?;
                 self.publish_allowed().await?;
-                let now = now_ms();
-                let tail = encode_entry_tail(now, &from, &data).map_err(|e| {
-                    Failure::new(ErrorCode::BadRequest, format!("data cannot be stored: {e}"))
-                })?;
-                let span = tracing::info_span!("publish", session = %session);
-                let published = async {
-                    let traceparent = crate::telemetry::current_traceparent();
-                    self.app
-                        .store
-                        .publish(&session, tail, now, traceparent.as_deref())
-                        .await
-                }
-                .instrument(span)
-                .await
-                .map_err(Failure::from_store)?;
+                let published = publish_message(&self.app, &session, &from, &data)
+                    .await
+                    .map_err(|e| match e {
+                        PublishError::Data(e) => Failure::new(
+                            ErrorCode::BadRequest,
+                            format!("data cannot be stored: {e}"),
+                        ),
+                        PublishError::Store(e) => Failure::from_store(e),
+                    })?;
                 m::publish_duration(started.elapsed());
                 self.client.send(&ServerFrame::Ack {
                     reference,
                     seq: Some(published.seq),
                 });
-                if let Some(due) =
-                    crate::lifecycle::due_after_publish(&self.app.config, &published, now)
-                {
-                    // Back under the lifecycle clock.
-                    self.touch_indexes(&session, None, Some(due), true);
-                }
                 self.note_activity(&session).await;
                 Ok(())
             }
@@ -249,13 +238,27 @@ impl Connection {
                     let expires = now + self.app.config.max_lifetime.as_millis() as u64;
                     let due = created
                         .then(|| crate::lifecycle::first_due(&self.app.config, now, expires));
-                    self.touch_indexes(
+                    touch_indexes_later(
+                        &self.app,
                         &session,
                         Some(self.identity.user.clone()),
                         due,
                         role.can_write(),
                     );
-                    self.sessions.insert(session, Joined { handle, info });
+                    let from = From {
+                        client_id: info.client_id,
+                        user: info.user,
+                        role: info.role,
+                        name: info.name,
+                    };
+                    self.sessions.insert(
+                        session,
+                        Joined {
+                            handle,
+                            from,
+                            touched_at: now,
+                        },
+                    );
                     return Ok(());
                 }
                 Ok(Err(JoinError::Store(StoreError::NoSuchSession))) if !create => {
@@ -407,15 +410,10 @@ impl Connection {
             .sessions
             .get(session)
             .ok_or_else(|| not_joined(session))?;
-        if !joined.info.role.can_write() {
+        if !joined.from.role.can_write() {
             return Err(Failure::new(ErrorCode::Forbidden, "observers cannot write"));
         }
-        Ok(From {
-            client_id: joined.info.client_id.clone(),
-            user: joined.info.user.clone(),
-            role: joined.info.role,
-            name: joined.info.name.clone(),
-        })
+        Ok(joined.from.clone())
     }
 
     fn ack(&self, reference: Option<String>, seq: Option<u64>) {
@@ -438,66 +436,39 @@ impl Connection {
             .min(config.inactivity_warning / 4)
             .min(Duration::from_secs(60))
             .as_millis() as u64;
-        if now_ms().saturating_sub(joined.info.active_at) > stale_after {
+        if now_ms().saturating_sub(joined.touched_at) > stale_after {
             if let Err(f) = self.touch(session).await {
                 tracing::debug!(error = %f.message, "activity update failed");
             }
-            self.touch_indexes(session, None, None, true);
+            touch_indexes_later(&self.app, session, None, None, true);
         }
     }
 
-    /// Records activity (when `activity`) in the cross-slot session indexes, and the
-    /// user's membership and the lifecycle due time when given, off the connection's path.
-    fn touch_indexes(&self, session: &str, user: Option<String>, due: Option<u64>, activity: bool) {
-        let app = self.app.clone();
-        let session = session.to_string();
-        self.app.tracker.spawn(async move {
-            // A due time is what puts a new or reactivated session under the lifecycle
-            // clock: worth a few tries. Activity alone is refreshed by the next write.
-            let attempts: u64 = if due.is_some() { 3 } else { 1 };
-            for attempt in 1..=attempts {
-                let now = now_ms();
-                let result = if activity {
-                    app.store
-                        .touch_indexes(&session, now, user.as_deref(), due)
-                        .await
-                } else if let Some(user) = &user {
-                    app.store.remember_user_session(user, &session, now).await
-                } else {
-                    Ok(())
-                };
-                match result {
-                    Ok(()) => return,
-                    Err(e) if attempt == attempts && due.is_some() => {
-                        tracing::warn!(session = %session, error = %e, "filing a session under the lifecycle clock failed");
-                    }
-                    Err(e) if attempt == attempts => {
-                        tracing::debug!(error = %e, "index touch failed");
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(500 * attempt)).await,
-                }
-            }
-        });
-    }
-
-    /// Writes this member's activity to presence and the session.
+    /// Records this member's activity: the pump owns the member's state, so it updates
+    /// it, writes presence, and announces a member that was idle.
     async fn touch(&mut self, session: &str) -> Result<(), Failure> {
         let now = now_ms();
-        let idle_after = self.app.config.idle_after.as_millis() as u64;
         let Some(joined) = self.sessions.get_mut(session) else {
             return Err(not_joined(session));
         };
-        let was_idle = now.saturating_sub(joined.info.active_at) > idle_after;
-        joined.info.active_at = now;
-        let info = joined.info.encode();
-        let announce = if was_idle { kind::UPDATE } else { 0 };
-        // Expiry 0: update the entry only if it is still there. A member swept meanwhile
-        // was announced as gone; the pump's next refresh re-adds it with a join.
-        self.app
-            .store
-            .presence_set(session, self.client.id(), 0, &info, announce, now)
-            .await
-            .map_err(Failure::from_store)
+        joined.touched_at = now;
+        let (done, answer) = oneshot::channel();
+        let command = Command::Activity {
+            client_id: self.client.id().to_string(),
+            done,
+        };
+        let unavailable = || Failure {
+            retry_after_ms: Some(1000),
+            ..Failure::new(ErrorCode::Unavailable, "storage unavailable, retry later")
+        };
+        if joined.handle.tx.send(command).await.is_err() {
+            return Err(unavailable());
+        }
+        // Bounded like a join: a pump stuck behind an outage must not hold the reader.
+        match tokio::time::timeout(self.app.config.redis_timeout * 3, answer).await {
+            Ok(Ok(result)) => result.map_err(Failure::from_store),
+            _ => Err(unavailable()),
+        }
     }
 
     /// Leaves every joined session; the pumps remove the presence entries.
@@ -508,12 +479,9 @@ impl Connection {
                 done: None,
             };
             if joined.handle.tx.try_send(leave).is_err() {
-                // The pump is gone or saturated: remove the entry directly.
-                let app = self.app.clone();
-                let client_id = self.client.id().to_string();
-                self.app.tracker.spawn(async move {
-                    let _ = app.store.leave(&session, &client_id).await;
-                });
+                // A saturated pump drops members whose connection has ended at its next
+                // presence refresh (half a heartbeat); a gone pump had no members left.
+                tracing::debug!(session = %session, "leave not queued; the pump will notice");
             }
         }
     }

@@ -17,12 +17,11 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use roomcast_shared::{ErrorCode, Format, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use roomcast_shared::{ErrorCode, Format, From, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
 use crate::client::ClientHandle;
-use crate::envelope::MemberInfo;
 use crate::hub::SessionHandle;
 use crate::problem::problem;
 use crate::ratelimit as limits;
@@ -208,7 +207,11 @@ fn select_protocol(ws: &mut WebSocketUpgrade) -> Result<Format, String> {
 /// A session this connection has joined.
 struct Joined {
     handle: SessionHandle,
-    info: MemberInfo,
+    /// Who this connection writes as in the session (identity only: the member's state,
+    /// such as when it was last active, is the pump's).
+    from: From,
+    /// When this connection last reported activity here (throttles the reports).
+    touched_at: u64,
 }
 
 /// A command's failure, sent back as an `error` frame (and maybe a close).
