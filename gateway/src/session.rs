@@ -23,7 +23,7 @@ use tracing::Instrument;
 use crate::client::{ClientHandle, SharedFrame};
 use crate::envelope::{decode_entry, kind, Entry, Envelope, Event, MemberInfo};
 use crate::metrics as m;
-use crate::store::{JoinArgs, JoinReply, StoreError};
+use crate::store::{JoinArgs, JoinReply, SessionStatus, StoreError};
 use crate::util::now_ms;
 use crate::App;
 
@@ -284,7 +284,7 @@ impl Pump {
             return;
         }
         match self.app.store.session_fields(&self.session).await {
-            Ok(Some(fields)) if fields.get("status").map(String::as_str) == Some("ended") => {
+            Ok(Some(fields)) if SessionStatus::of(&fields) == Some(SessionStatus::Ended) => {
                 let at = fields
                     .get("ended_at")
                     .and_then(|v| v.parse().ok())

@@ -340,14 +340,31 @@ async fn header_count_and_size_limits_are_the_documented_ones() {
 #[tokio::test]
 async fn urls_asking_for_tls_exit_64_instead_of_running_in_plaintext() {
     for url in ["rediss://127.0.0.1:6380", "rediss-cluster://127.0.0.1:7000"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"))
             .env_clear()
             .env("ROOMCAST_JWT_SECRET", SECRET)
             .env("ROOMCAST_REDIS_URL", url)
-            .output()
+            .env("ROOMCAST_LISTEN", "127.0.0.1:0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("run");
-        assert_eq!(out.status.code(), Some(64), "{url}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A gateway that accepted the URL would serve (in plaintext) until killed.
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{url} was accepted: the gateway is running");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(status.code(), Some(64), "{url}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("stderr");
         assert!(stderr.contains("TLS"), "{stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }

@@ -25,7 +25,7 @@ use super::{
     MaybeJson,
 };
 use crate::envelope::decode_entry;
-use crate::store::{LifecycleEvent, Transition};
+use crate::store::{LifecycleEvent, SessionStatus, Transition};
 use crate::util::{now_ms, random_id};
 use crate::App;
 
@@ -66,7 +66,7 @@ pub struct CreateSession {
 pub struct SessionCreated {
     pub id: String,
     pub code: String,
-    pub status: String,
+    pub status: SessionStatus,
     pub created_at: u64,
     pub expires_at: u64,
     pub last_activity: u64,
@@ -164,7 +164,7 @@ pub async fn create(
     let created = SessionCreated {
         id,
         code,
-        status: "active".into(),
+        status: SessionStatus::Active,
         created_at: now,
         expires_at,
         last_activity: now,
@@ -233,7 +233,7 @@ pub async fn join(
         )
     })?;
     let view = SessionView::from_fields(&id, &fields);
-    if view.status == "ended" || view.expires_at <= now_ms() {
+    if view.status == SessionStatus::Ended || view.expires_at <= now_ms() {
         return Err(ApiError::new(
             StatusCode::GONE,
             roomcast_shared::ErrorCode::SessionEnded,
@@ -316,8 +316,8 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 async fn transition(
     app: &App,
     id: &str,
-    allowed: &str,
-    to: Option<&str>,
+    allowed: &[SessionStatus],
+    to: Option<SessionStatus>,
     event: Option<LifecycleEvent<'_>>,
     fields: &[(&str, String)],
 ) -> Result<HashMap<String, String>, ApiError> {
@@ -328,7 +328,7 @@ async fn transition(
     {
         Transition::Done(fields) => Ok(fields),
         Transition::Missing => Err(ApiError::not_found("no such session")),
-        Transition::Conflict(status) if status == "ended" => Err(ApiError::new(
+        Transition::Conflict(SessionStatus::Ended) => Err(ApiError::new(
             StatusCode::CONFLICT,
             roomcast_shared::ErrorCode::SessionEnded,
             "the session has ended",
@@ -372,7 +372,11 @@ pub async fn patch(
     let after = transition(
         &app,
         &id,
-        "active,inactive,resolved",
+        &[
+            SessionStatus::Active,
+            SessionStatus::Inactive,
+            SessionStatus::Resolved,
+        ],
         None,
         Some(event),
         &fields,
@@ -417,8 +421,12 @@ pub async fn end(
     let after = transition(
         &app,
         &id,
-        "active,inactive,resolved",
-        Some("ended"),
+        &[
+            SessionStatus::Active,
+            SessionStatus::Inactive,
+            SessionStatus::Resolved,
+        ],
+        Some(SessionStatus::Ended),
         Some(event),
         &fields,
     )
@@ -470,8 +478,8 @@ pub async fn resolve(
     let after = transition(
         &app,
         &id,
-        "active,inactive",
-        Some("resolved"),
+        &[SessionStatus::Active, SessionStatus::Inactive],
+        Some(SessionStatus::Resolved),
         Some(event),
         &fields,
     )
@@ -519,8 +527,8 @@ pub async fn resume(
     let after = transition(
         &app,
         &id,
-        "inactive,resolved",
-        Some("active"),
+        &[SessionStatus::Inactive, SessionStatus::Resolved],
+        Some(SessionStatus::Active),
         Some(event),
         &fields,
     )
@@ -578,10 +586,11 @@ pub async fn of_user(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::bad_request("`limit` is 1 to 100"));
     }
-    let wanted: &[&str] = match params.kind.as_deref().unwrap_or("recent") {
-        "active" => &["active"],
-        "unresolved" => &["active", "inactive"],
-        "recent" => &["active", "inactive", "resolved", "ended"],
+    use SessionStatus::{Active, Ended, Inactive, Resolved};
+    let wanted: &[SessionStatus] = match params.kind.as_deref().unwrap_or("recent") {
+        "active" => &[Active],
+        "unresolved" => &[Active, Inactive],
+        "recent" => &[Active, Inactive, Resolved, Ended],
         _ => {
             return Err(ApiError::bad_request(
                 "`type` is active, unresolved or recent",
@@ -597,7 +606,7 @@ pub async fn of_user(
         }
         if let Some(fields) = app.store.session_fields(&id).await? {
             let view = SessionView::from_fields(&id, &fields);
-            if wanted.contains(&view.status.as_str()) {
+            if wanted.contains(&view.status) {
                 sessions.push(view);
             }
         }
@@ -639,15 +648,15 @@ pub async fn stats(
     };
     let mut gone = Vec::new();
     for (id, status) in ids.into_iter().zip(statuses) {
-        match status.as_deref() {
+        match status {
             None => gone.push(id),
             Some(s) => {
                 stats.total += 1;
                 match s {
-                    "inactive" => stats.inactive += 1,
-                    "resolved" => stats.resolved += 1,
-                    "ended" => stats.ended += 1,
-                    _ => stats.active += 1,
+                    SessionStatus::Active => stats.active += 1,
+                    SessionStatus::Inactive => stats.inactive += 1,
+                    SessionStatus::Resolved => stats.resolved += 1,
+                    SessionStatus::Ended => stats.ended += 1,
                 }
             }
         }

@@ -8,6 +8,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{checked_id, ApiError, Credential};
+use crate::store::SessionStatus;
 use crate::App;
 
 /// A session as the API shows it.
@@ -16,8 +17,7 @@ pub struct SessionView {
     pub id: String,
     /// Join code (sessions created over REST only).
     pub code: Option<String>,
-    /// `active`, `inactive`, `resolved` or `ended`.
-    pub status: String,
+    pub status: SessionStatus,
     pub created_at: u64,
     pub expires_at: u64,
     pub last_activity: u64,
@@ -42,7 +42,7 @@ impl SessionView {
         SessionView {
             id: id.to_string(),
             code: text("code"),
-            status: f.get("status").cloned().unwrap_or_else(|| "active".into()),
+            status: SessionStatus::of(f).unwrap_or(SessionStatus::Active),
             created_at: num("created_at").unwrap_or(0),
             expires_at: num("expires_at").unwrap_or(0),
             last_activity: num("last_activity").unwrap_or(0),
@@ -69,7 +69,7 @@ pub async fn load(app: &App, id: &str) -> Result<HashMap<String, String>, ApiErr
 /// has ended (an ended session refuses every write until its keys expire).
 pub async fn load_open(app: &App, id: &str) -> Result<HashMap<String, String>, ApiError> {
     let fields = load(app, id).await?;
-    if fields.get("status").map(String::as_str) == Some("ended") {
+    if SessionStatus::of(&fields) == Some(SessionStatus::Ended) {
         return Err(crate::store::StoreError::SessionEnded.into());
     }
     Ok(fields)

@@ -16,6 +16,48 @@ use fred::types::{Expiration, SetOptions, Value};
 use super::{bytes_list, Store, StoreError, TOMBSTONE};
 use crate::metrics as m;
 
+/// A session's status, as stored in its meta and shown by the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    Active,
+    Inactive,
+    Resolved,
+    Ended,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Active => "active",
+            SessionStatus::Inactive => "inactive",
+            SessionStatus::Resolved => "resolved",
+            SessionStatus::Ended => "ended",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => SessionStatus::Active,
+            "inactive" => SessionStatus::Inactive,
+            "resolved" => SessionStatus::Resolved,
+            "ended" => SessionStatus::Ended,
+            _ => return None,
+        })
+    }
+
+    /// The status recorded in a meta hash (`None`: no status field, or a foreign one).
+    pub fn of(fields: &HashMap<String, String>) -> Option<Self> {
+        fields.get("status").and_then(|s| Self::parse(s))
+    }
+}
+
+impl std::fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a lifecycle transition found.
 #[derive(Debug)]
 pub enum Transition {
@@ -23,7 +65,7 @@ pub enum Transition {
     Done(HashMap<String, String>),
     Missing,
     /// The current status does not allow the change.
-    Conflict(String),
+    Conflict(SessionStatus),
 }
 
 /// What the lifecycle clock did to one session (`session_sweep.lua`).
@@ -165,16 +207,21 @@ impl Store {
         &self,
         session: &str,
         now_ms: u64,
-        allowed: &str,
-        to: Option<&str>,
+        allowed: &[SessionStatus],
+        to: Option<SessionStatus>,
         event: Option<LifecycleEvent<'_>>,
         fields: &[(&str, String)],
     ) -> Result<Transition, StoreError> {
+        let allowed = allowed
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let k = self.keys.session(session);
         let mut args: Vec<Value> = vec![
             (now_ms as i64).into(),
             allowed.into(),
-            to.unwrap_or("").into(),
+            to.map(SessionStatus::as_str).unwrap_or("").into(),
             event.map(|e| e.event).unwrap_or("").into(),
             event.map(|e| e.reason).unwrap_or("").into(),
             (event.map(|e| e.at).unwrap_or(0) as i64).into(),
@@ -202,9 +249,14 @@ impl Store {
                 ))
             }
             Some(-1) => Ok(Transition::Missing),
-            Some(-2) => Ok(Transition::Conflict(
-                parts.next().and_then(|v| v.as_string()).unwrap_or_default(),
-            )),
+            Some(-2) => {
+                let status = parts.next().and_then(|v| v.as_string()).unwrap_or_default();
+                SessionStatus::parse(&status)
+                    .map(Transition::Conflict)
+                    .ok_or_else(|| {
+                        StoreError::Internal(format!("session status `{status}` is unknown"))
+                    })
+            }
             _ => Err(StoreError::Internal(
                 "session_transition.lua answered nothing".into(),
             )),
@@ -493,8 +545,8 @@ impl Store {
             .await?)
     }
 
-    /// The status of each session (None when its meta expired), pipelined.
-    pub async fn statuses(&self, ids: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+    /// The status of each session (`None` when its meta expired), pipelined.
+    pub async fn statuses(&self, ids: &[String]) -> Result<Vec<Option<SessionStatus>>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let pipe = self.client()?.pipeline();
@@ -502,7 +554,11 @@ impl Store {
                 let _: () = pipe.hget(self.keys.session(id).meta, "status").await?;
             }
             let values: Vec<Value> = pipe.all().await?;
-            out.extend(values.into_iter().map(|v| v.as_string()));
+            out.extend(
+                values
+                    .into_iter()
+                    .map(|v| v.as_string().and_then(|s| SessionStatus::parse(&s))),
+            );
         }
         Ok(out)
     }
