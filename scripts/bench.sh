@@ -78,7 +78,9 @@ start_gateway() {
   local port
   port=$(free_port)
   # shellcheck disable=SC2086
-  env ${GATEWAY_ENV:-} ROOMCAST_LISTEN="127.0.0.1:$port" ROOMCAST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+  # One load generator is one address: the per-address cap of pending connections is off
+  # unless GATEWAY_ENV (which comes after, and wins) sets it.
+  env ROOMCAST_MAX_PENDING_PER_IP=0 ${GATEWAY_ENV:-} ROOMCAST_LISTEN="127.0.0.1:$port" ROOMCAST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
     ROOMCAST_JWT_SECRET="$SECRET" ROOMCAST_LOG=warn ROOMCAST_NODE_ID="bench-$port" \
     ROOMCAST_RATE_PUBLISH=0 ROOMCAST_RATE_PUBLISH_IP=0 ROOMCAST_RATE_CONNECT=0 \
     ROOMCAST_RATE_BURST=0 ROOMCAST_RATE_FRAMES=0 ROOMCAST_RATE_API_STRICT=0 ROOMCAST_RATE_CREATE=0 \
@@ -352,7 +354,7 @@ scenario_silent() {
     fresh
     ops=$(free_port)
     local env="ROOMCAST_OPS_LISTEN=127.0.0.1:$ops"
-    [[ $variant == default ]] || env="$env ROOMCAST_MAX_PENDING_PER_IP=0"
+    if [[ $variant == default ]]; then env="$env ROOMCAST_MAX_PENDING_PER_IP=256"; else env="$env ROOMCAST_MAX_PENDING_PER_IP=0"; fi
     GATEWAY_ENV="$env" start_gateway
     local port=${NODES[0]%%:*}
     log "silent sockets ($variant): 2 x 10,000 silent connections, header timeout 10 s"

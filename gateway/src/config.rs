@@ -252,7 +252,7 @@ pub struct Config {
     pub ops_listen: Option<SocketAddr>,
     /// Connections one address may hold that are not (yet) WebSockets; more are answered
     /// 429 at once. Trusted proxies are exempt. 0: no cap.
-    #[arg(long, env = "ROOMCAST_MAX_PENDING_PER_IP", default_value_t = 128)]
+    #[arg(long, env = "ROOMCAST_MAX_PENDING_PER_IP", default_value_t = 256)]
     pub max_pending_per_ip: usize,
     /// A connection with no request in progress for this long is closed: from its accept
     /// (a socket that sends nothing) and after each response (keep-alive). A request head

@@ -167,7 +167,9 @@ impl Pump {
             if self.lagged.swap(false, Ordering::AcqRel) {
                 Box::pin(self.catch_up()).await;
             }
-            if self.joined_once && self.members.is_empty() {
+            // Retire only with an empty mailbox: joins queued behind a batch that found
+            // no session (their creating retry, say) are served here, not bounced.
+            if self.joined_once && self.members.is_empty() && self.rx.is_empty() {
                 break;
             }
         }

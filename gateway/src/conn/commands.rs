@@ -92,14 +92,7 @@ impl Connection {
                     }
                 }
                 let payload = Event::Signal { from, data, to }.encode();
-                self.app
-                    .store
-                    .publish_event(&session, payload)
-                    .await
-                    .map_err(Failure::from_store)?;
-                self.ack(reference, None);
-                self.note_activity(&session).await;
-                Ok(())
+                self.publish_ephemeral(&session, payload, reference).await
             }
             ClientFrame::Typing {
                 session,
@@ -109,14 +102,7 @@ impl Connection {
                 let from = self.writer_in(&session)?;
                 self.signal_allowed()?;
                 let payload = Event::Typing { from, active }.encode();
-                self.app
-                    .store
-                    .publish_event(&session, payload)
-                    .await
-                    .map_err(Failure::from_store)?;
-                self.ack(reference, None);
-                self.note_activity(&session).await;
-                Ok(())
+                self.publish_ephemeral(&session, payload, reference).await
             }
             ClientFrame::Activity { session, reference } => {
                 // Activity keeps a session alive: a write, refused to observers.
@@ -201,7 +187,8 @@ impl Connection {
         // join first assumes the session exists; only when it does not are the creation
         // rules checked and the join sent again, allowed to create it.
         let mut create = false;
-        for _ in 0..4 {
+        // Retries are cheap (a fresh pump) and a creation costs one extra round.
+        for _ in 0..8 {
             let handle = self.app.hub.session(&self.app, &session);
             let (reply, answer) = oneshot::channel();
             let request = JoinRequest {
@@ -414,6 +401,24 @@ impl Connection {
             return Err(Failure::new(ErrorCode::Forbidden, "observers cannot write"));
         }
         Ok(joined.from.clone())
+    }
+
+    /// Fans out an ephemeral event (`signal`, `typing`): not stored, no seq; acked when
+    /// it carried a `ref`, and activity like any write.
+    async fn publish_ephemeral(
+        &mut self,
+        session: &str,
+        payload: Vec<u8>,
+        reference: Option<String>,
+    ) -> Result<(), Failure> {
+        self.app
+            .store
+            .publish_event(session, payload)
+            .await
+            .map_err(Failure::from_store)?;
+        self.ack(reference, None);
+        self.note_activity(session).await;
+        Ok(())
     }
 
     fn ack(&self, reference: Option<String>, seq: Option<u64>) {

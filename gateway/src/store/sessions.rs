@@ -350,23 +350,6 @@ impl Store {
         Ok(())
     }
 
-    /// Puts a session under the lifecycle clock at `due_ms`, unless it is already due
-    /// sooner (a new or reactivated session).
-    pub async fn schedule(&self, session: &str, due_ms: u64) -> Result<(), StoreError> {
-        let _: Value = self
-            .client()?
-            .zadd(
-                self.keys.sessions_due(),
-                None,
-                Some(fred::types::sorted_sets::Ordering::LessThan),
-                false,
-                false,
-                (due_ms as f64, session),
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Takes a session out from under the lifecycle clock (it has ended).
     pub async fn unschedule(&self, session: &str) -> Result<(), StoreError> {
         let _: i64 = self
