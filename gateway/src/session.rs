@@ -168,7 +168,9 @@ impl Pump {
                 Box::pin(self.catch_up()).await;
             }
             // Retire only with an empty mailbox: joins queued behind a batch that found
-            // no session (their creating retry, say) are served here, not bounced.
+            // no session (their creating retry, say) are served here, not bounced. A pump
+            // without members drains its mailbox fast (payloads go to nobody), so this
+            // delays retiring by a burst at most.
             if self.joined_once && self.members.is_empty() && self.rx.is_empty() {
                 break;
             }
