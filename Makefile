@@ -11,7 +11,7 @@ help: ## list the targets
 deps: ## install redis-server, redis-cli and promtool when missing
 	@scripts/install-deps.sh --test
 
-run: ## start a local Redis and one gateway with a dev config, print how to connect
+run: ## start a local Redis (AOF) and one gateway with a dev config, print how to connect (LISTEN=0.0.0.0:8080 for the LAN)
 	@scripts/install-deps.sh
 	@scripts/dev-run.sh
 

@@ -5,20 +5,36 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REDIS_PORT="${REDIS_PORT:-6379}"
-LISTEN="${ROOMCAST_LISTEN:-127.0.0.1:8080}"
+# Loopback unless asked otherwise: `make run LISTEN=0.0.0.0:8080` opens it to the LAN
+# (a phone on the same network), never silently.
+LISTEN="${LISTEN:-${ROOMCAST_LISTEN:-127.0.0.1:8080}}"
 export ROOMCAST_LISTEN="$LISTEN"
 export ROOMCAST_REDIS_URL="${ROOMCAST_REDIS_URL:-redis://127.0.0.1:${REDIS_PORT}}"
 export ROOMCAST_JWT_SECRET="${ROOMCAST_JWT_SECRET:-roomcast-dev-secret-do-not-use-in-production}"
+export ROOMCAST_API_KEY="${ROOMCAST_API_KEY:-roomcast-dev-api-key}"
 export ROOMCAST_LOG_FORMAT="${ROOMCAST_LOG_FORMAT:-pretty}"
 export ROOMCAST_NODE_ID="${ROOMCAST_NODE_ID:-dev-1}"
+# Development limits: a phone tapping through slides must not hit ten publishes a minute.
+export ROOMCAST_RATE_PUBLISH="${ROOMCAST_RATE_PUBLISH:-600/60s}"
+export ROOMCAST_RATE_PUBLISH_IP="${ROOMCAST_RATE_PUBLISH_IP:-1200/60s}"
+export ROOMCAST_RATE_API_STRICT="${ROOMCAST_RATE_API_STRICT:-200/15m}"
+export ROOMCAST_RATE_CREATE="${ROOMCAST_RATE_CREATE:-200/15m}"
 
 mkdir -p .run
+port=${LISTEN##*:}
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  echo "make run: port $port is taken (another gateway? stop it, or: make run LISTEN=127.0.0.1:8081)" >&2
+  exit 1
+fi
 if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
   echo "using the Redis already answering on port $REDIS_PORT"
 else
-  echo "starting redis-server on port $REDIS_PORT (data in .run/, pid in .run/redis.pid)"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$PWD/.run" --pidfile "$PWD/.run/redis.pid" --daemonize yes --logfile "$PWD/.run/redis.log"
+  # Append-only file: stopping this Redis keeps sessions and their numbering (without it,
+  # a restart would wipe every session and start every seq at 1 again).
+  echo "starting redis-server on port $REDIS_PORT (AOF in .run/, pid in .run/redis.pid)"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes \
+    --appendfsync everysec --dir "$PWD/.run" --pidfile "$PWD/.run/redis.pid" --daemonize yes \
+    --logfile "$PWD/.run/redis.log"
   for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
@@ -30,6 +46,9 @@ TV=$("$BIN" token --sub tv --role display --name "Living room" --ttl 12h)
 cat <<MSG
 
 Roomcast is starting on http://$LISTEN   (Ctrl-C stops it; stop Redis with: make stop-redis)
+  API key (server routes): $ROOMCAST_API_KEY
+  Dev limits: 600 publishes a minute per user. Only this machine can connect; for a phone
+  on your LAN: make run LISTEN=0.0.0.0:8080, then use this machine's LAN address.
 
 Try it (two terminals; needs: pip install websockets):
   python3 -m websockets "ws://$LISTEN/ws?token=$TV"
@@ -40,6 +59,8 @@ Try it (two terminals; needs: pip install websockets):
 
 Health: curl http://$LISTEN/health     Metrics: curl http://$LISTEN/metrics
 More tokens: $BIN token --sub NAME --role controller|display|observer
+Protocol: docs/PROTOCOL.md
 
 MSG
+echo $$ >.run/gateway.pid
 exec "$BIN" serve
