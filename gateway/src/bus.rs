@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
+use crate::session::Subscriptions;
 use crate::store::StoreError;
 use crate::App;
 
@@ -33,7 +34,7 @@ enum Op {
 
 pub struct Bus {
     subscriber: SubscriberClient,
-    ops: mpsc::UnboundedSender<Op>,
+    ops: Channels,
     ops_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
     /// Connected and subscribed to every channel we track.
     up: AtomicBool,
@@ -44,25 +45,25 @@ impl Bus {
         let (ops, ops_rx) = mpsc::unbounded_channel();
         Bus {
             subscriber,
-            ops,
+            ops: Channels { ops },
             ops_rx: std::sync::Mutex::new(Some(ops_rx)),
             up: AtomicBool::new(false),
         }
     }
 
+    /// A handle on the subscriptions, for session pumps.
+    pub fn channels(&self) -> Channels {
+        self.ops.clone()
+    }
+
     /// Subscribes to a channel (or takes one more reference on it).
     pub async fn subscribe(&self, channel: String) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Subscribe(channel, tx))
-            .map_err(|_| StoreError::Unavailable("pub/sub manager stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("pub/sub manager stopped".into()))?
+        self.ops.subscribe(channel).await
     }
 
     /// Gives a channel reference back; the last one unsubscribes.
     pub fn unsubscribe(&self, channel: String) {
-        let _ = self.ops.send(Op::Unsubscribe(channel));
+        self.ops.unsubscribe(channel);
     }
 
     /// Whether the subscriber is connected and subscribed.
@@ -97,6 +98,28 @@ impl Bus {
     /// Closes the subscriber connection (shutdown).
     pub async fn stop(&self) {
         let _ = self.subscriber.quit().await;
+    }
+}
+
+/// The requesting side of the subscriptions: cheap to clone, it only queues requests for
+/// the manager task.
+#[derive(Clone)]
+pub struct Channels {
+    ops: mpsc::UnboundedSender<Op>,
+}
+
+impl Subscriptions for Channels {
+    async fn subscribe(&self, channel: String) -> Result<(), StoreError> {
+        let stopped = || StoreError::Unavailable("pub/sub manager stopped".into());
+        let (tx, rx) = oneshot::channel();
+        self.ops
+            .send(Op::Subscribe(channel, tx))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    fn unsubscribe(&self, channel: String) {
+        let _ = self.ops.send(Op::Unsubscribe(channel));
     }
 }
 
@@ -271,7 +294,7 @@ async fn watch(app: Arc<App>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = check.tick() => {
                 if !app.bus.up.load(Ordering::Acquire) && app.bus.subscriber.is_connected() {
-                    let _ = app.bus.ops.send(Op::Resync);
+                    let _ = app.bus.ops.ops.send(Op::Resync);
                 }
             }
             e = errors.recv() => match e {
@@ -286,7 +309,7 @@ async fn watch(app: Arc<App>, shutdown: CancellationToken) {
             r = reconnects.recv() => match r {
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
                     app.bus.up.store(false, Ordering::Release);
-                    let _ = app.bus.ops.send(Op::Resync);
+                    let _ = app.bus.ops.ops.send(Op::Resync);
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },

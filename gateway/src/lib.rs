@@ -37,10 +37,14 @@ pub mod net;
 pub mod problem;
 pub mod publish;
 pub mod ratelimit;
-pub mod session;
+mod session;
 pub mod store;
 pub mod telemetry;
 pub mod util;
+
+#[cfg(test)]
+#[path = "../tests/common/redis.rs"]
+mod test_redis;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,6 +62,7 @@ use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::session::{PumpEnv, PumpSettings, Pumps};
 use crate::store::{redis_builder, Store};
 use crate::util::now_ms;
 
@@ -75,7 +80,7 @@ const SUBSCRIBER_BUFFER: usize = 16 * 1024;
 pub struct App {
     pub config: Config,
     pub node_id: String,
-    pub store: Store,
+    pub store: Arc<Store>,
     pub bus: Bus,
     pub hub: Hub,
     pub auth: Authenticator,
@@ -154,15 +159,23 @@ pub async fn run(
         .build_subscriber_client()
         .map_err(|e| redis_error(&e))?;
     let metrics = metrics::install().map_err(StartError::Metrics)?;
+    let store = Arc::new(Store::new(pool, &config));
+    let bus = Bus::new(subscriber);
+    let tracker = TaskTracker::new();
+    let pumps = PumpEnv::new(
+        store.clone(),
+        bus.channels(),
+        PumpSettings::from_config(&config),
+    );
     let app = Arc::new(App {
-        store: Store::new(pool, &config),
-        bus: Bus::new(subscriber),
-        hub: Hub::default(),
+        hub: Hub::new(Pumps::new(pumps, tracker.clone())),
+        store,
+        bus,
         auth,
         proxies: net::TrustedProxies::parse(&config.trusted_proxies)
             .map_err(|e| StartError::Config(config::ConfigError(e)))?,
         node_id,
-        tracker: TaskTracker::new(),
+        tracker,
         shutdown: CancellationToken::new(),
         metrics,
         started: Instant::now(),

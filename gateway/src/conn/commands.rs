@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use roomcast_shared::{close, ClientFrame, ErrorCode, From, Role, ServerFrame};
-use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::envelope::{Event, MemberInfo};
@@ -13,7 +12,7 @@ use crate::metrics as m;
 use crate::publish::{publish_message, touch_indexes_later, PublishError};
 use crate::ratelimit as limits;
 use crate::ratelimit::Scope;
-use crate::session::{Command, JoinError, JoinRequest};
+use crate::session::{Join, JoinError};
 use crate::store::StoreError;
 use crate::util::{now_ms, valid_id};
 
@@ -39,14 +38,7 @@ impl Connection {
                     .sessions
                     .remove(&session)
                     .ok_or_else(|| not_joined(&session))?;
-                let (done, wait) = oneshot::channel();
-                let leave = Command::Leave {
-                    client_id: self.client.id().to_string(),
-                    done: Some(done),
-                };
-                if joined.handle.tx.send(leave).await.is_ok() {
-                    let _ = wait.await;
-                }
+                joined.handle.leave(self.client.id()).await;
                 self.ack(reference, None);
                 Ok(())
             }
@@ -189,28 +181,18 @@ impl Connection {
         let mut create = false;
         // Retries are cheap (a fresh pump) and a creation costs one extra round.
         for _ in 0..8 {
-            let handle = self.app.hub.session(&self.app, &session);
-            let (reply, answer) = oneshot::channel();
-            let request = JoinRequest {
+            let handle = self.app.hub.session(&session);
+            let join = Join {
                 client: self.client.clone(),
                 info: info.clone(),
                 since,
                 reference: reference.clone(),
                 create,
-                reply,
             };
-            if handle
-                .tx
-                .send(Command::Join(Box::new(request)))
-                .await
-                .is_err()
-            {
-                continue;
-            }
             // Bounded: a pump stuck behind a Redis outage must not hold this connection's
             // reader (heartbeats, kills, token expiry) hostage.
             let deadline = self.app.config.redis_timeout * 3;
-            let Ok(answer) = tokio::time::timeout(deadline, answer).await else {
+            let Ok(answer) = tokio::time::timeout(deadline, handle.join(join)).await else {
                 return Err(Failure {
                     close: Some(close::TRY_AGAIN_LATER),
                     retry_after_ms: Some(1000),
@@ -218,7 +200,7 @@ impl Connection {
                 });
             };
             match answer {
-                Ok(Ok(created)) => {
+                Ok(created) => {
                     // A new session goes under the lifecycle clock; an observer's join is a
                     // read and records no activity.
                     let now = now_ms();
@@ -248,12 +230,12 @@ impl Connection {
                     );
                     return Ok(());
                 }
-                Ok(Err(JoinError::Store(StoreError::NoSuchSession))) if !create => {
+                Err(JoinError::Store(StoreError::NoSuchSession)) if !create => {
                     self.may_create(&session, role).await?;
                     create = true;
                 }
-                Ok(Err(JoinError::Retry)) | Err(_) => continue,
-                Ok(Err(JoinError::Store(StoreError::Unavailable(detail)))) => {
+                Err(JoinError::Retry) => continue,
+                Err(JoinError::Store(StoreError::Unavailable(detail))) => {
                     tracing::warn!(error = %detail, "join failed: redis unavailable");
                     return Err(Failure {
                         close: Some(close::TRY_AGAIN_LATER),
@@ -264,7 +246,7 @@ impl Connection {
                         )
                     });
                 }
-                Ok(Err(JoinError::Store(e))) => return Err(Failure::from_store(e)),
+                Err(JoinError::Store(e)) => return Err(Failure::from_store(e)),
             }
         }
         Err(Failure::new(ErrorCode::Internal, "could not join, retry"))
@@ -457,33 +439,21 @@ impl Connection {
             return Err(not_joined(session));
         };
         joined.touched_at = now;
-        let (done, answer) = oneshot::channel();
-        let command = Command::Activity {
-            client_id: self.client.id().to_string(),
-            done,
-        };
-        let unavailable = || Failure {
-            retry_after_ms: Some(1000),
-            ..Failure::new(ErrorCode::Unavailable, "storage unavailable, retry later")
-        };
-        if joined.handle.tx.send(command).await.is_err() {
-            return Err(unavailable());
-        }
         // Bounded like a join: a pump stuck behind an outage must not hold the reader.
-        match tokio::time::timeout(self.app.config.redis_timeout * 3, answer).await {
-            Ok(Ok(result)) => result.map_err(Failure::from_store),
-            _ => Err(unavailable()),
+        let deadline = self.app.config.redis_timeout * 3;
+        match tokio::time::timeout(deadline, joined.handle.activity(self.client.id())).await {
+            Ok(result) => result.map_err(Failure::from_store),
+            Err(_) => Err(Failure {
+                retry_after_ms: Some(1000),
+                ..Failure::new(ErrorCode::Unavailable, "storage unavailable, retry later")
+            }),
         }
     }
 
     /// Leaves every joined session; the pumps remove the presence entries.
     pub(super) fn leave_all(&mut self) {
         for (session, joined) in self.sessions.drain() {
-            let leave = Command::Leave {
-                client_id: self.client.id().to_string(),
-                done: None,
-            };
-            if joined.handle.tx.try_send(leave).is_err() {
+            if !joined.handle.leave_soon(self.client.id()) {
                 // A saturated pump drops members whose connection has ended at its next
                 // presence refresh (half a heartbeat); a gone pump had no members left.
                 tracing::debug!(session = %session, "leave not queued; the pump will notice");

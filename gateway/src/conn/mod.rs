@@ -22,10 +22,10 @@ use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
 use crate::client::ClientHandle;
-use crate::hub::SessionHandle;
 use crate::problem::problem;
 use crate::ratelimit as limits;
 use crate::ratelimit::{Scope, TokenBucket};
+use crate::session::SessionHandle;
 use crate::store::StoreError;
 use crate::App;
 

@@ -5,7 +5,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+
+#[path = "redis.rs"]
+mod redis;
+pub use redis::Redis;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123";
 
@@ -41,148 +44,6 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-fn scratch_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "roomcast-test-{}-{}-{}",
-        std::process::id(),
-        tag,
-        gateway::util::random_id(6)
-    ));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-/// A private redis-server on a free loopback port.
-pub struct Redis {
-    pub port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Redis {
-    pub fn start() -> Redis {
-        let mut redis = Redis::not_started();
-        // The port was free when picked, but another test may take it before this server
-        // binds it: then try another one.
-        for _ in 0..5 {
-            if redis.spawn() {
-                return redis;
-            }
-            redis.port = free_port();
-        }
-        panic!("redis did not start on any of 5 free ports");
-    }
-
-    /// A port and a directory, no process yet: [`Redis::restart`] starts it.
-    pub fn not_started() -> Redis {
-        Redis {
-            port: free_port(),
-            dir: scratch_dir("redis"),
-            child: None,
-        }
-    }
-
-    /// Starts the server on `self.port`; false when that port was taken by another
-    /// process (whose answers must not be mistaken for ours).
-    fn spawn(&mut self) -> bool {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir.to_str().expect("utf-8 dir"),
-                "--loglevel",
-                "warning",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (make test installs it)");
-        let pid = child.id();
-        self.child = Some(child);
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let exited = self
-                .child
-                .as_mut()
-                .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
-            if exited {
-                self.child = None;
-                return false;
-            }
-            if self.ping() {
-                let info = self.cmd(&["INFO", "server"]).unwrap_or_default();
-                return info.contains(&format!("process_id:{pid}\r\n")) || {
-                    self.stop();
-                    false
-                };
-            }
-            assert!(Instant::now() < deadline, "redis did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    /// Whether the server answers PING.
-    pub fn ping(&self) -> bool {
-        self.cmd(&["PING"]).is_some_and(|r| r.starts_with("+PONG"))
-    }
-
-    /// Sends one command with redis-cli semantics over RESP and returns the raw reply.
-    pub fn cmd(&self, args: &[&str]) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(self.addr()).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
-        }
-        stream.write_all(req.as_bytes()).ok()?;
-        let mut buf = vec![0u8; 65536];
-        let n = stream.read(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-    }
-
-    /// Kills the server (SIGKILL): an outage.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port (empty: no persistence).
-    pub fn restart(&mut self) {
-        self.stop();
-        assert!(self.spawn(), "port {} was taken meanwhile", self.port);
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -6,26 +6,24 @@
 //! leaves, pub/sub payloads and catch-ups are all handled in this one task, delivery is in
 //! seq order without duplicates, and a gap (pub/sub dropped something, or the subscriber
 //! reconnected) is filled from history before any newer message goes out.
-//! It must not block on a client: fan-out only `try_send`s (see `client`).
+//! It must not block on a client: fan-out only `offer`s (see `client`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use roomcast_shared::{close, PresenceEvent, ServerFrame, SessionEvent};
-use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::{mpsc, oneshot};
-
+use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tracing::Instrument;
 
+use super::{Command, JoinError, JoinRequest, PumpEnv, PumpStore, Subscriptions};
 use crate::client::{ClientHandle, SharedFrame};
 use crate::envelope::{decode_entry, kind, Entry, Envelope, Event, MemberInfo};
 use crate::metrics as m;
-use crate::store::{JoinArgs, JoinReply, SessionStatus, StoreError};
+use crate::store::{JoinArgs, JoinReply, StoreError};
 use crate::util::now_ms;
-use crate::App;
 
 /// Delay before a failed history read is tried again.
 const RETRY_DELAY: Duration = Duration::from_millis(250);
@@ -34,7 +32,7 @@ const RETRY_DELAY: Duration = Duration::from_millis(250);
 /// session queues thousands of joins behind one pump; run one at a time, each waits for
 /// the round trip of the one before (10,000 displays joining one session: p99 2.9 s).
 /// Bounded so a batch's replies (each with up to `presence_list_max` members) stay small.
-const JOIN_BATCH: usize = 64;
+pub(super) const JOIN_BATCH: usize = 64;
 
 /// Sleeps until `at`, or forever when there is nothing scheduled.
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -44,49 +42,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Commands a session pump accepts.
-#[derive(Debug)]
-pub enum Command {
-    Join(Box<JoinRequest>),
-    Leave {
-        client_id: String,
-        done: Option<oneshot::Sender<()>>,
-    },
-    /// The member reported activity: the pump updates its state, writes presence, and
-    /// announces it if it was idle.
-    Activity {
-        client_id: String,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// A raw pub/sub payload for this session.
-    Payload(Bytes),
-    /// Pub/sub may have lost messages: read history after the last delivered seq.
-    CatchUp,
-}
-
-/// A member joining through this pump.
-#[derive(Debug)]
-pub struct JoinRequest {
-    pub client: ClientHandle,
-    pub info: MemberInfo,
-    pub since: Option<u64>,
-    pub reference: Option<String>,
-    /// Create the session if it does not exist (the connection checked the creation
-    /// limits); otherwise a missing session answers `NoSuchSession`.
-    pub create: bool,
-    /// Whether the join created the session, or why it failed.
-    pub reply: oneshot::Sender<Result<bool, JoinError>>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum JoinError {
-    /// The pump was retiring; ask the hub for a fresh one.
-    #[error("session pump retired")]
-    Retry,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 struct LocalMember {
     client: ClientHandle,
     info: MemberInfo,
@@ -94,8 +49,8 @@ struct LocalMember {
     last_seq: u64,
 }
 
-pub(crate) struct Pump {
-    app: Arc<App>,
+pub(super) struct Pump<S, B> {
+    env: Arc<PumpEnv<S, B>>,
     session: String,
     generation: u64,
     rx: mpsc::Receiver<Command>,
@@ -111,16 +66,16 @@ pub(crate) struct Pump {
     joined_once: bool,
 }
 
-impl Pump {
-    pub(crate) fn new(
-        app: Arc<App>,
+impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
+    pub(super) fn new(
+        env: Arc<PumpEnv<S, B>>,
         session: String,
         generation: u64,
         rx: mpsc::Receiver<Command>,
         lagged: Arc<AtomicBool>,
     ) -> Self {
         Pump {
-            app,
+            env,
             session,
             generation,
             rx,
@@ -132,19 +87,19 @@ impl Pump {
         }
     }
 
-    pub(crate) async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         m::session_opened();
-        let channel = self.app.store.keys().session_channel(&self.session);
+        let channel = self.env.store.channel(&self.session);
         // Subscribe before the first join reads its seq, so nothing falls between them.
         // The work below is boxed: its Redis futures are kilobytes, and inline they would
         // size every pump, idle most of its life, for its busiest moment.
-        if let Err(e) = Box::pin(self.app.bus.subscribe(channel.clone())).await {
+        if let Err(e) = Box::pin(self.env.subscriptions.subscribe(channel.clone())).await {
             tracing::warn!(session = %self.session, error = %e, "subscribe failed");
             Box::pin(self.retire(Some(e))).await;
             m::session_closed();
             return;
         }
-        let period = self.refresh_period();
+        let period = self.env.settings.refresh;
         let mut tick = interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -176,23 +131,17 @@ impl Pump {
             }
         }
         Box::pin(self.retire(None)).await;
-        self.app.bus.unsubscribe(channel);
+        self.env.subscriptions.unsubscribe(channel);
         m::session_closed();
     }
 
-    fn refresh_period(&self) -> Duration {
-        self.app.config.heartbeat / 2
-    }
-
-    /// Presence entries live 1.5 heartbeats past each refresh (every half heartbeat), so a
-    /// dead node's members are swept within two heartbeats.
     fn presence_expiry(&self, now: u64) -> u64 {
-        now + (self.app.config.heartbeat.as_millis() as u64) * 3 / 2
+        now + self.env.settings.presence_ttl_ms
     }
 
     /// Leaves the hub so new joins get a fresh pump, then answers what is still queued.
     async fn retire(&mut self, failure: Option<StoreError>) {
-        self.app.hub.remove(&self.session, self.generation);
+        self.env.deregister(&self.session, self.generation);
         self.rx.close();
         let mut failure = failure;
         while let Some(cmd) = self.rx.recv().await {
@@ -240,7 +189,7 @@ impl Pump {
     /// the `leave` announcement, decided by `leave.lua`). Idempotent.
     async fn leave_member(&mut self, client_id: &str) {
         self.members.remove(client_id);
-        if let Err(e) = self.app.store.leave(&self.session, client_id).await {
+        if let Err(e) = self.env.store.leave(&self.session, client_id).await {
             // The entry expires on its own within two heartbeats.
             tracing::debug!(error = %e, "leave script failed");
         }
@@ -250,7 +199,7 @@ impl Pump {
     /// writes the truth), then presence, announcing a member that was idle.
     async fn activity(&mut self, client_id: &str) -> Result<(), StoreError> {
         let now = now_ms();
-        let idle_after = self.app.config.idle_after.as_millis() as u64;
+        let idle_after = self.env.settings.idle_after_ms;
         let Some(member) = self.members.get_mut(client_id) else {
             // Left meanwhile: nothing to record.
             return Ok(());
@@ -261,7 +210,7 @@ impl Pump {
         let announce = if was_idle { kind::UPDATE } else { kind::SILENT };
         // Expiry 0: update the entry only if it is still there. A member swept meanwhile
         // was announced as gone; the next refresh re-adds it, with this activity.
-        self.app
+        self.env
             .store
             .presence_set(&self.session, client_id, 0, &info, announce, now)
             .await
@@ -287,16 +236,9 @@ impl Pump {
         if self.members.is_empty() {
             return;
         }
-        match self.app.store.session_fields(&self.session).await {
-            Ok(Some(fields)) if SessionStatus::of(&fields) == Some(SessionStatus::Ended) => {
-                let at = fields
-                    .get("ended_at")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(now_ms);
-                let reason = fields.get("reason").cloned();
-                self.on_session_event(SessionEvent::Ended, reason, at);
-            }
-            Ok(_) => {}
+        match self.env.store.ended(&self.session).await {
+            Ok(Some((reason, at))) => self.on_session_event(SessionEvent::Ended, reason, at),
+            Ok(None) => {}
             Err(e) => {
                 tracing::debug!(session = %self.session, error = %e, "status read during catch-up failed");
                 self.schedule_retry();
@@ -347,23 +289,23 @@ impl Pump {
         }
         let now = now_ms();
         let expiry_ms = self.presence_expiry(now);
-        let presence_list_max = self.app.config.presence_list_max;
-        let infos: Vec<Vec<u8>> = batch.iter().map(|req| req.info.encode()).collect();
-        let (store, session) = (&self.app.store, self.session.as_str());
+        let presence_list_max = self.env.settings.presence_list_max;
+        let infos: Vec<Vec<u8>> = batch.iter().map(|req| req.join.info.encode()).collect();
+        let (store, session) = (&*self.env.store, self.session.as_str());
         let replies =
             futures_util::future::join_all(batch.iter().zip(&infos).map(|(req, info)| {
                 store.join(
                     session,
                     JoinArgs {
-                        client_id: req.client.id(),
+                        client_id: req.join.client.id(),
                         info,
                         expiry_ms,
                         now_ms: now,
-                        since: req.since,
+                        since: req.join.since,
                         presence_list_max,
-                        create: req.create,
-                        activity: req.info.role.can_write(),
-                        owner: &req.info.user,
+                        create: req.join.create,
+                        activity: req.join.info.role.can_write(),
+                        owner: &req.join.info.user,
                     },
                 )
             }))
@@ -387,13 +329,17 @@ impl Pump {
 
     /// Answers `joined` and adds the member with the seq its join read as its baseline.
     async fn admit(&mut self, req: JoinRequest, reply: JoinReply, now: u64) {
+        let JoinRequest {
+            join,
+            reply: answer,
+        } = req;
         let mut history: Vec<Entry> = reply
             .history
             .iter()
             .filter_map(|b| decode_entry(b).ok())
             .collect();
         history.reverse();
-        let recovered = match req.since {
+        let recovered = match join.since {
             None => true,
             // A since past the top means the session was reset.
             Some(since) if since > reply.seq => false,
@@ -402,7 +348,7 @@ impl Pump {
                 history.len() as u64 == reply.seq - since
             }
         };
-        let idle_after = self.app.config.idle_after.as_millis() as u64;
+        let idle_after = self.env.settings.idle_after_ms;
         let presence = reply
             .members
             .iter()
@@ -415,19 +361,19 @@ impl Pump {
             recovered,
             history: history.into_iter().map(Entry::into_history).collect(),
             presence,
-            reference: req.reference,
+            reference: join.reference,
         };
-        req.client.send(&joined);
-        let client_id = req.client.id().to_string();
+        join.client.send(&joined);
+        let client_id = join.client.id().to_string();
         self.members.insert(
             client_id.clone(),
             LocalMember {
-                client: req.client,
-                info: req.info,
+                client: join.client,
+                info: join.info,
                 last_seq: reply.seq,
             },
         );
-        if req.reply.send(Ok(reply.created)).is_err() {
+        if answer.send(Ok(reply.created)).is_err() {
             // The connection gave up waiting (or is gone): undo the join.
             self.leave_member(&client_id).await;
         }
@@ -474,7 +420,7 @@ impl Pump {
     /// Delivers every stored message after `last`, oldest first. False when history could
     /// not be read (a retry is scheduled).
     async fn fill_from(&mut self, last: u64) -> bool {
-        let (top, stored) = match self.app.store.history_since(&self.session, last).await {
+        let (top, stored) = match self.env.store.history_since(&self.session, last).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(session = %self.session, error = %e, "history read for gap fill failed; retrying");
@@ -588,7 +534,7 @@ impl Pump {
     }
 
     fn presence(&mut self, event: PresenceEvent, info: MemberInfo) {
-        let idle_after = self.app.config.idle_after.as_millis() as u64;
+        let idle_after = self.env.settings.idle_after_ms;
         let subject = info.client_id.clone();
         let frame = SharedFrame::new(ServerFrame::Presence {
             session: self.session.clone(),
@@ -626,12 +572,12 @@ impl Pump {
         let expiry = self.presence_expiry(now);
         let ids = self.members.keys().cloned().collect::<Vec<_>>();
         let missing = match self
-            .app
+            .env
             .store
-            .refresh_presence(&self.session, now, expiry, ids.into_iter())
+            .refresh_presence(&self.session, now, expiry, ids)
             .await
         {
-            Ok((missing, _swept)) => missing,
+            Ok(missing) => missing,
             Err(e) => {
                 tracing::debug!(session = %self.session, error = %e, "presence refresh failed");
                 return;
@@ -642,7 +588,7 @@ impl Pump {
             if let Some(member) = self.members.get(&id) {
                 let info = member.info.encode();
                 if let Err(e) = self
-                    .app
+                    .env
                     .store
                     .presence_set(&self.session, &id, expiry, &info, kind::JOIN, now)
                     .await
@@ -663,6 +609,8 @@ fn offer(frame: &SharedFrame, client: &ClientHandle) {
 #[cfg(test)]
 mod task_size {
     use super::Pump;
+    use crate::bus::Channels;
+    use crate::store::Store;
 
     fn future_size<A, F: std::future::Future>(_: fn(A) -> F) -> usize {
         std::mem::size_of::<F>()
@@ -672,7 +620,7 @@ mod task_size {
     /// its future's busiest state: the Redis work must stay boxed out of it.
     #[test]
     fn idle_pump_task_stays_small() {
-        let pump = future_size(Pump::run);
+        let pump = future_size(Pump::<Store, Channels>::run);
         eprintln!("pump task future {pump} B");
         assert!(pump <= 2048, "pump future is {pump} bytes");
     }

@@ -1,0 +1,673 @@
+//! Unit tests of the session pump, built alone from its narrow interfaces.
+//!
+//! Sequencing (gap fill, dedupe, lagged catch-up, join batching, retirement) runs on
+//! tokio's paused clock against `Memory`, an in-memory stand-in for the scripts' effects.
+//! Where the scripts are the point (a join's baseline and recovery, a gap filled from
+//! `history.lua`) the pump runs on the real `Store` and a private redis-server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use roomcast_shared::{close, decode_server, Format, Role, ServerFrame, SessionEvent};
+use tokio_util::task::TaskTracker;
+
+use super::pump::JOIN_BATCH;
+use super::*;
+use crate::client::{ClientHandle, Outbound, Outbox};
+use crate::envelope::{kind, Entry};
+use crate::store::JoinReply;
+
+const SESSION: &str = "room";
+
+// ---------------------------------------------------------------------------------------
+// The stand-ins.
+
+/// The scripts' effects, in memory: a seq, the stored entries, presence entries.
+#[derive(Default)]
+struct Memory {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    seq: u64,
+    /// Oldest first.
+    entries: Vec<Entry>,
+    presence: BTreeMap<String, Vec<u8>>,
+    /// The next this many history reads fail.
+    failing_history_reads: u32,
+    history_reads: usize,
+    joins_in_flight: usize,
+    most_joins_in_flight: usize,
+    leaves: Vec<String>,
+    /// (client, expiry, announce, info) of every `presence_set`.
+    sets: Vec<(String, u64, u8, MemberInfo)>,
+    ended: Option<(Option<String>, u64)>,
+}
+
+impl Memory {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    /// Stores a message, as `publish.lua` would, and returns its pub/sub payload.
+    fn store_message(&self, text: &str) -> Bytes {
+        let mut s = self.state();
+        s.seq += 1;
+        let entry = Entry {
+            seq: s.seq,
+            ts: now_ms(),
+            from: roomcast_shared::From {
+                client_id: "writer".into(),
+                user: "w".into(),
+                role: Role::Controller,
+                name: None,
+            },
+            data: serde_json::json!(text),
+        };
+        s.entries.push(entry.clone());
+        payload(&entry)
+    }
+
+    fn encoded_after(s: &State, since: u64) -> Vec<Bytes> {
+        s.entries
+            .iter()
+            .rev()
+            .filter(|e| e.seq > since)
+            .map(|e| Bytes::from(rmp_serde::to_vec(e).unwrap()))
+            .collect()
+    }
+}
+
+/// The pub/sub payload `[1, entry]` of a stored message.
+fn payload(entry: &Entry) -> Bytes {
+    let mut p = vec![0x92, kind::MESSAGE];
+    p.extend(rmp_serde::to_vec(entry).unwrap());
+    Bytes::from(p)
+}
+
+impl PumpStore for Memory {
+    fn channel(&self, session: &str) -> String {
+        format!("ch:{session}")
+    }
+
+    async fn join(&self, _session: &str, a: JoinArgs<'_>) -> Result<JoinReply, StoreError> {
+        {
+            let mut s = self.state();
+            s.joins_in_flight += 1;
+            s.most_joins_in_flight = s.most_joins_in_flight.max(s.joins_in_flight);
+        }
+        // Joins of one batch are in flight together; one at a time never overlaps.
+        tokio::task::yield_now().await;
+        let mut s = self.state();
+        s.joins_in_flight -= 1;
+        s.presence.insert(a.client_id.to_string(), a.info.to_vec());
+        Ok(JoinReply {
+            seq: s.seq,
+            history: Memory::encoded_after(&s, a.since.unwrap_or(s.seq)),
+            members: s.presence.values().cloned().map(Bytes::from).collect(),
+            created: false,
+        })
+    }
+
+    async fn leave(&self, _session: &str, client_id: &str) -> Result<(), StoreError> {
+        let mut s = self.state();
+        s.presence.remove(client_id);
+        s.leaves.push(client_id.to_string());
+        Ok(())
+    }
+
+    async fn presence_set(
+        &self,
+        _session: &str,
+        client_id: &str,
+        expiry_ms: u64,
+        info: &[u8],
+        announce: u8,
+        _now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut s = self.state();
+        let decoded = MemberInfo::decode(info).unwrap();
+        s.sets
+            .push((client_id.to_string(), expiry_ms, announce, decoded));
+        if expiry_ms > 0 || s.presence.contains_key(client_id) {
+            s.presence.insert(client_id.to_string(), info.to_vec());
+        }
+        Ok(())
+    }
+
+    async fn history_since(
+        &self,
+        _session: &str,
+        since: u64,
+    ) -> Result<(u64, Vec<Bytes>), StoreError> {
+        let mut s = self.state();
+        s.history_reads += 1;
+        if s.failing_history_reads > 0 {
+            s.failing_history_reads -= 1;
+            return Err(StoreError::Unavailable("history read failed (test)".into()));
+        }
+        Ok((s.seq, Memory::encoded_after(&s, since)))
+    }
+
+    async fn refresh_presence(
+        &self,
+        _session: &str,
+        _now_ms: u64,
+        _expiry_ms: u64,
+        client_ids: Vec<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        let s = self.state();
+        Ok(client_ids
+            .into_iter()
+            .filter(|id| !s.presence.contains_key(id))
+            .collect())
+    }
+
+    async fn ended(&self, _session: &str) -> Result<Option<(Option<String>, u64)>, StoreError> {
+        Ok(self.state().ended.clone())
+    }
+}
+
+/// Subscriptions that only count references (or fail when told to).
+#[derive(Default, Clone)]
+struct Counted {
+    refs: Arc<AtomicUsize>,
+    fail: Arc<AtomicBool>,
+}
+
+impl Subscriptions for Counted {
+    async fn subscribe(&self, _channel: String) -> Result<(), StoreError> {
+        if self.fail.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable("subscribe failed (test)".into()));
+        }
+        self.refs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn unsubscribe(&self, _channel: String) {
+        self.refs.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Harness.
+
+const SETTINGS: PumpSettings = PumpSettings {
+    refresh: Duration::from_secs(10),
+    presence_ttl_ms: 30_000,
+    idle_after_ms: 60_000,
+    presence_list_max: 100,
+};
+
+struct Harness<S: PumpStore> {
+    pumps: Pumps<S, Counted>,
+    store: Arc<S>,
+    subscriptions: Counted,
+}
+
+impl<S: PumpStore> Harness<S> {
+    fn new(store: S) -> Self {
+        let store = Arc::new(store);
+        let subscriptions = Counted::default();
+        let env = PumpEnv::new(store.clone(), subscriptions.clone(), SETTINGS);
+        Harness {
+            pumps: Pumps::new(env, TaskTracker::new()),
+            store,
+            subscriptions,
+        }
+    }
+
+    async fn join(&self, member: &Member, since: Option<u64>) -> Result<bool, JoinError> {
+        self.pumps.session(SESSION).join(member.join(since)).await
+    }
+}
+
+fn memory() -> Harness<Memory> {
+    Harness::new(Memory::default())
+}
+
+/// A connected client as the pump sees it, and the outbox its writer would drain.
+struct Member {
+    client: ClientHandle,
+    outbox: Option<Outbox>,
+}
+
+impl Member {
+    fn new(id: &str) -> Member {
+        let (client, outbox) =
+            ClientHandle::new(id.into(), format!("user-{id}"), Format::Json, 256);
+        Member {
+            client,
+            outbox: Some(outbox),
+        }
+    }
+
+    fn info(&self) -> MemberInfo {
+        MemberInfo {
+            client_id: self.client.id().to_string(),
+            user: self.client.user().to_string(),
+            role: Role::Display,
+            name: None,
+            node: "test".into(),
+            joined_at: now_ms(),
+            active_at: now_ms(),
+        }
+    }
+
+    fn join(&self, since: Option<u64>) -> Join {
+        Join {
+            client: self.client.clone(),
+            info: self.info(),
+            since,
+            reference: None,
+            create: false,
+        }
+    }
+
+    /// Everything queued for this client so far; a close is the frame `Err(code)`.
+    fn drain(&self) -> Vec<Result<ServerFrame, u16>> {
+        let outbox = self.outbox.as_ref().expect("outbox");
+        std::iter::from_fn(|| outbox.try_recv())
+            .map(|item| match item {
+                Outbound::Frame(msg) => Ok(decode_server(Format::Json, &msg.into_data()).unwrap()),
+                Outbound::Close(code) => Err(code),
+            })
+            .collect()
+    }
+
+    /// Waits (on the test's clock) until `want` message seqs have arrived, and answers
+    /// every message seq received meanwhile, in order.
+    async fn seqs(&self, want: usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        for _ in 0..500 {
+            seqs.extend(self.drain().into_iter().filter_map(|f| match f {
+                Ok(ServerFrame::Message { seq, .. }) => Some(seq),
+                _ => None,
+            }));
+            if seqs.len() >= want {
+                return seqs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("got messages {seqs:?}, waited for {want}");
+    }
+
+    /// The `joined` frame (and whatever else is queued).
+    fn joined(&self) -> ServerFrame {
+        self.drain()
+            .into_iter()
+            .flatten()
+            .find(|f| matches!(f, ServerFrame::Joined { .. }))
+            .expect("a joined frame")
+    }
+}
+
+/// Lets the spawned pump run until it has nothing left to do.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sequencing, on the paused clock.
+
+#[tokio::test(start_paused = true)]
+async fn live_gap_is_filled_from_history_in_order() {
+    let h = memory();
+    let display = Member::new("d");
+    h.join(&display, None).await.unwrap();
+    // 1 and 2 are stored but their payloads never arrive; 3's does.
+    h.store.store_message("one");
+    h.store.store_message("two");
+    let third = h.store.store_message("three");
+    h.pumps.dispatch(SESSION, third);
+    assert_eq!(display.seqs(3).await, vec![1, 2, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn duplicates_and_old_seqs_are_dropped() {
+    let h = memory();
+    let display = Member::new("d");
+    h.join(&display, None).await.unwrap();
+    let one = h.store.store_message("one");
+    let two = h.store.store_message("two");
+    for p in [&one, &one, &two, &one, &two] {
+        h.pumps.dispatch(SESSION, p.clone());
+    }
+    settle().await;
+    assert_eq!(display.seqs(2).await, vec![1, 2]);
+    settle().await;
+    assert!(display.drain().is_empty(), "nothing after the duplicates");
+    assert_eq!(h.store.state().history_reads, 0, "no gap was seen");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_gap_fill_holds_newer_messages_until_a_retry_works() {
+    let h = memory();
+    let display = Member::new("d");
+    h.join(&display, None).await.unwrap();
+    h.store.store_message("one");
+    let two = h.store.store_message("two");
+    h.store.state().failing_history_reads = 2;
+    display.joined();
+    h.pumps.dispatch(SESSION, two);
+    settle().await;
+    // 2 must not overtake the missing 1 while history is unreadable.
+    assert!(
+        display.drain().is_empty(),
+        "nothing before the gap is filled"
+    );
+    // Two failures, then the retry (every 250 ms) reads 1 and 2.
+    assert_eq!(display.seqs(2).await, vec![1, 2]);
+    assert_eq!(h.store.state().history_reads, 3);
+    let three = h.store.store_message("three");
+    h.pumps.dispatch(SESSION, three);
+    assert_eq!(display.seqs(1).await, vec![3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_payload_dropped_at_a_full_mailbox_is_recovered() {
+    let h = memory();
+    let display = Member::new("d");
+    h.join(&display, None).await.unwrap();
+    // Fill the mailbox while the pump cannot run (same thread), then offer one more.
+    for _ in 0..PUMP_QUEUE {
+        h.pumps
+            .dispatch(SESSION, Bytes::from_static(b"\x92\x07\x00"));
+    }
+    let one = h.store.store_message("one");
+    h.pumps.dispatch(SESSION, one);
+    // No newer message arrives to reveal the gap: the lagged flag alone must.
+    assert_eq!(display.seqs(1).await, vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn catch_up_delivers_what_pubsub_lost_and_an_ended_session() {
+    let h = memory();
+    let display = Member::new("d");
+    h.join(&display, None).await.unwrap();
+    display.drain();
+    h.store.store_message("one");
+    h.store.store_message("two");
+    h.store.state().ended = Some((Some("done".into()), 42));
+    h.pumps.catch_up_all();
+    settle().await;
+    let frames = display.drain();
+    let seqs: Vec<u64> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Ok(ServerFrame::Message { seq, .. }) => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+    assert!(
+        frames.iter().any(|f| matches!(
+            f,
+            Ok(ServerFrame::Session { event: SessionEvent::Ended, at: 42, reason: Some(r), .. }) if r == "done"
+        )),
+        "{frames:?}"
+    );
+    assert_eq!(frames.last(), Some(&Err(close::SESSION_ENDED)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn joins_queued_together_run_as_one_batch() {
+    let h = memory();
+    h.store.store_message("before");
+    let members: Vec<Member> = (0..10).map(|i| Member::new(&format!("m{i}"))).collect();
+    let handle = h.pumps.session(SESSION);
+    // All ten are queued before the pump first runs.
+    let answers =
+        futures_util::future::join_all(members.iter().map(|m| handle.join(m.join(Some(0))))).await;
+    assert!(
+        answers.iter().all(|a| matches!(a, Ok(false))),
+        "{answers:?}"
+    );
+    assert_eq!(h.store.state().most_joins_in_flight, 10, "one batch");
+    for m in &members {
+        let ServerFrame::Joined {
+            seq,
+            history,
+            recovered,
+            ..
+        } = m.joined()
+        else {
+            unreachable!()
+        };
+        assert_eq!((seq, history.len(), recovered), (1, 1, true));
+    }
+    // Every member of the batch gets the next message once.
+    let two = h.store.store_message("two");
+    h.pumps.dispatch(SESSION, two);
+    for m in &members {
+        assert_eq!(m.seqs(1).await, vec![2]);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_joins_than_a_batch_are_all_served() {
+    let h = memory();
+    let members: Vec<Member> = (0..JOIN_BATCH + 5)
+        .map(|i| Member::new(&format!("m{i}")))
+        .collect();
+    let handle = h.pumps.session(SESSION);
+    let answers =
+        futures_util::future::join_all(members.iter().map(|m| handle.join(m.join(None)))).await;
+    assert!(answers.iter().all(Result::is_ok));
+    assert_eq!(h.store.state().most_joins_in_flight, JOIN_BATCH);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pump_retires_with_its_last_member_and_a_new_one_takes_over() {
+    let h = memory();
+    let display = Member::new("d");
+    h.join(&display, None).await.unwrap();
+    assert_eq!(
+        (
+            h.pumps.count(),
+            h.subscriptions.refs.load(Ordering::Relaxed)
+        ),
+        (1, 1)
+    );
+    h.pumps.session(SESSION).leave("d").await;
+    settle().await;
+    assert_eq!(h.pumps.count(), 0, "deregistered");
+    assert_eq!(
+        h.subscriptions.refs.load(Ordering::Relaxed),
+        0,
+        "unsubscribed"
+    );
+    assert_eq!(h.store.state().leaves, vec!["d".to_string()]);
+    // A join after retirement gets a fresh pump and its messages.
+    let again = Member::new("e");
+    h.join(&again, None).await.unwrap();
+    assert_eq!(h.pumps.count(), 1);
+    let one = h.store.store_message("one");
+    h.pumps.dispatch(SESSION, one);
+    assert_eq!(again.seqs(1).await, vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_subscribe_fails_the_join_and_retires() {
+    let h = memory();
+    h.subscriptions.fail.store(true, Ordering::Relaxed);
+    let display = Member::new("d");
+    let answer = h.join(&display, None).await;
+    assert!(
+        matches!(answer, Err(JoinError::Store(StoreError::Unavailable(_)))),
+        "{answer:?}"
+    );
+    settle().await;
+    assert_eq!(h.pumps.count(), 0);
+    assert!(h.store.state().presence.is_empty(), "no member written");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_whose_connection_ended_is_dropped_at_the_next_refresh() {
+    let h = memory();
+    let mut display = Member::new("d");
+    let keeper = Member::new("k");
+    h.join(&display, None).await.unwrap();
+    h.join(&keeper, None).await.unwrap();
+    // The writer ends without a leave reaching the pump.
+    display.outbox = None;
+    tokio::time::sleep(SETTINGS.refresh + Duration::from_millis(10)).await;
+    settle().await;
+    assert_eq!(h.store.state().leaves, vec!["d".to_string()]);
+    assert!(!h.store.state().presence.contains_key("d"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_swept_member_is_put_back_with_its_latest_activity() {
+    let h = memory();
+    let display = Member::new("d");
+    // Joined two minutes ago and idle since.
+    let mut join = display.join(None);
+    join.info.active_at = now_ms() - 120_000;
+    h.pumps.session(SESSION).join(join).await.unwrap();
+    let handle = h.pumps.session(SESSION);
+    // Activity goes through the pump, which records it in its own copy and announces the
+    // member active again (update-if-present: expiry 0).
+    let before = now_ms();
+    handle.activity("d").await.unwrap();
+    {
+        let state = h.store.state();
+        let (id, expiry, announce, info) = &state.sets[0];
+        assert_eq!((id.as_str(), *expiry, *announce), ("d", 0, kind::UPDATE));
+        assert!(info.active_at >= before);
+    }
+    // The entry is swept (this node stalled); the next refresh re-adds it.
+    h.store.state().presence.remove("d");
+    tokio::time::sleep(SETTINGS.refresh + Duration::from_millis(10)).await;
+    settle().await;
+    let state = h.store.state();
+    let (_, expiry, announce, info) = state.sets.last().expect("a re-add").clone();
+    assert_eq!(announce, kind::JOIN);
+    assert!(expiry > 0);
+    assert!(
+        info.active_at >= before,
+        "re-added with the activity it had"
+    );
+    assert!(state.presence.contains_key("d"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn activity_of_a_member_that_left_records_nothing() {
+    let h = memory();
+    let display = Member::new("d");
+    let keeper = Member::new("k");
+    h.join(&display, None).await.unwrap();
+    h.join(&keeper, None).await.unwrap();
+    let handle = h.pumps.session(SESSION);
+    handle.leave("d").await;
+    handle.activity("d").await.unwrap();
+    assert!(h.store.state().sets.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// On a real Redis, where the scripts are the point.
+
+async fn redis_store(redis: &crate::test_redis::Redis) -> Store {
+    let config =
+        crate::config::Config::from_pairs(&[("redis-url", &redis.url()), ("auth", "off")]).unwrap();
+    let pool = crate::store::redis_builder(&config, 32)
+        .unwrap()
+        .build_pool(2)
+        .unwrap();
+    let _connection = fred::interfaces::ClientLike::init(&pool).await.unwrap();
+    Store::new(pool, &config)
+}
+
+/// The pub/sub payload of stored message `seq`, as `publish.lua` published it.
+async fn stored_payload(store: &Store, seq: u64) -> Bytes {
+    let (_, entries) = store.history_since(SESSION, seq - 1).await.unwrap();
+    let entry = entries.last().expect("stored");
+    let mut p = vec![0x92, kind::MESSAGE];
+    p.extend_from_slice(entry);
+    Bytes::from(p)
+}
+
+async fn publish(store: &Store, text: &str) -> u64 {
+    let from = roomcast_shared::From {
+        client_id: "writer".into(),
+        user: "w".into(),
+        role: Role::Controller,
+        name: None,
+    };
+    let tail =
+        crate::envelope::encode_entry_tail(now_ms(), &from, &serde_json::json!(text)).unwrap();
+    store
+        .publish(SESSION, tail, now_ms(), None)
+        .await
+        .unwrap()
+        .seq
+}
+
+#[tokio::test]
+async fn real_redis_join_recovers_since_and_a_live_gap_is_filled() {
+    let redis = crate::test_redis::Redis::start();
+    let h = Harness::new(redis_store(&redis).await);
+    let first = Member::new("first");
+    let created = h
+        .pumps
+        .session(SESSION)
+        .join(Join {
+            create: true,
+            ..first.join(None)
+        })
+        .await
+        .unwrap();
+    assert!(created, "join.lua created the session");
+    for text in ["a", "b", "c", "d", "e"] {
+        publish(&h.store, text).await;
+    }
+    // A member coming back with since=2 gets 3..=5 from join.lua, recovered.
+    let back = Member::new("back");
+    h.join(&back, Some(2)).await.unwrap();
+    let ServerFrame::Joined {
+        seq,
+        history,
+        recovered,
+        presence,
+        ..
+    } = back.joined()
+    else {
+        unreachable!()
+    };
+    assert_eq!(seq, 5);
+    assert_eq!(
+        history.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert!(recovered);
+    assert_eq!(presence.len(), 2);
+    // 6 and 7 are published but only 7's payload arrives: history.lua fills 6 first.
+    publish(&h.store, "f").await;
+    let seven = publish(&h.store, "g").await;
+    h.pumps
+        .dispatch(SESSION, stored_payload(&h.store, seven).await);
+    assert_eq!(back.seqs(2).await, vec![6, 7]);
+    // `first` never had the payloads of 1..=5 either: its baseline was 0.
+    assert_eq!(first.seqs(7).await, vec![1, 2, 3, 4, 5, 6, 7]);
+}
+
+#[tokio::test]
+async fn real_redis_join_of_a_missing_session_is_refused_without_create() {
+    let redis = crate::test_redis::Redis::start();
+    let h = Harness::new(redis_store(&redis).await);
+    let display = Member::new("d");
+    let answer = h.join(&display, None).await;
+    assert!(
+        matches!(answer, Err(JoinError::Store(StoreError::NoSuchSession))),
+        "{answer:?}"
+    );
+    settle().await;
+    assert!(display.drain().is_empty(), "no joined frame");
+}
