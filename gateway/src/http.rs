@@ -26,7 +26,7 @@ use crate::{conn, App};
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole HTTP application.
-pub fn router(app: Arc<App>) -> Router {
+pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/ws", get(conn::upgrade))
         .route("/health/live", get(live))
@@ -48,7 +48,7 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// The operational endpoints alone, for `ROOMCAST_OPS_LISTEN`: probes and scrapes on a
 /// listener that client traffic cannot saturate.
-pub fn ops_router(app: Arc<App>) -> Router {
+pub(crate) fn ops_router(app: Arc<App>) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -161,7 +161,7 @@ fn ok(up: bool) -> &'static str {
 }
 
 /// Resident memory from /proc (Linux); 0 elsewhere.
-pub fn rss_bytes() -> u64 {
+pub(crate) fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| {

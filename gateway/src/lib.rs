@@ -21,22 +21,22 @@
 //!
 //! [`run`] wires them: it owns start-up, the background tasks and graceful shutdown.
 
-pub mod api;
+mod api;
 pub mod auth;
-pub mod bus;
+mod bus;
 pub mod client;
 pub mod config;
-pub mod conn;
+mod conn;
 pub mod envelope;
-pub mod http;
-pub mod hub;
-pub mod keys;
-pub mod lifecycle;
-pub mod metrics;
-pub mod net;
-pub mod problem;
-pub mod publish;
-pub mod ratelimit;
+mod http;
+mod hub;
+mod keys;
+mod lifecycle;
+mod metrics;
+mod net;
+mod problem;
+mod publish;
+mod ratelimit;
 mod session;
 pub mod store;
 pub mod telemetry;

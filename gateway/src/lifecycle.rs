@@ -32,20 +32,20 @@ const TICK_BUDGET: Duration = Duration::from_secs(5);
 
 /// How often each instance looks for due sessions: a quarter of the warning threshold, at
 /// most a second (the clock's lateness bound), at least 50 ms.
-pub fn period(warning: Duration) -> Duration {
+pub(crate) fn period(warning: Duration) -> Duration {
     (warning / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 /// When the clock first needs to look at a session that became active at `now`: its
 /// inactivity warning, or its end of life if that comes first.
-pub fn first_due(config: &crate::config::Config, now_ms: u64, expires_at: u64) -> u64 {
+pub(crate) fn first_due(config: &crate::config::Config, now_ms: u64, expires_at: u64) -> u64 {
     (now_ms + config.inactivity_warning.as_millis() as u64).min(expires_at)
 }
 
 /// When the clock must look at a session next if a publish at `now` put it (back) under
 /// the clock: a new one at its first warning, a reactivated one at once (the sweep then
 /// files its exact next due time from its meta); `None` when nothing changed.
-pub fn due_after_publish(
+pub(crate) fn due_after_publish(
     config: &crate::config::Config,
     published: &crate::store::Published,
     now_ms: u64,
@@ -61,7 +61,7 @@ pub fn due_after_publish(
 }
 
 /// Runs until shutdown.
-pub async fn sweeper(app: Arc<App>) {
+pub(crate) async fn sweeper(app: Arc<App>) {
     let mut tick = tokio::time::interval(period(app.config.inactivity_warning));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = None::<std::time::Instant>;

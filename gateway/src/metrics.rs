@@ -11,30 +11,30 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub const CONNECTIONS: &str = "roomcast_connections";
-pub const CONNECTIONS_TOTAL: &str = "roomcast_connections_total";
-pub const DISCONNECTIONS_TOTAL: &str = "roomcast_disconnections_total";
-pub const SESSIONS_LOCAL: &str = "roomcast_sessions_local";
-pub const SUBSCRIPTIONS: &str = "roomcast_subscriptions";
-pub const MESSAGES_RECEIVED_TOTAL: &str = "roomcast_messages_received_total";
-pub const MESSAGES_DELIVERED_TOTAL: &str = "roomcast_messages_delivered_total";
-pub const PUBLISH_DURATION: &str = "roomcast_publish_duration_seconds";
-pub const DELIVERY_LATENCY: &str = "roomcast_delivery_latency_seconds";
-pub const REDIS_COMMAND_DURATION: &str = "roomcast_redis_command_duration_seconds";
-pub const REDIS_UP: &str = "roomcast_redis_up";
-pub const PUBSUB_RECONNECTS_TOTAL: &str = "roomcast_pubsub_reconnects_total";
-pub const PUBSUB_DROPPED_TOTAL: &str = "roomcast_pubsub_dropped_total";
-pub const RECOVERED_MESSAGES_TOTAL: &str = "roomcast_recovered_messages_total";
-pub const RATE_LIMITED_TOTAL: &str = "roomcast_rate_limited_total";
-pub const RATE_LIMIT_UNAVAILABLE_TOTAL: &str = "roomcast_rate_limit_unavailable_total";
-pub const SLOW_CONSUMER_TOTAL: &str = "roomcast_slow_consumer_disconnects_total";
-pub const HTTP_REQUESTS_TOTAL: &str = "roomcast_http_requests_total";
-pub const HTTP_REQUEST_DURATION: &str = "roomcast_http_request_duration_seconds";
-pub const ERRORS_TOTAL: &str = "roomcast_errors_total";
-pub const LIFECYCLE_TRANSITIONS_TOTAL: &str = "roomcast_lifecycle_transitions_total";
-pub const LIFECYCLE_LAG: &str = "roomcast_lifecycle_lag_seconds";
-pub const CONNECTIONS_REFUSED_TOTAL: &str = "roomcast_connections_refused_total";
-pub const ACCEPT_ERRORS_TOTAL: &str = "roomcast_accept_errors_total";
+pub(crate) const CONNECTIONS: &str = "roomcast_connections";
+pub(crate) const CONNECTIONS_TOTAL: &str = "roomcast_connections_total";
+pub(crate) const DISCONNECTIONS_TOTAL: &str = "roomcast_disconnections_total";
+pub(crate) const SESSIONS_LOCAL: &str = "roomcast_sessions_local";
+pub(crate) const SUBSCRIPTIONS: &str = "roomcast_subscriptions";
+pub(crate) const MESSAGES_RECEIVED_TOTAL: &str = "roomcast_messages_received_total";
+pub(crate) const MESSAGES_DELIVERED_TOTAL: &str = "roomcast_messages_delivered_total";
+pub(crate) const PUBLISH_DURATION: &str = "roomcast_publish_duration_seconds";
+pub(crate) const DELIVERY_LATENCY: &str = "roomcast_delivery_latency_seconds";
+pub(crate) const REDIS_COMMAND_DURATION: &str = "roomcast_redis_command_duration_seconds";
+pub(crate) const REDIS_UP: &str = "roomcast_redis_up";
+pub(crate) const PUBSUB_RECONNECTS_TOTAL: &str = "roomcast_pubsub_reconnects_total";
+pub(crate) const PUBSUB_DROPPED_TOTAL: &str = "roomcast_pubsub_dropped_total";
+pub(crate) const RECOVERED_MESSAGES_TOTAL: &str = "roomcast_recovered_messages_total";
+pub(crate) const RATE_LIMITED_TOTAL: &str = "roomcast_rate_limited_total";
+pub(crate) const RATE_LIMIT_UNAVAILABLE_TOTAL: &str = "roomcast_rate_limit_unavailable_total";
+pub(crate) const SLOW_CONSUMER_TOTAL: &str = "roomcast_slow_consumer_disconnects_total";
+pub(crate) const HTTP_REQUESTS_TOTAL: &str = "roomcast_http_requests_total";
+pub(crate) const HTTP_REQUEST_DURATION: &str = "roomcast_http_request_duration_seconds";
+pub(crate) const ERRORS_TOTAL: &str = "roomcast_errors_total";
+pub(crate) const LIFECYCLE_TRANSITIONS_TOTAL: &str = "roomcast_lifecycle_transitions_total";
+pub(crate) const LIFECYCLE_LAG: &str = "roomcast_lifecycle_lag_seconds";
+pub(crate) const CONNECTIONS_REFUSED_TOTAL: &str = "roomcast_connections_refused_total";
+pub(crate) const ACCEPT_ERRORS_TOTAL: &str = "roomcast_accept_errors_total";
 
 /// Buckets from 100 µs to 10 s: sub-millisecond local work up to multi-second stalls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -44,7 +44,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Installs the global recorder and describes every metric. Idempotent: a second call
 /// (several gateways in one test process) returns a handle that renders nothing new.
-pub fn install() -> Result<PrometheusHandle, String> {
+pub(crate) fn install() -> Result<PrometheusHandle, String> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
         .map_err(|e| e.to_string())?
@@ -167,97 +167,97 @@ fn describe() {
     );
 }
 
-pub fn redis_command(command: &'static str, took: Duration) {
+pub(crate) fn redis_command(command: &'static str, took: Duration) {
     histogram!(REDIS_COMMAND_DURATION, "command" => command).record(took.as_secs_f64());
 }
 
-pub fn connection_opened(role: &'static str) {
+pub(crate) fn connection_opened(role: &'static str) {
     counter!(CONNECTIONS_TOTAL).increment(1);
     gauge!(CONNECTIONS, "role" => role).increment(1.0);
 }
 
-pub fn connection_closed(role: &'static str, reason: &'static str) {
+pub(crate) fn connection_closed(role: &'static str, reason: &'static str) {
     gauge!(CONNECTIONS, "role" => role).decrement(1.0);
     counter!(DISCONNECTIONS_TOTAL, "reason" => reason).increment(1);
 }
 
-pub fn received(kind: &'static str) {
+pub(crate) fn received(kind: &'static str) {
     counter!(MESSAGES_RECEIVED_TOTAL, "type" => kind).increment(1);
 }
 
-pub fn lifecycle_transition(event: &'static str) {
+pub(crate) fn lifecycle_transition(event: &'static str) {
     counter!(LIFECYCLE_TRANSITIONS_TOTAL, "event" => event).increment(1);
 }
 
-pub fn lifecycle_lag(late_ms: u64) {
+pub(crate) fn lifecycle_lag(late_ms: u64) {
     histogram!(LIFECYCLE_LAG).record(late_ms as f64 / 1000.0);
 }
 
-pub fn connection_refused(reason: &'static str) {
+pub(crate) fn connection_refused(reason: &'static str) {
     counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
-pub fn accept_error() {
+pub(crate) fn accept_error() {
     counter!(ACCEPT_ERRORS_TOTAL).increment(1);
 }
 
-pub fn error_sent(code: &'static str) {
+pub(crate) fn error_sent(code: &'static str) {
     counter!(ERRORS_TOTAL, "code" => code).increment(1);
 }
 
-pub fn delivered(count: u64) {
+pub(crate) fn delivered(count: u64) {
     counter!(MESSAGES_DELIVERED_TOTAL).increment(count);
 }
 
-pub fn delivery_latency(seconds: f64) {
+pub(crate) fn delivery_latency(seconds: f64) {
     histogram!(DELIVERY_LATENCY).record(seconds);
 }
 
-pub fn publish_duration(took: Duration) {
+pub(crate) fn publish_duration(took: Duration) {
     histogram!(PUBLISH_DURATION).record(took.as_secs_f64());
 }
 
-pub fn session_opened() {
+pub(crate) fn session_opened() {
     gauge!(SESSIONS_LOCAL).increment(1.0);
 }
 
-pub fn session_closed() {
+pub(crate) fn session_closed() {
     gauge!(SESSIONS_LOCAL).decrement(1.0);
 }
 
-pub fn subscriptions(count: usize) {
+pub(crate) fn subscriptions(count: usize) {
     gauge!(SUBSCRIPTIONS).set(count as f64);
 }
 
-pub fn redis_up(up: bool) {
+pub(crate) fn redis_up(up: bool) {
     gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
 }
 
-pub fn pubsub_reconnect() {
+pub(crate) fn pubsub_reconnect() {
     counter!(PUBSUB_RECONNECTS_TOTAL).increment(1);
 }
 
-pub fn pubsub_dropped(reason: &'static str, count: u64) {
+pub(crate) fn pubsub_dropped(reason: &'static str, count: u64) {
     counter!(PUBSUB_DROPPED_TOTAL, "reason" => reason).increment(count);
 }
 
-pub fn recovered(count: u64) {
+pub(crate) fn recovered(count: u64) {
     counter!(RECOVERED_MESSAGES_TOTAL).increment(count);
 }
 
-pub fn rate_limit_unavailable(scope: &'static str) {
+pub(crate) fn rate_limit_unavailable(scope: &'static str) {
     counter!(RATE_LIMIT_UNAVAILABLE_TOTAL, "scope" => scope).increment(1);
 }
 
-pub fn slow_consumer() {
+pub(crate) fn slow_consumer() {
     counter!(SLOW_CONSUMER_TOTAL).increment(1);
 }
 
-pub fn rate_limited(scope: &'static str) {
+pub(crate) fn rate_limited(scope: &'static str) {
     counter!(RATE_LIMITED_TOTAL, "scope" => scope).increment(1);
 }
 
-pub fn http_request(method: &str, route: &str, status: u16, took: Duration) {
+pub(crate) fn http_request(method: &str, route: &str, status: u16, took: Duration) {
     let labels = [
         ("method", method.to_string()),
         ("route", route.to_string()),

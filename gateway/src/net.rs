@@ -51,7 +51,7 @@ const FD_RESERVE_MIN: usize = 64;
 
 /// Connections the ops listener holds at once, out of the reserve: probes and scrapes
 /// are few and short.
-pub const OPS_CONNECTIONS: usize = 16;
+pub(crate) const OPS_CONNECTIONS: usize = 16;
 
 /// Canned answers written to a connection refused before hyper sees it. Best effort: one
 /// non-blocking write, then the socket is closed.
@@ -60,7 +60,7 @@ const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 
 
 /// The connection rules of one listener.
 #[derive(Debug, Clone)]
-pub struct EdgeConfig {
+pub(crate) struct EdgeConfig {
     /// How long a connection may go without a request in progress.
     pub header_timeout: Duration,
     /// Connections one address may hold before they upgrade; 0: no cap.
@@ -72,7 +72,7 @@ pub struct EdgeConfig {
 /// Connections held by the whole process, against its descriptor budget. Shared by every
 /// listener: a WebSocket keeps its slot until its socket closes.
 #[derive(Debug)]
-pub struct Capacity {
+pub(crate) struct Capacity {
     open: AtomicUsize,
     budget: usize,
 }
@@ -80,7 +80,7 @@ pub struct Capacity {
 impl Capacity {
     /// A budget of the process's open-files limit less the reserve (no budget when the
     /// limit cannot be read).
-    pub fn from_rlimit() -> Arc<Capacity> {
+    pub(crate) fn from_rlimit() -> Arc<Capacity> {
         let budget = open_files_limit()
             .map(|limit| limit.saturating_sub(FD_RESERVE_MIN.max(limit / 50)))
             .unwrap_or(usize::MAX);
@@ -92,7 +92,7 @@ impl Capacity {
 
     /// A fixed number of connections, apart from the process budget: the ops listener's
     /// share of the reserve.
-    pub fn fixed(budget: usize) -> Arc<Capacity> {
+    pub(crate) fn fixed(budget: usize) -> Arc<Capacity> {
         Arc::new(Capacity {
             open: AtomicUsize::new(0),
             budget,
@@ -100,12 +100,13 @@ impl Capacity {
     }
 
     /// The connections this process accepts at most.
-    pub fn budget(&self) -> usize {
+    pub(crate) fn budget(&self) -> usize {
         self.budget
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
@@ -333,7 +334,7 @@ impl AcceptErrors {
 
 /// Serves `router` on `listener` until `stop` fires, then lets in-flight requests finish
 /// (upgraded WebSockets are tracked elsewhere). Returns the tracker of HTTP connections.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     edge: EdgeConfig,

@@ -9,7 +9,7 @@ use roomcast_shared::ErrorCode;
 use serde_json::json;
 
 /// An RFC 9457 problem response with our `code`.
-pub fn problem(status: StatusCode, code: ErrorCode, detail: &str) -> Response {
+pub(crate) fn problem(status: StatusCode, code: ErrorCode, detail: &str) -> Response {
     let body = json!({
         "type": format!("https://roomcast.dev/problems/{}", code.as_str()),
         "title": status.canonical_reason().unwrap_or("Error"),

@@ -22,7 +22,7 @@ use crate::App;
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     /// `data` has no stored form (a bug in the caller's validation, in practice).
     #[error("data cannot be stored: {0}")]
     Data(String),
@@ -32,7 +32,7 @@ pub enum PublishError {
 
 /// Stores and fans out one message in `session`. The message is in history if and only if
 /// this returns `Ok`, and then its seq is final.
-pub async fn publish_message(
+pub(crate) async fn publish_message(
     app: &Arc<App>,
     session: &str,
     from: &From,
@@ -57,7 +57,7 @@ pub async fn publish_message(
 
 /// Records activity (when `activity`) in the cross-slot session index, and the user's
 /// membership and the lifecycle due time when given, off the caller's path.
-pub fn touch_indexes_later(
+pub(crate) fn touch_indexes_later(
     app: &Arc<App>,
     session: &str,
     user: Option<String>,

@@ -151,13 +151,13 @@ impl Decision {
 }
 
 /// Whole seconds, rounded up (`Retry-After` must not invite an early retry).
-pub fn ceil_secs(d: Duration) -> u64 {
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_millis().div_ceil(1000) as u64
 }
 
 /// An in-memory token bucket, for one connection's `signal` and `typing` frames.
 #[derive(Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     capacity: f64,
     per_sec: f64,
     tokens: f64,
@@ -167,7 +167,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// `rate.count` tokens refilled over `rate.window`, burst of `rate.count`. `None` when
     /// the rate is disabled.
-    pub fn new(rate: Rate) -> Option<Self> {
+    pub(crate) fn new(rate: Rate) -> Option<Self> {
         if rate.is_disabled() {
             return None;
         }
@@ -181,7 +181,7 @@ impl TokenBucket {
     }
 
     /// Takes a token, or answers how long until one is available.
-    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.capacity);
         self.last = now;
@@ -198,7 +198,7 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Checks one scope for `key`; `None` when the scope is disabled or Redis did not answer.
-pub async fn check(app: &App, scope: Scope, key: &str) -> Option<Decision> {
+pub(crate) async fn check(app: &App, scope: Scope, key: &str) -> Option<Decision> {
     let rate = scope.rate(&app.config);
     if rate.is_disabled() {
         return None;
@@ -219,7 +219,7 @@ pub async fn check(app: &App, scope: Scope, key: &str) -> Option<Decision> {
 }
 
 /// Adds the IETF headers of a decision to a response.
-pub fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
+pub(crate) fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
     if let Ok(v) = HeaderValue::from_str(&decision.policy_header()) {
         headers.insert(RATELIMIT_POLICY.clone(), v);
     }
@@ -229,7 +229,7 @@ pub fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
 }
 
 /// The 429 answer for a refused decision.
-pub fn refusal(decision: &Decision, what: &str) -> Response {
+pub(crate) fn refusal(decision: &Decision, what: &str) -> Response {
     let mut response = problem(
         StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::RateLimited,
@@ -251,7 +251,7 @@ pub fn refusal(decision: &Decision, what: &str) -> Response {
 
 /// The rate-limit key of an address: IPv4 as is, IPv6 by its /64 (one subscriber
 /// usually holds a whole /64, so a /128 key would let it rotate past every limit).
-pub fn ip_key(ip: IpAddr) -> String {
+pub(crate) fn ip_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => {

@@ -51,7 +51,7 @@ fn limit(limit: Option<u32>) -> Result<usize, ApiError> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct PageParams {
+pub(crate) struct PageParams {
     /// Page size, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
@@ -61,7 +61,7 @@ pub struct PageParams {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Page {
+pub(crate) struct Page {
     /// Newest first.
     pub messages: Vec<HistoryMessage>,
     /// Pass as `before` for the next (older) page; null on the last page.
@@ -72,7 +72,7 @@ pub struct Page {
 #[utoipa::path(get, path = "/sessions/{id}/history", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), PageParams),
     responses((status = 200, body = Page),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn list(
+pub(crate) async fn list(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -106,14 +106,14 @@ pub async fn list(
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct LatestParams {
+pub(crate) struct LatestParams {
     /// How many, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Messages {
+pub(crate) struct Messages {
     /// Newest first.
     pub messages: Vec<HistoryMessage>,
 }
@@ -122,7 +122,7 @@ pub struct Messages {
 #[utoipa::path(get, path = "/sessions/{id}/history/latest", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), LatestParams),
     responses((status = 200, body = Messages),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn latest(
+pub(crate) async fn latest(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -143,7 +143,7 @@ pub async fn latest(
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct SearchParams {
+pub(crate) struct SearchParams {
     /// Case-insensitive substring, 1 to 200 characters.
     #[param(min_length = 1, max_length = 200)]
     pub q: String,
@@ -164,7 +164,7 @@ fn text_of(data: &serde_json::Value) -> String {
 #[utoipa::path(get, path = "/sessions/{id}/history/search", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), SearchParams),
     responses((status = 200, body = Messages),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn search(
+pub(crate) async fn search(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -189,7 +189,7 @@ pub async fn search(
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct HistoryStats {
+pub(crate) struct HistoryStats {
     pub count: u64,
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
@@ -203,7 +203,7 @@ pub struct HistoryStats {
 #[utoipa::path(get, path = "/sessions/{id}/history/stats", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = HistoryStats),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn stats(
+pub(crate) async fn stats(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -221,7 +221,7 @@ pub async fn stats(
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Cleared {
+pub(crate) struct Cleared {
     pub cleared: bool,
 }
 
@@ -229,7 +229,7 @@ pub struct Cleared {
 #[utoipa::path(delete, path = "/sessions/{id}/history", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Cleared),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn clear(
+pub(crate) async fn clear(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,

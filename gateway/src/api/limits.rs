@@ -24,7 +24,7 @@ use crate::util::{now_ms, valid_id};
 use crate::App;
 
 /// The client address of a request.
-pub fn client_ip(app: &App, req: &Request) -> IpAddr {
+pub(crate) fn client_ip(app: &App, req: &Request) -> IpAddr {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -34,7 +34,7 @@ pub fn client_ip(app: &App, req: &Request) -> IpAddr {
 }
 
 /// The `/api/v1` middleware.
-pub async fn enforce(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+pub(crate) async fn enforce(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let ip = ip_key(client_ip(&app, &req));
     let strict =
         req.method() == Method::POST && matches!(req.uri().path(), "/sessions" | "/sessions/join");
@@ -62,7 +62,7 @@ pub async fn enforce(State(app): State<Arc<App>>, req: Request, next: Next) -> R
 
 /// A rate-limit key as the admin routes show it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct LimitState {
+pub(crate) struct LimitState {
     pub scope: String,
     pub key: String,
     /// Admissions allowed per window (0: the scope is disabled).
@@ -97,7 +97,7 @@ fn scope_and_key(scope: &str, key: &str) -> Result<Scope, ApiError> {
     params(("scope" = String, Path, pattern = "^(publish|publish_ip|connect|api|api_strict|burst)$"),
         ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}(/64)?$")),
     responses((status = 200, body = LimitState)))]
-pub async fn show(
+pub(crate) async fn show(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath((scope, key)): ApiPath<(String, String)>,
@@ -122,7 +122,7 @@ pub async fn show(
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Reset {
+pub(crate) struct Reset {
     /// Whether there was anything to forget.
     pub reset: bool,
 }
@@ -132,7 +132,7 @@ pub struct Reset {
     params(("scope" = String, Path, pattern = "^(publish|publish_ip|connect|api|api_strict|burst)$"),
         ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}(/64)?$")),
     responses((status = 200, body = Reset)))]
-pub async fn reset(
+pub(crate) async fn reset(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath((scope, key)): ApiPath<(String, String)>,

@@ -19,7 +19,7 @@ use crate::App;
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Sender {
+pub(crate) struct Sender {
     /// Shown as `from.user` (default `server`).
     #[serde(default)]
     #[schema(min_length = 1, max_length = 128)]
@@ -36,7 +36,7 @@ pub struct Sender {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ServerMessage {
+pub(crate) struct ServerMessage {
     /// Any JSON value, up to `ROOMCAST_MAX_FRAME_BYTES` once encoded.
     pub data: Value,
     /// Who the message is shown as coming from.
@@ -46,7 +46,7 @@ pub struct ServerMessage {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Published {
+pub(crate) struct Published {
     pub seq: u64,
 }
 
@@ -70,7 +70,7 @@ fn check_size(app: &App, data: &Value) -> Result<(), ApiError> {
     responses((status = 200, body = Published),
         (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn publish(
+pub(crate) async fn publish(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -117,13 +117,13 @@ pub async fn publish(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DirectMessage {
+pub(crate) struct DirectMessage {
     /// Any JSON value, delivered as a `direct` frame.
     pub data: Value,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Delivered {
+pub(crate) struct Delivered {
     /// Whether any instance had a connection of that user.
     pub delivered: bool,
     /// Instances that received it.
@@ -135,7 +135,7 @@ pub struct Delivered {
     request_body = DirectMessage,
     responses((status = 200, body = Delivered),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn direct(
+pub(crate) async fn direct(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(user): ApiPath<String>,

@@ -6,13 +6,13 @@
 //! compared in constant time), and extractors whose rejections are problems too.
 //! Business rules live in the route modules; Redis access goes through `store`.
 
-pub mod history;
-pub mod limits;
-pub mod messages;
-pub mod openapi;
-pub mod presence;
-pub mod sessions;
-pub mod view;
+pub(crate) mod history;
+pub(crate) mod limits;
+pub(crate) mod messages;
+pub(crate) mod openapi;
+pub(crate) mod presence;
+pub(crate) mod sessions;
+pub(crate) mod view;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use crate::App;
 const MAX_BODY: usize = 64 * 1024;
 
 /// The `/api/v1` router.
-pub fn router() -> Router<Arc<App>> {
+pub(crate) fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/openapi.json", get(openapi::serve))
         .route("/sessions", post(sessions::create))
@@ -77,7 +77,7 @@ pub fn router() -> Router<Arc<App>> {
 
 /// Every REST failure: a status, a SPEC.md code and a message safe to show.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     detail: String,
@@ -86,7 +86,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -95,27 +95,27 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(detail: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, detail)
     }
 
-    pub fn not_found(detail: impl Into<String>) -> Self {
+    pub(crate) fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, detail)
     }
 
-    pub fn forbidden(detail: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, detail)
     }
 
-    pub fn unauthorized(detail: impl Into<String>) -> Self {
+    pub(crate) fn unauthorized(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, detail)
     }
 
-    pub fn conflict(detail: impl Into<String>) -> Self {
+    pub(crate) fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, ErrorCode::BadRequest, detail)
     }
 
-    pub fn internal() -> Self {
+    pub(crate) fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
@@ -184,10 +184,10 @@ impl From<QueryRejection> for ApiError {
 /// A required JSON object body of `T`. Parsing is deferred: handlers check credentials
 /// first and then call [`ApiJson::value`], so a missing credential is a 401 even when the
 /// body is also wrong.
-pub struct ApiJson<T>(Result<T, ApiError>);
+pub(crate) struct ApiJson<T>(Result<T, ApiError>);
 
 impl<T> ApiJson<T> {
-    pub fn value(self) -> Result<T, ApiError> {
+    pub(crate) fn value(self) -> Result<T, ApiError> {
         self.0
     }
 }
@@ -224,10 +224,10 @@ fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Option<T
 }
 
 /// An optional JSON object body (empty or `null` means `None`); deferred like [`ApiJson`].
-pub struct MaybeJson<T>(Result<Option<T>, ApiError>);
+pub(crate) struct MaybeJson<T>(Result<Option<T>, ApiError>);
 
 impl<T> MaybeJson<T> {
-    pub fn value(self) -> Result<Option<T>, ApiError> {
+    pub(crate) fn value(self) -> Result<Option<T>, ApiError> {
         self.0
     }
 }
@@ -272,10 +272,10 @@ where
 }
 
 /// Query parameters of `T`, parsed lazily like [`ApiJson`].
-pub struct ApiQuery<T>(Result<T, ApiError>);
+pub(crate) struct ApiQuery<T>(Result<T, ApiError>);
 
 impl<T> ApiQuery<T> {
-    pub fn value(self) -> Result<T, ApiError> {
+    pub(crate) fn value(self) -> Result<T, ApiError> {
         self.0
     }
 }
@@ -302,10 +302,10 @@ where
 /// `Path` whose rejections are problems.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);
+pub(crate) struct ApiPath<T>(pub T);
 
 /// A validated id from the path.
-pub fn checked_id(id: &str, what: &str) -> Result<(), ApiError> {
+pub(crate) fn checked_id(id: &str, what: &str) -> Result<(), ApiError> {
     if valid_id(id) {
         Ok(())
     } else {
@@ -317,7 +317,7 @@ pub fn checked_id(id: &str, what: &str) -> Result<(), ApiError> {
 }
 
 /// A user id from a path or body: 400 unless it is one a token could carry.
-pub fn checked_user(user: &str) -> Result<(), ApiError> {
+pub(crate) fn checked_user(user: &str) -> Result<(), ApiError> {
     if crate::util::valid_user_id(user) {
         Ok(())
     } else {
@@ -329,7 +329,7 @@ pub fn checked_user(user: &str) -> Result<(), ApiError> {
 }
 
 /// A display name from a request: 400 with the reason when it is refused.
-pub fn checked_name(name: Option<&str>) -> Result<(), ApiError> {
+pub(crate) fn checked_name(name: Option<&str>) -> Result<(), ApiError> {
     match name.and_then(crate::util::name_problem) {
         Some(problem) => Err(ApiError::bad_request(format!("`name` {problem}"))),
         None => Ok(()),
@@ -338,7 +338,7 @@ pub fn checked_name(name: Option<&str>) -> Result<(), ApiError> {
 
 /// Who is calling.
 #[derive(Debug)]
-pub enum Credential {
+pub(crate) enum Credential {
     Admin,
     Server,
     Token(Identity),
@@ -354,7 +354,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The caller's credential from `Authorization: Bearer` or `X-Api-Key`; 401 when absent
 /// or invalid.
-pub fn credential(app: &App, headers: &HeaderMap) -> Result<Credential, ApiError> {
+pub(crate) fn credential(app: &App, headers: &HeaderMap) -> Result<Credential, ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -387,7 +387,7 @@ pub fn credential(app: &App, headers: &HeaderMap) -> Result<Credential, ApiError
 }
 
 /// Server API key or admin token.
-pub fn require_server(app: &App, headers: &HeaderMap) -> Result<Credential, ApiError> {
+pub(crate) fn require_server(app: &App, headers: &HeaderMap) -> Result<Credential, ApiError> {
     match credential(app, headers)? {
         c @ (Credential::Server | Credential::Admin) => Ok(c),
         Credential::Token(_) => Err(ApiError::forbidden("this route needs the server API key")),
@@ -395,7 +395,7 @@ pub fn require_server(app: &App, headers: &HeaderMap) -> Result<Credential, ApiE
 }
 
 /// Admin token only.
-pub fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     match credential(app, headers)? {
         Credential::Admin => Ok(()),
         _ => Err(ApiError::forbidden("this route needs the admin token")),
@@ -404,7 +404,7 @@ pub fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
 
 /// A credential for one session: server key, admin token, or a JWT whose `sessions` claim
 /// lists it. `write` also refuses observer-only tokens.
-pub fn require_session(
+pub(crate) fn require_session(
     app: &App,
     headers: &HeaderMap,
     session: &str,
@@ -427,7 +427,7 @@ pub fn require_session(
 }
 
 /// Parses a role name from a request body.
-pub fn parse_role(role: Option<&str>, default: Role) -> Result<Role, ApiError> {
+pub(crate) fn parse_role(role: Option<&str>, default: Role) -> Result<Role, ApiError> {
     match role {
         None => Ok(default),
         Some(r) => Role::parse(r)

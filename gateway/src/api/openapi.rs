@@ -14,7 +14,7 @@ use super::{history, limits, messages, presence, sessions};
 
 /// RFC 9457 problem details, as every error response carries them.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// A URI naming the problem type.
     #[serde(rename = "type")]
     pub kind: String,
@@ -101,7 +101,7 @@ impl Modify for BearerAuth {
     components(schemas(Problem)),
     tags((name = "sessions"), (name = "history"), (name = "presence"), (name = "messages"), (name = "admin"))
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::openapi);
 
@@ -118,7 +118,7 @@ fn problem_response(description: &str) -> utoipa::openapi::Response {
 }
 
 /// `GET /api/v1/openapi.json`
-pub async fn serve() -> Response {
+pub(crate) async fn serve() -> Response {
     Json(&*DOCUMENT).into_response()
 }
 

@@ -39,14 +39,14 @@ async fn members(app: &App, id: &str, headers: &HeaderMap) -> Result<Vec<Member>
 }
 
 #[derive(Debug, Default, Serialize, ToSchema)]
-pub struct ByRole {
+pub(crate) struct ByRole {
     pub controller: u64,
     pub display: u64,
     pub observer: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub total: u64,
     pub by_role: ByRole,
     /// Members without activity for `ROOMCAST_IDLE_AFTER`.
@@ -57,7 +57,7 @@ pub struct Summary {
 #[utoipa::path(get, path = "/sessions/{id}/presence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Summary),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn summary(
+pub(crate) async fn summary(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -79,7 +79,7 @@ pub async fn summary(
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct MemberList {
+pub(crate) struct MemberList {
     pub members: Vec<Member>,
 }
 
@@ -87,7 +87,7 @@ pub struct MemberList {
 #[utoipa::path(get, path = "/sessions/{id}/presence/users", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = MemberList),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn users(
+pub(crate) async fn users(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -99,7 +99,7 @@ pub async fn users(
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PresenceJoin {
+pub(crate) struct PresenceJoin {
     /// Reuse an id this API gave out (to re-join); a new one is made when absent.
     #[serde(default)]
     #[schema(pattern = "^rest-[A-Za-z0-9_.:-]{1,123}$")]
@@ -121,7 +121,7 @@ pub struct PresenceJoin {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct PresenceEntry {
+pub(crate) struct PresenceEntry {
     pub client_id: String,
     /// When the entry expires unless `activity` refreshes it (ms).
     pub expires_at: u64,
@@ -134,7 +134,7 @@ pub struct PresenceEntry {
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn join(
+pub(crate) async fn join(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -210,7 +210,7 @@ pub async fn join(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PresenceClient {
+pub(crate) struct PresenceClient {
     #[schema(pattern = "^[A-Za-z0-9_.:-]{1,128}$")]
     pub client_id: String,
 }
@@ -245,7 +245,7 @@ async fn own_member(
     responses((status = 200, body = PresenceEntry),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn activity(
+pub(crate) async fn activity(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -278,7 +278,7 @@ pub async fn activity(
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Left {
+pub(crate) struct Left {
     pub left: bool,
 }
 
@@ -288,7 +288,7 @@ pub struct Left {
     responses((status = 200, body = Left),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn leave(
+pub(crate) async fn leave(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -304,7 +304,7 @@ pub async fn leave(
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Cleanup {
+pub(crate) struct Cleanup {
     /// Expired entries removed (and announced as leaves).
     pub removed: u64,
 }
@@ -313,7 +313,7 @@ pub struct Cleanup {
 #[utoipa::path(post, path = "/sessions/{id}/presence/cleanup", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Cleanup),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn cleanup(
+pub(crate) async fn cleanup(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,

@@ -52,7 +52,7 @@ fn json_field(value: &Value, what: &str) -> Result<String, ApiError> {
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateSession {
+pub(crate) struct CreateSession {
     /// Free-form JSON kept with the session.
     #[serde(default)]
     pub metadata: Option<Value>,
@@ -63,7 +63,7 @@ pub struct CreateSession {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SessionCreated {
+pub(crate) struct SessionCreated {
     pub id: String,
     pub code: String,
     pub status: SessionStatus,
@@ -100,7 +100,7 @@ fn new_code() -> String {
 #[utoipa::path(post, path = "/sessions", tag = "sessions", security(()), request_body(content = Option<CreateSession>),
     responses((status = 201, body = SessionCreated),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn create(
+pub(crate) async fn create(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: MaybeJson<CreateSession>,
@@ -175,7 +175,7 @@ pub async fn create(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct JoinByCode {
+pub(crate) struct JoinByCode {
     /// The 6-character join code (case-insensitive).
     #[schema(pattern = "^[A-HJKMNP-Za-hjkmnp-z2-9]{6}$")]
     pub code: String,
@@ -194,7 +194,7 @@ pub struct JoinByCode {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Joined {
+pub(crate) struct Joined {
     pub session_id: String,
     /// A token for this session with the requested role.
     pub token: String,
@@ -205,7 +205,7 @@ pub struct Joined {
     responses((status = 200, body = Joined),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn join(
+pub(crate) async fn join(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     body: ApiJson<JoinByCode>,
@@ -267,7 +267,7 @@ pub async fn join(
 #[utoipa::path(get, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = SessionView),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn get(
+pub(crate) async fn get(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -280,7 +280,7 @@ pub async fn get(
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PatchSession {
+pub(crate) struct PatchSession {
     /// Replaces the metadata (`null` clears it).
     #[serde(default, deserialize_with = "present")]
     pub metadata: Option<Value>,
@@ -345,7 +345,7 @@ async fn transition(
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn patch(
+pub(crate) async fn patch(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -388,7 +388,7 @@ pub async fn patch(
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct EndParams {
+pub(crate) struct EndParams {
     /// Why the session ends (shown to members).
     #[param(max_length = 200)]
     pub reason: Option<String>,
@@ -398,7 +398,7 @@ pub struct EndParams {
 #[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), EndParams),
     responses((status = 200, body = SessionView),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn end(
+pub(crate) async fn end(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -441,7 +441,7 @@ pub async fn end(
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ResolveSession {
+pub(crate) struct ResolveSession {
     #[serde(default)]
     #[schema(max_length = 16384)]
     pub notes: Option<String>,
@@ -454,7 +454,7 @@ pub struct ResolveSession {
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn resolve(
+pub(crate) async fn resolve(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -488,7 +488,7 @@ pub async fn resolve(
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Resumed {
+pub(crate) struct Resumed {
     pub session: SessionView,
     /// The most recent messages, oldest first.
     pub history: Vec<HistoryMessage>,
@@ -499,7 +499,7 @@ pub struct Resumed {
 #[utoipa::path(post, path = "/sessions/{id}/resume", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Resumed),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json")))]
-pub async fn resume(
+pub(crate) async fn resume(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
@@ -555,7 +555,7 @@ pub async fn resume(
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct UserSessionsParams {
+pub(crate) struct UserSessionsParams {
     /// `active`, `unresolved` (active or inactive) or `recent` (any status; the default).
     #[serde(rename = "type")]
     #[param(pattern = "^(active|unresolved|recent)$")]
@@ -566,14 +566,14 @@ pub struct UserSessionsParams {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SessionList {
+pub(crate) struct SessionList {
     pub sessions: Vec<SessionView>,
 }
 
 /// `GET /users/{user}/sessions`
 #[utoipa::path(get, path = "/users/{user}/sessions", tag = "sessions", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$"), UserSessionsParams),
     responses((status = 200, body = SessionList)))]
-pub async fn of_user(
+pub(crate) async fn of_user(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(user): ApiPath<String>,
@@ -615,7 +615,7 @@ pub async fn of_user(
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub total: u64,
     pub active: u64,
     pub inactive: u64,
@@ -630,7 +630,7 @@ pub struct Stats {
 /// `GET /sessions/stats`
 #[utoipa::path(get, path = "/sessions/stats", tag = "sessions",
     responses((status = 200, body = Stats)))]
-pub async fn stats(
+pub(crate) async fn stats(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Json<Stats>, ApiError> {

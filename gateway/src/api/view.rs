@@ -13,7 +13,7 @@ use crate::App;
 
 /// A session as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SessionView {
+pub(crate) struct SessionView {
     pub id: String,
     /// Join code (sessions created over REST only).
     pub code: Option<String>,
@@ -31,7 +31,7 @@ pub struct SessionView {
 }
 
 impl SessionView {
-    pub fn from_fields(id: &str, f: &HashMap<String, String>) -> Self {
+    pub(crate) fn from_fields(id: &str, f: &HashMap<String, String>) -> Self {
         let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
         let json = |k: &str| {
             f.get(k)
@@ -57,7 +57,7 @@ impl SessionView {
 }
 
 /// Loads a session or answers 404.
-pub async fn load(app: &App, id: &str) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) async fn load(app: &App, id: &str) -> Result<HashMap<String, String>, ApiError> {
     checked_id(id, "id")?;
     app.store
         .session_fields(id)
@@ -67,7 +67,7 @@ pub async fn load(app: &App, id: &str) -> Result<HashMap<String, String>, ApiErr
 
 /// Loads a session that may still change: 404 when absent, 409 `session_ended` when it
 /// has ended (an ended session refuses every write until its keys expire).
-pub async fn load_open(app: &App, id: &str) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) async fn load_open(app: &App, id: &str) -> Result<HashMap<String, String>, ApiError> {
     let fields = load(app, id).await?;
     if SessionStatus::of(&fields) == Some(SessionStatus::Ended) {
         return Err(crate::store::StoreError::SessionEnded.into());
@@ -76,7 +76,7 @@ pub async fn load_open(app: &App, id: &str) -> Result<HashMap<String, String>, A
 }
 
 /// Whether the credential may act for `user` (server keys may act for anyone).
-pub fn acts_for(credential: &Credential, user: &str) -> bool {
+pub(crate) fn acts_for(credential: &Credential, user: &str) -> bool {
     match credential {
         Credential::Admin | Credential::Server => true,
         Credential::Token(identity) => identity.user == user,

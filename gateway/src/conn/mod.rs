@@ -40,14 +40,14 @@ const MAX_REF_LEN: usize = 128;
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Deserialize)]
-pub struct WsQuery {
+pub(crate) struct WsQuery {
     token: Option<String>,
     /// Only with `ROOMCAST_AUTH=off`: the user id to act as.
     user: Option<String>,
 }
 
 /// `GET /ws`: admission checks, then the upgrade.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<WsQuery>,
