@@ -18,7 +18,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
-use roomcast_shared::{close, encode, Format, ServerFrame};
+use roomcast_shared::{encode, CloseCode, Format, ServerFrame};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -29,7 +29,7 @@ use crate::metrics as m;
 pub enum Outbound {
     Frame(Message),
     /// Close after everything queued before it (used for `session/ended` then 4000).
-    Close(u16),
+    Close(CloseCode),
 }
 
 /// The sending half of a client, cheap to clone into session pumps.
@@ -115,11 +115,9 @@ impl ClientHandle {
     }
 
     /// The close code chosen when the client was killed.
-    pub fn close_code(&self) -> u16 {
-        match self.inner.code.load(Ordering::Acquire) {
-            0 => close::NORMAL,
-            c => c,
-        }
+    pub fn close_code(&self) -> CloseCode {
+        // 0 (not killed) and only our own codes are ever stored.
+        CloseCode::from_code(self.inner.code.load(Ordering::Acquire)).unwrap_or(CloseCode::Normal)
     }
 
     /// Whether the writer has ended (the connection is over).
@@ -128,11 +126,11 @@ impl ClientHandle {
     }
 
     /// Closes the client now with `code`, skipping anything still queued.
-    pub fn kill(&self, code: u16) {
-        let _ = self
-            .inner
-            .code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+    pub fn kill(&self, code: CloseCode) {
+        let _ =
+            self.inner
+                .code
+                .compare_exchange(0, code.code(), Ordering::AcqRel, Ordering::Acquire);
         self.inner.kill.cancel();
     }
 
@@ -143,7 +141,7 @@ impl ClientHandle {
                 if !self.inner.kill.is_cancelled() {
                     m::slow_consumer();
                     tracing::info!(client_id = %self.inner.id, "send queue full: closing slow consumer");
-                    self.kill(close::SLOW_CONSUMER);
+                    self.kill(CloseCode::SlowConsumer);
                 }
                 Offer::Overflow
             }
@@ -163,7 +161,7 @@ impl ClientHandle {
     }
 
     /// Queues a close behind what is already queued; kills at once if the queue is full.
-    pub fn close_after_queue(&self, code: u16) {
+    pub fn close_after_queue(&self, code: CloseCode) {
         if self.inner.push(Outbound::Close(code)) != Offer::Queued {
             self.kill(code);
         }
@@ -303,7 +301,7 @@ pub async fn run_writer(
         let write = async {
             let mut next = rx.recv().await;
             if next.is_none() {
-                return Ok(Some(close::NORMAL));
+                return Ok(Some(CloseCode::Normal));
             }
             let mut fed = 0;
             while let Some(item) = next.take() {
@@ -330,7 +328,7 @@ pub async fn run_writer(
                 Err(e) => {
                     tracing::debug!(error = %e, "write failed");
                     // The peer is gone; make the reader stop too.
-                    client.kill(close::NORMAL);
+                    client.kill(CloseCode::Normal);
                     return;
                 }
             },
@@ -341,33 +339,14 @@ pub async fn run_writer(
         client.kill(code);
     }
     let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(close_reason(code)),
+        code: code.code(),
+        reason: Utf8Bytes::from_static(code.reason()),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         let _ = sink.send(Message::Close(Some(frame))).await;
         let _ = sink.close().await;
     })
     .await;
-}
-
-/// The reason text sent with each close code.
-pub fn close_reason(code: u16) -> &'static str {
-    match code {
-        close::NORMAL => "bye",
-        close::GOING_AWAY => "going away: reconnect with since",
-        close::INVALID_PAYLOAD => "invalid UTF-8",
-        close::POLICY => "policy violation",
-        close::TOO_BIG => "frame too large",
-        close::INTERNAL => "internal error",
-        close::TRY_AGAIN_LATER => "try again later",
-        close::SESSION_ENDED => "session ended",
-        close::TOKEN_EXPIRED => "token expired",
-        close::FORBIDDEN => "forbidden",
-        close::SLOW_CONSUMER => "slow consumer",
-        close::RATE_LIMITED => "rate limited",
-        _ => "",
-    }
 }
 
 #[cfg(test)]
@@ -382,10 +361,10 @@ mod tests {
         assert_eq!(client.send(&frame), Offer::Queued);
         assert_eq!(client.send(&frame), Offer::Overflow);
         assert!(client.killed().is_cancelled());
-        assert_eq!(client.close_code(), close::SLOW_CONSUMER);
+        assert_eq!(client.close_code(), CloseCode::SlowConsumer);
         // A later reason does not overwrite the first.
-        client.kill(close::GOING_AWAY);
-        assert_eq!(client.close_code(), close::SLOW_CONSUMER);
+        client.kill(CloseCode::GoingAway);
+        assert_eq!(client.close_code(), CloseCode::SlowConsumer);
     }
 
     #[tokio::test]

@@ -157,13 +157,8 @@ impl Envelope {
             kind::SESSION => {
                 let (event, reason, at): (String, String, u64) =
                     rmp_serde::from_slice(body).map_err(err)?;
-                let event = match event.as_str() {
-                    "expiring" => SessionEvent::Expiring,
-                    "ended" => SessionEvent::Ended,
-                    "resolved" => SessionEvent::Resolved,
-                    "updated" => SessionEvent::Updated,
-                    other => return Err(EnvelopeError(format!("unknown session event {other}"))),
-                };
+                let event = SessionEvent::parse(&event)
+                    .ok_or_else(|| EnvelopeError(format!("unknown session event {event}")))?;
                 let reason = (!reason.is_empty()).then_some(reason);
                 Ok(Envelope::Session { event, reason, at })
             }

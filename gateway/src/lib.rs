@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use fred::interfaces::ClientLike;
 use metrics_exporter_prometheus::PrometheusHandle;
-use roomcast_shared::close;
+use roomcast_shared::CloseCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -301,7 +301,7 @@ async fn drain_on(
         }
         for batch in open.chunks(DRAIN_BATCH) {
             for client in batch {
-                client.kill(close::GOING_AWAY);
+                client.kill(CloseCode::GoingAway);
             }
             tokio::time::sleep(DRAIN_PAUSE).await;
         }

@@ -100,6 +100,29 @@ pub enum SessionEvent {
     Updated,
 }
 
+impl SessionEvent {
+    /// The wire name (`session.event`), also used in the lifecycle scripts' payloads.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SessionEvent::Expiring => "expiring",
+            SessionEvent::Ended => "ended",
+            SessionEvent::Resolved => "resolved",
+            SessionEvent::Updated => "updated",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            SessionEvent::Expiring,
+            SessionEvent::Ended,
+            SessionEvent::Resolved,
+            SessionEvent::Updated,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == name)
+    }
+}
+
 /// `error.code`: the closed list of SPEC.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -313,30 +336,128 @@ impl ServerFrame {
     }
 }
 
-/// WebSocket close codes of SPEC.md, with whether a client should reconnect.
-pub mod close {
+/// The WebSocket close codes of the protocol: one table holding each code's number, the
+/// reason text sent with it, and the label it is counted under
+/// (`roomcast_disconnects_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum CloseCode {
     /// Normal closure (the client asked, or the server is done with it).
-    pub const NORMAL: u16 = 1000;
+    Normal = 1000,
     /// Node draining: reconnect to another node with `since`.
-    pub const GOING_AWAY: u16 = 1001;
+    GoingAway = 1001,
     /// Text frame that is not UTF-8 (RFC 6455). Do not retry the same bytes.
-    pub const INVALID_PAYLOAD: u16 = 1007;
+    InvalidPayload = 1007,
     /// Policy violation. Do not reconnect without fixing the client.
-    pub const POLICY: u16 = 1008;
+    Policy = 1008,
     /// A frame above the size limit. Do not resend it.
-    pub const TOO_BIG: u16 = 1009;
+    TooBig = 1009,
     /// Internal error: reconnect with backoff.
-    pub const INTERNAL: u16 = 1011;
+    Internal = 1011,
     /// Redis unavailable: reconnect with backoff.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+    TryAgainLater = 1013,
     /// The session ended: do not rejoin it.
-    pub const SESSION_ENDED: u16 = 4000;
+    SessionEnded = 4000,
     /// The token expired: reconnect with a fresh token.
-    pub const TOKEN_EXPIRED: u16 = 4001;
+    TokenExpired = 4001,
     /// Forbidden: do not reconnect with the same token.
-    pub const FORBIDDEN: u16 = 4003;
+    Forbidden = 4003,
     /// The client read too slowly and its send queue overflowed: reconnect with `since`.
-    pub const SLOW_CONSUMER: u16 = 4008;
+    SlowConsumer = 4008,
     /// Connection flood: reconnect after a delay.
-    pub const RATE_LIMITED: u16 = 4029;
+    RateLimited = 4029,
+}
+
+impl CloseCode {
+    /// Every close code, for tables and tests.
+    pub const ALL: [CloseCode; 12] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::InvalidPayload,
+        CloseCode::Policy,
+        CloseCode::TooBig,
+        CloseCode::Internal,
+        CloseCode::TryAgainLater,
+        CloseCode::SessionEnded,
+        CloseCode::TokenExpired,
+        CloseCode::Forbidden,
+        CloseCode::SlowConsumer,
+        CloseCode::RateLimited,
+    ];
+
+    /// The number on the wire.
+    pub const fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// The code with this number, if it is one of ours.
+    pub fn from_code(code: u16) -> Option<CloseCode> {
+        CloseCode::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// The reason text sent in the close frame.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "bye",
+            CloseCode::GoingAway => "going away: reconnect with since",
+            CloseCode::InvalidPayload => "invalid UTF-8",
+            CloseCode::Policy => "policy violation",
+            CloseCode::TooBig => "frame too large",
+            CloseCode::Internal => "internal error",
+            CloseCode::TryAgainLater => "try again later",
+            CloseCode::SessionEnded => "session ended",
+            CloseCode::TokenExpired => "token expired",
+            CloseCode::Forbidden => "forbidden",
+            CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::RateLimited => "rate limited",
+        }
+    }
+
+    /// The `reason` label of `roomcast_disconnects_total` (SPEC.md "Metrics").
+    pub const fn label(self) -> &'static str {
+        match self {
+            CloseCode::GoingAway => "going_away",
+            CloseCode::TooBig => "too_large",
+            CloseCode::SessionEnded => "session_ended",
+            CloseCode::TokenExpired => "token_expired",
+            CloseCode::SlowConsumer => "slow_consumer",
+            CloseCode::TryAgainLater => "unavailable",
+            CloseCode::RateLimited => "rate_limited",
+            CloseCode::Forbidden => "forbidden",
+            CloseCode::Policy => "policy",
+            CloseCode::Normal | CloseCode::InvalidPayload | CloseCode::Internal => "closed",
+        }
+    }
+}
+
+/// The close codes as numbers, for clients comparing what they received.
+pub mod close {
+    use super::CloseCode;
+
+    pub const NORMAL: u16 = CloseCode::Normal.code();
+    pub const GOING_AWAY: u16 = CloseCode::GoingAway.code();
+    pub const INVALID_PAYLOAD: u16 = CloseCode::InvalidPayload.code();
+    pub const POLICY: u16 = CloseCode::Policy.code();
+    pub const TOO_BIG: u16 = CloseCode::TooBig.code();
+    pub const INTERNAL: u16 = CloseCode::Internal.code();
+    pub const TRY_AGAIN_LATER: u16 = CloseCode::TryAgainLater.code();
+    pub const SESSION_ENDED: u16 = CloseCode::SessionEnded.code();
+    pub const TOKEN_EXPIRED: u16 = CloseCode::TokenExpired.code();
+    pub const FORBIDDEN: u16 = CloseCode::Forbidden.code();
+    pub const SLOW_CONSUMER: u16 = CloseCode::SlowConsumer.code();
+    pub const RATE_LIMITED: u16 = CloseCode::RateLimited.code();
+}
+
+#[cfg(test)]
+mod close_tests {
+    use super::CloseCode;
+
+    #[test]
+    fn every_code_round_trips_and_has_a_reason() {
+        for c in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(c.code()), Some(c));
+            assert!(!c.reason().is_empty() && c.reason().len() <= 123, "{c:?}");
+        }
+        assert_eq!(CloseCode::from_code(1234), None);
+    }
 }

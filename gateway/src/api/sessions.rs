@@ -5,7 +5,6 @@
 //! also announces it to members; the cross-slot indexes (`rc:sessions`, the sweeper's
 //! indexes, the join code) are updated after, idempotently.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rand::Rng;
-use roomcast_shared::{HistoryMessage, Role};
+use roomcast_shared::{HistoryMessage, Role, SessionEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -25,7 +24,7 @@ use super::{
     MaybeJson,
 };
 use crate::envelope::decode_entry;
-use crate::store::{LifecycleEvent, SessionStatus, Transition};
+use crate::store::{LifecycleEvent, SessionMeta, SessionStatus, Transition};
 use crate::util::{now_ms, random_id};
 use crate::App;
 
@@ -225,14 +224,14 @@ pub(crate) async fn join(
         .code_session(&code)
         .await?
         .ok_or_else(|| ApiError::not_found("unknown or expired join code"))?;
-    let fields = app.store.session_fields(&id).await?.ok_or_else(|| {
+    let meta = app.store.session_meta(&id).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::GONE,
             roomcast_shared::ErrorCode::SessionEnded,
             "the session expired",
         )
     })?;
-    let view = SessionView::from_fields(&id, &fields);
+    let view = SessionView::new(&id, meta);
     if view.status == SessionStatus::Ended || view.expires_at <= now_ms() {
         return Err(ApiError::new(
             StatusCode::GONE,
@@ -274,8 +273,7 @@ pub(crate) async fn get(
 ) -> Result<Json<SessionView>, ApiError> {
     checked_id(&id, "id")?;
     require_session(&app, &headers, &id, false)?;
-    let fields = load(&app, &id).await?;
-    Ok(Json(SessionView::from_fields(&id, &fields)))
+    Ok(Json(SessionView::new(&id, load(&app, &id).await?)))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -320,13 +318,13 @@ async fn transition(
     to: Option<SessionStatus>,
     event: Option<LifecycleEvent<'_>>,
     fields: &[(&str, String)],
-) -> Result<HashMap<String, String>, ApiError> {
+) -> Result<SessionMeta, ApiError> {
     match app
         .store
         .transition(id, now_ms(), allowed, to, event, fields)
         .await?
     {
-        Transition::Done(fields) => Ok(fields),
+        Transition::Done(meta) => Ok(*meta),
         Transition::Missing => Err(ApiError::not_found("no such session")),
         Transition::Conflict(SessionStatus::Ended) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -365,7 +363,7 @@ pub(crate) async fn patch(
         return Err(ApiError::bad_request("give `metadata` and/or `state`"));
     }
     let event = LifecycleEvent {
-        event: "updated",
+        event: SessionEvent::Updated,
         reason: "patched",
         at: now_ms(),
     };
@@ -382,7 +380,7 @@ pub(crate) async fn patch(
         &fields,
     )
     .await?;
-    Ok(Json(SessionView::from_fields(&id, &after)))
+    Ok(Json(SessionView::new(&id, after)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -413,7 +411,7 @@ pub(crate) async fn end(
     }
     let now = now_ms();
     let event = LifecycleEvent {
-        event: "ended",
+        event: SessionEvent::Ended,
         reason: &reason,
         at: now,
     };
@@ -433,10 +431,10 @@ pub(crate) async fn end(
     .await?;
     // The join code stays as a tombstone (410) until it expires with the session's keys.
     app.store.unschedule(&id).await?;
-    if let Some(owner) = after.get("owner").filter(|o| !o.is_empty()) {
+    if let Some(owner) = &after.owner {
         app.store.disown(owner, &id).await?;
     }
-    Ok(Json(SessionView::from_fields(&id, &after)))
+    Ok(Json(SessionView::new(&id, after)))
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -470,7 +468,7 @@ pub(crate) async fn resolve(
     }
     let now = now_ms();
     let event = LifecycleEvent {
-        event: "resolved",
+        event: SessionEvent::Resolved,
         reason: "resolved",
         at: now,
     };
@@ -484,7 +482,7 @@ pub(crate) async fn resolve(
         &fields,
     )
     .await?;
-    Ok(Json(SessionView::from_fields(&id, &after)))
+    Ok(Json(SessionView::new(&id, after)))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -506,7 +504,7 @@ pub(crate) async fn resume(
 ) -> Result<Json<Resumed>, ApiError> {
     checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
-    let current = SessionView::from_fields(&id, &load(&app, &id).await?);
+    let current = SessionView::new(&id, load(&app, &id).await?);
     let now = now_ms();
     if current.expires_at <= now {
         return Err(ApiError::new(
@@ -516,7 +514,7 @@ pub(crate) async fn resume(
         ));
     }
     let event = LifecycleEvent {
-        event: "updated",
+        event: SessionEvent::Updated,
         reason: "resumed",
         at: now,
     };
@@ -533,7 +531,7 @@ pub(crate) async fn resume(
         &fields,
     )
     .await?;
-    let view = SessionView::from_fields(&id, &after);
+    let view = SessionView::new(&id, after);
     let due = crate::lifecycle::first_due(&app.config, now, view.expires_at);
     app.store.touch_indexes(&id, now, None, Some(due)).await?;
     let mut history: Vec<HistoryMessage> = app
@@ -604,8 +602,8 @@ pub(crate) async fn of_user(
         if sessions.len() >= limit as usize {
             break;
         }
-        if let Some(fields) = app.store.session_fields(&id).await? {
-            let view = SessionView::from_fields(&id, &fields);
+        if let Some(meta) = app.store.session_meta(&id).await? {
+            let view = SessionView::new(&id, meta);
             if wanted.contains(&view.status) {
                 sessions.push(view);
             }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use roomcast_shared::{close, ClientFrame, ErrorCode, From, Role, ServerFrame};
+use roomcast_shared::{ClientFrame, CloseCode, ErrorCode, From, Role, ServerFrame};
 use tracing::Instrument;
 
 use crate::envelope::{Event, MemberInfo};
@@ -194,7 +194,7 @@ impl Connection {
             let deadline = self.app.config.redis_timeout * 3;
             let Ok(answer) = tokio::time::timeout(deadline, handle.join(join)).await else {
                 return Err(Failure {
-                    close: Some(close::TRY_AGAIN_LATER),
+                    close: Some(CloseCode::TryAgainLater),
                     retry_after_ms: Some(1000),
                     ..Failure::new(ErrorCode::Unavailable, "join timed out, reconnect later")
                 });
@@ -238,7 +238,7 @@ impl Connection {
                 Err(JoinError::Store(StoreError::Unavailable(detail))) => {
                     tracing::warn!(error = %detail, "join failed: redis unavailable");
                     return Err(Failure {
-                        close: Some(close::TRY_AGAIN_LATER),
+                        close: Some(CloseCode::TryAgainLater),
                         retry_after_ms: Some(1000),
                         ..Failure::new(
                             ErrorCode::Unavailable,

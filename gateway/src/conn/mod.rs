@@ -17,7 +17,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use roomcast_shared::{ErrorCode, Format, From, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use roomcast_shared::{CloseCode, ErrorCode, Format, From, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
@@ -219,7 +219,7 @@ struct Failure {
     code: ErrorCode,
     message: String,
     retry_after_ms: Option<u64>,
-    close: Option<u16>,
+    close: Option<CloseCode>,
 }
 
 impl Failure {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use roomcast_shared::{
-    close, decode_client, ErrorCode, Format, Role, ServerFrame, PROTOCOL_VERSION,
+    decode_client, CloseCode, ErrorCode, Format, Role, ServerFrame, PROTOCOL_VERSION,
 };
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tracing::Instrument;
@@ -74,7 +74,7 @@ pub(super) fn run(
         }
         if app.is_draining() {
             // Upgraded just as the drain began: go elsewhere like everyone else.
-            client.kill(close::GOING_AWAY);
+            client.kill(CloseCode::GoingAway);
         }
         m::connection_opened(role);
         tracing::debug!("connected");
@@ -96,7 +96,7 @@ pub(super) fn run(
         // reading: dropping a socket with unread input makes the kernel answer with a
         // reset, which can destroy the close frame (and its code) before the client reads
         // it. The client's own close frame, or a short deadline, ends the drain.
-        client.kill(close::NORMAL);
+        client.kill(CloseCode::Normal);
         let drain = tokio::time::timeout(CLOSE_DRAIN, async {
             while let Some(Ok(msg)) = stream.next().await {
                 if matches!(msg, Message::Close(_)) {
@@ -106,7 +106,7 @@ pub(super) fn run(
         });
         let (_, _) = tokio::join!(writer, drain);
         m::connection_closed(role, reason);
-        tracing::debug!(reason, code = client.close_code(), "disconnected");
+        tracing::debug!(reason, code = client.close_code().code(), "disconnected");
     }
     .instrument(span)
 }
@@ -136,14 +136,14 @@ impl Connection {
         loop {
             tokio::select! {
                 biased;
-                _ = killed.cancelled() => return close_label(self.client.close_code()),
+                _ = killed.cancelled() => return self.client.close_code().label(),
                 _ = &mut expiry => {
-                    self.client.kill(close::TOKEN_EXPIRED);
+                    self.client.kill(CloseCode::TokenExpired);
                     return "token_expired";
                 }
                 _ = ping.tick() => {
                     if last_seen.elapsed() > heartbeat * 2 {
-                        self.client.kill(close::GOING_AWAY);
+                        self.client.kill(CloseCode::GoingAway);
                         return "heartbeat_timeout";
                     }
                     self.client.offer(Message::Ping(Default::default()));
@@ -158,7 +158,7 @@ impl Connection {
                     if let Some(frames) = &mut self.frames {
                         if frames.take(std::time::Instant::now()).is_err() {
                             m::rate_limited("frames");
-                            self.client.kill(close::RATE_LIMITED);
+                            self.client.kill(CloseCode::RateLimited);
                             return "rate_limited";
                         }
                     }
@@ -186,16 +186,16 @@ impl Connection {
         let inner = e.into_inner();
         match inner.downcast_ref::<WsError>() {
             Some(WsError::Capacity(_)) => {
-                self.client.kill(close::TOO_BIG);
+                self.client.kill(CloseCode::TooBig);
                 "too_large"
             }
             Some(WsError::Utf8(_)) => {
-                self.client.kill(close::INVALID_PAYLOAD);
+                self.client.kill(CloseCode::InvalidPayload);
                 "invalid_utf8"
             }
             Some(WsError::Protocol(p)) => {
                 tracing::debug!(error = %p, "protocol violation");
-                self.client.kill(close::POLICY);
+                self.client.kill(CloseCode::Policy);
                 "protocol_error"
             }
             _ => {
@@ -287,22 +287,6 @@ fn clip_ref(mut r: String) -> String {
         r.truncate(end);
     }
     r
-}
-
-/// The disconnect-reason label for a close code.
-fn close_label(code: u16) -> &'static str {
-    match code {
-        close::GOING_AWAY => "going_away",
-        close::TOO_BIG => "too_large",
-        close::SESSION_ENDED => "session_ended",
-        close::TOKEN_EXPIRED => "token_expired",
-        close::SLOW_CONSUMER => "slow_consumer",
-        close::TRY_AGAIN_LATER => "unavailable",
-        close::RATE_LIMITED => "rate_limited",
-        close::FORBIDDEN => "forbidden",
-        close::POLICY => "policy",
-        _ => "closed",
-    }
 }
 
 #[cfg(test)]

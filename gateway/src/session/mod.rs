@@ -132,17 +132,11 @@ impl PumpStore for Store {
     }
 
     async fn ended(&self, session: &str) -> Result<Option<(Option<String>, u64)>, StoreError> {
-        let Some(fields) = self.session_fields(session).await? else {
-            return Ok(None);
-        };
-        if SessionStatus::of(&fields) != Some(SessionStatus::Ended) {
-            return Ok(None);
-        }
-        let at = fields
-            .get("ended_at")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(now_ms);
-        Ok(Some((fields.get("reason").cloned(), at)))
+        Ok(self
+            .session_meta(session)
+            .await?
+            .filter(|meta| meta.status == SessionStatus::Ended)
+            .map(|meta| (meta.reason, meta.ended_at.unwrap_or_else(now_ms))))
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use roomcast_shared::{close, PresenceEvent, ServerFrame, SessionEvent};
+use roomcast_shared::{CloseCode, PresenceEvent, ServerFrame, SessionEvent};
 use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tracing::Instrument;
@@ -528,7 +528,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
         self.broadcast(&frame, None);
         if event == SessionEvent::Ended {
             for member in self.members.values() {
-                member.client.close_after_queue(close::SESSION_ENDED);
+                member.client.close_after_queue(CloseCode::SessionEnded);
             }
         }
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use roomcast_shared::{close, decode_server, Format, Role, ServerFrame, SessionEvent};
+use roomcast_shared::{decode_server, CloseCode, Format, Role, ServerFrame, SessionEvent};
 use tokio_util::task::TaskTracker;
 
 use super::pump::JOIN_BATCH;
@@ -270,7 +270,7 @@ impl Member {
     }
 
     /// Everything queued for this client so far; a close is the frame `Err(code)`.
-    fn drain(&self) -> Vec<Result<ServerFrame, u16>> {
+    fn drain(&self) -> Vec<Result<ServerFrame, CloseCode>> {
         let outbox = self.outbox.as_ref().expect("outbox");
         std::iter::from_fn(|| outbox.try_recv())
             .map(|item| match item {
@@ -414,7 +414,7 @@ async fn catch_up_delivers_what_pubsub_lost_and_an_ended_session() {
         )),
         "{frames:?}"
     );
-    assert_eq!(frames.last(), Some(&Err(close::SESSION_ENDED)));
+    assert_eq!(frames.last(), Some(&Err(CloseCode::SessionEnded)));
 }
 
 #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@
 mod limits;
 mod sessions;
 
-pub use sessions::{LifecycleEvent, SessionStatus, SweepOutcome, Swept, Transition};
+pub use sessions::{LifecycleEvent, SessionMeta, SessionStatus, SweepOutcome, Swept, Transition};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -15,6 +15,7 @@ use fred::types::{Expiration, SetOptions, Value};
 
 use super::{bytes_list, Store, StoreError, TOMBSTONE};
 use crate::metrics as m;
+use roomcast_shared::SessionEvent;
 
 /// A session's status, as stored in its meta and shown by the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -46,10 +47,6 @@ impl SessionStatus {
         })
     }
 
-    /// The status recorded in a meta hash (`None`: no status field, or a foreign one).
-    pub fn of(fields: &HashMap<String, String>) -> Option<Self> {
-        fields.get("status").and_then(|s| Self::parse(s))
-    }
 }
 
 impl std::fmt::Display for SessionStatus {
@@ -58,11 +55,61 @@ impl std::fmt::Display for SessionStatus {
     }
 }
 
+/// A session's meta hash (`rc:{s:ID}:meta`), parsed once. Fields the hash lacks (or
+/// holds in a foreign form) take their defaults: a session without a status is active.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionMeta {
+    pub status: SessionStatus,
+    /// Join code (sessions created over REST only).
+    pub code: Option<String>,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub last_activity: u64,
+    pub metadata: serde_json::Value,
+    pub state: serde_json::Value,
+    pub notes: Option<String>,
+    pub resolved_at: Option<u64>,
+    pub ended_at: Option<u64>,
+    /// Why it ended or went inactive.
+    pub reason: Option<String>,
+    /// The user whose implicit join created it (counted against their session cap).
+    pub owner: Option<String>,
+}
+
+impl SessionMeta {
+    pub fn parse(f: &HashMap<String, String>) -> Self {
+        let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
+        let json = |k: &str| {
+            f.get(k)
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        let text = |k: &str| f.get(k).filter(|v| !v.is_empty()).cloned();
+        SessionMeta {
+            status: f
+                .get("status")
+                .and_then(|s| SessionStatus::parse(s))
+                .unwrap_or(SessionStatus::Active),
+            code: text("code"),
+            created_at: num("created_at").unwrap_or(0),
+            expires_at: num("expires_at").unwrap_or(0),
+            last_activity: num("last_activity").unwrap_or(0),
+            metadata: json("metadata"),
+            state: json("state"),
+            notes: text("notes"),
+            resolved_at: num("resolved_at"),
+            ended_at: num("ended_at"),
+            reason: text("reason"),
+            owner: text("owner"),
+        }
+    }
+}
+
 /// What a lifecycle transition found.
 #[derive(Debug)]
 pub enum Transition {
-    /// Done; the session's fields after the change.
-    Done(HashMap<String, String>),
+    /// Done; the session after the change.
+    Done(Box<SessionMeta>),
     Missing,
     /// The current status does not allow the change.
     Conflict(SessionStatus),
@@ -119,7 +166,7 @@ pub struct Swept {
 /// A lifecycle event to announce with a transition.
 #[derive(Debug, Clone, Copy)]
 pub struct LifecycleEvent<'a> {
-    pub event: &'a str,
+    pub event: SessionEvent,
     pub reason: &'a str,
     pub at: u64,
 }
@@ -190,16 +237,13 @@ impl Store {
         Ok(reply.as_i64() == Some(1))
     }
 
-    /// The session's meta fields; `None` when it does not exist.
-    pub async fn session_fields(
-        &self,
-        session: &str,
-    ) -> Result<Option<HashMap<String, String>>, StoreError> {
+    /// The session's meta; `None` when it does not exist.
+    pub async fn session_meta(&self, session: &str) -> Result<Option<SessionMeta>, StoreError> {
         let fields: HashMap<String, String> = self
             .client()?
             .hgetall(self.keys.session(session).meta)
             .await?;
-        Ok((!fields.is_empty()).then_some(fields))
+        Ok((!fields.is_empty()).then(|| SessionMeta::parse(&fields)))
     }
 
     /// Runs `session_transition.lua`.
@@ -222,7 +266,7 @@ impl Store {
             (now_ms as i64).into(),
             allowed.into(),
             to.map(SessionStatus::as_str).unwrap_or("").into(),
-            event.map(|e| e.event).unwrap_or("").into(),
+            event.map(|e| e.event.as_str()).unwrap_or("").into(),
             event.map(|e| e.reason).unwrap_or("").into(),
             (event.map(|e| e.at).unwrap_or(0) as i64).into(),
         ];
@@ -242,11 +286,11 @@ impl Store {
         match parts.next().and_then(|v| v.as_i64()) {
             Some(1) => {
                 let flat: Vec<String> = parts.filter_map(|v| v.as_string()).collect();
-                Ok(Transition::Done(
-                    flat.chunks(2)
-                        .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone())))
-                        .collect(),
-                ))
+                let fields: HashMap<String, String> = flat
+                    .chunks(2)
+                    .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone())))
+                    .collect();
+                Ok(Transition::Done(Box::new(SessionMeta::parse(&fields))))
             }
             Some(-1) => Ok(Transition::Missing),
             Some(-2) => {
