@@ -12,6 +12,7 @@ use roomcast_shared::Role;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthMode, Config, ConfigError, TokenArgs};
+use crate::ids::{SessionId, UserId};
 use crate::util::{now_ms, random_id};
 
 /// JWT claims (the token is a boundary, so these are serialisable).
@@ -37,7 +38,7 @@ pub struct Claims {
 /// Who a connection is, after authentication.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    pub user: String,
+    pub user: UserId,
     /// Allowed roles; the first is the default at `join`.
     pub roles: Vec<Role>,
     /// Allowed sessions; `None` means any.
@@ -76,32 +77,28 @@ pub const MAX_TOKEN_SESSIONS: usize = 256;
 /// Checks the claims every connection and request carries, so that a token the gateway
 /// accepts never fails later (at `join`, or when its user is addressed over REST): the
 /// user id's charset, the session ids, and the display name. Shared by verification and
-/// minting, so `roomcast token` cannot mint what the gateway would refuse.
+/// minting, so `roomcast token` cannot mint what the gateway would refuse. Answers the
+/// checked user id.
 pub fn check_claims(
     sub: &str,
     sessions: Option<&[String]>,
     name: Option<&str>,
-) -> Result<(), String> {
-    if !crate::util::valid_user_id(sub) {
-        return Err(format!("`sub` must be {}", crate::util::USER_CHARSET));
-    }
+) -> Result<UserId, String> {
+    let user = UserId::parse(sub, "sub").map_err(|e| e.to_string())?;
     if let Some(sessions) = sessions {
         if sessions.len() > MAX_TOKEN_SESSIONS {
             return Err(format!(
                 "`sessions` lists more than {MAX_TOKEN_SESSIONS} sessions"
             ));
         }
-        if !sessions.iter().all(|s| crate::util::valid_id(s)) {
-            return Err(format!(
-                "`sessions` entries must be {}",
-                crate::util::ID_CHARSET
-            ));
+        for session in sessions {
+            SessionId::parse(session.as_str(), "sessions").map_err(|e| e.to_string())?;
         }
     }
     if let Some(problem) = name.and_then(crate::util::name_problem) {
         return Err(format!("`name` {problem}"));
     }
-    Ok(())
+    Ok(user)
 }
 
 /// Verifies tokens with the configured key; built once at start-up.
@@ -199,7 +196,7 @@ impl Authenticator {
             }
         })?;
         let claims = data.claims;
-        check_claims(
+        let user = check_claims(
             &claims.sub,
             claims.sessions.as_deref(),
             claims.name.as_deref(),
@@ -209,7 +206,7 @@ impl Authenticator {
             return Err(AuthError::Forbidden("token allows no role".into()));
         }
         Ok(Identity {
-            user: claims.sub,
+            user,
             roles: claims.roles,
             sessions: claims.sessions.map(|s| s.into_iter().collect()),
             name: claims.name,
@@ -221,9 +218,8 @@ impl Authenticator {
     pub fn anonymous(&self, user: Option<&str>) -> Identity {
         Identity {
             user: user
-                .filter(|u| crate::util::valid_user_id(u))
-                .map(String::from)
-                .unwrap_or_else(|| format!("anon-{}", random_id(8))),
+                .and_then(|u| UserId::parse(u, "user").ok())
+                .unwrap_or_else(|| UserId::generated(format!("anon-{}", random_id(8)))),
             roles: vec![Role::Controller, Role::Display, Role::Observer],
             sessions: None,
             name: None,

@@ -3,6 +3,7 @@
 //! Code map (see ARCHITECTURE.md for the data flow and invariants):
 //! - [`config`]: typed configuration from flags and `ROOMCAST_*`.
 //! - [`auth`]: JWT verification and minting.
+//! - [`ids`]: validated session and user ids.
 //! - [`http`]: the routers, health, metrics endpoint.
 //! - [`problem`]: the problem+json error shape of every HTTP answer.
 //! - [`publish`]: the one publish path of every surface.
@@ -30,6 +31,7 @@ mod conn;
 pub mod envelope;
 mod http;
 mod hub;
+pub mod ids;
 mod keys;
 mod lifecycle;
 mod metrics;

@@ -234,7 +234,7 @@ pub(crate) async fn clear(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Cleared>, ApiError> {
-    checked_id(&id, "id")?;
+    let id = checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
     load_open(&app, &id).await?;
     let removed = app.store.history_clear(&id).await?;

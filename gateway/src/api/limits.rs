@@ -19,8 +19,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{require_admin, ApiError, ApiPath};
+use crate::ids::valid_id;
 use crate::ratelimit::{add_headers, check, ip_key, refusal, Scope};
-use crate::util::{now_ms, valid_id};
+use crate::util::now_ms;
 use crate::App;
 
 /// The client address of a request.

@@ -76,7 +76,7 @@ pub(crate) async fn publish(
     ApiPath(id): ApiPath<String>,
     body: ApiJson<ServerMessage>,
 ) -> Result<Json<Published>, ApiError> {
-    checked_id(&id, "id")?;
+    let id = checked_id(&id, "id")?;
     require_server(&app, &headers)?;
     let body = body.value()?;
     check_size(&app, &body.data)?;
@@ -141,7 +141,7 @@ pub(crate) async fn direct(
     ApiPath(user): ApiPath<String>,
     body: ApiJson<DirectMessage>,
 ) -> Result<Json<Delivered>, ApiError> {
-    super::checked_user(&user)?;
+    let user = super::checked_user(&user)?;
     require_server(&app, &headers)?;
     let body = body.value()?;
     check_size(&app, &body.data)?;

@@ -26,9 +26,9 @@ use axum::Router;
 use roomcast_shared::{ErrorCode, Role};
 
 use crate::auth::{AuthError, Identity};
+use crate::ids::{SessionId, UserId};
 use crate::problem::problem;
 use crate::store::StoreError;
-use crate::util::valid_id;
 use crate::App;
 
 /// Largest REST request body.
@@ -305,27 +305,13 @@ where
 pub(crate) struct ApiPath<T>(pub T);
 
 /// A validated id from the path.
-pub(crate) fn checked_id(id: &str, what: &str) -> Result<(), ApiError> {
-    if valid_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "`{what}` must be {}",
-            crate::util::ID_CHARSET
-        )))
-    }
+pub(crate) fn checked_id(id: &str, what: &'static str) -> Result<SessionId, ApiError> {
+    SessionId::parse(id, what).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// A user id from a path or body: 400 unless it is one a token could carry.
-pub(crate) fn checked_user(user: &str) -> Result<(), ApiError> {
-    if crate::util::valid_user_id(user) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "`user` must be {}",
-            crate::util::USER_CHARSET
-        )))
-    }
+pub(crate) fn checked_user(user: &str) -> Result<UserId, ApiError> {
+    UserId::parse(user, "user").map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// A display name from a request: 400 with the reason when it is refused.

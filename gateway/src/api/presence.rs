@@ -19,7 +19,8 @@ use super::{
     MaybeJson,
 };
 use crate::envelope::{kind, MemberInfo};
-use crate::util::{now_ms, random_id, valid_id};
+use crate::ids::{valid_id, ID_CHARSET};
+use crate::util::{now_ms, random_id};
 use crate::App;
 
 async fn members(app: &App, id: &str, headers: &HeaderMap) -> Result<Vec<Member>, ApiError> {
@@ -140,7 +141,7 @@ pub(crate) async fn join(
     ApiPath(id): ApiPath<String>,
     body: MaybeJson<PresenceJoin>,
 ) -> Result<Json<PresenceEntry>, ApiError> {
-    checked_id(&id, "id")?;
+    let id = checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value()?.unwrap_or_default();
     load_open(&app, &id).await?;
@@ -157,7 +158,7 @@ pub(crate) async fn join(
     };
     let (user, default_role, token_name) = match &credential {
         Credential::Token(identity) => (
-            identity.user.clone(),
+            identity.user.to_string(),
             identity.default_role().unwrap_or(Role::Observer),
             identity.name.clone(),
         ),
@@ -167,7 +168,7 @@ pub(crate) async fn join(
             None,
         ),
     };
-    super::checked_user(&user)?;
+    let user = super::checked_user(&user)?;
     if body.user.as_ref().is_some_and(|u| u != &user) {
         return Err(ApiError::forbidden("a token joins as its own user"));
     }
@@ -191,7 +192,7 @@ pub(crate) async fn join(
     let now = now_ms();
     let info = MemberInfo {
         client_id: client_id.clone(),
-        user,
+        user: user.into(),
         role,
         name,
         node: "rest".into(),
@@ -223,9 +224,9 @@ async fn own_member(
     client_id: &str,
 ) -> Result<MemberInfo, ApiError> {
     if !valid_id(client_id) {
-        return Err(ApiError::bad_request(
-            "`client_id` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :",
-        ));
+        return Err(ApiError::bad_request(format!(
+            "`client_id` must be {ID_CHARSET}"
+        )));
     }
     let info = app
         .store
@@ -251,7 +252,7 @@ pub(crate) async fn activity(
     ApiPath(id): ApiPath<String>,
     body: ApiJson<PresenceClient>,
 ) -> Result<Json<PresenceEntry>, ApiError> {
-    checked_id(&id, "id")?;
+    let id = checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value()?;
     load_open(&app, &id).await?;
@@ -294,7 +295,7 @@ pub(crate) async fn leave(
     ApiPath(id): ApiPath<String>,
     body: ApiJson<PresenceClient>,
 ) -> Result<Json<Left>, ApiError> {
-    checked_id(&id, "id")?;
+    let id = checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value()?;
     load_open(&app, &id).await?;
@@ -318,7 +319,7 @@ pub(crate) async fn cleanup(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Cleanup>, ApiError> {
-    checked_id(&id, "id")?;
+    let id = checked_id(&id, "id")?;
     require_admin(&app, &headers)?;
     load(&app, &id).await?;
     let now = now_ms();

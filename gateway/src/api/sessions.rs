@@ -24,6 +24,7 @@ use super::{
     MaybeJson,
 };
 use crate::envelope::decode_entry;
+use crate::ids::SessionId;
 use crate::store::{LifecycleEvent, SessionMeta, SessionStatus, Transition};
 use crate::util::{now_ms, random_id};
 use crate::App;
@@ -115,7 +116,7 @@ pub(crate) async fn create(
     let metadata = json_field(&body.metadata.unwrap_or(Value::Null), "metadata")?;
     let now = now_ms();
     let expires_at = now + lifetime * 1000;
-    let id = random_id(16);
+    let id = SessionId::generated(random_id(16));
     let mut code = None;
     for _ in 0..8 {
         let candidate = new_code();
@@ -152,7 +153,7 @@ pub(crate) async fn create(
         .mint_until(
             format!("display-{id}"),
             vec![Role::Display],
-            std::slice::from_ref(&id),
+            &[id.to_string()],
             Some("Display".into()),
             token_expiry(expires_at),
         )
@@ -161,7 +162,7 @@ pub(crate) async fn create(
             ApiError::internal()
         })?;
     let created = SessionCreated {
-        id,
+        id: id.into_string(),
         code,
         status: SessionStatus::Active,
         created_at: now,
@@ -271,7 +272,7 @@ pub(crate) async fn get(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    checked_id(&id, "id")?;
+    let id = checked_id(&id, "id")?;
     require_session(&app, &headers, &id, false)?;
     Ok(Json(SessionView::new(&id, load(&app, &id).await?)))
 }
@@ -349,7 +350,7 @@ pub(crate) async fn patch(
     ApiPath(id): ApiPath<String>,
     body: ApiJson<PatchSession>,
 ) -> Result<Json<SessionView>, ApiError> {
-    checked_id(&id, "id")?;
+    let id = checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
     let body = body.value()?;
     let mut fields = Vec::new();
@@ -402,7 +403,7 @@ pub(crate) async fn end(
     ApiPath(id): ApiPath<String>,
     params: ApiQuery<EndParams>,
 ) -> Result<Json<SessionView>, ApiError> {
-    checked_id(&id, "id")?;
+    let id = checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
     let params = params.value()?;
     let reason = params.reason.unwrap_or_else(|| "ended".into());
@@ -458,7 +459,7 @@ pub(crate) async fn resolve(
     ApiPath(id): ApiPath<String>,
     body: MaybeJson<ResolveSession>,
 ) -> Result<Json<SessionView>, ApiError> {
-    checked_id(&id, "id")?;
+    let id = checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
     let notes = body.value()?.and_then(|b| b.notes).unwrap_or_default();
     if notes.len() > MAX_FIELD_BYTES {
@@ -502,7 +503,7 @@ pub(crate) async fn resume(
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Resumed>, ApiError> {
-    checked_id(&id, "id")?;
+    let id = checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
     let current = SessionView::new(&id, load(&app, &id).await?);
     let now = now_ms();
@@ -577,7 +578,7 @@ pub(crate) async fn of_user(
     ApiPath(user): ApiPath<String>,
     params: ApiQuery<UserSessionsParams>,
 ) -> Result<Json<SessionList>, ApiError> {
-    super::checked_user(&user)?;
+    let user = super::checked_user(&user)?;
     require_server(&app, &headers)?;
     let params = params.value()?;
     let limit = params.limit.unwrap_or(20);

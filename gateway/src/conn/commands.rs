@@ -8,13 +8,14 @@ use roomcast_shared::{ClientFrame, CloseCode, ErrorCode, From, Role, ServerFrame
 use tracing::Instrument;
 
 use crate::envelope::{Event, MemberInfo};
+use crate::ids::{valid_id, SessionId};
 use crate::metrics as m;
 use crate::publish::{publish_message, touch_indexes_later, PublishError};
 use crate::ratelimit as limits;
 use crate::ratelimit::Scope;
 use crate::session::{Join, JoinError};
 use crate::store::StoreError;
-use crate::util::{now_ms, valid_id};
+use crate::util::now_ms;
 
 use super::{Connection, Failure, Joined, MAX_SESSIONS_PER_CONNECTION};
 
@@ -36,7 +37,7 @@ impl Connection {
             ClientFrame::Leave { session, reference } => {
                 let joined = self
                     .sessions
-                    .remove(&session)
+                    .remove(session.as_str())
                     .ok_or_else(|| not_joined(&session))?;
                 joined.handle.leave(self.client.id()).await;
                 self.ack(reference, None);
@@ -118,12 +119,8 @@ impl Connection {
         since: Option<u64>,
         reference: Option<String>,
     ) -> Result<(), Failure> {
-        if !valid_id(&session) {
-            return Err(Failure::new(
-                ErrorCode::BadRequest,
-                "`session` must be 1 to 128 characters of A-Z a-z 0-9 _ - . :",
-            ));
-        }
+        let session = SessionId::parse(session, "session")
+            .map_err(|e| Failure::new(ErrorCode::BadRequest, e.to_string()))?;
         if self.sessions.contains_key(&session) {
             return Err(Failure::new(
                 ErrorCode::BadRequest,
@@ -168,7 +165,7 @@ impl Connection {
         let now = now_ms();
         let info = MemberInfo {
             client_id: self.client.id().to_string(),
-            user: self.identity.user.clone(),
+            user: self.identity.user.to_string(),
             role,
             name,
             node: self.app.node_id.clone(),
@@ -210,7 +207,7 @@ impl Connection {
                     touch_indexes_later(
                         &self.app,
                         &session,
-                        Some(self.identity.user.clone()),
+                        Some(self.identity.user.to_string()),
                         due,
                         role.can_write(),
                     );

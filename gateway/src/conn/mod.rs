@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use crate::auth::{AuthError, Identity};
 use crate::client::ClientHandle;
+use crate::ids::SessionId;
 use crate::problem::problem;
 use crate::ratelimit as limits;
 use crate::ratelimit::{Scope, TokenBucket};
@@ -263,7 +264,7 @@ struct Connection {
     identity: Identity,
     /// The client's address, for per-IP publish limits.
     ip: String,
-    sessions: HashMap<String, Joined>,
+    sessions: HashMap<SessionId, Joined>,
     /// `signal` and `typing` allowance.
     signals: Option<TokenBucket>,
     /// Every inbound frame's allowance; running dry closes with 4029.

@@ -45,7 +45,7 @@ pub(super) fn run(
     let (sink, mut stream) = socket.split();
     let (client, rx) = ClientHandle::new(
         client_id,
-        identity.user.clone(),
+        identity.user.to_string(),
         format,
         app.config.send_queue,
     );
@@ -67,7 +67,7 @@ pub(super) fn run(
                 tracing::debug!(error = %e, "user channel subscribe failed; retrying");
                 app.tracker.spawn(retry_user_channel(
                     app.clone(),
-                    conn.identity.user.clone(),
+                    conn.identity.user.to_string(),
                     user_channel.clone(),
                 ));
             }

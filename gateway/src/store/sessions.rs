@@ -46,7 +46,6 @@ impl SessionStatus {
             _ => return None,
         })
     }
-
 }
 
 impl std::fmt::Display for SessionStatus {
