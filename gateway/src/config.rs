@@ -415,6 +415,18 @@ impl Config {
         }
     }
 
+    /// How long a node counts as alive after its last heartbeat: three missed beats.
+    pub fn node_alive_for(&self) -> Duration {
+        self.heartbeat * 3
+    }
+
+    /// How long a connection waits on its session pump (a join, an activity): past one
+    /// Redis timeout and its retries, so a pump stuck behind an outage cannot hold the
+    /// connection's reader (heartbeats, kills, token expiry) hostage.
+    pub fn pump_reply_timeout(&self) -> Duration {
+        self.redis_timeout * 3
+    }
+
     /// The node id: configured, or hostname plus a random suffix.
     pub fn resolve_node_id(&self) -> String {
         if let Some(id) = &self.node_id {

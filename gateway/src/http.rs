@@ -160,17 +160,21 @@ fn ok(up: bool) -> &'static str {
     }
 }
 
-/// Resident memory from /proc (Linux); 0 elsewhere.
+/// Resident memory from /proc (Linux); 0 elsewhere. Read from `status` (`VmRSS`, in
+/// kB) rather than `statm`, whose unit is the page size: 4 KiB here, 64 KiB on some
+/// arm64 and ppc64 kernels.
 pub(crate) fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
+    std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u64>().ok())
-        })
-        .map(|pages| pages * 4096)
+        .and_then(|s| vm_rss_bytes(&s))
         .unwrap_or(0)
+}
+
+/// The `VmRSS:   1234 kB` line of /proc/self/status, in bytes.
+fn vm_rss_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
@@ -182,4 +186,17 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         app.metrics.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_is_read_in_kilobytes() {
+        let status = "Name:\troomcast\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t3\n";
+        assert_eq!(vm_rss_bytes(status), Some(1234 * 1024));
+        assert_eq!(vm_rss_bytes("Name: x\n"), None);
+        assert!(rss_bytes() > 0, "this process has a resident set");
+    }
 }

@@ -348,7 +348,7 @@ async fn monitor(app: Arc<App>) {
             last_node_beat = Some(Instant::now());
             if let Err(e) = app
                 .store
-                .node_heartbeat(&app.node_id, now_ms(), heartbeat * 3)
+                .node_heartbeat(&app.node_id, now_ms(), app.config.node_alive_for())
                 .await
             {
                 tracing::debug!(error = %e, "node heartbeat failed");

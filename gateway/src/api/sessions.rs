@@ -664,7 +664,7 @@ pub(crate) async fn stats(
     app.store.forget_sessions(&gone).await?;
     let (nodes, connections) = app
         .store
-        .cluster(now_ms(), app.config.heartbeat * 3)
+        .cluster(now_ms(), app.config.node_alive_for())
         .await?;
     stats.nodes = nodes;
     stats.connections = connections;

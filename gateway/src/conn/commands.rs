@@ -188,13 +188,10 @@ impl Connection {
             };
             // Bounded: a pump stuck behind a Redis outage must not hold this connection's
             // reader (heartbeats, kills, token expiry) hostage.
-            let deadline = self.app.config.redis_timeout * 3;
+            let deadline = self.app.config.pump_reply_timeout();
             let Ok(answer) = tokio::time::timeout(deadline, handle.join(join)).await else {
-                return Err(Failure {
-                    close: Some(CloseCode::TryAgainLater),
-                    retry_after_ms: Some(1000),
-                    ..Failure::new(ErrorCode::Unavailable, "join timed out, reconnect later")
-                });
+                return Err(Failure::unavailable("join timed out, reconnect later")
+                    .closing(CloseCode::TryAgainLater));
             };
             match answer {
                 Ok(created) => {
@@ -234,14 +231,8 @@ impl Connection {
                 Err(JoinError::Retry) => continue,
                 Err(JoinError::Store(StoreError::Unavailable(detail))) => {
                     tracing::warn!(error = %detail, "join failed: redis unavailable");
-                    return Err(Failure {
-                        close: Some(CloseCode::TryAgainLater),
-                        retry_after_ms: Some(1000),
-                        ..Failure::new(
-                            ErrorCode::Unavailable,
-                            "storage unavailable, reconnect later",
-                        )
-                    });
+                    return Err(Failure::unavailable("storage unavailable, reconnect later")
+                        .closing(CloseCode::TryAgainLater));
                 }
                 Err(JoinError::Store(e)) => return Err(Failure::from_store(e)),
             }
@@ -437,13 +428,10 @@ impl Connection {
         };
         joined.touched_at = now;
         // Bounded like a join: a pump stuck behind an outage must not hold the reader.
-        let deadline = self.app.config.redis_timeout * 3;
+        let deadline = self.app.config.pump_reply_timeout();
         match tokio::time::timeout(deadline, joined.handle.activity(self.client.id())).await {
             Ok(result) => result.map_err(Failure::from_store),
-            Err(_) => Err(Failure {
-                retry_after_ms: Some(1000),
-                ..Failure::new(ErrorCode::Unavailable, "storage unavailable, retry later")
-            }),
+            Err(_) => Err(Failure::unavailable("storage unavailable, retry later")),
         }
     }
 

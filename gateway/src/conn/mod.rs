@@ -215,6 +215,9 @@ struct Joined {
     touched_at: u64,
 }
 
+/// The `retry_after_ms` of an `unavailable` error.
+const UNAVAILABLE_RETRY_MS: u64 = 1000;
+
 /// A command's failure, sent back as an `error` frame (and maybe a close).
 struct Failure {
     code: ErrorCode,
@@ -233,6 +236,22 @@ impl Failure {
         }
     }
 
+    /// Redis (or a pump waiting on it) did not answer: retry after a second.
+    fn unavailable(message: &str) -> Self {
+        Failure {
+            retry_after_ms: Some(UNAVAILABLE_RETRY_MS),
+            ..Failure::new(ErrorCode::Unavailable, message)
+        }
+    }
+
+    /// Also closes the connection with `code` once the error frame is out.
+    fn closing(self, code: CloseCode) -> Self {
+        Failure {
+            close: Some(code),
+            ..self
+        }
+    }
+
     fn from_store(e: StoreError) -> Self {
         match e {
             StoreError::SessionEnded => {
@@ -245,10 +264,7 @@ impl Failure {
             ),
             StoreError::Unavailable(detail) => {
                 tracing::warn!(error = %detail, "redis unavailable");
-                Failure {
-                    retry_after_ms: Some(1000),
-                    ..Failure::new(ErrorCode::Unavailable, "storage unavailable, retry later")
-                }
+                Failure::unavailable("storage unavailable, retry later")
             }
             StoreError::Internal(detail) => {
                 tracing::error!(error = %detail, "redis error");
