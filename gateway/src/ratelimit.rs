@@ -18,6 +18,7 @@ use roomcast_shared::ErrorCode;
 use crate::config::{Config, Rate};
 use crate::metrics as m;
 use crate::problem::problem;
+use crate::store::StoreError;
 use crate::App;
 
 /// A limited scope.
@@ -197,25 +198,40 @@ impl TokenBucket {
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// Checks one scope for `key`; `None` when the scope is disabled or Redis did not answer.
+/// Checks one scope for `key`, failing open: `None` when the scope is disabled or Redis
+/// did not answer (refusing everyone while Redis blinks would turn an outage of the
+/// limiter into an outage of the service).
 pub(crate) async fn check(app: &App, scope: Scope, key: &str) -> Option<Decision> {
-    let rate = scope.rate(&app.config);
-    if rate.is_disabled() {
-        return None;
-    }
-    match app.store.rate_check(scope, key, rate).await {
-        Ok(decision) => {
-            if !decision.admitted {
-                m::rate_limited(scope.name());
-            }
-            Some(decision)
-        }
+    match check_closed(app, scope, key).await {
+        Ok(decision) => decision,
         Err(e) => {
-            m::rate_limit_unavailable(scope.name());
             tracing::debug!(scope = scope.name(), error = %e, "rate limit check skipped (fail open)");
             None
         }
     }
+}
+
+/// Checks one scope for `key`, failing closed: the error when Redis did not answer, for
+/// writes that need Redis anyway (a publish that cannot be counted cannot be stored).
+/// `None` when the scope is disabled.
+pub(crate) async fn check_closed(
+    app: &App,
+    scope: Scope,
+    key: &str,
+) -> Result<Option<Decision>, StoreError> {
+    let rate = scope.rate(&app.config);
+    if rate.is_disabled() {
+        return Ok(None);
+    }
+    let decision = app
+        .store
+        .rate_check(scope, key, rate)
+        .await
+        .inspect_err(|_| m::rate_limit_unavailable(scope.name()))?;
+    if !decision.admitted {
+        m::rate_limited(scope.name());
+    }
+    Ok(Some(decision))
 }
 
 /// Adds the IETF headers of a decision to a response.

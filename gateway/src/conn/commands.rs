@@ -297,33 +297,13 @@ impl Connection {
     /// Counts a publish against the user's and the address's windows. Fails closed: when
     /// Redis cannot answer, the publish could not be stored either.
     async fn publish_allowed(&self) -> Result<(), Failure> {
-        let config = &self.app.config;
-        let store = &self.app.store;
-        let user = async {
-            let rate = config.rate_publish;
-            if rate.is_disabled() {
-                return Ok(None);
-            }
-            store
-                .rate_check(Scope::Publish, &self.identity.user, rate)
-                .await
-                .map(Some)
-        };
-        let ip = async {
-            let rate = config.rate_publish_ip;
-            if rate.is_disabled() {
-                return Ok(None);
-            }
-            store
-                .rate_check(Scope::PublishIp, &self.ip, rate)
-                .await
-                .map(Some)
-        };
-        let (user, ip) = tokio::join!(user, ip);
+        let (user, ip) = tokio::join!(
+            limits::check_closed(&self.app, Scope::Publish, &self.identity.user),
+            limits::check_closed(&self.app, Scope::PublishIp, &self.ip),
+        );
         for decision in [user, ip] {
             match decision {
                 Ok(Some(d)) if !d.admitted => {
-                    m::rate_limited(d.scope.name());
                     return Err(Failure {
                         retry_after_ms: Some(d.retry_after().as_millis() as u64),
                         ..Failure::new(
@@ -338,10 +318,7 @@ impl Connection {
                     });
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    m::rate_limit_unavailable("publish");
-                    return Err(Failure::from_store(e));
-                }
+                Err(e) => return Err(Failure::from_store(e)),
             }
         }
         Ok(())
