@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps run test test-only lint k8s-check contract-test bench fmt build release stop-redis clean-run
+.PHONY: help deps run test test-only lint k8s-check contract-test bench mutants mutants-lua fmt build release stop-redis clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,13 @@ k8s-check: ## render k8s/ with kustomize and validate it offline; promtool on al
 
 bench: ## benchmark scenarios (BENCHMARKS.md), results in bench/; SCENARIOS="fanout idle ..." picks some
 	scripts/bench.sh $(SCENARIOS)
+
+mutants: ## mutation testing of the guarantee modules and Lua scripts, about an hour (TESTING.md); MUTANTS_ARGS="-f FILE" for one file
+	scripts/mutants.sh
+
+mutants-lua: ## the Lua mutants only (scripts/lua-mutants.py --list shows them)
+	scripts/install-deps.sh --test
+	scripts/lua-mutants.py
 
 fmt: ## format the code
 	$(CARGO) fmt --all

@@ -18,7 +18,6 @@ use roomcast_shared::ErrorCode;
 use crate::config::{Config, Rate};
 use crate::metrics as m;
 use crate::problem::problem;
-use crate::store::StoreError;
 use crate::App;
 
 /// A limited scope.
@@ -211,14 +210,24 @@ pub(crate) async fn check(app: &App, scope: Scope, key: &str) -> Option<Decision
     }
 }
 
-/// Checks one scope for `key`, failing closed: the error when Redis did not answer, for
+/// Redis did not answer a rate-limit check.
+#[derive(Debug)]
+pub(crate) struct LimiterUnavailable(String);
+
+impl std::fmt::Display for LimiterUnavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "rate limiter unavailable: {}", self.0)
+    }
+}
+
+/// Checks one scope for `key`, failing closed: an error when Redis did not answer, for
 /// writes that need Redis anyway (a publish that cannot be counted cannot be stored).
 /// `None` when the scope is disabled.
 pub(crate) async fn check_closed(
     app: &App,
     scope: Scope,
     key: &str,
-) -> Result<Option<Decision>, StoreError> {
+) -> Result<Option<Decision>, LimiterUnavailable> {
     let rate = scope.rate(&app.config);
     if rate.is_disabled() {
         return Ok(None);
@@ -227,7 +236,10 @@ pub(crate) async fn check_closed(
         .store
         .rate_check(scope, key, rate)
         .await
-        .inspect_err(|_| m::rate_limit_unavailable(scope.name()))?;
+        .map_err(|e| {
+            m::rate_limit_unavailable(scope.name());
+            LimiterUnavailable(e.to_string())
+        })?;
     if !decision.admitted {
         m::rate_limited(scope.name());
     }

@@ -318,7 +318,10 @@ impl Connection {
                     });
                 }
                 Ok(_) => {}
-                Err(e) => return Err(Failure::from_store(e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "publish refused");
+                    return Err(Failure::unavailable("storage unavailable, retry later"));
+                }
             }
         }
         Ok(())

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Mutation testing of the Lua scripts (`make mutants-lua`; `make mutants` runs it too).
+
+cargo-mutants cannot mutate Lua, so this keeps a short list of hand-written mutants of
+the scripts that carry the guarantees: publish, join, ratelimit, session_transition and
+presence_refresh. For each mutant it edits the script in place (the scripts are compiled
+into the gateway with include_str!), runs the tests that cover that script, and restores
+the original whatever happens. A mutant is "caught" when a test fails, "missed" when
+every test passes, "unviable" when the gateway no longer builds.
+
+    scripts/lua-mutants.py [--list] [--only NAME] [--out FILE]
+
+Exit status: 0 when every mutant is caught or listed as equivalent, 1 otherwise.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Test binaries per script: the tests that exercise it against a real redis-server.
+TESTS = {
+    "publish": ["--lib", "--test", "realtime", "--test", "guarantees", "--test", "rest",
+                "--test", "hardening", "--test", "lifecycle"],
+    "join": ["--lib", "--test", "realtime", "--test", "hardening", "--test", "lifecycle",
+             "--test", "resilience"],
+    "ratelimit": ["--lib", "--test", "abuse", "--test", "edge", "--test", "rest"],
+    "session_transition": ["--test", "rest", "--test", "lifecycle", "--test", "hardening"],
+    "presence_refresh": ["--lib", "--test", "realtime", "--test", "resilience",
+                         "--test", "hardening"],
+}
+
+# (name, script, original text, replacement, what the mutant breaks). The original must
+# occur exactly once in the script.
+MUTANTS = [
+    ("publish-history-101", "publish",
+     "redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)",
+     "redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]))",
+     "history keeps one entry more than its cap"),
+    ("publish-no-fanout", "publish",
+     "redis.call('PUBLISH', KEYS[4], '\\146\\1' .. entry)",
+     "local _ = entry",
+     "a stored message is never published (live delivery only through gap fill)"),
+    ("publish-to-ended", "publish",
+     "elseif status == 'ended' then\n  return -1\n",
+     "",
+     "an ended session accepts publishes"),
+    ("publish-no-reactivation", "publish",
+     "  reactivated = 1\n",
+     "",
+     "a publish into an inactive session does not report the reactivation"),
+    ("publish-seq-no-ttl", "publish",
+     "redis.call('PEXPIRE', KEYS[1], ARGV[3])",
+     "local _ = ARGV[3]",
+     "the seq key never expires"),
+    ("join-since-short", "join",
+     "n = math.min(n, seq - since)",
+     "n = math.min(n, seq - since - 1)",
+     "recovery returns one message too few"),
+    ("join-ended", "join",
+     "if status == 'ended' then\n  return {-1}\nend\n",
+     "",
+     "an ended session can be joined"),
+    ("join-observer-activity", "join",
+     "if ARGV[13] == '1' then",
+     "if true then",
+     "an observer's join counts as activity"),
+    ("join-always-creates", "join",
+     "  if ARGV[12] ~= '1' then\n    return {-2}\n  end\n",
+     "",
+     "a join creates a missing session even when creation was not allowed"),
+    ("join-silent-sweep", "join",
+     "    redis.call('PUBLISH', KEYS[6], '\\146\\3' .. info)",
+     "    local _ = info",
+     "members of a dead node are swept without a leave"),
+    ("ratelimit-off-by-one", "ratelimit",
+     "if count < limit then",
+     "if count <= limit then",
+     "a window admits limit + 1"),
+    ("ratelimit-no-window", "ratelimit",
+     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)",
+     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)",
+     "every admission is forgotten at once: nothing is ever limited"),
+    ("transition-any-status", "session_transition",
+     "if ARGV[2] ~= '*' and not string.find(",
+     "if false and not string.find(",
+     "a transition ignores the statuses it is allowed from"),
+    ("transition-silent", "session_transition",
+     "if ARGV[4] ~= '' then",
+     "if false then",
+     "a transition is never announced to members"),
+    ("refresh-silent-sweep", "presence_refresh",
+     "    redis.call('PUBLISH', KEYS[3], '\\146\\3' .. info)",
+     "    local _ = info",
+     "members of a dead node are swept without a leave"),
+    ("refresh-no-missing", "presence_refresh",
+     "    missing[#missing + 1] = ARGV[i]",
+     "    local _ = i",
+     "a member swept while its node stalled is never re-added"),
+    ("refresh-seq-expires", "presence_refresh",
+     "  redis.call('PEXPIRE', KEYS[4], ARGV[3])",
+     "  local _ = KEYS[4]",
+     "the seq can expire under live members"),
+]
+
+# Mutants that cannot change behaviour, each with the reason (none so far).
+EQUIVALENT = {}
+
+
+def cargo(args, timeout):
+    return subprocess.run(["cargo"] + args, cwd=ROOT, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_one(mutant, timeout):
+    name, script, original, replacement, _ = mutant
+    path = os.path.join(ROOT, "redis", f"{script}.lua")
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    if source.count(original) != 1:
+        return "stale", f"the original text occurs {source.count(original)} times in {script}.lua"
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(source.replace(original, replacement))
+        selection = ["test", "-p", "roomcast-gateway"] + TESTS[script]
+        build = cargo(selection + ["--no-run"], timeout)
+        if build.returncode != 0:
+            return "unviable", build.stdout[-2000:]
+        try:
+            tests = cargo(selection, timeout)
+        except subprocess.TimeoutExpired:
+            return "caught", "timed out"
+        if tests.returncode != 0:
+            failed = [l for l in tests.stdout.splitlines() if l.startswith("    ") and "::" in l]
+            return "caught", "; ".join(failed[:5]) or tests.stdout[-500:]
+        return "missed", ""
+    finally:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(source)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--only", help="run the mutants whose name contains this")
+    parser.add_argument("--out", default=os.path.join(ROOT, "mutants.out", "lua.json"))
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per mutant")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if not args.only or args.only in m[0]]
+    if args.list:
+        for name, script, _, _, what in chosen:
+            print(f"{name:28} {script + '.lua':24} {what}")
+        return 0
+    # The unmutated scripts must pass first, or every mutant would look caught.
+    print("baseline: building and running the selected tests unmutated", flush=True)
+    for script in sorted({m[1] for m in chosen}):
+        base = cargo(["test", "-p", "roomcast-gateway"] + TESTS[script], args.timeout)
+        if base.returncode != 0:
+            print(base.stdout[-3000:])
+            print(f"baseline failed for {script}.lua's tests", file=sys.stderr)
+            return 2
+    results = []
+    for mutant in chosen:
+        started = time.monotonic()
+        outcome, detail = run_one(mutant, args.timeout)
+        if outcome == "missed" and mutant[0] in EQUIVALENT:
+            outcome = "equivalent"
+        secs = time.monotonic() - started
+        print(f"{outcome:10} {mutant[0]:28} {secs:6.0f}s  {detail[:160]}", flush=True)
+        results.append({"name": mutant[0], "script": mutant[1], "breaks": mutant[4],
+                        "outcome": outcome, "detail": detail[:2000], "seconds": round(secs)})
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    caught = sum(r["outcome"] in ("caught", "equivalent") for r in results)
+    viable = sum(r["outcome"] in ("caught", "equivalent", "missed") for r in results)
+    print(f"lua mutants: {caught}/{viable} caught or equivalent "
+          f"({100 * caught / max(viable, 1):.0f} %); results in {args.out}")
+    return 0 if caught == viable and not any(r["outcome"] == "stale" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
