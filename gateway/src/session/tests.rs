@@ -56,11 +56,16 @@ impl Memory {
 
     /// Stores a message, as `publish.lua` would, and returns its pub/sub payload.
     fn store_message(&self, text: &str) -> Bytes {
+        self.store_message_aged(text, 0)
+    }
+
+    /// A message published `age_ms` ago.
+    fn store_message_aged(&self, text: &str, age_ms: u64) -> Bytes {
         let mut s = self.state();
         s.seq += 1;
         let entry = Entry {
             seq: s.seq,
-            ts: now_ms(),
+            ts: now_ms() - age_ms,
             from: roomcast_shared::From {
                 client_id: "writer".into(),
                 user: "w".into(),
@@ -71,6 +76,14 @@ impl Memory {
         };
         s.entries.push(entry.clone());
         payload(&entry)
+    }
+
+    /// The session's keys are lost (a Redis restart without persistence): numbering
+    /// starts over.
+    fn lose_keys(&self) {
+        let mut s = self.state();
+        s.seq = 0;
+        s.entries.clear();
     }
 
     fn encoded_after(s: &State, since: u64) -> Vec<Bytes> {
@@ -569,6 +582,90 @@ async fn activity_of_a_member_that_left_records_nothing() {
     handle.leave("d").await;
     handle.activity("d").await.unwrap();
     assert!(h.store.state().sets.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_join_that_finds_the_numbering_restarted_moves_every_baseline_back() {
+    let h = memory();
+    let first = Member::new("first");
+    h.join(&first, None).await.unwrap();
+    for text in ["a", "b", "c"] {
+        let p = h.store.store_message(text);
+        h.pumps.dispatch(SESSION, p);
+    }
+    assert_eq!(first.seqs(3).await, vec![1, 2, 3]);
+    // The keys are lost; a second member joins at seq 0 of the new numbering.
+    h.store.lose_keys();
+    let second = Member::new("second");
+    h.join(&second, None).await.unwrap();
+    // The new numbering's first message reaches both, the old member included.
+    let one = h.store.store_message("new one");
+    h.pumps.dispatch(SESSION, one);
+    assert_eq!(first.seqs(1).await, vec![1]);
+    assert_eq!(second.seqs(1).await, vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_that_finds_the_numbering_restarted_follows_it() {
+    let h = memory();
+    let display = Member::new("d");
+    h.join(&display, None).await.unwrap();
+    for text in ["a", "b", "c"] {
+        let p = h.store.store_message(text);
+        h.pumps.dispatch(SESSION, p);
+    }
+    assert_eq!(display.seqs(3).await, vec![1, 2, 3]);
+    h.store.lose_keys();
+    // Pub/sub came back (a catch-up) before anything was published again.
+    h.pumps.catch_up_all();
+    settle().await;
+    let one = h.store.store_message("new one");
+    h.pumps.dispatch(SESSION, one);
+    assert_eq!(display.seqs(1).await, vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deliveries_are_counted_and_their_latency_recorded_in_seconds() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // Current-thread runtime: the pump is polled on this thread, under this recorder.
+    let _recorder = metrics::set_default_local_recorder(&recorder);
+    let h = memory();
+    let (a, b) = (Member::new("a"), Member::new("b"));
+    h.join(&a, None).await.unwrap();
+    h.join(&b, None).await.unwrap();
+    for text in ["1", "2", "3"] {
+        // Published 1.5 s ago: the latency is 1.5 s, whatever the test's own speed.
+        let p = h.store.store_message_aged(text, 1500);
+        h.pumps.dispatch(SESSION, p);
+    }
+    assert_eq!(a.seqs(3).await, vec![1, 2, 3]);
+    assert_eq!(b.seqs(3).await, vec![1, 2, 3]);
+    // A presence event goes to every member but its subject.
+    let mut join = vec![0x92, kind::JOIN];
+    join.extend(Member::new("z").info().encode());
+    h.pumps.dispatch(SESSION, Bytes::from(join));
+    settle().await;
+    let mut delivered = None;
+    let mut latencies = Vec::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        match (key.key().name(), value) {
+            (crate::metrics::MESSAGES_DELIVERED_TOTAL, DebugValue::Counter(n)) => {
+                delivered = Some(n)
+            }
+            (crate::metrics::DELIVERY_LATENCY, DebugValue::Histogram(values)) => {
+                latencies = values.into_iter().map(|v| v.into_inner()).collect()
+            }
+            _ => {}
+        }
+    }
+    // 3 messages × 2 members, then the presence event to 2 members.
+    assert_eq!(delivered, Some(8));
+    assert_eq!(latencies.len(), 3, "one latency per message, not per member");
+    for l in latencies {
+        assert!((1.5..1.6).contains(&l), "latency {l} s");
+    }
 }
 
 // ---------------------------------------------------------------------------------------
