@@ -232,14 +232,10 @@ pub(crate) async fn check_closed(
     if rate.is_disabled() {
         return Ok(None);
     }
-    let decision = app
-        .store
-        .rate_check(scope, key, rate)
-        .await
-        .map_err(|e| {
-            m::rate_limit_unavailable(scope.name());
-            LimiterUnavailable(e.to_string())
-        })?;
+    let decision = app.store.rate_check(scope, key, rate).await.map_err(|e| {
+        m::rate_limit_unavailable(scope.name());
+        LimiterUnavailable(e.to_string())
+    })?;
     if !decision.admitted {
         m::rate_limited(scope.name());
     }

@@ -662,7 +662,11 @@ async fn deliveries_are_counted_and_their_latency_recorded_in_seconds() {
     }
     // 3 messages × 2 members, then the presence event to 2 members.
     assert_eq!(delivered, Some(8));
-    assert_eq!(latencies.len(), 3, "one latency per message, not per member");
+    assert_eq!(
+        latencies.len(),
+        3,
+        "one latency per message, not per member"
+    );
     for l in latencies {
         assert!((1.5..1.6).contains(&l), "latency {l} s");
     }
