@@ -34,7 +34,7 @@ k8s-check: ## render k8s/ with kustomize and validate it offline; promtool on al
 bench: ## benchmark scenarios (BENCHMARKS.md), results in bench/; SCENARIOS="fanout idle ..." picks some
 	scripts/bench.sh $(SCENARIOS)
 
-mutants: ## mutation testing of the guarantee modules and Lua scripts, about an hour (TESTING.md); MUTANTS_ARGS="-f FILE" for one file
+mutants: ## mutation testing (TESTING.md): the code changed since origin/main; GROUP=delivery|limits|health|auth|store|lua|all, SHARD=k/n
 	scripts/mutants.sh
 
 mutants-lua: ## the Lua mutants only (scripts/lua-mutants.py --list shows them)

@@ -135,8 +135,10 @@ def run_one(mutant, timeout):
         except subprocess.TimeoutExpired:
             return "caught", "timed out"
         if tests.returncode != 0:
-            failed = [l for l in tests.stdout.splitlines() if l.startswith("    ") and "::" in l]
-            return "caught", "; ".join(failed[:5]) or tests.stdout[-500:]
+            # libtest lists the failed tests, indented, after a "failures:" line.
+            tail = tests.stdout.rsplit("\nfailures:\n", 1)[-1].splitlines()
+            failed = [l.strip() for l in tail if l.startswith("    ") and " " not in l.strip()]
+            return "caught", "failed: " + ", ".join(failed[:5]) if failed else tests.stdout[-500:]
         return "missed", ""
     finally:
         with open(path, "w", encoding="utf-8") as f:

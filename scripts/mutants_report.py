@@ -5,12 +5,17 @@ lists plus the Lua mutants' results, less the survivors justified as equivalent 
 
     scripts/mutants_report.py [MUTANTS_OUT_DIR]
 
+MUTANTS_OUT_DIR holds one folder per group (`make mutants` writes
+mutants.out/<group>/mutants.out/*.txt and mutants.out/lua/lua.json); a cargo-mutants
+output folder itself is read too.
+
 The score of a file is (caught + timeouts + equivalent) / (every viable mutant). A
 timeout counts as caught: the mutant made a test hang, which the suite notices.
 Prints a table and writes MUTANTS_OUT_DIR/score.json. Exit status 1 when a survivor is
 neither killed nor justified.
 """
 
+import glob
 import json
 import os
 import re
@@ -56,21 +61,35 @@ def main():
         return files.setdefault(file, {"caught": 0, "timeout": 0, "equivalent": 0,
                                        "missed": 0, "unviable": 0, "survivors": []})
 
-    for outcome in ("caught", "timeout", "missed", "unviable"):
-        for entry in read_list(out, f"{outcome}.txt"):
+    runs = [d for d in glob.glob(os.path.join(out, "**", "mutants.out"), recursive=True)]
+    if os.path.exists(os.path.join(out, "outcomes.json")):
+        runs.append(out)
+    # `--iterate` runs list what earlier runs caught, and found unviable, in
+    # previously_caught.txt; the earlier run (mutants.out.old) tells which were unviable.
+    old_unviable = {e for d in glob.glob(os.path.join(out, "**", "mutants.out.old"),
+                                         recursive=True)
+                    for e in read_list(d, "unviable.txt")}
+    # `--iterate` runs list what earlier runs caught in previously_caught.txt.
+    lists = {"caught": ("caught.txt", "previously_caught.txt"), "timeout": ("timeout.txt",),
+             "missed": ("missed.txt",), "unviable": ("unviable.txt",)}
+    for outcome, names in lists.items():
+        for entry in (e for run in runs for n in names for e in read_list(run, n)):
             m = LINE.match(entry)
             if not m:
                 continue
+            if outcome == "caught" and entry in old_unviable:
+                outcome_here = "unviable"
+            else:
+                outcome_here = outcome
             r = row(m["file"])
-            if outcome == "missed" and (m["file"], m["what"]) in justified:
+            if outcome_here == "missed" and (m["file"], m["what"]) in justified:
                 r["equivalent"] += 1
-            elif outcome == "missed":
+            elif outcome_here == "missed":
                 r["missed"] += 1
                 r["survivors"].append(entry)
             else:
-                r[outcome] += 1
-    lua = os.path.join(out, "lua.json")
-    if os.path.exists(lua):
+                r[outcome_here] += 1
+    for lua in glob.glob(os.path.join(out, "**", "lua.json"), recursive=True):
         with open(lua, encoding="utf-8") as f:
             for result in json.load(f):
                 r = row(f"redis/{result['script']}.lua")
