@@ -672,6 +672,24 @@ async fn deliveries_are_counted_and_their_latency_recorded_in_seconds() {
     }
 }
 
+#[test]
+fn presence_is_refreshed_every_half_heartbeat_and_lives_one_and_a_half() {
+    let config = crate::config::Config::from_pairs(&[
+        ("auth", "off"),
+        ("heartbeat", "20s"),
+        ("idle-after", "90s"),
+        ("presence-list-max", "7"),
+    ])
+    .unwrap();
+    let s = PumpSettings::from_config(&config);
+    assert_eq!(s.refresh, Duration::from_secs(10));
+    assert_eq!(
+        s.presence_ttl_ms, 30_000,
+        "a dead node's members go within two heartbeats"
+    );
+    assert_eq!((s.idle_after_ms, s.presence_list_max), (90_000, 7));
+}
+
 // ---------------------------------------------------------------------------------------
 // On a real Redis, where the scripts are the point.
 
