@@ -329,6 +329,12 @@ mod tests {
             wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
             "{wait:?}"
         );
+        // Half a token back after 250 ms: the other half takes 250 ms more.
+        let wait = b.take(start + Duration::from_millis(250)).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(240) && wait <= Duration::from_millis(250),
+            "{wait:?}"
+        );
         assert!(b.take(start + Duration::from_millis(500)).is_ok());
         assert!(TokenBucket::new(Rate {
             count: 0,
