@@ -86,3 +86,60 @@ impl Store {
         Ok(removed > 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use crate::config::{Config, Rate};
+    use crate::ratelimit::Scope;
+    use crate::store::{redis_builder, Store};
+    use crate::test_redis::Redis;
+
+    /// The admin peek counts the window (now - window, now], like the script: an
+    /// admission exactly one window old is out.
+    #[tokio::test]
+    async fn a_peek_counts_the_open_window_and_finds_its_oldest_admission() {
+        let redis = Redis::start();
+        let config = Config::from_pairs(&[("redis-url", &redis.url()), ("auth", "off")]).unwrap();
+        let pool = redis_builder(&config, 32).unwrap().build_pool(1).unwrap();
+        let _connection = fred::interfaces::ClientLike::init(&pool).await.unwrap();
+        let store = Store::new(pool, &config);
+        let log = store.keys().rate_limit(Scope::Publish.name(), "ann");
+        let now = 1_000_000u64;
+        for (score, member) in [(990_000, "out"), (990_001, "oldest"), (995_000, "newer")] {
+            redis
+                .cmd(&["ZADD", &log, &score.to_string(), member])
+                .unwrap();
+        }
+        let rate = Rate {
+            count: 3,
+            window: Duration::from_secs(10),
+        };
+        let d = store
+            .rate_peek(Scope::Publish, "ann", rate, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            (d.admitted, d.remaining),
+            (true, 1),
+            "two admissions in the window"
+        );
+        assert_eq!(
+            d.reset,
+            Duration::from_millis(1),
+            "the oldest counted one leaves in 1 ms"
+        );
+        let full = Rate { count: 2, ..rate };
+        let d = store
+            .rate_peek(Scope::Publish, "ann", full, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            (d.admitted, d.remaining),
+            (false, 0),
+            "a full window admits nothing"
+        );
+    }
+}
