@@ -208,7 +208,8 @@ pub struct Config {
     /// How long a presence entry added over REST lives without an `activity` call.
     #[arg(long, env = "ROOMCAST_REST_PRESENCE_TTL", default_value = "60s", value_parser = parse_duration)]
     pub rest_presence_ttl: Duration,
-    /// Comma-separated `Origin` allow-list for upgrades; empty allows any origin.
+    /// Comma-separated `Origin` allow-list for upgrades and for CORS on the REST API;
+    /// empty allows any origin.
     #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// Comma-separated peer addresses whose `X-Forwarded-For` is trusted.

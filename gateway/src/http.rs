@@ -3,19 +3,20 @@
 //! Owns `router(app)` (so tests need no socket for plain HTTP) and `ops_router(app)` (the
 //! operational endpoints alone, for their own listener), the health endpoints of
 //! SPEC.md "Operations", `/metrics`, the `X-Request-Id` convention and the one problem+json
-//! error shape (RFC 9457) every HTTP error uses.
+//! error shape (RFC 9457) every HTTP error uses, and CORS on the REST API.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use roomcast_shared::ErrorCode;
 use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
 use crate::metrics as m;
@@ -36,14 +37,49 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .nest(
             "/api/v1",
-            crate::api::router().layer(middleware::from_fn_with_state(
-                app.clone(),
-                crate::api::limits::enforce,
-            )),
+            crate::api::router()
+                .layer(middleware::from_fn_with_state(
+                    app.clone(),
+                    crate::api::limits::enforce,
+                ))
+                // Outside the limits: a preflight is answered without costing a request.
+                .layer(cors(&app.config.allowed_origins)),
         )
         .fallback(not_found)
         .layer(middleware::from_fn(observe))
         .with_state(app)
+}
+
+/// CORS for the REST API, from the allow-list the WebSocket `Origin` check uses: a page
+/// that may open the socket may call the API (`POST /sessions/join` from a phone's page),
+/// and an empty list allows every origin on both. Credentials travel in the
+/// `Authorization` header, never in cookies, so no `Access-Control-Allow-Credentials`.
+fn cors(allowed: &[String]) -> CorsLayer {
+    let origin = if allowed.is_empty() || allowed.iter().any(|a| a == "*") {
+        AllowOrigin::any()
+    } else {
+        let allowed = allowed.to_vec();
+        AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin
+                .to_str()
+                .is_ok_and(|o| conn::origin_listed(&allowed, o))
+        })
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            REQUEST_ID.clone(),
+        ])
+        .expose_headers([
+            REQUEST_ID.clone(),
+            header::RETRY_AFTER,
+            crate::ratelimit::RATELIMIT_POLICY.clone(),
+            crate::ratelimit::RATELIMIT.clone(),
+        ])
+        .max_age(Duration::from_secs(600))
 }
 
 /// The operational endpoints alone, for `ROOMCAST_OPS_LISTEN`: probes and scrapes on a

@@ -194,8 +194,8 @@ impl TokenBucket {
     }
 }
 
-static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Checks one scope for `key`, failing open: `None` when the scope is disabled or Redis
 /// did not answer (refusing everyone while Redis blinks would turn an outage of the
