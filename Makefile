@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps run test test-only lint k8s-check contract-test bench mutants mutants-lua fmt build release stop-redis clean-run
+.PHONY: help deps run test test-only sdk-test lint k8s-check contract-test bench mutants mutants-lua fmt build release stop-redis clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -15,10 +15,13 @@ run: ## start a local Redis (AOF) and one gateway with a dev config, print how t
 	@scripts/install-deps.sh
 	@scripts/dev-run.sh
 
-test: deps lint test-only contract-test k8s-check ## install what is missing, lint, run every test, validate manifests
+test: deps lint test-only sdk-test contract-test k8s-check ## install what is missing, lint, run every test, validate manifests
 
 test-only: ## run every test (each starts its own private Redis instances)
 	$(CARGO) test --workspace --all-targets
+
+sdk-test: ## the TypeScript SDK (clients/js): its build and tests against real gateways and Redis
+	scripts/sdk-test.sh
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Roomcast needs, when it is missing:
-# redis-server and redis-cli (Debian packages), promtool (Debian package prometheus).
+# redis-server and redis-cli (Debian packages), promtool (Debian package prometheus),
+# and for the TypeScript SDK's tests Node.js ≥ 20 with npm (Debian packages nodejs, npm).
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 if [[ "${1:-}" == "--test" ]]; then
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
 fi
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
@@ -26,3 +29,7 @@ if ((${#missing[@]})); then
   # Debian's redis-server package starts a server on 6379; `make run` can use it as is.
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+if [[ "${1:-}" == "--test" ]]; then
+  major=$(node -p 'process.versions.node.split(".")[0]')
+  ((major >= 20)) || { echo "Node.js $major is too old for clients/js: 20 or newer" >&2; exit 1; }
+fi

@@ -1,0 +1,251 @@
+// The SDK against real roomcast gateways and a private redis-server: delivery, presence,
+// msgpack, token refresh (4001), session end (4000), a drain (1001), a dead connection,
+// and recovery across a gateway SIGKILL, where the app must see every acked message once.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { RoomcastClient } from '../dist/index.js';
+import { msgpack } from '../dist/msgpack.js';
+import { api, startGateway, startRedis, token, until } from './harness.mjs';
+
+let redis;
+const open = [];
+
+before(async () => {
+  redis = await startRedis();
+});
+after(() => {
+  for (const c of open) c.close();
+  redis?.stop();
+});
+
+function client(urls, tok, opts = {}) {
+  const c = new RoomcastClient({ urls, token: tok, reconnect: { minDelayMs: 50, maxDelayMs: 500 }, ...opts });
+  c.states = [];
+  c.on('state', (s, d) => c.states.push([s, d]));
+  open.push(c);
+  return c;
+}
+
+function watch(session) {
+  session.seen = [];
+  session.on('message', (m) => session.seen.push(m.seq));
+  return session;
+}
+
+test('publish, ack, fan-out, presence, typing, signal and direct between two instances', async () => {
+  const a = await startGateway(redis.url);
+  const b = await startGateway(redis.url);
+  try {
+    const tv = client(a.ws, token('tv', 'display', { name: 'TV' }));
+    const phone = client(b.ws, token('ann', 'controller', { name: 'Ann' }));
+    const screen = watch(tv.session('living-room'));
+    const remote = phone.session('living-room');
+    tv.connect();
+    await until(() => screen.state === 'joined', 'the display joined');
+    const arrivals = [];
+    screen.on('presence', (e) => arrivals.push(e));
+    phone.connect();
+    await until(() => remote.state === 'joined', 'the controller joined');
+    await until(() => arrivals.some((e) => e.event === 'join' && e.member.user === 'ann'), 'presence');
+    assert.ok([...screen.presence.values()].some((m) => m.user === 'ann' && m.role === 'controller'));
+
+    const typing = [];
+    const signals = [];
+    screen.on('typing', (t) => typing.push(t));
+    screen.on('signal', (s) => signals.push(s));
+    const data = [];
+    screen.on('message', (m) => data.push(m.data));
+    const acks = [];
+    for (let i = 1; i <= 5; i++) acks.push((await remote.publish({ slide: i })).seq);
+    assert.deepEqual(acks, [1, 2, 3, 4, 5]);
+    remote.typing(true);
+    remote.signal({ x: 0.5 });
+    await until(() => screen.seen.length === 5 && typing.length === 1 && signals.length === 1, 'delivery');
+    assert.deepEqual(screen.seen, acks);
+    assert.deepEqual(data.map((d) => d.slide), [1, 2, 3, 4, 5]);
+    assert.equal(typing[0].from.user, 'ann');
+    assert.deepEqual(signals[0].data, { x: 0.5 });
+
+    const directs = [];
+    tv.on('direct', (d) => directs.push(d.data));
+    const r = await api(a, 'POST', '/users/tv/messages', { data: { toast: 'hi' } });
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    await until(() => directs.length === 1, 'the direct message');
+    assert.deepEqual(directs[0], { toast: 'hi' });
+
+    // An observer cannot write: a typed error, and the connection lives.
+    const watcher = client(a.ws, token('eve', 'observer'));
+    const ro = watcher.session('living-room');
+    watcher.connect();
+    await until(() => ro.state === 'joined', 'the observer joined');
+    await assert.rejects(ro.publish(1), { code: 'forbidden' });
+    assert.equal(watcher.state, 'connected');
+    for (const c of [tv, phone, watcher]) c.close();
+  } finally {
+    a.stop();
+    b.stop();
+  }
+});
+
+test('msgpack: the same session, the same data, next to JSON clients', async () => {
+  const g = await startGateway(redis.url);
+  try {
+    const packed = client(g.ws, token('pk', 'display'), { format: msgpack });
+    const plain = client(g.ws, token('js', 'controller'));
+    const s = watch(packed.session('mp', { since: 0 }));
+    const p = watch(plain.session('mp'));
+    const packedData = [];
+    const plainData = [];
+    s.on('message', (m) => packedData.push(m.data));
+    p.on('message', (m) => plainData.push(m.data));
+    plain.connect();
+    await until(() => p.state === 'joined', 'json joined');
+    await p.publish({ before: true, n: 1 });
+    packed.connect();
+    await until(() => s.state === 'joined', 'msgpack joined');
+    const sent = { from: 'msgpack', list: [1, 2.5, 'x', null], nested: { ok: true } };
+    assert.deepEqual(await s.publish(sent), { seq: 2 });
+    await p.publish({ n: 3 });
+    await until(() => s.seen.length === 3 && p.seen.length === 3, 'every message on both');
+    assert.deepEqual(s.seen, [1, 2, 3], 'since 0 replays what was stored before the join');
+    assert.deepEqual(packedData, [{ before: true, n: 1 }, sent, { n: 3 }]);
+    assert.deepEqual(plainData, packedData, 'JSON and msgpack clients see the same values');
+    packed.close();
+    plain.close();
+  } finally {
+    g.stop();
+  }
+});
+
+test('close 4001: the token function is asked again and nothing is missed', async () => {
+  const g = await startGateway(redis.url);
+  try {
+    let calls = 0;
+    const tv = client(g.ws, () => {
+      calls += 1;
+      return token('tv2', 'display', { ttl: '2s' });
+    });
+    const phone = client(g.ws, token('ctl', 'controller'));
+    const s = watch(tv.session('tok'));
+    const p = phone.session('tok');
+    tv.connect();
+    phone.connect();
+    await until(() => s.state === 'joined' && p.state === 'joined', 'both joined');
+    const acked = [];
+    const deadline = Date.now() + 15_000;
+    while (!tv.states.some(([, d]) => d.code === 4001) && Date.now() < deadline) {
+      acked.push((await p.publish({ t: Date.now() })).seq);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(tv.states.some(([, d]) => d.code === 4001), 'the server closed with 4001');
+    for (let i = 0; i < 5; i++) acked.push((await p.publish({ after: i })).seq);
+    await until(() => s.seen.length === acked.length, 'every message', 15_000);
+    assert.deepEqual(s.seen, acked);
+    assert.ok(calls >= 2, `the token function was called again (${calls})`);
+    tv.close();
+    phone.close();
+  } finally {
+    g.stop();
+  }
+});
+
+test('close 4000: an ended session stops the client, no reconnect', async () => {
+  const g = await startGateway(redis.url);
+  try {
+    const created = await api(g, 'POST', '/sessions', {});
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const id = created.body.id;
+    const tv = client(g.ws, token('tv3', 'display'));
+    const s = tv.session(id);
+    const events = [];
+    s.on('lifecycle', (e) => events.push(e.event));
+    tv.connect();
+    await until(() => s.state === 'joined', 'joined');
+    const r = await api(g, 'DELETE', `/sessions/${id}`);
+    assert.ok(r.status < 300, JSON.stringify(r.body));
+    await until(() => tv.state === 'closed', 'the client closed');
+    assert.deepEqual(events, ['ended']);
+    assert.equal(s.state, 'ended');
+    assert.equal(tv.states.at(-1)[1].code, 4000);
+    assert.ok(!tv.states.some(([st]) => st === 'disconnected'), 'no reconnect was scheduled');
+    await assert.rejects(s.publish(1), { code: 'session_ended' });
+  } finally {
+    g.stop();
+  }
+});
+
+/**
+ * A controller on `b` publishes `count` messages while the display, on `a` first, loses
+ * it through `fault` once `at` are acked. The display must see every acked seq once, in
+ * order.
+ */
+async function publishThrough(a, b, session, fault, { count = 150, at = 50 } = {}) {
+  const tv = client([a.ws, b.ws], token(`tv-${session}`, 'display'));
+  const phone = client(b.ws, token(`ctl-${session}`, 'controller'));
+  const s = watch(tv.session(session));
+  const p = phone.session(session);
+  tv.connect();
+  phone.connect();
+  await until(() => s.state === 'joined' && p.state === 'joined', 'both joined');
+  assert.equal(tv.node !== undefined, true);
+  const acked = [];
+  for (let i = 0; i < count; i++) {
+    if (i === at) await fault();
+    acked.push((await p.publish({ i })).seq);
+    if (i % 10 === 0) await new Promise((r) => setTimeout(r, 10));
+  }
+  await until(() => s.seen.length >= acked.length, `all ${count} messages`, 20_000);
+  assert.deepEqual(s.seen, acked, 'every acked message once, in order');
+  assert.equal(new Set(s.seen).size, s.seen.length);
+  const connected = tv.states.filter(([st]) => st === 'connected').map(([, d]) => d.url);
+  assert.equal(connected.length, 2, JSON.stringify(tv.states));
+  assert.ok(connected[1].startsWith(b.ws), `reconnected to the other instance: ${connected[1]}`);
+  tv.close();
+  phone.close();
+  return tv;
+}
+
+test('recovery across a gateway SIGKILL: every acked message once, on the other instance', async () => {
+  const a = await startGateway(redis.url);
+  const b = await startGateway(redis.url);
+  try {
+    const tv = await publishThrough(a, b, 'killed', async () => {
+      a.signal('SIGKILL');
+      await a.exited;
+    });
+    assert.equal(tv.states.find(([st]) => st === 'disconnected')[1].code, 1006);
+  } finally {
+    a.stop();
+    b.stop();
+  }
+});
+
+test('close 1001 (a drain): straight to the other instance, nothing lost', async () => {
+  const a = await startGateway(redis.url);
+  const b = await startGateway(redis.url);
+  try {
+    const tv = await publishThrough(a, b, 'drained', async () => a.signal('SIGTERM'));
+    assert.equal(tv.states.find(([st]) => st === 'disconnected')[1].code, 1001);
+  } finally {
+    a.stop();
+    b.stop();
+  }
+});
+
+test('a frozen gateway is detected from silence and left for the other one', async () => {
+  const env = { ROOMCAST_HEARTBEAT: '1s' };
+  const a = await startGateway(redis.url, env);
+  const b = await startGateway(redis.url, env);
+  try {
+    // SIGSTOP: the socket stays open and says nothing, as behind a dead NAT entry.
+    const tv = await publishThrough(a, b, 'frozen', async () => a.signal('SIGSTOP'));
+    const lost = tv.states.find(([st]) => st === 'disconnected')[1];
+    assert.equal(lost.code, 1006);
+    assert.match(lost.reason, /dead/);
+  } finally {
+    a.stop();
+    b.stop();
+  }
+});

@@ -1,0 +1,315 @@
+// The client's rules, against a scripted socket: what each close code does, the
+// dead-connection watch, token refresh, and delivery repair (gaps, resets, recovery).
+
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, test } from 'node:test';
+
+import { RoomcastClient } from '../dist/index.js';
+import { FakeSocket, entry, until } from './fake.mjs';
+
+const URLS = ['ws://a.test/ws', 'ws://b.test/ws'];
+let clients = [];
+
+function client(opts = {}) {
+  const c = new RoomcastClient({
+    urls: URLS,
+    token: 'tok',
+    WebSocket: FakeSocket,
+    reconnect: { minDelayMs: 5, maxDelayMs: 20 },
+    ...opts,
+  });
+  c.states = [];
+  c.errors = [];
+  c.on('state', (s, d) => c.states.push([s, d]));
+  c.on('error', (e) => c.errors.push(e));
+  clients.push(c);
+  return c;
+}
+
+/** A client connected with one joined session that has seen seq `seq`. */
+function joinedClient(opts = {}, seq = 3) {
+  const c = client(opts);
+  const s = c.session('room', { role: 'display' });
+  s.seen = [];
+  s.on('message', (m) => s.seen.push(m.seq));
+  c.connect();
+  const ws = FakeSocket.last();
+  ws.welcome();
+  ws.joined('room', seq);
+  return { c, s, ws };
+}
+
+beforeEach(() => FakeSocket.reset());
+afterEach(() => {
+  for (const c of clients) c.close();
+  clients = [];
+});
+
+for (const code of [1000, 1006, 1009, 1011, 4008]) {
+  test(`close ${code}: reconnect with backoff, rejoin with since`, async () => {
+    const { c, s, ws } = joinedClient();
+    ws.message('room', 4);
+    ws.shut(code);
+    assert.equal(c.state, 'disconnected');
+    assert.equal(s.state, 'joining');
+    await until(() => FakeSocket.all.length === 2, 'a second socket');
+    const next = FakeSocket.last();
+    assert.equal(next.url.startsWith('ws://b.test/ws'), true, 'the next URL in turn');
+    next.welcome();
+    const join = next.joined('room', 4);
+    assert.equal(join.since, 4, 'since = the last seq the app saw');
+    assert.equal(join.role, 'display');
+    assert.equal(s.state, 'joined');
+    assert.deepEqual(s.seen, [4]);
+  });
+}
+
+test('close 1001: another node at once', async () => {
+  const { c, ws } = joinedClient({ reconnect: { minDelayMs: 60_000, maxDelayMs: 60_000 } });
+  ws.shut(1001);
+  const [state, detail] = c.states.at(-1);
+  assert.equal(state, 'disconnected');
+  assert.ok(detail.delayMs < 250, `no backoff: ${detail.delayMs}`);
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  assert.ok(FakeSocket.last().url.startsWith('ws://b.test/ws'));
+});
+
+test('close 1013 and 4029: the backoff honours retry_after_ms', () => {
+  const { c, ws } = joinedClient();
+  ws.frame({ type: 'error', code: 'unavailable', message: 'redis down', retry_after_ms: 3000 });
+  ws.shut(1013);
+  assert.ok(c.states.at(-1)[1].delayMs >= 3000, JSON.stringify(c.states.at(-1)));
+  assert.equal(c.errors[0].code, 'unavailable');
+  assert.equal(c.errors[0].retryAfterMs, 3000);
+
+  const second = joinedClient();
+  second.ws.shut(4029);
+  assert.equal(second.c.states.at(-1)[0], 'disconnected');
+  assert.ok(second.c.states.at(-1)[1].delayMs >= 1000, 'a flood waits at least a second');
+});
+
+for (const [code, error] of [
+  [1007, 'protocol'],
+  [1008, 'protocol'],
+  [4003, 'forbidden'],
+]) {
+  test(`close ${code}: no reconnect, the client says why`, async () => {
+    const { c, s, ws } = joinedClient();
+    const publish = s.publish({ a: 1 });
+    ws.shut(code);
+    assert.equal(c.state, 'closed');
+    assert.equal(c.errors.at(-1).code, error);
+    assert.equal(s.state, 'failed');
+    await assert.rejects(publish, { code: 'disconnected' });
+    assert.ok(!c.states.some(([st]) => st === 'disconnected'), 'no reconnect was scheduled');
+  });
+}
+
+test('close 4000: the ended session is over; the others rejoin', async () => {
+  const c = client();
+  const a = c.session('a');
+  const b = c.session('b');
+  c.connect();
+  let ws = FakeSocket.last();
+  ws.welcome();
+  ws.joined('a', 0);
+  ws.joined('b', 0);
+  ws.frame({ type: 'session', session: 'a', event: 'ended', reason: 'done', at: 1 });
+  assert.equal(a.state, 'ended');
+  ws.shut(4000);
+  assert.equal(b.state, 'joining');
+  await until(() => FakeSocket.all.length === 2, 'a reconnect for b');
+  ws = FakeSocket.last();
+  ws.welcome();
+  assert.deepEqual(ws.sentOf('join').map((j) => j.session), ['b']);
+  await assert.rejects(a.publish(1), { code: 'session_ended' });
+
+  // The last session ended: no reconnect.
+  ws.joined('b', 0);
+  ws.frame({ type: 'session', session: 'b', event: 'ended', at: 2 });
+  ws.shut(4000);
+  assert.equal(c.state, 'closed');
+  assert.equal(b.state, 'ended');
+});
+
+test('close 4001: a token function is called again; a fixed token stops', async () => {
+  let calls = 0;
+  const c = client({ token: async () => `tok${++calls}` });
+  c.session('room');
+  c.connect();
+  await until(() => FakeSocket.all.length === 1, 'a socket');
+  assert.match(FakeSocket.last().url, /token=tok1/);
+  FakeSocket.last().welcome();
+  FakeSocket.last().shut(4001);
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  assert.match(FakeSocket.last().url, /token=tok2/);
+  assert.equal(calls, 2);
+
+  const fixed = joinedClient();
+  fixed.ws.shut(4001);
+  assert.equal(fixed.c.state, 'closed');
+  assert.equal(fixed.c.errors.at(-1).code, 'token_expired');
+});
+
+test('a failure before welcome refreshes the token (it may have expired meanwhile)', async () => {
+  let calls = 0;
+  const c = client({ token: () => `tok${++calls}` });
+  c.connect();
+  await until(() => FakeSocket.all.length === 1, 'a socket');
+  FakeSocket.last().shut(1006);
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  assert.equal(calls, 2);
+  FakeSocket.last().welcome();
+  FakeSocket.last().shut(1006);
+  await until(() => FakeSocket.all.length === 3, 'a reconnect');
+  assert.equal(calls, 2, 'after a welcome the token is kept');
+});
+
+test('a JWT whose exp has passed is refreshed before reconnecting; a live one is kept', async () => {
+  const jwt = (inSeconds) =>
+    `h.${Buffer.from(JSON.stringify({ sub: 'x', exp: Math.floor(Date.now() / 1000) + inSeconds })).toString('base64url')}.s`;
+  // The first expires within the 5 s margin, the second in an hour.
+  const tokens = [jwt(2), jwt(3600)];
+  let calls = 0;
+  const c = client({ token: () => tokens[calls++] });
+  c.connect();
+  await until(() => FakeSocket.all.length === 1, 'a socket');
+  FakeSocket.last().welcome();
+  FakeSocket.last().shut(1006);
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  assert.equal(calls, 2, 'the expired token was replaced');
+  FakeSocket.last().welcome();
+  FakeSocket.last().shut(1006);
+  await until(() => FakeSocket.all.length === 3, 'a reconnect');
+  assert.equal(calls, 2, 'a live token is reused');
+});
+
+test('a silent connection is pinged, then declared dead and replaced', async () => {
+  const c = client();
+  c.session('room');
+  c.connect();
+  const ws = FakeSocket.last();
+  ws.welcome(100);
+  await until(() => ws.sentOf('ping').length === 1, 'a ping after one heartbeat of silence', 2000);
+  await until(() => FakeSocket.all.length === 2, 'a new socket once dead', 2000);
+  assert.equal(c.states.find(([s]) => s === 'disconnected')[1].code, 1006);
+});
+
+test('recovery: history fills what was missed, each message once', async () => {
+  const { s, ws } = joinedClient({}, 0);
+  for (const n of [1, 2, 3]) ws.message('room', n);
+  ws.shut(1006);
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  const next = FakeSocket.last();
+  next.welcome();
+  const join = next.joined('room', 5, { history: [entry(3), entry(4), entry(5)] });
+  assert.equal(join.since, 3);
+  next.message('room', 6);
+  assert.deepEqual(s.seen, [1, 2, 3, 4, 5, 6]);
+});
+
+test('recovered:false and a numbering restart both reset, with the window', async () => {
+  const { s, ws } = joinedClient({}, 0);
+  const resets = [];
+  s.on('reset', (r) => resets.push(r));
+  ws.message('room', 1);
+  ws.shut(1006);
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  let next = FakeSocket.last();
+  next.welcome();
+  next.joined('room', 300, { recovered: false, history: [entry(299), entry(300)] });
+  assert.equal(resets.length, 1);
+  assert.deepEqual(resets[0].history.map((m) => m.seq), [299, 300]);
+  assert.deepEqual(s.seen, [1], 'the window is not replayed as messages');
+  next.message('room', 301);
+  assert.deepEqual(s.seen, [1, 301]);
+
+  // Live, the seq goes back: the numbering restarted under us.
+  next.message('room', 1);
+  const leave = next.sentOf('leave').at(-1);
+  assert.ok(leave?.ref, 'the client leaves to rejoin');
+  next.frame({ type: 'ack', ref: leave.ref });
+  const join = next.joined('room', 2, { history: [entry(1), entry(2)] });
+  assert.equal(join.since, 0, 'the whole window');
+  assert.equal(resets.length, 2);
+  assert.equal(s.lastSeq, 2);
+  next.message('room', 3);
+  assert.deepEqual(s.seen, [1, 301, 3]);
+});
+
+test('a live gap is filled by rejoining with since, never skipped', () => {
+  const { s, ws } = joinedClient({}, 5);
+  ws.message('room', 6);
+  ws.message('room', 8);
+  const leave = ws.sentOf('leave').at(-1);
+  ws.message('room', 9); // ignored: the coming join covers it
+  ws.frame({ type: 'ack', ref: leave.ref });
+  const join = ws.joined('room', 9, { history: [entry(7), entry(8), entry(9)] });
+  assert.equal(join.since, 6);
+  ws.message('room', 10);
+  assert.deepEqual(s.seen, [6, 7, 8, 9, 10]);
+});
+
+test('publish: acked with its seq; typed errors; unknown outcome on a drop', async () => {
+  const { s, ws } = joinedClient({ publishTimeoutMs: 50 });
+  const ok = s.publish({ slide: 2 });
+  const sent = ws.sentOf('publish').at(-1);
+  assert.deepEqual(sent.data, { slide: 2 });
+  ws.frame({ type: 'ack', ref: sent.ref, seq: 4 });
+  assert.deepEqual(await ok, { seq: 4 });
+
+  const limited = s.publish(1);
+  ws.frame({
+    type: 'error',
+    ref: ws.sentOf('publish').at(-1).ref,
+    code: 'rate_limited',
+    message: 'slow down',
+    retry_after_ms: 1200,
+  });
+  await assert.rejects(limited, { code: 'rate_limited', retryAfterMs: 1200 });
+
+  await assert.rejects(s.publish(2), { code: 'timeout' });
+  const dropped = s.publish(3);
+  ws.shut(1006);
+  await assert.rejects(dropped, { code: 'disconnected' });
+  await assert.rejects(s.publish(4), { code: 'disconnected' }, 'no offline queue by default');
+});
+
+test('the offline queue: bounded, sent after the rejoin', async () => {
+  const { s, ws } = joinedClient({ offlineQueue: 2 });
+  ws.shut(1006);
+  const first = s.publish('a');
+  const second = s.publish('b');
+  await assert.rejects(s.publish('c'), { code: 'queue_full' });
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  const next = FakeSocket.last();
+  next.welcome();
+  assert.equal(next.sentOf('publish').length, 0, 'nothing before the rejoin');
+  next.joined('room', 3);
+  const sent = next.sentOf('publish');
+  assert.deepEqual(sent.map((p) => p.data), ['a', 'b']);
+  next.frame({ type: 'ack', ref: sent[0].ref, seq: 4 });
+  next.frame({ type: 'ack', ref: sent[1].ref, seq: 5 });
+  assert.deepEqual(await Promise.all([first, second]), [{ seq: 4 }, { seq: 5 }]);
+});
+
+test('presence is kept live; a refused join fails the session', () => {
+  const c = client();
+  const s = c.session('room');
+  const denied = c.session('secret');
+  c.connect();
+  const ws = FakeSocket.last();
+  ws.welcome();
+  const me = { client_id: 'c1', user: 'me', role: 'display', node: 'n', joined_at: 1, idle: false };
+  ws.joined('room', 0, { presence: [me] });
+  const ann = { ...me, client_id: 'c2', user: 'ann' };
+  ws.frame({ type: 'presence', session: 'room', event: 'join', member: ann });
+  assert.deepEqual([...s.presence.keys()], ['c1', 'c2']);
+  ws.frame({ type: 'presence', session: 'room', event: 'leave', member: ann });
+  assert.deepEqual([...s.presence.keys()], ['c1']);
+
+  const join = ws.sentOf('join').find((j) => j.session === 'secret');
+  ws.frame({ type: 'error', ref: join.ref, code: 'forbidden', message: 'not yours' });
+  assert.equal(denied.state, 'failed');
+  assert.equal(c.state, 'connected', 'the connection lives');
+});
