@@ -9,6 +9,8 @@
 
 mod limits;
 mod sessions;
+#[cfg(test)]
+mod tests;
 
 pub use sessions::{LifecycleEvent, SessionMeta, SessionStatus, SweepOutcome, Swept, Transition};
 

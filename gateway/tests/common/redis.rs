@@ -122,17 +122,27 @@ impl Redis {
 
     /// Sends one command with redis-cli semantics over RESP and returns the raw reply.
     pub fn cmd(&self, args: &[&str]) -> Option<String> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.cmd_bytes(&args)
+            .map(|r| String::from_utf8_lossy(&r).into_owned())
+    }
+
+    /// Like [`Redis::cmd`], with binary arguments (msgpack values).
+    pub fn cmd_bytes(&self, args: &[&[u8]]) -> Option<Vec<u8>> {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(self.addr()).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len());
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
         for a in args {
-            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            req.extend_from_slice(a);
+            req.extend_from_slice(b"\r\n");
         }
-        stream.write_all(req.as_bytes()).ok()?;
+        stream.write_all(&req).ok()?;
         let mut buf = vec![0u8; 65536];
         let n = stream.read(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        buf.truncate(n);
+        Some(buf)
     }
 
     /// Kills the server (SIGKILL): an outage.

@@ -1,0 +1,151 @@
+//! The store's scripts against a private redis-server, where what they leave in Redis and
+//! what they announce is the point: TTLs, the creation and reactivation a publish reports,
+//! the leaves a join announces for members whose node died.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use roomcast_shared::{From, Role};
+
+use super::{redis_builder, JoinArgs, Store};
+use crate::config::Config;
+use crate::envelope::{encode_entry_tail, Envelope, MemberInfo};
+use crate::test_redis::Redis;
+use crate::util::now_ms;
+
+async fn store(redis: &Redis) -> (Store, Config) {
+    let config = Config::from_pairs(&[("redis-url", &redis.url()), ("auth", "off")]).unwrap();
+    let pool = redis_builder(&config, 32).unwrap().build_pool(1).unwrap();
+    pool.init().await.unwrap();
+    (Store::new(pool, &config), config)
+}
+
+async fn publish(store: &Store, session: &str) -> super::Published {
+    let from = From {
+        client_id: "writer".into(),
+        user: "w".into(),
+        role: Role::Controller,
+        name: None,
+    };
+    let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!("x")).unwrap();
+    store.publish(session, tail, now_ms(), None).await.unwrap()
+}
+
+/// An integer reply (`:42\r\n`).
+fn int(reply: Option<String>) -> i64 {
+    let reply = reply.expect("redis answered");
+    reply
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap_or_else(|_| panic!("not an integer reply: {reply:?}"))
+}
+
+#[tokio::test]
+async fn a_publish_leaves_every_key_with_a_ttl_and_reports_creation_and_reactivation() {
+    let redis = Redis::start();
+    let (store, config) = store(&redis).await;
+    let k = store.keys().session("s1");
+
+    let first = publish(&store, "s1").await;
+    assert_eq!(
+        (first.seq, first.created, first.reactivated),
+        (1, true, false)
+    );
+    let ttl = config.history_ttl.as_millis() as i64;
+    for key in [&k.seq, &k.hist, &k.meta] {
+        let left = int(redis.cmd(&["PTTL", key]));
+        assert!(
+            left > 0 && left >= ttl - 60_000,
+            "{key} must expire with the history TTL, has {left} ms"
+        );
+    }
+
+    let second = publish(&store, "s1").await;
+    assert_eq!(
+        (second.seq, second.created, second.reactivated),
+        (2, false, false)
+    );
+
+    // An inactive session: the publish makes it active again and says so, so the caller
+    // puts it back under the lifecycle clock.
+    redis.cmd(&["HSET", &k.meta, "status", "inactive"]).unwrap();
+    let third = publish(&store, "s1").await;
+    assert_eq!(
+        (third.seq, third.created, third.reactivated),
+        (3, false, true)
+    );
+    assert_eq!(
+        redis.cmd(&["HGET", &k.meta, "status"]).as_deref(),
+        Some("$6\r\nactive\r\n")
+    );
+}
+
+#[tokio::test]
+async fn a_join_sweeps_members_whose_node_died_and_announces_each_leave() {
+    let redis = Redis::start();
+    let (store, config) = store(&redis).await;
+    let k = store.keys().session("s2");
+    let info = |id: &str| MemberInfo {
+        client_id: id.into(),
+        user: id.into(),
+        role: Role::Display,
+        name: None,
+        node: "n".into(),
+        joined_at: 1,
+        active_at: 1,
+    };
+    // The ghost's presence expired long ago: its node stopped refreshing it.
+    let ghost = info("ghost").encode();
+    redis.cmd(&["ZADD", &k.pres, "1", "ghost"]).unwrap();
+    redis
+        .cmd_bytes(&[b"HSET", k.pinfo.as_bytes(), b"ghost", &ghost])
+        .unwrap();
+
+    let subscriber = redis_builder(&config, 32)
+        .unwrap()
+        .build_subscriber_client()
+        .unwrap();
+    subscriber.init().await.unwrap();
+    let mut rx = subscriber.message_rx();
+    subscriber.subscribe(k.channel.clone()).await.unwrap();
+
+    let now = now_ms();
+    let newcomer = info("new").encode();
+    store
+        .join(
+            "s2",
+            JoinArgs {
+                client_id: "new",
+                info: &newcomer,
+                expiry_ms: now + 30_000,
+                now_ms: now,
+                since: None,
+                presence_list_max: 100,
+                create: true,
+                activity: true,
+                owner: "new",
+            },
+        )
+        .await
+        .unwrap();
+
+    let mut announced = Vec::new();
+    while announced.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an announcement in time")
+            .unwrap();
+        let bytes = msg.value.as_bytes().expect("a binary payload").to_vec();
+        announced.push(Envelope::decode(&bytes).unwrap());
+    }
+    assert_eq!(
+        announced,
+        vec![Envelope::Leave(info("ghost")), Envelope::Join(info("new"))],
+        "the ghost leaves before the newcomer joins"
+    );
+    assert_eq!(int(redis.cmd(&["HEXISTS", &k.pinfo, "ghost"])), 0);
+    let _ = subscriber.quit().await;
+}
