@@ -149,3 +149,29 @@ async fn a_join_sweeps_members_whose_node_died_and_announces_each_leave() {
     assert_eq!(int(redis.cmd(&["HEXISTS", &k.pinfo, "ghost"])), 0);
     let _ = subscriber.quit().await;
 }
+
+/// While anyone is connected, the heartbeat keeps the session's keys alive, the seq
+/// among them: numbering restarting under live members would look like duplicates.
+#[tokio::test]
+async fn a_presence_refresh_keeps_the_seq_alive_while_members_are_there() {
+    let redis = Redis::start();
+    let (store, config) = store(&redis).await;
+    let k = store.keys().session("s3");
+    publish(&store, "s3").await;
+    let now = now_ms();
+    redis.cmd(&["ZADD", &k.pres, &(now + 30_000).to_string(), "here"]);
+    redis.cmd(&["HSET", &k.pinfo, "here", "info"]);
+    for key in [&k.seq, &k.pres, &k.pinfo] {
+        redis.cmd(&["PEXPIRE", key, "5000"]);
+    }
+    let (missing, swept) = store
+        .refresh_presence("s3", now, now + 30_000, ["here".to_string()].into_iter())
+        .await
+        .unwrap();
+    assert_eq!((missing.len(), swept), (0, 0));
+    let ttl = config.history_ttl.as_millis() as i64;
+    for key in [&k.seq, &k.pres, &k.pinfo] {
+        let left = int(redis.cmd(&["PTTL", key]));
+        assert!(left > ttl - 60_000, "{key} was not pushed: {left} ms left");
+    }
+}
