@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps run test test-only sdk-test lint k8s-check contract-test bench mutants mutants-lua fmt build release stop-redis clean-run
+.PHONY: help deps run test test-only sdk-test demo-sdk lint k8s-check contract-test bench mutants mutants-lua fmt build release stop-redis clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,10 @@ test-only: ## run every test (each starts its own private Redis instances)
 
 sdk-test: ## the TypeScript SDK (clients/js): its build and tests against real gateways and Redis
 	scripts/sdk-test.sh
+
+demo-sdk: ## rebuild the SDK and copy its modules into the demo (gateway/demo/sdk)
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm run build
+	cp clients/js/dist/{index,client,session,emitter,errors,backoff,codec,protocol}.js gateway/demo/sdk/
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all -- --check

@@ -14,6 +14,8 @@ export ROOMCAST_JWT_SECRET="${ROOMCAST_JWT_SECRET:-roomcast-dev-secret-do-not-us
 export ROOMCAST_API_KEY="${ROOMCAST_API_KEY:-roomcast-dev-api-key}"
 export ROOMCAST_LOG_FORMAT="${ROOMCAST_LOG_FORMAT:-pretty}"
 export ROOMCAST_NODE_ID="${ROOMCAST_NODE_ID:-dev-1}"
+# The demo app at /demo (a display and a phone controller); off by default elsewhere.
+export ROOMCAST_DEMO="${ROOMCAST_DEMO:-true}"
 # Development limits: a phone tapping through slides must not hit ten publishes a minute.
 export ROOMCAST_RATE_PUBLISH="${ROOMCAST_RATE_PUBLISH:-600/60s}"
 export ROOMCAST_RATE_PUBLISH_IP="${ROOMCAST_RATE_PUBLISH_IP:-1200/60s}"
@@ -43,23 +45,37 @@ BIN=target/debug/roomcast
 CTL=$("$BIN" token --sub alice --role controller --name Alice --ttl 12h)
 TV=$("$BIN" token --sub tv --role display --name "Living room" --ttl 12h)
 
+host=${LISTEN%:*}
+# The address to show: this machine's LAN address when every interface is bound (so the
+# demo's QR code points somewhere a phone can reach), else what was asked for.
+if [[ $host == 0.0.0.0 || $host == "[::]" ]]; then
+  lan=$(hostname -I 2>/dev/null | awk '{print $1}')
+  shown="${lan:-127.0.0.1}:$port"
+else
+  shown=$LISTEN
+fi
+lan_hint="Only this machine can connect; for a phone on your LAN: make run LISTEN=0.0.0.0:8080"
+[[ $shown == "$LISTEN" ]] || lan_hint="Listening on every interface: phones on your LAN can reach http://$shown"
+
 cat <<MSG
 
 Roomcast is starting on http://$LISTEN   (Ctrl-C stops it; stop Redis with: make stop-redis)
-  API key (server routes): $ROOMCAST_API_KEY
-  Dev limits: 600 publishes a minute per user. Only this machine can connect; for a phone
-  on your LAN: make run LISTEN=0.0.0.0:8080, then use this machine's LAN address.
+  Demo:       http://$shown/demo/   (a display; scan its QR code with a phone to control it)
+  API key:    $ROOMCAST_API_KEY   (server routes: Authorization: Bearer <key>)
+  JWT secret: $ROOMCAST_JWT_SECRET   (HS256; mint tokens with: $BIN token --help)
+  Dev limits: 600 publishes a minute per user.
+  $lan_hint
 
-Try it (two terminals; needs: pip install websockets):
-  python3 -m websockets "ws://$LISTEN/ws?token=$TV"
+Try it by hand (two terminals; needs: pip install websockets):
+  python3 -m websockets "ws://$shown/ws?token=$TV"
       > {"type":"join","session":"demo"}
-  python3 -m websockets "ws://$LISTEN/ws?token=$CTL"
+  python3 -m websockets "ws://$shown/ws?token=$CTL"
       > {"type":"join","session":"demo"}
       > {"type":"publish","session":"demo","data":{"slide":2},"ref":"p1"}
 
-Health: curl http://$LISTEN/health     Metrics: curl http://$LISTEN/metrics
+Health: curl http://$shown/health     Metrics: curl http://$shown/metrics
 More tokens: $BIN token --sub NAME --role controller|display|observer
-Protocol: docs/PROTOCOL.md
+Protocol: docs/PROTOCOL.md    SDK: clients/js/README.md
 
 MSG
 echo $$ >.run/gateway.pid

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Roomcast needs, when it is missing:
 # redis-server and redis-cli (Debian packages), promtool (Debian package prometheus),
-# and for the TypeScript SDK's tests Node.js ≥ 20 with npm (Debian packages nodejs, npm).
+# and for the TypeScript SDK's tests Node.js ≥ 20 with npm (Debian packages nodejs, npm)
+# and Chromium for the demo's browser tests (Debian package chromium).
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ if [[ "${1:-}" == "--test" ]]; then
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
+  # The demo's browser tests drive Debian's Chromium; nothing downloads a browser.
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 fi
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"

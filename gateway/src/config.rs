@@ -208,6 +208,10 @@ pub struct Config {
     /// How long a presence entry added over REST lives without an `activity` call.
     #[arg(long, env = "ROOMCAST_REST_PRESENCE_TTL", default_value = "60s", value_parser = parse_duration)]
     pub rest_presence_ttl: Duration,
+    /// Serve the demo app (a display and a phone controller) at `/demo`. `make run` turns
+    /// it on; off by default, since it lets anyone create sessions from a browser page.
+    #[arg(long, env = "ROOMCAST_DEMO", default_value_t = false, action = clap::ArgAction::Set)]
+    pub demo: bool,
     /// Comma-separated `Origin` allow-list for upgrades and for CORS on the REST API;
     /// empty allows any origin.
     #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',')]

@@ -28,6 +28,11 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole HTTP application.
 pub(crate) fn router(app: Arc<App>) -> Router {
+    let demo = if app.config.demo {
+        crate::demo::router()
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/ws", get(conn::upgrade))
         .route("/health/live", get(live))
@@ -45,6 +50,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
                 // Outside the limits: a preflight is answered without costing a request.
                 .layer(cors(&app.config.allowed_origins)),
         )
+        .merge(demo)
         .fallback(not_found)
         .layer(middleware::from_fn(observe))
         .with_state(app)

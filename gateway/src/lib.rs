@@ -28,6 +28,7 @@ mod bus;
 pub mod client;
 pub mod config;
 mod conn;
+mod demo;
 pub mod envelope;
 mod http;
 mod hub;

@@ -158,3 +158,68 @@ async fn without_an_allow_list_every_origin_may_call_and_preflights_cost_no_quot
     assert_eq!(r.status, 200);
     assert!(r.header("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn the_demo_is_served_only_when_turned_on() {
+    let redis = Redis::start();
+    let off = Gateway::start(&redis.url(), &[]);
+    let on = Gateway::start(&redis.url(), &[("ROOMCAST_DEMO", "true")]);
+    off.wait_ready().await;
+    on.wait_ready().await;
+
+    call(off.addr, "GET", "/demo/", None, None)
+        .await
+        .assert_problem(404, "not_found");
+
+    let r = call(on.addr, "GET", "/demo", None, None).await;
+    assert_eq!(r.status, 308, "{r:?}");
+    assert_eq!(r.header("location"), Some("/demo/"));
+    let r = call(on.addr, "GET", "/demo/", None, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(r.body.contains("Roomcast demo: display"), "{}", r.body);
+    let csp = r.header("content-security-policy").unwrap_or("");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let r = call(on.addr, "GET", "/demo/remote", None, None).await;
+    assert!(r.body.contains("Roomcast demo: controller"), "{}", r.body);
+    // The pages load the SDK's modules from the binary.
+    for module in [
+        "display.js",
+        "remote.js",
+        "sdk/index.js",
+        "sdk/client.js",
+        "sdk/session.js",
+    ] {
+        let r = call(on.addr, "GET", &format!("/demo/{module}"), None, None).await;
+        assert_eq!(r.status, 200, "{module}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/javascript; charset=utf-8")
+        );
+    }
+    call(on.addr, "GET", "/demo/../Cargo.toml", None, None)
+        .await
+        .assert_problem(404, "not_found");
+    call(on.addr, "GET", "/demo/sdk/missing.js", None, None)
+        .await
+        .assert_problem(404, "not_found");
+
+    let r = call(
+        on.addr,
+        "GET",
+        "/demo/qr.svg?text=http%3A%2F%2F192.168.1.20%3A8080%2Fdemo%2Fremote%3Fcode%3DABC234",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("image/svg+xml"));
+    assert!(r.body.contains("<svg"), "{}", r.body);
+    call(on.addr, "GET", "/demo/qr.svg", None, None)
+        .await
+        .assert_problem(400, "bad_request");
+    let long = format!("/demo/qr.svg?text={}", "a".repeat(513));
+    call(on.addr, "GET", &long, None, None)
+        .await
+        .assert_problem(400, "bad_request");
+}

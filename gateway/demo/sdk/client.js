@@ -1,0 +1,406 @@
+/**
+ * The connection: one WebSocket to one of the gateway URLs, kept up across failures.
+ * It owns reconnecting (backoff with full jitter, rotating over the URLs, each close code
+ * handled as docs/PROTOCOL.md says), the token (refreshed after close 4001), the
+ * dead-connection watch, and routing frames to the sessions, which rejoin on every new
+ * connection with `since`.
+ */
+import { Backoff } from './backoff.js';
+import { jsonCodec } from './codec.js';
+import { Emitter } from './emitter.js';
+import { RoomcastError } from './errors.js';
+import { Close } from './protocol.js';
+import { Session } from './session.js';
+const OPEN = 1;
+export class RoomcastClient extends Emitter {
+    options;
+    state = 'closed';
+    /** This connection's id, as others see it in `from` and presence. */
+    clientId;
+    /** The gateway node serving this connection. */
+    node;
+    offlineQueue;
+    publishTimeoutMs;
+    urls;
+    codec;
+    backoff;
+    WS;
+    sessions = new Map();
+    refs = new Map();
+    refCounter = 0;
+    urlIndex = 0;
+    ws;
+    welcomed = false;
+    stopped = true;
+    token;
+    tokenStale = true;
+    reconnectTimer;
+    watchTimer;
+    lastReceived = 0;
+    pinged = false;
+    heartbeatMs = 25_000;
+    retryAfterMs = 0;
+    constructor(options) {
+        super();
+        this.options = options;
+        this.urls = (Array.isArray(options.urls) ? options.urls : [options.urls]).map(resolveUrl);
+        if (this.urls.length === 0)
+            throw new Error('at least one URL is needed');
+        this.codec = options.format && options.format !== 'json' ? options.format : jsonCodec;
+        this.backoff = new Backoff(options.reconnect);
+        this.offlineQueue = options.offlineQueue ?? 0;
+        this.publishTimeoutMs = options.publishTimeoutMs ?? 10_000;
+        const WS = options.WebSocket ?? globalThis.WebSocket;
+        if (!WS) {
+            throw new Error('no WebSocket here: pass one (Node 20: the `ws` package) as `WebSocket`');
+        }
+        this.WS = WS;
+        if (typeof options.token === 'string') {
+            this.token = options.token;
+            this.tokenStale = false;
+        }
+    }
+    get connected() {
+        return this.welcomed && this.ws !== undefined && this.ws.readyState === OPEN;
+    }
+    /** Connects (and keeps reconnecting until `close()`). */
+    connect() {
+        if (!this.stopped)
+            return;
+        this.stopped = false;
+        this.backoff.reset();
+        this.open();
+    }
+    /** Closes for good: no reconnect; what waits is rejected with `closed`. */
+    close() {
+        this.stopped = true;
+        if (this.reconnectTimer)
+            clearTimeout(this.reconnectTimer);
+        this.reconnectTimer = undefined;
+        const ws = this.ws;
+        this.dropSocket();
+        ws?.close(Close.Normal);
+        for (const s of [...this.sessions.values()]) {
+            s._disconnected();
+            s._end('left', new RoomcastError('closed', 'the client was closed'));
+        }
+        this.setState('closed', {});
+    }
+    /**
+     * The session `id`, joined as soon as the client is connected (and rejoined with
+     * `since` after every reconnect). The same id answers the same object until it is left.
+     */
+    session(id, opts = {}) {
+        const existing = this.sessions.get(id);
+        if (existing)
+            return existing;
+        const s = new Session(this, id, opts);
+        this.sessions.set(id, s);
+        if (this.connected)
+            s._connected();
+        return s;
+    }
+    // ----- SessionHost -----
+    /** @internal */
+    send(frame) {
+        const ws = this.ws;
+        if (!ws || ws.readyState !== OPEN)
+            return false;
+        try {
+            ws.send(this.codec.encode(frame));
+            return true;
+        }
+        catch {
+            return false;
+        }
+    }
+    /** @internal */
+    ref(prefix, owner) {
+        const ref = `${prefix}${(this.refCounter = (this.refCounter + 1) % Number.MAX_SAFE_INTEGER)}`;
+        this.refs.set(ref, owner);
+        return ref;
+    }
+    /** @internal */
+    forget(ref) {
+        this.refs.delete(ref);
+    }
+    /** @internal */
+    detach(session) {
+        if (this.sessions.get(session.id) === session)
+            this.sessions.delete(session.id);
+    }
+    // ----- the connection -----
+    open() {
+        if (this.stopped)
+            return;
+        const url = this.urls[this.urlIndex % this.urls.length];
+        this.setState('connecting', { url });
+        const source = this.options.token;
+        const fresh = typeof source === 'string' ? source : this.usableToken();
+        if (fresh !== undefined)
+            return this.openSocket(url, fresh);
+        // Only a token function gets here: ask it, then open (unless closed meanwhile).
+        const fn = source;
+        Promise.resolve()
+            .then(fn)
+            .then((token) => {
+            this.token = token;
+            this.tokenStale = false;
+            if (!this.stopped && this.state === 'connecting')
+                this.openSocket(url, token);
+        }, (e) => {
+            if (this.stopped)
+                return;
+            this.emit('error', new RoomcastError('unauthorized', `the token function failed: ${String(e)}`));
+            this.scheduleReconnect({ reason: 'token' }, this.backoff.next());
+        });
+    }
+    openSocket(url, token) {
+        let ws;
+        try {
+            ws = new this.WS(withToken(url, token), this.codec.protocol);
+        }
+        catch (e) {
+            this.fail(new RoomcastError('protocol', `cannot open ${url}: ${String(e)}`), {});
+            return;
+        }
+        ws.binaryType = 'arraybuffer';
+        this.ws = ws;
+        this.welcomed = false;
+        ws.onmessage = (ev) => this.onData(ws, ev.data);
+        ws.onclose = (ev) => this.onClose(ws, ev.code, ev.reason);
+        ws.onerror = () => {
+            // The close event follows with the code; nothing to add here.
+        };
+    }
+    onData(ws, data) {
+        if (ws !== this.ws)
+            return;
+        this.lastReceived = Date.now();
+        this.pinged = false;
+        let f;
+        try {
+            f = this.codec.decode(data);
+        }
+        catch (e) {
+            this.emit('error', new RoomcastError('protocol', `undecodable frame: ${String(e)}`));
+            return;
+        }
+        switch (f.type) {
+            case 'welcome':
+                this.onWelcome(f);
+                break;
+            case 'joined':
+            case 'message':
+            case 'signal':
+            case 'typing':
+            case 'presence':
+            case 'session':
+                this.sessions.get(f.session)?._frame(f);
+                break;
+            case 'direct':
+                this.emit('direct', { data: f.data, ts: f.ts });
+                break;
+            case 'ack': {
+                const owner = f.ref ? this.refs.get(f.ref) : undefined;
+                if (f.ref && owner) {
+                    this.refs.delete(f.ref);
+                    owner._ack(f.ref, f.seq);
+                }
+                break;
+            }
+            case 'error': {
+                const err = new RoomcastError(f.code, f.message, f.retry_after_ms ?? undefined);
+                // A close may follow (1013): its backoff honours this.
+                if (f.retry_after_ms)
+                    this.retryAfterMs = f.retry_after_ms;
+                const owner = f.ref ? this.refs.get(f.ref) : undefined;
+                if (f.ref && owner) {
+                    this.refs.delete(f.ref);
+                    owner._error(f.ref, err);
+                }
+                else {
+                    this.emit('error', err);
+                }
+                break;
+            }
+            default:
+                break;
+        }
+    }
+    onWelcome(f) {
+        this.welcomed = true;
+        this.clientId = f.client_id;
+        this.node = f.node;
+        this.heartbeatMs = f.heartbeat_ms > 0 ? f.heartbeat_ms : 25_000;
+        this.retryAfterMs = 0;
+        this.backoff.reset();
+        this.watch();
+        this.setState('connected', { url: this.urls[this.urlIndex % this.urls.length] });
+        for (const s of [...this.sessions.values()])
+            s._connected();
+    }
+    /**
+     * Browsers do not show WebSocket pings to pages, so the client watches for silence:
+     * after one heartbeat without a frame it sends a `ping`, and a connection silent past
+     * `deadAfterMs` (1.5 heartbeats) is dead: drop it and reconnect elsewhere.
+     */
+    watch() {
+        if (this.watchTimer)
+            clearInterval(this.watchTimer);
+        const deadAfter = this.options.deadAfterMs ?? Math.round(this.heartbeatMs * 1.5);
+        const every = Math.max(100, Math.min(this.heartbeatMs, deadAfter) / 4);
+        this.lastReceived = Date.now();
+        this.watchTimer = setInterval(() => {
+            const silent = Date.now() - this.lastReceived;
+            if (silent >= deadAfter) {
+                const ws = this.ws;
+                if (ws)
+                    this.onClose(ws, Close.Abnormal, 'no frame from the server: connection dead');
+                try {
+                    ws?.close();
+                }
+                catch {
+                    // Already closing; it is forgotten either way.
+                }
+            }
+            else if (silent >= this.heartbeatMs && !this.pinged) {
+                this.pinged = true;
+                this.send({ type: 'ping' });
+            }
+        }, every);
+    }
+    onClose(ws, code, reason) {
+        if (ws !== this.ws)
+            return;
+        const welcomed = this.welcomed;
+        this.dropSocket();
+        for (const s of this.sessions.values())
+            s._disconnected();
+        if (this.stopped) {
+            this.setState('closed', { code, reason });
+            return;
+        }
+        // A failure before `welcome` may be a refusal before the upgrade (401 for a token
+        // that expired meanwhile): browsers show it only as 1006, so refresh the token.
+        if (!welcomed && typeof this.options.token === 'function')
+            this.tokenStale = true;
+        const detail = { code, reason };
+        switch (code) {
+            case Close.InvalidPayload:
+            case Close.Policy:
+                return this.fail(new RoomcastError('protocol', `closed ${code}: ${reason}`), detail);
+            case Close.Forbidden:
+                return this.fail(new RoomcastError('forbidden', `closed 4003: ${reason}`), detail);
+            case Close.SessionEnded: {
+                // The ended session got its `ended` event first; without one, which session
+                // ended is unknown, and the protocol says not to come back.
+                const ended = new RoomcastError('session_ended', reason || 'the session ended');
+                if (!this.endedSeen)
+                    for (const s of [...this.sessions.values()])
+                        s._end('ended', ended);
+                this.endedSeen = false;
+                if (this.sessions.size === 0) {
+                    this.stopped = true;
+                    this.setState('closed', detail);
+                    return;
+                }
+                return this.scheduleReconnect(detail, this.backoff.next());
+            }
+            case Close.TokenExpired:
+                if (typeof this.options.token !== 'function') {
+                    return this.fail(new RoomcastError('token_expired', 'the token expired and cannot be refreshed'), detail);
+                }
+                this.tokenStale = true;
+                return this.scheduleReconnect(detail, 0);
+            case Close.GoingAway:
+                // The node drains (or timed us out): another node, at once, spread a little.
+                this.urlIndex++;
+                return this.scheduleReconnect(detail, Math.floor(Math.random() * 250));
+            case Close.TryAgainLater:
+            case Close.RateLimited:
+                this.urlIndex++;
+                return this.scheduleReconnect(detail, this.backoff.next(Math.max(this.retryAfterMs, 1000)));
+            default:
+                // 1000, 1006, 1009, 1011, 4008 and anything unknown: back off, rejoin with since.
+                this.urlIndex++;
+                return this.scheduleReconnect(detail, this.backoff.next());
+        }
+    }
+    /** Set when a session's `ended` event arrived on this connection (before its 4000). */
+    endedSeen = false;
+    /** @internal A session of ours received its `ended` event. */
+    noteEnded() {
+        this.endedSeen = true;
+    }
+    scheduleReconnect(detail, delayMs) {
+        if (this.reconnectTimer)
+            clearTimeout(this.reconnectTimer);
+        this.setState('disconnected', { ...detail, delayMs });
+        this.reconnectTimer = setTimeout(() => {
+            this.reconnectTimer = undefined;
+            this.open();
+        }, delayMs);
+    }
+    fail(error, detail) {
+        this.stopped = true;
+        for (const s of [...this.sessions.values()])
+            s._end('failed', error);
+        this.emit('error', error);
+        this.setState('closed', detail);
+    }
+    dropSocket() {
+        if (this.watchTimer)
+            clearInterval(this.watchTimer);
+        this.watchTimer = undefined;
+        const ws = this.ws;
+        if (ws) {
+            ws.onmessage = null;
+            ws.onclose = null;
+            ws.onerror = null;
+        }
+        this.ws = undefined;
+        this.welcomed = false;
+        for (const ref of [...this.refs.keys()])
+            this.refs.delete(ref);
+    }
+    /** The token to use now, or undefined when the token function must be asked. */
+    usableToken() {
+        if (this.tokenStale || !this.token || expired(this.token))
+            return undefined;
+        return this.token;
+    }
+    setState(state, detail) {
+        this.state = state;
+        this.emit('state', state, detail);
+    }
+}
+/** `/ws` or `ws.example/ws` against the page, `http(s)` → `ws(s)`. */
+function resolveUrl(url) {
+    const base = globalThis.location?.href;
+    const u = base ? new URL(url, base) : new URL(url);
+    if (u.protocol === 'http:')
+        u.protocol = 'ws:';
+    if (u.protocol === 'https:')
+        u.protocol = 'wss:';
+    return u.toString();
+}
+function withToken(url, token) {
+    const u = new URL(url);
+    u.searchParams.set('token', token);
+    return u.toString();
+}
+/** Whether a JWT's `exp` has passed (or passes within 5 s); unreadable tokens are not. */
+function expired(token) {
+    const payload = token.split('.')[1];
+    if (!payload)
+        return false;
+    try {
+        const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/'));
+        const exp = JSON.parse(json).exp;
+        return typeof exp === 'number' && exp * 1000 < Date.now() + 5000;
+    }
+    catch {
+        return false;
+    }
+}

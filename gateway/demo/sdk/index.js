@@ -1,0 +1,17 @@
+/**
+ * `@roomcast/client`: the Roomcast WebSocket protocol (docs/PROTOCOL.md) for browsers and
+ * Node, with reconnect, recovery and gap-free, duplicate-free delivery built in.
+ *
+ * ```ts
+ * const client = new RoomcastClient({ urls: ['wss://a.example/ws'], token: fetchToken });
+ * const room = client.session('living-room', { role: 'display' });
+ * room.on('message', (m) => render(m.data));
+ * client.connect();
+ * ```
+ */
+export { RoomcastClient } from './client.js';
+export { Session } from './session.js';
+export { RoomcastError, isRoomcastError } from './errors.js';
+export { Backoff } from './backoff.js';
+export { jsonCodec } from './codec.js';
+export { Close } from './protocol.js';

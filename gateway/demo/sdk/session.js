@@ -1,0 +1,350 @@
+/**
+ * One joined session: the app's view of a room. It owns the delivery guarantee the client
+ * gives the app: messages in seq order, each once, across reconnects (it rejoins with
+ * `since` = the last seq it delivered), and a `reset` when that cannot hold.
+ */
+import { Emitter } from './emitter.js';
+import { RoomcastError } from './errors.js';
+/** Publishes held while a connected session (re)joins, whatever `offlineQueue` says. */
+const JOINING_QUEUE = 64;
+export class Session extends Emitter {
+    host;
+    id;
+    role;
+    name;
+    state = 'joining';
+    /** The highest seq delivered to the app (history, live or reset). */
+    lastSeq;
+    /** Who is here, by `client_id` (you included), kept live from presence events. */
+    presence = new Map();
+    inflight = new Map();
+    queue = [];
+    joinRef;
+    leaveRef;
+    /** Set while a leave-and-join repairs the stream: `since` is the last seq, or 0. */
+    repair;
+    retry;
+    /** Why the session is over (`ended`, `failed`): what later publishes reject with. */
+    failure;
+    /** @internal Made by `RoomcastClient.session()`. */
+    constructor(host, id, opts = {}) {
+        super();
+        this.host = host;
+        this.id = id;
+        this.role = opts.role;
+        this.name = opts.name;
+        this.lastSeq = opts.since;
+    }
+    /**
+     * Publishes `data` (any JSON value) and resolves with its seq once the server stored it.
+     * Rejects with a {@link RoomcastError}: `rate_limited` and `unavailable` (with
+     * `retryAfterMs`), `forbidden`, `session_ended`, `too_large`, `timeout` and
+     * `disconnected` (outcome unknown: it may have been stored), `queue_full`, `closed`.
+     * Made before the session is joined, it waits and is sent after the join; made while
+     * disconnected, it waits only with the client's `offlineQueue` (else `disconnected`).
+     */
+    publish(data) {
+        return new Promise((resolve, reject) => {
+            const terminal = this.terminalError();
+            if (terminal)
+                return reject(terminal);
+            const p = { data, resolve, reject };
+            if (this.state === 'joined' && this.host.connected && !this.repair) {
+                this.sendPublish(p);
+                return;
+            }
+            const bound = this.host.connected
+                ? Math.max(this.host.offlineQueue, JOINING_QUEUE)
+                : this.host.offlineQueue;
+            if (bound === 0) {
+                return reject(new RoomcastError('disconnected', 'not connected (no offline queue)'));
+            }
+            if (this.queue.length >= bound) {
+                return reject(new RoomcastError('queue_full', `${bound} publishes already wait`));
+            }
+            this.queue.push(p);
+        });
+    }
+    /** An ephemeral signal to every member, or to one `client_id`; never stored. */
+    signal(data, to) {
+        return this.joinedSend({ type: 'signal', session: this.id, data, ...(to ? { to } : {}) });
+    }
+    /** The typing indicator. */
+    typing(active) {
+        return this.joinedSend({ type: 'typing', session: this.id, active });
+    }
+    /** Keeps the session active without a message. */
+    activity() {
+        return this.joinedSend({ type: 'activity', session: this.id });
+    }
+    /** Leaves the session: others see you go; queued publishes are rejected. */
+    leave() {
+        if (this.state === 'left' || this.state === 'ended' || this.state === 'failed')
+            return;
+        const wasJoined = this.state === 'joined';
+        this.finish('left', new RoomcastError('closed', 'the session was left'));
+        if (wasJoined && this.host.connected)
+            this.host.send({ type: 'leave', session: this.id });
+    }
+    // ----- driven by the client -----
+    /** @internal The connection is up (welcome): join, with `since` when we have one. */
+    _connected() {
+        if (this.isTerminal())
+            return;
+        this.join();
+    }
+    /** @internal The connection is gone: what was in flight has an unknown outcome. */
+    _disconnected() {
+        if (this.retry)
+            clearTimeout(this.retry);
+        this.retry = undefined;
+        this.joinRef = undefined;
+        this.leaveRef = undefined;
+        // A repair that did not finish is finished by the rejoin (same `since` rules).
+        if (this.repair === 'gap')
+            this.repair = undefined;
+        for (const [ref, p] of this.inflight) {
+            this.host.forget(ref);
+            this.settle(p, new RoomcastError('disconnected', 'the connection dropped before the ack'));
+        }
+        this.inflight.clear();
+        if (this.host.offlineQueue === 0) {
+            for (const p of this.queue.splice(0)) {
+                this.settle(p, new RoomcastError('disconnected', 'the connection dropped'));
+            }
+        }
+        if (!this.isTerminal() && this.state !== 'joining')
+            this.setState('joining');
+    }
+    /** @internal The connection closed with 4000 or the client gave up. */
+    _end(state, error) {
+        if (this.isTerminal())
+            return;
+        this.finish(state, error);
+    }
+    /** @internal A frame for this session. */
+    _frame(f) {
+        switch (f.type) {
+            case 'joined':
+                if (f.ref === this.joinRef)
+                    this.onJoined(f);
+                break;
+            case 'message':
+                this.onMessage(f);
+                break;
+            case 'presence':
+                if (f.event === 'leave')
+                    this.presence.delete(f.member.client_id);
+                else
+                    this.presence.set(f.member.client_id, f.member);
+                this.emit('presence', { event: f.event, member: f.member });
+                break;
+            case 'typing':
+                this.emit('typing', { from: f.from, active: f.active });
+                break;
+            case 'signal':
+                this.emit('signal', { from: f.from, data: f.data });
+                break;
+            case 'session':
+                this.emit('lifecycle', { event: f.event, reason: f.reason ?? null, at: f.at });
+                if (f.event === 'ended') {
+                    this.host.noteEnded();
+                    this.finish('ended', new RoomcastError('session_ended', f.reason ?? 'the session ended'));
+                }
+                break;
+            default:
+                break;
+        }
+    }
+    /** @internal The ack of one of our refs. */
+    _ack(ref, seq) {
+        if (ref === this.leaveRef) {
+            this.leaveRef = undefined;
+            this.join();
+            return;
+        }
+        const p = this.inflight.get(ref);
+        if (!p)
+            return;
+        this.inflight.delete(ref);
+        if (typeof seq === 'number')
+            this.settle(p, undefined, seq);
+        else
+            this.settle(p, new RoomcastError('internal', 'ack without a seq'));
+    }
+    /** @internal The error answering one of our refs. */
+    _error(ref, e) {
+        if (ref === this.leaveRef) {
+            // `not_joined`: the server already forgot us; join all the same.
+            this.leaveRef = undefined;
+            this.join();
+            return;
+        }
+        if (ref === this.joinRef) {
+            this.joinRef = undefined;
+            this.onJoinError(e);
+            return;
+        }
+        const p = this.inflight.get(ref);
+        if (!p)
+            return;
+        this.inflight.delete(ref);
+        this.settle(p, e);
+        if (e.code === 'session_ended')
+            this.finish('ended', e);
+    }
+    // ----- internals -----
+    join() {
+        if (this.isTerminal() || !this.host.connected)
+            return;
+        const since = this.repair === 'reset' ? 0 : this.lastSeq;
+        this.joinRef = this.host.ref('j', this);
+        const frame = { type: 'join', session: this.id, ref: this.joinRef };
+        if (this.role)
+            frame.role = this.role;
+        if (this.name)
+            frame.name = this.name;
+        if (since !== undefined)
+            frame.since = since;
+        this.host.send(frame);
+        if (this.state !== 'joining')
+            this.setState('joining');
+    }
+    onJoined(f) {
+        this.joinRef = undefined;
+        const asked = this.repair === 'reset' ? 0 : this.lastSeq;
+        const reset = this.repair === 'reset' || (asked !== undefined && !f.recovered);
+        this.repair = undefined;
+        this.presence.clear();
+        for (const m of f.presence)
+            this.presence.set(m.client_id, m);
+        if (reset) {
+            this.lastSeq = f.seq;
+            this.setState('joined');
+            this.emit('reset', { seq: f.seq, history: f.history });
+        }
+        else {
+            this.setState('joined');
+            for (const m of f.history)
+                this.deliver(m);
+            // Without `since` there is nothing to replay: live messages start after `seq`.
+            if (this.lastSeq === undefined)
+                this.lastSeq = f.seq;
+        }
+        for (const p of this.queue.splice(0))
+            this.sendPublish(p);
+    }
+    onMessage(f) {
+        // While repairing, the coming `joined` carries everything up to its seq.
+        if (this.state !== 'joined' || this.repair)
+            return;
+        const m = { seq: f.seq, ts: f.ts, from: f.from, data: f.data };
+        const last = this.lastSeq ?? f.seq - 1;
+        if (f.seq === last + 1) {
+            this.deliver(m);
+        }
+        else if (f.seq <= last) {
+            // On one connection seqs only rise; a lower one means the numbering restarted
+            // (docs/PROTOCOL.md "Recovery"): start over from the session's window.
+            this.repairStream('reset');
+        }
+        else {
+            // A hole the server should have filled: ask for it again rather than skip it.
+            this.repairStream('gap');
+        }
+    }
+    deliver(m) {
+        if (this.lastSeq !== undefined && m.seq <= this.lastSeq)
+            return;
+        this.lastSeq = m.seq;
+        this.emit('message', m);
+    }
+    /** Leave and join again on this connection: with `since` for a gap, from 0 for a reset. */
+    repairStream(kind) {
+        this.repair = kind;
+        this.setState('joining');
+        this.leaveRef = this.host.ref('l', this);
+        this.host.send({ type: 'leave', session: this.id, ref: this.leaveRef });
+    }
+    onJoinError(e) {
+        switch (e.code) {
+            case 'unavailable':
+            case 'rate_limited':
+                // `unavailable` is followed by close 1013 and the reconnect rejoins; a rate limit
+                // leaves the connection up, so try again when the server says.
+                this.retry = setTimeout(() => {
+                    this.retry = undefined;
+                    this.join();
+                }, e.retryAfterMs ?? 1000);
+                break;
+            case 'session_ended':
+                this.finish('ended', e);
+                break;
+            default:
+                this.finish('failed', e);
+        }
+    }
+    sendPublish(p) {
+        const ref = this.host.ref('p', this);
+        this.inflight.set(ref, p);
+        p.timer = setTimeout(() => {
+            if (!this.inflight.delete(ref))
+                return;
+            this.host.forget(ref);
+            this.settle(p, new RoomcastError('timeout', 'no ack in time (it may have been stored)'));
+        }, this.host.publishTimeoutMs);
+        if (!this.host.send({ type: 'publish', session: this.id, data: p.data, ref })) {
+            this.inflight.delete(ref);
+            this.host.forget(ref);
+            this.settle(p, new RoomcastError('disconnected', 'not connected'));
+        }
+    }
+    joinedSend(frame) {
+        if (this.state !== 'joined' || this.repair)
+            return false;
+        return this.host.send(frame);
+    }
+    settle(p, error, seq) {
+        if (p.timer)
+            clearTimeout(p.timer);
+        if (error)
+            p.reject(error);
+        else
+            p.resolve({ seq: seq });
+    }
+    finish(state, error) {
+        if (this.retry)
+            clearTimeout(this.retry);
+        this.retry = undefined;
+        for (const p of this.queue.splice(0))
+            this.settle(p, error);
+        if (state !== 'left') {
+            for (const [ref, p] of this.inflight) {
+                this.host.forget(ref);
+                this.settle(p, error);
+            }
+            this.inflight.clear();
+        }
+        this.failure = error;
+        this.host.detach(this);
+        this.setState(state, state === 'left' ? undefined : error);
+    }
+    terminalError() {
+        switch (this.state) {
+            case 'left':
+                return new RoomcastError('closed', 'the session was left');
+            case 'ended':
+            case 'failed':
+                return this.failure;
+            default:
+                return undefined;
+        }
+    }
+    isTerminal() {
+        return this.state === 'left' || this.state === 'ended' || this.state === 'failed';
+    }
+    setState(state, error) {
+        this.state = state;
+        this.emit('state', state, error);
+    }
+}
