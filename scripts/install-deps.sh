@@ -11,6 +11,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 if [[ "${1:-}" == "--test" ]]; then
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  # Certificates for the TLS-to-Redis tests are made at test time.
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   # The demo's browser tests drive Debian's Chromium; nothing downloads a browser.

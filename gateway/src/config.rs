@@ -160,6 +160,20 @@ pub struct Config {
         default_value = "redis://127.0.0.1:6379"
     )]
     pub redis_url: String,
+    /// With `rediss://`: PEM file of the CAs that sign Redis's certificate (default: the
+    /// system's trust store). Verification is always on.
+    #[arg(long, env = "ROOMCAST_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// With `rediss://`: PEM certificate chain for mutual TLS (with `ROOMCAST_REDIS_TLS_KEY`).
+    #[arg(long, env = "ROOMCAST_REDIS_TLS_CERT")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// With `rediss://`: PEM private key of `ROOMCAST_REDIS_TLS_CERT`.
+    #[arg(long, env = "ROOMCAST_REDIS_TLS_KEY")]
+    pub redis_tls_key: Option<PathBuf>,
+    /// With `rediss://`: the name Redis's certificate must carry, when it is not the host
+    /// in the URL (an IP address, or cluster nodes announced by IP).
+    #[arg(long, env = "ROOMCAST_REDIS_TLS_SERVER_NAME")]
+    pub redis_tls_server_name: Option<String>,
     /// Connections in the Redis command pool.
     #[arg(long, env = "ROOMCAST_REDIS_POOL", default_value_t = 4)]
     pub redis_pool: usize,
@@ -377,17 +391,10 @@ impl Config {
         if let Err(e) = fred::types::config::Config::from_url(&self.redis_url) {
             return Err(ConfigError(format!("ROOMCAST_REDIS_URL: {e}")));
         }
-        // fred parses `rediss://` without a TLS feature and then connects in plaintext:
-        // never let a URL that asks for TLS run without it.
-        let scheme = self
-            .redis_url
-            .split_once("://")
-            .map(|(s, _)| s.to_ascii_lowercase())
-            .unwrap_or_default();
-        if scheme.starts_with("rediss") || scheme.starts_with("valkeys") {
-            return fail(
-                "ROOMCAST_REDIS_URL: TLS to Redis (rediss://) is not supported by this build; use redis:// on a trusted network",
-            );
+        // Reads the CA, certificate and key now: a TLS setting that cannot be honoured
+        // stops the start (exit 64), it never falls back to plaintext.
+        if let Err(e) = crate::store::tls::client_config(self) {
+            return Err(ConfigError(e));
         }
         if let Err(e) = crate::net::TrustedProxies::parse(&self.trusted_proxies) {
             return Err(ConfigError(format!("ROOMCAST_TRUSTED_PROXIES: {e}")));

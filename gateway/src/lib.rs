@@ -54,7 +54,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, EventInterface};
 use metrics_exporter_prometheus::PrometheusHandle;
 use roomcast_shared::CloseCode;
 use tokio::net::TcpListener;
@@ -201,6 +201,7 @@ pub async fn run(
     app.store.set_reachable(false);
     Bus::start(&app, wait).await;
     app.tracker.spawn(monitor(app.clone()));
+    app.tracker.spawn(report_redis_errors(app.clone()));
     app.tracker.spawn(lifecycle::sweeper(app.clone()));
 
     // The ops listener is bound (and announced) before the main one is.
@@ -320,6 +321,34 @@ async fn drain_on(
 }
 
 /// Background health: Redis PING (readiness and `redis_up`) and the node heartbeat.
+/// Says why Redis cannot be reached (refused, a TLS certificate that does not verify,
+/// authentication), once per distinct error and at most every 10 s: without it a wrong
+/// TLS setting shows only as a 503.
+async fn report_redis_errors(app: Arc<App>) {
+    let Some(client) = app.store.pool().clients().first().cloned() else {
+        return;
+    };
+    let mut errors = client.error_rx();
+    let mut last: Option<(String, Instant)> = None;
+    loop {
+        let error = tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            e = errors.recv() => match e {
+                Ok((error, _)) => error.to_string(),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        let repeated = last
+            .as_ref()
+            .is_some_and(|(seen, at)| *seen == error && at.elapsed() < Duration::from_secs(10));
+        if !repeated {
+            tracing::warn!(error = %error, "redis connection failed");
+            last = Some((error, Instant::now()));
+        }
+    }
+}
+
 async fn monitor(app: Arc<App>) {
     let period = Duration::from_millis(500).min(app.config.heartbeat);
     let ping_timeout = app.config.redis_timeout.min(Duration::from_secs(1));

@@ -11,6 +11,7 @@ mod limits;
 mod sessions;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 pub use sessions::{LifecycleEvent, SessionMeta, SessionStatus, SweepOutcome, Swept, Transition};
 
@@ -162,6 +163,14 @@ pub fn redis_builder(config: &Config, broadcast_capacity: usize) -> Result<Build
     // gateway started before Redis (a pod scheduled first, Redis restarting) never
     // connects and stays not-ready for good.
     redis_config.fail_fast = false;
+    // `rediss://`: our TLS settings (CA, client certificate, server name) replace fred's
+    // default; a plaintext URL carries none (checked by `Config::validate`).
+    if let Some(tls) = tls::client_config(config).map_err(StoreError::Internal)? {
+        if let Some(name) = &config.redis_tls_server_name {
+            tls::set_server_name(&mut redis_config.server, name);
+        }
+        redis_config.tls = Some(tls);
+    }
     let timeout = config.redis_timeout;
     let mut builder = Builder::from_config(redis_config);
     builder

@@ -24,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "redis.rs"]
 mod redis;
-pub use redis::Redis;
+// Each test binary uses its own part of the harness.
+#[allow(unused_imports)]
+pub use redis::{free_port, scratch_dir, Redis};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123";
 

@@ -1,0 +1,327 @@
+//! TLS to Redis (`rediss://`) against a real redis-server that speaks only TLS, with
+//! certificates made by `openssl` for the test: the traffic flows, the server's
+//! certificate is always verified (CA, name), mutual TLS works, a URL that asks for TLS
+//! never speaks plaintext, and settings that cannot be honoured exit 64.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use roomcast_shared::{Role, ServerFrame};
+use serde_json::json;
+
+/// A CA, a server certificate for `redis.test` and 127.0.0.1, a client certificate, and an
+/// unrelated CA, in a scratch directory.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = scratch_dir("pki");
+        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        let script = format!(
+            "set -e
+             openssl req -x509 {ec} -keyout ca.key -out ca.crt -days 2 -subj /CN=roomcast-test-ca
+             openssl req -x509 {ec} -keyout other.key -out other.crt -days 2 -subj /CN=unrelated-ca
+             openssl req {ec} -keyout server.key -out server.csr -subj /CN=redis.test
+             printf 'subjectAltName=DNS:redis.test,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > server.ext
+             openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext -out server.crt
+             openssl req {ec} -keyout client.key -out client.csr -subj /CN=roomcast-gateway
+             printf 'basicConstraints=CA:FALSE\\nextendedKeyUsage=clientAuth\\n' > client.ext
+             openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out client.crt"
+        );
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(&dir)
+            .output()
+            .expect("openssl must be installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+}
+
+/// A redis-server with no plaintext port, only TLS.
+struct TlsRedis {
+    port: u16,
+    child: Child,
+    _dir: PathBuf,
+}
+
+impl TlsRedis {
+    fn start(pki: &Pki, client_certificates: bool) -> TlsRedis {
+        let dir = scratch_dir("tls-redis");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", &pki.path("server.crt")])
+            .args(["--tls-key-file", &pki.path("server.key")])
+            .args(["--tls-ca-cert-file", &pki.path("ca.crt")])
+            .args([
+                "--tls-auth-clients",
+                if client_certificates { "yes" } else { "no" },
+            ])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "TLS redis did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsRedis {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for the gateway to log that Redis refused it for `why`, then checks readiness
+/// says Redis.
+async fn refused(g: &Gateway, why: &[&str]) {
+    wait_for(DEADLINE, "a logged TLS failure", || async {
+        let logs = g.logs.lock().unwrap();
+        logs.iter()
+            .any(|l| l.contains("redis connection failed") && why.iter().any(|w| l.contains(w)))
+    })
+    .await;
+    let (status, body) = g.get("/health/ready").await;
+    assert_eq!(status, 503, "{body}");
+}
+
+#[tokio::test]
+async fn a_rediss_url_verifies_the_server_and_carries_the_traffic() {
+    let pki = Pki::new();
+    let redis = TlsRedis::start(&pki, false);
+    let ca = pki.path("ca.crt");
+    let g = Gateway::start(&redis.url(), &[("ROOMCAST_REDIS_TLS_CA", &ca)]);
+    g.wait_ready().await;
+    // Everything goes over TLS: the server has no plaintext port.
+    let mut c = g.connect(&token("ann", &[Role::Controller])).await;
+    c.join("tls-room", None).await;
+    assert_eq!(c.publish("tls-room", json!({"over": "tls"})).await, 1);
+    let frame = c
+        .expect("the message back", |f| {
+            matches!(f, ServerFrame::Message { .. })
+        })
+        .await;
+    assert!(matches!(frame, ServerFrame::Message { seq: 1, .. }));
+
+    // The certificate's DNS name, asked for explicitly, verifies too.
+    let named = Gateway::start(
+        &redis.url(),
+        &[
+            ("ROOMCAST_REDIS_TLS_CA", &ca),
+            ("ROOMCAST_REDIS_TLS_SERVER_NAME", "redis.test"),
+        ],
+    );
+    named.wait_ready().await;
+}
+
+#[tokio::test]
+async fn the_server_certificate_is_always_verified() {
+    let pki = Pki::new();
+    let redis = TlsRedis::start(&pki, false);
+    // The system's trust store does not know the test CA.
+    let system = Gateway::start(&redis.url(), &[]);
+    // A CA that did not sign the server's certificate.
+    let other = pki.path("other.crt");
+    let wrong_ca = Gateway::start(&redis.url(), &[("ROOMCAST_REDIS_TLS_CA", &other)]);
+    // The right CA, a name the certificate does not carry.
+    let ca = pki.path("ca.crt");
+    let wrong_name = Gateway::start(
+        &redis.url(),
+        &[
+            ("ROOMCAST_REDIS_TLS_CA", &ca),
+            ("ROOMCAST_REDIS_TLS_SERVER_NAME", "elsewhere.test"),
+        ],
+    );
+    refused(&system, &["UnknownIssuer", "certificate"]).await;
+    refused(&wrong_ca, &["UnknownIssuer", "certificate"]).await;
+    refused(&wrong_name, &["NotValidForName", "certificate"]).await;
+}
+
+#[tokio::test]
+async fn mutual_tls_presents_the_client_certificate() {
+    let pki = Pki::new();
+    let redis = TlsRedis::start(&pki, true);
+    let ca = pki.path("ca.crt");
+    let anonymous = Gateway::start(&redis.url(), &[("ROOMCAST_REDIS_TLS_CA", &ca)]);
+    let (cert, key) = (pki.path("client.crt"), pki.path("client.key"));
+    let identified = Gateway::start(
+        &redis.url(),
+        &[
+            ("ROOMCAST_REDIS_TLS_CA", &ca),
+            ("ROOMCAST_REDIS_TLS_CERT", &cert),
+            ("ROOMCAST_REDIS_TLS_KEY", &key),
+        ],
+    );
+    identified.wait_ready().await;
+    // Redis ends the handshake of a client without a certificate.
+    wait_for(DEADLINE, "a logged handshake failure", || async {
+        anonymous
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("redis connection failed"))
+    })
+    .await;
+    assert_eq!(anonymous.get("/health/ready").await.0, 503);
+}
+
+#[tokio::test]
+async fn a_url_that_asks_for_tls_never_speaks_plaintext() {
+    // Not Redis: a listener that records the first bytes a client sends.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 5];
+                if tokio::io::AsyncReadExt::read_exact(&mut socket, &mut buf)
+                    .await
+                    .is_ok()
+                {
+                    let _ = tx.send(buf);
+                }
+            });
+        }
+    });
+    let pki = Pki::new();
+    let ca = pki.path("ca.crt");
+    let _g = Gateway::start(
+        &format!("rediss://127.0.0.1:{port}"),
+        &[("ROOMCAST_REDIS_TLS_CA", &ca)],
+    );
+    let first = tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .expect("the gateway connected")
+        .unwrap();
+    // 0x16: a TLS handshake record (the ClientHello); a RESP command would start with '*'.
+    assert_eq!(first[0], 0x16, "not a TLS record: {first:?}");
+    assert_eq!(first[1], 0x03, "not a TLS record: {first:?}");
+}
+
+/// Runs `roomcast serve` with `env`: its exit code and stderr (it must exit by itself).
+fn serve_exit(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roomcast"));
+    cmd.env_clear()
+        .env("ROOMCAST_JWT_SECRET", SECRET)
+        .env("ROOMCAST_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run");
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{env:?} was accepted: the gateway is running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    (status.code(), stderr)
+}
+
+#[tokio::test]
+async fn tls_settings_that_cannot_be_honoured_exit_64() {
+    let pki = Pki::new();
+    let ca = pki.path("ca.crt");
+    let empty = scratch_dir("empty").join("none.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let empty = empty.to_string_lossy().into_owned();
+    let cert = pki.path("client.crt");
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (
+            &[
+                ("ROOMCAST_REDIS_URL", "redis://127.0.0.1:6379"),
+                ("ROOMCAST_REDIS_TLS_CA", &ca),
+            ],
+            "plaintext",
+        ),
+        (
+            &[
+                ("ROOMCAST_REDIS_URL", "rediss://127.0.0.1:6379"),
+                ("ROOMCAST_REDIS_TLS_CA", "/nonexistent/ca.pem"),
+            ],
+            "ROOMCAST_REDIS_TLS_CA",
+        ),
+        (
+            &[
+                ("ROOMCAST_REDIS_URL", "rediss://127.0.0.1:6379"),
+                ("ROOMCAST_REDIS_TLS_CA", &empty),
+            ],
+            "no certificate",
+        ),
+        (
+            &[
+                ("ROOMCAST_REDIS_URL", "rediss://127.0.0.1:6379"),
+                ("ROOMCAST_REDIS_TLS_CA", &ca),
+                ("ROOMCAST_REDIS_TLS_CERT", &cert),
+            ],
+            "go together",
+        ),
+        (
+            &[
+                ("ROOMCAST_REDIS_URL", "rediss://127.0.0.1:6379"),
+                ("ROOMCAST_REDIS_TLS_CA", &ca),
+                ("ROOMCAST_REDIS_TLS_SERVER_NAME", "not a name"),
+            ],
+            "SERVER_NAME",
+        ),
+    ];
+    for (env, says) in cases {
+        let (code, stderr) = serve_exit(env);
+        assert_eq!(code, Some(64), "{env:?}: {stderr}");
+        assert!(stderr.contains(says), "{env:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    }
+    let _ = Path::new(&ca);
+}
