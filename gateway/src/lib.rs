@@ -109,7 +109,7 @@ impl App {
     }
 
     pub fn redis_latency_ms(&self) -> f64 {
-        self.redis_latency_us.load(Ordering::Relaxed) as f64 / 1000.0
+        Duration::from_micros(self.redis_latency_us.load(Ordering::Relaxed)).as_secs_f64() * 1e3
     }
 
     /// Why `/health/ready` says no, if it does.

@@ -175,3 +175,23 @@ async fn raw_get(addr: std::net::SocketAddr, path: &str, request_id: Option<&str
     stream.read_to_end(&mut buf).await.expect("read");
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+/// `/health` reports the readiness PING's round trip in milliseconds: behind a link that
+/// holds Redis's answers 40 ms, it says at least 40, and not seconds.
+#[tokio::test]
+async fn health_reports_the_redis_round_trip_in_milliseconds() {
+    let redis = Redis::start();
+    let slow = Proxy::start_delayed(redis.addr(), std::time::Duration::from_millis(40)).await;
+    let a = Gateway::start(&slow.url(), &[]);
+    a.wait_ready().await;
+    let latency = || async {
+        let (_, body) = a.get("/health").await;
+        let health: Value = serde_json::from_str(&body).expect("json");
+        health["checks"]["redis"]["latency_ms"]
+            .as_f64()
+            .unwrap_or(-1.0)
+    };
+    // Ready means a PING was answered and timed.
+    let ms = latency().await;
+    assert!((40.0..1000.0).contains(&ms), "latency_ms = {ms}");
+}

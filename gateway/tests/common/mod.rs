@@ -594,6 +594,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(upstream: SocketAddr) -> Proxy {
+        Proxy::start_delayed(upstream, Duration::ZERO).await
+    }
+
+    /// A proxy that holds every chunk coming back from `upstream` for `delay`: a slow
+    /// network between the gateway and Redis.
+    pub async fn start_delayed(upstream: SocketAddr, delay: Duration) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let cut = Arc::new(Mutex::new(CancellationToken::new()));
@@ -617,9 +623,28 @@ impl Proxy {
                     let Ok(mut outbound) = TcpStream::connect(upstream).await else {
                         return;
                     };
+                    if delay.is_zero() {
+                        tokio::select! {
+                            _ = epoch.cancelled() => {}
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        }
+                        return;
+                    }
+                    let (mut in_read, mut in_write) = inbound.into_split();
+                    let (mut out_read, mut out_write) = outbound.into_split();
+                    let back = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n @ 1..) = out_read.read(&mut buf).await {
+                            tokio::time::sleep(delay).await;
+                            if in_write.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
                         _ = epoch.cancelled() => {}
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = tokio::io::copy(&mut in_read, &mut out_write) => {}
+                        _ = back => {}
                     }
                 });
             }
