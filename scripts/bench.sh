@@ -297,6 +297,44 @@ scenario_publish_path() {
   cat "$OUT/publish-path.json" >&2
 }
 
+# --- durable mode: what a WAIT for one replica costs on the publish path ----------------
+scenario_durable() {
+  fresh
+  local replica dir concurrency
+  replica=$(free_port)
+  dir="$WORK/replica-$replica"
+  mkdir -p "$dir"
+  redis-server --port "$replica" --bind 127.0.0.1 --save '' --appendonly no \
+    --replicaof 127.0.0.1 "$REDIS_PORT" --dir "$dir" --logfile "$dir/redis.log" &
+  PIDS+=($!)
+  wait_for "replica in sync" 10 bash -c \
+    "redis-cli -p $replica INFO replication | grep -q master_link_status:up"
+  for concurrency in 1 64; do
+    for wait in 0 1; do
+      log "durable: Store::publish, WAIT_REPLICAS=$wait, $concurrency in flight"
+      cargo bench -q -p roomcast-gateway --bench publish_path -- \
+        "redis://127.0.0.1:$REDIS_PORT" 10 "$concurrency" 100 "$wait" \
+        >"$WORK/durable-c$concurrency-w$wait.json"
+      cat "$WORK/durable-c$concurrency-w$wait.json" >&2
+    done
+  done
+  python3 - "$WORK" >"$OUT/durable.json" <<'PY'
+import json, sys
+w = sys.argv[1]
+runs = {(c, r): json.load(open(f"{w}/durable-c{c}-w{r}.json")) for c in (1, 64) for r in (0, 1)}
+out = {"scenario": "durable", "runs": list(runs.values())}
+for c in (1, 64):
+    off, on = runs[(c, 0)], runs[(c, 1)]
+    out[f"concurrency_{c}"] = {
+        "publishes_per_s": [off["publishes_per_s"], on["publishes_per_s"]],
+        "mean_ms": [off["mean_ms"], on["mean_ms"]],
+        "throughput_ratio": on["publishes_per_s"] / off["publishes_per_s"],
+    }
+print(json.dumps(out, indent=2))
+PY
+  cat "$OUT/durable.json" >&2
+}
+
 # --- 6. the Socket.IO peer ---------------------------------------------------------------
 scenario_peer() {
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
@@ -408,12 +446,14 @@ for s in "$@"; do
   idle) scenario_idle ;;
   storm) scenario_storm ;;
   publish-path) scenario_publish_path ;;
+  durable) scenario_durable ;;
   peer) scenario_peer ;;
   micro) scenario_micro ;;
   lifecycle) scenario_lifecycle ;;
   silent) scenario_silent ;;
   all)
     scenario_publish_path
+    scenario_durable
     scenario_fanout
     scenario_storm
     scenario_idle
@@ -424,7 +464,7 @@ for s in "$@"; do
     scenario_silent
     ;;
   *)
-    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|peer|micro|lifecycle|silent|all]..." >&2
+    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|peer|micro|lifecycle|silent|all]..." >&2
     exit 64
     ;;
   esac

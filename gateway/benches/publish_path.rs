@@ -4,7 +4,9 @@
 //! ceiling.
 //!
 //! `cargo bench -p roomcast-gateway --bench publish_path -- REDIS_URL [SECONDS]
-//! [CONCURRENCY] [SESSIONS]`; prints one JSON line. Without a URL (as under `cargo test
+//! [CONCURRENCY] [SESSIONS] [WAIT_REPLICAS]`; prints one JSON line. `WAIT_REPLICAS` > 0
+//! measures durable mode (`ROOMCAST_REDIS_WAIT_REPLICAS`: a WAIT after every publish);
+//! scenario `durable` of `scripts/bench.sh` runs both against a primary with a replica. Without a URL (as under `cargo test
 //! --all-targets`, which builds benches) it explains itself and exits 0.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,15 +36,27 @@ async fn main() {
             .unwrap_or(default)
     };
     let (seconds, concurrency, sessions) = (number(1, 10), number(2, 64), number(3, 100));
-    if let Err(e) = run(url, seconds, concurrency, sessions).await {
+    let wait_replicas = number(4, 0);
+    if let Err(e) = run(url, seconds, concurrency, sessions, wait_replicas).await {
         eprintln!("publish_path: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run(url: &str, seconds: u64, concurrency: u64, sessions: u64) -> Result<(), String> {
-    let config =
-        Config::from_pairs(&[("redis-url", url), ("auth", "off")]).map_err(|e| e.to_string())?;
+async fn run(
+    url: &str,
+    seconds: u64,
+    concurrency: u64,
+    sessions: u64,
+    wait_replicas: u64,
+) -> Result<(), String> {
+    let wait = wait_replicas.to_string();
+    let config = Config::from_pairs(&[
+        ("redis-url", url),
+        ("auth", "off"),
+        ("redis-wait-replicas", &wait),
+    ])
+    .map_err(|e| e.to_string())?;
     let pool = redis_builder(&config, 32)
         .map_err(|e| e.to_string())?
         .build_pool(config.redis_pool)
@@ -89,6 +103,9 @@ async fn run(url: &str, seconds: u64, concurrency: u64, sessions: u64) -> Result
             "failed": failed.load(Ordering::Relaxed),
             "seconds": elapsed,
             "publishes_per_s": ok as f64 / elapsed,
+            // Little's law: with `concurrency` always in flight, the mean time per publish.
+            "mean_ms": if ok > 0 { concurrency as f64 * elapsed * 1e3 / ok as f64 } else { 0.0 },
+            "wait_replicas": wait_replicas,
             "concurrency": concurrency,
             "sessions": sessions,
             "redis_pool": config.redis_pool,

@@ -180,6 +180,13 @@ pub struct Config {
     /// Timeout of one Redis command (and of the readiness PING).
     #[arg(long, env = "ROOMCAST_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
+    /// Durable mode: a publish is acked only once `WAIT` confirms it on this many replicas
+    /// (0: acked once the primary stored it). See the README's "Durability".
+    #[arg(long, env = "ROOMCAST_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+    /// How long a publish waits for those replicas before it is answered `unavailable`.
+    #[arg(long, env = "ROOMCAST_REDIS_WAIT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub redis_wait_timeout: Duration,
     /// Prefix of every Redis key.
     #[arg(long, env = "ROOMCAST_KEY_PREFIX", default_value = "rc")]
     pub key_prefix: String,
@@ -381,6 +388,12 @@ impl Config {
         }
         if self.send_queue < 8 {
             return fail("ROOMCAST_SEND_QUEUE must be at least 8");
+        }
+        if self.redis_wait_replicas > 0
+            && (self.redis_wait_timeout < Duration::from_millis(1)
+                || self.redis_wait_timeout > Duration::from_secs(60))
+        {
+            return fail("ROOMCAST_REDIS_WAIT_TIMEOUT must be between 1ms and 60s");
         }
         if self.redis_pool == 0 {
             return fail("ROOMCAST_REDIS_POOL must be at least 1");

@@ -35,6 +35,7 @@ pub(crate) const LIFECYCLE_TRANSITIONS_TOTAL: &str = "roomcast_lifecycle_transit
 pub(crate) const LIFECYCLE_LAG: &str = "roomcast_lifecycle_lag_seconds";
 pub(crate) const CONNECTIONS_REFUSED_TOTAL: &str = "roomcast_connections_refused_total";
 pub(crate) const ACCEPT_ERRORS_TOTAL: &str = "roomcast_accept_errors_total";
+pub(crate) const PUBLISH_UNREPLICATED_TOTAL: &str = "roomcast_publish_unreplicated_total";
 
 /// Buckets from 100 µs to 10 s: sub-millisecond local work up to multi-second stalls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -63,6 +64,7 @@ pub(crate) fn install() -> Result<PrometheusHandle, String> {
             RECOVERED_MESSAGES_TOTAL,
             SLOW_CONSUMER_TOTAL,
             ACCEPT_ERRORS_TOTAL,
+            PUBLISH_UNREPLICATED_TOTAL,
         ] {
             counter!(name).increment(0);
         }
@@ -133,6 +135,10 @@ fn describe() {
     describe_counter!(
         RATE_LIMIT_UNAVAILABLE_TOTAL,
         "Rate-limit checks Redis could not answer, by scope (connect and API fail open, publish fails closed)."
+    );
+    describe_counter!(
+        PUBLISH_UNREPLICATED_TOTAL,
+        "Durable mode: publishes stored on the primary that too few replicas confirmed in time (answered unavailable)."
     );
     describe_counter!(
         SLOW_CONSUMER_TOTAL,
@@ -247,6 +253,10 @@ pub(crate) fn recovered(count: u64) {
 
 pub(crate) fn rate_limit_unavailable(scope: &'static str) {
     counter!(RATE_LIMIT_UNAVAILABLE_TOTAL, "scope" => scope).increment(1);
+}
+
+pub(crate) fn publish_unreplicated() {
+    counter!(PUBLISH_UNREPLICATED_TOTAL).increment(1);
 }
 
 pub(crate) fn slow_consumer() {

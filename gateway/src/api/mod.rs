@@ -161,6 +161,15 @@ impl From<StoreError> for ApiError {
                 ErrorCode::Forbidden,
                 "the session is resolved; resume it before writing",
             ),
+            e @ StoreError::Unreplicated { .. } => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    e.to_string(),
+                );
+                e.retry_after = Some(1);
+                e
+            }
             StoreError::Internal(detail) => {
                 tracing::error!(error = %detail, "redis error");
                 ApiError::internal()

@@ -270,6 +270,7 @@ impl Failure {
                 tracing::warn!(error = %detail, "redis unavailable");
                 Failure::unavailable("storage unavailable, retry later")
             }
+            e @ StoreError::Unreplicated { .. } => Failure::unavailable(&e.to_string()),
             StoreError::Internal(detail) => {
                 tracing::error!(error = %detail, "redis error");
                 Failure::new(ErrorCode::Internal, "internal error")

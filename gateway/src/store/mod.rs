@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fred::clients::Pool;
 use fred::error::ErrorKind;
-use fred::interfaces::{ClientLike, HashesInterface, PubsubInterface, SortedSetsInterface};
+use fred::interfaces::{
+    ClientLike, HashesInterface, PubsubInterface, ServerInterface, SortedSetsInterface,
+};
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::scripts::Script;
 use fred::types::{Builder, Value};
@@ -47,6 +49,10 @@ pub enum StoreError {
     /// The session does not exist (and the operation does not create it).
     #[error("no such session")]
     NoSuchSession,
+    /// Durable mode: the write is on the primary, but fewer replicas than asked confirmed
+    /// it in time. It may or may not survive a failover.
+    #[error("stored, but only {confirmed} of {wanted} replicas confirmed it in time: it may be lost in a failover, and a retry may store it twice")]
+    Unreplicated { confirmed: i64, wanted: i64 },
     /// Redis answered something we did not expect (a bug or a foreign key).
     #[error("redis error: {0}")]
     Internal(String),
@@ -202,6 +208,9 @@ pub struct Store {
     max_lifetime_ms: u64,
     /// Sessions with more members get no presence events (see join.lua).
     presence_events_max: i64,
+    /// Durable mode: replicas that must confirm a publish (0: off), and for how long.
+    wait_replicas: i64,
+    wait_timeout_ms: i64,
     /// What the last readiness PING found. While it is false every command fails at once
     /// with `Unavailable` instead of waiting out its timeout and retries: a client learns
     /// of an outage the gateway already knows about in microseconds, not seconds.
@@ -218,6 +227,8 @@ impl Store {
             ttl_ms: config.history_ttl.as_millis() as u64,
             max_lifetime_ms: config.max_lifetime.as_millis() as u64,
             presence_events_max: i64::from(config.presence_events_max),
+            wait_replicas: i64::from(config.redis_wait_replicas),
+            wait_timeout_ms: config.redis_wait_timeout.as_millis() as i64,
             reachable: AtomicBool::new(true),
         }
     }
@@ -259,9 +270,21 @@ impl Store {
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<Value, StoreError> {
+        self.eval_on(self.client()?, name, script, keys, args).await
+    }
+
+    /// [`Store::eval`] on a given connection (a `WAIT` after it must use the same one).
+    async fn eval_on(
+        &self,
+        client: &fred::clients::Client,
+        name: &'static str,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Value, StoreError> {
         let started = Instant::now();
         let result = script
-            .evalsha_with_reload::<Value, _, _>(self.client()?, keys, args)
+            .evalsha_with_reload::<Value, _, _>(client, keys, args)
             .instrument(tracing::info_span!("redis", script = name))
             .await;
         m::redis_command(name, started.elapsed());
@@ -282,8 +305,10 @@ impl Store {
             None => Vec::new(),
         };
         let k = self.keys.session(session);
+        let client = self.client()?;
         let reply = self
-            .eval(
+            .eval_on(
+                client,
                 "publish",
                 &self.scripts.publish,
                 vec![k.seq, k.hist, k.meta, k.channel],
@@ -306,15 +331,40 @@ impl Store {
         match parts[..] {
             [-1] => Err(StoreError::SessionEnded),
             [-2] => Err(StoreError::SessionResolved),
-            [seq, reactivated, created] if seq > 0 => Ok(Published {
-                seq: seq as u64,
-                reactivated: reactivated == 1,
-                created: created == 1,
-            }),
+            [seq, reactivated, created] if seq > 0 => {
+                self.confirm_replicated(client).await?;
+                Ok(Published {
+                    seq: seq as u64,
+                    reactivated: reactivated == 1,
+                    created: created == 1,
+                })
+            }
             _ => Err(StoreError::Internal(format!(
                 "publish.lua answered {parts:?}"
             ))),
         }
+    }
+
+    /// Durable mode: `WAIT` on the connection that wrote, so the ack means the write is
+    /// on `wait_replicas` replicas too. WAIT covers every earlier write of the connection,
+    /// ours included.
+    async fn confirm_replicated(&self, client: &fred::clients::Client) -> Result<(), StoreError> {
+        if self.wait_replicas == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let confirmed: i64 = client
+            .wait(self.wait_replicas, self.wait_timeout_ms)
+            .await?;
+        m::redis_command("wait", started.elapsed());
+        if confirmed < self.wait_replicas {
+            m::publish_unreplicated();
+            return Err(StoreError::Unreplicated {
+                confirmed,
+                wanted: self.wait_replicas,
+            });
+        }
+        Ok(())
     }
 
     /// Runs `join.lua`.

@@ -129,20 +129,7 @@ impl Redis {
 
     /// Like [`Redis::cmd`], with binary arguments (msgpack values).
     pub fn cmd_bytes(&self, args: &[&[u8]]) -> Option<Vec<u8>> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(self.addr()).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a);
-            req.extend_from_slice(b"\r\n");
-        }
-        stream.write_all(&req).ok()?;
-        let mut buf = vec![0u8; 65536];
-        let n = stream.read(&mut buf).ok()?;
-        buf.truncate(n);
-        Some(buf)
+        cmd_at(self.addr(), args)
     }
 
     /// Kills the server (SIGKILL): an outage.
@@ -165,4 +152,22 @@ impl Drop for Redis {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// One command to the Redis at `addr` (a replica, a node the test started itself).
+pub fn cmd_at(addr: SocketAddr, args: &[&[u8]]) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&req).ok()?;
+    let mut buf = vec![0u8; 65536];
+    let n = stream.read(&mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
 }
