@@ -91,6 +91,7 @@ async fn one_address_holds_at_most_its_share_of_unupgraded_connections() {
         &[
             ("ROOMCAST_MAX_PENDING_PER_IP", "10"),
             ("ROOMCAST_HEADER_TIMEOUT", "30s"),
+            ("ROOMCAST_OPS_LISTEN", "127.0.0.1:0"),
         ],
     );
     a.wait_ready().await;
@@ -123,6 +124,15 @@ async fn one_address_holds_at_most_its_share_of_unupgraded_connections() {
     let (_, metrics) = get_from([127, 0, 0, 2], a.addr, "/metrics").await;
     let refused = sample(&metrics, "roomcast_connections_refused_total", "per_ip");
     assert!(refused.is_some_and(|n| n >= 1.0), "{refused:?}");
+    // The ops listener keeps no per-address share (probes come from a few addresses and
+    // it has its own small capacity): ten idle sockets there, and a probe still answers.
+    let ops = a.ops.expect("ops listener address");
+    let mut idle_on_ops = Vec::new();
+    for _ in 0..10 {
+        idle_on_ops.push(TcpStream::connect(ops).await.unwrap());
+    }
+    assert_eq!(http_get(ops, "/health/live").await.0, 200);
+    drop(idle_on_ops);
     // A slot frees when one of them closes.
     drop(silent.pop());
     wait_for(DEADLINE, "a free slot", || async {
