@@ -32,7 +32,7 @@ tests() {
   case $1 in
   delivery) echo --lib --test realtime --test guarantees --test resilience ;;
   limits) echo --lib --test abuse --test edge ;;
-  health) echo --lib --test operations --test resilience --test guarantees ;;
+  health) echo --lib --test operations --test resilience --test guarantees --test edge ;;
   auth) echo --lib --test hostile --test hardening --test rest ;;
   store) echo --lib --test rest --test lifecycle --test realtime --test hardening --test guarantees ;;
   esac

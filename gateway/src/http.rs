@@ -165,13 +165,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     let redis_ok = app.redis_ok();
     let pubsub_ok = app.bus.is_up();
     let draining = app.is_draining();
-    let status = if !redis_ok {
-        "unhealthy"
-    } else if !pubsub_ok || draining {
-        "degraded"
-    } else {
-        "healthy"
-    };
+    let status = health_status(redis_ok, pubsub_ok, draining);
     let body = json!({
         "status": status,
         "version": env!("CARGO_PKG_VERSION"),
@@ -192,6 +186,18 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         StatusCode::OK
     };
     (code, Json(body)).into_response()
+}
+
+/// `/health`'s verdict: without Redis nothing works; without pub/sub, or while draining,
+/// the node serves but should not get new clients.
+fn health_status(redis_ok: bool, pubsub_ok: bool, draining: bool) -> &'static str {
+    if !redis_ok {
+        "unhealthy"
+    } else if !pubsub_ok || draining {
+        "degraded"
+    } else {
+        "healthy"
+    }
 }
 
 fn ok(up: bool) -> &'static str {
@@ -239,6 +245,22 @@ mod tests {
         let status = "Name:\troomcast\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t3\n";
         assert_eq!(vm_rss_bytes(status), Some(1234 * 1024));
         assert_eq!(vm_rss_bytes("Name: x\n"), None);
-        assert!(rss_bytes() > 0, "this process has a resident set");
+        assert!(
+            rss_bytes() > 1 << 20,
+            "this process has a resident set of more than a MiB"
+        );
+    }
+
+    #[test]
+    fn health_is_unhealthy_without_redis_and_degraded_without_pubsub_or_draining() {
+        for pubsub in [true, false] {
+            for draining in [true, false] {
+                assert_eq!(health_status(false, pubsub, draining), "unhealthy");
+            }
+        }
+        assert_eq!(health_status(true, true, false), "healthy");
+        assert_eq!(health_status(true, false, false), "degraded");
+        assert_eq!(health_status(true, true, true), "degraded");
+        assert_eq!(health_status(true, false, true), "degraded");
     }
 }
