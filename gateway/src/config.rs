@@ -401,6 +401,31 @@ impl Config {
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
             return fail("ROOMCAST_KEY_PREFIX must be non-empty without braces or spaces");
         }
+        const SCHEMES: [&str; 12] = [
+            "redis",
+            "rediss",
+            "redis-cluster",
+            "rediss-cluster",
+            "redis-sentinel",
+            "rediss-sentinel",
+            "valkey",
+            "valkeys",
+            "valkey-cluster",
+            "valkeys-cluster",
+            "valkey-sentinel",
+            "valkeys-sentinel",
+        ];
+        let scheme = self
+            .redis_url
+            .split_once("://")
+            .map(|(s, _)| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        if !SCHEMES.contains(&scheme.as_str()) {
+            return Err(ConfigError(format!(
+                "ROOMCAST_REDIS_URL: scheme {scheme:?} is not one this build serves ({})",
+                SCHEMES.join(", ")
+            )));
+        }
         if let Err(e) = fred::types::config::Config::from_url(&self.redis_url) {
             return Err(ConfigError(format!("ROOMCAST_REDIS_URL: {e}")));
         }
@@ -542,13 +567,17 @@ mod tests {
         assert!(Config::from_pairs(&[s, ("history-size", "0")]).is_err());
         assert!(Config::from_pairs(&[s, ("listen", "nowhere")]).is_err());
         assert!(Config::from_pairs(&[s, ("inactivity-warning", "20m")]).is_err());
-        for tls in [
-            "rediss://127.0.0.1:6380",
-            "REDISS://h:1",
-            "rediss-cluster://h:1",
+        // TLS settings never ride on a plaintext URL.
+        let e = Config::from_pairs(&[s, ("redis-tls-ca", "/etc/ssl/ca.pem")]).unwrap_err();
+        assert!(e.0.contains("plaintext"), "{e}");
+        // A scheme that is not one of Redis's is not quietly taken for redis://.
+        for url in [
+            "http://h:6379",
+            "memcached://h:11211",
+            "redis+unix:///tmp/r.sock",
         ] {
-            let e = Config::from_pairs(&[s, ("redis-url", tls)]).unwrap_err();
-            assert!(e.0.contains("TLS"), "{tls}: {e}");
+            let e = Config::from_pairs(&[s, ("redis-url", url)]).unwrap_err();
+            assert!(e.0.contains("ROOMCAST_REDIS_URL"), "{url}: {e}");
         }
         let c = Config::from_pairs(&[
             s,
