@@ -64,6 +64,8 @@ export interface ClientOptions {
   offlineQueue?: number;
   /** Silence after which the connection is declared dead (default: 1.5 × the heartbeat). */
   deadAfterMs?: number;
+  /** How long a new socket may take to reach `welcome` before the next URL is tried (10 s). */
+  connectTimeoutMs?: number;
   /** A WebSocket implementation where there is no global one (Node 20: `ws`). */
   WebSocket?: WebSocketConstructor;
 }
@@ -107,6 +109,9 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
   private pinged = false;
   private heartbeatMs = 25_000;
   private retryAfterMs = 0;
+  /** Bumped by every attempt and by `close()`: a token answer for an older one is dropped. */
+  private attempt = 0;
+  private connectTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(private readonly options: ClientOptions) {
     super();
@@ -127,6 +132,11 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
     }
   }
 
+  /** @internal Whether a publish made now can wait for the (re)join: connecting or up. */
+  get waiting(): boolean {
+    return !this.stopped && (this.state === 'connecting' || this.state === 'connected');
+  }
+
   get connected(): boolean {
     return this.welcomed && this.ws !== undefined && this.ws.readyState === OPEN;
   }
@@ -141,17 +151,17 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
 
   /** Closes for good: no reconnect; what waits is rejected with `closed`. */
   close(): void {
+    const wasOpen = !this.stopped;
     this.stopped = true;
+    this.attempt++;
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
     const ws = this.ws;
     this.dropSocket();
     ws?.close(Close.Normal);
-    for (const s of [...this.sessions.values()]) {
-      s._disconnected();
-      s._end('left', new RoomcastError('closed', 'the client was closed'));
-    }
-    this.setState('closed', {});
+    const closed = new RoomcastError('closed', 'the client was closed');
+    for (const s of [...this.sessions.values()]) s._end('left', closed);
+    if (wasOpen || this.state !== 'closed') this.setState('closed', {});
   }
 
   /**
@@ -202,30 +212,47 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
 
   private open(): void {
     if (this.stopped) return;
+    const attempt = ++this.attempt;
     const url = this.urls[this.urlIndex % this.urls.length] as string;
     this.setState('connecting', { url });
     const source = this.options.token;
-    const fresh = typeof source === 'string' ? source : this.usableToken();
+    if (typeof source === 'string') {
+      // A fixed token past its exp would be refused before the upgrade, forever.
+      if (expired(source, 0)) {
+        return this.fail(new RoomcastError('token_expired', 'the token has expired'), {});
+      }
+      return this.openSocket(url, source);
+    }
+    const fresh = this.usableToken();
     if (fresh !== undefined) return this.openSocket(url, fresh);
-    // Only a token function gets here: ask it, then open (unless closed meanwhile).
-    const fn = source as () => string | Promise<string>;
+    // Ask the token function, then open, unless this attempt was overtaken meanwhile
+    // (close(), or close() and connect() again).
     Promise.resolve()
-      .then(fn)
+      .then(source)
       .then(
         (token) => {
+          if (attempt !== this.attempt) return;
           this.token = token;
           this.tokenStale = false;
-          if (!this.stopped && this.state === 'connecting') this.openSocket(url, token);
+          this.openSocket(url, token);
         },
         (e: unknown) => {
-          if (this.stopped) return;
+          if (attempt !== this.attempt) return;
           this.emit('error', new RoomcastError('unauthorized', `the token function failed: ${String(e)}`));
+          this.urlIndex++;
           this.scheduleReconnect({ reason: 'token' }, this.backoff.next());
         },
       );
   }
 
   private openSocket(url: string, token: string): void {
+    if (this.ws) {
+      // Never two sockets: a leftover one would stay a member on the server.
+      const old = this.ws;
+      this.dropSocket();
+      old.close(Close.Normal);
+    }
+    this.endedSeen = false;
     let ws: WebSocketLike;
     try {
       ws = new this.WS(withToken(url, token), this.codec.protocol);
@@ -241,6 +268,12 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
     ws.onerror = () => {
       // The close event follows with the code; nothing to add here.
     };
+    // A server that accepts but never says `welcome` (frozen mid-handshake): next URL.
+    this.connectTimer = setTimeout(() => {
+      if (this.ws !== ws || this.welcomed) return;
+      this.onClose(ws, Close.Abnormal, 'no welcome in time');
+      ws.close();
+    }, this.options.connectTimeoutMs ?? 10_000);
   }
 
   private onData(ws: WebSocketLike, data: unknown): void {
@@ -279,8 +312,11 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
       }
       case 'error': {
         const err = new RoomcastError(f.code, f.message, f.retry_after_ms ?? undefined);
-        // A close may follow (1013): its backoff honours this.
-        if (f.retry_after_ms) this.retryAfterMs = f.retry_after_ms;
+        // A close may follow a join's or the connection's error (1013): its backoff
+        // honours this. A publish's rate limit says nothing about reconnecting.
+        if (f.retry_after_ms && (!f.ref || f.ref.startsWith('j'))) {
+          this.retryAfterMs = f.retry_after_ms;
+        }
         const owner = f.ref ? this.refs.get(f.ref) : undefined;
         if (f.ref && owner) {
           this.refs.delete(f.ref);
@@ -303,8 +339,10 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
     this.retryAfterMs = 0;
     this.backoff.reset();
     this.watch();
+    // Sessions join first: one created by a `connected` listener joins once, by itself.
+    const sessions = [...this.sessions.values()];
+    for (const s of sessions) s._connected();
     this.setState('connected', { url: this.urls[this.urlIndex % this.urls.length] as string });
-    for (const s of [...this.sessions.values()]) s._connected();
   }
 
   /**
@@ -315,7 +353,9 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
   private watch(): void {
     if (this.watchTimer) clearInterval(this.watchTimer);
     const deadAfter = this.options.deadAfterMs ?? Math.round(this.heartbeatMs * 1.5);
-    const every = Math.max(100, Math.min(this.heartbeatMs, deadAfter) / 4);
+    // Ask before declaring it dead, whatever deadAfterMs says.
+    const pingAfter = Math.min(this.heartbeatMs, deadAfter / 2);
+    const every = Math.max(50, pingAfter / 4);
     this.lastReceived = Date.now();
     this.watchTimer = setInterval(() => {
       const silent = Date.now() - this.lastReceived;
@@ -327,7 +367,7 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
         } catch {
           // Already closing; it is forgotten either way.
         }
-      } else if (silent >= this.heartbeatMs && !this.pinged) {
+      } else if (silent >= pingAfter && !this.pinged) {
         this.pinged = true;
         this.send({ type: 'ping' });
       }
@@ -377,9 +417,12 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
         this.urlIndex++;
         return this.scheduleReconnect(detail, Math.floor(Math.random() * 250));
       case Close.TryAgainLater:
-      case Close.RateLimited:
+      case Close.RateLimited: {
         this.urlIndex++;
-        return this.scheduleReconnect(detail, this.backoff.next(Math.max(this.retryAfterMs, 1000)));
+        const floor = Math.max(this.retryAfterMs, 1000);
+        this.retryAfterMs = 0;
+        return this.scheduleReconnect(detail, this.backoff.next(floor));
+      }
       default:
         // 1000, 1006, 1009, 1011, 4008 and anything unknown: back off, rejoin with since.
         this.urlIndex++;
@@ -406,6 +449,7 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
 
   private fail(error: RoomcastError, detail: StateDetail): void {
     this.stopped = true;
+    this.attempt++;
     for (const s of [...this.sessions.values()]) s._end('failed', error);
     this.emit('error', error);
     this.setState('closed', detail);
@@ -414,6 +458,8 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
   private dropSocket(): void {
     if (this.watchTimer) clearInterval(this.watchTimer);
     this.watchTimer = undefined;
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.connectTimer = undefined;
     const ws = this.ws;
     if (ws) {
       ws.onmessage = null;
@@ -452,14 +498,14 @@ function withToken(url: string, token: string): string {
   return u.toString();
 }
 
-/** Whether a JWT's `exp` has passed (or passes within 5 s); unreadable tokens are not. */
-function expired(token: string): boolean {
+/** Whether a JWT's `exp` has passed (or passes within `marginMs`); unreadable tokens are not. */
+function expired(token: string, marginMs = 5000): boolean {
   const payload = token.split('.')[1];
   if (!payload) return false;
   try {
     const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/'));
     const exp = (JSON.parse(json) as { exp?: unknown }).exp;
-    return typeof exp === 'number' && exp * 1000 < Date.now() + 5000;
+    return typeof exp === 'number' && exp * 1000 < Date.now() + marginMs;
   } catch {
     return false;
   }

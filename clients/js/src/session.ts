@@ -60,6 +60,8 @@ export interface SessionEvents {
 /** What a session needs from its client. */
 export interface SessionHost {
   readonly connected: boolean;
+  /** Connecting or connected: a publish may wait for the (re)join. */
+  readonly waiting: boolean;
   readonly offlineQueue: number;
   readonly publishTimeoutMs: number;
   send(frame: ClientFrame): boolean;
@@ -72,6 +74,8 @@ export interface SessionHost {
 
 interface Pending {
   data: unknown;
+  /** Set once sent: the `ref` its answer carries. */
+  ref?: string;
   resolve: (r: { seq: number }) => void;
   reject: (e: RoomcastError) => void;
   timer?: ReturnType<typeof setTimeout>;
@@ -130,15 +134,17 @@ export class Session extends Emitter<SessionEvents> {
         this.sendPublish(p);
         return;
       }
-      const bound = this.host.connected
-        ? Math.max(this.host.offlineQueue, JOINING_QUEUE)
-        : this.host.offlineQueue;
+      // Connecting or joining: wait for the join, the publish timeout running. Lost
+      // (a reconnect scheduled): wait only in the opt-in offline queue, without a clock.
+      const waiting = this.host.waiting;
+      const bound = waiting ? Math.max(this.host.offlineQueue, JOINING_QUEUE) : this.host.offlineQueue;
       if (bound === 0) {
         return reject(new RoomcastError('disconnected', 'not connected (no offline queue)'));
       }
       if (this.queue.length >= bound) {
         return reject(new RoomcastError('queue_full', `${bound} publishes already wait`));
       }
+      if (waiting) this.startClock(p);
       this.queue.push(p);
     });
   }
@@ -160,10 +166,11 @@ export class Session extends Emitter<SessionEvents> {
 
   /** Leaves the session: others see you go; queued publishes are rejected. */
   leave(): void {
-    if (this.state === 'left' || this.state === 'ended' || this.state === 'failed') return;
-    const wasJoined = this.state === 'joined';
+    if (this.isTerminal()) return;
+    // Joined, or a join on its way: the server has (or will have) us as a member.
+    const member = this.state === 'joined' || this.joinRef !== undefined || this.repair !== undefined;
     this.finish('left', new RoomcastError('closed', 'the session was left'));
-    if (wasJoined && this.host.connected) this.host.send({ type: 'leave', session: this.id });
+    if (member && this.host.connected) this.host.send({ type: 'leave', session: this.id });
   }
 
   // ----- driven by the client -----
@@ -171,6 +178,8 @@ export class Session extends Emitter<SessionEvents> {
   /** @internal The connection is up (welcome): join, with `since` when we have one. */
   _connected(): void {
     if (this.isTerminal()) return;
+    // The offline queue's wait had no clock; from now on it counts.
+    for (const p of this.queue) if (!p.timer) this.startClock(p);
     this.join();
   }
 
@@ -191,13 +200,25 @@ export class Session extends Emitter<SessionEvents> {
       for (const p of this.queue.splice(0)) {
         this.settle(p, new RoomcastError('disconnected', 'the connection dropped'));
       }
+    } else {
+      for (const p of this.queue.splice(this.host.offlineQueue)) {
+        this.settle(p, new RoomcastError('queue_full', 'more publishes waited than the offline queue holds'));
+      }
+      // Offline, the wait has no clock until the connection is back.
+      for (const p of this.queue) this.stopClock(p);
     }
     if (!this.isTerminal() && this.state !== 'joining') this.setState('joining');
   }
 
-  /** @internal The connection closed with 4000 or the client gave up. */
+  /** @internal The client closed, gave up, or the connection closed with 4000: what was
+   * in flight is rejected too. */
   _end(state: 'ended' | 'failed' | 'left', error: RoomcastError): void {
     if (this.isTerminal()) return;
+    for (const [ref, p] of this.inflight) {
+      this.host.forget(ref);
+      this.settle(p, error);
+    }
+    this.inflight.clear();
     this.finish(state, error);
   }
 
@@ -270,7 +291,9 @@ export class Session extends Emitter<SessionEvents> {
   // ----- internals -----
 
   private join(): void {
-    if (this.isTerminal() || !this.host.connected) return;
+    // One join at a time: a second one on this connection would be refused as "already
+    // joined" and fail the session.
+    if (this.isTerminal() || !this.host.connected || this.joinRef !== undefined) return;
     const since = this.repair === 'reset' ? 0 : this.lastSeq;
     this.joinRef = this.host.ref('j', this);
     const frame: ClientFrame = { type: 'join', session: this.id, ref: this.joinRef };
@@ -288,17 +311,22 @@ export class Session extends Emitter<SessionEvents> {
     this.repair = undefined;
     this.presence.clear();
     for (const m of f.presence) this.presence.set(m.client_id, m);
+    // Joined, quietly first: what waited goes out before anything a listener publishes.
+    this.state = 'joined';
+    if (reset) this.lastSeq = f.seq;
+    for (const p of this.queue.splice(0)) this.sendPublish(p);
+    this.emit('state', 'joined');
     if (reset) {
-      this.lastSeq = f.seq;
-      this.setState('joined');
       this.emit('reset', { seq: f.seq, history: f.history });
     } else {
-      this.setState('joined');
-      for (const m of f.history) this.deliver(m);
+      for (const m of f.history) {
+        // A listener may have left or closed meanwhile.
+        if (this.state !== 'joined') return;
+        this.deliver(m);
+      }
       // Without `since` there is nothing to replay: live messages start after `seq`.
       if (this.lastSeq === undefined) this.lastSeq = f.seq;
     }
-    for (const p of this.queue.splice(0)) this.sendPublish(p);
   }
 
   private onMessage(f: Extract<ServerFrame, { type: 'message' }>): void {
@@ -353,17 +381,36 @@ export class Session extends Emitter<SessionEvents> {
 
   private sendPublish(p: Pending): void {
     const ref = this.host.ref('p', this);
+    p.ref = ref;
     this.inflight.set(ref, p);
-    p.timer = setTimeout(() => {
-      if (!this.inflight.delete(ref)) return;
-      this.host.forget(ref);
-      this.settle(p, new RoomcastError('timeout', 'no ack in time (it may have been stored)'));
-    }, this.host.publishTimeoutMs);
+    if (!p.timer) this.startClock(p);
     if (!this.host.send({ type: 'publish', session: this.id, data: p.data, ref })) {
       this.inflight.delete(ref);
       this.host.forget(ref);
       this.settle(p, new RoomcastError('disconnected', 'not connected'));
     }
+  }
+
+  /** The publish timeout: from when it could be sent (queued while connecting or joining,
+   * or sent) until its answer. */
+  private startClock(p: Pending): void {
+    p.timer = setTimeout(() => {
+      p.timer = undefined;
+      const queued = this.queue.indexOf(p);
+      if (queued >= 0) {
+        this.queue.splice(queued, 1);
+      } else if (p.ref && this.inflight.delete(p.ref)) {
+        this.host.forget(p.ref);
+      } else {
+        return;
+      }
+      this.settle(p, new RoomcastError('timeout', 'no ack in time (it may have been stored)'));
+    }, this.host.publishTimeoutMs);
+  }
+
+  private stopClock(p: Pending): void {
+    if (p.timer) clearTimeout(p.timer);
+    p.timer = undefined;
   }
 
   private joinedSend(frame: ClientFrame): boolean {
@@ -380,7 +427,9 @@ export class Session extends Emitter<SessionEvents> {
   private finish(state: 'left' | 'ended' | 'failed', error: RoomcastError): void {
     if (this.retry) clearTimeout(this.retry);
     this.retry = undefined;
+    this.joinRef = undefined;
     for (const p of this.queue.splice(0)) this.settle(p, error);
+    // A leave keeps what is in flight: its acks come back before the leave's.
     if (state !== 'left') {
       for (const [ref, p] of this.inflight) {
         this.host.forget(ref);

@@ -313,3 +313,115 @@ test('presence is kept live; a refused join fails the session', () => {
   assert.equal(denied.state, 'failed');
   assert.equal(c.state, 'connected', 'the connection lives');
 });
+
+test('a session made in a connected listener joins once', () => {
+  const c = client();
+  let late;
+  c.on('state', (s) => {
+    if (s === 'connected' && !late) late = c.session('late');
+  });
+  c.session('early');
+  c.connect();
+  const ws = FakeSocket.last();
+  ws.welcome();
+  assert.deepEqual(
+    ws.sentOf('join').map((j) => j.session).sort(),
+    ['early', 'late'],
+    'one join each, never "already joined"',
+  );
+});
+
+test('leaving while the join is on its way still tells the server', () => {
+  const c = client();
+  const s = c.session('room');
+  c.connect();
+  const ws = FakeSocket.last();
+  ws.welcome();
+  assert.equal(ws.sentOf('join').length, 1);
+  s.leave();
+  assert.equal(s.state, 'left');
+  assert.deepEqual(ws.sentOf('leave').map((l) => l.session), ['room']);
+});
+
+test('close() then connect() while the token is being fetched opens one socket', async () => {
+  let release;
+  const c = client({ token: () => new Promise((r) => (release = r)) });
+  c.connect();
+  await until(() => release, 'the first token call');
+  const first = release;
+  release = undefined;
+  c.close();
+  c.connect();
+  await until(() => release, 'the second token call');
+  const second = release;
+  first('stale');
+  second('fresh');
+  // `until` yields to the event loop: both answers' handlers have run by then.
+  await until(() => FakeSocket.all.length >= 1, 'a socket');
+  assert.equal(FakeSocket.all.length, 1, 'the stale answer opened nothing');
+  assert.match(FakeSocket.last().url, /token=fresh/);
+});
+
+test('a short deadAfterMs still pings before giving up', async () => {
+  const c = client({ deadAfterMs: 200 });
+  c.connect();
+  const ws = FakeSocket.last();
+  ws.welcome(25_000);
+  await until(() => ws.sentOf('ping').length === 1, 'a ping', 2000);
+  ws.frame({ type: 'pong' });
+  await until(() => ws.sentOf('ping').length === 2, 'another ping after more silence', 2000);
+  assert.equal(FakeSocket.all.length, 1, 'answered pings keep the connection');
+});
+
+test('a server that never says welcome is left for the next URL', async () => {
+  const c = client({ connectTimeoutMs: 50 });
+  c.connect();
+  await until(() => FakeSocket.all.length === 2, 'a second attempt', 2000);
+  assert.ok(FakeSocket.all[0].url.startsWith('ws://a.test/'));
+  assert.ok(FakeSocket.all[1].url.startsWith('ws://b.test/'));
+  assert.equal(c.states.find(([s]) => s === 'disconnected')[1].reason, 'no welcome in time');
+});
+
+test('a publish right after connect() waits for the join; one that waits too long times out', async () => {
+  const c = client({ publishTimeoutMs: 100 });
+  const s = c.session('room');
+  c.connect();
+  const early = s.publish('first'); // before welcome: waits
+  const ws = FakeSocket.last();
+  ws.welcome();
+  assert.equal(ws.sentOf('publish').length, 0, 'not before the join');
+  ws.joined('room', 0);
+  const sent = ws.sentOf('publish');
+  assert.deepEqual(sent.map((p) => p.data), ['first']);
+  ws.frame({ type: 'ack', ref: sent[0].ref, seq: 1 });
+  assert.deepEqual(await early, { seq: 1 });
+
+  const other = c.session('slow');
+  const stuck = other.publish('never joined');
+  await assert.rejects(stuck, { code: 'timeout' });
+});
+
+test("a publish's rate limit does not slow a later reconnect", () => {
+  const { c, s, ws } = joinedClient();
+  const p = s.publish(1).catch(() => {});
+  ws.frame({
+    type: 'error',
+    ref: ws.sentOf('publish').at(-1).ref,
+    code: 'rate_limited',
+    message: 'slow down',
+    retry_after_ms: 41_000,
+  });
+  ws.shut(4029);
+  assert.ok(c.states.at(-1)[1].delayMs < 41_000, JSON.stringify(c.states.at(-1)));
+  return p;
+});
+
+test('an expired fixed token stops at once instead of retrying forever', () => {
+  const exp = Math.floor(Date.now() / 1000) - 60;
+  const jwt = `h.${Buffer.from(JSON.stringify({ sub: 'x', exp })).toString('base64url')}.s`;
+  const c = client({ token: jwt });
+  c.connect();
+  assert.equal(FakeSocket.all.length, 0);
+  assert.equal(c.state, 'closed');
+  assert.equal(c.errors.at(-1).code, 'token_expired');
+});

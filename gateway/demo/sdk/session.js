@@ -53,15 +53,18 @@ export class Session extends Emitter {
                 this.sendPublish(p);
                 return;
             }
-            const bound = this.host.connected
-                ? Math.max(this.host.offlineQueue, JOINING_QUEUE)
-                : this.host.offlineQueue;
+            // Connecting or joining: wait for the join, the publish timeout running. Lost
+            // (a reconnect scheduled): wait only in the opt-in offline queue, without a clock.
+            const waiting = this.host.waiting;
+            const bound = waiting ? Math.max(this.host.offlineQueue, JOINING_QUEUE) : this.host.offlineQueue;
             if (bound === 0) {
                 return reject(new RoomcastError('disconnected', 'not connected (no offline queue)'));
             }
             if (this.queue.length >= bound) {
                 return reject(new RoomcastError('queue_full', `${bound} publishes already wait`));
             }
+            if (waiting)
+                this.startClock(p);
             this.queue.push(p);
         });
     }
@@ -79,11 +82,12 @@ export class Session extends Emitter {
     }
     /** Leaves the session: others see you go; queued publishes are rejected. */
     leave() {
-        if (this.state === 'left' || this.state === 'ended' || this.state === 'failed')
+        if (this.isTerminal())
             return;
-        const wasJoined = this.state === 'joined';
+        // Joined, or a join on its way: the server has (or will have) us as a member.
+        const member = this.state === 'joined' || this.joinRef !== undefined || this.repair !== undefined;
         this.finish('left', new RoomcastError('closed', 'the session was left'));
-        if (wasJoined && this.host.connected)
+        if (member && this.host.connected)
             this.host.send({ type: 'leave', session: this.id });
     }
     // ----- driven by the client -----
@@ -91,6 +95,10 @@ export class Session extends Emitter {
     _connected() {
         if (this.isTerminal())
             return;
+        // The offline queue's wait had no clock; from now on it counts.
+        for (const p of this.queue)
+            if (!p.timer)
+                this.startClock(p);
         this.join();
     }
     /** @internal The connection is gone: what was in flight has an unknown outcome. */
@@ -113,13 +121,27 @@ export class Session extends Emitter {
                 this.settle(p, new RoomcastError('disconnected', 'the connection dropped'));
             }
         }
+        else {
+            for (const p of this.queue.splice(this.host.offlineQueue)) {
+                this.settle(p, new RoomcastError('queue_full', 'more publishes waited than the offline queue holds'));
+            }
+            // Offline, the wait has no clock until the connection is back.
+            for (const p of this.queue)
+                this.stopClock(p);
+        }
         if (!this.isTerminal() && this.state !== 'joining')
             this.setState('joining');
     }
-    /** @internal The connection closed with 4000 or the client gave up. */
+    /** @internal The client closed, gave up, or the connection closed with 4000: what was
+     * in flight is rejected too. */
     _end(state, error) {
         if (this.isTerminal())
             return;
+        for (const [ref, p] of this.inflight) {
+            this.host.forget(ref);
+            this.settle(p, error);
+        }
+        this.inflight.clear();
         this.finish(state, error);
     }
     /** @internal A frame for this session. */
@@ -195,7 +217,9 @@ export class Session extends Emitter {
     }
     // ----- internals -----
     join() {
-        if (this.isTerminal() || !this.host.connected)
+        // One join at a time: a second one on this connection would be refused as "already
+        // joined" and fail the session.
+        if (this.isTerminal() || !this.host.connected || this.joinRef !== undefined)
             return;
         const since = this.repair === 'reset' ? 0 : this.lastSeq;
         this.joinRef = this.host.ref('j', this);
@@ -218,21 +242,27 @@ export class Session extends Emitter {
         this.presence.clear();
         for (const m of f.presence)
             this.presence.set(m.client_id, m);
-        if (reset) {
+        // Joined, quietly first: what waited goes out before anything a listener publishes.
+        this.state = 'joined';
+        if (reset)
             this.lastSeq = f.seq;
-            this.setState('joined');
+        for (const p of this.queue.splice(0))
+            this.sendPublish(p);
+        this.emit('state', 'joined');
+        if (reset) {
             this.emit('reset', { seq: f.seq, history: f.history });
         }
         else {
-            this.setState('joined');
-            for (const m of f.history)
+            for (const m of f.history) {
+                // A listener may have left or closed meanwhile.
+                if (this.state !== 'joined')
+                    return;
                 this.deliver(m);
+            }
             // Without `since` there is nothing to replay: live messages start after `seq`.
             if (this.lastSeq === undefined)
                 this.lastSeq = f.seq;
         }
-        for (const p of this.queue.splice(0))
-            this.sendPublish(p);
     }
     onMessage(f) {
         // While repairing, the coming `joined` carries everything up to its seq.
@@ -286,18 +316,38 @@ export class Session extends Emitter {
     }
     sendPublish(p) {
         const ref = this.host.ref('p', this);
+        p.ref = ref;
         this.inflight.set(ref, p);
-        p.timer = setTimeout(() => {
-            if (!this.inflight.delete(ref))
-                return;
-            this.host.forget(ref);
-            this.settle(p, new RoomcastError('timeout', 'no ack in time (it may have been stored)'));
-        }, this.host.publishTimeoutMs);
+        if (!p.timer)
+            this.startClock(p);
         if (!this.host.send({ type: 'publish', session: this.id, data: p.data, ref })) {
             this.inflight.delete(ref);
             this.host.forget(ref);
             this.settle(p, new RoomcastError('disconnected', 'not connected'));
         }
+    }
+    /** The publish timeout: from when it could be sent (queued while connecting or joining,
+     * or sent) until its answer. */
+    startClock(p) {
+        p.timer = setTimeout(() => {
+            p.timer = undefined;
+            const queued = this.queue.indexOf(p);
+            if (queued >= 0) {
+                this.queue.splice(queued, 1);
+            }
+            else if (p.ref && this.inflight.delete(p.ref)) {
+                this.host.forget(p.ref);
+            }
+            else {
+                return;
+            }
+            this.settle(p, new RoomcastError('timeout', 'no ack in time (it may have been stored)'));
+        }, this.host.publishTimeoutMs);
+    }
+    stopClock(p) {
+        if (p.timer)
+            clearTimeout(p.timer);
+        p.timer = undefined;
     }
     joinedSend(frame) {
         if (this.state !== 'joined' || this.repair)
@@ -316,8 +366,10 @@ export class Session extends Emitter {
         if (this.retry)
             clearTimeout(this.retry);
         this.retry = undefined;
+        this.joinRef = undefined;
         for (const p of this.queue.splice(0))
             this.settle(p, error);
+        // A leave keeps what is in flight: its acks come back before the leave's.
         if (state !== 'left') {
             for (const [ref, p] of this.inflight) {
                 this.host.forget(ref);
