@@ -153,14 +153,24 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
         validation.leeway = 5;
+        // A configured issuer or audience is required, not only checked when present:
+        // jsonwebtoken accepts a token that leaves the claim out unless it is listed.
+        let mut required = vec!["exp"];
         match &config.jwt_issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
             None => validation.iss = None,
         }
         match &config.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(Authenticator {
             mode: config.auth,
             decoding,
@@ -444,5 +454,73 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_token_may_list_exactly_the_maximum_of_sessions() {
+        let sessions = |n: usize| (0..n).map(|i| format!("s{i}")).collect::<Vec<_>>();
+        assert!(check_claims("ann", Some(&sessions(MAX_TOKEN_SESSIONS)), None).is_ok());
+        let e = check_claims("ann", Some(&sessions(MAX_TOKEN_SESSIONS + 1)), None).unwrap_err();
+        assert!(e.contains("more than"), "{e}");
+    }
+
+    /// Each refusal says why: the reason reaches the client's 401 and the logs.
+    #[test]
+    fn each_refusal_names_its_reason() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let now = (now_ms() / 1000) as i64;
+        let claims = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut c = serde_json::json!({
+                "sub": "ann", "roles": ["controller"], "exp": now + 60,
+                "iss": "me", "aud": "roomcast"
+            });
+            f(&mut c);
+            c
+        };
+        let sign = |alg: Algorithm, key: &[u8], c: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(alg), &c, &EncodingKey::from_secret(key)).unwrap()
+        };
+        let a = auth(&[("jwt-issuer", "me"), ("jwt-audience", "roomcast")]);
+        let reason = |token: String| match a.verify(&token) {
+            Err(AuthError::Invalid(r)) => r,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(a
+            .verify(&sign(Algorithm::HS256, secret.as_bytes(), claims(&|_| {})))
+            .is_ok());
+        let future = claims(&|c| c["nbf"] = (now + 3600).into());
+        assert_eq!(
+            reason(sign(Algorithm::HS256, secret.as_bytes(), future)),
+            "token not valid yet"
+        );
+        let forged = sign(
+            Algorithm::HS256,
+            b"another-secret-of-enough-length!",
+            claims(&|_| {}),
+        );
+        assert_eq!(reason(forged), "bad signature");
+        let other_alg = sign(Algorithm::HS512, secret.as_bytes(), claims(&|_| {}));
+        assert_eq!(reason(other_alg), "algorithm not accepted");
+        let issuer = claims(&|c| c["iss"] = "someone-else".into());
+        assert_eq!(
+            reason(sign(Algorithm::HS256, secret.as_bytes(), issuer)),
+            "wrong issuer"
+        );
+        let audience = claims(&|c| c["aud"] = "another-app".into());
+        assert_eq!(
+            reason(sign(Algorithm::HS256, secret.as_bytes(), audience)),
+            "wrong audience"
+        );
+        // A configured issuer or audience must be present, not only right when present.
+        for claim in ["iss", "aud"] {
+            let without = claims(&|c| {
+                c.as_object_mut().map(|o| o.remove(claim));
+            });
+            assert_eq!(
+                reason(sign(Algorithm::HS256, secret.as_bytes(), without)),
+                format!("missing `{claim}`")
+            );
+        }
+        assert_eq!(reason("x.y.z".into()), "malformed token");
     }
 }

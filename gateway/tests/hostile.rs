@@ -496,3 +496,42 @@ async fn fragments_adding_up_past_the_limit_close_1009() {
     assert_eq!(bystander.messages("frag", 1).await, vec![1]);
     assert_eq!(a.get("/health/live").await.0, 200);
 }
+
+/// `ROOMCAST_AUTH=off` (development only): anyone connects as the `?user=` they name, with
+/// every role, and the gateway says so loudly at start.
+#[tokio::test]
+async fn with_auth_off_anyone_connects_as_the_user_they_name() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_AUTH", "off")]);
+    a.wait_ready().await;
+    assert!(
+        a.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("AUTHENTICATION IS OFF")),
+        "the start-up warning"
+    );
+    let mut kiosk = WsClient::connect(&format!("{}?user=kiosk", a.ws_url()), None, None).await;
+    let mut watcher = WsClient::connect(&a.ws_url(), None, None).await;
+    watcher.join("open-house", None).await;
+    kiosk.join("open-house", None).await;
+    let joined = watcher
+        .expect(
+            "the kiosk's arrival",
+            |f| matches!(f, ServerFrame::Presence { member, .. } if member.user == "kiosk"),
+        )
+        .await;
+    assert!(matches!(joined, ServerFrame::Presence { .. }));
+    assert_eq!(kiosk.publish("open-house", json!("hello")).await, 1);
+    // Over REST any bearer stands for an anonymous user of any session.
+    let r = call(
+        a.addr,
+        "GET",
+        "/api/v1/sessions/open-house",
+        Some("anyone"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
