@@ -523,4 +523,25 @@ mod tests {
         }
         assert_eq!(reason("x.y.z".into()), "malformed token");
     }
+
+    /// A token lives as long as asked: `ttl` from now (`roomcast token`), or until `exp`
+    /// (the REST routes' session tokens).
+    #[test]
+    fn minted_tokens_expire_when_asked() {
+        let a = auth(&[]);
+        let now_s = now_ms() / 1000;
+        let within = |at_ms: Option<u64>, expected_s: u64| {
+            let at_s = at_ms.expect("an expiry") / 1000;
+            assert!(
+                at_s.abs_diff(expected_s) <= 2,
+                "expires at {at_s}, expected about {expected_s}"
+            );
+        };
+        let ttl = a.mint(&args(Duration::from_secs(600))).unwrap();
+        within(a.verify(&ttl).unwrap().expires_at_ms, now_s + 600);
+        let until = a
+            .mint_until("bob".into(), vec![Role::Display], &[], None, now_s + 120)
+            .unwrap();
+        within(a.verify(&until).unwrap().expires_at_ms, now_s + 120);
+    }
 }
