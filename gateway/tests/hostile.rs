@@ -504,14 +504,7 @@ async fn with_auth_off_anyone_connects_as_the_user_they_name() {
     let redis = Redis::start();
     let a = Gateway::start(&redis.url(), &[("ROOMCAST_AUTH", "off")]);
     a.wait_ready().await;
-    assert!(
-        a.logs
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("AUTHENTICATION IS OFF")),
-        "the start-up warning"
-    );
+    assert!(a.logged(&["AUTHENTICATION IS OFF"]), "the start-up warning");
     let mut kiosk = WsClient::connect(&format!("{}?user=kiosk", a.ws_url()), None, None).await;
     let mut watcher = WsClient::connect(&a.ws_url(), None, None).await;
     watcher.join("open-house", None).await;

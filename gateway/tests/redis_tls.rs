@@ -112,19 +112,6 @@ impl Drop for TlsRedis {
     }
 }
 
-/// Waits for the gateway to log that Redis refused it for `why`, then checks readiness
-/// says Redis.
-async fn refused(g: &Gateway, why: &[&str]) {
-    wait_for(DEADLINE, "a logged TLS failure", || async {
-        let logs = g.logs.lock().unwrap();
-        logs.iter()
-            .any(|l| l.contains("redis connection failed") && why.iter().any(|w| l.contains(w)))
-    })
-    .await;
-    let (status, body) = g.get("/health/ready").await;
-    assert_eq!(status, 503, "{body}");
-}
-
 #[tokio::test]
 async fn a_rediss_url_verifies_the_server_and_carries_the_traffic() {
     let pki = Pki::new();
@@ -172,9 +159,15 @@ async fn the_server_certificate_is_always_verified() {
             ("ROOMCAST_REDIS_TLS_SERVER_NAME", "elsewhere.test"),
         ],
     );
-    refused(&system, &["UnknownIssuer", "certificate"]).await;
-    refused(&wrong_ca, &["UnknownIssuer", "certificate"]).await;
-    refused(&wrong_name, &["NotValidForName", "certificate"]).await;
+    system
+        .wait_redis_refusal(&["UnknownIssuer", "certificate"])
+        .await;
+    wrong_ca
+        .wait_redis_refusal(&["UnknownIssuer", "certificate"])
+        .await;
+    wrong_name
+        .wait_redis_refusal(&["NotValidForName", "certificate"])
+        .await;
 }
 
 #[tokio::test]
@@ -194,16 +187,7 @@ async fn mutual_tls_presents_the_client_certificate() {
     );
     identified.wait_ready().await;
     // Redis ends the handshake of a client without a certificate.
-    wait_for(DEADLINE, "a logged handshake failure", || async {
-        anonymous
-            .logs
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("redis connection failed"))
-    })
-    .await;
-    assert_eq!(anonymous.get("/health/ready").await.0, 503);
+    anonymous.wait_redis_refusal(&[]).await;
 }
 
 #[tokio::test]

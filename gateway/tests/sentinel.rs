@@ -243,14 +243,5 @@ async fn a_sentinel_password_comes_from_the_url() {
     let without = Gateway::start(&base, &[]);
     with.wait_ready().await;
     // Without it the sentinel refuses to say where the primary is, and the log says why.
-    wait_for(DEADLINE, "the refusal logged", || async {
-        without
-            .logs
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("redis connection failed"))
-    })
-    .await;
-    assert_eq!(without.get("/health/ready").await.0, 503);
+    without.wait_redis_refusal(&[]).await;
 }

@@ -195,6 +195,30 @@ impl Gateway {
         http_get(self.addr, path).await
     }
 
+    /// Whether one log line holds every one of `parts`.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        self.logs
+            .lock()
+            .expect("logs")
+            .iter()
+            .any(|l| parts.iter().all(|p| l.contains(p)))
+    }
+
+    /// Waits until the gateway logs that a Redis connection failed (for one of `why`, when
+    /// given), then checks that it is not ready.
+    pub async fn wait_redis_refusal(&self, why: &[&str]) {
+        wait_for(DEADLINE, "a logged Redis connection failure", || async {
+            if why.is_empty() {
+                return self.logged(&["redis connection failed"]);
+            }
+            why.iter()
+                .any(|w| self.logged(&["redis connection failed", w]))
+        })
+        .await;
+        let (status, body) = self.get("/health/ready").await;
+        assert_eq!(status, 503, "{body}");
+    }
+
     /// Waits until the gateway is ready (Redis and pub/sub up).
     pub async fn wait_ready(&self) {
         wait_for(DEADLINE, "gateway readiness", || async {
