@@ -66,6 +66,10 @@ export interface ClientOptions {
   deadAfterMs?: number;
   /** How long a new socket may take to reach `welcome` before the next URL is tried (10 s). */
   connectTimeoutMs?: number;
+  /** The server's frame limit (`ROOMCAST_MAX_FRAME_BYTES`, 64 KiB by default). A publish
+   * or signal that would exceed it is refused here (`too_large`): sent, it would close
+   * the whole connection with 1009. */
+  maxFrameBytes?: number;
   /** A WebSocket implementation where there is no global one (Node 20: `ws`). */
   WebSocket?: WebSocketConstructor;
 }
@@ -79,6 +83,7 @@ export interface ClientEvents {
 }
 
 const OPEN = 1;
+const utf8 = new TextEncoder();
 
 export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost {
   state: ConnectionState = 'closed';
@@ -179,12 +184,16 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
 
   // ----- SessionHost -----
 
-  /** @internal */
-  send(frame: ClientFrame): boolean {
+  /** @internal Sends one frame: `false` when not connected, `'too_large'` when the
+   * encoded frame exceeds `maxFrameBytes` (nothing is sent then). */
+  send(frame: ClientFrame): boolean | 'too_large' {
     const ws = this.ws;
     if (!ws || ws.readyState !== OPEN) return false;
     try {
-      ws.send(this.codec.encode(frame));
+      const bytes = this.codec.encode(frame);
+      const size = typeof bytes === 'string' ? utf8.encode(bytes).length : bytes.length;
+      if (size > (this.options.maxFrameBytes ?? 65_536)) return 'too_large';
+      ws.send(bytes);
       return true;
     } catch {
       return false;

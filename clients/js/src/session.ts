@@ -64,7 +64,7 @@ export interface SessionHost {
   readonly waiting: boolean;
   readonly offlineQueue: number;
   readonly publishTimeoutMs: number;
-  send(frame: ClientFrame): boolean;
+  send(frame: ClientFrame): boolean | 'too_large';
   ref(prefix: string, owner: Session): string;
   forget(ref: string): void;
   detach(session: Session): void;
@@ -384,7 +384,12 @@ export class Session extends Emitter<SessionEvents> {
     p.ref = ref;
     this.inflight.set(ref, p);
     if (!p.timer) this.startClock(p);
-    if (!this.host.send({ type: 'publish', session: this.id, data: p.data, ref })) {
+    const sent = this.host.send({ type: 'publish', session: this.id, data: p.data, ref });
+    if (sent === 'too_large') {
+      this.inflight.delete(ref);
+      this.host.forget(ref);
+      this.settle(p, new RoomcastError('too_large', 'over the frame size limit (maxFrameBytes)'));
+    } else if (!sent) {
       this.inflight.delete(ref);
       this.host.forget(ref);
       this.settle(p, new RoomcastError('disconnected', 'not connected'));
@@ -415,7 +420,7 @@ export class Session extends Emitter<SessionEvents> {
 
   private joinedSend(frame: ClientFrame): boolean {
     if (this.state !== 'joined' || this.repair) return false;
-    return this.host.send(frame);
+    return this.host.send(frame) === true;
   }
 
   private settle(p: Pending, error?: RoomcastError, seq?: number): void {

@@ -425,3 +425,14 @@ test('an expired fixed token stops at once instead of retrying forever', () => {
   assert.equal(c.state, 'closed');
   assert.equal(c.errors.at(-1).code, 'token_expired');
 });
+
+test('a publish over the frame limit is refused here, not sent to close the connection', async () => {
+  const { c, s, ws } = joinedClient({ maxFrameBytes: 1024 });
+  await assert.rejects(s.publish({ blob: 'x'.repeat(2000) }), { code: 'too_large' });
+  assert.equal(ws.sentOf('publish').length, 0);
+  assert.equal(s.signal({ blob: 'x'.repeat(2000) }), false);
+  assert.equal(c.state, 'connected');
+  const small = s.publish({ ok: true });
+  ws.frame({ type: 'ack', ref: ws.sentOf('publish').at(-1).ref, seq: 4 });
+  assert.deepEqual(await small, { seq: 4 });
+});

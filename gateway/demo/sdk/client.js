@@ -12,6 +12,7 @@ import { RoomcastError } from './errors.js';
 import { Close } from './protocol.js';
 import { Session } from './session.js';
 const OPEN = 1;
+const utf8 = new TextEncoder();
 export class RoomcastClient extends Emitter {
     options;
     state = 'closed';
@@ -110,13 +111,18 @@ export class RoomcastClient extends Emitter {
         return s;
     }
     // ----- SessionHost -----
-    /** @internal */
+    /** @internal Sends one frame: `false` when not connected, `'too_large'` when the
+     * encoded frame exceeds `maxFrameBytes` (nothing is sent then). */
     send(frame) {
         const ws = this.ws;
         if (!ws || ws.readyState !== OPEN)
             return false;
         try {
-            ws.send(this.codec.encode(frame));
+            const bytes = this.codec.encode(frame);
+            const size = typeof bytes === 'string' ? utf8.encode(bytes).length : bytes.length;
+            if (size > (this.options.maxFrameBytes ?? 65_536))
+                return 'too_large';
+            ws.send(bytes);
             return true;
         }
         catch {

@@ -320,7 +320,13 @@ export class Session extends Emitter {
         this.inflight.set(ref, p);
         if (!p.timer)
             this.startClock(p);
-        if (!this.host.send({ type: 'publish', session: this.id, data: p.data, ref })) {
+        const sent = this.host.send({ type: 'publish', session: this.id, data: p.data, ref });
+        if (sent === 'too_large') {
+            this.inflight.delete(ref);
+            this.host.forget(ref);
+            this.settle(p, new RoomcastError('too_large', 'over the frame size limit (maxFrameBytes)'));
+        }
+        else if (!sent) {
             this.inflight.delete(ref);
             this.host.forget(ref);
             this.settle(p, new RoomcastError('disconnected', 'not connected'));
@@ -352,7 +358,7 @@ export class Session extends Emitter {
     joinedSend(frame) {
         if (this.state !== 'joined' || this.repair)
             return false;
-        return this.host.send(frame);
+        return this.host.send(frame) === true;
     }
     settle(p, error, seq) {
         if (p.timer)
