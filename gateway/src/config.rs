@@ -351,7 +351,8 @@ impl Config {
         Ok(cli.config)
     }
 
-    /// Checks what clap cannot: combinations and ranges.
+    /// Checks what clap cannot: combinations and ranges. (`gateway::check_config` adds the
+    /// checks that read files.)
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |m: &str| Err(ConfigError(m.to_string()));
         if self.auth == AuthMode::Jwt && self.jwt_secret.is_none() && self.jwt_public_key.is_none()
@@ -429,10 +430,28 @@ impl Config {
         if let Err(e) = fred::types::config::Config::from_url(&self.redis_url) {
             return Err(ConfigError(format!("ROOMCAST_REDIS_URL: {e}")));
         }
-        // Reads the CA, certificate and key now: a TLS setting that cannot be honoured
-        // stops the start (exit 64), it never falls back to plaintext.
-        if let Err(e) = crate::store::tls::client_config(self) {
-            return Err(ConfigError(e));
+        // TLS settings never ride on a plaintext URL. (Their files are read and parsed by
+        // `gateway::check_config`, before the start.)
+        if !redis_url_uses_tls(&self.redis_url) {
+            let settings = [
+                ("ROOMCAST_REDIS_TLS_CA", self.redis_tls_ca.is_some()),
+                ("ROOMCAST_REDIS_TLS_CERT", self.redis_tls_cert.is_some()),
+                ("ROOMCAST_REDIS_TLS_KEY", self.redis_tls_key.is_some()),
+                (
+                    "ROOMCAST_REDIS_TLS_SERVER_NAME",
+                    self.redis_tls_server_name.is_some(),
+                ),
+            ];
+            if let Some((name, _)) = settings.iter().find(|(_, set)| *set) {
+                return Err(ConfigError(format!(
+                    "{name} is set but ROOMCAST_REDIS_URL is plaintext: use rediss:// for TLS"
+                )));
+            }
+        }
+        if self.redis_tls_cert.is_some() != self.redis_tls_key.is_some() {
+            return fail(
+                "ROOMCAST_REDIS_TLS_CERT and ROOMCAST_REDIS_TLS_KEY go together (mutual TLS)",
+            );
         }
         if let Err(e) = crate::net::TrustedProxies::parse(&self.trusted_proxies) {
             return Err(ConfigError(format!("ROOMCAST_TRUSTED_PROXIES: {e}")));
@@ -497,6 +516,15 @@ impl Config {
             .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
             .filter(|s| !s.is_empty())
     }
+}
+
+/// Whether a Redis URL asks for TLS (`rediss://`, `rediss-cluster://`, `valkeys://`, …).
+pub fn redis_url_uses_tls(url: &str) -> bool {
+    let scheme = url
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .unwrap_or_default();
+    scheme.starts_with("rediss") || scheme.starts_with("valkeys")
 }
 
 #[cfg(test)]

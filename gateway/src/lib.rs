@@ -139,6 +139,16 @@ pub enum StartError {
     Serve(#[from] std::io::Error),
 }
 
+/// Everything a start checks before it binds: the configuration's own rules, then the
+/// Redis TLS files (read and parsed), so a setting the gateway cannot honour stops it with
+/// exit 64 rather than at its first connection.
+pub fn check_config(config: &Config) -> Result<(), config::ConfigError> {
+    config.validate()?;
+    store::tls::client_config(config)
+        .map(|_| ())
+        .map_err(config::ConfigError)
+}
+
 /// Runs a gateway on `listener` until `shutdown` resolves, then drains (SPEC.md
 /// "Shutdown") and returns.
 pub async fn run(
@@ -146,7 +156,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    config.validate()?;
+    check_config(&config)?;
     let auth = Authenticator::from_config(&config)?;
     if auth.is_off() {
         tracing::warn!("AUTHENTICATION IS OFF (ROOMCAST_AUTH=off): anyone can connect as anyone; development only");

@@ -20,7 +20,7 @@ fn main() {
     // Minting needs a secret and nothing else a server needs.
     let checked = match cli.command {
         Some(Command::Token(_)) => cli.config.validate_for_minting(),
-        _ => cli.config.validate(),
+        _ => gateway::check_config(&cli.config),
     };
     if let Err(e) = checked {
         eprintln!("roomcast: {e}");

@@ -14,37 +14,15 @@ use fred::types::config::{
     HostMapping, Server, ServerConfig, TlsConfig, TlsConnector, TlsHostMapping,
 };
 
-use crate::config::Config;
+use crate::config::{redis_url_uses_tls, Config};
 
-/// Whether the URL asks for TLS (`rediss://`, `rediss-cluster://`, `valkeys://`, …).
-pub fn uses_tls(url: &str) -> bool {
-    let scheme = url
-        .split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase())
-        .unwrap_or_default();
-    scheme.starts_with("rediss") || scheme.starts_with("valkeys")
-}
-
-/// The TLS configuration for `config.redis_url`: `None` for a plaintext URL (which must
-/// then carry no TLS setting), else rustls with the configured trust and identity.
-/// Errors name the setting at fault.
+/// The TLS configuration for `config.redis_url`: `None` for a plaintext URL, else rustls
+/// with the configured trust and identity (files read and parsed here). Errors name the
+/// setting at fault.
 pub fn client_config(config: &Config) -> Result<Option<TlsConfig>, String> {
-    let settings = [
-        ("ROOMCAST_REDIS_TLS_CA", config.redis_tls_ca.is_some()),
-        ("ROOMCAST_REDIS_TLS_CERT", config.redis_tls_cert.is_some()),
-        ("ROOMCAST_REDIS_TLS_KEY", config.redis_tls_key.is_some()),
-        (
-            "ROOMCAST_REDIS_TLS_SERVER_NAME",
-            config.redis_tls_server_name.is_some(),
-        ),
-    ];
-    if !uses_tls(&config.redis_url) {
-        return match settings.iter().find(|(_, set)| *set) {
-            Some((name, _)) => Err(format!(
-                "{name} is set but ROOMCAST_REDIS_URL is plaintext: use rediss:// for TLS"
-            )),
-            None => Ok(None),
-        };
+    // A plaintext URL carries no TLS setting: `Config::validate` refuses the mix.
+    if !redis_url_uses_tls(&config.redis_url) {
+        return Ok(None);
     }
     let roots = match &config.redis_tls_ca {
         Some(path) => roots_from(path)?,
