@@ -390,11 +390,15 @@ impl Config {
         if self.send_queue < 8 {
             return fail("ROOMCAST_SEND_QUEUE must be at least 8");
         }
+        // WAIT is a Redis command like any other: past ROOMCAST_REDIS_TIMEOUT the client
+        // would give up on it first and report Redis unavailable.
         if self.redis_wait_replicas > 0
             && (self.redis_wait_timeout < Duration::from_millis(1)
-                || self.redis_wait_timeout > Duration::from_secs(60))
+                || self.redis_wait_timeout >= self.redis_timeout)
         {
-            return fail("ROOMCAST_REDIS_WAIT_TIMEOUT must be between 1ms and 60s");
+            return fail(
+                "ROOMCAST_REDIS_WAIT_TIMEOUT must be at least 1ms and shorter than ROOMCAST_REDIS_TIMEOUT",
+            );
         }
         if self.redis_pool == 0 {
             return fail("ROOMCAST_REDIS_POOL must be at least 1");
@@ -595,6 +599,12 @@ mod tests {
         assert!(Config::from_pairs(&[s, ("history-size", "0")]).is_err());
         assert!(Config::from_pairs(&[s, ("listen", "nowhere")]).is_err());
         assert!(Config::from_pairs(&[s, ("inactivity-warning", "20m")]).is_err());
+        // Durable mode's WAIT must end before the command timeout would.
+        let wait = [("redis-wait-replicas", "1"), ("redis-timeout", "2s")];
+        assert!(Config::from_pairs(&[s, wait[0], wait[1], ("redis-wait-timeout", "1s")]).is_ok());
+        let e =
+            Config::from_pairs(&[s, wait[0], wait[1], ("redis-wait-timeout", "2s")]).unwrap_err();
+        assert!(e.0.contains("ROOMCAST_REDIS_WAIT_TIMEOUT"), "{e}");
         // TLS settings never ride on a plaintext URL.
         let e = Config::from_pairs(&[s, ("redis-tls-ca", "/etc/ssl/ca.pem")]).unwrap_err();
         assert!(e.0.contains("plaintext"), "{e}");

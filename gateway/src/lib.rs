@@ -330,7 +330,6 @@ async fn drain_on(
     app.shutdown.cancel();
 }
 
-/// Background health: Redis PING (readiness and `redis_up`) and the node heartbeat.
 /// Says why Redis cannot be reached (refused, a TLS certificate that does not verify,
 /// authentication), once per distinct error and at most every 10 s: without it a wrong
 /// TLS setting shows only as a 503.
@@ -359,6 +358,7 @@ async fn report_redis_errors(app: Arc<App>) {
     }
 }
 
+/// Background health: Redis PING (readiness and `redis_up`) and the node heartbeat.
 async fn monitor(app: Arc<App>) {
     let period = Duration::from_millis(500).min(app.config.heartbeat);
     let ping_timeout = app.config.redis_timeout.min(Duration::from_secs(1));
