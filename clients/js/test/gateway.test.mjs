@@ -199,16 +199,19 @@ async function publishThrough(a, b, session, fault, { count = 120, at = 40 } = {
     acked.push((await p.publish({ i })).seq);
     if (i % 10 === 0) await new Promise((r) => setTimeout(r, 10));
   }
-  await until(() => s.seen.length >= acked.length, `all ${count} messages`, 20_000).catch((e) => {
+  // A drained node may still deliver everything before it closes its clients: the
+  // display must be on the other instance, and receive there, before the verdict.
+  const connected = () => tv.states.filter(([st]) => st === 'connected').map(([, d]) => d.url);
+  await until(() => connected().length === 2 && s.state === 'joined', 'the display on the other instance');
+  for (let i = 0; i < 10; i++) acked.push((await p.publish({ after: i })).seq);
+  await until(() => s.seen.length >= acked.length, `all ${acked.length} messages`, 20_000).catch((e) => {
     const why = { seen: s.seen.length, session: s.state, resets, states: tv.states };
     throw new Error(`${e.message}: ${JSON.stringify(why)}`);
   });
   assert.deepEqual(resets, [], 'the outage stayed within the history window');
   assert.deepEqual(s.seen, acked, 'every acked message once, in order');
   assert.equal(new Set(s.seen).size, s.seen.length);
-  const connected = tv.states.filter(([st]) => st === 'connected').map(([, d]) => d.url);
-  assert.equal(connected.length, 2, JSON.stringify(tv.states));
-  assert.ok(connected[1].startsWith(b.ws), `reconnected to the other instance: ${connected[1]}`);
+  assert.ok(connected()[1].startsWith(b.ws), `reconnected to the other instance: ${connected()[1]}`);
   tv.close();
   phone.close();
   return tv;
