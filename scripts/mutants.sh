@@ -24,7 +24,7 @@ files() {
   limits) echo gateway/src/ratelimit.rs gateway/src/store/limits.rs ;;
   health) echo gateway/src/lib.rs gateway/src/http.rs ;;
   auth) echo gateway/src/auth.rs ;;
-  store) echo gateway/src/store/mod.rs gateway/src/store/sessions.rs gateway/src/lifecycle.rs gateway/src/api/history.rs ;;
+  store) echo gateway/src/store/mod.rs gateway/src/store/sessions.rs gateway/src/store/tls.rs gateway/src/lifecycle.rs gateway/src/api/history.rs ;;
   esac
 }
 
@@ -34,7 +34,7 @@ tests() {
   limits) echo --lib --test abuse --test edge ;;
   health) echo --lib --test operations --test resilience --test guarantees --test edge ;;
   auth) echo --lib --test hostile --test hardening --test rest ;;
-  store) echo --lib --test rest --test lifecycle --test realtime --test hardening --test guarantees ;;
+  store) echo --lib --test rest --test lifecycle --test realtime --test hardening --test guarantees --test durable --test redis_tls ;;
   esac
 }
 
