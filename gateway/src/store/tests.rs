@@ -175,3 +175,28 @@ async fn a_presence_refresh_keeps_the_seq_alive_while_members_are_there() {
         assert!(left > ttl - 60_000, "{key} was not pushed: {left} ms left");
     }
 }
+
+/// The node registry behind `/api/v1/sessions/stats`: a node counts while its heartbeat
+/// is fresh, with the connections it reported, and is gone once it removes itself.
+#[tokio::test]
+async fn the_node_registry_counts_live_nodes_and_forgets_a_removed_one() {
+    let redis = Redis::start();
+    let (store, _) = store(&redis).await;
+    let now = now_ms();
+    let minute = Duration::from_secs(60);
+    for (node, connections) in [("gw-a", 3), ("gw-b", 4)] {
+        store.node_heartbeat(node, now, minute).await.unwrap();
+        store.node_connections(node, connections).await.unwrap();
+    }
+    assert_eq!(store.cluster(now, minute).await.unwrap(), (2, 7));
+    store.node_connections("gw-b", 10).await.unwrap();
+    assert_eq!(store.cluster(now, minute).await.unwrap(), (2, 13));
+    store.node_remove("gw-a").await.unwrap();
+    assert_eq!(store.cluster(now, minute).await.unwrap(), (1, 10));
+    let k = store.keys().node_connections();
+    assert_eq!(
+        int(redis.cmd(&["HEXISTS", &k, "gw-a"])),
+        0,
+        "its count went too"
+    );
+}
