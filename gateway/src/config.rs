@@ -420,11 +420,7 @@ impl Config {
             "valkey-sentinel",
             "valkeys-sentinel",
         ];
-        let scheme = self
-            .redis_url
-            .split_once("://")
-            .map(|(s, _)| s.to_ascii_lowercase())
-            .unwrap_or_default();
+        let scheme = redis_url_scheme(&self.redis_url);
         if !SCHEMES.contains(&scheme.as_str()) {
             return Err(ConfigError(format!(
                 "ROOMCAST_REDIS_URL: scheme {scheme:?} is not one this build serves ({})",
@@ -522,12 +518,16 @@ impl Config {
     }
 }
 
+/// The scheme of a Redis URL, lowercased ("" without one).
+fn redis_url_scheme(url: &str) -> String {
+    url.split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 /// Whether a Redis URL asks for TLS (`rediss://`, `rediss-cluster://`, `valkeys://`, …).
 pub fn redis_url_uses_tls(url: &str) -> bool {
-    let scheme = url
-        .split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase())
-        .unwrap_or_default();
+    let scheme = redis_url_scheme(url);
     scheme.starts_with("rediss") || scheme.starts_with("valkeys")
 }
 
