@@ -431,6 +431,12 @@ test('a publish over the frame limit is refused here, not sent to close the conn
   await assert.rejects(s.publish({ blob: 'x'.repeat(2000) }), { code: 'too_large' });
   assert.equal(ws.sentOf('publish').length, 0);
   assert.equal(s.signal({ blob: 'x'.repeat(2000) }), false);
+  // Near the limit the UTF-8 size decides: 400 × 'é' is 800 bytes, 400 × '€' is 1,200.
+  const fitting = s.publish({ t: 'é'.repeat(400) });
+  assert.equal(ws.sentOf('publish').length, 1, 'under the limit in bytes: sent');
+  ws.frame({ type: 'ack', ref: ws.sentOf('publish').at(-1).ref, seq: 3 });
+  await fitting;
+  await assert.rejects(s.publish({ t: '€'.repeat(400) }), { code: 'too_large' });
   assert.equal(c.state, 'connected');
   const small = s.publish({ ok: true });
   ws.frame({ type: 'ack', ref: ws.sentOf('publish').at(-1).ref, seq: 4 });

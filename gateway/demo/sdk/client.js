@@ -119,8 +119,7 @@ export class RoomcastClient extends Emitter {
             return false;
         try {
             const bytes = this.codec.encode(frame);
-            const size = typeof bytes === 'string' ? utf8.encode(bytes).length : bytes.length;
-            if (size > (this.options.maxFrameBytes ?? 65_536))
+            if (!fits(bytes, this.options.maxFrameBytes ?? 65_536))
                 return 'too_large';
             ws.send(bytes);
             return true;
@@ -426,6 +425,20 @@ export class RoomcastClient extends Emitter {
         this.state = state;
         this.emit('state', state, detail);
     }
+}
+/**
+ * Whether an encoded frame is at most `max` bytes. A string's UTF-8 length is between its
+ * length and three times it (per UTF-16 unit), so only frames near the limit are measured:
+ * the common small frame is not encoded a second time.
+ */
+function fits(frame, max) {
+    if (typeof frame !== 'string')
+        return frame.length <= max;
+    if (frame.length * 3 <= max)
+        return true;
+    if (frame.length > max)
+        return false;
+    return utf8.encode(frame).length <= max;
 }
 /** `/ws` or `ws.example/ws` against the page, `http(s)` → `ws(s)`. */
 function resolveUrl(url) {
