@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps run test test-only sdk-test demo-sdk lint k8s-check contract-test bench mutants mutants-lua fmt build release stop-redis clean-run
+.PHONY: help deps run test test-only test-cluster sdk-test demo-sdk lint k8s-check contract-test bench mutants mutants-lua fmt build release stop-redis clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -17,8 +17,12 @@ run: ## start a local Redis (AOF) and one gateway with a dev config, print how t
 
 test: deps lint test-only sdk-test contract-test k8s-check ## install what is missing, lint, run every test, validate manifests
 
-test-only: ## run every test (each starts its own private Redis instances)
+test-only: ## run every test (each starts its own private Redis instances), then the multi-instance suites against a Redis Cluster
 	$(CARGO) test --workspace --all-targets
+	$(MAKE) test-cluster
+
+test-cluster: ## the multi-instance suites again, each test against its own private 3-primary Redis Cluster
+	ROOMCAST_TEST_REDIS=cluster $(CARGO) test -p roomcast-gateway --lib --test realtime --test rest --test lifecycle --test abuse --test guarantees
 
 sdk-test: ## the TypeScript SDK (clients/js): its build and tests against real gateways and Redis
 	scripts/sdk-test.sh

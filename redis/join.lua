@@ -42,7 +42,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
   if info and loud() then
-    redis.call('PUBLISH', KEYS[6], '\146\3' .. info)
+    redis.call('SPUBLISH', KEYS[6], '\146\3' .. info)
   end
 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
@@ -67,6 +67,6 @@ if #ids > 0 then
   infos = redis.call('HMGET', KEYS[2], unpack(ids))
 end
 if loud() then
-  redis.call('PUBLISH', KEYS[6], '\146\4' .. ARGV[3])
+  redis.call('SPUBLISH', KEYS[6], '\146\4' .. ARGV[3])
 end
 return {seq, hist, infos, created}

@@ -7,6 +7,6 @@ local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 local max = tonumber(ARGV[2])
 if removed == 1 and info and (max == 0 or redis.call('ZCARD', KEYS[1]) < max) then
-  redis.call('PUBLISH', KEYS[3], '\146\3' .. info)
+  redis.call('SPUBLISH', KEYS[3], '\146\3' .. info)
 end
 return removed

@@ -20,7 +20,7 @@ for _, id in ipairs(swept) do
   redis.call('HDEL', KEYS[2], id)
   local max = tonumber(ARGV[4])
   if info and (max == 0 or redis.call('ZCARD', KEYS[1]) < max) then
-    redis.call('PUBLISH', KEYS[3], '\146\3' .. info)
+    redis.call('SPUBLISH', KEYS[3], '\146\3' .. info)
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then

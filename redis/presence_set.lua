@@ -20,6 +20,6 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
 end
 local max = tonumber(ARGV[7])
 if ARGV[4] ~= '0' and (max == 0 or redis.call('ZCARD', KEYS[1]) <= max) then
-  redis.call('PUBLISH', KEYS[3], '\146' .. string.char(tonumber(ARGV[4])) .. ARGV[3])
+  redis.call('SPUBLISH', KEYS[3], '\146' .. string.char(tonumber(ARGV[4])) .. ARGV[3])
 end
 return 1

@@ -38,8 +38,8 @@ local expires = tonumber(redis.call('HGET', KEYS[3], 'expires_at') or '0') or 0
 redis.call('PEXPIRE', KEYS[3],
   math.max(tonumber(ARGV[3]), expires - tonumber(ARGV[4]) + tonumber(ARGV[7])))
 if ARGV[5] == '' then
-  redis.call('PUBLISH', KEYS[4], '\146\1' .. entry)
+  redis.call('SPUBLISH', KEYS[4], '\146\1' .. entry)
 else
-  redis.call('PUBLISH', KEYS[4], '\147\1' .. entry .. ARGV[5])
+  redis.call('SPUBLISH', KEYS[4], '\147\1' .. entry .. ARGV[5])
 end
 return {seq, reactivated, created}

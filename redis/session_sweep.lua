@@ -32,7 +32,7 @@ if status == 'ended' then
 end
 if expires > 0 and now >= expires then
   redis.call('HSET', KEYS[1], 'status', 'ended', 'ended_at', ARGV[1], 'reason', 'max_lifetime')
-  redis.call('PUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({'ended', 'max_lifetime', now}))
+  redis.call('SPUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({'ended', 'max_lifetime', now}))
   return {'ended', 0}
 end
 if status ~= 'active' then
@@ -40,13 +40,13 @@ if status ~= 'active' then
 end
 if now - last >= timeout then
   redis.call('HSET', KEYS[1], 'status', 'inactive', 'inactive_at', ARGV[1])
-  redis.call('PUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({'updated', 'inactive', now}))
+  redis.call('SPUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({'updated', 'inactive', now}))
   return {'inactive', due(0)}
 end
 local warned = m[4] == m[2]
 if now - last >= warning and not warned then
   redis.call('HSET', KEYS[1], 'warned_for', m[2], 'warned_at', ARGV[1])
-  redis.call('PUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({'expiring', 'inactivity', last + timeout}))
+  redis.call('SPUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({'expiring', 'inactivity', last + timeout}))
   return {'warned', due(last + timeout)}
 end
 if warned then

@@ -19,7 +19,7 @@ for i = 7, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 if ARGV[4] ~= '' then
-  redis.call('PUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({ARGV[4], ARGV[5], tonumber(ARGV[6])}))
+  redis.call('SPUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({ARGV[4], ARGV[5], tonumber(ARGV[6])}))
 end
 local out = redis.call('HGETALL', KEYS[1])
 table.insert(out, 1, 1)

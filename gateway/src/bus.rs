@@ -1,22 +1,28 @@
-//! The pub/sub side of Redis: one subscriber connection per instance.
+//! The pub/sub side of Redis: sharded pub/sub (SSUBSCRIBE), one subscriber connection per
+//! Redis primary that hosts a channel this instance needs (one in all on a standalone).
 //!
 //! Owns which channels this instance is subscribed to. Session pumps ask for their channel
 //! when they start and give it back when they retire; one manager task turns those requests
-//! into SUBSCRIBE/UNSUBSCRIBE commands, in order and batched, with a reference count per
-//! channel so that a retiring pump and its successor cannot race each other out of a
-//! subscription. Never PSUBSCRIBE: each node receives only the sessions it serves.
+//! into SSUBSCRIBE/SUNSUBSCRIBE commands, in order and batched by hash slot, with a
+//! reference count per channel so that a retiring pump and its successor cannot race each
+//! other out of a subscription. Never a pattern: each node receives only the sessions it
+//! serves. The scripts SPUBLISH on the session's own slot, so on Redis Cluster a message
+//! travels only within the shard that owns the session.
 //!
 //! When the connection comes back after an outage the manager resubscribes everything and
 //! then asks every pump to catch up from history, so nothing published meanwhile is lost.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
+use fred::interfaces::ClusterInterface;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::config::Server;
 use fred::types::Value;
+use fred::util::redis_keyslot;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +36,16 @@ enum Op {
     Unsubscribe(String),
     /// The connection came back: subscribe to everything again, then catch up.
     Resync,
+    /// Redis Cluster: see whether a subscribed slot moved to another primary.
+    CheckSlots,
 }
+
+/// How often a clustered instance compares the owners of its subscribed slots with the
+/// cluster's slot map. A slot migration unsubscribes us on the old owner with a push that
+/// the client library swallows, so this check (and the redirections the command pool
+/// meets, which trigger it at once) is what notices it; it bounds how long a session's live
+/// feed pauses after a move. History fills what was published meanwhile.
+const SLOT_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 pub struct Bus {
     subscriber: SubscriberClient,
@@ -74,7 +89,14 @@ impl Bus {
     /// Connects (waiting at most `wait`) and starts the manager, reader and watcher tasks.
     pub async fn start(app: &Arc<App>, wait: Duration) {
         let bus = &app.bus;
-        let _connection = bus.subscriber.connect();
+        let connection = bus.subscriber.connect();
+        let marker = app.clone();
+        app.tracker.spawn(crate::keep_running(
+            app.clone(),
+            bus.subscriber.clone(),
+            connection,
+            move || marker.bus.up.store(false, Ordering::Release),
+        ));
         match tokio::time::timeout(wait, bus.subscriber.wait_for_connect()).await {
             Ok(Ok(())) => bus.up.store(true, Ordering::Release),
             _ => tracing::warn!("pub/sub connection not up yet; retrying in the background"),
@@ -92,6 +114,12 @@ impl Bus {
             bus.subscriber.message_rx(),
             shutdown.clone(),
         ));
+        if bus.subscriber.is_clustered() {
+            for client in app.store.pool().clients() {
+                app.tracker
+                    .spawn(on_cluster_change(app.clone(), client.cluster_change_rx()));
+            }
+        }
         app.tracker.spawn(watch(app.clone(), shutdown));
     }
 
@@ -128,6 +156,7 @@ async fn manage(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Op>, shutdown: Ca
     let sub = &app.bus.subscriber;
     let mut refs: HashMap<String, usize> = HashMap::new();
     let mut subscribed: HashSet<String> = HashSet::new();
+    let mut owners = SlotOwners::default();
     let mut ops = Vec::new();
     loop {
         tokio::select! {
@@ -137,6 +166,7 @@ async fn manage(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Op>, shutdown: Ca
         let mut waiters: Vec<(String, oneshot::Sender<Result<(), StoreError>>)> = Vec::new();
         let mut released: Vec<String> = Vec::new();
         let mut resync = false;
+        let mut check_slots = false;
         for op in ops.drain(..) {
             match op {
                 Op::Subscribe(channel, reply) => {
@@ -153,14 +183,15 @@ async fn manage(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Op>, shutdown: Ca
                     }
                 }
                 Op::Resync => resync = true,
+                Op::CheckSlots => check_slots = true,
             }
         }
         let to_unsub: Vec<String> = released
             .into_iter()
             .filter(|c| !refs.contains_key(c) && subscribed.remove(c))
             .collect();
-        if !to_unsub.is_empty() {
-            if let Err(e) = sub.unsubscribe(to_unsub).await {
+        for (_, result) in by_slot(sub, to_unsub, Sharded::Unsubscribe).await {
+            if let Err(e) = result {
                 // At worst we keep receiving a channel nobody here wants; the hub drops it.
                 tracing::debug!(error = %e, "unsubscribe failed");
             }
@@ -172,25 +203,22 @@ async fn manage(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Op>, shutdown: Ca
             .collect();
         to_sub.sort();
         to_sub.dedup();
-        let result = if to_sub.is_empty() {
-            Ok(())
-        } else {
-            sub.subscribe(to_sub.clone()).await
-        };
-        match result {
-            Ok(()) => {
-                subscribed.extend(to_sub);
-                for (_, reply) in waiters {
-                    let _ = reply.send(Ok(()));
+        let mut failed: HashMap<String, fred::error::Error> = HashMap::new();
+        for (channels, result) in by_slot(sub, to_sub, Sharded::Subscribe).await {
+            match result {
+                Ok(()) => {
+                    owners.record(sub, &channels);
+                    subscribed.extend(channels);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribe failed");
+                    failed.extend(channels.into_iter().map(|c| (c, e.clone())));
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "subscribe failed");
-                for (channel, reply) in waiters {
-                    if subscribed.contains(&channel) {
-                        let _ = reply.send(Ok(()));
-                        continue;
-                    }
+        }
+        for (channel, reply) in waiters {
+            match failed.get(&channel) {
+                Some(e) if !subscribed.contains(&channel) => {
                     // The requester will not unsubscribe what it never got.
                     if let Some(count) = refs.get_mut(&channel) {
                         *count -= 1;
@@ -200,10 +228,16 @@ async fn manage(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Op>, shutdown: Ca
                     }
                     let _ = reply.send(Err(StoreError::from(e.clone())));
                 }
+                _ => {
+                    let _ = reply.send(Ok(()));
+                }
             }
         }
         if resync {
             resubscribe(&app, &subscribed, &shutdown).await;
+            owners.reset(sub, &subscribed);
+        } else if check_slots {
+            owners.follow(&app, &subscribed).await;
         }
         m::subscriptions(subscribed.len());
     }
@@ -212,17 +246,22 @@ async fn manage(app: Arc<App>, mut rx: mpsc::UnboundedReceiver<Op>, shutdown: Ca
 /// Subscribes to every tracked channel again (retrying until it works or we shut down),
 /// then has every pump read what pub/sub may have dropped.
 async fn resubscribe(app: &Arc<App>, subscribed: &HashSet<String>, shutdown: &CancellationToken) {
-    let channels: Vec<String> = subscribed.iter().cloned().collect();
+    let mut pending: Vec<String> = subscribed.iter().cloned().collect();
+    let total = pending.len();
     let mut delay = Duration::from_millis(50);
     loop {
-        let result = if channels.is_empty() {
-            Ok(())
-        } else {
-            app.bus.subscriber.subscribe(channels.clone()).await
-        };
-        match result {
-            Ok(()) => break,
-            Err(e) => {
+        let mut error = None;
+        let mut retry = Vec::new();
+        for (channels, result) in by_slot(&app.bus.subscriber, pending, Sharded::Subscribe).await {
+            if let Err(e) = result {
+                retry.extend(channels);
+                error = Some(e);
+            }
+        }
+        pending = retry;
+        match error {
+            None => break,
+            Some(e) => {
                 tracing::warn!(error = %e, "resubscribe failed; retrying");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -235,10 +274,120 @@ async fn resubscribe(app: &Arc<App>, subscribed: &HashSet<String>, shutdown: &Ca
     app.bus.up.store(true, Ordering::Release);
     m::pubsub_reconnect();
     tracing::info!(
-        channels = channels.len(),
+        channels = total,
         "pub/sub resubscribed; catching up from history"
     );
     app.hub.catch_up_all();
+}
+
+/// Redis Cluster: the primary each subscribed slot was subscribed on. Empty on a
+/// standalone server, where nothing moves.
+#[derive(Default)]
+struct SlotOwners {
+    owners: HashMap<u16, Option<Server>>,
+}
+
+impl SlotOwners {
+    /// Notes where `channels` were just subscribed (the client's current slot map, which
+    /// it refreshes when it follows a MOVED).
+    fn record(&mut self, sub: &SubscriberClient, channels: &[String]) {
+        let Some(state) = sub.cached_cluster_state() else {
+            return;
+        };
+        for channel in channels {
+            let slot = redis_keyslot(channel.as_bytes());
+            self.owners.insert(slot, state.get_server(slot).cloned());
+        }
+    }
+
+    /// After a full resubscribe: every slot was subscribed where the map now says.
+    fn reset(&mut self, sub: &SubscriberClient, subscribed: &HashSet<String>) {
+        self.owners.clear();
+        let channels: Vec<String> = subscribed.iter().cloned().collect();
+        self.record(sub, &channels);
+    }
+
+    /// Refreshes the slot map; every subscribed slot whose owner changed (a migration, a
+    /// failover) is subscribed again on its new owner, and its sessions catch up from
+    /// history, so their members see no gap. A failed attempt is retried on the next check.
+    async fn follow(&mut self, app: &App, subscribed: &HashSet<String>) {
+        let sub = &app.bus.subscriber;
+        if let Err(e) = sub.sync_cluster().await {
+            tracing::debug!(error = %e, "cluster slot map refresh failed");
+            return;
+        }
+        let Some(state) = sub.cached_cluster_state() else {
+            return;
+        };
+        let mut live: HashSet<u16> = HashSet::with_capacity(self.owners.len());
+        let mut moved: Vec<String> = Vec::new();
+        for channel in subscribed {
+            let slot = redis_keyslot(channel.as_bytes());
+            live.insert(slot);
+            if self.owners.get(&slot).and_then(Option::as_ref) != state.get_server(slot) {
+                moved.push(channel.clone());
+            }
+        }
+        self.owners.retain(|slot, _| live.contains(slot));
+        if moved.is_empty() {
+            return;
+        }
+        for (channels, result) in by_slot(sub, moved, Sharded::Subscribe).await {
+            let slot = channels
+                .first()
+                .map(|c| redis_keyslot(c.as_bytes()))
+                .unwrap_or_default();
+            let owner = state.get_server(slot).cloned();
+            let shard = owner.as_ref().map(ToString::to_string).unwrap_or_default();
+            match result {
+                Ok(()) => {
+                    tracing::info!(slot, shard = %shard, channels = channels.len(), "slot moved; resubscribed, catching up");
+                    m::pubsub_shard_resubscribe(&shard);
+                    self.owners.insert(slot, owner);
+                    let keys = app.store.keys();
+                    for channel in &channels {
+                        if let Some(session) = keys.session_of_channel(channel) {
+                            app.hub.catch_up(session);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(slot, shard = %shard, error = %e, "resubscribe after a slot move failed; retrying");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Sharded {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// SSUBSCRIBE or SUNSUBSCRIBE `channels`, one call per hash slot (Redis Cluster refuses a
+/// call that spans slots; a standalone server takes the same calls, so one code path serves
+/// both), the slots concurrently. Answers each slot's channels with its outcome.
+async fn by_slot(
+    sub: &SubscriberClient,
+    channels: Vec<String>,
+    op: Sharded,
+) -> Vec<(Vec<String>, Result<(), fred::error::Error>)> {
+    let mut groups: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for channel in channels {
+        groups
+            .entry(redis_keyslot(channel.as_bytes()))
+            .or_default()
+            .push(channel);
+    }
+    let calls = groups.into_values().map(|group| async move {
+        let result = match op {
+            Sharded::Subscribe => sub.ssubscribe(group.clone()).await,
+            Sharded::Unsubscribe => sub.sunsubscribe(group.clone()).await,
+        };
+        (group, result)
+    });
+    futures_util::future::join_all(calls).await
 }
 
 /// Routes pub/sub messages to session pumps.
@@ -254,6 +403,7 @@ async fn read(
         };
         match message {
             Ok(message) => {
+                m::pubsub_received();
                 let payload = match message.value {
                     Value::Bytes(b) => b,
                     Value::String(s) => s.into_inner(),
@@ -289,13 +439,23 @@ async fn watch(app: Arc<App>, shutdown: CancellationToken) {
     let mut reconnects = app.bus.subscriber.reconnect_rx();
     // Also check on a clock: a first connection after a failed start reports no reconnect.
     let mut check = tokio::time::interval(Duration::from_secs(1));
+    let clustered = app.bus.subscriber.is_clustered();
+    let mut shards: HashSet<Server> = HashSet::new();
+    let mut slots = tokio::time::interval(SLOT_CHECK_EVERY);
+    slots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = slots.tick(), if clustered => {
+                if app.bus.up.load(Ordering::Acquire) {
+                    let _ = app.bus.ops.ops.send(Op::CheckSlots);
+                }
+            }
             _ = check.tick() => {
                 if !app.bus.up.load(Ordering::Acquire) && app.bus.subscriber.is_connected() {
                     let _ = app.bus.ops.ops.send(Op::Resync);
                 }
+                report_shards(&app.bus.subscriber, &mut shards);
             }
             e = errors.recv() => match e {
                 Ok((error, _)) => {
@@ -307,12 +467,50 @@ async fn watch(app: Arc<App>, shutdown: CancellationToken) {
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             r = reconnects.recv() => match r {
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                Ok(server) => {
+                    m::pubsub_shard_reconnect(&server.to_string());
+                    app.bus.up.store(false, Ordering::Release);
+                    let _ = app.bus.ops.ops.send(Op::Resync);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
                     app.bus.up.store(false, Ordering::Release);
                     let _ = app.bus.ops.ops.send(Op::Resync);
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         }
+    }
+}
+
+/// A pool client followed a MOVED (or reconnected) and its slot map changed: a slot may
+/// have moved under a subscription, so check now rather than on the next tick.
+async fn on_cluster_change(
+    app: Arc<App>,
+    mut changes: broadcast::Receiver<Vec<fred::types::ClusterStateChange>>,
+) {
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            change = changes.recv() => match change {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let _ = app.bus.ops.ops.send(Op::CheckSlots);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+/// Sets the per-shard up gauge: every primary the slot map names (the one server on a
+/// standalone), whether the subscriber holds a connection to it. Shards seen before stay
+/// reported, so one that went away shows 0 rather than vanishing.
+fn report_shards(sub: &SubscriberClient, shards: &mut HashSet<Server>) {
+    let connected: HashSet<Server> = sub.active_connections().into_iter().collect();
+    match sub.cached_cluster_state() {
+        Some(state) => shards.extend(state.unique_primary_nodes()),
+        None => shards.extend(connected.iter().cloned()),
+    }
+    for shard in shards.iter() {
+        m::pubsub_shard_up(&shard.to_string(), connected.contains(shard));
     }
 }

@@ -43,6 +43,12 @@ impl Hub {
         self.pumps.catch_up_all();
     }
 
+    /// Asks one session's pump, if there is one here, to read history after its last
+    /// delivered seq (its channel was resubscribed after a slot moved).
+    pub fn catch_up(&self, session: &str) {
+        self.pumps.catch_up(session);
+    }
+
     pub fn session_count(&self) -> usize {
         self.pumps.count()
     }

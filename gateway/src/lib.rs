@@ -200,7 +200,16 @@ pub async fn run(
     // Connect without failing: a gateway started before Redis reports not-ready until it
     // is reachable, instead of crash-looping.
     let wait = app.config.redis_timeout;
-    let _ = app.store.pool().connect_pool();
+    for (client, connection) in app
+        .store
+        .pool()
+        .clients()
+        .iter()
+        .zip(app.store.pool().connect_pool())
+    {
+        app.tracker
+            .spawn(keep_running(app.clone(), client.clone(), connection, || {}));
+    }
     if tokio::time::timeout(wait, app.store.pool().wait_for_connect())
         .await
         .is_err()
@@ -328,6 +337,44 @@ async fn drain_on(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     app.shutdown.cancel();
+}
+
+/// Restarts a Redis client whose connection task ended while the gateway runs. fred ends
+/// a client's routing task for good on some errors (an `ASKING` that runs out of attempts
+/// during a slot migration is one), after which every command sent to it would time out;
+/// connecting it again makes it a blink instead. `stopped` runs first (the subscriber marks
+/// the bus down, so it resubscribes once connected).
+pub(crate) async fn keep_running<C, F>(
+    app: Arc<App>,
+    client: C,
+    mut connection: fred::types::ConnectHandle,
+    stopped: F,
+) where
+    C: fred::interfaces::ClientLike + Clone + Send + Sync + 'static,
+    F: Fn() + Send + 'static,
+{
+    loop {
+        let ended = tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            ended = &mut connection => ended,
+        };
+        if app.shutdown.is_cancelled() {
+            return;
+        }
+        let reason = match ended {
+            Ok(Ok(())) => "closed".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(client = %client.id(), reason = %reason, "redis client stopped; connecting it again");
+        metrics::redis_client_restart();
+        stopped();
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        connection = client.connect();
+    }
 }
 
 /// Says why Redis cannot be reached (refused, a TLS certificate that does not verify,

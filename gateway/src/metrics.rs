@@ -23,6 +23,11 @@ pub(crate) const DELIVERY_LATENCY: &str = "roomcast_delivery_latency_seconds";
 pub(crate) const REDIS_COMMAND_DURATION: &str = "roomcast_redis_command_duration_seconds";
 pub(crate) const REDIS_UP: &str = "roomcast_redis_up";
 pub(crate) const PUBSUB_RECONNECTS_TOTAL: &str = "roomcast_pubsub_reconnects_total";
+pub(crate) const REDIS_CLIENT_RESTARTS_TOTAL: &str = "roomcast_redis_client_restarts_total";
+pub(crate) const PUBSUB_RECEIVED_TOTAL: &str = "roomcast_pubsub_received_total";
+pub(crate) const PUBSUB_SHARD_UP: &str = "roomcast_pubsub_shard_up";
+pub(crate) const PUBSUB_SHARD_RECONNECTS_TOTAL: &str = "roomcast_pubsub_shard_reconnects_total";
+pub(crate) const PUBSUB_SHARD_RESUBSCRIBES_TOTAL: &str = "roomcast_pubsub_shard_resubscribes_total";
 pub(crate) const PUBSUB_DROPPED_TOTAL: &str = "roomcast_pubsub_dropped_total";
 pub(crate) const RECOVERED_MESSAGES_TOTAL: &str = "roomcast_recovered_messages_total";
 pub(crate) const RATE_LIMITED_TOTAL: &str = "roomcast_rate_limited_total";
@@ -61,6 +66,8 @@ pub(crate) fn install() -> Result<PrometheusHandle, String> {
             CONNECTIONS_TOTAL,
             MESSAGES_DELIVERED_TOTAL,
             PUBSUB_RECONNECTS_TOTAL,
+            PUBSUB_RECEIVED_TOTAL,
+            REDIS_CLIENT_RESTARTS_TOTAL,
             RECOVERED_MESSAGES_TOTAL,
             SLOW_CONSUMER_TOTAL,
             ACCEPT_ERRORS_TOTAL,
@@ -119,6 +126,26 @@ fn describe() {
     describe_counter!(
         PUBSUB_RECONNECTS_TOTAL,
         "Times the pub/sub connection came back and resubscribed."
+    );
+    describe_counter!(
+        REDIS_CLIENT_RESTARTS_TOTAL,
+        "Redis clients (pool or subscriber) whose connection task ended and that were connected again."
+    );
+    describe_counter!(
+        PUBSUB_RECEIVED_TOTAL,
+        "Pub/sub payloads this instance received (it subscribes only to the sessions and users it hosts)."
+    );
+    describe_gauge!(
+        PUBSUB_SHARD_UP,
+        "1 while the subscriber connection to a Redis primary (shard) is up, by shard address."
+    );
+    describe_counter!(
+        PUBSUB_SHARD_RECONNECTS_TOTAL,
+        "Times the subscriber connection to a shard was re-established, by shard address."
+    );
+    describe_counter!(
+        PUBSUB_SHARD_RESUBSCRIBES_TOTAL,
+        "Slots subscribed again after they moved to another primary (migration, failover), by new owner."
     );
     describe_counter!(
         PUBSUB_DROPPED_TOTAL,
@@ -241,6 +268,26 @@ pub(crate) fn redis_up(up: bool) {
 
 pub(crate) fn pubsub_reconnect() {
     counter!(PUBSUB_RECONNECTS_TOTAL).increment(1);
+}
+
+pub(crate) fn redis_client_restart() {
+    counter!(REDIS_CLIENT_RESTARTS_TOTAL).increment(1);
+}
+
+pub(crate) fn pubsub_received() {
+    counter!(PUBSUB_RECEIVED_TOTAL).increment(1);
+}
+
+pub(crate) fn pubsub_shard_up(shard: &str, up: bool) {
+    gauge!(PUBSUB_SHARD_UP, "shard" => shard.to_string()).set(if up { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn pubsub_shard_reconnect(shard: &str) {
+    counter!(PUBSUB_SHARD_RECONNECTS_TOTAL, "shard" => shard.to_string()).increment(1);
+}
+
+pub(crate) fn pubsub_shard_resubscribe(shard: &str) {
+    counter!(PUBSUB_SHARD_RESUBSCRIBES_TOTAL, "shard" => shard.to_string()).increment(1);
 }
 
 pub(crate) fn pubsub_dropped(reason: &'static str, count: u64) {

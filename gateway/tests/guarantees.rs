@@ -7,30 +7,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::time::Duration;
-
 use common::*;
 use roomcast_shared::{From, Role};
 use serde_json::json;
 
-/// Sends one command with binary-safe arguments; answers the raw reply.
+/// Sends one command with binary-safe arguments (to the node that owns the key on a
+/// cluster); answers the raw reply.
 fn redis_bytes(redis: &Redis, args: &[&[u8]]) -> Vec<u8> {
-    let mut stream = std::net::TcpStream::connect(redis.addr()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    let mut req = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        req.extend_from_slice(a);
-        req.extend_from_slice(b"\r\n");
-    }
-    stream.write_all(&req).unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = stream.read(&mut buf).unwrap();
-    buf.truncate(n);
-    buf
+    redis.cmd_bytes(args).expect("redis answers")
 }
 
 #[tokio::test]
@@ -93,11 +77,12 @@ async fn readiness_follows_a_redis_that_stops_answering_with_the_subscriber_conn
     let redis = Redis::start();
     let a = Gateway::start(&redis.url(), &[("ROOMCAST_REDIS_TIMEOUT", "500ms")]);
     a.wait_ready().await;
-    // Every command blocks for 3 s, PING included; connections, the subscriber's among
-    // them, stay open.
+    // Every command blocks for 3 s, PING included, on every node; connections, the
+    // subscriber's among them, stay open.
     assert!(redis
-        .cmd(&["CLIENT", "PAUSE", "3000", "ALL"])
-        .is_some_and(|r| r.starts_with("+OK")));
+        .cmd_all(&["CLIENT", "PAUSE", "3000", "ALL"])
+        .iter()
+        .all(|r| r.as_ref().is_some_and(|r| r.starts_with("+OK"))));
     wait_for(DEADLINE, "not ready because of Redis", || async {
         let (status, body) = a.get("/health/ready").await;
         status == 503 && body.contains("redis unreachable")

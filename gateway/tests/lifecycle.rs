@@ -14,10 +14,32 @@ use serde_json::json;
 
 const API_KEY: &str = "test-api-key-0123456789";
 
-/// Reads `fields` of every session's meta with one pipelined connection.
+/// Reads `fields` of every session's meta, one pipelined connection per server; on a
+/// cluster each session's answer comes from the node that owns it (the others answer
+/// MOVED).
 fn metas(redis: &Redis, ids: &[String], fields: &[&str]) -> Vec<Vec<Option<u64>>> {
+    let mut merged: Vec<Option<Vec<Option<u64>>>> = vec![None; ids.len()];
+    for server in redis.servers() {
+        for (slot, answer) in merged.iter_mut().zip(metas_at(server.addr(), ids, fields)) {
+            if slot.is_none() {
+                *slot = answer;
+            }
+        }
+    }
+    merged
+        .into_iter()
+        .map(|m| m.expect("some node owns every session"))
+        .collect()
+}
+
+/// [`metas`] on one server: `None` where it answered an error (MOVED).
+fn metas_at(
+    addr: std::net::SocketAddr,
+    ids: &[String],
+    fields: &[&str],
+) -> Vec<Option<Vec<Option<u64>>>> {
     use std::io::{BufRead, BufReader, Write};
-    let mut stream = std::net::TcpStream::connect(redis.addr()).unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let mut out = String::new();
     for id in ids {
         let key = format!("rc:{{s:{id}}}:meta");
@@ -41,17 +63,22 @@ fn metas(redis: &Redis, ids: &[String], fields: &[&str]) -> Vec<Vec<Option<u64>>
     ids.iter()
         .map(|_| {
             let header = read_line(&mut line);
+            if header.starts_with('-') {
+                return None;
+            }
             let n: usize = header.trim_start_matches('*').parse().unwrap();
-            (0..n)
-                .map(|_| {
-                    let len = read_line(&mut line);
-                    if len == "$-1" {
-                        None
-                    } else {
-                        read_line(&mut line).parse().ok()
-                    }
-                })
-                .collect()
+            Some(
+                (0..n)
+                    .map(|_| {
+                        let len = read_line(&mut line);
+                        if len == "$-1" {
+                            None
+                        } else {
+                            read_line(&mut line).parse().ok()
+                        }
+                    })
+                    .collect(),
+            )
         })
         .collect()
 }

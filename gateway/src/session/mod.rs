@@ -266,6 +266,14 @@ impl<S: PumpStore, B: Subscriptions> Pumps<S, B> {
         }
     }
 
+    /// Asks one session's pump to catch up, if it runs here.
+    pub(crate) fn catch_up(&self, session: &str) {
+        let handle = self.env.registry.get(session).map(|e| e.value().clone());
+        if let Some(handle) = handle {
+            handle.catch_up();
+        }
+    }
+
     pub(crate) fn count(&self) -> usize {
         self.env.registry.len()
     }

@@ -520,7 +520,7 @@ impl Store {
         let channel = self.keys.session_channel(session);
         let result: Result<i64, _> = self
             .client()?
-            .publish(channel, Value::Bytes(payload.into()))
+            .spublish(channel, Value::Bytes(payload.into()))
             .await;
         m::redis_command("publish_event", started.elapsed());
         result?;
@@ -599,7 +599,7 @@ impl Store {
         let started = Instant::now();
         let receivers: i64 = self
             .client()?
-            .publish(self.keys.user_channel(user), Value::Bytes(payload.into()))
+            .spublish(self.keys.user_channel(user), Value::Bytes(payload.into()))
             .await?;
         m::redis_command("publish_user", started.elapsed());
         Ok(receivers.max(0) as u64)

@@ -110,7 +110,7 @@ async fn a_join_sweeps_members_whose_node_died_and_announces_each_leave() {
         .unwrap();
     subscriber.init().await.unwrap();
     let mut rx = subscriber.message_rx();
-    subscriber.subscribe(k.channel.clone()).await.unwrap();
+    subscriber.ssubscribe(k.channel.clone()).await.unwrap();
 
     let now = now_ms();
     let newcomer = info("new").encode();

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 mod redis;
 // Each test binary uses its own part of the harness.
 #[allow(unused_imports)]
-pub use redis::{cmd_at, free_port, scratch_dir, Redis};
+pub use redis::{cmd_at, free_port, scratch_dir, ClusterNode, Redis};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123";
 
@@ -554,6 +554,14 @@ impl WsClient {
 
     /// Publishes and waits for the ack; answers the seq.
     pub async fn publish(&mut self, session: &str, data: Value) -> u64 {
+        match self.try_publish(session, data).await {
+            Ok(seq) => seq,
+            Err(other) => panic!("publish refused: {other:?}"),
+        }
+    }
+
+    /// Publishes and waits for the answer: the acked seq, or the error frame.
+    pub async fn try_publish(&mut self, session: &str, data: Value) -> Result<u64, ServerFrame> {
         let reference = gateway::util::random_id(8);
         self.send_json(serde_json::json!({"type": "publish", "session": session, "data": data, "ref": reference}))
             .await;
@@ -565,8 +573,8 @@ impl WsClient {
             })
             .await;
         match frame {
-            ServerFrame::Ack { seq: Some(seq), .. } => seq,
-            other => panic!("publish refused: {other:?}"),
+            ServerFrame::Ack { seq: Some(seq), .. } => Ok(seq),
+            other => Err(other),
         }
     }
 

@@ -1,0 +1,295 @@
+//! Redis Cluster (issue 12), against private 3-primary clusters: sharded pub/sub reaches
+//! only the gateways that host a session and spreads sessions over every shard; a busy
+//! session's slot migrates, and the subscribers' connections die, while messages flow,
+//! and every display still gets every acked message once, in order.
+//!
+//! The other multi-instance suites (realtime, rest, lifecycle, abuse, guarantees) also run
+//! against a cluster: `ROOMCAST_TEST_REDIS=cluster` (see the Makefile's `test-cluster`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use roomcast_shared::{Role, ServerFrame};
+use serde_json::json;
+
+const API_KEY: &str = "test-api-key-0123456789";
+
+/// `per` session ids for every primary, each with its owner's port and its rank on it.
+fn sessions_on_every_shard(redis: &Redis, per: usize) -> Vec<(String, u16, usize)> {
+    let primaries: Vec<ClusterNode> = redis
+        .cluster_nodes()
+        .into_iter()
+        .filter(|n| n.primary)
+        .collect();
+    let mut counts: HashMap<u16, usize> = HashMap::new();
+    let mut out = Vec::new();
+    for i in 0.. {
+        if out.len() == per * primaries.len() {
+            break;
+        }
+        assert!(i < 10_000, "no spread found");
+        let id = format!("spread-{i}");
+        let slot = redis.keyslot(&format!("rc:{{s:{id}}}:ch"));
+        let owner = primaries.iter().find(|n| n.owns(slot)).expect("owner");
+        let rank = counts.entry(owner.port).or_insert(0);
+        if *rank < per {
+            out.push((id, owner.port, *rank));
+            *rank += 1;
+        }
+    }
+    out
+}
+
+/// Subscribers of a shard channel on the node that owns it.
+fn shard_subscribers(redis: &Redis, port: u16, channel: &str) -> u64 {
+    let server = redis
+        .servers()
+        .iter()
+        .find(|s| s.port == port)
+        .expect("node");
+    let reply = server
+        .cmd(&["PUBSUB", "SHARDNUMSUB", channel])
+        .expect("reply");
+    // *2 $len channel :count
+    reply
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix(':'))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("SHARDNUMSUB: {reply}"))
+}
+
+#[tokio::test]
+async fn sessions_spread_over_every_shard_and_each_gateway_hears_only_its_own() {
+    let redis = Redis::cluster(3, 0);
+    let env = [("ROOMCAST_API_KEY", API_KEY)];
+    let a = Gateway::start(&redis.url(), &env);
+    let b = Gateway::start(&redis.url(), &env);
+    a.wait_ready().await;
+    b.wait_ready().await;
+
+    // Two sessions per primary: the first one's display on A, the second's on B, so each
+    // gateway needs every shard, and each session only one gateway.
+    let sessions = sessions_on_every_shard(&redis, 2);
+    let mut displays = Vec::new();
+    for (id, _, rank) in &sessions {
+        let g = if *rank == 0 { &a } else { &b };
+        let mut tv = g
+            .connect(&token(&format!("tv-{id}"), &[Role::Display]))
+            .await;
+        assert!(matches!(
+            tv.join(id, None).await,
+            ServerFrame::Joined { .. }
+        ));
+        displays.push(tv);
+    }
+    for (id, port, _) in &sessions {
+        let channel = format!("rc:{{s:{id}}}:ch");
+        assert_eq!(shard_subscribers(&redis, *port, &channel), 1, "{channel}");
+    }
+    // Every primary holds subscriptions, and a's connections reach every shard.
+    for node in redis.cluster_nodes().iter().filter(|n| n.primary) {
+        let server = redis
+            .servers()
+            .iter()
+            .find(|s| s.port == node.port)
+            .unwrap();
+        let channels = server.cmd(&["PUBSUB", "SHARDCHANNELS"]).unwrap();
+        let count: usize = channels
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix('*'))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(count >= 2, "shard {} holds {channels}", node.port);
+        let up = format!("shard=\"127.0.0.1:{}\"", node.port);
+        assert_eq!(a.metric("roomcast_pubsub_shard_up", &up).await, 1.0, "{up}");
+    }
+
+    // Five messages into every session through REST (which subscribes nothing): each
+    // gateway receives exactly its own sessions' fifteen, none of the other's.
+    let received = |g: &Gateway| {
+        let addr = g.addr;
+        async move {
+            let (_, body) = http_get(addr, "/metrics").await;
+            sample(&body, "roomcast_pubsub_received_total", "").unwrap_or(0.0)
+        }
+    };
+    let (a0, b0) = (received(&a).await, received(&b).await);
+    for (id, _, _) in &sessions {
+        for n in 0..5 {
+            let r = call(
+                a.addr,
+                "POST",
+                &format!("/api/v1/sessions/{id}/messages"),
+                Some(API_KEY),
+                Some(&json!({"data": n})),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    }
+    for ((id, _, _), tv) in sessions.iter().zip(displays.iter_mut()) {
+        assert_eq!(tv.messages(id, 5).await, vec![1, 2, 3, 4, 5]);
+    }
+    assert_eq!(received(&a).await - a0, 15.0);
+    assert_eq!(received(&b).await - b0, 15.0);
+}
+
+/// Reads `session` messages from every display until each has `last`; asserts each
+/// display's sequence strictly increases (no duplicate, no reordering) and contains every
+/// acked seq.
+async fn assert_every_ack_delivered_once(displays: &mut [WsClient], session: &str, acked: &[u64]) {
+    let last = *acked.iter().max().expect("something was acked");
+    for tv in displays.iter_mut() {
+        let mut seen: Vec<u64> = Vec::new();
+        while seen.last().is_none_or(|&s| s < last) {
+            let frame = tv
+                .expect("message", |f| matches!(f, ServerFrame::Message { .. }))
+                .await;
+            if let ServerFrame::Message {
+                session: s, seq, ..
+            } = frame
+            {
+                if s == session {
+                    seen.push(seq);
+                }
+            }
+        }
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "duplicate or reordered: {seen:?}"
+        );
+        let missing: Vec<&u64> = acked.iter().filter(|s| !seen.contains(s)).collect();
+        assert!(missing.is_empty(), "acked but not delivered: {missing:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_busy_sessions_slot_migrates_while_messages_flow() {
+    let redis = Redis::cluster(3, 0);
+    let a = Gateway::start(&redis.url(), &[]);
+    let b = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let session = "migrating";
+    let slot = redis.keyslot(&format!("rc:{{s:{session}}}:ch"));
+    let mut displays = vec![
+        a.connect(&token("tv-a", &[Role::Display])).await,
+        b.connect(&token("tv-b", &[Role::Display])).await,
+    ];
+    for tv in displays.iter_mut() {
+        assert!(matches!(
+            tv.join(session, None).await,
+            ServerFrame::Joined { .. }
+        ));
+    }
+    let mut ctl = a.connect(&token("ctl", &[Role::Controller])).await;
+    ctl.join(session, None).await;
+
+    let source = redis.owner(slot);
+    let target = redis
+        .cluster_nodes()
+        .into_iter()
+        .find(|n| n.primary && n.port != source.port)
+        .expect("another primary");
+    // Publish steadily from a task while the slot moves underneath.
+    let publisher = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut refused = Vec::new();
+        for n in 0..400 {
+            match ctl.try_publish(session, json!(n)).await {
+                Ok(seq) => acked.push(seq),
+                // TRYAGAIN while the keys are split between the nodes: not acked.
+                Err(e) => refused.push(e),
+            }
+            // About 80 messages/s: a busy session, whose gap during the move fits the
+            // history window (100) so that it can be filled.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (acked, refused)
+    });
+    // Let some messages flow on the old owner first.
+    wait_for(DEADLINE, "messages before the move", || async {
+        a.metric("roomcast_publish_duration_seconds_count", "")
+            .await
+            >= 50.0
+    })
+    .await;
+    let migrate = tokio::task::spawn_blocking({
+        let port = target.port;
+        move || {
+            redis.migrate_slot(slot, port);
+            redis
+        }
+    });
+    let redis = migrate.await.unwrap();
+    assert_eq!(redis.owner(slot).port, target.port, "the slot moved");
+    let (acked, refused) = publisher.await.unwrap();
+    assert!(
+        acked.len() >= 300,
+        "acked {} refused {}: {:?}",
+        acked.len(),
+        refused.len(),
+        refused.first()
+    );
+    assert_every_ack_delivered_once(&mut displays, session, &acked).await;
+    // Both gateways noticed and resubscribed on the new owner.
+    let shard = format!("shard=\"127.0.0.1:{}\"", target.port);
+    for g in [&a, &b] {
+        assert!(
+            g.metric("roomcast_pubsub_shard_resubscribes_total", &shard)
+                .await
+                >= 1.0
+        );
+    }
+    let channel = format!("rc:{{s:{session}}}:ch");
+    assert_eq!(shard_subscribers(&redis, target.port, &channel), 2);
+}
+
+#[tokio::test]
+async fn subscribers_killed_on_every_shard_lose_nothing() {
+    let redis = Redis::cluster(3, 0);
+    let a = Gateway::start(&redis.url(), &[]);
+    let b = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let sessions = sessions_on_every_shard(&redis, 1);
+    let mut displays = Vec::new();
+    for (id, _, _) in &sessions {
+        let mut tv = b
+            .connect(&token(&format!("tv-{id}"), &[Role::Display]))
+            .await;
+        tv.join(id, None).await;
+        displays.push(tv);
+    }
+    let mut ctl = a.connect(&token("ctl", &[Role::Controller])).await;
+    for (id, _, _) in &sessions {
+        ctl.join(id, None).await;
+    }
+    let mut acked: HashMap<String, Vec<u64>> = HashMap::new();
+    for round in 0..6 {
+        for (id, _, _) in &sessions {
+            for n in 0..5 {
+                if let Ok(seq) = ctl.try_publish(id, json!([round, n])).await {
+                    acked.entry(id.clone()).or_default().push(seq);
+                }
+            }
+        }
+        // Every node drops every subscriber connection (both gateways'), mid-stream.
+        for reply in redis.cmd_all(&["CLIENT", "KILL", "TYPE", "pubsub"]) {
+            assert!(reply.is_some_and(|r| r.starts_with(':')));
+        }
+    }
+    for ((id, _, _), tv) in sessions.iter().zip(displays.iter_mut()) {
+        let acked = &acked[id];
+        assert!(acked.len() >= 25, "{id}: {acked:?}");
+        assert_every_ack_delivered_once(std::slice::from_mut(tv), id, acked).await;
+    }
+    assert!(b.metric("roomcast_pubsub_reconnects_total", "").await >= 1.0);
+}
