@@ -1,7 +1,19 @@
 //! The Redis key schema of SPEC.md "Redis layout", in one place.
 //!
 //! Every key of one session shares the hash tag `{s:<id>}`, so each Lua script touches one
-//! slot and the layout runs unchanged on Redis Cluster. Nothing else formats key names.
+//! slot and the layout runs unchanged on Redis Cluster. The indexes that span sessions or
+//! nodes (session listing, lifecycle clock, node registry) are split over
+//! [`INDEX_BUCKETS`] keys tagged `{b<n>}`, so that on a cluster their writes spread over
+//! the shards instead of all landing on one. Nothing else formats key names.
+
+/// How many buckets each cross-session index is split into. Sixteen tags spread over the
+/// shards of any small cluster; readers (stats, the sweeper) visit all of them.
+pub(crate) const INDEX_BUCKETS: u16 = 16;
+
+/// The index bucket of a session or node id: fixed by the id, so every writer agrees.
+pub(crate) fn bucket_of(id: &str) -> u16 {
+    fred::util::redis_keyslot(id.as_bytes()) % INDEX_BUCKETS
+}
 
 /// Key builder for one configured prefix.
 #[derive(Debug, Clone)]
@@ -52,14 +64,15 @@ impl Keys {
             .strip_suffix("}:ch")
     }
 
-    /// The node registry: node id scored by its last heartbeat (ms).
-    pub fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
+    /// One bucket of the node registry: node id scored by its last heartbeat (ms).
+    pub fn nodes(&self, bucket: u16) -> String {
+        format!("{}:nodes:{{b{bucket}}}", self.prefix)
     }
 
-    /// Connections per node (HASH node id → count), written with the heartbeat.
-    pub fn node_connections(&self) -> String {
-        format!("{}:nodes:conns", self.prefix)
+    /// Connections per node (HASH node id → count), written with the heartbeat; bucketed
+    /// like [`Keys::nodes`].
+    pub fn node_connections(&self, bucket: u16) -> String {
+        format!("{}:nodes:conns:{{b{bucket}}}", self.prefix)
     }
 
     /// The sliding-window log of one rate-limit scope and key.
@@ -72,15 +85,25 @@ impl Keys {
         format!("{}:code:{{{code}}}", self.prefix)
     }
 
-    /// Every session, scored by last activity (stats, listing).
-    pub fn sessions(&self) -> String {
-        format!("{}:sessions", self.prefix)
+    /// One bucket of the session index: sessions scored by last activity (stats, listing).
+    pub fn sessions(&self, bucket: u16) -> String {
+        format!("{}:sessions:{{b{bucket}}}", self.prefix)
     }
 
-    /// Sessions not yet ended, scored by when the lifecycle clock next needs to look at
-    /// them (an inactivity warning or timeout, or the end of life), in ms.
-    pub fn sessions_due(&self) -> String {
-        format!("{}:sessions:due", self.prefix)
+    /// One bucket of the lifecycle index: sessions not yet ended, scored by when the
+    /// lifecycle clock next needs to look at them (an inactivity warning or timeout, or the
+    /// end of life), in ms.
+    pub fn sessions_due(&self, bucket: u16) -> String {
+        format!("{}:sessions:due:{{b{bucket}}}", self.prefix)
+    }
+
+    /// The unbucketed indexes of earlier versions (`rc:sessions`, `rc:sessions:due`):
+    /// the sweeper moves what it finds there into the buckets.
+    pub fn legacy_session_indexes(&self) -> (String, String) {
+        (
+            format!("{}:sessions", self.prefix),
+            format!("{}:sessions:due", self.prefix),
+        )
     }
 
     /// Sessions a user created implicitly, scored by the end of their lifetime: the
@@ -122,16 +145,26 @@ mod tests {
         assert_eq!(s.pres, "rc:{s:abc}:pres");
         assert_eq!(s.pinfo, "rc:{s:abc}:pinfo");
         assert_eq!(s.channel, "rc:{s:abc}:ch");
-        assert_eq!(k.nodes(), "rc:nodes");
+        assert_eq!(k.nodes(3), "rc:nodes:{b3}");
+        assert_eq!(k.node_connections(3), "rc:nodes:conns:{b3}");
         assert_eq!(k.code("ABC234"), "rc:code:{ABC234}");
-        assert_eq!(k.sessions(), "rc:sessions");
+        assert_eq!(k.sessions(0), "rc:sessions:{b0}");
         assert_eq!(k.rate_limit("api", "10.0.0.1"), "rc:rl:{api:10.0.0.1}");
         assert_eq!(k.user_sessions("bob"), "rc:{u:bob}:sess");
         assert_eq!(k.user_channel("bob"), "rc:{u:bob}:ch");
         assert_eq!(k.user_owned("bob"), "rc:{u:bob}:owned");
-        assert_eq!(k.sessions_due(), "rc:sessions:due");
+        assert_eq!(k.sessions_due(15), "rc:sessions:due:{b15}");
         assert_eq!(k.user_of_channel("rc:{u:bob}:ch"), Some("bob"));
         assert_eq!(k.user_of_channel("rc:{s:bob}:ch"), None);
+    }
+
+    #[test]
+    fn buckets_are_fixed_by_the_id_and_all_used() {
+        assert_eq!(bucket_of("abc"), bucket_of("abc"));
+        let used: std::collections::HashSet<u16> =
+            (0..400).map(|i| bucket_of(&format!("s-{i}"))).collect();
+        assert_eq!(used.len(), INDEX_BUCKETS as usize);
+        assert!(used.iter().all(|b| *b < INDEX_BUCKETS));
     }
 
     #[test]

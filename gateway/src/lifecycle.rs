@@ -1,8 +1,9 @@
 //! The session lifecycle clock: inactivity warnings, inactivity timeouts and the maximum
 //! lifetime, for every session, from every instance, each event exactly once and on time.
 //!
-//! Owns no session. Sessions sit in one due index (`rc:sessions:due`) scored by when the
-//! clock next needs to look at them. Every instance runs the same loop: lease the sessions
+//! Owns no session. Sessions sit in a due index (`rc:sessions:due:{b<n>}`, split over
+//! `INDEX_BUCKETS` keys so that on Redis Cluster it spreads over the shards) scored by
+//! when the clock next needs to look at them; each tick visits every bucket. Every instance runs the same loop: lease the sessions
 //! that are due (`due_claim.lua`, so instances share the work instead of repeating it),
 //! run `session_sweep.lua` on each, concurrently, and file each one's next due time
 //! (`due_reschedule.lua`). The sweep script decides and announces atomically on the
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use crate::keys::INDEX_BUCKETS;
 use crate::metrics as m;
 use crate::store::{StoreError, SweepOutcome};
 use crate::util::now_ms;
@@ -65,6 +67,7 @@ pub(crate) async fn sweeper(app: Arc<App>) {
     let mut tick = tokio::time::interval(period(app.config.inactivity_warning));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = None::<std::time::Instant>;
+    let mut round: u16 = 0;
     loop {
         tokio::select! {
             _ = app.shutdown.cancelled() => return,
@@ -77,16 +80,31 @@ pub(crate) async fn sweeper(app: Arc<App>) {
                 tracing::debug!(error = %e, "session index prune failed");
             }
         }
+        match app.store.migrate_legacy_indexes().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(entries = n, "moved unbucketed index entries into buckets"),
+            Err(e) => tracing::debug!(error = %e, "legacy index migration failed"),
+        }
         let started = std::time::Instant::now();
-        loop {
-            match sweep_due(&app).await {
-                // A full batch means more may be due: keep going within the budget.
-                Ok(n) if n == BATCH && started.elapsed() < TICK_BUDGET => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "lifecycle sweep failed");
-                    break;
+        // Every bucket each tick, starting at a different one each time so that a tick
+        // cut short by the budget does not always starve the same buckets.
+        let first = round;
+        round = (round + 1) % INDEX_BUCKETS;
+        for offset in 0..INDEX_BUCKETS {
+            let bucket = (first + offset) % INDEX_BUCKETS;
+            loop {
+                match sweep_due(&app, bucket).await {
+                    // A full batch means more may be due: keep going within the budget.
+                    Ok(n) if n == BATCH && started.elapsed() < TICK_BUDGET => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "lifecycle sweep failed");
+                        break;
+                    }
                 }
+            }
+            if started.elapsed() >= TICK_BUDGET {
+                break;
             }
         }
     }
@@ -104,10 +122,10 @@ async fn prune(app: &App) -> Result<(), StoreError> {
 
 /// Leases one batch of due sessions, sweeps them, files their next due times. Answers
 /// how many it leased.
-async fn sweep_due(app: &App) -> Result<usize, StoreError> {
+async fn sweep_due(app: &App, bucket: u16) -> Result<usize, StoreError> {
     let config = &app.config;
     let now = now_ms();
-    let (lease, due) = app.store.claim_due(now, BATCH, LEASE).await?;
+    let (lease, due) = app.store.claim_due(bucket, now, BATCH, LEASE).await?;
     let leased = due.len();
     if leased == 0 {
         return Ok(0);

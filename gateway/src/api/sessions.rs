@@ -2,8 +2,8 @@
 //! user's sessions, stats.
 //!
 //! Every state change is one `session_transition.lua` call on the session's slot, which
-//! also announces it to members; the cross-slot indexes (`rc:sessions`, the sweeper's
-//! indexes, the join code) are updated after, idempotently.
+//! also announces it to members; the cross-slot indexes (the bucketed session and
+//! due indexes, the join code) are updated after, idempotently.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -23,7 +23,8 @@ use bytes::Bytes;
 use fred::clients::Pool;
 use fred::error::ErrorKind;
 use fred::interfaces::{
-    ClientLike, HashesInterface, PubsubInterface, ServerInterface, SortedSetsInterface,
+    ClientLike, ClusterInterface, HashesInterface, PubsubInterface, ServerInterface,
+    SortedSetsInterface,
 };
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::scripts::Script;
@@ -31,7 +32,7 @@ use fred::types::{Builder, Value};
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::keys::Keys;
+use crate::keys::{bucket_of, Keys, INDEX_BUCKETS};
 use crate::metrics as m;
 
 /// Why a Redis operation failed, as the rest of the gateway needs to know it.
@@ -305,6 +306,7 @@ impl Store {
             None => Vec::new(),
         };
         let k = self.keys.session(session);
+        let route = k.seq.clone();
         let client = self.client()?;
         let reply = self
             .eval_on(
@@ -332,7 +334,7 @@ impl Store {
             [-1] => Err(StoreError::SessionEnded),
             [-2] => Err(StoreError::SessionResolved),
             [seq, reactivated, created] if seq > 0 => {
-                self.confirm_replicated(client).await?;
+                self.confirm_replicated(client, &route).await?;
                 Ok(Published {
                     seq: seq as u64,
                     reactivated: reactivated == 1,
@@ -347,15 +349,35 @@ impl Store {
 
     /// Durable mode: `WAIT` on the connection that wrote, so the ack means the write is
     /// on `wait_replicas` replicas too. WAIT covers every earlier write of the connection,
-    /// ours included.
-    async fn confirm_replicated(&self, client: &fred::clients::Client) -> Result<(), StoreError> {
+    /// ours included. On a cluster the client holds a connection per primary: WAIT goes to
+    /// the one that owns `key`'s slot, where the script ran.
+    async fn confirm_replicated(
+        &self,
+        client: &fred::clients::Client,
+        key: &str,
+    ) -> Result<(), StoreError> {
         if self.wait_replicas == 0 {
             return Ok(());
         }
         let started = Instant::now();
-        let confirmed: i64 = client
-            .wait(self.wait_replicas, self.wait_timeout_ms)
-            .await?;
+        let owner = client.cached_cluster_state().and_then(|state| {
+            state
+                .get_server(fred::util::redis_keyslot(key.as_bytes()))
+                .cloned()
+        });
+        let confirmed: i64 = match owner {
+            Some(server) => {
+                client
+                    .with_cluster_node(server)
+                    .wait(self.wait_replicas, self.wait_timeout_ms)
+                    .await?
+            }
+            None => {
+                client
+                    .wait(self.wait_replicas, self.wait_timeout_ms)
+                    .await?
+            }
+        };
         m::redis_command("wait", started.elapsed());
         if confirmed < self.wait_replicas {
             m::publish_unreplicated();
@@ -527,7 +549,9 @@ impl Store {
         Ok(())
     }
 
-    /// Records this node's heartbeat and forgets nodes silent for `forget_after`.
+    /// Records this node's heartbeat (in its bucket of the registry) and forgets nodes
+    /// silent for `forget_after`, in every bucket (a bucket whose nodes all died has
+    /// nobody else to clean it).
     pub async fn node_heartbeat(
         &self,
         node: &str,
@@ -535,15 +559,24 @@ impl Store {
         forget_after: Duration,
     ) -> Result<(), StoreError> {
         let started = Instant::now();
-        let key = self.keys.nodes();
-        let client = self.client()?;
-        let _: i64 = client
-            .zadd(&key, None, None, false, false, (now_ms as f64, node))
+        let pipe = self.client()?.pipeline();
+        let _: () = pipe
+            .zadd(
+                self.keys.nodes(bucket_of(node)),
+                None,
+                None,
+                false,
+                false,
+                (now_ms as f64, node),
+            )
             .await?;
         let horizon = now_ms.saturating_sub(forget_after.as_millis() as u64) as f64;
-        let _: i64 = client
-            .zremrangebyscore(&key, f64::NEG_INFINITY, horizon)
-            .await?;
+        for bucket in 0..INDEX_BUCKETS {
+            let _: () = pipe
+                .zremrangebyscore(self.keys.nodes(bucket), f64::NEG_INFINITY, horizon)
+                .await?;
+        }
+        let _: Vec<Value> = pipe.all().await?;
         m::redis_command("node_heartbeat", started.elapsed());
         Ok(())
     }
@@ -551,8 +584,11 @@ impl Store {
     /// Removes this node from the registry (clean shutdown).
     pub async fn node_remove(&self, node: &str) -> Result<(), StoreError> {
         let client = self.client()?;
-        let _: i64 = client.zrem(self.keys.nodes(), node).await?;
-        let _: i64 = client.hdel(self.keys.node_connections(), node).await?;
+        let bucket = bucket_of(node);
+        let _: i64 = client.zrem(self.keys.nodes(bucket), node).await?;
+        let _: i64 = client
+            .hdel(self.keys.node_connections(bucket), node)
+            .await?;
         Ok(())
     }
 
@@ -573,25 +609,40 @@ impl Store {
     pub async fn node_connections(&self, node: &str, count: usize) -> Result<(), StoreError> {
         let _: i64 = self
             .client()?
-            .hset(self.keys.node_connections(), (node, count as i64))
+            .hset(
+                self.keys.node_connections(bucket_of(node)),
+                (node, count as i64),
+            )
             .await?;
         Ok(())
     }
 
-    /// Live nodes (heartbeat within `within`) and their total connections.
+    /// Live nodes (heartbeat within `within`) and their total connections, over every
+    /// bucket of the registry.
     pub async fn cluster(&self, now_ms: u64, within: Duration) -> Result<(u64, u64), StoreError> {
-        let client = self.client()?;
         let since = now_ms.saturating_sub(within.as_millis() as u64) as f64;
-        let nodes: Vec<String> = client
-            .zrangebyscore(self.keys.nodes(), since, f64::INFINITY, false, None)
-            .await?;
-        let counts: HashMap<String, i64> = client.hgetall(self.keys.node_connections()).await?;
-        let total = nodes
-            .iter()
-            .filter_map(|n| counts.get(n))
-            .map(|c| (*c).max(0) as u64)
-            .sum();
-        Ok((nodes.len() as u64, total))
+        let pipe = self.client()?.pipeline();
+        for bucket in 0..INDEX_BUCKETS {
+            let _: () = pipe
+                .zrangebyscore(self.keys.nodes(bucket), since, f64::INFINITY, false, None)
+                .await?;
+            let _: () = pipe.hgetall(self.keys.node_connections(bucket)).await?;
+        }
+        let replies: Vec<Value> = pipe.all().await?;
+        let mut nodes = 0u64;
+        let mut total = 0u64;
+        for pair in replies.chunks(2) {
+            let [live, counts] = pair else { continue };
+            let live: Vec<String> = live.clone().convert()?;
+            let counts: HashMap<String, i64> = counts.clone().convert()?;
+            nodes += live.len() as u64;
+            total += live
+                .iter()
+                .filter_map(|n| counts.get(n))
+                .map(|c| (*c).max(0) as u64)
+                .sum::<u64>();
+        }
+        Ok((nodes, total))
     }
 
     /// Publishes a payload on a user's channel; answers how many instances received it.

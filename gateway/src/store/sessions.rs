@@ -6,7 +6,7 @@
 //! separate, idempotent commands (or single-key scripts: `due_claim.lua`,
 //! `due_reschedule.lua`, `owned_claim.lua`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use fred::interfaces::{HashesInterface, KeysInterface, ListInterface, SortedSets
 use fred::types::{Expiration, SetOptions, Value};
 
 use super::{bytes_list, Store, StoreError, TOMBSTONE};
+use crate::keys::{bucket_of, Keys, INDEX_BUCKETS};
 use crate::metrics as m;
 use roomcast_shared::SessionEvent;
 
@@ -336,10 +337,12 @@ impl Store {
         Ok(Swept { outcome, next_due })
     }
 
-    /// Takes up to `limit` sessions whose lifecycle check is due, leased for `lease` so
-    /// other instances take others. Answers the lease score and (id, due time) pairs.
+    /// Takes up to `limit` sessions of one index bucket whose lifecycle check is due,
+    /// leased for `lease` so other instances take others. Answers the lease score and
+    /// (id, due time) pairs.
     pub async fn claim_due(
         &self,
+        bucket: u16,
         now_ms: u64,
         limit: usize,
         lease: Duration,
@@ -348,7 +351,7 @@ impl Store {
             .eval(
                 "due_claim",
                 &self.scripts.due_claim,
-                vec![self.keys.sessions_due()],
+                vec![self.keys.sessions_due(bucket)],
                 vec![
                     (now_ms as i64).into(),
                     (limit as i64).into(),
@@ -368,36 +371,76 @@ impl Store {
         Ok((now_ms + lease.as_millis() as u64, due))
     }
 
-    /// Files the next due time of sessions leased by [`Store::claim_due`] (0: drop them).
+    /// Files the next due time of sessions leased by [`Store::claim_due`] (0: drop them),
+    /// each in its own bucket.
     pub async fn reschedule_due(
         &self,
         lease_score: u64,
         next: &[(String, u64)],
     ) -> Result<(), StoreError> {
-        if next.is_empty() {
-            return Ok(());
-        }
-        let mut args: Vec<Value> = Vec::with_capacity(1 + 2 * next.len());
-        args.push((lease_score as i64).into());
+        let mut by_bucket: BTreeMap<u16, Vec<Value>> = BTreeMap::new();
         for (id, at) in next {
+            let args = by_bucket
+                .entry(bucket_of(id))
+                .or_insert_with(|| vec![(lease_score as i64).into()]);
             args.push(id.as_str().into());
             args.push((*at as i64).into());
         }
-        self.eval(
-            "due_reschedule",
-            &self.scripts.due_reschedule,
-            vec![self.keys.sessions_due()],
-            args,
-        )
-        .await?;
+        for (bucket, args) in by_bucket {
+            self.eval(
+                "due_reschedule",
+                &self.scripts.due_reschedule,
+                vec![self.keys.sessions_due(bucket)],
+                args,
+            )
+            .await?;
+        }
         Ok(())
+    }
+
+    /// Moves what earlier versions left in the unbucketed indexes into the buckets (a
+    /// rolling upgrade: old instances may still write there). Idempotent; nothing to do
+    /// costs two reads of absent keys.
+    pub async fn migrate_legacy_indexes(&self) -> Result<usize, StoreError> {
+        let (sessions, due) = self.keys.legacy_session_indexes();
+        let client = self.client()?;
+        let mut moved = 0;
+        for (legacy, bucketed) in [
+            (sessions, Keys::sessions as fn(&Keys, u16) -> String),
+            (due, Keys::sessions_due),
+        ] {
+            let entries: Vec<(String, f64)> = client
+                .zrange(&legacy, 0, 999, None, false, None, true)
+                .await?;
+            if entries.is_empty() {
+                continue;
+            }
+            let pipe = client.pipeline();
+            for (id, score) in &entries {
+                let _: () = pipe
+                    .zadd(
+                        bucketed(&self.keys, bucket_of(id)),
+                        None,
+                        Some(fred::types::sorted_sets::Ordering::LessThan),
+                        false,
+                        false,
+                        (*score, id.as_str()),
+                    )
+                    .await?;
+            }
+            let _: Vec<Value> = pipe.all().await?;
+            let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+            let _: i64 = client.zrem(&legacy, ids).await?;
+            moved += entries.len();
+        }
+        Ok(moved)
     }
 
     /// Takes a session out from under the lifecycle clock (it has ended).
     pub async fn unschedule(&self, session: &str) -> Result<(), StoreError> {
         let _: i64 = self
             .client()?
-            .zrem(self.keys.sessions_due(), session)
+            .zrem(self.keys.sessions_due(bucket_of(session)), session)
             .await?;
         Ok(())
     }
@@ -415,9 +458,10 @@ impl Store {
         let started = Instant::now();
         let pipe = self.client()?.pipeline();
         let now = now_ms as f64;
+        let bucket = bucket_of(session);
         let _: () = pipe
             .zadd(
-                self.keys.sessions(),
+                self.keys.sessions(bucket),
                 None,
                 None,
                 false,
@@ -428,7 +472,7 @@ impl Store {
         if let Some(due) = due {
             let _: () = pipe
                 .zadd(
-                    self.keys.sessions_due(),
+                    self.keys.sessions_due(bucket),
                     None,
                     Some(fred::types::sorted_sets::Ordering::LessThan),
                     false,
@@ -563,12 +607,16 @@ impl Store {
             .await?)
     }
 
-    /// Every indexed session id.
+    /// Every indexed session id, from every bucket.
     pub async fn all_session_ids(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .client()?
-            .zrange(self.keys.sessions(), 0, -1, None, false, None, false)
-            .await?)
+        let pipe = self.client()?.pipeline();
+        for bucket in 0..INDEX_BUCKETS {
+            let _: () = pipe
+                .zrange(self.keys.sessions(bucket), 0, -1, None, false, None, false)
+                .await?;
+        }
+        let buckets: Vec<Vec<String>> = pipe.all().await?;
+        Ok(buckets.into_iter().flatten().collect())
     }
 
     /// The status of each session (`None` when its meta expired), pipelined.
@@ -591,10 +639,17 @@ impl Store {
 
     /// Drops sessions idle since before `horizon` from the session index.
     pub async fn prune_sessions(&self, horizon_ms: u64) -> Result<(), StoreError> {
-        let _: i64 = self
-            .client()?
-            .zremrangebyscore(self.keys.sessions(), f64::NEG_INFINITY, horizon_ms as f64)
-            .await?;
+        let pipe = self.client()?.pipeline();
+        for bucket in 0..INDEX_BUCKETS {
+            let _: () = pipe
+                .zremrangebyscore(
+                    self.keys.sessions(bucket),
+                    f64::NEG_INFINITY,
+                    horizon_ms as f64,
+                )
+                .await?;
+        }
+        let _: Vec<Value> = pipe.all().await?;
         Ok(())
     }
 
@@ -603,9 +658,16 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let client = self.client()?;
-        let _: i64 = client.zrem(self.keys.sessions(), ids.to_vec()).await?;
-        let _: i64 = client.zrem(self.keys.sessions_due(), ids.to_vec()).await?;
+        let mut by_bucket: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
+        for id in ids {
+            by_bucket.entry(bucket_of(id)).or_default().push(id);
+        }
+        let pipe = self.client()?.pipeline();
+        for (bucket, ids) in by_bucket {
+            let _: () = pipe.zrem(self.keys.sessions(bucket), ids.clone()).await?;
+            let _: () = pipe.zrem(self.keys.sessions_due(bucket), ids).await?;
+        }
+        let _: Vec<Value> = pipe.all().await?;
         Ok(())
     }
 }

@@ -193,10 +193,69 @@ async fn the_node_registry_counts_live_nodes_and_forgets_a_removed_one() {
     assert_eq!(store.cluster(now, minute).await.unwrap(), (2, 13));
     store.node_remove("gw-a").await.unwrap();
     assert_eq!(store.cluster(now, minute).await.unwrap(), (1, 10));
-    let k = store.keys().node_connections();
+    let k = store
+        .keys()
+        .node_connections(crate::keys::bucket_of("gw-a"));
     assert_eq!(
         int(redis.cmd(&["HEXISTS", &k, "gw-a"])),
         0,
         "its count went too"
     );
+}
+
+/// The cross-session indexes live in buckets: every session is listed from whichever
+/// bucket holds it, the lifecycle clock finds it in its own bucket, and entries an
+/// earlier version left in the unbucketed keys move into the buckets.
+#[tokio::test]
+async fn session_indexes_are_bucketed_and_legacy_entries_move_in() {
+    use crate::keys::{bucket_of, INDEX_BUCKETS};
+    let redis = Redis::start();
+    let (store, _) = store(&redis).await;
+    let now = now_ms();
+    let ids: Vec<String> = (0..40).map(|i| format!("bucketed-{i}")).collect();
+    for id in &ids {
+        store
+            .touch_indexes(id, now, None, Some(now - 1))
+            .await
+            .unwrap();
+    }
+    let k = store.keys();
+    let used = (0..INDEX_BUCKETS)
+        .filter(|b| int(redis.cmd(&["ZCARD", &k.sessions(*b)])) > 0)
+        .count();
+    assert!(used > 8, "40 sessions in {used} buckets");
+    let mut listed = store.all_session_ids().await.unwrap();
+    listed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    // The clock claims each session from its own bucket.
+    let bucket = bucket_of(&ids[0]);
+    let (_, due) = store
+        .claim_due(bucket, now, 1000, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(due.iter().any(|(id, _)| id == &ids[0]));
+    assert!(due.iter().all(|(id, _)| bucket_of(id) == bucket));
+
+    // An older instance's entries, in the unbucketed keys.
+    let (legacy, legacy_due) = k.legacy_session_indexes();
+    redis.cmd(&["ZADD", &legacy, "5", "old-one"]).unwrap();
+    redis.cmd(&["ZADD", &legacy_due, "7", "old-one"]).unwrap();
+    assert_eq!(store.migrate_legacy_indexes().await.unwrap(), 2);
+    let b = bucket_of("old-one");
+    assert_eq!(
+        redis
+            .cmd(&["ZSCORE", &k.sessions_due(b), "old-one"])
+            .unwrap(),
+        "$1\r\n7\r\n"
+    );
+    assert_eq!(int(redis.cmd(&["EXISTS", &legacy])), 0);
+    assert_eq!(int(redis.cmd(&["EXISTS", &legacy_due])), 0);
+    assert!(store
+        .all_session_ids()
+        .await
+        .unwrap()
+        .contains(&"old-one".to_string()));
+    assert_eq!(store.migrate_legacy_indexes().await.unwrap(), 0);
 }

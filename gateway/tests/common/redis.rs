@@ -230,6 +230,10 @@ impl Redis {
             "nodes.conf",
             "--cluster-node-timeout",
             "2000",
+            // A replica may take over whatever its link history: the tests kill
+            // primaries on purpose, soon after the cluster formed.
+            "--cluster-replica-validity-factor",
+            "0",
         ];
         let servers: Vec<Server> = (0..primaries * (1 + replicas))
             .map(|_| Server::start(&args, true))
@@ -256,14 +260,36 @@ impl Redis {
             cluster: true,
         };
         redis.wait_cluster_ok();
+        if replicas > 0 {
+            redis.wait_replicas_linked();
+        }
         redis
     }
 
-    /// Waits until every node reports the cluster healthy and every slot served.
+    /// Waits until every running replica's link to its primary is up (its initial sync
+    /// done), so that a failover has a replica with the data to promote.
+    pub fn wait_replicas_linked(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let linked = self.servers.iter().filter(|s| s.pid().is_some()).all(|s| {
+                s.cmd(&["INFO", "replication"]).is_some_and(|i| {
+                    i.contains("role:master") || i.contains("master_link_status:up")
+                })
+            });
+            if linked {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replicas did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every running node reports the cluster healthy and every slot served.
     pub fn wait_cluster_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ok = self.servers.iter().all(|s| {
+            // Stopped servers (a killed primary) do not count.
+            let ok = self.servers.iter().filter(|s| s.pid().is_some()).all(|s| {
                 s.cmd(&["CLUSTER", "INFO"]).is_some_and(|i| {
                     i.contains("cluster_state:ok") && i.contains("cluster_slots_ok:16384")
                 })
@@ -426,6 +452,15 @@ impl Redis {
             .into_iter()
             .find(|n| n.primary && n.owns(slot))
             .expect("an owner for every slot")
+    }
+
+    /// The port of the live primary serving `slot`; none while its primary has failed and
+    /// no replica has taken over yet.
+    pub fn owner_port(&self, slot: u16) -> Option<u16> {
+        self.cluster_nodes()
+            .into_iter()
+            .find(|n| n.primary && n.owns(slot))
+            .map(|n| n.port)
     }
 
     /// Moves `slot` to the primary on port `to` as `redis-cli --cluster reshard` does:
