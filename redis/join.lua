@@ -5,9 +5,14 @@
 --       9 expires_at ms for a session this join creates, 10 presence events max (0: no cap),
 --       11 tombstone ms (how long the meta outlives the session's lifetime),
 --       12 create ('1': create the session when absent), 13 activity ('1': a writer's
---       join touches last_activity; an observer's is a read), 14 owner (the creating user)
+--       join touches last_activity; an observer's is a read), 14 owner (the creating user),
+--       15 a new epoch, used if this join starts the numbering, 16 the epoch the client's
+--       since belongs to ('' when it names none)
 -- Returns {-1} when the session has ended, {-2} when it does not exist and ARGV[12] is not
--- '1', else {seq, history (newest first), infos, created (1/0)}.
+-- '1', else {seq, history (newest first), infos, created (1/0), epoch, same numbering (1/0)}.
+-- The epoch names the session's numbering: it changes exactly when the seq counter is
+-- created (here, at 0, or in publish.lua), so a numbering that starts over after its keys
+-- were lost has a new one, and a since from the old one is not mistaken for the new.
 -- Expired members (their node died) are swept first and announced as leaves ([3, info]);
 -- the new member is announced as a join ([4, info]). Sessions with more members than
 -- ARGV[10] get no presence events: each would go to every member (quadratic in size).
@@ -49,12 +54,24 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
-local seq = tonumber(redis.call('GET', KEYS[3]) or '0')
+local stored = redis.call('GET', KEYS[3])
+local epoch = redis.call('HGET', KEYS[5], 'epoch')
+if not stored then
+  redis.call('SET', KEYS[3], '0', 'PX', ARGV[7])
+  epoch = ARGV[15]
+  redis.call('HSET', KEYS[5], 'epoch', epoch)
+elseif not epoch then
+  -- A session from before epochs (or whose meta was lost): name its numbering now.
+  epoch = ARGV[15]
+  redis.call('HSET', KEYS[5], 'epoch', epoch)
+end
+local same = ARGV[16] == '' or ARGV[16] == epoch
+local seq = tonumber(stored or '0')
 local since = tonumber(ARGV[5])
 local hist = {}
 if since >= 0 then
   local n = tonumber(ARGV[6])
-  if since <= seq then
+  if same and since <= seq then
     n = math.min(n, seq - since)
   end
   if n > 0 then
@@ -69,4 +86,4 @@ end
 if loud() then
   redis.call('SPUBLISH', KEYS[6], '\146\4' .. ARGV[3])
 end
-return {seq, hist, infos, created}
+return {seq, hist, infos, created, epoch, same and 1 or 0}

@@ -3,7 +3,8 @@
 -- ARGV: 1 entry tail (msgpack of ts, from, data), 2 history cap, 3 ttl ms, 4 now ms,
 --       5 trace context (a msgpack string, or empty when tracing is off),
 --       6 expires_at ms for a session this publish creates, 7 tombstone ms (how long
---       the meta outlives the session's lifetime)
+--       the meta outlives the session's lifetime), 8 a new epoch, used if this publish
+--       starts the numbering (see join.lua)
 -- Returns {seq, reactivated (1/0), created (1/0)}, or -1 when the session has ended, -2
 -- when it is resolved. Publishing is activity: an inactive session becomes active again
 -- (the caller puts it back under the lifecycle clock when `reactivated` or `created`).
@@ -22,6 +23,9 @@ elseif status == 'resolved' then
 elseif status == 'inactive' then
   redis.call('HSET', KEYS[3], 'status', 'active', 'warned_for', '')
   reactivated = 1
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[3], 'epoch', ARGV[8])
 end
 local seq = redis.call('INCR', KEYS[1])
 local entry = '\148' .. cmsgpack.pack(seq) .. ARGV[1]

@@ -362,3 +362,74 @@ async fn an_end_missed_during_a_partition_is_delivered_after_it() {
         Closed::Code(close::SESSION_ENDED)
     );
 }
+
+/// Joins `session` with `since` and, when given, the epoch it belongs to; answers
+/// (epoch, recovered, history seqs).
+async fn rejoin(
+    c: &mut WsClient,
+    session: &str,
+    since: u64,
+    epoch: Option<&str>,
+) -> (String, bool, Vec<u64>) {
+    let mut frame = json!({"type": "join", "session": session, "since": since});
+    if let Some(e) = epoch {
+        frame["epoch"] = e.into();
+    }
+    c.send_json(frame).await;
+    match c
+        .expect("joined", |f| matches!(f, ServerFrame::Joined { .. }))
+        .await
+    {
+        ServerFrame::Joined {
+            epoch,
+            recovered,
+            history,
+            ..
+        } => (epoch, recovered, history.iter().map(|m| m.seq).collect()),
+        _ => unreachable!(),
+    }
+}
+
+/// Redis restarts without persistence and the session starts over at seq 1 with a new
+/// epoch. A display that saw 1..=3 of the old numbering comes back after the new one
+/// passed 3: with its epoch it gets `recovered: false` and the new window, never 4..=5 of
+/// the new numbering as if they followed its 3.
+#[tokio::test]
+async fn a_numbering_that_started_over_is_told_apart_by_its_epoch() {
+    let mut redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    let ServerFrame::Joined { epoch: old, .. } = tv.join("epoch-room", None).await else {
+        panic!("not joined");
+    };
+    assert_eq!(old.len(), 12, "an epoch names the numbering: {old:?}");
+    let mut ctl = a.connect(&token("ctl", BOTH)).await;
+    ctl.join("epoch-room", None).await;
+    for n in 1..=3 {
+        assert_eq!(ctl.publish("epoch-room", json!(n)).await, n);
+    }
+    assert_eq!(tv.messages("epoch-room", 3).await, vec![1, 2, 3]);
+    drop(tv);
+    drop(ctl);
+
+    redis.restart();
+    a.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", BOTH)).await;
+    ctl.join("epoch-room", None).await;
+    for n in 1..=5 {
+        assert_eq!(ctl.publish("epoch-room", json!(n)).await, n);
+    }
+
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    let (new, recovered, history) = rejoin(&mut tv, "epoch-room", 3, Some(&old)).await;
+    assert_ne!(new, old, "a new numbering, a new epoch");
+    assert!(!recovered);
+    assert_eq!(history, vec![1, 2, 3, 4, 5], "the new window, whole");
+    // Within the new numbering, since works as always.
+    let mut again = a.connect(&token("tv2", &[Role::Display])).await;
+    let (same, recovered, history) = rejoin(&mut again, "epoch-room", 3, Some(&new)).await;
+    assert_eq!(same, new);
+    assert!(recovered);
+    assert_eq!(history, vec![4, 5]);
+}

@@ -45,6 +45,7 @@ impl Proto {
                     role: None,
                     name: None,
                     since: None,
+                    epoch: None,
                     reference: None,
                 },
             ),

@@ -193,7 +193,7 @@ mod tests {
     fn join_fields() {
         let f = decode_client(
             Format::Json,
-            br#"{"type":"join","session":"s","since":0,"ref":"x"}"#,
+            br#"{"type":"join","session":"s","since":0,"epoch":"e","ref":"x"}"#,
         )
         .unwrap();
         assert_eq!(
@@ -203,6 +203,7 @@ mod tests {
                 role: None,
                 name: None,
                 since: Some(0),
+                epoch: Some("e".into()),
                 reference: Some("x".into())
             }
         );
@@ -386,14 +387,16 @@ mod properties {
                 role,
                 prop::option::of(".{0,10}"),
                 prop::option::of(any::<u64>()),
+                prop::option::of("[a-z0-9]{0,12}"),
                 reference.clone()
             )
-                .prop_map(|(session, role, name, since, reference)| {
+                .prop_map(|(session, role, name, since, epoch, reference)| {
                     ClientFrame::Join {
                         session,
                         role,
                         name,
                         since,
+                        epoch,
                         reference,
                     }
                 }),

@@ -173,6 +173,10 @@ pub enum ClientFrame {
         /// Last seq the client saw; absent means "no history wanted".
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        /// The numbering `since` belongs to (the `epoch` of an earlier `joined`). When it
+        /// is not the session's current one, `since` means nothing: `recovered:false`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
@@ -266,6 +270,11 @@ pub enum ServerFrame {
     Joined {
         session: String,
         seq: u64,
+        /// Names the session's numbering: set when its seq counter is created, so a
+        /// numbering that starts over (keys lost in a Redis restart or expired) has a new
+        /// one. Empty for a session created before epochs existed.
+        #[serde(default)]
+        epoch: String,
         recovered: bool,
         history: Vec<HistoryMessage>,
         presence: Vec<Member>,

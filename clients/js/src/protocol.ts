@@ -51,6 +51,8 @@ export type ServerFrame =
       type: 'joined';
       session: string;
       seq: number;
+      /** Names the session's numbering; a new one means it started over. */
+      epoch?: string;
       recovered: boolean;
       history: Message[];
       presence: Member[];
@@ -73,7 +75,15 @@ export type ServerFrame =
   | { type: 'pong'; ref?: string | null };
 
 export type ClientFrame =
-  | { type: 'join'; session: string; role?: Role; name?: string; since?: number; ref?: string }
+  | {
+      type: 'join';
+      session: string;
+      role?: Role;
+      name?: string;
+      since?: number;
+      epoch?: string;
+      ref?: string;
+    }
   | { type: 'leave'; session: string; ref?: string }
   | { type: 'publish'; session: string; data: unknown; ref?: string }
   | { type: 'signal'; session: string; data: unknown; to?: string; ref?: string }

@@ -37,6 +37,12 @@ export interface SessionOptions {
    * messages published after the join.
    */
   since?: number;
+  /**
+   * The numbering `since` belongs to (`session.epoch` when you saved `lastSeq`). With it, a
+   * session whose numbering started over since then answers with a `reset` instead of
+   * messages that merely follow `since` in the new numbering.
+   */
+  epoch?: string;
 }
 
 export interface SessionEvents {
@@ -91,6 +97,8 @@ export class Session extends Emitter<SessionEvents> {
   state: SessionState = 'joining';
   /** The highest seq delivered to the app (history, live or reset). */
   lastSeq: number | undefined;
+  /** The numbering `lastSeq` belongs to (from the server's last `joined`). */
+  epoch: string | undefined;
   /** Who is here, by `client_id` (you included), kept live from presence events. */
   readonly presence = new Map<string, Member>();
 
@@ -115,6 +123,7 @@ export class Session extends Emitter<SessionEvents> {
     this.role = opts.role;
     this.name = opts.name;
     this.lastSeq = opts.since;
+    this.epoch = opts.epoch;
   }
 
   /**
@@ -300,6 +309,9 @@ export class Session extends Emitter<SessionEvents> {
     if (this.role) frame.role = this.role;
     if (this.name) frame.name = this.name;
     if (since !== undefined) frame.since = since;
+    // A reset asks for the whole window whatever the numbering; otherwise the epoch makes
+    // the server tell a numbering that started over from one that merely moved on.
+    if (since !== undefined && this.repair !== 'reset' && this.epoch) frame.epoch = this.epoch;
     this.host.send(frame);
     if (this.state !== 'joining') this.setState('joining');
   }
@@ -309,6 +321,8 @@ export class Session extends Emitter<SessionEvents> {
     const asked = this.repair === 'reset' ? 0 : this.lastSeq;
     const reset = this.repair === 'reset' || (asked !== undefined && !f.recovered);
     this.repair = undefined;
+    // Recovered or reset, what follows belongs to this numbering.
+    this.epoch = f.epoch || undefined;
     this.presence.clear();
     for (const m of f.presence) this.presence.set(m.client_id, m);
     // Joined, quietly first: what waited goes out before anything a listener publishes.

@@ -54,10 +54,10 @@ export class FakeSocket {
   }
 
   /** Answers the client's last join of `session`. */
-  joined(session, seq, { recovered = true, history = [], presence = [] } = {}) {
+  joined(session, seq, { recovered = true, history = [], presence = [], epoch = 'e1' } = {}) {
     const join = this.sentOf('join').filter((j) => j.session === session).pop();
     if (!join) throw new Error(`no join of ${session} was sent`);
-    this.frame({ type: 'joined', session, seq, recovered, history, presence, ref: join.ref });
+    this.frame({ type: 'joined', session, seq, epoch, recovered, history, presence, ref: join.ref });
     return join;
   }
 

@@ -58,6 +58,7 @@ for (const code of [1000, 1006, 1009, 1011, 4008]) {
     next.welcome();
     const join = next.joined('room', 4);
     assert.equal(join.since, 4, 'since = the last seq the app saw');
+    assert.equal(join.epoch, 'e1', 'with the numbering it belongs to');
     assert.equal(join.role, 'display');
     assert.equal(s.state, 'joined');
     assert.deepEqual(s.seen, [4]);
@@ -229,8 +230,10 @@ test('recovered:false and a numbering restart both reset, with the window', asyn
   const leave = next.sentOf('leave').at(-1);
   assert.ok(leave?.ref, 'the client leaves to rejoin');
   next.frame({ type: 'ack', ref: leave.ref });
-  const join = next.joined('room', 2, { history: [entry(1), entry(2)] });
+  const join = next.joined('room', 2, { history: [entry(1), entry(2)], epoch: 'e2' });
   assert.equal(join.since, 0, 'the whole window');
+  assert.equal(join.epoch, undefined, 'a reset asks for the window whatever the numbering');
+  assert.equal(s.epoch, 'e2', 'the new numbering');
   assert.equal(resets.length, 2);
   assert.equal(s.lastSeq, 2);
   next.message('room', 3);

@@ -15,6 +15,8 @@ export class Session extends Emitter {
     state = 'joining';
     /** The highest seq delivered to the app (history, live or reset). */
     lastSeq;
+    /** The numbering `lastSeq` belongs to (from the server's last `joined`). */
+    epoch;
     /** Who is here, by `client_id` (you included), kept live from presence events. */
     presence = new Map();
     inflight = new Map();
@@ -34,6 +36,7 @@ export class Session extends Emitter {
         this.role = opts.role;
         this.name = opts.name;
         this.lastSeq = opts.since;
+        this.epoch = opts.epoch;
     }
     /**
      * Publishes `data` (any JSON value) and resolves with its seq once the server stored it.
@@ -230,6 +233,10 @@ export class Session extends Emitter {
             frame.name = this.name;
         if (since !== undefined)
             frame.since = since;
+        // A reset asks for the whole window whatever the numbering; otherwise the epoch makes
+        // the server tell a numbering that started over from one that merely moved on.
+        if (since !== undefined && this.repair !== 'reset' && this.epoch)
+            frame.epoch = this.epoch;
         this.host.send(frame);
         if (this.state !== 'joining')
             this.setState('joining');
@@ -239,6 +246,8 @@ export class Session extends Emitter {
         const asked = this.repair === 'reset' ? 0 : this.lastSeq;
         const reset = this.repair === 'reset' || (asked !== undefined && !f.recovered);
         this.repair = undefined;
+        // Recovered or reset, what follows belongs to this numbering.
+        this.epoch = f.epoch || undefined;
         this.presence.clear();
         for (const m of f.presence)
             this.presence.set(m.client_id, m);

@@ -13,7 +13,7 @@ use crate::metrics as m;
 use crate::publish::{publish_message, touch_indexes_later, PublishError};
 use crate::ratelimit as limits;
 use crate::ratelimit::Scope;
-use crate::session::{Join, JoinError};
+use crate::session::{Join, JoinError, Since};
 use crate::store::StoreError;
 use crate::util::now_ms;
 
@@ -27,9 +27,11 @@ impl Connection {
                 role,
                 name,
                 since,
+                epoch,
                 reference,
             } => {
                 let span = tracing::info_span!("join", session = %session);
+                let since = since.map(|seq| Since { seq, epoch });
                 self.join(session, role, name, since, reference)
                     .instrument(span)
                     .await
@@ -116,7 +118,7 @@ impl Connection {
         session: String,
         role: Option<Role>,
         name: Option<String>,
-        since: Option<u64>,
+        since: Option<Since>,
         reference: Option<String>,
     ) -> Result<(), Failure> {
         let session = SessionId::parse(session, "session")
@@ -182,7 +184,7 @@ impl Connection {
             let join = Join {
                 client: self.client.clone(),
                 info: info.clone(),
-                since,
+                since: since.clone(),
                 reference: reference.clone(),
                 create,
             };

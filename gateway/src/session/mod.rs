@@ -299,12 +299,20 @@ enum Command {
     CatchUp,
 }
 
+/// Where a rejoining member left off: the last seq it saw, in the numbering named by
+/// `epoch` (absent from clients that predate epochs, or that never saw one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Since {
+    pub(crate) seq: u64,
+    pub(crate) epoch: Option<String>,
+}
+
 /// A member joining through a pump.
 #[derive(Debug)]
 pub(crate) struct Join {
     pub(crate) client: ClientHandle,
     pub(crate) info: MemberInfo,
-    pub(crate) since: Option<u64>,
+    pub(crate) since: Option<Since>,
     pub(crate) reference: Option<String>,
     /// Create the session if it does not exist (the connection checked the creation
     /// limits); otherwise a missing session answers `NoSuchSession`.

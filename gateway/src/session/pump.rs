@@ -291,6 +291,8 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
         let expiry_ms = self.presence_expiry(now);
         let presence_list_max = self.env.settings.presence_list_max;
         let infos: Vec<Vec<u8>> = batch.iter().map(|req| req.join.info.encode()).collect();
+        // Used only if one of these joins starts the session's numbering.
+        let new_epoch = crate::util::random_id(12);
         let (store, session) = (&*self.env.store, self.session.as_str());
         let replies =
             futures_util::future::join_all(batch.iter().zip(&infos).map(|(req, info)| {
@@ -301,7 +303,9 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
                         info,
                         expiry_ms,
                         now_ms: now,
-                        since: req.join.since,
+                        since: req.join.since.as_ref().map(|s| s.seq),
+                        epoch: req.join.since.as_ref().and_then(|s| s.epoch.as_deref()),
+                        new_epoch: &new_epoch,
                         presence_list_max,
                         create: req.join.create,
                         activity: req.join.info.role.can_write(),
@@ -339,8 +343,11 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
             .filter_map(|b| decode_entry(b).ok())
             .collect();
         history.reverse();
-        let recovered = match join.since {
+        let recovered = match join.since.as_ref().map(|s| s.seq) {
             None => true,
+            // Another numbering: the session's keys were lost and it started over, so the
+            // client's seqs mean nothing here (even where the new ones passed them).
+            Some(_) if !reply.same_numbering => false,
             // A since past the top means the session was reset.
             Some(since) if since > reply.seq => false,
             Some(since) => {
@@ -358,6 +365,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
         let joined = ServerFrame::Joined {
             session: self.session.clone(),
             seq: reply.seq,
+            epoch: reply.epoch.clone(),
             recovered,
             history: history.into_iter().map(Entry::into_history).collect(),
             presence,

@@ -141,6 +141,10 @@ pub struct JoinReply {
     pub members: Vec<Bytes>,
     /// This join created the session (implicit creation).
     pub created: bool,
+    /// The session's numbering (see `ServerFrame::Joined::epoch`).
+    pub epoch: String,
+    /// The join's `epoch` named the current numbering (or it named none).
+    pub same_numbering: bool,
 }
 
 /// Arguments of a join.
@@ -151,6 +155,10 @@ pub struct JoinArgs<'a> {
     pub expiry_ms: u64,
     pub now_ms: u64,
     pub since: Option<u64>,
+    /// The numbering `since` belongs to; `None` trusts `since` as it is.
+    pub epoch: Option<&'a str>,
+    /// The epoch to give the session's numbering if this join starts it.
+    pub new_epoch: &'a str,
     pub presence_list_max: u32,
     /// Create the session when it does not exist (otherwise `NoSuchSession`).
     pub create: bool,
@@ -322,6 +330,8 @@ impl Store {
                     Value::Bytes(trace.into()),
                     ((now_ms + self.max_lifetime_ms) as i64).into(),
                     (TOMBSTONE.as_millis() as i64).into(),
+                    // Only used when this publish starts the session's numbering.
+                    crate::util::random_id(12).into(),
                 ],
             )
             .await?;
@@ -413,6 +423,8 @@ impl Store {
                     flag(a.create),
                     flag(a.activity),
                     a.owner.into(),
+                    a.new_epoch.into(),
+                    a.epoch.unwrap_or("").into(),
                 ],
             )
             .await?;
@@ -426,6 +438,8 @@ impl Store {
                 history: bytes_list(parts.next()),
                 members: bytes_list(parts.next()),
                 created: parts.next().and_then(|v| v.as_i64()) == Some(1),
+                epoch: parts.next().and_then(|v| v.as_string()).unwrap_or_default(),
+                same_numbering: parts.next().and_then(|v| v.as_i64()) != Some(0),
             }),
             _ => Err(StoreError::Internal("join.lua answered no seq".into())),
         }

@@ -124,6 +124,8 @@ impl PumpStore for Memory {
             history: Memory::encoded_after(&s, a.since.unwrap_or(s.seq)),
             members: s.presence.values().cloned().map(Bytes::from).collect(),
             created: false,
+            epoch: "memory".into(),
+            same_numbering: a.epoch.is_none_or(|e| e == "memory"),
         })
     }
 
@@ -276,7 +278,7 @@ impl Member {
         Join {
             client: self.client.clone(),
             info: self.info(),
-            since,
+            since: since.map(|seq| Since { seq, epoch: None }),
             reference: None,
             create: false,
         }
