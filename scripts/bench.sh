@@ -4,7 +4,7 @@
 # pid at the end. Results go to bench/ (BENCH_OUT overrides) as JSON, one file per run,
 # plus a summary per scenario.
 #
-#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|peer|micro|lifecycle|silent|all]...
+#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|micro|lifecycle|silent|all]...
 #
 # Knobs (environment): BENCH_DURATION (publishing time per fan-out step, default 15s),
 # BENCH_RATES (per-session rates tried by the fan-out search), BENCH_IDLE_PER_NODE
@@ -80,7 +80,7 @@ start_gateway() {
   # shellcheck disable=SC2086
   # One load generator is one address: the per-address cap of pending connections is off
   # unless GATEWAY_ENV (which comes after, and wins) sets it.
-  env ROOMCAST_MAX_PENDING_PER_IP=0 ${GATEWAY_ENV:-} ROOMCAST_LISTEN="127.0.0.1:$port" ROOMCAST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
+  env ROOMCAST_MAX_PENDING_PER_IP=0 ${GATEWAY_ENV:-} ROOMCAST_LISTEN="127.0.0.1:$port" ROOMCAST_REDIS_URL="${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}" \
     ROOMCAST_JWT_SECRET="$SECRET" ROOMCAST_LOG=warn ROOMCAST_NODE_ID="bench-$port" \
     ROOMCAST_RATE_PUBLISH=0 ROOMCAST_RATE_PUBLISH_IP=0 ROOMCAST_RATE_CONNECT=0 \
     ROOMCAST_RATE_BURST=0 ROOMCAST_RATE_FRAMES=0 ROOMCAST_RATE_API_STRICT=0 ROOMCAST_RATE_CREATE=0 \
@@ -335,6 +335,140 @@ PY
   cat "$OUT/durable.json" >&2
 }
 
+# --- Redis Cluster: the publish path on 1, 2 and 3 primaries, fan-out against standalone
+free_cluster_port() {
+  # A port whose cluster-bus port (+10000) is free too.
+  python3 - <<'PY'
+import random, socket
+for _ in range(2000):
+    p = random.randint(20000, 45000)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+        print(p); break
+    except OSError:
+        pass
+PY
+}
+
+# start_cluster N: a private Redis Cluster of N primaries (no replicas), the slots split
+# evenly (redis-cli --cluster create wants three, so the slots are assigned by hand).
+# Sets CLUSTER_URL and CLUSTER_PIDS.
+CLUSTER_URL=""
+CLUSTER_PIDS=()
+start_cluster() {
+  local n=$1 i port dir ports=()
+  CLUSTER_PIDS=()
+  for ((i = 0; i < n; i++)); do
+    port=$(free_cluster_port)
+    dir="$WORK/cluster-$port"
+    mkdir -p "$dir"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 5000 \
+      --cluster-announce-ip 127.0.0.1 \
+      --dir "$dir" --logfile "$dir/redis.log" --maxclients 20000 &
+    PIDS+=($!)
+    CLUSTER_PIDS+=($!)
+    ports+=("$port")
+    wait_for "cluster node on $port" 10 redis-cli -p "$port" ping
+  done
+  for ((i = 0; i < n; i++)); do
+    redis-cli -p "${ports[$i]}" CLUSTER ADDSLOTSRANGE $((16384 * i / n)) $((16384 * (i + 1) / n - 1)) >/dev/null
+    [[ $i == 0 ]] || redis-cli -p "${ports[0]}" CLUSTER MEET 127.0.0.1 "${ports[$i]}" >/dev/null
+  done
+  for port in "${ports[@]}"; do
+    wait_for "cluster ok on $port" 30 bash -c \
+      "redis-cli -p $port CLUSTER INFO | grep -q cluster_state:ok"
+  done
+  CLUSTER_URL="redis-cluster://127.0.0.1:${ports[0]}"
+  if ((n > 1)); then
+    CLUSTER_URL+="?node=127.0.0.1:${ports[1]}"
+    for port in "${ports[@]:2}"; do CLUSTER_URL+="&node=127.0.0.1:$port"; done
+  fi
+}
+
+cluster_ticks() {
+  local p total=0
+  for p in "${CLUSTER_PIDS[@]}"; do total=$((total + $(cpu_ticks "$p"))); done
+  echo "$total"
+}
+
+scenario_cluster() {
+  local n concurrency=64 r0 file
+  for n in 1 2 3; do
+    stop_all
+    NODES=()
+    start_cluster "$n"
+    log "cluster: Store::publish on $n primaries, $concurrency in flight, 1000 sessions"
+    file="$WORK/cluster-publish-$n.json"
+    r0=$(cluster_ticks)
+    cargo bench -q -p roomcast-gateway --bench publish_path -- \
+      "$CLUSTER_URL" 10 "$concurrency" 1000 >"$file"
+    python3 - "$file" "$n" "$(($(cluster_ticks) - r0))" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+f, n, ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+r = json.load(open(f))
+r["primaries"] = n
+r["redis_cpu_s"] = ticks / hz
+r["redis_cpu_us_per_publish"] = ticks / hz * 1e6 / max(r["publishes"], 1)
+json.dump(r, open(f, "w"))
+PY
+    cat "$file" >&2
+  done
+  # Fan-out at one load, standalone against the 3-primary cluster: two gateways,
+  # 100 sessions x 10 displays, 20 msg/s per session.
+  local rate=${BENCH_CLUSTER_RATE:-20} label url
+  for label in standalone cluster3; do
+    stop_all
+    NODES=()
+    if [[ $label == standalone ]]; then
+      start_redis
+      url="redis://127.0.0.1:$REDIS_PORT"
+      CLUSTER_PIDS=("$REDIS_PID")
+    else
+      start_cluster 3
+      url=$CLUSTER_URL
+      # fanout_run samples REDIS_PID; its figure is replaced by all nodes' below.
+      REDIS_PID=${CLUSTER_PIDS[0]}
+    fi
+    REDIS_URL=$url start_gateway
+    REDIS_URL=$url start_gateway
+    log "cluster: fan-out on $label, $rate msg/s per session"
+    file="$OUT/cluster-fanout-$label.json"
+    r0=$(cluster_ticks)
+    fanout_run "cl$label" json "$rate" "$file"
+    # fanout_run measured REDIS_PID alone: put every Redis process of the run instead.
+    python3 - "$file.cpu" "$(($(cluster_ticks) - r0))" <<'PY'
+import json, sys
+f, ticks = sys.argv[1], int(sys.argv[2])
+c = json.load(open(f))
+c["redis_ticks"] = ticks
+json.dump(c, open(f, "w"))
+PY
+  done
+  python3 - "$WORK" "$OUT" >"$OUT/cluster.json" <<'PY'
+import json, sys
+work, out = sys.argv[1], sys.argv[2]
+publish = [json.load(open(f"{work}/cluster-publish-{n}.json")) for n in (1, 2, 3)]
+fanout = {}
+for label in ("standalone", "cluster3"):
+    r = json.load(open(f"{out}/cluster-fanout-{label}.json"))
+    c = json.load(open(f"{out}/cluster-fanout-{label}.json.cpu"))
+    hz = c["clk_tck"]
+    fanout[label] = {
+        "deliveries_per_s": r["deliveries_per_s"],
+        "p50_ms": r["latency"].get("p50_ms"),
+        "p99_ms": r["latency"].get("p99_ms"),
+        "lost": r["lost"],
+        "duplicated_or_reordered": r["duplicated_or_reordered"],
+        "server_cpu_us_per_delivery": c["server_ticks"] / hz * 1e6 / max(r["delivered"], 1),
+        "redis_cpu_us_per_delivery": c["redis_ticks"] / hz * 1e6 / max(r["delivered"], 1),
+    }
+print(json.dumps({"scenario": "cluster", "publish_path": publish, "fanout": fanout}, indent=2))
+PY
+  cat "$OUT/cluster.json" >&2
+}
+
 # --- 6. the Socket.IO peer ---------------------------------------------------------------
 scenario_peer() {
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
@@ -447,6 +581,7 @@ for s in "$@"; do
   storm) scenario_storm ;;
   publish-path) scenario_publish_path ;;
   durable) scenario_durable ;;
+  cluster) scenario_cluster ;;
   peer) scenario_peer ;;
   micro) scenario_micro ;;
   lifecycle) scenario_lifecycle ;;
@@ -454,6 +589,7 @@ for s in "$@"; do
   all)
     scenario_publish_path
     scenario_durable
+    scenario_cluster
     scenario_fanout
     scenario_storm
     scenario_idle
@@ -464,7 +600,7 @@ for s in "$@"; do
     scenario_silent
     ;;
   *)
-    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|peer|micro|lifecycle|silent|all]..." >&2
+    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|micro|lifecycle|silent|all]..." >&2
     exit 64
     ;;
   esac

@@ -26,8 +26,13 @@ async fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let Some(url) = args.first().filter(|u| u.starts_with("redis://")) else {
-        eprintln!("publish_path: give a redis:// URL (see scripts/bench.sh publish-path)");
+    let Some(url) = args
+        .first()
+        .filter(|u| u.starts_with("redis://") || u.starts_with("redis-cluster://"))
+    else {
+        eprintln!(
+            "publish_path: give a redis:// or redis-cluster:// URL (see scripts/bench.sh publish-path)"
+        );
         return;
     };
     let number = |i: usize, default: u64| {
@@ -61,7 +66,11 @@ async fn run(
         .map_err(|e| e.to_string())?
         .build_pool(config.redis_pool)
         .map_err(|e| e.to_string())?;
-    pool.init().await.map_err(|e| e.to_string())?;
+    // Bounded: an unreachable Redis (or a cluster announcing no address) fails the run.
+    tokio::time::timeout(Duration::from_secs(10), pool.init())
+        .await
+        .map_err(|_| format!("redis at {url} not reachable within 10 s"))?
+        .map_err(|e| e.to_string())?;
     let store = Arc::new(Store::new(pool, &config));
     let from = From {
         client_id: "c0ffee0000000001".into(),
@@ -71,31 +80,44 @@ async fn run(
     };
     let tail =
         encode_entry_tail(1, &from, &json!({"pad": "x".repeat(64)})).map_err(|e| e.to_string())?;
-    let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..concurrency {
-        let (store, tail, done, failed) =
-            (store.clone(), tail.clone(), done.clone(), failed.clone());
+        let (store, tail, failed) = (store.clone(), tail.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
+            // Each acked publish's time to ack, in µs.
+            let mut took: Vec<u32> = Vec::new();
             let mut i = t;
             while Instant::now() < end {
                 let session = format!("pp-{}", i % sessions);
                 i += concurrency;
+                let sent = Instant::now();
                 match store.publish(&session, tail.clone(), now_ms(), None).await {
-                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                };
+                    Ok(_) => took.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
+            took
         }));
     }
+    let mut took: Vec<u32> = Vec::new();
     for task in tasks {
-        let _ = task.await;
+        took.extend(task.await.unwrap_or_default());
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let ok = done.load(Ordering::Relaxed);
+    let ok = took.len() as u64;
+    took.sort_unstable();
+    let quantile = |q: f64| -> f64 {
+        if took.is_empty() {
+            return 0.0;
+        }
+        let at = ((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1;
+        f64::from(took[at]) / 1e3
+    };
     println!(
         "{}",
         json!({
@@ -105,6 +127,8 @@ async fn run(
             "publishes_per_s": ok as f64 / elapsed,
             // Little's law: with `concurrency` always in flight, the mean time per publish.
             "mean_ms": if ok > 0 { concurrency as f64 * elapsed * 1e3 / ok as f64 } else { 0.0 },
+            "p50_ms": quantile(0.50),
+            "p99_ms": quantile(0.99),
             "wait_replicas": wait_replicas,
             "concurrency": concurrency,
             "sessions": sessions,
