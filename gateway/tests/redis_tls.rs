@@ -1,7 +1,8 @@
 //! TLS to Redis (`rediss://`) against a real redis-server that speaks only TLS, with
 //! certificates made by `openssl` for the test: the traffic flows, the server's
 //! certificate is always verified (CA, name), mutual TLS works, a URL that asks for TLS
-//! never speaks plaintext, and settings that cannot be honoured exit 64.
+//! never speaks plaintext, and settings that cannot be honoured exit 64. A TLS-only Redis
+//! Cluster carries traffic between gateways, every node verified.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -308,4 +309,143 @@ async fn tls_settings_that_cannot_be_honoured_exit_64() {
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     }
     let _ = Path::new(&ca);
+}
+
+/// A Redis Cluster of three primaries that speak only TLS, clients and cluster bus alike.
+struct TlsCluster {
+    ports: Vec<u16>,
+    children: Vec<Child>,
+    _dirs: Vec<PathBuf>,
+}
+
+impl TlsCluster {
+    fn start(pki: &Pki) -> TlsCluster {
+        let mut cluster = TlsCluster {
+            ports: Vec::new(),
+            children: Vec::new(),
+            _dirs: Vec::new(),
+        };
+        for _ in 0..3 {
+            let dir = scratch_dir("tls-cluster");
+            let port = free_cluster_port();
+            let child = Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--bind", "127.0.0.1", "--tls-cluster", "yes"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--tls-cert-file", &pki.path("server.crt")])
+                .args(["--tls-key-file", &pki.path("server.key")])
+                .args(["--tls-ca-cert-file", &pki.path("ca.crt")])
+                .args(["--tls-auth-clients", "no"])
+                .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            cluster.ports.push(port);
+            cluster.children.push(child);
+            cluster._dirs.push(dir);
+        }
+        let deadline = Instant::now() + DEADLINE;
+        for port in &cluster.ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "TLS cluster node did not listen");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let mut create = vec![
+            "--tls".to_string(),
+            "--cacert".into(),
+            pki.path("ca.crt"),
+            "--cluster".into(),
+            "create".into(),
+        ];
+        create.extend(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        create.push("--cluster-yes".into());
+        let out = Command::new("redis-cli").args(&create).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for port in &cluster.ports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["--tls", "--cacert", &pki.path("ca.crt")])
+                    .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the TLS cluster did not become ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "rediss-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}",
+            self.ports[0], self.ports[1], self.ports[2]
+        )
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// TLS with Redis Cluster: the seeds and every node the gateway discovers are verified
+/// against the CA, and messages cross gateways through sharded pub/sub over TLS.
+#[tokio::test]
+async fn a_tls_cluster_carries_the_traffic_between_gateways() {
+    let pki = Pki::new();
+    let cluster = TlsCluster::start(&pki);
+    let ca = pki.path("ca.crt");
+    let env = [("ROOMCAST_REDIS_TLS_CA", ca.as_str())];
+    let a = Gateway::start(&cluster.url(), &env);
+    let b = Gateway::start(&cluster.url(), &env);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", &[Role::Controller])).await;
+    let mut displays = Vec::new();
+    // Enough sessions that every shard carries some (16384 slots over three nodes).
+    let sessions: Vec<String> = (0..12).map(|i| format!("tls-cluster-{i}")).collect();
+    for session in &sessions {
+        let mut tv = b
+            .connect(&token(&format!("tv-{session}"), &[Role::Display]))
+            .await;
+        assert!(matches!(
+            tv.join(session, None).await,
+            ServerFrame::Joined { .. }
+        ));
+        displays.push(tv);
+        ctl.join(session, None).await;
+    }
+    for session in &sessions {
+        for n in 1..=3 {
+            assert_eq!(ctl.publish(session, json!(n)).await, n);
+        }
+    }
+    for (session, tv) in sessions.iter().zip(displays.iter_mut()) {
+        assert_eq!(tv.messages(session, 3).await, vec![1, 2, 3]);
+    }
+    // And a wrong CA refuses every node: not ready.
+    let other = pki.path("other.crt");
+    let refused = Gateway::start(&cluster.url(), &[("ROOMCAST_REDIS_TLS_CA", other.as_str())]);
+    refused
+        .wait_redis_refusal(&["UnknownIssuer", "certificate"])
+        .await;
 }

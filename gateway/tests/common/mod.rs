@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 mod redis;
 // Each test binary uses its own part of the harness.
 #[allow(unused_imports)]
-pub use redis::{cmd_at, free_port, scratch_dir, ClusterNode, Redis};
+pub use redis::{cmd_at, free_cluster_port, free_port, scratch_dir, ClusterNode, Redis};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123";
 
