@@ -1,5 +1,5 @@
-//! Redis behind Sentinel (`redis-sentinel://`): a primary, a replica and a sentinel the test
-//! starts. The primary is killed once the replica has everything; the gateways turn
+//! Redis behind Sentinel (`redis-sentinel://`): a primary, a replica and three sentinels (quorum
+//! two) the test starts. The primary is killed once the replica has everything; the gateways turn
 //! not-ready, follow the promotion by themselves, are ready again, and every acked message
 //! is delivered once, in order, with the publishes after the failover.
 
@@ -67,19 +67,20 @@ impl Node {
         Node::spawn(&args, port, dir)
     }
 
-    fn sentinel(primary: u16) -> Node {
-        Node::sentinel_with(primary, "")
+    /// One of a group of sentinels for `primary` that needs `quorum` of them to agree.
+    fn sentinel(primary: u16, quorum: u32) -> Node {
+        Node::sentinel_with(primary, quorum, "")
     }
 
     /// A sentinel for `primary`; `extra` lines go to its config (a `requirepass`).
-    fn sentinel_with(primary: u16, extra: &str) -> Node {
+    fn sentinel_with(primary: u16, quorum: u32, extra: &str) -> Node {
         let port = free_port();
         let dir = scratch_dir("sentinel");
         let conf = dir.join("sentinel.conf");
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel monitor rc 127.0.0.1 {primary} 1\n\
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel monitor rc 127.0.0.1 {primary} {quorum}\n\
                  sentinel down-after-milliseconds rc 1000\nsentinel failover-timeout rc 5000\n\
                  sentinel parallel-syncs rc 1\n{extra}",
                 dir = dir.display()
@@ -129,17 +130,29 @@ async fn the_gateway_follows_a_sentinel_failover_and_delivers_every_acked_messag
             .is_some_and(|i| i.contains("master_link_status:up"))
     })
     .await;
-    let sentinel = Node::sentinel(primary.port);
-    wait_for(DEADLINE, "the sentinel sees the replica", || async {
-        sentinel
-            .cmd(&["SENTINEL", "REPLICAS", "rc"])
-            .is_some_and(|r| r.contains(&replica.port.to_string()))
-    })
+    // Three sentinels, two of which must agree that the primary is down.
+    let sentinels: Vec<Node> = (0..3).map(|_| Node::sentinel(primary.port, 2)).collect();
+    wait_for(
+        Duration::from_secs(20),
+        "each sentinel sees the replica and the two others",
+        || async {
+            sentinels.iter().all(|s| {
+                s.cmd(&["SENTINEL", "REPLICAS", "rc"])
+                    .is_some_and(|r| r.contains(&replica.port.to_string()))
+                    && s.cmd(&["SENTINEL", "MASTER", "rc"]).is_some_and(|r| {
+                        r.lines()
+                            .skip_while(|l| !l.contains("num-other-sentinels"))
+                            .nth(2)
+                            .is_some_and(|v| v.trim() == "2")
+                    })
+            })
+        },
+    )
     .await;
 
     let url = format!(
-        "redis-sentinel://127.0.0.1:{}?sentinelServiceName=rc",
-        sentinel.port
+        "redis-sentinel://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}&sentinelServiceName=rc",
+        sentinels[0].port, sentinels[1].port, sentinels[2].port
     );
     let env = [("ROOMCAST_REDIS_TIMEOUT", "1s")];
     let a = Gateway::start(&url, &env);
@@ -171,6 +184,7 @@ async fn the_gateway_follows_a_sentinel_failover_and_delivers_every_acked_messag
     })
     .await;
     primary.kill();
+    let killed = std::time::Instant::now();
     wait_for(
         Duration::from_secs(10),
         "readiness 503 without a primary",
@@ -191,6 +205,10 @@ async fn the_gateway_follows_a_sentinel_failover_and_delivers_every_acked_messag
         b.get("/health/ready").await.0 == 200
     })
     .await;
+    eprintln!(
+        "sentinel failover: both gateways ready {:.1} s after the primary died",
+        killed.elapsed().as_secs_f64()
+    );
 
     // The controller's connection survived on B; publishing goes to the new primary. A
     // publish caught by the switch may be refused `unavailable`: retry it, as clients do.
@@ -234,7 +252,7 @@ async fn a_sentinel_password_comes_from_the_url() {
             .is_some_and(|r| r.starts_with("+PONG"))
     })
     .await;
-    let sentinel = Node::sentinel_with(primary.port, "requirepass sentinel-secret-42\n");
+    let sentinel = Node::sentinel_with(primary.port, 1, "requirepass sentinel-secret-42\n");
     let base = format!(
         "redis-sentinel://127.0.0.1:{}?sentinelServiceName=rc",
         sentinel.port
