@@ -22,7 +22,8 @@ test-only: ## run every test (each starts its own private Redis instances), then
 	$(MAKE) test-cluster
 
 test-cluster: ## the multi-instance suites again, each test against its own private 3-primary Redis Cluster
-	ROOMCAST_TEST_REDIS=cluster $(CARGO) test -p roomcast-gateway --lib --test realtime --test rest --test lifecycle --test abuse --test guarantees
+	# --workspace keeps the features (and so the build) of the full test run: no rebuild.
+	ROOMCAST_TEST_REDIS=cluster $(CARGO) test --workspace --lib --test realtime --test rest --test lifecycle --test abuse --test guarantees
 
 sdk-test: ## the TypeScript SDK (clients/js): its build and tests against real gateways and Redis
 	scripts/sdk-test.sh
