@@ -341,7 +341,12 @@ impl SlotOwners {
             let shard = owner.as_ref().map(ToString::to_string).unwrap_or_default();
             match result {
                 Ok(()) => {
-                    tracing::info!(slot, shard = %shard, channels = channels.len(), "slot moved; resubscribed, catching up");
+                    tracing::info!(
+                        slot,
+                        shard = %shard,
+                        channels = channels.len(),
+                        "slot moved; resubscribed, catching up"
+                    );
                     m::pubsub_shard_resubscribe(&shard);
                     self.owners.insert(slot, owner);
                     let keys = app.store.keys();
@@ -352,7 +357,12 @@ impl SlotOwners {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(slot, shard = %shard, error = %e, "resubscribe after a slot move failed; retrying");
+                    tracing::warn!(
+                        slot,
+                        shard = %shard,
+                        error = %e,
+                        "resubscribe after a slot move failed; retrying"
+                    );
                 }
             }
         }

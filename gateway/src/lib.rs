@@ -366,7 +366,11 @@ pub(crate) async fn keep_running<C, F>(
             Ok(Err(e)) => e.to_string(),
             Err(e) => e.to_string(),
         };
-        tracing::warn!(client = %client.id(), reason = %reason, "redis client stopped; connecting it again");
+        tracing::warn!(
+            client = %client.id(),
+            reason = %reason,
+            "redis client stopped; connecting it again"
+        );
         metrics::redis_client_restart();
         stopped();
         tokio::select! {

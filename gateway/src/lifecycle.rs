@@ -3,8 +3,9 @@
 //!
 //! Owns no session. Sessions sit in a due index (`rc:sessions:due:{b<n>}`, split over
 //! `INDEX_BUCKETS` keys so that on Redis Cluster it spreads over the shards) scored by
-//! when the clock next needs to look at them; each tick visits every bucket. Every instance runs the same loop: lease the sessions
-//! that are due (`due_claim.lua`, so instances share the work instead of repeating it),
+//! when the clock next needs to look at them; each tick visits every bucket. Every
+//! instance runs the same loop: lease the sessions that are due (`due_claim.lua`, so
+//! instances share the work instead of repeating it),
 //! run `session_sweep.lua` on each, concurrently, and file each one's next due time
 //! (`due_reschedule.lua`). The sweep script decides and announces atomically on the
 //! session's slot, so even two instances sweeping the same session produce one event.
