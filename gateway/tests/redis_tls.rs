@@ -2,7 +2,8 @@
 //! certificates made by `openssl` for the test: the traffic flows, the server's
 //! certificate is always verified (CA, name), mutual TLS works, a URL that asks for TLS
 //! never speaks plaintext, and settings that cannot be honoured exit 64. A TLS-only Redis
-//! Cluster carries traffic between gateways, every node verified.
+//! Cluster carries traffic between gateways, every node verified; so does a TLS-only
+//! sentinel leading to a TLS-only primary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -448,4 +449,83 @@ async fn a_tls_cluster_carries_the_traffic_between_gateways() {
     refused
         .wait_redis_refusal(&["UnknownIssuer", "certificate"])
         .await;
+}
+
+/// TLS with Sentinel: a TLS-only primary and a TLS-only sentinel (which also speaks TLS to
+/// the primary); the gateway asks the sentinel for the primary and connects to it, both
+/// over verified TLS.
+#[tokio::test]
+async fn a_tls_sentinel_leads_to_a_tls_primary() {
+    let pki = Pki::new();
+    let primary = TlsRedis::start(&pki, false);
+    let dir = scratch_dir("tls-sentinel");
+    let port = free_port();
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port 0\ntls-port {port}\nbind 127.0.0.1\ndir {dir}\n\
+             tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+             tls-auth-clients no\ntls-replication yes\n\
+             sentinel monitor rc 127.0.0.1 {primary} 1\n\
+             sentinel down-after-milliseconds rc 1000\n",
+            dir = dir.display(),
+            cert = pki.path("server.crt"),
+            key = pki.path("server.key"),
+            ca = pki.path("ca.crt"),
+            primary = primary.port,
+        ),
+    )
+    .unwrap();
+    let _sentinel = KilledOnDrop(
+        Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel"),
+    );
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let answer = Command::new("redis-cli")
+            .args(["--tls", "--cacert", &pki.path("ca.crt")])
+            .args([
+                "-p",
+                &port.to_string(),
+                "SENTINEL",
+                "get-master-addr-by-name",
+                "rc",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&answer.stdout).contains(&primary.port.to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the TLS sentinel did not answer");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let ca = pki.path("ca.crt");
+    let url = format!("rediss-sentinel://127.0.0.1:{port}?sentinelServiceName=rc");
+    let g = Gateway::start(&url, &[("ROOMCAST_REDIS_TLS_CA", ca.as_str())]);
+    g.wait_ready().await;
+    let mut tv = g.connect(&token("tv", &[Role::Display])).await;
+    tv.join("tls-sentinel", None).await;
+    let mut ctl = g.connect(&token("ctl", &[Role::Controller])).await;
+    ctl.join("tls-sentinel", None).await;
+    for n in 1..=3 {
+        assert_eq!(ctl.publish("tls-sentinel", json!(n)).await, n);
+    }
+    assert_eq!(tv.messages("tls-sentinel", 3).await, vec![1, 2, 3]);
+}
+
+/// A process of the test, killed (by pid) when the test ends, passed or failed.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
