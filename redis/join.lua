@@ -6,13 +6,14 @@
 --       11 tombstone ms (how long the meta outlives the session's lifetime),
 --       12 create ('1': create the session when absent), 13 activity ('1': a writer's
 --       join touches last_activity; an observer's is a read), 14 owner (the creating user),
---       15 a new epoch, used if this join starts the numbering, 16 the epoch the client's
---       since belongs to ('' when it names none)
+--       15 the epoch the client's since belongs to ('' when it names none)
 -- Returns {-1} when the session has ended, {-2} when it does not exist and ARGV[12] is not
 -- '1', else {seq, history (newest first), infos, created (1/0), epoch, same numbering (1/0)}.
 -- The epoch names the session's numbering: it changes exactly when the seq counter is
 -- created (here, at 0, or in publish.lua), so a numbering that starts over after its keys
--- were lost has a new one, and a since from the old one is not mistaken for the new.
+-- were lost has a new one, and a since from the old one is not mistaken for the new. It
+-- is Redis' clock (TIME, in µs) at that moment: one session cannot start two numberings
+-- in the same microsecond, and no caller has to send a fresh id with every call.
 -- Expired members (their node died) are swept first and announced as leaves ([3, info]);
 -- the new member is announced as a join ([4, info]). Sessions with more members than
 -- ARGV[10] get no presence events: each would go to every member (quadratic in size).
@@ -58,14 +59,15 @@ local stored = redis.call('GET', KEYS[3])
 local epoch = redis.call('HGET', KEYS[5], 'epoch')
 if not stored then
   redis.call('SET', KEYS[3], '0', 'PX', ARGV[7])
-  epoch = ARGV[15]
-  redis.call('HSET', KEYS[5], 'epoch', epoch)
-elseif not epoch then
-  -- A session from before epochs (or whose meta was lost): name its numbering now.
-  epoch = ARGV[15]
+  epoch = nil
+end
+if not epoch then
+  -- A new numbering, or a session from before epochs (or whose meta was lost).
+  local t = redis.call('TIME')
+  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
   redis.call('HSET', KEYS[5], 'epoch', epoch)
 end
-local same = ARGV[16] == '' or ARGV[16] == epoch
+local same = ARGV[15] == '' or ARGV[15] == epoch
 local seq = tonumber(stored or '0')
 local since = tonumber(ARGV[5])
 local hist = {}

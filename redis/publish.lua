@@ -3,8 +3,8 @@
 -- ARGV: 1 entry tail (msgpack of ts, from, data), 2 history cap, 3 ttl ms, 4 now ms,
 --       5 trace context (a msgpack string, or empty when tracing is off),
 --       6 expires_at ms for a session this publish creates, 7 tombstone ms (how long
---       the meta outlives the session's lifetime), 8 a new epoch, used if this publish
---       starts the numbering (see join.lua)
+--       the meta outlives the session's lifetime)
+-- A publish that creates the seq counter starts a new numbering: a new epoch (join.lua).
 -- Returns {seq, reactivated (1/0), created (1/0)}, or -1 when the session has ended, -2
 -- when it is resolved. Publishing is activity: an inactive session becomes active again
 -- (the caller puts it back under the lifecycle clock when `reactivated` or `created`).
@@ -25,7 +25,8 @@ elseif status == 'inactive' then
   reactivated = 1
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[3], 'epoch', ARGV[8])
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[3], 'epoch', t[1] .. string.format('%06d', tonumber(t[2])))
 end
 local seq = redis.call('INCR', KEYS[1])
 local entry = '\148' .. cmsgpack.pack(seq) .. ARGV[1]

@@ -290,7 +290,11 @@ struct SlotOwners {
 impl SlotOwners {
     /// Notes where `channels` were just subscribed (the client's current slot map, which
     /// it refreshes when it follows a MOVED).
-    fn record(&mut self, sub: &SubscriberClient, channels: &[String]) {
+    fn record<'a>(
+        &mut self,
+        sub: &SubscriberClient,
+        channels: impl IntoIterator<Item = &'a String>,
+    ) {
         let Some(state) = sub.cached_cluster_state() else {
             return;
         };
@@ -303,8 +307,7 @@ impl SlotOwners {
     /// After a full resubscribe: every slot was subscribed where the map now says.
     fn reset(&mut self, sub: &SubscriberClient, subscribed: &HashSet<String>) {
         self.owners.clear();
-        let channels: Vec<String> = subscribed.iter().cloned().collect();
-        self.record(sub, &channels);
+        self.record(sub, subscribed);
     }
 
     /// Refreshes the slot map; every subscribed slot whose owner changed (a migration, a

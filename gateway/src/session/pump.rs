@@ -291,8 +291,6 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
         let expiry_ms = self.presence_expiry(now);
         let presence_list_max = self.env.settings.presence_list_max;
         let infos: Vec<Vec<u8>> = batch.iter().map(|req| req.join.info.encode()).collect();
-        // Used only if one of these joins starts the session's numbering.
-        let new_epoch = crate::util::random_id(12);
         let (store, session) = (&*self.env.store, self.session.as_str());
         let replies =
             futures_util::future::join_all(batch.iter().zip(&infos).map(|(req, info)| {
@@ -305,7 +303,6 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
                         now_ms: now,
                         since: req.join.since.as_ref().map(|s| s.seq),
                         epoch: req.join.since.as_ref().and_then(|s| s.epoch.as_deref()),
-                        new_epoch: &new_epoch,
                         presence_list_max,
                         create: req.join.create,
                         activity: req.join.info.role.can_write(),

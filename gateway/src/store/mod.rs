@@ -157,8 +157,6 @@ pub struct JoinArgs<'a> {
     pub since: Option<u64>,
     /// The numbering `since` belongs to; `None` trusts `since` as it is.
     pub epoch: Option<&'a str>,
-    /// The epoch to give the session's numbering if this join starts it.
-    pub new_epoch: &'a str,
     pub presence_list_max: u32,
     /// Create the session when it does not exist (otherwise `NoSuchSession`).
     pub create: bool,
@@ -314,7 +312,6 @@ impl Store {
             None => Vec::new(),
         };
         let k = self.keys.session(session);
-        let route = k.seq.clone();
         let client = self.client()?;
         let reply = self
             .eval_on(
@@ -330,8 +327,6 @@ impl Store {
                     Value::Bytes(trace.into()),
                     ((now_ms + self.max_lifetime_ms) as i64).into(),
                     (TOMBSTONE.as_millis() as i64).into(),
-                    // Only used when this publish starts the session's numbering.
-                    crate::util::random_id(12).into(),
                 ],
             )
             .await?;
@@ -344,7 +339,7 @@ impl Store {
             [-1] => Err(StoreError::SessionEnded),
             [-2] => Err(StoreError::SessionResolved),
             [seq, reactivated, created] if seq > 0 => {
-                self.confirm_replicated(client, &route).await?;
+                self.confirm_replicated(client, session).await?;
                 Ok(Published {
                     seq: seq as u64,
                     reactivated: reactivated == 1,
@@ -360,19 +355,20 @@ impl Store {
     /// Durable mode: `WAIT` on the connection that wrote, so the ack means the write is
     /// on `wait_replicas` replicas too. WAIT covers every earlier write of the connection,
     /// ours included. On a cluster the client holds a connection per primary: WAIT goes to
-    /// the one that owns `key`'s slot, where the script ran.
+    /// the one that owns the session's slot, where the script ran.
     async fn confirm_replicated(
         &self,
         client: &fred::clients::Client,
-        key: &str,
+        session: &str,
     ) -> Result<(), StoreError> {
         if self.wait_replicas == 0 {
             return Ok(());
         }
         let started = Instant::now();
         let owner = client.cached_cluster_state().and_then(|state| {
+            let channel = self.keys.session_channel(session);
             state
-                .get_server(fred::util::redis_keyslot(key.as_bytes()))
+                .get_server(fred::util::redis_keyslot(channel.as_bytes()))
                 .cloned()
         });
         let confirmed: i64 = match owner {
@@ -423,7 +419,6 @@ impl Store {
                     flag(a.create),
                     flag(a.activity),
                     a.owner.into(),
-                    a.new_epoch.into(),
                     a.epoch.unwrap_or("").into(),
                 ],
             )

@@ -124,7 +124,6 @@ async fn a_join_sweeps_members_whose_node_died_and_announces_each_leave() {
                 now_ms: now,
                 since: None,
                 epoch: None,
-                new_epoch: "e1",
                 presence_list_max: 100,
                 create: true,
                 activity: true,
