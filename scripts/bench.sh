@@ -60,6 +60,9 @@ wait_for() {
 
 REDIS_PORT=""
 REDIS_PID=""
+# Every Redis process of the current run (one server, or a cluster's nodes): their CPU
+# time is what a scenario reports as Redis's.
+REDIS_PIDS=()
 start_redis() {
   REDIS_PORT=$(free_port)
   local dir="$WORK/redis-$REDIS_PORT"
@@ -67,6 +70,7 @@ start_redis() {
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$dir" --logfile "$dir/redis.log" --maxclients 20000 &
   REDIS_PID=$!
+  REDIS_PIDS=("$REDIS_PID")
   PIDS+=($!)
   wait_for "redis on $REDIS_PORT" 10 redis-cli -p "$REDIS_PORT" ping
 }
@@ -150,7 +154,7 @@ fanout_run() {
   local label=$1 protocol=$2 rate=$3 file=$4
   local s0 r0
   s0=$(server_ticks)
-  r0=$(cpu_ticks "$REDIS_PID")
+  r0=$(redis_ticks)
   # The load generator shares the cores: its own CPU time (user + system, from the
   # kernel's accounting of the finished child) goes into the sidecar too.
   # shellcheck disable=SC2046
@@ -158,7 +162,7 @@ fanout_run() {
     "$LT" $(urls "$protocol") --protocol "$protocol" --secret "$SECRET" --sessions 100 \
     --displays 10 --rate "$rate" --payload 64 --duration "$DURATION" --ramp 2s \
     --prefix "f$label$rate" --progress false --json "$file" >&2
-  echo "{\"server_ticks\": $(($(server_ticks) - s0)), \"redis_ticks\": $(($(cpu_ticks "$REDIS_PID") - r0)), \"clk_tck\": $(getconf CLK_TCK), \"loadgen_cpu_s\": $(cat "$file.lt-cpu")}" >"$file.cpu"
+  echo "{\"server_ticks\": $(($(server_ticks) - s0)), \"redis_ticks\": $(($(redis_ticks) - r0)), \"clk_tck\": $(getconf CLK_TCK), \"loadgen_cpu_s\": $(cat "$file.lt-cpu")}" >"$file.cpu"
   rm -f "$file.lt-cpu"
 }
 
@@ -353,12 +357,11 @@ PY
 
 # start_cluster N: a private Redis Cluster of N primaries (no replicas), the slots split
 # evenly (redis-cli --cluster create wants three, so the slots are assigned by hand).
-# Sets CLUSTER_URL and CLUSTER_PIDS.
+# Sets CLUSTER_URL and REDIS_PIDS.
 CLUSTER_URL=""
-CLUSTER_PIDS=()
 start_cluster() {
   local n=$1 i port dir ports=()
-  CLUSTER_PIDS=()
+  REDIS_PIDS=()
   for ((i = 0; i < n; i++)); do
     port=$(free_cluster_port)
     dir="$WORK/cluster-$port"
@@ -368,7 +371,7 @@ start_cluster() {
       --cluster-announce-ip 127.0.0.1 \
       --dir "$dir" --logfile "$dir/redis.log" --maxclients 20000 &
     PIDS+=($!)
-    CLUSTER_PIDS+=($!)
+    REDIS_PIDS+=($!)
     ports+=("$port")
     wait_for "cluster node on $port" 10 redis-cli -p "$port" ping
   done
@@ -387,9 +390,9 @@ start_cluster() {
   fi
 }
 
-cluster_ticks() {
+redis_ticks() {
   local p total=0
-  for p in "${CLUSTER_PIDS[@]}"; do total=$((total + $(cpu_ticks "$p"))); done
+  for p in "${REDIS_PIDS[@]}"; do total=$((total + $(cpu_ticks "$p"))); done
   echo "$total"
 }
 
@@ -401,10 +404,10 @@ scenario_cluster() {
     start_cluster "$n"
     log "cluster: Store::publish on $n primaries, $concurrency in flight, 1000 sessions"
     file="$WORK/cluster-publish-$n.json"
-    r0=$(cluster_ticks)
+    r0=$(redis_ticks)
     cargo bench -q -p roomcast-gateway --bench publish_path -- \
       "$CLUSTER_URL" 10 "$concurrency" 1000 >"$file"
-    python3 - "$file" "$n" "$(($(cluster_ticks) - r0))" "$(getconf CLK_TCK)" <<'PY'
+    python3 - "$file" "$n" "$(($(redis_ticks) - r0))" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 f, n, ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 r = json.load(open(f))
@@ -424,27 +427,15 @@ PY
     if [[ $label == standalone ]]; then
       start_redis
       url="redis://127.0.0.1:$REDIS_PORT"
-      CLUSTER_PIDS=("$REDIS_PID")
     else
       start_cluster 3
       url=$CLUSTER_URL
-      # fanout_run samples REDIS_PID; its figure is replaced by all nodes' below.
-      REDIS_PID=${CLUSTER_PIDS[0]}
     fi
     REDIS_URL=$url start_gateway
     REDIS_URL=$url start_gateway
     log "cluster: fan-out on $label, $rate msg/s per session"
     file="$OUT/cluster-fanout-$label.json"
-    r0=$(cluster_ticks)
     fanout_run "cl$label" json "$rate" "$file"
-    # fanout_run measured REDIS_PID alone: put every Redis process of the run instead.
-    python3 - "$file.cpu" "$(($(cluster_ticks) - r0))" <<'PY'
-import json, sys
-f, ticks = sys.argv[1], int(sys.argv[2])
-c = json.load(open(f))
-c["redis_ticks"] = ticks
-json.dump(c, open(f, "w"))
-PY
   done
   python3 - "$WORK" "$OUT" >"$OUT/cluster.json" <<'PY'
 import json, sys

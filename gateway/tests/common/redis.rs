@@ -269,37 +269,34 @@ impl Redis {
     /// Waits until every running replica's link to its primary is up (its initial sync
     /// done), so that a failover has a replica with the data to promote.
     pub fn wait_replicas_linked(&self) {
+        self.wait_every_running("replicas in sync", |s| {
+            s.cmd(&["INFO", "replication"])
+                .is_some_and(|i| i.contains("role:master") || i.contains("master_link_status:up"))
+        });
+    }
+
+    /// Polls until `ready` holds for every running server (a killed one does not count),
+    /// for at most 30 s. Blocking: call it from a blocking context in async tests.
+    fn wait_every_running(&self, what: &str, ready: impl Fn(&Server) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let linked = self.servers.iter().filter(|s| s.pid().is_some()).all(|s| {
-                s.cmd(&["INFO", "replication"]).is_some_and(|i| {
-                    i.contains("role:master") || i.contains("master_link_status:up")
-                })
-            });
-            if linked {
-                return;
-            }
-            assert!(Instant::now() < deadline, "replicas did not sync");
+        while !self
+            .servers
+            .iter()
+            .filter(|s| s.pid().is_some())
+            .all(&ready)
+        {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Waits until every running node reports the cluster healthy and every slot served.
     pub fn wait_cluster_ok(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            // Stopped servers (a killed primary) do not count.
-            let ok = self.servers.iter().filter(|s| s.pid().is_some()).all(|s| {
-                s.cmd(&["CLUSTER", "INFO"]).is_some_and(|i| {
-                    i.contains("cluster_state:ok") && i.contains("cluster_slots_ok:16384")
-                })
-            });
-            if ok {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the cluster did not become ok");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_every_running("the cluster to be ok", |s| {
+            s.cmd(&["CLUSTER", "INFO"]).is_some_and(|i| {
+                i.contains("cluster_state:ok") && i.contains("cluster_slots_ok:16384")
+            })
+        });
     }
 
     pub fn is_cluster(&self) -> bool {
