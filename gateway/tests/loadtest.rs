@@ -3,17 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-/// `cargo test --workspace` builds the loadtest binary next to the gateway's (the
-/// loadtest crate's own integration tests, `loadtest/tests/cli.rs`, make cargo build it).
-fn loadtest_bin() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_roomcast")).with_file_name("loadtest")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadtest_workers_count_every_delivery_across_two_gateways() {

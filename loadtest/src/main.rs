@@ -12,10 +12,12 @@
 //! `--protocol socketio` drives the Socket.IO peer in `loadtest/peers/socketio` instead.
 
 mod proto;
+mod readiness;
 mod report;
 mod seq;
 mod worker;
 
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,9 +33,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::proto::{Event, Proto};
+use crate::proto::{Event, Joined, Proto};
 use crate::report::{Partial, Report, Shared};
-use crate::seq::SeqCheck;
+use crate::seq::{Seen, SeqCheck};
 
 #[derive(Debug, Parser, Clone)]
 #[command(
@@ -99,6 +101,25 @@ pub(crate) struct Args {
     /// Set by the parent on its workers: which share this process runs.
     #[arg(long, hide = true)]
     pub(crate) worker_index: Option<usize>,
+    /// Reconnect like a real client: a display whose connection drops (or is closed with
+    /// a code PROTOCOL.md says to reconnect after) dials the next URL with backoff and
+    /// rejoins with `since` and `epoch`; a controller rejoins and retries publishes
+    /// refused `unavailable`. Roomcast protocols only.
+    #[arg(long)]
+    pub(crate) reconnect: bool,
+    /// The first reconnect backoff (full jitter, doubling up to `--backoff-max`).
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub(crate) backoff_min: Duration,
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) backoff_max: Duration,
+    /// A readiness URL (`http://host:port/health/ready`) to poll every 100 ms during the
+    /// run; repeat per gateway. The report says how long each answered anything but 200.
+    #[arg(long = "ready-url")]
+    pub(crate) ready_urls: Vec<String>,
+    /// Exit 3 when anything is lost, duplicated or reordered that a numbering reset or
+    /// a `recovered: false` does not explain.
+    #[arg(long)]
+    pub(crate) fail_on_loss: bool,
 }
 
 impl Args {
@@ -241,8 +262,8 @@ where
     }
 }
 
-/// Connects, joins, and reports how long each took; the socket and the session's seq at
-/// the join (the baseline every later message counts from).
+/// Connects, joins, and reports how long each took; the socket and what `joined` said
+/// (its seq is the baseline every later message counts from). `since` makes it a rejoin.
 async fn connect_and_join(
     args: &Args,
     url: &str,
@@ -250,7 +271,8 @@ async fn connect_and_join(
     session: &str,
     source: Option<IpAddr>,
     shared: &Shared,
-) -> Option<(Ws, u64)> {
+    since: Option<(u64, &str)>,
+) -> Option<(Ws, Joined)> {
     let started = Instant::now();
     let proto = args.proto();
     let mut ws = match connect(args, url, user, source).await {
@@ -263,7 +285,7 @@ async fn connect_and_join(
         }
     };
     let connected = Instant::now();
-    let sent = match proto.join(session) {
+    let sent = match proto.join(session, since) {
         Ok(join) => ws.send(join).await.map_err(|e| e.to_string()),
         Err(e) => Err(e),
     };
@@ -271,10 +293,10 @@ async fn connect_and_join(
         shared.error(&format!("join send: {e}"));
         return None;
     }
-    let baseline = loop {
+    let joined = loop {
         match next_event(&mut ws, proto).await {
-            Some(Event::Joined { seq }) => break seq,
-            Some(Event::Refused(code)) => {
+            Some(Event::Joined(joined)) => break joined,
+            Some(Event::Refused { code, .. }) => {
                 shared.error(&format!("join refused: {code}"));
                 return None;
             }
@@ -297,7 +319,64 @@ async fn connect_and_join(
         }
     };
     shared.record_connect_join(connected - started, connected.elapsed());
-    Some((ws, baseline))
+    Some((ws, joined))
+}
+
+/// Whether PROTOCOL.md's close-code table says to come back after `code` (`None`: the
+/// connection dropped without a close frame). 1000 is the generator's own close; the
+/// others name a client that must not return as it is.
+fn reconnectable(code: Option<u16>) -> bool {
+    !matches!(code, Some(1000 | 1007 | 1008 | 4000 | 4003))
+}
+
+/// One client's identity and where it dials.
+pub(crate) struct Client<'a> {
+    args: &'a Args,
+    shared: &'a Shared,
+    /// The session's name and its index in the run.
+    session: &'a str,
+    index: usize,
+    user: String,
+    source: Option<IpAddr>,
+    /// The URL (index into `--url`) it is connected to; a reconnect tries the next one.
+    url: usize,
+    /// Jitter state (xorshift): no shared RNG on this path.
+    jitter: u64,
+}
+
+impl Client<'_> {
+    /// Dials the next URLs in turn with exponential backoff and full jitter until a
+    /// join succeeds, or `end` passes (`None`).
+    async fn rejoin(&mut self, since: Option<(u64, &str)>, end: Instant) -> Option<(Ws, Joined)> {
+        let args = self.args;
+        let mut backoff = args.backoff_min.max(Duration::from_millis(1));
+        loop {
+            // Full jitter: a whole gateway's clients must not come back in one instant.
+            self.jitter ^= self.jitter << 13;
+            self.jitter ^= self.jitter >> 7;
+            self.jitter ^= self.jitter << 17;
+            let pause = backoff.mul_f64((self.jitter % 1000) as f64 / 1000.0);
+            if Instant::now() + pause >= end {
+                return None;
+            }
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(args.backoff_max);
+            self.url = (self.url + 1) % args.urls.len();
+            let url = &args.urls[self.url];
+            let join = connect_and_join(
+                args,
+                url,
+                &self.user,
+                self.session,
+                self.source,
+                self.shared,
+                since,
+            );
+            if let Ok(Some(joined)) = tokio::time::timeout(args.join_timeout, join).await {
+                return Some(joined);
+            }
+        }
+    }
 }
 
 fn main() {
@@ -316,6 +395,9 @@ fn main() {
     }
     if args.workers == 0 || args.rate < 0.0 || !args.rate.is_finite() {
         usage("--workers must be at least 1 and --rate a finite number >= 0");
+    }
+    if args.reconnect && args.proto() == Proto::SocketIo {
+        usage("--reconnect needs a Roomcast protocol: the Socket.IO peer has no recovery");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -349,6 +431,13 @@ fn main() {
             eprintln!("loadtest: cannot write {}: {e}", path.display());
             std::process::exit(1);
         }
+    }
+    if args.fail_on_loss && report.unexplained > 0 {
+        eprintln!(
+            "loadtest: {} message(s) lost, duplicated or reordered without a reset or a window to explain them",
+            report.unexplained
+        );
+        std::process::exit(3);
     }
 }
 
@@ -387,7 +476,7 @@ pub(crate) async fn run(
                 continue;
             }
             let is_controller = d == 0;
-            let url = args.urls[this % args.urls.len()].clone();
+            let url = this % args.urls.len();
             let source = (!args.source.is_empty()).then(|| args.source[this % args.source.len()]);
             let delay = ramp_step * this as u32;
             let (args, shared, limit, session) =
@@ -402,7 +491,15 @@ pub(crate) async fn run(
                 };
                 let ws = {
                     let _permit = limit.acquire().await;
-                    let join = connect_and_join(&args, &url, &user, &session, source, &shared);
+                    let join = connect_and_join(
+                        &args,
+                        &args.urls[url],
+                        &user,
+                        &session,
+                        source,
+                        &shared,
+                        None,
+                    );
                     match tokio::time::timeout(args.join_timeout, join).await {
                         Ok(ws) => ws,
                         Err(_) => {
@@ -415,11 +512,21 @@ pub(crate) async fn run(
                 if go.wait_for(|go| *go).await.is_err() {
                     return;
                 }
-                let Some((ws, baseline)) = ws else { return };
+                let Some((ws, joined)) = ws else { return };
+                let mut client = Client {
+                    args: &args,
+                    shared: &shared,
+                    session: &session,
+                    index: s,
+                    user,
+                    source,
+                    url,
+                    jitter: (this as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+                };
                 if is_controller {
-                    controller(ws, &args, &session, s, &shared).await;
+                    controller(ws, joined, &mut client).await;
                 } else {
-                    display(ws, &args, s, baseline, &shared).await;
+                    display(ws, joined, &mut client).await;
                 }
             }));
         }
@@ -437,13 +544,14 @@ pub(crate) async fn run(
                 let now = shared.received.load(Ordering::Relaxed);
                 if enabled {
                     eprintln!(
-                        "{label}[{:>4.0}s] joined {:>6} sent {:>9} received {:>10} ({:>8}/s) lost {} errors {}",
+                        "{label}[{:>4.0}s] joined {:>6} sent {:>9} received {:>10} ({:>8}/s) lost {} reconnects {} errors {}",
                         started.elapsed().as_secs_f64(),
                         shared.joined.load(Ordering::Relaxed),
                         shared.sent.load(Ordering::Relaxed),
                         now,
                         now - last,
                         shared.lost.load(Ordering::Relaxed),
+                        shared.reconnects.load(Ordering::Relaxed),
                         shared.error_count()
                     );
                 }
@@ -460,144 +568,340 @@ pub(crate) async fn run(
     if let Some(gate) = gate {
         gate.open().await;
     }
+    shared.start_clock();
     let _ = go_tx.send(true);
     let started = Instant::now();
+    // One process watches readiness (workers share the gateways).
+    let readiness = (mine == 0 && !args.ready_urls.is_empty())
+        .then(|| tokio::spawn(readiness::watch(args.ready_urls.clone(), shared.clone())));
     for task in tasks {
         let _ = task.await;
     }
     progress.abort();
+    if let Some(watch) = readiness {
+        watch.abort();
+    }
     shared.partial(started.elapsed(), connect_phase)
 }
 
-/// Publishes at the configured rate until the duration is over; counts acks. At rate 0
-/// it only holds the connection (answering heartbeats) for the duration. Controller
-/// `index` starts `index / sessions` of a period late.
-async fn controller(ws: Ws, args: &Args, session: &str, index: usize, shared: &Shared) {
-    let proto = args.proto();
+/// Why a client stopped reading one connection.
+enum Stop {
+    /// The run is over.
+    End,
+    /// The connection closed (with its close code) or failed.
+    Dropped(Option<u16>),
+    /// A seq or an ack at or below one already had: a duplicate, or the session's
+    /// numbering started over. A rejoin tells which.
+    Suspect,
+}
+
+/// What a controller keeps across its connections.
+struct Publisher {
+    /// Payload counter (also the publish's `ref`).
+    n: u64,
+    /// Publishes awaiting their answer: counter to send time (µs).
+    in_flight: HashMap<u64, u64>,
+    /// Publishes refused `unavailable`, to send again at the instant given.
+    retries: VecDeque<(tokio::time::Instant, u64, u64)>,
+    /// The numbering the acks on this connection belong to.
+    epoch: String,
+    /// The highest seq acked on this connection: acks of one connection come in order,
+    /// so one at or below it means the numbering started over.
+    last_ack: u64,
+}
+
+/// Publishes at the configured rate until the duration is over; counts acks by numbering.
+/// At rate 0 it only holds the connection (answering heartbeats) for the duration.
+/// Controller `index` starts `index / sessions` of a period late. With `--reconnect` it
+/// comes back after a drop and sends a publish refused `unavailable` again (its payload
+/// keeps the first send time, so the latency shows the outage).
+async fn controller(mut ws: Ws, joined: Joined, c: &mut Client<'_>) {
+    let (args, shared) = (c.args, c.shared);
     let end = Instant::now() + args.duration;
+    let period = Duration::from_secs_f64(1.0 / args.rate.max(1e-6));
+    // Controllers are spread evenly over one period: all starting at the same instant
+    // would publish in lockstep bursts that no real set of publishers produces.
+    let phase = period.mul_f64(c.index as f64 / args.sessions.max(1) as f64);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut p = Publisher {
+        n: 0,
+        in_flight: HashMap::new(),
+        retries: VecDeque::new(),
+        epoch: joined.epoch,
+        last_ack: 0,
+    };
+    loop {
+        let stop = publish_on(&mut ws, &mut p, &mut tick, c, end).await;
+        match stop {
+            Stop::End => break,
+            Stop::Dropped(code) if args.reconnect && reconnectable(code) => {
+                shared.error(&format!("controller: closed {code:?}"));
+            }
+            Stop::Dropped(code) => {
+                shared.error(&format!("controller: closed {code:?}"));
+                return;
+            }
+            Stop::Suspect => {}
+        }
+        shared.reconnected();
+        // Whether the publishes in flight were stored is unknown (PROTOCOL.md): they are
+        // not sent again, and their seqs, if any, are accounted by what displays see.
+        p.in_flight.clear();
+        let _ = ws.close(None).await;
+        let Some((fresh, joined)) = c.rejoin(None, end).await else {
+            return;
+        };
+        ws = fresh;
+        p.epoch = joined.epoch;
+        p.last_ack = 0;
+    }
+    tokio::time::sleep(args.drain).await;
+    let _ = ws.close(None).await;
+}
+
+/// One connection's publishing: ticks, acks, retries and heartbeats until the run ends
+/// or the connection does.
+async fn publish_on(
+    ws: &mut Ws,
+    p: &mut Publisher,
+    tick: &mut tokio::time::Interval,
+    c: &Client<'_>,
+    end: Instant,
+) -> Stop {
+    let (args, shared) = (c.args, c.shared);
+    let proto = args.proto();
     let pad = "x".repeat(args.payload);
-    let (mut sink, mut stream) = ws.split();
-    // Socket.IO pings arrive on the read half; their pongs go out through the writer.
-    let (pongs, mut pong_rx) = mpsc::channel::<()>(4);
-    let reader = async {
-        while let Some(event) = next_event(&mut stream, proto).await {
-            match event {
-                Event::Ack { seq } => {
-                    shared.acked.fetch_add(1, Ordering::Relaxed);
-                    if let Some(seq) = seq {
-                        shared.tallies.acked(index, seq);
+    let stop = tokio::time::sleep_until(end.into());
+    tokio::pin!(stop);
+    loop {
+        let retry_at = p.retries.front().map(|r| r.0);
+        let send = tokio::select! {
+            _ = &mut stop => return Stop::End,
+            event = next_event(ws, proto) => {
+                match event {
+                    Some(Event::Ack { seq, n }) => {
+                        shared.acked.fetch_add(1, Ordering::Relaxed);
+                        if let Some(n) = n {
+                            p.in_flight.remove(&n);
+                        }
+                        if let Some(seq) = seq {
+                            if seq <= p.last_ack && args.reconnect {
+                                // The acks went backwards: a new numbering whose epoch
+                                // only a join tells. This ack belongs to it, so it is
+                                // counted once the rejoin has named it.
+                                return Stop::Suspect;
+                            }
+                            p.last_ack = seq;
+                            shared.tallies.acked(c.index, &p.epoch, seq);
+                        }
                     }
+                    Some(Event::Refused { code, n, retry_after_ms }) => {
+                        let retry = n.and_then(|n| p.in_flight.remove(&n).map(|t| (n, t)));
+                        match retry {
+                            Some((n, t)) if args.reconnect && code == "unavailable" => {
+                                shared.publish_retries.fetch_add(1, Ordering::Relaxed);
+                                let wait = Duration::from_millis(retry_after_ms.unwrap_or(100).clamp(20, 2000));
+                                p.retries.push_back((tokio::time::Instant::now() + wait, n, t));
+                            }
+                            _ => shared.error(&format!("publish: {code}")),
+                        }
+                    }
+                    Some(Event::Ping) => {
+                        if ws.send(proto::pong()).await.is_err() {
+                            return Stop::Dropped(None);
+                        }
+                    }
+                    Some(Event::Closed(code)) => return Stop::Dropped(code),
+                    Some(Event::Malformed(e)) => {
+                        shared.error(&format!("controller: {}", e.chars().take(40).collect::<String>()));
+                        return Stop::Dropped(None);
+                    }
+                    Some(Event::Joined(_) | Event::Message { .. } | Event::Other) => {}
+                    None => return Stop::Dropped(None),
                 }
-                Event::Refused(code) => shared.error(&format!("publish: {code}")),
-                Event::Ping => {
-                    let _ = pongs.try_send(());
-                }
-                Event::Closed(code) => {
-                    shared.error(&format!("controller: closed {code:?}"));
-                    break;
-                }
-                Event::Malformed(e) => {
-                    shared.error(&format!(
-                        "controller: {}",
-                        e.chars().take(40).collect::<String>()
-                    ));
-                    break;
-                }
-                Event::Joined { .. } | Event::Message { .. } | Event::Other => {}
+                None
             }
-        }
-    };
-    let writer = async {
-        let period = Duration::from_secs_f64(1.0 / args.rate.max(1e-6));
-        // Controllers are spread evenly over one period: all starting at the same instant
-        // would publish in lockstep bursts that no real set of publishers produces.
-        let phase = period.mul_f64(index as f64 / args.sessions.max(1) as f64);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut n = 0u64;
-        let stop = tokio::time::sleep_until(end.into());
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                Some(()) = pong_rx.recv() => {
-                    if sink.send(proto::pong()).await.is_err() {
-                        break;
-                    }
-                }
-                _ = tick.tick(), if args.rate > 0.0 => {
-                    n += 1;
-                    let data = json!({"t": now_us(), "n": n, "pad": pad});
-                    let Ok(msg) = proto.publish(session, data, n) else { break };
-                    if sink.send(msg).await.is_err() {
-                        shared.error("controller: send failed");
-                        break;
-                    }
-                    shared.sent.fetch_add(1, Ordering::Relaxed);
-                }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                p.retries.pop_front().map(|(_, n, t)| (n, t))
             }
+            _ = tick.tick(), if args.rate > 0.0 => {
+                p.n += 1;
+                Some((p.n, now_us()))
+            }
+        };
+        let Some((n, t)) = send else { continue };
+        let data = json!({"t": t, "n": n, "pad": pad});
+        let Ok(msg) = proto.publish(c.session, data, n) else {
+            return Stop::End;
+        };
+        if ws.send(msg).await.is_err() {
+            shared.error("controller: send failed");
+            return Stop::Dropped(None);
         }
-        tokio::time::sleep(args.drain).await;
-        let _ = sink.close().await;
-    };
-    tokio::select! {
-        _ = writer => {}
-        _ = reader => {}
+        p.in_flight.insert(n, t);
+        shared.sent.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Latency samples a display keeps before adding them to the shared histogram.
+/// Latency samples a display keeps before adding them to the shared histograms.
 const LATENCY_BATCH: usize = 64;
 
+/// A display's account of its session across its connections.
+struct Viewer {
+    /// The numbering it follows, and what it saw there.
+    epoch: String,
+    check: SeqCheck,
+    /// (second of the run, latency µs) not yet added to the shared histograms.
+    samples: Vec<(usize, u64)>,
+    /// After a reconnect: the seq that means caught up, and when the connection was lost.
+    catching_up: Option<(u64, Instant)>,
+}
+
+impl Viewer {
+    /// One message (live, or from a rejoin's history). An `Again` is returned to the
+    /// caller only when a rejoin can settle it; otherwise it is a duplicate.
+    fn see(&mut self, seq: u64, sent_us: Option<u64>, c: &Client<'_>, settle: bool) -> Seen {
+        let shared = c.shared;
+        shared.received.fetch_add(1, Ordering::Relaxed);
+        let seen = self.check.see(seq);
+        if seen == Seen::Again {
+            if settle {
+                shared.received.fetch_sub(1, Ordering::Relaxed);
+                return seen;
+            }
+            self.check.duplicated += 1;
+        }
+        if let Some(t) = sent_us {
+            self.samples
+                .push((shared.second(), now_us().saturating_sub(t).max(1)));
+            if self.samples.len() >= LATENCY_BATCH {
+                shared.add_latencies(&mut self.samples);
+            }
+        }
+        if let Some((target, lost_at)) = self.catching_up {
+            if self.check.last() >= target {
+                shared.record_recovery(lost_at.elapsed());
+                self.catching_up = None;
+            }
+        }
+        seen
+    }
+
+    /// Takes in a rejoin's answer. `held`: the connection was left because a seq came
+    /// again; in the same numbering that was a duplicate, in a new one it was not.
+    fn rejoined(&mut self, joined: Joined, held: bool, lost_at: Instant, c: &Client<'_>) {
+        let shared = c.shared;
+        let mut history = joined.history;
+        if joined.epoch != self.epoch {
+            // The numbering started over: close the account of the old one (what it
+            // missed there is counted as taken by the reset) and follow the new one
+            // from the oldest message the server still has.
+            shared.numbering_resets.fetch_add(1, Ordering::Relaxed);
+            shared.display_reset(c.index, &self.epoch, &self.check);
+            self.epoch = joined.epoch;
+            self.check = SeqCheck::new(0);
+            let first = history.first().map_or(joined.seq, |m| m.0 - 1);
+            self.check.skip_to(first);
+        } else {
+            if held {
+                self.check.duplicated += 1;
+            }
+            if !joined.recovered {
+                // More was missed than the session keeps: the history is its whole
+                // window; what came before it is gone.
+                shared.not_recovered.fetch_add(1, Ordering::Relaxed);
+                let last = self.check.last();
+                history.retain(|m| m.0 > last);
+                let first = history.first().map_or(joined.seq, |m| m.0 - 1);
+                self.check.skip_to(first);
+            }
+        }
+        self.catching_up = Some((joined.seq, lost_at));
+        if self.check.last() >= joined.seq {
+            shared.record_recovery(lost_at.elapsed());
+            self.catching_up = None;
+        }
+        for (seq, sent_us) in history {
+            self.see(seq, sent_us, c, false);
+        }
+    }
+}
+
 /// Receives until the controller's run (plus the drain) is over; checks seq continuity
-/// from `baseline` (the seq at its join) and records latency.
-async fn display(mut ws: Ws, args: &Args, session: usize, baseline: u64, shared: &Shared) {
-    let proto = args.proto();
-    // Samples are batched into the process-wide histogram: one hdrhistogram per display
-    // (about 140 KB each) would cost gigabytes at tens of thousands of displays.
-    let mut samples = Vec::new();
+/// from the seq at its join and records latency. With `--reconnect` it comes back after a
+/// drop with `since` and `epoch`, and accounts for what the rejoin says.
+async fn display(mut ws: Ws, joined: Joined, c: &mut Client<'_>) {
+    let (args, shared) = (c.args, c.shared);
     let end = Instant::now() + args.duration + args.drain;
-    let mut check = SeqCheck::new(baseline);
+    let mut v = Viewer {
+        epoch: joined.epoch,
+        check: SeqCheck::new(joined.seq),
+        samples: Vec::new(),
+        catching_up: None,
+    };
+    let settle = args.reconnect && args.proto() != Proto::SocketIo;
+    loop {
+        let stop = receive(&mut ws, &mut v, c, end, settle).await;
+        let held = match stop {
+            Stop::End => break,
+            Stop::Dropped(code) if settle && reconnectable(code) => false,
+            Stop::Dropped(code) => {
+                shared.error(&format!("display: closed {code:?}"));
+                break;
+            }
+            Stop::Suspect => true,
+        };
+        let lost_at = Instant::now();
+        shared.reconnected();
+        let _ = ws.close(None).await;
+        let since = (v.check.last(), v.epoch.clone());
+        let Some((fresh, joined)) = c.rejoin(Some((since.0, &since.1)), end).await else {
+            if held {
+                v.check.duplicated += 1;
+            }
+            shared.error("display: could not rejoin before the end");
+            break;
+        };
+        ws = fresh;
+        v.rejoined(joined, held, lost_at, c);
+    }
+    let _ = ws.close(None).await;
+    shared.display_done(c.index, &v.epoch, &v.check);
+    shared.add_latencies(&mut v.samples);
+}
+
+/// One connection's messages until the run ends or the connection does.
+async fn receive(ws: &mut Ws, v: &mut Viewer, c: &Client<'_>, end: Instant, settle: bool) -> Stop {
+    let proto = c.args.proto();
     let stop = tokio::time::sleep_until(end.into());
     tokio::pin!(stop);
     loop {
         let event = tokio::select! {
-            e = next_event(&mut ws, proto) => e,
-            _ = &mut stop => break,
+            e = next_event(ws, proto) => e,
+            _ = &mut stop => return Stop::End,
         };
         match event {
             Some(Event::Message { seq, sent_us }) => {
-                shared.received.fetch_add(1, Ordering::Relaxed);
-                check.see(seq);
-                if let Some(t) = sent_us {
-                    samples.push(now_us().saturating_sub(t).max(1));
-                    if samples.len() >= LATENCY_BATCH {
-                        shared.add_latencies(&mut samples);
-                    }
+                if v.see(seq, sent_us, c, settle) == Seen::Again {
+                    return Stop::Suspect;
                 }
             }
             Some(Event::Ping) => {
                 if ws.send(proto::pong()).await.is_err() {
-                    shared.error("display: pong failed");
-                    break;
+                    return Stop::Dropped(None);
                 }
             }
-            Some(Event::Closed(code)) => {
-                shared.error(&format!("display: closed {code:?}"));
-                break;
-            }
+            Some(Event::Closed(code)) => return Stop::Dropped(code),
             Some(Event::Malformed(e)) => {
-                shared.error(&format!(
+                c.shared.error(&format!(
                     "display: {}",
                     e.chars().take(40).collect::<String>()
                 ));
-                break;
+                return Stop::Dropped(None);
             }
             Some(_) => {}
-            None => break,
+            None => return Stop::Dropped(None),
         }
     }
-    let _ = ws.close(None).await;
-    shared.display_done(session, &check);
-    shared.add_latencies(&mut samples);
 }

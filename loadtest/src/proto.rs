@@ -35,8 +35,9 @@ impl Proto {
         }
     }
 
-    /// The frame asking to join `session`.
-    pub(crate) fn join(self, session: &str) -> Result<Message, String> {
+    /// The frame asking to join `session`; a rejoin passes the last seq seen and the
+    /// epoch of its numbering (Roomcast's recovery; the Socket.IO peer has none).
+    pub(crate) fn join(self, session: &str, since: Option<(u64, &str)>) -> Result<Message, String> {
         match self {
             Proto::Roomcast(format) => roomcast(
                 format,
@@ -44,8 +45,10 @@ impl Proto {
                     session: session.to_string(),
                     role: None,
                     name: None,
-                    since: None,
-                    epoch: None,
+                    since: since.map(|(seq, _)| seq),
+                    epoch: since
+                        .map(|(_, epoch)| epoch.to_string())
+                        .filter(|e| !e.is_empty()),
                     reference: None,
                 },
             ),
@@ -61,7 +64,8 @@ impl Proto {
                 &ClientFrame::Publish {
                     session: session.to_string(),
                     data,
-                    reference: None,
+                    // The counter as `ref`: an answer names the publish it is for.
+                    reference: Some(n.to_string()),
                 },
             ),
             Proto::SocketIo => Ok(Message::text(format!(
@@ -88,12 +92,17 @@ impl Proto {
 pub(crate) enum Event {
     /// The join succeeded; Roomcast tells the session's current seq (the baseline
     /// after which every message must arrive), Socket.IO has none (its counter starts at 1).
-    Joined { seq: u64 },
-    /// The server refused something (join or publish), with its code.
-    Refused(String),
-    /// A publish was acknowledged, with the seq it got (Roomcast) or its ack id, which is
-    /// the payload counter `n` (Socket.IO).
-    Ack { seq: Option<u64> },
+    Joined(Joined),
+    /// The server refused something (join or publish), with its code, the payload
+    /// counter of the publish it refused (its `ref`) and the wait it asked for.
+    Refused {
+        code: String,
+        n: Option<u64>,
+        retry_after_ms: Option<u64>,
+    },
+    /// A publish was acknowledged: the seq it got (Roomcast) and the payload counter `n`
+    /// it was for (Roomcast's `ref`; Socket.IO's ack id, which is also its seq).
+    Ack { seq: Option<u64>, n: Option<u64> },
     /// A room message: its sequence number (Roomcast's seq, or the payload's `n` for
     /// Socket.IO, which has none) and the publisher's send time when present.
     Message { seq: u64, sent_us: Option<u64> },
@@ -105,6 +114,16 @@ pub(crate) enum Event {
     Other,
     /// A frame that does not parse.
     Malformed(String),
+}
+
+/// What a `joined` told: the seq to count from, the numbering it belongs to, and on a
+/// rejoin whether the missed messages came back, with them (seq, send time).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Joined {
+    pub(crate) seq: u64,
+    pub(crate) epoch: String,
+    pub(crate) recovered: bool,
+    pub(crate) history: Vec<(u64, Option<u64>)>,
 }
 
 /// The answer to [`Event::Ping`].
@@ -160,9 +179,35 @@ fn roomcast_event(format: Format, bytes: &[u8]) -> Event {
         return event;
     }
     match decode_server(format, bytes) {
-        Ok(ServerFrame::Joined { seq, .. }) => Event::Joined { seq },
-        Ok(ServerFrame::Ack { seq, .. }) => Event::Ack { seq },
-        Ok(ServerFrame::Error { code, .. }) => Event::Refused(code.as_str().to_string()),
+        Ok(ServerFrame::Joined {
+            seq,
+            epoch,
+            recovered,
+            history,
+            ..
+        }) => Event::Joined(Joined {
+            seq,
+            epoch,
+            recovered,
+            history: history
+                .iter()
+                .map(|m| (m.seq, m.data.get("t").and_then(Value::as_u64)))
+                .collect(),
+        }),
+        Ok(ServerFrame::Ack { seq, reference }) => Event::Ack {
+            seq,
+            n: reference.and_then(|r| r.parse().ok()),
+        },
+        Ok(ServerFrame::Error {
+            code,
+            reference,
+            retry_after_ms,
+            ..
+        }) => Event::Refused {
+            code: code.as_str().to_string(),
+            n: reference.and_then(|r| r.parse().ok()),
+            retry_after_ms,
+        },
         Ok(ServerFrame::Message { seq, data, .. }) => Event::Message {
             seq,
             sent_us: data.get("t").and_then(Value::as_u64),
@@ -215,7 +260,7 @@ fn socketio_event(text: &str) -> Event {
                 return Event::Malformed(format!("event {}", clip(text)));
             };
             match items.first().and_then(Value::as_str) {
-                Some("joined") => Event::Joined { seq: 0 },
+                Some("joined") => Event::Joined(Joined::default()),
                 Some("message") => {
                     let data = items.get(1).and_then(|m| m.get("data"));
                     match data.and_then(|d| d.get("n")).and_then(Value::as_u64) {
@@ -233,12 +278,23 @@ fn socketio_event(text: &str) -> Event {
             Ok(Value::Array(items))
                 if items.first().and_then(|a| a.get("ok")) == Some(&Value::Bool(false)) =>
             {
-                Event::Refused("publish".into())
+                Event::Refused {
+                    code: "publish".into(),
+                    n: ack_id,
+                    retry_after_ms: None,
+                }
             }
-            Ok(_) => Event::Ack { seq: ack_id },
+            Ok(_) => Event::Ack {
+                seq: ack_id,
+                n: ack_id,
+            },
             Err(_) => Event::Malformed(format!("ack {}", clip(text))),
         },
-        "4" => Event::Refused("connect".into()),
+        "4" => Event::Refused {
+            code: "connect".into(),
+            n: None,
+            retry_after_ms: None,
+        },
         _ => Event::Other,
     }
 }
@@ -265,7 +321,7 @@ mod tests {
         assert_eq!(sio(r#"40{"sid":"b"}"#), Event::Other);
         assert_eq!(
             sio(r#"42["joined",{"session":"S"}]"#),
-            Event::Joined { seq: 0 }
+            Event::Joined(Joined::default())
         );
         assert_eq!(
             sio(r#"42["message",{"session":"S","data":{"t":5,"n":7,"pad":"x"}}]"#),
@@ -274,11 +330,21 @@ mod tests {
                 sent_us: Some(5)
             }
         );
-        assert_eq!(sio(r#"431[{"ok":true}]"#), Event::Ack { seq: Some(1) });
-        assert_eq!(sio(r#"43[{"ok":true}]"#), Event::Ack { seq: None });
+        assert_eq!(
+            sio(r#"431[{"ok":true}]"#),
+            Event::Ack {
+                seq: Some(1),
+                n: Some(1)
+            }
+        );
+        assert_eq!(sio(r#"43[{"ok":true}]"#), Event::Ack { seq: None, n: None });
         assert_eq!(
             sio(r#"4312[{"ok":false,"error":"x"}]"#),
-            Event::Refused("publish".into())
+            Event::Refused {
+                code: "publish".into(),
+                n: Some(12),
+                retry_after_ms: None
+            }
         );
         assert!(matches!(sio(r#"42["message",{}]"#), Event::Malformed(_)));
         assert!(matches!(sio("42[nope"), Event::Malformed(_)));
@@ -341,12 +407,70 @@ mod tests {
         let joined = Message::text(
             r#"{"type":"joined","session":"s","seq":41,"recovered":true,"history":[],"presence":[]}"#,
         );
-        assert_eq!(p.decode(&joined), Event::Joined { seq: 41 });
-        let ack = Message::text(r#"{"type":"ack","ref":null,"seq":42}"#);
-        assert_eq!(p.decode(&ack), Event::Ack { seq: Some(42) });
-        let refused = Message::text(
-            r#"{"type":"error","code":"rate_limited","message":"slow down","retry_after_ms":10}"#,
+        assert_eq!(
+            p.decode(&joined),
+            Event::Joined(Joined {
+                seq: 41,
+                recovered: true,
+                ..Joined::default()
+            })
         );
-        assert_eq!(p.decode(&refused), Event::Refused("rate_limited".into()));
+        let rejoined = Message::text(
+            r#"{"type":"joined","session":"s","seq":43,"epoch":"e1","recovered":true,"presence":[],"history":[
+              {"seq":42,"ts":1,"from":{"client_id":"c","user":"u","role":"controller"},"data":{"t":7}},
+              {"seq":43,"ts":1,"from":{"client_id":"c","user":"u","role":"controller"},"data":"hi"}]}"#,
+        );
+        assert_eq!(
+            p.decode(&rejoined),
+            Event::Joined(Joined {
+                seq: 43,
+                epoch: "e1".into(),
+                recovered: true,
+                history: vec![(42, Some(7)), (43, None)],
+            })
+        );
+        let join = match p.join("s", Some((42, "e1"))) {
+            Ok(Message::Text(t)) => t.to_string(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(
+            join.contains(r#""since":42"#) && join.contains(r#""epoch":"e1""#),
+            "{join}"
+        );
+        let first = match p.join("s", None) {
+            Ok(Message::Text(t)) => t.to_string(),
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(
+            !first.contains("since") && !first.contains("epoch"),
+            "{first}"
+        );
+        let ack = Message::text(r#"{"type":"ack","ref":null,"seq":42}"#);
+        assert_eq!(
+            p.decode(&ack),
+            Event::Ack {
+                seq: Some(42),
+                n: None
+            }
+        );
+        let ack = Message::text(r#"{"type":"ack","ref":"7","seq":43}"#);
+        assert_eq!(
+            p.decode(&ack),
+            Event::Ack {
+                seq: Some(43),
+                n: Some(7)
+            }
+        );
+        let refused = Message::text(
+            r#"{"type":"error","ref":"8","code":"unavailable","message":"redis","retry_after_ms":10}"#,
+        );
+        assert_eq!(
+            p.decode(&refused),
+            Event::Refused {
+                code: "unavailable".into(),
+                n: Some(8),
+                retry_after_ms: Some(10)
+            }
+        );
     }
 }

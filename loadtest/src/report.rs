@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::seq::{SeqCheck, Tallies, Tally};
+use crate::seq::{merge_numberings, Numberings, SeqCheck, Tallies, Tally};
 use crate::Args;
 
 /// Counters every client task updates.
@@ -22,7 +22,25 @@ pub(crate) struct Shared {
     pub(crate) duplicated: AtomicU64,
     pub(crate) out_of_order: AtomicU64,
     pub(crate) joined: AtomicU64,
+    /// Reconnects (`--reconnect`): connections lost and dialled again.
+    pub(crate) reconnects: AtomicU64,
+    /// Publishes refused `unavailable` and sent again.
+    pub(crate) publish_retries: AtomicU64,
+    /// Displays that found their session's numbering had started over.
+    pub(crate) numbering_resets: AtomicU64,
+    /// Rejoins answered `recovered: false` in the same numbering.
+    pub(crate) not_recovered: AtomicU64,
+    /// Seqs those rejoins could not bring back (see [`SeqCheck::skip_to`]).
+    unrecoverable: AtomicU64,
     pub(crate) tallies: Tallies,
+    /// From the go: what [`Shared::second`] counts from.
+    clock: OnceLock<Instant>,
+    /// Per second of the run: latency, reconnects, gateways not ready.
+    timeline: Mutex<Vec<Second>>,
+    /// Connection lost to caught up again (the rejoin's seq reached), microseconds.
+    recovery: Mutex<Histogram<u64>>,
+    /// Per readiness URL: how long it answered anything but 200.
+    readiness: Mutex<BTreeMap<String, Readiness>>,
     /// Publish-to-receive, microseconds.
     latency: Mutex<Histogram<u64>>,
     /// TCP and WebSocket handshakes (and Socket.IO's own), microseconds.
@@ -36,9 +54,43 @@ pub(crate) struct Shared {
 
 /// 1 µs to 60 s at 3 significant digits.
 pub(crate) fn histogram() -> Histogram<u64> {
+    histogram_with(3)
+}
+
+fn histogram_with(sigfig: u8) -> Histogram<u64> {
     // Constant, valid bounds: construction only fails for low >= high or sigfig > 5.
     #[allow(clippy::expect_used)]
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+    Histogram::new_with_bounds(1, 60_000_000, sigfig).expect("constant histogram bounds are valid")
+}
+
+/// One second of the run. Its latency histogram has 2 significant digits (20 KB), so a
+/// ten-minute soak keeps its timeline in about 12 MB.
+struct Second {
+    latency: Histogram<u64>,
+    reconnects: u64,
+    not_ready: u64,
+}
+
+impl Second {
+    fn new() -> Self {
+        Second {
+            latency: histogram_with(2),
+            reconnects: 0,
+            not_ready: 0,
+        }
+    }
+}
+
+/// One readiness URL's record.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub(crate) struct Readiness {
+    /// Time it answered anything but 200 (or nothing), seconds.
+    pub(crate) not_ready_s: f64,
+    /// Times it went from ready to not ready.
+    pub(crate) dips: u64,
+    /// Seconds from the go to its first and last answer other than 200.
+    pub(crate) first_not_ready_at_s: Option<f64>,
+    pub(crate) last_not_ready_at_s: Option<f64>,
 }
 
 impl Shared {
@@ -51,7 +103,16 @@ impl Shared {
             duplicated: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
             joined: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            publish_retries: AtomicU64::new(0),
+            numbering_resets: AtomicU64::new(0),
+            not_recovered: AtomicU64::new(0),
+            unrecoverable: AtomicU64::new(0),
             tallies: Tallies::new(sessions),
+            clock: OnceLock::new(),
+            timeline: Mutex::new(Vec::new()),
+            recovery: Mutex::new(histogram()),
+            readiness: Mutex::new(BTreeMap::new()),
             latency: Mutex::new(histogram()),
             connect: Mutex::new(histogram()),
             join: Mutex::new(histogram()),
@@ -85,22 +146,99 @@ impl Shared {
         }
     }
 
-    /// A display of `session` finished: its gaps, duplicates, late messages, and where
-    /// it stopped (for the tail, counted per session at the end).
-    pub(crate) fn display_done(&self, session: usize, check: &SeqCheck) {
+    /// Adds what one display counted within one numbering.
+    fn add_check(&self, check: &SeqCheck) {
         self.lost.fetch_add(check.lost, Ordering::Relaxed);
         self.duplicated
             .fetch_add(check.duplicated, Ordering::Relaxed);
         self.out_of_order
             .fetch_add(check.out_of_order, Ordering::Relaxed);
-        self.tallies.display_done(session, check.last());
+        self.unrecoverable
+            .fetch_add(check.unrecoverable, Ordering::Relaxed);
     }
 
-    /// Records a batch of one display's latency samples (µs) and empties the batch.
-    pub(crate) fn add_latencies(&self, samples: &mut Vec<u64>) {
+    /// A display of `session` finished in numbering `epoch`: its gaps, duplicates, late
+    /// messages, and where it stopped (for the tail, counted per session at the end).
+    pub(crate) fn display_done(&self, session: usize, epoch: &str, check: &SeqCheck) {
+        self.add_check(check);
+        self.tallies.display_done(session, epoch, check.last());
+    }
+
+    /// A display of `session` left numbering `epoch` for a new one.
+    pub(crate) fn display_reset(&self, session: usize, epoch: &str, check: &SeqCheck) {
+        self.add_check(check);
+        self.tallies.display_reset(session, epoch, check.last());
+    }
+
+    /// Starts the run's clock (at the go).
+    pub(crate) fn start_clock(&self) {
+        let _ = self.clock.set(Instant::now());
+    }
+
+    /// The second of the run it is now (0 before the go).
+    pub(crate) fn second(&self) -> usize {
+        self.clock
+            .get()
+            .map_or(0, |t| t.elapsed().as_secs() as usize)
+    }
+
+    /// Runs `f` on the current second of the timeline.
+    fn in_second(&self, second: usize, f: impl FnOnce(&mut Second)) {
+        if let Ok(mut timeline) = self.timeline.lock() {
+            while timeline.len() <= second {
+                timeline.push(Second::new());
+            }
+            f(&mut timeline[second]);
+        }
+    }
+
+    /// A client lost its connection and dials again.
+    pub(crate) fn reconnected(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.in_second(self.second(), |s| s.reconnects += 1);
+    }
+
+    /// A reconnected display caught up, `took` after its connection was lost.
+    pub(crate) fn record_recovery(&self, took: Duration) {
+        if let Ok(mut h) = self.recovery.lock() {
+            let _ = h.record(took.as_micros().max(1) as u64);
+        }
+    }
+
+    /// One readiness poll of `url`: `ready`, and how long since the previous poll.
+    pub(crate) fn readiness(&self, url: &str, ready: bool, was_ready: bool, since_last: Duration) {
+        let at = self.clock.get().map_or(0.0, |t| t.elapsed().as_secs_f64());
+        if let Ok(mut all) = self.readiness.lock() {
+            let r = all.entry(url.to_string()).or_default();
+            if !ready {
+                r.not_ready_s += since_last.as_secs_f64();
+                r.first_not_ready_at_s.get_or_insert(at);
+                r.last_not_ready_at_s = Some(at);
+                if was_ready {
+                    r.dips += 1;
+                }
+            }
+        }
+    }
+
+    /// Marks how many gateways were not ready at once in this second.
+    pub(crate) fn not_ready_now(&self, count: u64) {
+        self.in_second(self.second(), |s| s.not_ready = s.not_ready.max(count));
+    }
+
+    /// Records a batch of one display's (second, latency µs) samples and empties it.
+    pub(crate) fn add_latencies(&self, samples: &mut Vec<(usize, u64)>) {
         if let Ok(mut total) = self.latency.lock() {
-            for &us in samples.iter() {
+            for &(_, us) in samples.iter() {
                 let _ = total.record(us);
+            }
+        }
+        if let Ok(mut timeline) = self.timeline.lock() {
+            for &(second, us) in samples.iter() {
+                while timeline.len() <= second {
+                    timeline.push(Second::new());
+                }
+                let _ = timeline[second].latency.record(us);
             }
         }
         samples.clear();
@@ -117,7 +255,32 @@ impl Shared {
                 })
                 .unwrap_or_default()
         };
+        let timeline = self
+            .timeline
+            .lock()
+            .map(|t| {
+                t.iter()
+                    .map(|s| SecondPartial {
+                        latency: s
+                            .latency
+                            .iter_recorded()
+                            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                            .collect(),
+                        reconnects: s.reconnects,
+                        not_ready: s.not_ready,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         Partial {
+            reconnects: self.reconnects.load(Ordering::Relaxed),
+            publish_retries: self.publish_retries.load(Ordering::Relaxed),
+            numbering_resets: self.numbering_resets.load(Ordering::Relaxed),
+            not_recovered: self.not_recovered.load(Ordering::Relaxed),
+            unrecoverable: self.unrecoverable.load(Ordering::Relaxed),
+            recovery: buckets(&self.recovery),
+            readiness: self.readiness.lock().map(|r| r.clone()).unwrap_or_default(),
+            timeline,
             sent: self.sent.load(Ordering::Relaxed),
             acked: self.acked.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
@@ -146,8 +309,16 @@ pub(crate) struct Partial {
     pub(crate) lost: u64,
     pub(crate) duplicated: u64,
     pub(crate) out_of_order: u64,
-    /// Indexed by session.
-    pub(crate) sessions: Vec<Tally>,
+    /// Indexed by session, then by epoch.
+    pub(crate) sessions: Vec<Numberings>,
+    pub(crate) reconnects: u64,
+    pub(crate) publish_retries: u64,
+    pub(crate) numbering_resets: u64,
+    pub(crate) not_recovered: u64,
+    pub(crate) unrecoverable: u64,
+    pub(crate) recovery: Vec<(u64, u64)>,
+    pub(crate) readiness: BTreeMap<String, Readiness>,
+    pub(crate) timeline: Vec<SecondPartial>,
     pub(crate) latency: Vec<(u64, u64)>,
     pub(crate) connect: Vec<(u64, u64)>,
     pub(crate) join: Vec<(u64, u64)>,
@@ -165,11 +336,22 @@ impl Partial {
         self.lost += other.lost;
         self.duplicated += other.duplicated;
         self.out_of_order += other.out_of_order;
-        if self.sessions.len() < other.sessions.len() {
-            self.sessions.resize(other.sessions.len(), Tally::default());
+        merge_numberings(&mut self.sessions, other.sessions);
+        self.reconnects += other.reconnects;
+        self.publish_retries += other.publish_retries;
+        self.numbering_resets += other.numbering_resets;
+        self.not_recovered += other.not_recovered;
+        self.unrecoverable += other.unrecoverable;
+        self.recovery.extend(other.recovery);
+        self.readiness.extend(other.readiness);
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline
+                .resize_with(other.timeline.len(), SecondPartial::default);
         }
-        for (mine, theirs) in self.sessions.iter_mut().zip(other.sessions) {
-            *mine = mine.merge(theirs);
+        for (mine, theirs) in self.timeline.iter_mut().zip(other.timeline) {
+            mine.latency.extend(theirs.latency);
+            mine.reconnects += theirs.reconnects;
+            mine.not_ready = mine.not_ready.max(theirs.not_ready);
         }
         self.latency.extend(other.latency);
         self.connect.extend(other.connect);
@@ -183,6 +365,28 @@ impl Partial {
         self.connect_phase_s = self.connect_phase_s.max(other.connect_phase_s);
         self
     }
+}
+
+/// One second of a process's timeline.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct SecondPartial {
+    pub(crate) latency: Vec<(u64, u64)>,
+    pub(crate) reconnects: u64,
+    pub(crate) not_ready: u64,
+}
+
+/// One second of the report's timeline.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Point {
+    /// Seconds from the go.
+    pub(crate) t: usize,
+    /// Deliveries that carried a send time.
+    pub(crate) delivered: u64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
+    pub(crate) reconnects: u64,
+    /// Gateways not ready at some poll in this second.
+    pub(crate) not_ready: u64,
 }
 
 fn rebuild(buckets: &[(u64, u64)]) -> Histogram<u64> {
@@ -243,6 +447,24 @@ pub(crate) struct Report {
     pub(crate) out_of_order: u64,
     /// `duplicated + out_of_order` (both must be 0).
     pub(crate) duplicated_or_reordered: u64,
+    /// Seqs that `recovered: false` rejoins could not bring back (beyond the window).
+    pub(crate) unrecoverable: u64,
+    /// Seqs of an old numbering that displays never got because it started over.
+    pub(crate) reset_lost: u64,
+    /// `lost + duplicated + out_of_order`: what no reset or window explains.
+    pub(crate) unexplained: u64,
+    pub(crate) reconnects: u64,
+    pub(crate) publish_retries: u64,
+    /// Displays told their session's numbering had started over.
+    pub(crate) numbering_resets: u64,
+    /// Rejoins answered `recovered: false` in the same numbering.
+    pub(crate) not_recovered: u64,
+    /// Connection lost to caught up again, per reconnect of a display.
+    pub(crate) recovery: Percentiles,
+    /// The second with the highest p99 publish-to-receive latency.
+    pub(crate) worst_second: Option<Point>,
+    pub(crate) readiness: BTreeMap<String, Readiness>,
+    pub(crate) timeline: Vec<Point>,
     pub(crate) latency: Percentiles,
     pub(crate) connect: Percentiles,
     pub(crate) join: Percentiles,
@@ -256,6 +478,29 @@ pub(crate) struct Report {
 impl Report {
     pub(crate) fn build(args: &Args, p: Partial) -> Self {
         let active = args.duration.as_secs_f64().max(0.001);
+        let tallies = || p.sessions.iter().flat_map(|n| n.values());
+        let lost = p.lost + tallies().map(Tally::tail_lost).sum::<u64>();
+        let timeline: Vec<Point> = p
+            .timeline
+            .iter()
+            .enumerate()
+            .map(|(t, s)| {
+                let h = rebuild(&s.latency);
+                Point {
+                    t,
+                    delivered: h.len(),
+                    p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+                    max_ms: h.max() as f64 / 1000.0,
+                    reconnects: s.reconnects,
+                    not_ready: s.not_ready,
+                }
+            })
+            .collect();
+        let worst_second = timeline
+            .iter()
+            .filter(|p| p.delivered > 0)
+            .max_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms))
+            .copied();
         Report {
             urls: args.urls.clone(),
             sessions: args.sessions,
@@ -270,10 +515,21 @@ impl Report {
             delivered: p.received,
             expected: p.sent * args.displays as u64,
             deliveries_per_s: p.received as f64 / active,
-            lost: p.lost + p.sessions.iter().map(Tally::tail_lost).sum::<u64>(),
+            lost,
             duplicated: p.duplicated,
             out_of_order: p.out_of_order,
             duplicated_or_reordered: p.duplicated + p.out_of_order,
+            unrecoverable: p.unrecoverable,
+            reset_lost: tallies().map(Tally::reset_lost).sum(),
+            unexplained: lost + p.duplicated + p.out_of_order,
+            reconnects: p.reconnects,
+            publish_retries: p.publish_retries,
+            numbering_resets: p.numbering_resets,
+            not_recovered: p.not_recovered,
+            recovery: Percentiles::of(&rebuild(&p.recovery)),
+            worst_second,
+            readiness: p.readiness,
+            timeline,
             latency: Percentiles::of(&rebuild(&p.latency)),
             connect: Percentiles::of(&rebuild(&p.connect)),
             join: Percentiles::of(&rebuild(&p.join)),
@@ -312,6 +568,30 @@ impl Report {
             "lost {}  duplicated {}  out of order {}\n",
             self.lost, self.duplicated, self.out_of_order
         ));
+        if self.reconnects > 0 || self.publish_retries > 0 {
+            out.push_str(&format!(
+                "reconnects {}  publish retries {}  not recovered {} ({} seqs beyond the window)  numbering resets {} ({} seqs went with the old numbering)\n",
+                self.reconnects,
+                self.publish_retries,
+                self.not_recovered,
+                self.unrecoverable,
+                self.numbering_resets,
+                self.reset_lost
+            ));
+            out.push_str(&format!("caught up     {}\n", p(&self.recovery)));
+        }
+        if let Some(w) = &self.worst_second {
+            out.push_str(&format!(
+                "worst second  t={} s: p99 {:.2} ms, max {:.2} ms over {} deliveries\n",
+                w.t, w.p99_ms, w.max_ms, w.delivered
+            ));
+        }
+        for (url, r) in &self.readiness {
+            out.push_str(&format!(
+                "readiness     {url}: not ready {:.1} s in {} dip(s)\n",
+                r.not_ready_s, r.dips
+            ));
+        }
         out.push_str(&format!("latency       {}\n", p(&self.latency)));
         out.push_str(&format!("connect       {}\n", p(&self.connect)));
         out.push_str(&format!("join          {}\n", p(&self.join)));

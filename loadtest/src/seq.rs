@@ -6,8 +6,17 @@
 //! message seen twice counts as duplicated. Messages missing after the last one a display
 //! saw (the tail) are counted per session once the run is over: the top of the session is
 //! the highest seq its controller had acknowledged, or the highest any display saw.
+//!
+//! A session's seqs count within one numbering, named by its epoch (Redis lost the keys,
+//! the numbering started over). Tallies are kept per (session, epoch), so a reset never
+//! reads as loss or duplication: a display that moves to a new numbering closes its
+//! account of the old one as *reset* (what it missed there could not be delivered), and
+//! seqs a `recovered: false` rejoin could not bring back count as *unrecoverable*. Both
+//! are reported apart from loss, which stays the count of what should have arrived and
+//! did not.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +24,19 @@ use serde::{Deserialize, Serialize};
 /// arriving that late counts as duplicated (it was counted lost already).
 const MAX_GAPS: usize = 256;
 
-/// One display's view of its session's seq.
+/// How one message fits what a display had seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// The next seq, or a higher one (what it skipped is counted lost).
+    New,
+    /// A seq that was missing: it fills its gap (out of order).
+    Late,
+    /// A seq already seen. Not counted here: within one numbering it is a duplicate,
+    /// but it may be the first message of a new numbering, which only a rejoin tells.
+    Again,
+}
+
+/// One display's view of its session's seq, within one numbering.
 #[derive(Debug)]
 pub(crate) struct SeqCheck {
     /// The highest seq seen, or the baseline before anything arrived.
@@ -28,6 +49,8 @@ pub(crate) struct SeqCheck {
     pub(crate) duplicated: u64,
     /// Seqs that arrived after a higher one (each is no longer lost).
     pub(crate) out_of_order: u64,
+    /// Seqs a `recovered: false` rejoin could not bring back (beyond the history window).
+    pub(crate) unrecoverable: u64,
 }
 
 impl SeqCheck {
@@ -38,6 +61,7 @@ impl SeqCheck {
             lost: 0,
             duplicated: 0,
             out_of_order: 0,
+            unrecoverable: 0,
         }
     }
 
@@ -46,7 +70,8 @@ impl SeqCheck {
         self.last
     }
 
-    pub(crate) fn see(&mut self, seq: u64) {
+    /// Records `seq`; an [`Seen::Again`] is the caller's to count (see there).
+    pub(crate) fn see(&mut self, seq: u64) -> Seen {
         if seq > self.last {
             if seq > self.last + 1 {
                 self.lost += seq - self.last - 1;
@@ -56,11 +81,10 @@ impl SeqCheck {
                 self.gaps.push((self.last + 1, seq - 1));
             }
             self.last = seq;
-            return;
+            return Seen::New;
         }
         let Some(i) = self.gaps.iter().position(|&(a, b)| a <= seq && seq <= b) else {
-            self.duplicated += 1;
-            return;
+            return Seen::Again;
         };
         self.out_of_order += 1;
         self.lost -= 1;
@@ -76,22 +100,39 @@ impl SeqCheck {
                 self.gaps.insert(i + 1, (seq + 1, b));
             }
         }
+        Seen::Late
+    }
+
+    /// A `recovered: false` rejoin in the same numbering: the seqs after the last one
+    /// seen up to `baseline` (just before the oldest message the server still had) are
+    /// gone from its history, so they count as unrecoverable rather than lost.
+    pub(crate) fn skip_to(&mut self, baseline: u64) {
+        if baseline > self.last {
+            self.unrecoverable += baseline - self.last;
+            self.last = baseline;
+        }
     }
 }
 
-/// What one process knows about one session at the end of a run; workers' tallies of the
-/// same session add up (a session's controller and displays may live in different
-/// workers).
+/// What one process knows about one numbering of one session at the end of a run;
+/// workers' tallies of the same session and epoch add up (a session's controller and
+/// displays may live in different workers).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Tally {
     /// The highest seq the controller had acknowledged.
     pub(crate) acked_top: u64,
-    /// Displays that finished their run.
+    /// Displays that finished their run in this numbering.
     pub(crate) displays: u64,
     /// The sum of those displays' last seqs.
     pub(crate) last_sum: u64,
-    /// The highest last seq among them.
+    /// The highest last seq among all displays that were in this numbering.
     pub(crate) last_max: u64,
+    /// Displays that left this numbering for a newer one.
+    #[serde(default)]
+    pub(crate) reset_displays: u64,
+    /// The sum of their last seqs in it.
+    #[serde(default)]
+    pub(crate) reset_last_sum: u64,
 }
 
 impl Tally {
@@ -101,63 +142,95 @@ impl Tally {
             displays: self.displays + other.displays,
             last_sum: self.last_sum + other.last_sum,
             last_max: self.last_max.max(other.last_max),
+            reset_displays: self.reset_displays + other.reset_displays,
+            reset_last_sum: self.reset_last_sum + other.reset_last_sum,
         }
     }
 
-    /// Messages published in the session that displays never got after their last one.
+    fn top(&self) -> u64 {
+        self.acked_top.max(self.last_max)
+    }
+
+    /// Messages published in this numbering that displays never got after their last one.
     pub(crate) fn tail_lost(&self) -> u64 {
-        let top = self.acked_top.max(self.last_max);
-        (self.displays * top).saturating_sub(self.last_sum)
+        (self.displays * self.top()).saturating_sub(self.last_sum)
+    }
+
+    /// Messages of this numbering that displays which moved on to a new one never got:
+    /// the numbering reset took them (Redis lost the keys they were in).
+    pub(crate) fn reset_lost(&self) -> u64 {
+        (self.reset_displays * self.top()).saturating_sub(self.reset_last_sum)
     }
 }
 
-/// The per-session tallies every client task of one process updates.
-pub(crate) struct Tallies {
-    sessions: Vec<LiveTally>,
-}
+/// A session's tallies by epoch.
+pub(crate) type Numberings = BTreeMap<String, Tally>;
 
-/// A [`Tally`] while the run goes on.
-#[derive(Default)]
-struct LiveTally {
-    acked_top: AtomicU64,
-    displays: AtomicU64,
-    last_sum: AtomicU64,
-    last_max: AtomicU64,
+/// The per-session tallies every client task of one process updates. One small lock per
+/// session: a controller takes it once per ack, a display once at the end (and at a
+/// numbering change).
+pub(crate) struct Tallies {
+    sessions: Vec<Mutex<Numberings>>,
 }
 
 impl Tallies {
     pub(crate) fn new(sessions: usize) -> Self {
         Tallies {
-            sessions: (0..sessions).map(|_| LiveTally::default()).collect(),
+            sessions: (0..sessions).map(|_| Mutex::default()).collect(),
         }
     }
 
-    /// The controller of `session` got an ack for `seq`.
-    pub(crate) fn acked(&self, session: usize, seq: u64) {
-        if let Some(t) = self.sessions.get(session) {
-            t.acked_top.fetch_max(seq, Ordering::Relaxed);
+    fn update(&self, session: usize, epoch: &str, f: impl FnOnce(&mut Tally)) {
+        if let Some(Ok(mut t)) = self.sessions.get(session).map(Mutex::lock) {
+            match t.get_mut(epoch) {
+                Some(tally) => f(tally),
+                None => f(t.entry(epoch.to_string()).or_default()),
+            }
         }
     }
 
-    /// A display of `session` finished with `last` as the highest seq it saw.
-    pub(crate) fn display_done(&self, session: usize, last: u64) {
-        if let Some(t) = self.sessions.get(session) {
-            t.displays.fetch_add(1, Ordering::Relaxed);
-            t.last_sum.fetch_add(last, Ordering::Relaxed);
-            t.last_max.fetch_max(last, Ordering::Relaxed);
-        }
+    /// The controller of `session` got an ack for `seq` in numbering `epoch`.
+    pub(crate) fn acked(&self, session: usize, epoch: &str, seq: u64) {
+        self.update(session, epoch, |t| t.acked_top = t.acked_top.max(seq));
     }
 
-    pub(crate) fn snapshot(&self) -> Vec<Tally> {
+    /// A display of `session` finished in numbering `epoch` with `last` as the highest
+    /// seq it saw.
+    pub(crate) fn display_done(&self, session: usize, epoch: &str, last: u64) {
+        self.update(session, epoch, |t| {
+            t.displays += 1;
+            t.last_sum += last;
+            t.last_max = t.last_max.max(last);
+        });
+    }
+
+    /// A display of `session` left numbering `epoch` (after `last`) for a new one.
+    pub(crate) fn display_reset(&self, session: usize, epoch: &str, last: u64) {
+        self.update(session, epoch, |t| {
+            t.reset_displays += 1;
+            t.reset_last_sum += last;
+            t.last_max = t.last_max.max(last);
+        });
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<Numberings> {
         self.sessions
             .iter()
-            .map(|t| Tally {
-                acked_top: t.acked_top.load(Ordering::Relaxed),
-                displays: t.displays.load(Ordering::Relaxed),
-                last_sum: t.last_sum.load(Ordering::Relaxed),
-                last_max: t.last_max.load(Ordering::Relaxed),
-            })
+            .map(|t| t.lock().map(|t| t.clone()).unwrap_or_default())
             .collect()
+    }
+}
+
+/// Adds one process's per-session numberings into another's.
+pub(crate) fn merge_numberings(into: &mut Vec<Numberings>, other: Vec<Numberings>) {
+    if into.len() < other.len() {
+        into.resize(other.len(), Numberings::new());
+    }
+    for (mine, theirs) in into.iter_mut().zip(other) {
+        for (epoch, tally) in theirs {
+            let merged = mine.get(&epoch).copied().unwrap_or_default().merge(tally);
+            mine.insert(epoch, merged);
+        }
     }
 }
 
@@ -165,10 +238,17 @@ impl Tallies {
 mod tests {
     use super::*;
 
+    /// Counts every `Again` as a duplicate, as a display does within one numbering.
+    fn see(c: &mut SeqCheck, seq: u64) {
+        if c.see(seq) == Seen::Again {
+            c.duplicated += 1;
+        }
+    }
+
     fn run(baseline: u64, seqs: &[u64]) -> (u64, u64, u64) {
         let mut c = SeqCheck::new(baseline);
         for s in seqs {
-            c.see(*s);
+            see(&mut c, *s);
         }
         (c.lost, c.duplicated, c.out_of_order)
     }
@@ -198,7 +278,7 @@ mod tests {
         assert_eq!(run(1, &[10, 2, 9, 5]), (5, 0, 3));
         let mut c = SeqCheck::new(1);
         for s in [10, 5, 2, 3, 4, 6, 7, 8, 9] {
-            c.see(s);
+            see(&mut c, s);
         }
         assert_eq!((c.lost, c.duplicated, c.out_of_order), (0, 0, 8));
         assert!(c.gaps.is_empty());
@@ -209,27 +289,27 @@ mod tests {
     fn old_gaps_are_forgotten_beyond_the_cap() {
         let mut c = SeqCheck::new(0);
         for i in 0..=MAX_GAPS as u64 {
-            c.see(2 * i + 2); // skips every odd seq
+            see(&mut c, 2 * i + 2); // skips every odd seq
         }
         assert_eq!(c.lost, MAX_GAPS as u64 + 1);
         assert_eq!(c.gaps.len(), MAX_GAPS);
-        c.see(1); // its gap was forgotten
+        see(&mut c, 1); // its gap was forgotten
         assert_eq!((c.lost, c.duplicated), (MAX_GAPS as u64 + 1, 1));
-        c.see(3);
+        see(&mut c, 3);
         assert_eq!((c.lost, c.out_of_order), (MAX_GAPS as u64, 1));
     }
 
     #[test]
     fn the_tail_counts_against_the_acked_top() {
         let t = Tallies::new(2);
-        t.acked(0, 10);
-        t.display_done(0, 10);
-        t.display_done(0, 8);
-        t.display_done(1, 3); // no ack reached the controller: the top is what was seen
-        t.display_done(1, 2);
+        t.acked(0, "e", 10);
+        t.display_done(0, "e", 10);
+        t.display_done(0, "e", 8);
+        t.display_done(1, "e", 3); // no ack reached the controller: the top is what was seen
+        t.display_done(1, "e", 2);
         let s = t.snapshot();
-        assert_eq!(s[0].tail_lost(), 2);
-        assert_eq!(s[1].tail_lost(), 1);
+        assert_eq!(s[0]["e"].tail_lost(), 2);
+        assert_eq!(s[1]["e"].tail_lost(), 1);
         assert_eq!(Tally::default().tail_lost(), 0);
     }
 
@@ -244,9 +324,58 @@ mod tests {
             displays: 2,
             last_sum: 39,
             last_max: 20,
+            ..Tally::default()
         };
         let merged = controller_side.merge(displays_side);
         assert_eq!(merged.tail_lost(), 1);
         assert_eq!(merged, displays_side.merge(controller_side));
+        let mut all = vec![Numberings::from([("a".to_string(), controller_side)])];
+        merge_numberings(
+            &mut all,
+            vec![
+                Numberings::from([("a".to_string(), displays_side)]),
+                Numberings::from([("b".to_string(), displays_side)]),
+            ],
+        );
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0]["a"], merged);
+        assert_eq!(all[1]["b"], displays_side);
+    }
+
+    #[test]
+    fn a_numbering_reset_is_counted_apart_from_loss() {
+        // Epoch "old" reached 30 (acked); one display saw up to 25, then Redis lost the
+        // keys: it moved to "new" and saw 1..=4 there; the other display stayed to 30.
+        let t = Tallies::new(1);
+        t.acked(0, "old", 30);
+        t.display_reset(0, "old", 25);
+        t.display_done(0, "old", 30);
+        t.acked(0, "new", 4);
+        t.display_done(0, "new", 4);
+        let s = t.snapshot();
+        assert_eq!(
+            s[0]["old"].reset_lost(),
+            5,
+            "26..=30 went with the old keys"
+        );
+        assert_eq!(s[0]["old"].tail_lost(), 0);
+        assert_eq!(s[0]["new"].tail_lost(), 0);
+        assert_eq!(s[0]["new"].reset_lost(), 0);
+    }
+
+    #[test]
+    fn a_rejoin_beyond_the_window_counts_the_skipped_seqs_as_unrecoverable() {
+        let mut c = SeqCheck::new(0);
+        for s in 1..=5 {
+            see(&mut c, s);
+        }
+        // The history window now starts at 121: 6..=120 are gone.
+        c.skip_to(120);
+        assert_eq!(c.see(121), Seen::New);
+        assert_eq!((c.lost, c.unrecoverable, c.last()), (0, 115, 121));
+        c.skip_to(100); // never backwards
+        assert_eq!((c.unrecoverable, c.last()), (115, 121));
+        assert_eq!(c.see(121), Seen::Again, "Again is left to the caller");
+        assert_eq!(c.duplicated, 0);
     }
 }

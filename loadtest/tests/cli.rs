@@ -23,7 +23,7 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn usage_errors_exit_64_with_a_reason() {
     let url = "ws://127.0.0.1:9/ws";
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["--url", url], "--secret"),
         (
             &["--url", url, "--no-auth", "--protocol", "xml"],
@@ -31,6 +31,10 @@ fn usage_errors_exit_64_with_a_reason() {
         ),
         (&["--url", url, "--no-auth", "--rate=-1"], "--rate"),
         (&["--url", url, "--no-auth", "--workers", "0"], "--workers"),
+        (
+            &["--url", url, "--protocol", "socketio", "--reconnect"],
+            "--reconnect",
+        ),
     ];
     for (args, reason) in cases {
         let out = loadtest(args);

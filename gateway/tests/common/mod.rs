@@ -50,6 +50,13 @@ where
 }
 
 /// A `roomcast` process.
+/// The load generator's binary. `cargo test --workspace` builds it next to the
+/// gateway's (the loadtest crate's own integration tests, `loadtest/tests/cli.rs`, make
+/// cargo build it).
+pub fn loadtest_bin() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_BIN_EXE_roomcast")).with_file_name("loadtest")
+}
+
 pub struct Gateway {
     pub addr: SocketAddr,
     /// The ops listener's address, when `ROOMCAST_OPS_LISTEN` was set.
