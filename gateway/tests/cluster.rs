@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use roomcast_shared::{Role, ServerFrame};
+use roomcast_shared::{close, Role, ServerFrame};
 use serde_json::json;
 
 const API_KEY: &str = "test-api-key-0123456789";
@@ -327,14 +327,18 @@ async fn failover(env: &[(&str, &str)]) -> Failover {
     let session = "failing-over";
     let slot = redis.keyslot(&format!("rc:{{s:{session}}}:ch"));
     let mut tv = b.connect(&token("tv", &[Role::Display])).await;
-    tv.join(session, None).await;
+    let ServerFrame::Joined { epoch, .. } = tv.join(session, None).await else {
+        panic!("not joined");
+    };
     let mut ctl = a.connect(&token("ctl", &[Role::Controller])).await;
     ctl.join(session, None).await;
 
     // The display reads all along (a reader that stops answering pings is closed).
     let (last_tx, mut last_rx) = tokio::sync::watch::channel(None::<u64>);
+    let b_url = b.ws_url();
     let reader = tokio::spawn(async move {
         let mut seen: Vec<u64> = Vec::new();
+        let (mut last_seq, mut epoch) = (0, epoch);
         loop {
             if let Some(last) = *last_rx.borrow_and_update() {
                 if seen.contains(&last) {
@@ -343,8 +347,30 @@ async fn failover(env: &[(&str, &str)]) -> Failover {
             }
             tokio::select! {
                 frame = tv.next_event(Duration::from_secs(60)) => match frame {
-                    Ok(ServerFrame::Message { data, .. }) => seen.push(data.as_u64().unwrap()),
+                    Ok(ServerFrame::Message { data, seq, .. }) => {
+                        seen.push(data.as_u64().unwrap());
+                        last_seq = seq;
+                    }
                     Ok(_) => {}
+                    // A failover that lost the last writes restarts the numbering: the
+                    // gateway says so (4010) and the display rejoins, as PROTOCOL.md says.
+                    Err(Closed::Code(close::RESYNC)) => {
+                        tv = WsClient::connect(&b_url, Some(&token("tv", &[Role::Display])), None).await;
+                        tv.send_json(json!({"type": "join", "session": session, "since": last_seq, "epoch": epoch})).await;
+                        let ServerFrame::Joined { history, recovered, epoch: now, .. } = tv
+                            .expect("joined", |f| matches!(f, ServerFrame::Joined { .. }))
+                            .await else { unreachable!() };
+                        epoch = now;
+                        for m in history {
+                            let n = m.data.as_u64().unwrap();
+                            // `recovered: false` hands the whole window: the app rebuilds
+                            // from it, so what it had already is not delivered twice.
+                            if recovered || !seen.contains(&n) {
+                                seen.push(n);
+                            }
+                            last_seq = m.seq;
+                        }
+                    }
                     Err(e) => panic!("display closed or silent ({e:?}): {seen:?}"),
                 },
                 _ = last_rx.changed() => {}

@@ -84,6 +84,53 @@ async fn partitioned_instances_catch_up_from_history_without_gap_or_duplicate() 
     );
 }
 
+/// A partition that outlasts the history window (chaos found it: 200 messages missed
+/// with 100 kept): the cut-off gateway cannot fill the gap on the live connection, so
+/// its display is closed 4010 instead of getting the rest with a hole in it. Its
+/// rejoin with `since` and `epoch` is answered `recovered: false` with the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_longer_than_the_history_window_ends_in_a_resync_not_a_hole() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let a = Gateway::start(&proxy.url(), &[]);
+    let c = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    c.wait_ready().await;
+    let mut ctl = c.connect(&token("ctl", BOTH)).await;
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    let ServerFrame::Joined { epoch, .. } = tv.join("long-cut", None).await else {
+        panic!("not joined");
+    };
+    ctl.join("long-cut", None).await;
+    for i in 1..=3 {
+        ctl.publish("long-cut", json!(i)).await;
+    }
+    assert_eq!(tv.messages("long-cut", 3).await, vec![1, 2, 3]);
+
+    proxy.cut();
+    wait_for(DEADLINE, "readiness 503 during the cut", || async {
+        a.get("/health/ready").await.0 == 503
+    })
+    .await;
+    // 150 messages: the history keeps the last 100 (54..=153).
+    for i in 4..=153 {
+        ctl.publish("long-cut", json!(i)).await;
+    }
+    proxy.restore();
+    a.wait_ready().await;
+    match tv.closed(DEADLINE).await {
+        Closed::Code(code) => assert_eq!(code, close::RESYNC, "told to resync"),
+        other => panic!("expected 4010, got {other:?}"),
+    }
+    let mut back = a.connect(&token("tv", &[Role::Display])).await;
+    let (same, recovered, history) = rejoin(&mut back, "long-cut", 3, Some(&epoch)).await;
+    assert_eq!(same, epoch, "the numbering went on");
+    assert!(!recovered, "4..=53 are gone");
+    assert_eq!(history, (54..=153).collect::<Vec<_>>());
+    ctl.publish("long-cut", json!(154)).await;
+    assert_eq!(back.messages("long-cut", 1).await, vec![154]);
+}
+
 /// A gateway that starts before Redis (a pod scheduled first, Redis restarting) is
 /// not-ready until Redis comes up, then serves: commands, scripts and pub/sub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

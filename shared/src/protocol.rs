@@ -373,13 +373,17 @@ pub enum CloseCode {
     Forbidden = 4003,
     /// The client read too slowly and its send queue overflowed: reconnect with `since`.
     SlowConsumer = 4008,
+    /// This connection can no longer give the client a continuous stream of a session:
+    /// messages it missed are gone from history, or the session's numbering started over.
+    /// Reconnect and rejoin with `since` and `epoch`; the answer is `recovered: false`.
+    Resync = 4010,
     /// Connection flood: reconnect after a delay.
     RateLimited = 4029,
 }
 
 impl CloseCode {
     /// Every close code, for tables and tests.
-    pub const ALL: [CloseCode; 12] = [
+    pub const ALL: [CloseCode; 13] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::InvalidPayload,
@@ -391,6 +395,7 @@ impl CloseCode {
         CloseCode::TokenExpired,
         CloseCode::Forbidden,
         CloseCode::SlowConsumer,
+        CloseCode::Resync,
         CloseCode::RateLimited,
     ];
 
@@ -418,6 +423,7 @@ impl CloseCode {
             CloseCode::TokenExpired => "token expired",
             CloseCode::Forbidden => "forbidden",
             CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::Resync => "resync: reconnect with since and epoch",
             CloseCode::RateLimited => "rate limited",
         }
     }
@@ -430,6 +436,7 @@ impl CloseCode {
             CloseCode::SessionEnded => "session_ended",
             CloseCode::TokenExpired => "token_expired",
             CloseCode::SlowConsumer => "slow_consumer",
+            CloseCode::Resync => "resync",
             CloseCode::TryAgainLater => "unavailable",
             CloseCode::RateLimited => "rate_limited",
             CloseCode::Forbidden => "forbidden",
@@ -454,6 +461,7 @@ pub mod close {
     pub const TOKEN_EXPIRED: u16 = CloseCode::TokenExpired.code();
     pub const FORBIDDEN: u16 = CloseCode::Forbidden.code();
     pub const SLOW_CONSUMER: u16 = CloseCode::SlowConsumer.code();
+    pub const RESYNC: u16 = CloseCode::Resync.code();
     pub const RATE_LIMITED: u16 = CloseCode::RateLimited.code();
 }
 

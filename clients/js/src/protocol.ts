@@ -106,5 +106,7 @@ export const Close = {
   TokenExpired: 4001,
   Forbidden: 4003,
   SlowConsumer: 4008,
+  /** The server cannot continue a session without a gap: rejoin with since (recovered: false). */
+  Resync: 4010,
   RateLimited: 4029,
 } as const;

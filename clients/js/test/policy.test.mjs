@@ -45,7 +45,7 @@ afterEach(() => {
   clients = [];
 });
 
-for (const code of [1000, 1006, 1009, 1011, 4008]) {
+for (const code of [1000, 1006, 1009, 1011, 4008, 4010]) {
   test(`close ${code}: reconnect with backoff, rejoin with since`, async () => {
     const { c, s, ws } = joinedClient();
     ws.message('room', 4);

@@ -369,7 +369,8 @@ export class RoomcastClient extends Emitter {
                 return this.scheduleReconnect(detail, this.backoff.next(floor));
             }
             default:
-                // 1000, 1006, 1009, 1011, 4008 and anything unknown: back off, rejoin with since.
+                // 1000, 1006, 1009, 1011, 4008, 4010 and anything unknown: back off, rejoin with
+                // since (after a 4010 the answer is recovered: false, which the session reports).
                 this.urlIndex++;
                 return this.scheduleReconnect(detail, this.backoff.next());
         }

@@ -45,9 +45,12 @@ async fn sleep_until_opt(at: Option<Instant>) {
 struct LocalMember {
     client: ClientHandle,
     info: MemberInfo,
-    /// The highest seq this member has been given.
+    /// The highest seq this member has been given; [`CLOSED`] once it was told to resync.
     last_seq: u64,
 }
+
+/// The `last_seq` of a member closed with 4010: above every seq, so it is given nothing.
+const CLOSED: u64 = u64::MAX;
 
 pub(super) struct Pump<S, B> {
     env: Arc<PumpEnv<S, B>>,
@@ -436,17 +439,19 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
         let mut entries: Vec<Entry> = stored.iter().filter_map(|b| decode_entry(b).ok()).collect();
         entries.reverse();
         entries.retain(|e| e.seq > last);
-        if let Some(first) = entries.first() {
-            if first.seq != last + 1 {
-                tracing::warn!(
-                    session = %self.session, from = last + 1, to = first.seq - 1,
-                    "messages expired from history before they could be recovered"
-                );
-            }
-        }
         if top < last {
             tracing::info!(session = %self.session, top, last, "session seq restarted");
             self.restart_numbering(top);
+            return true;
+        }
+        // The oldest seq history could give; everything between `last` and it is gone.
+        let oldest = entries.first().map_or(top + 1, |e| e.seq);
+        if oldest > last + 1 {
+            tracing::warn!(
+                session = %self.session, from = last + 1, to = oldest - 1,
+                "messages expired from history before they could be recovered"
+            );
+            self.resync_members(|member_last| member_last < oldest - 1);
         }
         m::recovered(entries.len() as u64);
         for entry in entries {
@@ -455,12 +460,25 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
         true
     }
 
-    /// The session's keys expired (or Redis lost them) and seqs started over: every
-    /// baseline moves back so the new numbering is delivered.
+    /// The session's keys expired (or Redis lost them) and seqs started over. No member
+    /// may take the new numbering for a continuation of the old one: every member is
+    /// told to resync (4010); its rejoin names the old epoch and gets `recovered: false`.
     fn restart_numbering(&mut self, top: u64) {
         self.last_seq = Some(top);
+        self.resync_members(|_| true);
+    }
+
+    /// Closes the members `behind` picks (by the last seq each was given) with 4010:
+    /// this connection cannot give them a continuous stream any more. What is queued
+    /// for them goes out first; their reconnect's `join` with `since` and `epoch` gets
+    /// `recovered: false` and the window. Until their connection leaves, nothing more is
+    /// delivered to them.
+    fn resync_members(&mut self, behind: impl Fn(u64) -> bool) {
         for member in self.members.values_mut() {
-            member.last_seq = member.last_seq.min(top);
+            if member.last_seq != CLOSED && behind(member.last_seq) {
+                member.client.close_after_queue(CloseCode::Resync);
+                member.last_seq = CLOSED;
+            }
         }
     }
 

@@ -586,8 +586,13 @@ async fn activity_of_a_member_that_left_records_nothing() {
     assert!(h.store.state().sets.is_empty());
 }
 
+/// The close a member was told to resync with, if any (after its queued frames).
+fn resync_close(member: &Member) -> Option<CloseCode> {
+    member.drain().into_iter().find_map(|f| f.err())
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_join_that_finds_the_numbering_restarted_moves_every_baseline_back() {
+async fn a_join_that_finds_the_numbering_restarted_tells_the_old_members_to_resync() {
     let h = memory();
     let first = Member::new("first");
     h.join(&first, None).await.unwrap();
@@ -600,15 +605,18 @@ async fn a_join_that_finds_the_numbering_restarted_moves_every_baseline_back() {
     h.store.lose_keys();
     let second = Member::new("second");
     h.join(&second, None).await.unwrap();
-    // The new numbering's first message reaches both, the old member included.
+    // The old member is told (4010) rather than handed seq 1 after its 3; the new one
+    // follows the new numbering.
+    assert_eq!(resync_close(&first), Some(CloseCode::Resync));
     let one = h.store.store_message("new one");
     h.pumps.dispatch(SESSION, one);
-    assert_eq!(first.seqs(1).await, vec![1]);
     assert_eq!(second.seqs(1).await, vec![1]);
+    settle().await;
+    assert!(first.drain().is_empty(), "nothing after the close");
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_catch_up_that_finds_the_numbering_restarted_follows_it() {
+async fn a_catch_up_that_finds_the_numbering_restarted_tells_members_to_resync() {
     let h = memory();
     let display = Member::new("d");
     h.join(&display, None).await.unwrap();
@@ -623,7 +631,47 @@ async fn a_catch_up_that_finds_the_numbering_restarted_follows_it() {
     settle().await;
     let one = h.store.store_message("new one");
     h.pumps.dispatch(SESSION, one);
-    assert_eq!(display.seqs(1).await, vec![1]);
+    settle().await;
+    let frames = display.drain();
+    assert_eq!(
+        frames,
+        vec![Err(CloseCode::Resync)],
+        "no seq 1 after 3, a 4010"
+    );
+}
+
+/// A gap older than history (a partition longer than the window): the members behind it
+/// are told to resync instead of getting the rest with a hole in it; a member that
+/// joined after the gap is served as usual.
+#[tokio::test(start_paused = true)]
+async fn a_gap_gone_from_history_tells_the_members_behind_it_to_resync() {
+    let h = memory();
+    let old = Member::new("old");
+    h.join(&old, None).await.unwrap();
+    let p = h.store.store_message("one");
+    h.pumps.dispatch(SESSION, p);
+    assert_eq!(old.seqs(1).await, vec![1]);
+    // 2..=4 are published while this instance hears nothing, and trimmed away.
+    for text in ["two", "three", "four"] {
+        h.store.store_message(text);
+    }
+    h.store.state().entries.retain(|e| e.seq > 4);
+    let five = h.store.store_message("five");
+    h.pumps.dispatch(SESSION, five);
+    settle().await;
+    assert_eq!(
+        old.drain(),
+        vec![Err(CloseCode::Resync)],
+        "4010, never 5 right after 1"
+    );
+    // A member that joins now starts after the hole: it gets what follows.
+    let late = Member::new("late");
+    h.join(&late, None).await.unwrap();
+    let six = h.store.store_message("six");
+    h.pumps.dispatch(SESSION, six);
+    assert_eq!(late.seqs(1).await, vec![6]);
+    settle().await;
+    assert!(old.drain().is_empty(), "nothing after the close");
 }
 
 #[tokio::test(start_paused = true)]
