@@ -180,6 +180,11 @@ pub struct Config {
     /// Timeout of one Redis command (and of the readiness PING).
     #[arg(long, env = "ROOMCAST_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
+    /// How long this node keeps its clients while it cannot reach Redis; then it closes
+    /// them with 1001 so they resume on a node that can (0: keep them). History covers
+    /// a short outage; a long one, on this node alone, outlasts it.
+    #[arg(long, env = "ROOMCAST_REDIS_LOST_GRACE", default_value = "2s", value_parser = parse_duration)]
+    pub redis_lost_grace: Duration,
     /// Durable mode: a publish is acked only once `WAIT` confirms it on this many replicas
     /// (0: acked once the primary stored it). See the README's "Durability".
     #[arg(long, env = "ROOMCAST_REDIS_WAIT_REPLICAS", default_value_t = 0)]

@@ -310,25 +310,7 @@ async fn drain_on(
     app.draining.store(true, Ordering::Release);
     tracing::info!(clients = app.hub.client_count(), "draining");
     tokio::time::sleep(DRAIN_ANNOUNCE).await;
-    // Snapshot again until none is left un-closed: a connection whose upgrade raced the
-    // signal registers after the first snapshot.
-    loop {
-        let open: Vec<_> = app
-            .hub
-            .clients()
-            .into_iter()
-            .filter(|c| !c.killed().is_cancelled())
-            .collect();
-        if open.is_empty() {
-            break;
-        }
-        for batch in open.chunks(DRAIN_BATCH) {
-            for client in batch {
-                client.kill(CloseCode::GoingAway);
-            }
-            tokio::time::sleep(DRAIN_PAUSE).await;
-        }
-    }
+    close_clients(&app, || false).await;
     stop_accepting.cancel();
     // Connection tasks finish their leaves through the pumps; then background tasks end.
     let grace = app.config.shutdown_grace;
@@ -337,6 +319,32 @@ async fn drain_on(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     app.shutdown.cancel();
+}
+
+/// Closes every client with 1001 in batches (clients come back elsewhere, not all in one
+/// instant), snapshotting again until none is left un-closed: a connection whose upgrade
+/// raced the first snapshot registers after it. Stops early once `stop` says so.
+async fn close_clients(app: &App, stop: impl Fn() -> bool) {
+    loop {
+        let open: Vec<_> = app
+            .hub
+            .clients()
+            .into_iter()
+            .filter(|c| !c.killed().is_cancelled())
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        for batch in open.chunks(DRAIN_BATCH) {
+            if stop() {
+                return;
+            }
+            for client in batch {
+                client.kill(CloseCode::GoingAway);
+            }
+            tokio::time::sleep(DRAIN_PAUSE).await;
+        }
+    }
 }
 
 /// Restarts a Redis client whose connection task ended while the gateway runs. fred ends
@@ -415,6 +423,9 @@ async fn monitor(app: Arc<App>) {
     let ping_timeout = app.config.redis_timeout.min(Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     let mut last_node_beat: Option<Instant> = None;
+    // Since when Redis has not answered, and whether this outage's clients were shed.
+    let mut lost_since: Option<Instant> = None;
+    let mut shed = false;
     loop {
         tokio::select! {
             _ = app.shutdown.cancelled() => return,
@@ -434,6 +445,26 @@ async fn monitor(app: Arc<App>) {
             }
         }
         metrics::redis_up(ok);
+        if ok {
+            (lost_since, shed) = (None, false);
+        } else {
+            let since = *lost_since.get_or_insert_with(Instant::now);
+            let grace = app.config.redis_lost_grace;
+            if !shed && !grace.is_zero() && since.elapsed() >= grace {
+                // This node cannot serve its sessions: gap fill after the outage needs
+                // the missed messages to be still in history, so clients resume on a
+                // node that can reach Redis now rather than after a long outage here.
+                shed = true;
+                tracing::warn!(
+                    clients = app.hub.client_count(),
+                    "redis unreachable for {grace:?}: closing clients with 1001"
+                );
+                let app = app.clone();
+                app.tracker.clone().spawn(async move {
+                    close_clients(&app, || app.store.is_reachable()).await;
+                });
+            }
+        }
         let heartbeat = app.config.heartbeat;
         if ok && last_node_beat.is_none_or(|t| t.elapsed() >= heartbeat) {
             last_node_beat = Some(Instant::now());

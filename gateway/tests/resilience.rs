@@ -131,6 +131,52 @@ async fn a_partition_longer_than_the_history_window_ends_in_a_resync_not_a_hole(
     assert_eq!(back.messages("long-cut", 1).await, vec![154]);
 }
 
+/// A node that cannot reach Redis for longer than `ROOMCAST_REDIS_LOST_GRACE` closes its
+/// clients with 1001, so they resume on a node that can while history still holds what
+/// they missed: the display rejoins on C with `since` and gets everything, recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_past_the_grace_sends_its_clients_elsewhere() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.addr()).await;
+    let a = Gateway::start(&proxy.url(), &[("ROOMCAST_REDIS_LOST_GRACE", "1s")]);
+    let c = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    c.wait_ready().await;
+    let mut ctl = c.connect(&token("ctl", BOTH)).await;
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    let ServerFrame::Joined { epoch, .. } = tv.join("moving", None).await else {
+        panic!("not joined");
+    };
+    ctl.join("moving", None).await;
+    for i in 1..=3 {
+        ctl.publish("moving", json!(i)).await;
+    }
+    assert_eq!(tv.messages("moving", 3).await, vec![1, 2, 3]);
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    // Published while A cannot hear anything.
+    for i in 4..=8 {
+        ctl.publish("moving", json!(i)).await;
+    }
+    match tv.closed(DEADLINE).await {
+        Closed::Code(code) => assert_eq!(code, close::GOING_AWAY, "sent elsewhere"),
+        other => panic!("expected 1001, got {other:?}"),
+    }
+    assert!(
+        cut_at.elapsed() >= Duration::from_secs(1),
+        "not before the grace: {:?}",
+        cut_at.elapsed()
+    );
+    let mut back = c.connect(&token("tv", &[Role::Display])).await;
+    let (same, recovered, history) = rejoin(&mut back, "moving", 3, Some(&epoch)).await;
+    assert_eq!(same, epoch);
+    assert!(recovered, "nothing missed beyond the window");
+    assert_eq!(history, vec![4, 5, 6, 7, 8]);
+    // A is not ready while cut off, and refuses to keep clients it cannot serve.
+    assert_eq!(a.get("/health/ready").await.0, 503);
+}
+
 /// A gateway that starts before Redis (a pod scheduled first, Redis restarting) is
 /// not-ready until Redis comes up, then serves: commands, scripts and pub/sub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

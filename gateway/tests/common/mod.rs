@@ -92,7 +92,10 @@ impl Gateway {
             // Test clients read only when a test looks: a short heartbeat would time them out.
             .env("ROOMCAST_HEARTBEAT", "5s")
             .env("ROOMCAST_REDIS_TIMEOUT", "1s")
-            .env("ROOMCAST_SHUTDOWN_GRACE", "5s");
+            .env("ROOMCAST_SHUTDOWN_GRACE", "5s")
+            // Tests of Redis outages watch clients stay and catch up; the shedding of
+            // clients after a long outage has tests of its own that set it.
+            .env("ROOMCAST_REDIS_LOST_GRACE", "0s");
         // Every test client comes from 127.0.0.1: limits are off unless a test sets them.
         for scope in [
             "PUBLISH",
