@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps run test test-only test-cluster sdk-test demo-sdk lint k8s-check contract-test bench mutants mutants-lua fmt build release stop-redis clean-run
+.PHONY: help deps run test test-only test-cluster sdk-test demo-sdk lint k8s-check contract-test bench chaos mutants mutants-lua fmt build release stop-redis clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ k8s-check: ## render k8s/ with kustomize and validate it offline; promtool on al
 
 bench: ## benchmark scenarios (BENCHMARKS.md), results in bench/; SCENARIOS="fanout idle ..." picks some
 	scripts/bench.sh $(SCENARIOS)
+
+chaos: ## fault scenarios under load (BENCHMARKS.md, Reliability), reports in bench/chaos/; SCENARIOS="kill pubsub ..." picks some
+	scripts/chaos.sh $(SCENARIOS)
 
 mutants: ## mutation testing (TESTING.md): the code changed since origin/main; GROUP=delivery|limits|health|auth|store|lua|all, SHARD=k/n
 	scripts/mutants.sh

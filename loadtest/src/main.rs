@@ -17,7 +17,8 @@ mod report;
 mod seq;
 mod worker;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -120,6 +121,15 @@ pub(crate) struct Args {
     /// a `recovered: false` does not explain.
     #[arg(long)]
     pub(crate) fail_on_loss: bool,
+    /// Churn storms: at each of these times after the go, `--churn-fraction` of the
+    /// displays close their connection and come back (with `--reconnect`).
+    #[arg(long, value_delimiter = ',', value_parser = humantime::parse_duration)]
+    pub(crate) churn_at: Vec<Duration>,
+    #[arg(long, default_value_t = 0.2)]
+    pub(crate) churn_fraction: f64,
+    /// Written (empty) when publishing starts, for scripts that time a fault from it.
+    #[arg(long)]
+    pub(crate) started_file: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -257,7 +267,7 @@ where
         match stream.next().await? {
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
             Ok(msg) => return Some(proto.decode(&msg)),
-            Err(e) => return Some(Event::Malformed(e.to_string())),
+            Err(e) => return Some(Event::Broken(e.to_string())),
         }
     }
 }
@@ -307,7 +317,7 @@ async fn connect_and_join(
                 shared.error(&format!("join: closed {code:?}"));
                 return None;
             }
-            Some(Event::Malformed(e)) => {
+            Some(Event::Malformed(e) | Event::Broken(e)) => {
                 shared.error(&format!("join: {}", e.chars().take(40).collect::<String>()));
                 return None;
             }
@@ -342,6 +352,26 @@ pub(crate) struct Client<'a> {
     url: usize,
     /// Jitter state (xorshift): no shared RNG on this path.
     jitter: u64,
+    /// The client's index in the whole run (all workers).
+    id: usize,
+    /// Churn storms so far (see `--churn-at`).
+    churn: watch::Receiver<u32>,
+}
+
+impl Client<'_> {
+    /// Whether this client takes part in churn storm `k`: a fixed, spread-out choice of
+    /// `--churn-fraction` of the clients, different for each storm.
+    fn churns(&self, k: u32) -> bool {
+        picked(self.id, k, self.args.churn_fraction)
+    }
+}
+
+/// Whether client `id` is among the `fraction` picked for storm `k`.
+fn picked(id: usize, k: u32, fraction: f64) -> bool {
+    let mut h = (id as u64) ^ (u64::from(k) << 32);
+    h = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^= h >> 29;
+    ((h % 10_000) as f64) < fraction * 10_000.0
 }
 
 impl Client<'_> {
@@ -398,6 +428,12 @@ fn main() {
     }
     if args.reconnect && args.proto() == Proto::SocketIo {
         usage("--reconnect needs a Roomcast protocol: the Socket.IO peer has no recovery");
+    }
+    if !args.churn_at.is_empty() && !args.reconnect {
+        usage("--churn-at needs --reconnect");
+    }
+    if !(0.0..=1.0).contains(&args.churn_fraction) {
+        usage("--churn-fraction is between 0 and 1");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -458,6 +494,7 @@ pub(crate) async fn run(
     // Each client reports once it has joined (or failed to), then waits for the go.
     let (arrived_tx, mut arrived_rx) = mpsc::unbounded_channel::<()>();
     let (go_tx, go_rx) = watch::channel(false);
+    let (churn_tx, churn_rx) = watch::channel(0u32);
     let limit = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let ramp_step = if total > 0 {
         args.ramp / total as u32
@@ -482,6 +519,7 @@ pub(crate) async fn run(
             let (args, shared, limit, session) =
                 (args.clone(), shared.clone(), limit.clone(), session.clone());
             let (arrived, mut go) = (arrived_tx.clone(), go_rx.clone());
+            let churn = churn_rx.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
                 let user = if is_controller {
@@ -522,6 +560,8 @@ pub(crate) async fn run(
                     source,
                     url,
                     jitter: (this as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+                    id: this,
+                    churn,
                 };
                 if is_controller {
                     controller(ws, joined, &mut client).await;
@@ -571,6 +611,22 @@ pub(crate) async fn run(
     shared.start_clock();
     let _ = go_tx.send(true);
     let started = Instant::now();
+    if let (Some(path), 0) = (&args.started_file, mine) {
+        if let Err(e) = std::fs::write(path, b"") {
+            eprintln!("loadtest: cannot write {}: {e}", path.display());
+        }
+    }
+    let churns = {
+        let at = args.churn_at.clone();
+        tokio::spawn(async move {
+            for (k, t) in at.into_iter().enumerate() {
+                tokio::time::sleep_until((started + t).into()).await;
+                let _ = churn_tx.send(k as u32 + 1);
+            }
+            // Keep the sender: a dropped one would wake every display's select.
+            std::future::pending::<()>().await;
+        })
+    };
     // One process watches readiness (workers share the gateways).
     let readiness = (mine == 0 && !args.ready_urls.is_empty())
         .then(|| tokio::spawn(readiness::watch(args.ready_urls.clone(), shared.clone())));
@@ -578,6 +634,7 @@ pub(crate) async fn run(
         let _ = task.await;
     }
     progress.abort();
+    churns.abort();
     if let Some(watch) = readiness {
         watch.abort();
     }
@@ -588,26 +645,42 @@ pub(crate) async fn run(
 enum Stop {
     /// The run is over.
     End,
-    /// The connection closed (with its close code) or failed.
-    Dropped(Option<u16>),
+    /// The connection closed (with its close code) or failed, and why.
+    Dropped(Option<u16>, String),
     /// A seq or an ack at or below one already had: a duplicate, or the session's
     /// numbering started over. A rejoin tells which.
     Suspect,
+    /// A churn storm picked this client: it leaves and comes back.
+    Churn,
+}
+
+/// The [`Stop`] an event that ends a connection means (`None`: it does not).
+fn dropped(event: Event) -> Option<Stop> {
+    let clip = |e: String| e.chars().take(40).collect::<String>();
+    match event {
+        Event::Closed(code) => Some(Stop::Dropped(code, format!("closed {code:?}"))),
+        Event::Broken(e) => Some(Stop::Dropped(None, clip(e))),
+        Event::Malformed(e) => Some(Stop::Dropped(None, format!("malformed {}", clip(e)))),
+        _ => None,
+    }
 }
 
 /// What a controller keeps across its connections.
 struct Publisher {
     /// Payload counter (also the publish's `ref`).
     n: u64,
-    /// Publishes awaiting their answer: counter to send time (µs).
-    in_flight: HashMap<u64, u64>,
-    /// Publishes refused `unavailable`, to send again at the instant given.
-    retries: VecDeque<(tokio::time::Instant, u64, u64)>,
+    /// Publishes awaiting their answer: counter to (first send time in µs, retries so far).
+    in_flight: HashMap<u64, (u64, u32)>,
+    /// Publishes refused `unavailable`, to send again: (when, counter, send time, retries),
+    /// soonest first.
+    retries: BinaryHeap<Reverse<(tokio::time::Instant, u64, u64, u32)>>,
     /// The numbering the acks on this connection belong to.
     epoch: String,
     /// The highest seq acked on this connection: acks of one connection come in order,
     /// so one at or below it means the numbering started over.
     last_ack: u64,
+    /// The ack that went backwards, counted once a rejoin names its numbering.
+    held_ack: Option<u64>,
 }
 
 /// Publishes at the configured rate until the duration is over; counts acks by numbering.
@@ -627,22 +700,23 @@ async fn controller(mut ws: Ws, joined: Joined, c: &mut Client<'_>) {
     let mut p = Publisher {
         n: 0,
         in_flight: HashMap::new(),
-        retries: VecDeque::new(),
+        retries: BinaryHeap::new(),
         epoch: joined.epoch,
         last_ack: 0,
+        held_ack: None,
     };
     loop {
         let stop = publish_on(&mut ws, &mut p, &mut tick, c, end).await;
         match stop {
             Stop::End => break,
-            Stop::Dropped(code) if args.reconnect && reconnectable(code) => {
-                shared.error(&format!("controller: closed {code:?}"));
+            Stop::Dropped(code, why) if args.reconnect && reconnectable(code) => {
+                shared.dropped(&format!("controller: {why}"));
             }
-            Stop::Dropped(code) => {
-                shared.error(&format!("controller: closed {code:?}"));
+            Stop::Dropped(_, why) => {
+                shared.error(&format!("controller: {why}"));
                 return;
             }
-            Stop::Suspect => {}
+            Stop::Suspect | Stop::Churn => {}
         }
         shared.reconnected();
         // Whether the publishes in flight were stored is unknown (PROTOCOL.md): they are
@@ -655,6 +729,10 @@ async fn controller(mut ws: Ws, joined: Joined, c: &mut Client<'_>) {
         ws = fresh;
         p.epoch = joined.epoch;
         p.last_ack = 0;
+        if let Some(seq) = p.held_ack.take() {
+            p.last_ack = seq;
+            shared.tallies.acked(c.index, &p.epoch, seq);
+        }
     }
     tokio::time::sleep(args.drain).await;
     let _ = ws.close(None).await;
@@ -675,7 +753,7 @@ async fn publish_on(
     let stop = tokio::time::sleep_until(end.into());
     tokio::pin!(stop);
     loop {
-        let retry_at = p.retries.front().map(|r| r.0);
+        let retry_at = p.retries.peek().map(|r| r.0 .0);
         let send = tokio::select! {
             _ = &mut stop => return Stop::End,
             event = next_event(ws, proto) => {
@@ -690,6 +768,7 @@ async fn publish_on(
                                 // The acks went backwards: a new numbering whose epoch
                                 // only a join tells. This ack belongs to it, so it is
                                 // counted once the rejoin has named it.
+                                p.held_ack = Some(seq);
                                 return Stop::Suspect;
                             }
                             p.last_ack = seq;
@@ -697,50 +776,53 @@ async fn publish_on(
                         }
                     }
                     Some(Event::Refused { code, n, retry_after_ms }) => {
-                        let retry = n.and_then(|n| p.in_flight.remove(&n).map(|t| (n, t)));
+                        let retry = n.and_then(|n| p.in_flight.remove(&n).map(|sent| (n, sent)));
                         match retry {
-                            Some((n, t)) if args.reconnect && code == "unavailable" => {
+                            Some((n, (t, tries))) if args.reconnect && code == "unavailable" => {
                                 shared.publish_retries.fetch_add(1, Ordering::Relaxed);
-                                let wait = Duration::from_millis(retry_after_ms.unwrap_or(100).clamp(20, 2000));
-                                p.retries.push_back((tokio::time::Instant::now() + wait, n, t));
+                                // Per message, exponential (an app's outbox backs off too),
+                                // and never sooner than the server asked.
+                                let backoff = 100u64.saturating_mul(1 << tries.min(6)).min(5000);
+                                let wait = Duration::from_millis(backoff.max(retry_after_ms.unwrap_or(0)));
+                                p.retries.push(Reverse((tokio::time::Instant::now() + wait, n, t, tries + 1)));
                             }
                             _ => shared.error(&format!("publish: {code}")),
                         }
                     }
                     Some(Event::Ping) => {
                         if ws.send(proto::pong()).await.is_err() {
-                            return Stop::Dropped(None);
+                            return Stop::Dropped(None, "pong failed".into());
                         }
                     }
-                    Some(Event::Closed(code)) => return Stop::Dropped(code),
-                    Some(Event::Malformed(e)) => {
-                        shared.error(&format!("controller: {}", e.chars().take(40).collect::<String>()));
-                        return Stop::Dropped(None);
+                    Some(event) => {
+                        if let Some(stop) = dropped(event) {
+                            return stop;
+                        }
                     }
-                    Some(Event::Joined(_) | Event::Message { .. } | Event::Other) => {}
-                    None => return Stop::Dropped(None),
+                    None => return Stop::Dropped(None, "ended".into()),
                 }
                 None
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
-                p.retries.pop_front().map(|(_, n, t)| (n, t))
+                p.retries.pop().map(|Reverse((_, n, t, tries))| (n, t, tries))
             }
             _ = tick.tick(), if args.rate > 0.0 => {
                 p.n += 1;
-                Some((p.n, now_us()))
+                Some((p.n, now_us(), 0))
             }
         };
-        let Some((n, t)) = send else { continue };
+        let Some((n, t, tries)) = send else { continue };
         let data = json!({"t": t, "n": n, "pad": pad});
         let Ok(msg) = proto.publish(c.session, data, n) else {
             return Stop::End;
         };
         if ws.send(msg).await.is_err() {
-            shared.error("controller: send failed");
-            return Stop::Dropped(None);
+            return Stop::Dropped(None, "send failed".into());
         }
-        p.in_flight.insert(n, t);
-        shared.sent.fetch_add(1, Ordering::Relaxed);
+        p.in_flight.insert(n, (t, tries));
+        if tries == 0 {
+            shared.sent.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -845,12 +927,16 @@ async fn display(mut ws: Ws, joined: Joined, c: &mut Client<'_>) {
         let stop = receive(&mut ws, &mut v, c, end, settle).await;
         let held = match stop {
             Stop::End => break,
-            Stop::Dropped(code) if settle && reconnectable(code) => false,
-            Stop::Dropped(code) => {
-                shared.error(&format!("display: closed {code:?}"));
+            Stop::Dropped(code, why) if settle && reconnectable(code) => {
+                shared.dropped(&format!("display: {why}"));
+                false
+            }
+            Stop::Dropped(_, why) => {
+                shared.error(&format!("display: {why}"));
                 break;
             }
             Stop::Suspect => true,
+            Stop::Churn => false,
         };
         let lost_at = Instant::now();
         shared.reconnected();
@@ -872,7 +958,13 @@ async fn display(mut ws: Ws, joined: Joined, c: &mut Client<'_>) {
 }
 
 /// One connection's messages until the run ends or the connection does.
-async fn receive(ws: &mut Ws, v: &mut Viewer, c: &Client<'_>, end: Instant, settle: bool) -> Stop {
+async fn receive(
+    ws: &mut Ws,
+    v: &mut Viewer,
+    c: &mut Client<'_>,
+    end: Instant,
+    settle: bool,
+) -> Stop {
     let proto = c.args.proto();
     let stop = tokio::time::sleep_until(end.into());
     tokio::pin!(stop);
@@ -880,6 +972,13 @@ async fn receive(ws: &mut Ws, v: &mut Viewer, c: &Client<'_>, end: Instant, sett
         let event = tokio::select! {
             e = next_event(ws, proto) => e,
             _ = &mut stop => return Stop::End,
+            Ok(()) = c.churn.changed() => {
+                let k = *c.churn.borrow_and_update();
+                if c.churns(k) {
+                    return Stop::Churn;
+                }
+                continue;
+            }
         };
         match event {
             Some(Event::Message { seq, sent_us }) => {
@@ -889,19 +988,33 @@ async fn receive(ws: &mut Ws, v: &mut Viewer, c: &Client<'_>, end: Instant, sett
             }
             Some(Event::Ping) => {
                 if ws.send(proto::pong()).await.is_err() {
-                    return Stop::Dropped(None);
+                    return Stop::Dropped(None, "pong failed".into());
                 }
             }
-            Some(Event::Closed(code)) => return Stop::Dropped(code),
-            Some(Event::Malformed(e)) => {
-                c.shared.error(&format!(
-                    "display: {}",
-                    e.chars().take(40).collect::<String>()
-                ));
-                return Stop::Dropped(None);
+            Some(event) => {
+                if let Some(stop) = dropped(event) {
+                    return stop;
+                }
             }
-            Some(_) => {}
-            None => return Stop::Dropped(None),
+            None => return Stop::Dropped(None, "ended".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::picked;
+
+    #[test]
+    fn a_churn_storm_picks_about_its_fraction_and_another_set_each_time() {
+        let first: Vec<usize> = (0..2000).filter(|&i| picked(i, 1, 0.2)).collect();
+        let second: Vec<usize> = (0..2000).filter(|&i| picked(i, 2, 0.2)).collect();
+        for storm in [&first, &second] {
+            assert!((340..=460).contains(&storm.len()), "{}", storm.len());
+        }
+        let both = first.iter().filter(|i| second.contains(i)).count();
+        assert!(both < 150, "storms pick different clients: {both} in both");
+        assert!(!(0..100).any(|i| picked(i, 1, 0.0)));
+        assert!((0..100).all(|i| picked(i, 1, 1.0)));
     }
 }

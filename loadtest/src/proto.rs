@@ -114,6 +114,8 @@ pub(crate) enum Event {
     Other,
     /// A frame that does not parse.
     Malformed(String),
+    /// The connection failed (reset, protocol error) without a close frame.
+    Broken(String),
 }
 
 /// What a `joined` told: the seq to count from, the numbering it belongs to, and on a

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     /// Connect plus join, microseconds.
     connect_join: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Connections lost and dialled again (`--reconnect`), by how they ended.
+    drops: Mutex<BTreeMap<String, u64>>,
 }
 
 /// 1 µs to 60 s at 3 significant digits.
@@ -118,6 +120,7 @@ impl Shared {
             join: Mutex::new(histogram()),
             connect_join: Mutex::new(histogram()),
             errors: Mutex::new(BTreeMap::new()),
+            drops: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -125,6 +128,13 @@ impl Shared {
     pub(crate) fn error(&self, kind: &str) {
         if let Ok(mut errors) = self.errors.lock() {
             *errors.entry(kind.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    /// Counts a connection a reconnecting client lost, by how it ended.
+    pub(crate) fn dropped(&self, kind: &str) {
+        if let Ok(mut drops) = self.drops.lock() {
+            *drops.entry(kind.to_string()).or_insert(0) += 1;
         }
     }
 
@@ -293,6 +303,7 @@ impl Shared {
             join: buckets(&self.join),
             connect_join: buckets(&self.connect_join),
             errors: self.errors.lock().map(|e| e.clone()).unwrap_or_default(),
+            drops: self.drops.lock().map(|e| e.clone()).unwrap_or_default(),
             elapsed_s: elapsed.as_secs_f64(),
             connect_phase_s: connect_phase.as_secs_f64(),
         }
@@ -324,6 +335,8 @@ pub(crate) struct Partial {
     pub(crate) join: Vec<(u64, u64)>,
     pub(crate) connect_join: Vec<(u64, u64)>,
     pub(crate) errors: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub(crate) drops: BTreeMap<String, u64>,
     pub(crate) elapsed_s: f64,
     pub(crate) connect_phase_s: f64,
 }
@@ -359,6 +372,9 @@ impl Partial {
         self.connect_join.extend(other.connect_join);
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_insert(0) += n;
+        }
+        for (kind, n) in other.drops {
+            *self.drops.entry(kind).or_insert(0) += n;
         }
         // Workers run side by side: the run took as long as the slowest of them.
         self.elapsed_s = self.elapsed_s.max(other.elapsed_s);
@@ -473,6 +489,8 @@ pub(crate) struct Report {
     pub(crate) connect_phase_s: f64,
     pub(crate) workers: usize,
     pub(crate) errors: BTreeMap<String, u64>,
+    /// Connections that reconnecting clients lost, by how they ended.
+    pub(crate) drops: BTreeMap<String, u64>,
 }
 
 impl Report {
@@ -537,6 +555,7 @@ impl Report {
             connect_phase_s: p.connect_phase_s,
             workers: args.workers,
             errors: p.errors,
+            drops: p.drops,
         }
     }
 
@@ -600,6 +619,9 @@ impl Report {
             "all joined    {:.2} s after the first connect ({} worker process(es))\n",
             self.connect_phase_s, self.workers
         ));
+        for (kind, n) in &self.drops {
+            out.push_str(&format!("dropped       {kind}: {n}\n"));
+        }
         if self.errors.is_empty() {
             out.push_str("errors        none\n");
         } else {

@@ -1,0 +1,37 @@
+# Process helpers shared by scripts/bench.sh and scripts/chaos.sh (sourced, not run):
+# private processes started in the background, remembered in PIDS, stopped by pid.
+
+PIDS=()
+stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    # A gateway drains its clients before it exits: give it the grace period.
+    for _ in $(seq 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+  PIDS=()
+}
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND until it succeeds or time is up.
+wait_for() {
+  local what=$1 secs=$2
+  shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      echo "${0##*/}: timed out waiting for $what" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# cpu_ticks PID: user + system clock ticks so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
