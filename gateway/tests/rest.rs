@@ -514,6 +514,13 @@ async fn routes_validate_and_authorize() {
         ),
         (
             "GET",
+            format!("{base}/history/search?q={}", "x".repeat(201)),
+            None,
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
             "/api/v1/users/u1/sessions?type=weird".into(),
             None,
             400,
@@ -773,6 +780,28 @@ async fn history_pages_walk_every_message_once_and_search_and_stats_agree() {
         (11..=110).rev().collect::<Vec<_>>(),
         "no gap, no duplicate"
     );
+    // A page that holds everything left says there is nothing more.
+    let all = call(
+        a.addr,
+        "GET",
+        &format!("/api/v1/sessions/{id}/history?limit=100"),
+        Some(API_KEY),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(all["messages"].as_array().map(Vec::len), Some(100));
+    assert_eq!(all["next_before"], Value::Null, "{all}");
+    // `q` may be 200 characters long.
+    let long = call(
+        a.addr,
+        "GET",
+        &format!("/api/v1/sessions/{id}/history/search?q={}", "x".repeat(200)),
+        Some(API_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(long.status, 200);
     let latest = call(
         a.addr,
         "GET",

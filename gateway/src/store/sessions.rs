@@ -671,3 +671,46 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::{SessionMeta, SessionStatus, SweepOutcome};
+
+    #[test]
+    fn statuses_and_sweep_outcomes_parse_what_redis_holds() {
+        use SessionStatus::*;
+        for status in [Active, Inactive, Resolved, Ended] {
+            assert_eq!(SessionStatus::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(SessionStatus::parse("Active"), None);
+        for (text, outcome) in [
+            ("warned", SweepOutcome::Warned),
+            ("inactive", SweepOutcome::Inactive),
+            ("ended", SweepOutcome::Ended),
+            ("active", SweepOutcome::Active),
+            ("unchanged", SweepOutcome::Unchanged),
+            ("gone", SweepOutcome::Gone),
+        ] {
+            assert_eq!(SweepOutcome::parse(text), Some(outcome), "{text}");
+        }
+        assert_eq!(SweepOutcome::parse("resolved"), None);
+    }
+
+    #[test]
+    fn a_meta_field_stored_empty_reads_as_absent() {
+        let f = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let meta = SessionMeta::parse(&f(&[("code", ""), ("status", "resolved")]));
+        assert_eq!(meta.code, None);
+        assert_eq!(meta.status, SessionStatus::Resolved);
+        let meta = SessionMeta::parse(&f(&[("code", "ABC123")]));
+        assert_eq!(meta.code.as_deref(), Some("ABC123"));
+        assert_eq!(meta.status, SessionStatus::Active, "no status: active");
+    }
+}
