@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps run test test-only test-cluster sdk-test demo-sdk lint k8s-check contract-test bench chaos mutants mutants-lua fmt build release stop-redis clean-run
+.PHONY: help deps run test test-only test-cluster test-soak soak sdk-test demo-sdk lint k8s-check contract-test bench chaos mutants mutants-lua fmt build release stop-redis clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -17,9 +17,14 @@ run: ## start a local Redis (AOF) and one gateway with a dev config, print how t
 
 test: deps lint test-only sdk-test contract-test k8s-check ## install what is missing, lint, run every test, validate manifests
 
-test-only: ## run every test (each starts its own private Redis instances), then the multi-instance suites against a Redis Cluster
+test-only: ## run every test (each starts its own private Redis instances), the multi-instance suites against a Redis Cluster, a 2-minute soak
 	$(CARGO) test --workspace --all-targets
 	$(MAKE) test-cluster
+	$(MAKE) test-soak
+
+test-soak: ## the short form of make soak: 2 minutes at small scale on the debug build; fails on loss, leaks left after the run, keys without a TTL
+	SOAK_PROFILE=debug SOAK_MINUTES=2 SOAK_WARMUP=40 SOAK_SESSIONS=20 SOAK_DISPLAYS=5 SOAK_RATE=10 \
+	  SOAK_MAX_GROWTH=25 SOAK_OUT=.run/soak-short scripts/soak.sh
 
 test-cluster: ## the multi-instance suites again, each test against its own private 3-primary Redis Cluster
 	# --workspace keeps the features (and so the build) of the full test run: no rebuild.
@@ -48,6 +53,9 @@ bench: ## benchmark scenarios (BENCHMARKS.md), results in bench/; SCENARIOS="fan
 
 chaos: ## fault scenarios under load (BENCHMARKS.md, Reliability), reports in bench/chaos/; SCENARIOS="kill pubsub ..." picks some
 	scripts/chaos.sh $(SCENARIOS)
+
+soak: ## 10 minutes at half capacity with churn: RSS, fds, tasks, pumps, Redis keys and memory every 10 s (BENCHMARKS.md, Reliability), in bench/soak/
+	scripts/soak.sh
 
 mutants: ## mutation testing (TESTING.md): the code changed since origin/main; GROUP=delivery|limits|health|auth|store|lua|all, SHARD=k/n
 	scripts/mutants.sh

@@ -178,6 +178,9 @@ async fn health(State(app): State<Arc<App>>) -> Response {
             "memory": {"status": "ok", "rss_bytes": rss_bytes()},
             "connections": {"status": "ok", "count": app.hub.client_count()},
             "sessions": {"status": "ok", "local": app.hub.session_count()},
+            // Tasks alive in this process (connections, pumps, background work): a
+            // number that only grows is a leak; `make soak` watches it.
+            "runtime": {"status": "ok", "tasks": tokio::runtime::Handle::current().metrics().num_alive_tasks()},
         },
     });
     let code = if status == "unhealthy" {

@@ -152,6 +152,10 @@ async fn health_endpoints_and_http_conventions() {
     assert!(health["checks"]["memory"]["rss_bytes"]
         .as_u64()
         .is_some_and(|r| r > 1 << 20));
+    // The runtime's live tasks: at least the listener and the background monitor.
+    assert!(health["checks"]["runtime"]["tasks"]
+        .as_u64()
+        .is_some_and(|t| t >= 2));
 
     // Unknown routes answer problem+json; request ids are echoed or generated.
     let raw = raw_get(a.addr, "/nope", Some("trace-abc-123")).await;
