@@ -699,6 +699,25 @@ mod tests {
     }
 
     #[test]
+    fn the_outcomes_that_changed_something_have_a_metric_label() {
+        let labels: Vec<_> = [
+            SweepOutcome::Warned,
+            SweepOutcome::Inactive,
+            SweepOutcome::Ended,
+            SweepOutcome::Active,
+            SweepOutcome::Unchanged,
+            SweepOutcome::Gone,
+        ]
+        .into_iter()
+        .map(SweepOutcome::transition)
+        .collect();
+        assert_eq!(
+            labels,
+            [Some("expiring"), Some("inactive"), Some("ended"), None, None, None]
+        );
+    }
+
+    #[test]
     fn a_meta_field_stored_empty_reads_as_absent() {
         let f = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
             pairs
