@@ -2,13 +2,17 @@
 # private processes started in the background, remembered in PIDS, stopped by pid.
 
 PIDS=()
+# Stops in the reverse order of starting: gateways (and load) before the Redis they
+# drain against, so none waits out Redis timeouts on its way out.
 stop_all() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
+  local i p
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    p=${PIDS[i]}
+    kill "$p" 2>/dev/null || continue
     # A gateway drains its clients before it exits: give it the grace period.
     for _ in $(seq 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
     kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
   done
   PIDS=()
 }

@@ -23,7 +23,7 @@ DISPLAYS=${SOAK_DISPLAYS:-10}
 RATE=${SOAK_RATE:-20}
 OUT="${SOAK_OUT:-bench/soak}"
 PROFILE=${SOAK_PROFILE:-release}
-WORK="$PWD/.run/soak"
+WORK="$PWD/.run/soak/$(basename "$OUT")"
 SECRET="soak-secret-0123456789abcdef"
 LT=target/$PROFILE/loadtest
 GW=${ROOMCAST_BIN:-target/$PROFILE/roomcast}
@@ -43,7 +43,7 @@ fi
 scripts/install-deps.sh --test >/dev/null
 
 REDIS_PORT=$(free_port)
-rm -rf "$WORK/redis"
+rm -rf "$WORK"
 mkdir -p "$WORK/redis"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   --dir "$WORK/redis" --logfile "$WORK/redis/redis.log" --maxclients 20000 &
@@ -188,6 +188,7 @@ print(json.dumps({
 }, indent=2))
 EOF
 waves=$(cat "$WORK/waves.count" 2>/dev/null || echo 0)
-failed=$(wc -l <"$WORK/waves.failed" 2>/dev/null || echo 0)
+failed=0
+[[ -e $WORK/waves.failed ]] && failed=$(wc -l <"$WORK/waves.failed")
 stop_all
 python3 scripts/soak_report.py "$OUT" "$WARMUP" "$waves" "$failed"
