@@ -47,19 +47,15 @@ start_redis() {
 }
 
 # start_gateway: appends "port:pid" to NODES. Limits that would refuse a load generator
-# (one IP, many clients) are off; everything else is the default configuration.
+# (one IP, many clients) are off (LOADGEN_ENV); GATEWAY_ENV comes after them and wins.
 NODES=()
 start_gateway() {
   local port
   port=$(free_port)
   # shellcheck disable=SC2086
-  # One load generator is one address: the per-address cap of pending connections is off
-  # unless GATEWAY_ENV (which comes after, and wins) sets it.
-  env ROOMCAST_MAX_PENDING_PER_IP=0 ${GATEWAY_ENV:-} ROOMCAST_LISTEN="127.0.0.1:$port" ROOMCAST_REDIS_URL="${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}" \
+  env "${LOADGEN_ENV[@]}" ${GATEWAY_ENV:-} ROOMCAST_LISTEN="127.0.0.1:$port" \
+    ROOMCAST_REDIS_URL="${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}" \
     ROOMCAST_JWT_SECRET="$SECRET" ROOMCAST_LOG=warn ROOMCAST_NODE_ID="bench-$port" \
-    ROOMCAST_RATE_PUBLISH=0 ROOMCAST_RATE_PUBLISH_IP=0 ROOMCAST_RATE_CONNECT=0 \
-    ROOMCAST_RATE_BURST=0 ROOMCAST_RATE_FRAMES=0 ROOMCAST_RATE_API_STRICT=0 ROOMCAST_RATE_CREATE=0 \
-    ROOMCAST_MAX_CONNECTIONS=19000 \
     "$GW" >"$WORK/gateway-$port.log" 2>&1 &
   PIDS+=($!)
   NODES+=("$port:$!")

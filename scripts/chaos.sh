@@ -78,18 +78,16 @@ s.sendall((" ".join(sys.argv[2:]) + "\n").encode())
 s.recv(16)' "$ctl" "$@"
 }
 
-# start_gateway [REDIS_PORT]: appends "port:pid" to NODES. The load generator is one
-# address, so the per-address limits are off, as in make bench.
+# start_gateway [REDIS_PORT]: appends "port:pid" to NODES, with the load generator's
+# settings (LOADGEN_ENV, as in make bench) and then GATEWAY_ENV.
 NODES=()
 start_gateway() {
   local port redis_port=${1:-$REDIS_PORT}
   port=$(free_port)
-  env ROOMCAST_MAX_PENDING_PER_IP=0 ROOMCAST_LISTEN="127.0.0.1:$port" \
+  # shellcheck disable=SC2086
+  env "${LOADGEN_ENV[@]}" ${GATEWAY_ENV:-} ROOMCAST_LISTEN="127.0.0.1:$port" \
     ROOMCAST_REDIS_URL="redis://127.0.0.1:$redis_port" ROOMCAST_JWT_SECRET="$SECRET" \
     ROOMCAST_LOG=warn ROOMCAST_NODE_ID="chaos-$port" \
-    ROOMCAST_RATE_PUBLISH=0 ROOMCAST_RATE_PUBLISH_IP=0 ROOMCAST_RATE_CONNECT=0 \
-    ROOMCAST_RATE_BURST=0 ROOMCAST_RATE_FRAMES=0 ROOMCAST_RATE_API_STRICT=0 ROOMCAST_RATE_CREATE=0 \
-    ROOMCAST_MAX_CONNECTIONS=19000 ${GATEWAY_ENV:-} \
     "$GW" >"$WORK/gateway-$port.log" 2>&1 &
   PIDS+=($!)
   NODES+=("$port:$!")

@@ -17,6 +17,12 @@ stop_all() {
   PIDS=()
 }
 
+# Gateway settings for a load generator, which is one address with many clients: the
+# per-address and per-user limits that would refuse it are off; the rest is the default.
+LOADGEN_ENV=(ROOMCAST_MAX_PENDING_PER_IP=0 ROOMCAST_RATE_PUBLISH=0 ROOMCAST_RATE_PUBLISH_IP=0
+  ROOMCAST_RATE_CONNECT=0 ROOMCAST_RATE_BURST=0 ROOMCAST_RATE_FRAMES=0
+  ROOMCAST_RATE_API_STRICT=0 ROOMCAST_RATE_CREATE=0 ROOMCAST_MAX_CONNECTIONS=19000)
+
 log() { printf '\n== %s\n' "$*" >&2; }
 
 free_port() {

@@ -654,10 +654,19 @@ enum Stop {
     Churn,
 }
 
-/// The [`Stop`] an event that ends a connection means (`None`: it does not).
-fn dropped(event: Event) -> Option<Stop> {
+/// What controllers and displays do alike with an event: answer Socket.IO pings, and
+/// stop on one that ends the connection (`Some`); others are ignored (`None`).
+async fn housekeeping(ws: &mut Ws, event: Option<Event>) -> Option<Stop> {
     let clip = |e: String| e.chars().take(40).collect::<String>();
+    let Some(event) = event else {
+        return Some(Stop::Dropped(None, "ended".into()));
+    };
     match event {
+        Event::Ping => ws
+            .send(proto::pong())
+            .await
+            .is_err()
+            .then(|| Stop::Dropped(None, "pong failed".into())),
         Event::Closed(code) => Some(Stop::Dropped(code, format!("closed {code:?}"))),
         Event::Broken(e) => Some(Stop::Dropped(None, clip(e))),
         Event::Malformed(e) => Some(Stop::Dropped(None, format!("malformed {}", clip(e)))),
@@ -706,7 +715,7 @@ async fn controller(mut ws: Ws, joined: Joined, c: &mut Client<'_>) {
         held_ack: None,
     };
     loop {
-        let stop = publish_on(&mut ws, &mut p, &mut tick, c, end).await;
+        let stop = publish_on(&mut ws, &mut p, &mut tick, c, end, true).await;
         match stop {
             Stop::End => break,
             Stop::Dropped(code, why) if args.reconnect && reconnectable(code) => {
@@ -734,18 +743,21 @@ async fn controller(mut ws: Ws, joined: Joined, c: &mut Client<'_>) {
             shared.tallies.acked(c.index, &p.epoch, seq);
         }
     }
-    tokio::time::sleep(args.drain).await;
+    // The drain: no more publishes, but the acks of the last ones still count.
+    let drained = Instant::now() + args.drain;
+    let _ = publish_on(&mut ws, &mut p, &mut tick, c, drained, false).await;
     let _ = ws.close(None).await;
 }
 
-/// One connection's publishing: ticks, acks, retries and heartbeats until the run ends
-/// or the connection does.
+/// One connection's publishing (when `publishing`; else only its answers): ticks, acks,
+/// retries and heartbeats until `end` or until the connection ends.
 async fn publish_on(
     ws: &mut Ws,
     p: &mut Publisher,
     tick: &mut tokio::time::Interval,
     c: &Client<'_>,
     end: Instant,
+    publishing: bool,
 ) -> Stop {
     let (args, shared) = (c.args, c.shared);
     let proto = args.proto();
@@ -789,24 +801,18 @@ async fn publish_on(
                             _ => shared.error(&format!("publish: {code}")),
                         }
                     }
-                    Some(Event::Ping) => {
-                        if ws.send(proto::pong()).await.is_err() {
-                            return Stop::Dropped(None, "pong failed".into());
-                        }
-                    }
-                    Some(event) => {
-                        if let Some(stop) = dropped(event) {
+                    other => {
+                        if let Some(stop) = housekeeping(ws, other).await {
                             return stop;
                         }
                     }
-                    None => return Stop::Dropped(None, "ended".into()),
                 }
                 None
             }
-            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if publishing && retry_at.is_some() => {
                 p.retries.pop().map(|Reverse((_, n, t, tries))| (n, t, tries))
             }
-            _ = tick.tick(), if args.rate > 0.0 => {
+            _ = tick.tick(), if publishing && args.rate > 0.0 => {
                 p.n += 1;
                 Some((p.n, now_us(), 0))
             }
@@ -986,17 +992,11 @@ async fn receive(
                     return Stop::Suspect;
                 }
             }
-            Some(Event::Ping) => {
-                if ws.send(proto::pong()).await.is_err() {
-                    return Stop::Dropped(None, "pong failed".into());
-                }
-            }
-            Some(event) => {
-                if let Some(stop) = dropped(event) {
+            other => {
+                if let Some(stop) = housekeeping(ws, other).await {
                     return stop;
                 }
             }
-            None => return Stop::Dropped(None, "ended".into()),
         }
     }
 }

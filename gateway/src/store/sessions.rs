@@ -713,7 +713,14 @@ mod tests {
         .collect();
         assert_eq!(
             labels,
-            [Some("expiring"), Some("inactive"), Some("ended"), None, None, None]
+            [
+                Some("expiring"),
+                Some("inactive"),
+                Some("ended"),
+                None,
+                None,
+                None
+            ]
         );
     }
 
