@@ -260,3 +260,37 @@ async fn session_indexes_are_bucketed_and_legacy_entries_move_in() {
         .contains(&"old-one".to_string()));
     assert_eq!(store.migrate_legacy_indexes().await.unwrap(), 0);
 }
+
+/// A created session's meta lives as long as the longer of its history and its lifetime
+/// plus the tombstone: here the history's 24 h, since the lifetime is 1 h.
+#[tokio::test]
+async fn a_created_session_meta_lives_as_long_as_its_history_or_lifetime_and_tombstone() {
+    let redis = Redis::start();
+    let (store, config) = store(&redis).await;
+    let now = now_ms();
+    let hour = 3_600_000;
+    assert!(store
+        .create_session("made", now, now + hour, "CODE42", "owner", "{}")
+        .await
+        .unwrap());
+    let meta = store.keys().session("made").meta;
+    let left = int(redis.cmd(&["PTTL", &meta]));
+    let history = config.history_ttl.as_millis() as i64;
+    assert!(
+        history - 5_000 < left && left <= history,
+        "meta PTTL {left} ms, history TTL {history} ms"
+    );
+    // A lifetime longer than the history: the lifetime plus the tombstone's hour.
+    let long = 48 * hour;
+    assert!(store
+        .create_session("long", now, now + long, "CODE43", "owner", "{}")
+        .await
+        .unwrap());
+    let meta = store.keys().session("long").meta;
+    let left = int(redis.cmd(&["PTTL", &meta]));
+    let want = (long + hour) as i64;
+    assert!(
+        want - 5_000 < left && left <= want,
+        "meta PTTL {left} ms, want {want} ms"
+    );
+}
