@@ -889,7 +889,9 @@ impl Viewer {
             shared.display_reset(c.index, &self.epoch, &self.check);
             self.epoch = joined.epoch;
             self.check = SeqCheck::new(0);
-            let first = history.first().map_or(joined.seq, |m| m.0 - 1);
+            let first = history
+                .first()
+                .map_or(joined.seq, |m| m.0.saturating_sub(1));
             self.check.skip_to(first);
         } else {
             if held {
@@ -901,7 +903,9 @@ impl Viewer {
                 shared.not_recovered.fetch_add(1, Ordering::Relaxed);
                 let last = self.check.last();
                 history.retain(|m| m.0 > last);
-                let first = history.first().map_or(joined.seq, |m| m.0 - 1);
+                let first = history
+                    .first()
+                    .map_or(joined.seq, |m| m.0.saturating_sub(1));
                 self.check.skip_to(first);
             }
         }
