@@ -294,3 +294,48 @@ async fn a_created_session_meta_lives_as_long_as_its_history_or_lifetime_and_tom
         "meta PTTL {left} ms, want {want} ms"
     );
 }
+
+/// The lifecycle clock's lease: `claim_due` answers the score it leased sessions at, and
+/// `reschedule_due` files each one's next due time only where that score is still the
+/// lease, so a later time replaces the lease exactly and 0 drops the session.
+#[tokio::test]
+async fn a_leased_session_is_refiled_at_its_next_due_time_or_dropped() {
+    let redis = Redis::start();
+    let (store, _) = store(&redis).await;
+    let now = now_ms();
+    for id in ["later", "done"] {
+        store
+            .touch_indexes(id, now, None, Some(now - 1_000))
+            .await
+            .unwrap();
+    }
+    let lease = Duration::from_secs(30);
+    let mut leased = Vec::new();
+    let mut lease_score = 0;
+    for bucket in 0..crate::keys::INDEX_BUCKETS {
+        let (score, due) = store.claim_due(bucket, now, 64, lease).await.unwrap();
+        if !due.is_empty() {
+            lease_score = score;
+            leased.extend(due.into_iter().map(|(id, _)| id));
+        }
+    }
+    leased.sort();
+    assert_eq!(leased, ["done", "later"]);
+    assert_eq!(lease_score, now + 30_000, "leased for 30 s from now");
+    let next = now + 3_600_000;
+    store
+        .reschedule_due(lease_score, &[("later".into(), next), ("done".into(), 0)])
+        .await
+        .unwrap();
+    // ZSCORE's bulk reply (`$13\r\n1764740000000\r\n`, or `$-1` when absent).
+    let score = |id: &str| -> Option<f64> {
+        let key = store.keys().sessions_due(crate::keys::bucket_of(id));
+        let reply = redis.cmd(&["ZSCORE", &key, id]).expect("redis answered");
+        reply.lines().nth(1).and_then(|l| l.trim().parse().ok())
+    };
+    assert_eq!(score("later"), Some(next as f64), "filed at its next time");
+    assert_eq!(score("done"), None, "dropped");
+    // Ending a session over REST takes it out from under the clock at once.
+    store.unschedule("later").await.unwrap();
+    assert_eq!(score("later"), None);
+}
