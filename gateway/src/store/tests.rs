@@ -339,3 +339,26 @@ async fn a_leased_session_is_refiled_at_its_next_due_time_or_dropped() {
     store.unschedule("later").await.unwrap();
     assert_eq!(score("later"), None);
 }
+
+/// An observer's join files the session in the user's listing (without counting as the
+/// session's activity), and the listing expires with the longest a session can live.
+#[tokio::test]
+async fn an_observed_session_is_listed_for_its_user_with_a_ttl() {
+    let redis = Redis::start();
+    let (store, config) = store(&redis).await;
+    store
+        .remember_user_session("watcher", "watched", now_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.user_session_ids("watcher", 10).await.unwrap(),
+        ["watched"]
+    );
+    let key = store.keys().user_sessions("watcher");
+    let left = int(redis.cmd(&["PTTL", &key]));
+    let want = config.max_lifetime.max(config.history_ttl).as_millis() as i64;
+    assert!(
+        want - 5_000 < left && left <= want,
+        "PTTL {left}, want {want}"
+    );
+}
