@@ -74,12 +74,16 @@ struct Second {
 }
 
 impl Second {
-    fn new() -> Self {
-        Second {
-            latency: histogram_with(2),
-            reconnects: 0,
-            not_ready: 0,
+    /// Second `second` of `timeline`, which grows to hold it.
+    fn at(timeline: &mut Vec<Second>, second: usize) -> &mut Second {
+        while timeline.len() <= second {
+            timeline.push(Second {
+                latency: histogram_with(2),
+                reconnects: 0,
+                not_ready: 0,
+            });
         }
+        &mut timeline[second]
     }
 }
 
@@ -195,10 +199,7 @@ impl Shared {
     /// Runs `f` on the current second of the timeline.
     fn in_second(&self, second: usize, f: impl FnOnce(&mut Second)) {
         if let Ok(mut timeline) = self.timeline.lock() {
-            while timeline.len() <= second {
-                timeline.push(Second::new());
-            }
-            f(&mut timeline[second]);
+            f(Second::at(&mut timeline, second));
         }
     }
 
@@ -245,10 +246,7 @@ impl Shared {
         }
         if let Ok(mut timeline) = self.timeline.lock() {
             for &(second, us) in samples.iter() {
-                while timeline.len() <= second {
-                    timeline.push(Second::new());
-                }
-                let _ = timeline[second].latency.record(us);
+                let _ = Second::at(&mut timeline, second).latency.record(us);
             }
         }
         samples.clear();
