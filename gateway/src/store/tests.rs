@@ -362,3 +362,41 @@ async fn an_observed_session_is_listed_for_its_user_with_a_ttl() {
         "PTTL {left}, want {want}"
     );
 }
+
+/// A user's listing holds exactly `limit` sessions, the most recent first.
+#[tokio::test]
+async fn a_users_session_listing_holds_at_most_the_limit_newest_first() {
+    let redis = Redis::start();
+    let (store, _) = store(&redis).await;
+    let now = now_ms();
+    for (i, session) in ["s1", "s2", "s3", "s4", "s5"].iter().enumerate() {
+        store
+            .remember_user_session("u", session, now + i as u64)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.user_session_ids("u", 3).await.unwrap(),
+        ["s5", "s4", "s3"]
+    );
+    assert_eq!(store.user_session_ids("u", 1).await.unwrap(), ["s5"]);
+}
+
+/// Presence lists the members whose expiry is still ahead: one that expires at this very
+/// millisecond is gone.
+#[tokio::test]
+async fn presence_lists_only_members_whose_expiry_is_still_ahead() {
+    let redis = Redis::start();
+    let (store, _) = store(&redis).await;
+    let now = now_ms();
+    store
+        .presence_set("room", "due", now, b"due-info", 0, now)
+        .await
+        .unwrap();
+    store
+        .presence_set("room", "alive", now + 1, b"alive-info", 0, now)
+        .await
+        .unwrap();
+    let members = store.presence_members("room", now).await.unwrap();
+    assert_eq!(members, [bytes::Bytes::from_static(b"alive-info")]);
+}
