@@ -72,4 +72,10 @@ async fn loadtest_workers_count_every_delivery_across_two_gateways() {
         Some(published * 4),
         "a latency sample per delivery: {r}"
     );
+    assert_eq!(
+        r["ack"]["count"].as_u64(),
+        Some(published),
+        "a publish→ack sample per acked publish, from both workers: {r}"
+    );
+    assert!(r["ack"]["p50_ms"].as_f64() > Some(0.0), "{r}");
 }

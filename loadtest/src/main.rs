@@ -772,8 +772,8 @@ async fn publish_on(
                 match event {
                     Some(Event::Ack { seq, n }) => {
                         shared.acked.fetch_add(1, Ordering::Relaxed);
-                        if let Some(n) = n {
-                            p.in_flight.remove(&n);
+                        if let Some((t, _)) = n.and_then(|n| p.in_flight.remove(&n)) {
+                            shared.record_ack(now_us().saturating_sub(t));
                         }
                         if let Some(seq) = seq {
                             if seq <= p.last_ack && args.reconnect {

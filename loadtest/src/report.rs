@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     join: Mutex<Histogram<u64>>,
     /// Connect plus join, microseconds.
     connect_join: Mutex<Histogram<u64>>,
+    /// A publish's (first) send to its ack, microseconds.
+    ack: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
     /// Connections lost and dialled again (`--reconnect`), by how they ended.
     drops: Mutex<BTreeMap<String, u64>>,
@@ -123,6 +125,7 @@ impl Shared {
             connect: Mutex::new(histogram()),
             join: Mutex::new(histogram()),
             connect_join: Mutex::new(histogram()),
+            ack: Mutex::new(histogram()),
             errors: Mutex::new(BTreeMap::new()),
             drops: Mutex::new(BTreeMap::new()),
         }
@@ -237,6 +240,13 @@ impl Shared {
         self.in_second(self.second(), |s| s.not_ready = s.not_ready.max(count));
     }
 
+    /// A publish was acked `us` microseconds after it was (first) sent.
+    pub(crate) fn record_ack(&self, us: u64) {
+        if let Ok(mut h) = self.ack.lock() {
+            let _ = h.record(us.max(1));
+        }
+    }
+
     /// Records a batch of one display's (second, latency µs) samples and empties it.
     pub(crate) fn add_latencies(&self, samples: &mut Vec<(usize, u64)>) {
         if let Ok(mut total) = self.latency.lock() {
@@ -300,6 +310,7 @@ impl Shared {
             connect: buckets(&self.connect),
             join: buckets(&self.join),
             connect_join: buckets(&self.connect_join),
+            ack: buckets(&self.ack),
             errors: self.errors.lock().map(|e| e.clone()).unwrap_or_default(),
             drops: self.drops.lock().map(|e| e.clone()).unwrap_or_default(),
             elapsed_s: elapsed.as_secs_f64(),
@@ -332,6 +343,8 @@ pub(crate) struct Partial {
     pub(crate) connect: Vec<(u64, u64)>,
     pub(crate) join: Vec<(u64, u64)>,
     pub(crate) connect_join: Vec<(u64, u64)>,
+    #[serde(default)]
+    pub(crate) ack: Vec<(u64, u64)>,
     pub(crate) errors: BTreeMap<String, u64>,
     #[serde(default)]
     pub(crate) drops: BTreeMap<String, u64>,
@@ -368,6 +381,7 @@ impl Partial {
         self.connect.extend(other.connect);
         self.join.extend(other.join);
         self.connect_join.extend(other.connect_join);
+        self.ack.extend(other.ack);
         for (kind, n) in other.errors {
             *self.errors.entry(kind).or_insert(0) += n;
         }
@@ -483,6 +497,9 @@ pub(crate) struct Report {
     pub(crate) connect: Percentiles,
     pub(crate) join: Percentiles,
     pub(crate) connect_join: Percentiles,
+    /// A publish's send to its ack (publish→ack): what the gateway's publish path costs
+    /// a controller.
+    pub(crate) ack: Percentiles,
     /// From the first connect to the last client joined (the slowest worker's).
     pub(crate) connect_phase_s: f64,
     pub(crate) workers: usize,
@@ -550,6 +567,7 @@ impl Report {
             connect: Percentiles::of(&rebuild(&p.connect)),
             join: Percentiles::of(&rebuild(&p.join)),
             connect_join: Percentiles::of(&rebuild(&p.connect_join)),
+            ack: Percentiles::of(&rebuild(&p.ack)),
             connect_phase_s: p.connect_phase_s,
             workers: args.workers,
             errors: p.errors,
@@ -610,6 +628,7 @@ impl Report {
             ));
         }
         out.push_str(&format!("latency       {}\n", p(&self.latency)));
+        out.push_str(&format!("publish→ack   {}\n", p(&self.ack)));
         out.push_str(&format!("connect       {}\n", p(&self.connect)));
         out.push_str(&format!("join          {}\n", p(&self.join)));
         out.push_str(&format!("connect+join  {}\n", p(&self.connect_join)));
