@@ -4,12 +4,13 @@
 # pid at the end. Results go to bench/ (BENCH_OUT overrides) as JSON, one file per run,
 # plus a summary per scenario.
 #
-#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|micro|lifecycle|silent|all]...
+#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|micro|lifecycle|silent|all]...
 #
 # Knobs (environment): BENCH_DURATION (publishing time per fan-out step, default 15s),
 # BENCH_RATES (per-session rates tried by the fan-out search), BENCH_IDLE_PER_NODE
 # (default 15000), BENCH_STORM_CLIENTS (default 10000), BENCH_LIFECYCLE_SESSIONS (default
-# 100000). GATEWAY_ENV adds variables to the gateways a scenario starts.
+# 100000), BENCH_COMPARE_RATES (default "20 40") and BENCH_PINNED_RATES (the pinned search's
+# steps). GATEWAY_ENV adds variables to the gateways a scenario starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,13 @@ RATES="${BENCH_RATES:-10 20 30 40 60 80 100 120}"
 IDLE_PER_NODE="${BENCH_IDLE_PER_NODE:-15000}"
 STORM_CLIENTS="${BENCH_STORM_CLIENTS:-10000}"
 LT=target/release/loadtest
+FLOOR=target/release/floor
+COMPARE_RATES="${BENCH_COMPARE_RATES:-20 40}"
+PINNED_RATES="${BENCH_PINNED_RATES:-10 20 30 40 50 60 80 100 120}"
+# Command prefixes: the pinned comparison puts the servers and Redis on one core
+# (SERVER_PIN) and the load generator on the other (LT_PIN).
+SERVER_PIN=()
+LT_PIN=()
 # ROOMCAST_BIN benchmarks another gateway build (an A/B against an older commit).
 GW=${ROOMCAST_BIN:-target/release/roomcast}
 mkdir -p "$OUT" "$WORK"
@@ -38,7 +46,7 @@ start_redis() {
   REDIS_PORT=$(free_port)
   local dir="$WORK/redis-$REDIS_PORT"
   mkdir -p "$dir"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  "${SERVER_PIN[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$dir" --logfile "$dir/redis.log" --maxclients 20000 &
   REDIS_PID=$!
   REDIS_PIDS=("$REDIS_PID")
@@ -56,7 +64,7 @@ start_gateway() {
   env "${LOADGEN_ENV[@]}" ${GATEWAY_ENV:-} ROOMCAST_LISTEN="127.0.0.1:$port" \
     ROOMCAST_REDIS_URL="${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}" \
     ROOMCAST_JWT_SECRET="$SECRET" ROOMCAST_LOG=warn ROOMCAST_NODE_ID="bench-$port" \
-    "$GW" >"$WORK/gateway-$port.log" 2>&1 &
+    "${SERVER_PIN[@]}" "$GW" >"$WORK/gateway-$port.log" 2>&1 &
   PIDS+=($!)
   NODES+=("$port:$!")
   wait_for "gateway on $port" 20 curl -sf "http://127.0.0.1:$port/health/ready"
@@ -66,10 +74,20 @@ start_peer() {
   local port
   port=$(free_port)
   PORT="$port" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
-    node loadtest/peers/socketio/server.js >"$WORK/peer-$port.log" 2>&1 &
+    "${SERVER_PIN[@]}" node loadtest/peers/socketio/server.js >"$WORK/peer-$port.log" 2>&1 &
   PIDS+=($!)
   NODES+=("$port:$!")
   wait_for "peer on $port" 20 curl -sf "http://127.0.0.1:$port/health"
+}
+
+# The floor peer (loadtest/peers/floor): one process, as it has nothing to share.
+start_floor() {
+  local port
+  port=$(free_port)
+  PORT="$port" "${SERVER_PIN[@]}" "$FLOOR" >"$WORK/floor-$port.log" 2>&1 &
+  PIDS+=($!)
+  NODES+=("$port:$!")
+  wait_for "floor on $port" 20 curl -sf "http://127.0.0.1:$port/health"
 }
 
 # urls PROTOCOL: --url flags for every node in NODES.
@@ -108,26 +126,42 @@ fresh() {
 
 build() {
   log "building release binaries"
-  cargo build --release -q -p roomcast-gateway -p roomcast-loadtest
+  cargo build --release -q -p roomcast-gateway -p roomcast-loadtest -p roomcast-floor
 }
 
 # --- 1. fan-out (and 6. the same against the peer) -------------------------------------
 # fanout_run LABEL PROTOCOL RATE FILE: one fan-out run, with the CPU time the servers and
-# Redis used during it written next to the report (FILE.cpu).
+# Redis used during it written next to the report (FILE.cpu): over the whole run, and over
+# the publishing window alone (from the generator's go for BENCH_DURATION), which leaves
+# out connecting and closing and is what the per-delivery figures use.
 fanout_run() {
   local label=$1 protocol=$2 rate=$3 file=$4
-  local s0 r0
+  local s0 r0 w0 wr0 w1=0 wr1=0 lt deadline window=${DURATION%s}
   s0=$(server_ticks)
   r0=$(redis_ticks)
+  rm -f "$file.started"
   # The load generator shares the cores: its own CPU time (user + system, from the
   # kernel's accounting of the finished child) goes into the sidecar too.
   # shellcheck disable=SC2046
   python3 scripts/bench_report.py child-cpu "$file.lt-cpu" \
-    "$LT" $(urls "$protocol") --protocol "$protocol" --secret "$SECRET" --sessions 100 \
+    "${LT_PIN[@]}" "$LT" $(urls "$protocol") --protocol "$protocol" --secret "$SECRET" --sessions 100 \
     --displays 10 --rate "$rate" --payload 64 --duration "$DURATION" --ramp 2s \
-    --prefix "f$label$rate" --progress false --json "$file" >&2
-  echo "{\"server_ticks\": $(($(server_ticks) - s0)), \"redis_ticks\": $(($(redis_ticks) - r0)), \"clk_tck\": $(getconf CLK_TCK), \"loadgen_cpu_s\": $(cat "$file.lt-cpu")}" >"$file.cpu"
-  rm -f "$file.lt-cpu"
+    --prefix "f$label$rate" --progress false --json "$file" --started-file "$file.started" >&2 &
+  lt=$!
+  deadline=$((SECONDS + 120))
+  while [[ ! -e $file.started ]] && kill -0 "$lt" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.02; done
+  w0=$(server_ticks)
+  wr0=$(redis_ticks)
+  if [[ -e $file.started && $window =~ ^[0-9]+$ ]]; then
+    sleep "$window" # the measurement window itself
+    w1=$(server_ticks)
+    wr1=$(redis_ticks)
+  else
+    window=0
+  fi
+  wait "$lt"
+  echo "{\"server_ticks\": $(($(server_ticks) - s0)), \"redis_ticks\": $(($(redis_ticks) - r0)), \"window_s\": $window, \"window_server_ticks\": $((w1 - w0)), \"window_redis_ticks\": $((wr1 - wr0)), \"clk_tck\": $(getconf CLK_TCK), \"loadgen_cpu_s\": $(cat "$file.lt-cpu")}" >"$file.cpu"
+  rm -f "$file.lt-cpu" "$file.started"
 }
 
 # Steps the per-session rate up while p99 stays under 50 ms with nothing lost, duplicated
@@ -441,6 +475,56 @@ scenario_peer() {
   idle_run socketio socketio
 }
 
+# --- 6b. floor, Roomcast and the Socket.IO peer under one load (issue 15) ----------------
+# compare_servers PREFIX RATES...: the fan-out load (100 sessions x 10 displays) at each
+# rate against the floor peer, two gateways and two Socket.IO peers, each on a fresh Redis;
+# reports go to fanout-PREFIX-<server>-r<rate>.json with their CPU sidecars. A server's
+# steps stop at the first one that fails the p99 bound (the pinned search).
+compare_servers() {
+  local prefix=$1 server rate file verdict
+  shift
+  for server in floor roomcast socketio; do
+    fresh
+    case $server in
+    floor) start_floor ;;
+    roomcast) start_gateway && start_gateway ;;
+    socketio) start_peer && start_peer ;;
+    esac
+    for rate in "$@"; do
+      file="$OUT/fanout-$prefix-$server-r$rate.json"
+      log "$prefix $server: 100 sessions x 10 displays, $rate msg/s per session"
+      fanout_run "$prefix-$server" "$([[ $server == socketio ]] && echo socketio || echo json)" "$rate" "$file"
+      verdict=0
+      python3 scripts/bench_report.py step "$file" 50 || verdict=$?
+      [[ $prefix != pinned || $verdict == 0 ]] || break
+    done
+  done
+}
+
+scenario_compare() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "bench: the peer needs node and npm (apt-get install -y nodejs npm)" >&2
+    return 1
+  fi
+  (cd loadtest/peers/socketio && npm ci --silent --no-audit --no-fund)
+  rm -f "$OUT"/fanout-compare-*.json* "$OUT"/fanout-pinned-*.json*
+  # shellcheck disable=SC2086
+  compare_servers compare $COMPARE_RATES
+  if [[ $(nproc) -ge 2 ]] && command -v taskset >/dev/null; then
+    SERVER_PIN=(taskset -c 0)
+    LT_PIN=(taskset -c 1)
+    # shellcheck disable=SC2086
+    compare_servers pinned $PINNED_RATES
+    SERVER_PIN=()
+    LT_PIN=()
+  else
+    echo "bench: the pinned comparison needs taskset and two cores; skipped" >&2
+  fi
+  stop_all
+  python3 scripts/bench_report.py compare "$OUT" >"$OUT/compare.json"
+  python3 scripts/bench_report.py compare-markdown "$OUT" >&2
+}
+
 # --- 7. the lifecycle clock at scale -----------------------------------------------------
 # BENCH_LIFECYCLE_SESSIONS idle sessions whose warnings and timeouts fall due evenly over
 # 20 s, three gateways running the clock: how late was each event, and was each announced
@@ -538,6 +622,7 @@ for s in "$@"; do
   durable) scenario_durable ;;
   cluster) scenario_cluster ;;
   peer) scenario_peer ;;
+  compare) scenario_compare ;;
   micro) scenario_micro ;;
   lifecycle) scenario_lifecycle ;;
   silent) scenario_silent ;;
@@ -550,12 +635,13 @@ for s in "$@"; do
     scenario_idle
     scenario_broadcast
     scenario_peer
+    scenario_compare
     scenario_micro
     scenario_lifecycle
     scenario_silent
     ;;
   *)
-    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|micro|lifecycle|silent|all]..." >&2
+    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|micro|lifecycle|silent|all]..." >&2
     exit 64
     ;;
   esac

@@ -43,7 +43,16 @@ def cpu(path):
     out = {"server_cpu_s": c["server_ticks"] / c["clk_tck"], "redis_cpu_s": c["redis_ticks"] / c["clk_tck"]}
     if "loadgen_cpu_s" in c:
         out["loadgen_cpu_s"] = round(c["loadgen_cpu_s"], 2)
+    if c.get("window_s"):
+        out["window_s"] = c["window_s"]
+        out["window_server_cpu_s"] = c["window_server_ticks"] / c["clk_tck"]
+        out["window_redis_cpu_s"] = c["window_redis_ticks"] / c["clk_tck"]
     return out
+
+
+def delivered_within(r, seconds):
+    """Deliveries in the first `seconds` of publishing, from the report's timeline."""
+    return sum(p["delivered"] for p in r.get("timeline", []) if p["t"] < seconds)
 
 
 def row(r, path=None):
@@ -63,11 +72,23 @@ def row(r, path=None):
         "max_ms": l["max_ms"],
         "errors": r["errors"],
     }
+    if r.get("ack", {}).get("count"):
+        out["ack_p50_ms"] = r["ack"]["p50_ms"]
+        out["ack_p99_ms"] = r["ack"]["p99_ms"]
     c = cpu(path) if path else None
     if c:
         out.update(c)
-        if r["delivered"]:
+        # Per delivery over the publishing window when it was measured (connecting and
+        # closing left out), else over the whole run.
+        in_window = delivered_within(r, c["window_s"]) if "window_s" in c else 0
+        if in_window:
+            out["server_cpu_us_per_delivery"] = round(1e6 * c["window_server_cpu_s"] / in_window, 2)
+            out["redis_cpu_us_per_delivery"] = round(1e6 * c["window_redis_cpu_s"] / in_window, 2)
+            out["cpu_measured_over"] = f"publishing window, {c['window_s']} s, {in_window} deliveries"
+        elif r["delivered"]:
             out["server_cpu_us_per_delivery"] = round(1e6 * c["server_cpu_s"] / r["delivered"], 2)
+            out["redis_cpu_us_per_delivery"] = round(1e6 * c["redis_cpu_s"] / r["delivered"], 2)
+            out["cpu_measured_over"] = "whole run"
             if "loadgen_cpu_s" in c:
                 out["loadgen_cpu_us_per_delivery"] = round(1e6 * c["loadgen_cpu_s"] / r["delivered"], 2)
     return out
@@ -211,6 +232,86 @@ def markdown(out, label):
     return "\n".join(lines)
 
 
+COMPARED = ("floor", "roomcast", "socketio")
+
+
+def compare(out):
+    """`scripts/bench.sh compare`: the three servers under one load, side by side, with
+    the ratios issue 15 sets goals on; then the pinned search's best step per server."""
+    def runs(prefix, server):
+        return [(p, r) for p, r in steps(out, f"{prefix}-{server}")]
+
+    unpinned = {}
+    for server in COMPARED:
+        for p, r in runs("compare", server):
+            unpinned.setdefault(str(r["rate_per_session"]), {})[server] = dict(row(r, p), passed=passes(r, 50))
+    ratios = {}
+    for rate, by in unpinned.items():
+        def per(server, key):
+            return (by.get(server) or {}).get(key)
+        def ratio(a, b):
+            return round(a / b, 2) if a is not None and b else None
+        fl, rc, io = (per(s, "server_cpu_us_per_delivery") for s in COMPARED)
+        rc_total = rc + per("roomcast", "redis_cpu_us_per_delivery") if rc is not None else None
+        io_total = io + per("socketio", "redis_cpu_us_per_delivery") if io is not None else None
+        ratios[rate] = {
+            "server_cpu_roomcast_over_floor": ratio(rc, fl),
+            "server_cpu_roomcast_over_socketio": ratio(rc, io),
+            "server_and_redis_cpu_roomcast_over_socketio": ratio(rc_total, io_total),
+            "p99_roomcast_over_socketio": ratio(per("roomcast", "p99_ms"), per("socketio", "p99_ms")),
+        }
+    pinned = {}
+    for server in COMPARED:
+        rows = [dict(row(r, p), passed=passes(r, 50)) for p, r in runs("pinned", server)]
+        best = max((x for x in rows if x["passed"]), key=lambda x: x["deliveries_per_s"], default=None)
+        pinned[server] = {
+            "best_deliveries_per_s_per_core": best["deliveries_per_s"] if best else 0,
+            "best_rate_per_session": best["rate_per_session"] if best else None,
+            "steps": rows,
+        }
+    best = {s: pinned[s]["best_deliveries_per_s_per_core"] for s in COMPARED}
+    return {
+        "scenario": "compare",
+        "setup": "100 sessions x (1 controller + 10 displays), 64 B payload; floor: 1 process, "
+                 "roomcast and socketio: 2 instances on one Redis",
+        "pinned_setup": "servers and Redis on core 0 (taskset), the load generator on core 1; "
+                        "steps until p99 >= 50 ms or a loss",
+        "unpinned": unpinned,
+        "ratios": ratios,
+        "pinned": pinned,
+        "pinned_roomcast_over_socketio": round(best["roomcast"] / best["socketio"], 2) if best["socketio"] else None,
+        "pinned_roomcast_over_floor": round(best["roomcast"] / best["floor"], 2) if best["floor"] else None,
+    }
+
+
+def compare_markdown(out):
+    s = load(os.path.join(out, "compare.json"))
+    ms = lambda v: "-" if v is None else f"{v:.2f} ms"
+    us = lambda v: "-" if v is None else f"{v:.1f} µs"
+    lines = ["| msg/s per session | server | deliveries/s | lost / dup | server CPU per delivery | Redis CPU per delivery | p50 | p99 | publish→ack p50 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for rate, by in s["unpinned"].items():
+        for server in COMPARED:
+            r = by.get(server)
+            if r:
+                lines.append(f"| {rate} | {server} | {r['deliveries_per_s']:,} | {r['lost']} / {r['duplicated_or_reordered']} "
+                             f"| {us(r.get('server_cpu_us_per_delivery'))} | {us(r.get('redis_cpu_us_per_delivery'))} "
+                             f"| {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | {ms(r.get('ack_p50_ms'))} |")
+    lines += ["", "| msg/s per session | server CPU Roomcast / floor | server CPU Roomcast / Socket.IO | server + Redis CPU Roomcast / Socket.IO | p99 Roomcast / Socket.IO |",
+              "|---|---|---|---|---|"]
+    for rate, x in s["ratios"].items():
+        f = lambda v: "-" if v is None else f"{v}"
+        lines.append(f"| {rate} | {f(x['server_cpu_roomcast_over_floor'])} | {f(x['server_cpu_roomcast_over_socketio'])} "
+                     f"| {f(x['server_and_redis_cpu_roomcast_over_socketio'])} | {f(x['p99_roomcast_over_socketio'])} |")
+    lines += ["", "| pinned (servers and Redis on one core) | best deliveries/s at p99 < 50 ms | at msg/s per session | steps run |",
+              "|---|---|---|---|"]
+    for server in COMPARED:
+        p = s["pinned"][server]
+        lines.append(f"| {server} | {p['best_deliveries_per_s_per_core']:,} | {p['best_rate_per_session']} | {len(p['steps'])} |")
+    lines.append(f"\nRoomcast / Socket.IO per core: {s['pinned_roomcast_over_socketio']}; Roomcast / floor: {s['pinned_roomcast_over_floor']}")
+    return "\n".join(lines)
+
+
 def passes_row(r):
     return r["p99_ms"] < 50 and r["lost"] == 0 and r["duplicated_or_reordered"] == 0 and not r["errors"]
 
@@ -244,6 +345,10 @@ def main():
         print(json.dumps(publish_path(args[0], args[1], args[2]), indent=2))
     elif cmd == "markdown":
         print(markdown(args[0], args[1]))
+    elif cmd == "compare":
+        print(json.dumps(compare(args[0]), indent=2))
+    elif cmd == "compare-markdown":
+        print(compare_markdown(args[0]))
     elif cmd == "table":
         print(table(args[0]))
     else:
