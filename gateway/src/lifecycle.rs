@@ -168,3 +168,58 @@ async fn sweep_due(app: &App, bucket: u16) -> Result<usize, StoreError> {
     app.store.reschedule_due(lease, &next).await?;
     Ok(leased)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::{due_after_publish, first_due, period};
+    use crate::config::Config;
+    use crate::store::Published;
+
+    #[test]
+    fn the_clock_ticks_at_a_quarter_of_the_warning_between_50_ms_and_a_second() {
+        assert_eq!(period(Duration::from_secs(2)), Duration::from_millis(500));
+        assert_eq!(
+            period(Duration::from_millis(100)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(period(Duration::from_secs(600)), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_session_is_first_due_at_its_warning_or_its_end_of_life_whichever_comes_first() {
+        let config = Config::from_pairs(&[
+            ("redis-url", "redis://127.0.0.1:1"),
+            ("auth", "off"),
+            ("inactivity-warning", "10m"),
+            ("inactivity-timeout", "15m"),
+            ("max-lifetime", "24h"),
+        ])
+        .unwrap();
+        let now = 1_000_000;
+        let warning = 600_000;
+        assert_eq!(first_due(&config, now, u64::MAX), now + warning);
+        assert_eq!(first_due(&config, now, now + 5_000), now + 5_000);
+
+        let published = |created, reactivated| Published {
+            seq: 1,
+            created,
+            reactivated,
+        };
+        assert_eq!(
+            due_after_publish(&config, &published(true, false), now),
+            Some(now + warning)
+        );
+        assert_eq!(
+            due_after_publish(&config, &published(false, true), now),
+            Some(now)
+        );
+        assert_eq!(
+            due_after_publish(&config, &published(false, false), now),
+            None
+        );
+    }
+}
