@@ -2,8 +2,8 @@
 """Mutation testing of the Lua scripts (`make mutants-lua`; `make mutants` runs it too).
 
 cargo-mutants cannot mutate Lua, so this keeps a short list of hand-written mutants of
-the scripts that carry the guarantees: publish, join, ratelimit, session_transition and
-presence_refresh. For each mutant it edits the script in place (the scripts are compiled
+the scripts that carry the guarantees: publish, join, ratelimit, publish_limits,
+session_transition and presence_refresh. For each mutant it edits the script in place (the scripts are compiled
 into the gateway with include_str!), runs the tests that cover that script, and restores
 the original whatever happens. A mutant is "caught" when a test fails, "missed" when
 every test passes, "unviable" when the gateway no longer builds.
@@ -29,6 +29,7 @@ TESTS = {
     "join": ["--lib", "--test", "realtime", "--test", "hardening", "--test", "lifecycle",
              "--test", "resilience"],
     "ratelimit": ["--lib", "--test", "abuse", "--test", "edge", "--test", "rest"],
+    "publish_limits": ["--lib", "--test", "abuse", "--test", "edge"],
     "session_transition": ["--test", "rest", "--test", "lifecycle", "--test", "hardening"],
     "presence_refresh": ["--lib", "--test", "realtime", "--test", "resilience",
                          "--test", "hardening"],
@@ -42,7 +43,7 @@ MUTANTS = [
      "redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]))",
      "history keeps one entry more than its cap"),
     ("publish-no-fanout", "publish",
-     "redis.call('PUBLISH', KEYS[4], '\\146\\1' .. entry)",
+     "redis.call('SPUBLISH', KEYS[4], '\\146\\1' .. entry)",
      "local _ = entry",
      "a stored message is never published (live delivery only through gap fill)"),
     ("publish-to-ended", "publish",
@@ -74,7 +75,7 @@ MUTANTS = [
      "",
      "a join creates a missing session even when creation was not allowed"),
     ("join-silent-sweep", "join",
-     "    redis.call('PUBLISH', KEYS[6], '\\146\\3' .. info)",
+     "    redis.call('SPUBLISH', KEYS[6], '\\146\\3' .. info)",
      "    local _ = info",
      "members of a dead node are swept without a leave"),
     ("ratelimit-off-by-one", "ratelimit",
@@ -85,6 +86,26 @@ MUTANTS = [
      "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)",
      "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)",
      "every admission is forgotten at once: nothing is ever limited"),
+    ("limits-off-by-one", "publish_limits",
+     "if count >= tonumber(ARGV[a + 1]) then",
+     "if count > tonumber(ARGV[a + 1]) then",
+     "a window folded into the publish admits limit + 1"),
+    ("limits-no-window", "publish_limits",
+     "redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[a]))",
+     "redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)",
+     "every admission is forgotten at once: nothing is ever limited"),
+    ("limits-not-counted", "publish_limits",
+     "redis.call('ZADD', KEYS[i], now, ARGV[a + 2])",
+     "local _ = ARGV[a + 2]",
+     "admissions are never recorded: nothing is ever limited"),
+    ("limits-first-only", "publish_limits",
+     "  for i = 5, #KEYS do\n    local a = 8 + (i - 5) * 3\n    redis.call('ZREMRANGEBYSCORE'",
+     "  for i = 5, math.min(#KEYS, 5) do\n    local a = 8 + (i - 5) * 3\n    redis.call('ZREMRANGEBYSCORE'",
+     "only the first window is checked: the per-address limit never refuses"),
+    ("limits-refusal-counts", "publish_limits",
+     "      return {-3, i - 4, count, tonumber(first[2] or '0'), now}",
+     "      redis.call('ZADD', KEYS[5], now, ARGV[10])\n      return {-3, i - 4, count, tonumber(first[2] or '0'), now}",
+     "a publish one window refuses still counts in the user's window"),
     ("transition-any-status", "session_transition",
      "if ARGV[2] ~= '*' and not string.find(",
      "if false and not string.find(",
@@ -94,7 +115,7 @@ MUTANTS = [
      "if false then",
      "a transition is never announced to members"),
     ("refresh-silent-sweep", "presence_refresh",
-     "    redis.call('PUBLISH', KEYS[3], '\\146\\3' .. info)",
+     "    redis.call('SPUBLISH', KEYS[3], '\\146\\3' .. info)",
      "    local _ = info",
      "members of a dead node are swept without a leave"),
     ("refresh-no-missing", "presence_refresh",

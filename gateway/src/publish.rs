@@ -1,7 +1,8 @@
 //! The one publish path, for every surface (a WebSocket `publish`, REST
 //! `POST /sessions/{id}/messages`): encode the entry, run `publish.lua` (store, number,
-//! fan out, atomically), and put a session the publish created or reactivated under the
-//! lifecycle clock. Callers own what differs: their limits, their reply, their activity
+//! fan out, atomically; behind the caller's sliding-window limits in the same script
+//! where Redis allows), and put a session the publish created or reactivated under the
+//! lifecycle clock. Callers own what differs: which limits, their reply, their activity
 //! bookkeeping.
 //!
 //! Also owns the cross-slot index writes that follow writes (`touch_indexes_later`): off
@@ -16,7 +17,8 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::envelope::encode_entry_tail;
-use crate::store::{Published, StoreError};
+use crate::ratelimit::Decision;
+use crate::store::{Limit, Published, StoreError};
 use crate::util::now_ms;
 use crate::App;
 
@@ -28,15 +30,19 @@ pub(crate) enum PublishError {
     Data(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// One of the caller's limits refused it: nothing was stored or counted.
+    #[error("rate limited ({})", .0.scope.name())]
+    Limited(Decision),
 }
 
-/// Stores and fans out one message in `session`. The message is in history if and only if
-/// this returns `Ok`, and then its seq is final.
+/// Stores and fans out one message in `session` if every one of `limits` admits it. The
+/// message is in history if and only if this returns `Ok`, and then its seq is final.
 pub(crate) async fn publish_message(
     app: &Arc<App>,
     session: &str,
     from: &From,
     data: &Value,
+    limits: &[Limit<'_>],
 ) -> Result<Published, PublishError> {
     let now = now_ms();
     let tail = encode_entry_tail(now, from, data).map_err(|e| PublishError::Data(e.to_string()))?;
@@ -44,11 +50,12 @@ pub(crate) async fn publish_message(
     let published = async {
         let traceparent = crate::telemetry::current_traceparent();
         app.store
-            .publish(session, tail, now, traceparent.as_deref())
+            .publish_limited(session, tail, now, traceparent.as_deref(), limits)
             .await
     }
     .instrument(span)
-    .await?;
+    .await?
+    .map_err(PublishError::Limited)?;
     if let Some(due) = crate::lifecycle::due_after_publish(&app.config, &published, now) {
         touch_indexes_later(app, session, None, Some(due), true);
     }

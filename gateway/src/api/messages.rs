@@ -103,11 +103,19 @@ pub(crate) async fn publish(
         role: Role::Controller,
         name: sender.name,
     };
-    let published = publish_message(&app, &id, &from, &body.data)
+    // REST publishes are limited per request (the `api` scope, in the middleware).
+    let published = publish_message(&app, &id, &from, &body.data, &[])
         .await
         .map_err(|e| match e {
             PublishError::Data(e) => ApiError::bad_request(e),
             PublishError::Store(e) => e.into(),
+            PublishError::Limited(d) => {
+                tracing::error!(
+                    scope = d.scope.name(),
+                    "a publish without limits was limited"
+                );
+                ApiError::internal()
+            }
         })?;
     // Server publishes are activity in the session index too (a WebSocket member's
     // activity is recorded, throttled, through its connection).

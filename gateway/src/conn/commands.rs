@@ -12,9 +12,9 @@ use crate::ids::{valid_id, SessionId};
 use crate::metrics as m;
 use crate::publish::{publish_message, touch_indexes_later, PublishError};
 use crate::ratelimit as limits;
-use crate::ratelimit::Scope;
+use crate::ratelimit::{Decision, Scope};
 use crate::session::{Join, JoinError, Since};
-use crate::store::StoreError;
+use crate::store::{Limit, StoreError};
 use crate::util::now_ms;
 
 use super::{Connection, Failure, Joined, MAX_SESSIONS_PER_CONNECTION};
@@ -52,15 +52,27 @@ impl Connection {
             } => {
                 let started = std::time::Instant::now();
                 let from = self.writer_in(&session)?;
-                self.publish_allowed().await?;
-                let published = publish_message(&self.app, &session, &from, &data)
+                let limits = self.publish_limits();
+                let published = publish_message(&self.app, &session, &from, &data, &limits)
                     .await
                     .map_err(|e| match e {
                         PublishError::Data(e) => Failure::new(
                             ErrorCode::BadRequest,
                             format!("data cannot be stored: {e}"),
                         ),
-                        PublishError::Store(e) => Failure::from_store(e),
+                        PublishError::Limited(d) => {
+                            m::rate_limited(d.scope.name());
+                            publish_refusal(&d)
+                        }
+                        PublishError::Store(e) => {
+                            if matches!(e, StoreError::Unavailable(_)) {
+                                // Fails closed: when Redis cannot count, it cannot store.
+                                for l in &limits {
+                                    m::rate_limit_unavailable(l.scope.name());
+                                }
+                            }
+                            Failure::from_store(e)
+                        }
                     })?;
                 m::publish_duration(started.elapsed());
                 self.client.send(&ServerFrame::Ack {
@@ -296,37 +308,23 @@ impl Connection {
         Ok(())
     }
 
-    /// Counts a publish against the user's and the address's windows. Fails closed: when
-    /// Redis cannot answer, the publish could not be stored either.
-    async fn publish_allowed(&self) -> Result<(), Failure> {
-        let (user, ip) = tokio::join!(
-            limits::check_closed(&self.app, Scope::Publish, &self.identity.user),
-            limits::check_closed(&self.app, Scope::PublishIp, &self.ip),
-        );
-        for decision in [user, ip] {
-            match decision {
-                Ok(Some(d)) if !d.admitted => {
-                    return Err(Failure {
-                        retry_after_ms: Some(d.retry_after().as_millis() as u64),
-                        ..Failure::new(
-                            ErrorCode::RateLimited,
-                            format!(
-                                "at most {} publishes per {}s ({})",
-                                d.limit,
-                                d.window.as_secs().max(1),
-                                d.scope.name()
-                            ),
-                        )
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "publish refused");
-                    return Err(Failure::unavailable("storage unavailable, retry later"));
-                }
-            }
-        }
-        Ok(())
+    /// The windows a publish is counted against: the user's and the address's, those
+    /// that are on. They are checked with the publish itself (`Store::publish_limited`)
+    /// and fail closed: when Redis cannot answer, the publish could not be stored either.
+    fn publish_limits(&self) -> Vec<Limit<'_>> {
+        let config = &self.app.config;
+        [
+            (Scope::Publish, self.identity.user.as_str()),
+            (Scope::PublishIp, self.ip.as_str()),
+        ]
+        .into_iter()
+        .map(|(scope, key)| Limit {
+            scope,
+            key,
+            rate: scope.rate(config),
+        })
+        .filter(|l| !l.rate.is_disabled())
+        .collect()
     }
 
     /// Takes a token for a `signal` or `typing` frame.
@@ -435,4 +433,20 @@ fn not_joined(session: &str) -> Failure {
         ErrorCode::NotJoined,
         format!("not joined to session `{shown}`"),
     )
+}
+
+/// The `rate_limited` error for a publish a window refused.
+fn publish_refusal(d: &Decision) -> Failure {
+    Failure {
+        retry_after_ms: Some(d.retry_after().as_millis() as u64),
+        ..Failure::new(
+            ErrorCode::RateLimited,
+            format!(
+                "at most {} publishes per {}s ({})",
+                d.limit,
+                d.window.as_secs().max(1),
+                d.scope.name()
+            ),
+        )
+    }
 }

@@ -31,9 +31,10 @@ use fred::types::scripts::Script;
 use fred::types::{Builder, Value};
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, Rate};
 use crate::keys::{bucket_of, Keys, INDEX_BUCKETS};
 use crate::metrics as m;
+use crate::ratelimit::{Decision, Scope};
 
 /// Why a Redis operation failed, as the rest of the gateway needs to know it.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,8 @@ impl From<fred::error::Error> for StoreError {
 /// The Lua scripts, compiled into the binary.
 struct Scripts {
     publish: Script,
+    /// `publish_limits.lua` in front of `publish.lua`: the limits and the publish as one.
+    publish_limited: Script,
     join: Script,
     leave: Script,
     presence_refresh: Script,
@@ -97,6 +100,10 @@ impl Scripts {
     fn new() -> Self {
         Scripts {
             publish: Script::from_lua(include_str!("../../../redis/publish.lua")),
+            publish_limited: Script::from_lua(concat!(
+                include_str!("../../../redis/publish_limits.lua"),
+                include_str!("../../../redis/publish.lua")
+            )),
             join: Script::from_lua(include_str!("../../../redis/join.lua")),
             leave: Script::from_lua(include_str!("../../../redis/leave.lua")),
             presence_refresh: Script::from_lua(include_str!("../../../redis/presence_refresh.lua")),
@@ -129,6 +136,14 @@ pub struct Published {
     pub reactivated: bool,
     /// The session did not exist and this publish created it.
     pub created: bool,
+}
+
+/// One sliding-window limit a publish is counted against: `scope`'s log for `key`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit<'a> {
+    pub scope: Scope,
+    pub key: &'a str,
+    pub rate: Rate,
 }
 
 /// What `join.lua` answers.
@@ -222,12 +237,13 @@ pub struct Store {
     /// with `Unavailable` instead of waiting out its timeout and retries: a client learns
     /// of an outage the gateway already knows about in microseconds, not seconds.
     reachable: AtomicBool,
+    /// Redis Cluster: keys of different slots cannot meet in one script.
+    clustered: bool,
 }
 
 impl Store {
     pub fn new(pool: Pool, config: &Config) -> Self {
         Store {
-            pool,
             keys: Keys::new(&config.key_prefix),
             scripts: Scripts::new(),
             history_size: config.history_size,
@@ -237,6 +253,8 @@ impl Store {
             wait_replicas: i64::from(config.redis_wait_replicas),
             wait_timeout_ms: config.redis_wait_timeout.as_millis() as i64,
             reachable: AtomicBool::new(true),
+            clustered: pool.next().is_clustered(),
+            pool,
         }
     }
 
@@ -307,30 +325,72 @@ impl Store {
         now_ms: u64,
         traceparent: Option<&str>,
     ) -> Result<Published, StoreError> {
+        match self
+            .publish_limited(session, tail, now_ms, traceparent, &[])
+            .await?
+        {
+            Ok(published) => Ok(published),
+            Err(_) => Err(StoreError::Internal(
+                "a publish without limits was refused by one".into(),
+            )),
+        }
+    }
+
+    /// [`Store::publish`] counted against sliding-window `limits` first: `Ok(Err(d))` when
+    /// `d` refused it (then nothing was stored, and no other log counted it). Where every
+    /// key is on one node the limits and the publish are one script
+    /// (`publish_limits.lua` + `publish.lua`); on a Cluster the logs are checked first,
+    /// concurrently, with `ratelimit.lua`.
+    pub async fn publish_limited(
+        &self,
+        session: &str,
+        tail: Vec<u8>,
+        now_ms: u64,
+        traceparent: Option<&str>,
+        limits: &[Limit<'_>],
+    ) -> Result<Result<Published, Decision>, StoreError> {
         let trace = match traceparent {
             Some(tp) => rmp_serde::to_vec(tp).map_err(|e| StoreError::Internal(e.to_string()))?,
             None => Vec::new(),
         };
+        let folded = if self.clustered { &[][..] } else { limits };
+        if self.clustered && !limits.is_empty() {
+            let checks = limits
+                .iter()
+                .map(|l| self.rate_check(l.scope, l.key, l.rate));
+            for decision in futures_util::future::join_all(checks).await {
+                let decision = decision?;
+                if !decision.admitted {
+                    return Ok(Err(decision));
+                }
+            }
+        }
         let k = self.keys.session(session);
+        let mut keys = vec![k.seq, k.hist, k.meta, k.channel];
+        let mut args: Vec<Value> = vec![
+            Value::Bytes(tail.into()),
+            self.history_size.into(),
+            (self.ttl_ms as i64).into(),
+            (now_ms as i64).into(),
+            Value::Bytes(trace.into()),
+            ((now_ms + self.max_lifetime_ms) as i64).into(),
+            (TOMBSTONE.as_millis() as i64).into(),
+        ];
+        for l in folded {
+            keys.push(self.keys.rate_limit(l.scope.name(), l.key));
+            args.push((l.rate.window.as_millis() as i64).into());
+            args.push(i64::from(l.rate.count).into());
+            args.push(crate::util::random_id(12).into());
+        }
+        let (name, script) = if folded.is_empty() {
+            ("publish", &self.scripts.publish)
+        } else {
+            ("publish_limited", &self.scripts.publish_limited)
+        };
         let client = self.client()?;
-        let reply = self
-            .eval_on(
-                client,
-                "publish",
-                &self.scripts.publish,
-                vec![k.seq, k.hist, k.meta, k.channel],
-                vec![
-                    Value::Bytes(tail.into()),
-                    self.history_size.into(),
-                    (self.ttl_ms as i64).into(),
-                    (now_ms as i64).into(),
-                    Value::Bytes(trace.into()),
-                    ((now_ms + self.max_lifetime_ms) as i64).into(),
-                    (TOMBSTONE.as_millis() as i64).into(),
-                ],
-            )
-            .await?;
-        // {seq, reactivated, created} on success; a bare -1/-2 on refusal.
+        let reply = self.eval_on(client, name, script, keys, args).await?;
+        // {seq, reactivated, created} on success; a bare -1/-2 when the session is ended or
+        // resolved; {-3, log, count, oldest, now} when a limit refused it.
         let parts: Vec<i64> = match reply {
             Value::Array(values) => values.iter().filter_map(Value::as_i64).collect(),
             other => other.as_i64().into_iter().collect(),
@@ -338,13 +398,29 @@ impl Store {
         match parts[..] {
             [-1] => Err(StoreError::SessionEnded),
             [-2] => Err(StoreError::SessionResolved),
+            [-3, which, count, oldest, now] => {
+                let limit = usize::try_from(which - 1)
+                    .ok()
+                    .and_then(|i| folded.get(i))
+                    .ok_or_else(|| {
+                        StoreError::Internal(format!("publish_limits.lua named log {which}"))
+                    })?;
+                Ok(Err(Decision::from_log(
+                    limit.scope,
+                    limit.rate,
+                    false,
+                    count.max(0) as u64,
+                    oldest.max(0) as u64,
+                    now.max(0) as u64,
+                )))
+            }
             [seq, reactivated, created] if seq > 0 => {
                 self.confirm_replicated(client, session).await?;
-                Ok(Published {
+                Ok(Ok(Published {
                     seq: seq as u64,
                     reactivated: reactivated == 1,
                     created: created == 1,
-                })
+                }))
             }
             _ => Err(StoreError::Internal(format!(
                 "publish.lua answered {parts:?}"

@@ -400,3 +400,81 @@ async fn presence_lists_only_members_whose_expiry_is_still_ahead() {
     let members = store.presence_members("room", now).await.unwrap();
     assert_eq!(members, [bytes::Bytes::from_static(b"alive-info")]);
 }
+
+/// A limited publish is stored only while every window has room; the first full window
+/// refuses it with its decision and nothing is stored. Where the limits and the publish
+/// are one script (not on a Cluster), a refusal counts in no window either.
+#[tokio::test]
+async fn a_limited_publish_is_stored_only_while_every_window_has_room() {
+    use super::Limit;
+    use crate::config::Rate;
+    use crate::ratelimit::Scope;
+
+    let redis = Redis::start();
+    let (store, _) = store(&redis).await;
+    let minute = Duration::from_secs(60);
+    let user = Limit {
+        scope: Scope::Publish,
+        key: "ann",
+        rate: Rate {
+            count: 3,
+            window: minute,
+        },
+    };
+    let ip = Limit {
+        scope: Scope::PublishIp,
+        key: "10.0.0.1",
+        rate: Rate {
+            count: 2,
+            window: minute,
+        },
+    };
+    let from = From {
+        client_id: "writer".into(),
+        user: "ann".into(),
+        role: Role::Controller,
+        name: None,
+    };
+    let attempt = |limits: Vec<Limit<'static>>| {
+        let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!("x")).unwrap();
+        let store = &store;
+        async move {
+            store
+                .publish_limited("room", tail, now_ms(), None, &limits)
+                .await
+                .unwrap()
+        }
+    };
+    for seq in 1..=2 {
+        assert_eq!(attempt(vec![user, ip]).await.unwrap().seq, seq);
+    }
+    let refused = attempt(vec![user, ip]).await.unwrap_err();
+    assert_eq!(refused.scope, Scope::PublishIp);
+    assert!(!refused.admitted);
+    assert_eq!((refused.limit, refused.remaining), (2, 0));
+    assert!(
+        Duration::ZERO < refused.reset && refused.reset <= minute,
+        "{refused:?}"
+    );
+    let (seq, stored) = store.history_since("room", 0).await.unwrap();
+    assert_eq!(
+        (seq, stored.len()),
+        (2, 2),
+        "the refused publish stored nothing"
+    );
+    let count =
+        |l: &Limit| int(redis.cmd(&["ZCARD", &store.keys().rate_limit(l.scope.name(), l.key)]));
+    assert_eq!(count(&ip), 2);
+    let user_counted = if redis.is_cluster() { 3 } else { 2 };
+    assert_eq!(count(&user), user_counted);
+
+    // The user's own window then refuses, naming its scope.
+    let mut last = 2;
+    if user_counted == 2 {
+        last = attempt(vec![user]).await.unwrap().seq;
+        assert_eq!(last, 3);
+    }
+    let refused = attempt(vec![user]).await.unwrap_err();
+    assert_eq!((refused.scope, refused.limit), (Scope::Publish, 3));
+    assert_eq!(store.history_since("room", 0).await.unwrap().0, last);
+}
