@@ -4,7 +4,7 @@
 # pid at the end. Results go to bench/ (BENCH_OUT overrides) as JSON, one file per run,
 # plus a summary per scenario.
 #
-#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|micro|lifecycle|silent|all]...
+#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|micro|lifecycle|silent|all]...
 #
 # Knobs (environment): BENCH_DURATION (publishing time per fan-out step, default 15s),
 # BENCH_RATES (per-session rates tried by the fan-out search), BENCH_IDLE_PER_NODE
@@ -280,7 +280,8 @@ scenario_publish_path() {
   local sha tail now
   sha=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "$(cat redis/publish.lua)")
   # An entry tail of the size the gateway sends for a 64-byte payload (the script only
-  # concatenates it).
+  # concatenates it). The arguments are publish.lua's seven: with one missing the script
+  # fails half-way, and redis-benchmark counts errors as requests.
   tail=$(python3 -c 'print("x" * 120)')
   now=$(date +%s%3N)
   # Without pipelining (one command per connection per round trip) and with 16 in flight
@@ -291,7 +292,7 @@ scenario_publish_path() {
     redis-benchmark -p "$REDIS_PORT" -c "$concurrency" -n "$n" -r 100 -P "$depth" --csv \
       EVALSHA "$sha" 4 'rc:{s:rb-__rand_int__}:seq' 'rc:{s:rb-__rand_int__}:hist' \
       'rc:{s:rb-__rand_int__}:meta' 'rc:{s:rb-__rand_int__}:ch' \
-      "$tail" 100 86400000 "$now" '' $((now + 86400000)) >"$WORK/redis-benchmark-P$depth.csv"
+      "$tail" 100 86400000 "$now" '' $((now + 86400000)) 3600000 >"$WORK/redis-benchmark-P$depth.csv"
     cat "$WORK/redis-benchmark-P$depth.csv" >&2
   done
   python3 scripts/bench_report.py publish-path "$WORK/publish-path.json" \
@@ -525,6 +526,47 @@ scenario_compare() {
   python3 scripts/bench_report.py compare-markdown "$OUT" >&2
 }
 
+# --- profiles: where the CPU goes under fan-out (issue 15) -------------------------------
+# perf record -g (999 Hz, 8 s) of one gateway and of Redis, then of the floor peer, during
+# the fan-out load at PROFILE_RATE msg/s per session; stacks folded into
+# bench/profile-<process>.folded (any flame-graph renderer reads them) and a summary of
+# the heaviest frames in bench/profile-<process>.txt (scripts/perf_fold.py).
+profile_pids() {
+  local name=$1 pid=$2
+  perf record -F 999 -g -o "$WORK/perf-$name.data" -p "$pid" -- sleep 8 >/dev/null 2>&1
+  perf script -i "$WORK/perf-$name.data" 2>/dev/null | python3 scripts/perf_fold.py fold >"$OUT/profile-$name.folded"
+  python3 scripts/perf_fold.py top "$OUT/profile-$name.folded" 30 >"$OUT/profile-$name.txt"
+}
+
+scenario_profile() {
+  if ! command -v perf >/dev/null; then
+    echo "bench: profiles need perf (apt-get install -y linux-perf)" >&2
+    return 1
+  fi
+  local rate=${PROFILE_RATE:-40} server
+  for server in roomcast floor; do
+    fresh
+    if [[ $server == roomcast ]]; then start_gateway && start_gateway; else start_floor; fi
+    rm -f "$WORK/profile.started"
+    log "profile $server: fan-out at $rate msg/s per session"
+    # shellcheck disable=SC2046
+    "$LT" $(urls json) --secret "$SECRET" --sessions 100 --displays 10 --rate "$rate" \
+      --payload 64 --duration 14s --ramp 2s --prefix "prof$server" --progress false \
+      --started-file "$WORK/profile.started" --json "$OUT/profile-$server-loadtest.json" >&2 &
+    local lt=$!
+    wait_for "publishing" 60 test -e "$WORK/profile.started"
+    local first=${NODES[0]}
+    if [[ $server == roomcast ]]; then
+      profile_pids gateway "${first##*:}" &
+      profile_pids redis "$REDIS_PID"
+      wait
+    else
+      profile_pids floor "${first##*:}"
+    fi
+    wait "$lt" || true
+  done
+}
+
 # --- 7. the lifecycle clock at scale -----------------------------------------------------
 # BENCH_LIFECYCLE_SESSIONS idle sessions whose warnings and timeouts fall due evenly over
 # 20 s, three gateways running the clock: how late was each event, and was each announced
@@ -623,6 +665,7 @@ for s in "$@"; do
   cluster) scenario_cluster ;;
   peer) scenario_peer ;;
   compare) scenario_compare ;;
+  profile) scenario_profile ;;
   micro) scenario_micro ;;
   lifecycle) scenario_lifecycle ;;
   silent) scenario_silent ;;
@@ -641,7 +684,7 @@ for s in "$@"; do
     scenario_silent
     ;;
   *)
-    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|micro|lifecycle|silent|all]..." >&2
+    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|micro|lifecycle|silent|all]..." >&2
     exit 64
     ;;
   esac

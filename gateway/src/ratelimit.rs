@@ -199,47 +199,26 @@ pub(crate) static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Checks one scope for `key`, failing open: `None` when the scope is disabled or Redis
 /// did not answer (refusing everyone while Redis blinks would turn an outage of the
-/// limiter into an outage of the service).
+/// limiter into an outage of the service). Publishes fail closed instead: their windows
+/// are checked with the publish itself (`Store::publish_limited`).
 pub(crate) async fn check(app: &App, scope: Scope, key: &str) -> Option<Decision> {
-    match check_closed(app, scope, key).await {
-        Ok(decision) => decision,
+    let rate = scope.rate(&app.config);
+    if rate.is_disabled() {
+        return None;
+    }
+    match app.store.rate_check(scope, key, rate).await {
+        Ok(decision) => {
+            if !decision.admitted {
+                m::rate_limited(scope.name());
+            }
+            Some(decision)
+        }
         Err(e) => {
+            m::rate_limit_unavailable(scope.name());
             tracing::debug!(scope = scope.name(), error = %e, "rate limit check skipped (fail open)");
             None
         }
     }
-}
-
-/// Redis did not answer a rate-limit check.
-#[derive(Debug)]
-pub(crate) struct LimiterUnavailable(String);
-
-impl std::fmt::Display for LimiterUnavailable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rate limiter unavailable: {}", self.0)
-    }
-}
-
-/// Checks one scope for `key`, failing closed: an error when Redis did not answer, for
-/// writes that need Redis anyway (a publish that cannot be counted cannot be stored).
-/// `None` when the scope is disabled.
-pub(crate) async fn check_closed(
-    app: &App,
-    scope: Scope,
-    key: &str,
-) -> Result<Option<Decision>, LimiterUnavailable> {
-    let rate = scope.rate(&app.config);
-    if rate.is_disabled() {
-        return Ok(None);
-    }
-    let decision = app.store.rate_check(scope, key, rate).await.map_err(|e| {
-        m::rate_limit_unavailable(scope.name());
-        LimiterUnavailable(e.to_string())
-    })?;
-    if !decision.admitted {
-        m::rate_limited(scope.name());
-    }
-    Ok(Some(decision))
 }
 
 /// Adds the IETF headers of a decision to a response.

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Folds `perf script` output into flame-graph stacks, and summarises them.
+
+    perf script -i perf.data | scripts/perf_fold.py fold > stacks.folded
+    scripts/perf_fold.py top stacks.folded [N]
+
+`fold` writes one line per distinct stack, root first, frames joined by `;`, then its
+sample count: the input of any flame-graph renderer (inferno, flamegraph.pl,
+speedscope). `top` prints the frames with the most samples on the stack (inclusive) and
+at the leaf (exclusive), as shares of all samples: what BENCHMARKS.md quotes.
+"""
+
+import collections
+import re
+import sys
+
+FRAME = re.compile(r"^\s*[0-9a-f]+\s+(.+?)\s+\((.*)\)\s*$")
+
+
+def clean(symbol, dso):
+    symbol = re.sub(r"\+0x[0-9a-f]+$", "", symbol)
+    if symbol == "[unknown]":
+        symbol = f"[{dso.rsplit('/', 1)[-1]}]"
+    return symbol.replace(";", ":")
+
+
+def fold(lines):
+    stacks = collections.Counter()
+    comm, frames = None, []
+
+    def flush():
+        if comm is not None and frames:
+            stacks[";".join([comm] + frames[::-1])] += 1
+
+    for line in lines:
+        if not line.strip():
+            flush()
+            comm, frames = None, []
+        elif not line.startswith((" ", "\t")):
+            flush()
+            comm, frames = line.split()[0], []
+        else:
+            m = FRAME.match(line)
+            if m:
+                frames.append(clean(m.group(1), m.group(2)))
+    flush()
+    return stacks
+
+
+def top(path, n):
+    inclusive, exclusive, total = collections.Counter(), collections.Counter(), 0
+    with open(path) as f:
+        for line in f:
+            stack, count = line.rsplit(" ", 1)
+            count = int(count)
+            total += count
+            frames = stack.split(";")[1:]
+            for frame in set(frames):
+                inclusive[frame] += count
+            if frames:
+                exclusive[frames[-1]] += count
+    print(f"{total} samples")
+    print("inclusive (on the stack):")
+    for frame, c in inclusive.most_common(n):
+        print(f"  {100 * c / total:5.1f} %  {frame}")
+    print("exclusive (at the leaf):")
+    for frame, c in exclusive.most_common(n):
+        print(f"  {100 * c / total:5.1f} %  {frame}")
+
+
+def main():
+    if len(sys.argv) >= 2 and sys.argv[1] == "fold":
+        for stack, count in sorted(fold(sys.stdin).items()):
+            print(f"{stack} {count}")
+    elif len(sys.argv) >= 3 and sys.argv[1] == "top":
+        top(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 25)
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
