@@ -9,8 +9,9 @@
 # Knobs (environment): BENCH_DURATION (publishing time per fan-out step, default 15s),
 # BENCH_RATES (per-session rates tried by the fan-out search), BENCH_IDLE_PER_NODE
 # (default 15000), BENCH_STORM_CLIENTS (default 10000), BENCH_LIFECYCLE_SESSIONS (default
-# 100000), BENCH_COMPARE_RATES (default "20 40") and BENCH_PINNED_RATES (the pinned search's
-# steps). GATEWAY_ENV adds variables to the gateways a scenario starts.
+# 100000), BENCH_COMPARE_RATES (default "20 40"; empty: skip), BENCH_PINNED_RATES (the
+# pinned search's steps; empty: skip) and BENCH_COMPARE_SERVERS (default "floor roomcast
+# socketio"). GATEWAY_ENV adds variables to the gateways a scenario starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +24,9 @@ IDLE_PER_NODE="${BENCH_IDLE_PER_NODE:-15000}"
 STORM_CLIENTS="${BENCH_STORM_CLIENTS:-10000}"
 LT=target/release/loadtest
 FLOOR=target/release/floor
-COMPARE_RATES="${BENCH_COMPARE_RATES:-20 40}"
-PINNED_RATES="${BENCH_PINNED_RATES:-10 20 30 40 50 60 80 100 120}"
+COMPARE_RATES="${BENCH_COMPARE_RATES-20 40}"
+PINNED_RATES="${BENCH_PINNED_RATES-2.5 5 10 20 30 40 50 60 80 100 120}"
+COMPARE_SERVERS="${BENCH_COMPARE_SERVERS:-floor roomcast socketio}"
 # Command prefixes: the pinned comparison puts the servers and Redis on one core
 # (SERVER_PIN) and the load generator on the other (LT_PIN).
 SERVER_PIN=()
@@ -484,7 +486,9 @@ scenario_peer() {
 compare_servers() {
   local prefix=$1 server rate file verdict
   shift
-  for server in floor roomcast socketio; do
+  [[ $# -gt 0 ]] || return 0
+  for server in $COMPARE_SERVERS; do
+    rm -f "$OUT/fanout-$prefix-$server"-*.json*
     fresh
     case $server in
     floor) start_floor ;;
@@ -508,7 +512,6 @@ scenario_compare() {
     return 1
   fi
   (cd loadtest/peers/socketio && npm ci --silent --no-audit --no-fund)
-  rm -f "$OUT"/fanout-compare-*.json* "$OUT"/fanout-pinned-*.json*
   # shellcheck disable=SC2086
   compare_servers compare $COMPARE_RATES
   if [[ $(nproc) -ge 2 ]] && command -v taskset >/dev/null; then
@@ -558,8 +561,10 @@ scenario_profile() {
     local first=${NODES[0]}
     if [[ $server == roomcast ]]; then
       profile_pids gateway "${first##*:}" &
+      local gateway_profile=$!
       profile_pids redis "$REDIS_PID"
-      wait
+      # Not a bare `wait`: that would wait for the servers too.
+      wait "$gateway_profile"
     else
       profile_pids floor "${first##*:}"
     fi
