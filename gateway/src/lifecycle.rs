@@ -75,8 +75,9 @@ pub(crate) async fn sweeper(app: Arc<App>) {
             _ = tick.tick() => {}
         }
         // The listing index needs pruning rarely; the clock runs every tick.
-        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-            last_prune = Some(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        if prune_due(last_prune, now) {
+            last_prune = Some(now);
             if let Err(e) = prune(&app).await {
                 tracing::debug!(error = %e, "session index prune failed");
             }
@@ -90,7 +91,7 @@ pub(crate) async fn sweeper(app: Arc<App>) {
         // Every bucket each tick, starting at a different one each time so that a tick
         // cut short by the budget does not always starve the same buckets.
         let first = round;
-        round = (round + 1) % INDEX_BUCKETS;
+        round = next_round(round);
         for offset in 0..INDEX_BUCKETS {
             let bucket = (first + offset) % INDEX_BUCKETS;
             loop {
@@ -109,6 +110,20 @@ pub(crate) async fn sweeper(app: Arc<App>) {
             }
         }
     }
+}
+
+/// How often the listing index is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether the listing index is due a prune: on the first tick, then every
+/// [`PRUNE_EVERY`].
+fn prune_due(last: Option<std::time::Instant>, now: std::time::Instant) -> bool {
+    last.is_none_or(|t| now.duration_since(t) >= PRUNE_EVERY)
+}
+
+/// The bucket the next tick starts at: each in turn.
+fn next_round(round: u16) -> u16 {
+    (round + 1) % INDEX_BUCKETS
 }
 
 /// Drops sessions idle past both their history and their lifetime (their keys are gone)
@@ -175,8 +190,9 @@ mod tests {
 
     use std::time::Duration;
 
-    use super::{due_after_publish, first_due, period};
+    use super::{due_after_publish, first_due, next_round, period, prune_due, PRUNE_EVERY};
     use crate::config::Config;
+    use crate::keys::INDEX_BUCKETS;
     use crate::store::Published;
 
     #[test]
@@ -221,5 +237,26 @@ mod tests {
             due_after_publish(&config, &published(false, false), now),
             None
         );
+    }
+
+    #[test]
+    fn the_index_is_pruned_on_the_first_tick_then_once_a_minute() {
+        let start = std::time::Instant::now();
+        assert!(prune_due(None, start));
+        assert!(!prune_due(Some(start), start));
+        assert!(!prune_due(
+            Some(start),
+            start + PRUNE_EVERY - Duration::from_millis(1)
+        ));
+        assert!(prune_due(Some(start), start + PRUNE_EVERY));
+    }
+
+    #[test]
+    fn each_tick_starts_at_the_next_bucket_and_wraps() {
+        let order: Vec<u16> = std::iter::successors(Some(0), |&r| Some(next_round(r)))
+            .take(usize::from(INDEX_BUCKETS) + 1)
+            .collect();
+        let want: Vec<u16> = (0..INDEX_BUCKETS).chain([0]).collect();
+        assert_eq!(order, want);
     }
 }
