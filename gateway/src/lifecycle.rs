@@ -92,8 +92,7 @@ pub(crate) async fn sweeper(app: Arc<App>) {
         // cut short by the budget does not always starve the same buckets.
         let first = round;
         round = next_round(round);
-        for offset in 0..INDEX_BUCKETS {
-            let bucket = (first + offset) % INDEX_BUCKETS;
+        for bucket in tick_buckets(first) {
             loop {
                 match sweep_due(&app, bucket).await {
                     // A full batch means more may be due: keep going within the budget.
@@ -124,6 +123,11 @@ fn prune_due(last: Option<std::time::Instant>, now: std::time::Instant) -> bool 
 /// The bucket the next tick starts at: each in turn.
 fn next_round(round: u16) -> u16 {
     (round + 1) % INDEX_BUCKETS
+}
+
+/// The buckets one tick visits: every one, once, from `first` on.
+fn tick_buckets(first: u16) -> impl Iterator<Item = u16> {
+    (0..INDEX_BUCKETS).map(move |offset| (first + offset) % INDEX_BUCKETS)
 }
 
 /// Drops sessions idle past both their history and their lifetime (their keys are gone)
@@ -190,7 +194,9 @@ mod tests {
 
     use std::time::Duration;
 
-    use super::{due_after_publish, first_due, next_round, period, prune_due, PRUNE_EVERY};
+    use super::{
+        due_after_publish, first_due, next_round, period, prune_due, tick_buckets, PRUNE_EVERY,
+    };
     use crate::config::Config;
     use crate::keys::INDEX_BUCKETS;
     use crate::store::Published;
@@ -258,5 +264,20 @@ mod tests {
             .collect();
         let want: Vec<u16> = (0..INDEX_BUCKETS).chain([0]).collect();
         assert_eq!(order, want);
+    }
+
+    #[test]
+    fn a_tick_visits_every_bucket_once_from_its_first() {
+        for first in [0, 1, 2, INDEX_BUCKETS - 1] {
+            let visited: Vec<u16> = tick_buckets(first).collect();
+            assert_eq!(visited[0], first);
+            let mut sorted = visited.clone();
+            sorted.sort_unstable();
+            assert_eq!(
+                sorted,
+                (0..INDEX_BUCKETS).collect::<Vec<_>>(),
+                "from {first}"
+            );
+        }
     }
 }
