@@ -96,7 +96,7 @@ pub(crate) async fn sweeper(app: Arc<App>) {
             loop {
                 match sweep_due(&app, bucket).await {
                     // A full batch means more may be due: keep going within the budget.
-                    Ok(n) if n == BATCH && started.elapsed() < TICK_BUDGET => continue,
+                    Ok(n) if more_this_tick(n, started.elapsed()) => continue,
                     Ok(_) => break,
                     Err(e) => {
                         tracing::debug!(error = %e, "lifecycle sweep failed");
@@ -123,6 +123,12 @@ fn prune_due(last: Option<std::time::Instant>, now: std::time::Instant) -> bool 
 /// The bucket the next tick starts at: each in turn.
 fn next_round(round: u16) -> u16 {
     (round + 1) % INDEX_BUCKETS
+}
+
+/// Whether a bucket whose last claim leased `leased` sessions is claimed again in this
+/// tick, `elapsed` into it: a full batch means more may be due, within the budget.
+fn more_this_tick(leased: usize, elapsed: Duration) -> bool {
+    leased == BATCH && elapsed < TICK_BUDGET
 }
 
 /// The buckets one tick visits: every one, once, from `first` on.
@@ -195,7 +201,8 @@ mod tests {
     use std::time::Duration;
 
     use super::{
-        due_after_publish, first_due, next_round, period, prune_due, tick_buckets, PRUNE_EVERY,
+        due_after_publish, first_due, more_this_tick, next_round, period, prune_due, tick_buckets,
+        BATCH, PRUNE_EVERY, TICK_BUDGET,
     };
     use crate::config::Config;
     use crate::keys::INDEX_BUCKETS;
@@ -264,6 +271,19 @@ mod tests {
             .collect();
         let want: Vec<u16> = (0..INDEX_BUCKETS).chain([0]).collect();
         assert_eq!(order, want);
+    }
+
+    #[test]
+    fn a_full_batch_is_followed_by_another_claim_within_the_budget() {
+        let early = Duration::from_millis(10);
+        assert!(more_this_tick(BATCH, early));
+        assert!(!more_this_tick(BATCH - 1, early));
+        assert!(!more_this_tick(0, early));
+        assert!(!more_this_tick(BATCH, TICK_BUDGET));
+        assert!(more_this_tick(
+            BATCH,
+            TICK_BUDGET - Duration::from_millis(1)
+        ));
     }
 
     #[test]
