@@ -77,9 +77,12 @@ pub(crate) async fn sweeper(app: Arc<App>) {
         // The listing index needs pruning rarely; the clock runs every tick.
         let now = std::time::Instant::now();
         if prune_due(last_prune, now) {
-            last_prune = Some(now);
-            if let Err(e) = prune(&app).await {
-                tracing::debug!(error = %e, "session index prune failed");
+            // Counted only when done: the first tick runs before the first readiness PING
+            // (Redis counts as unreachable until then), and a failed prune must not wait a
+            // whole period for its next try.
+            match prune(&app).await {
+                Ok(()) => last_prune = Some(now),
+                Err(e) => tracing::debug!(error = %e, "session index prune failed"),
             }
         }
         match app.store.migrate_legacy_indexes().await {

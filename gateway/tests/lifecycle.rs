@@ -331,3 +331,33 @@ async fn implicit_creation_is_limited_and_can_be_switched_off() {
         );
     }
 }
+
+/// The listing index forgets sessions idle past both their history and their lifetime: a
+/// gateway's first tick prunes such entries from every bucket and keeps recent ones.
+#[tokio::test]
+async fn the_listing_index_forgets_sessions_idle_past_every_horizon() {
+    let redis = Redis::start();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    for bucket in ["rc:sessions:{b0}", "rc:sessions:{b9}"] {
+        redis.cmd(&["ZADD", bucket, "1", "ancient", &now, "recent"]);
+    }
+    let g = Gateway::start(&redis.url(), &[]);
+    g.wait_ready().await;
+    wait_for(DEADLINE, "the ancient entries pruned", || async {
+        ["rc:sessions:{b0}", "rc:sessions:{b9}"]
+            .iter()
+            .all(|b| redis.cmd(&["ZSCORE", b, "ancient"]).as_deref() == Some("$-1\r\n"))
+    })
+    .await;
+    for bucket in ["rc:sessions:{b0}", "rc:sessions:{b9}"] {
+        assert_eq!(
+            redis.cmd(&["ZSCORE", bucket, "recent"]).as_deref(),
+            Some(format!("${}\r\n{now}\r\n", now.len()).as_str()),
+            "{bucket} keeps a recent session"
+        );
+    }
+}
