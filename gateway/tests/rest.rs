@@ -792,6 +792,19 @@ async fn history_pages_walk_every_message_once_and_search_and_stats_agree() {
     .json();
     assert_eq!(all["messages"].as_array().map(Vec::len), Some(100));
     assert_eq!(all["next_before"], Value::Null, "{all}");
+    // `before=1` is the smallest seq: valid, and nothing is older.
+    let none = call(
+        a.addr,
+        "GET",
+        &format!("/api/v1/sessions/{id}/history?before=1"),
+        Some(API_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(none.status, 200, "{:?}", none.body);
+    let none = none.json();
+    assert_eq!(none["messages"], json!([]), "{none}");
+    assert_eq!(none["next_before"], Value::Null, "{none}");
     // `q` may be 200 characters long.
     let long = call(
         a.addr,
