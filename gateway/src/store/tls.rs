@@ -129,3 +129,25 @@ impl HostMapping for FixedName {
         Some(self.0.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use fred::types::config::HostMapping;
+
+    use super::FixedName;
+
+    /// With `ROOMCAST_REDIS_TLS_SERVER_NAME`, every cluster node, whatever address the
+    /// cluster announces for it, is verified against that one name.
+    #[test]
+    fn every_node_is_verified_against_the_configured_name() {
+        let name = FixedName("redis.internal".into());
+        for ip in [Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 0, 3, 7)] {
+            assert_eq!(
+                name.map(&IpAddr::V4(ip), "10.0.3.7").as_deref(),
+                Some("redis.internal")
+            );
+        }
+    }
+}
