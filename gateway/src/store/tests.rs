@@ -478,3 +478,30 @@ async fn a_limited_publish_is_stored_only_while_every_window_has_room() {
     assert_eq!((refused.scope, refused.limit), (Scope::Publish, 3));
     assert_eq!(store.history_since("room", 0).await.unwrap().0, last);
 }
+
+/// Sessions whose keys expired leave both indexes (listing and lifecycle); others stay.
+#[tokio::test]
+async fn forgotten_sessions_leave_both_indexes() {
+    use crate::keys::bucket_of;
+
+    let redis = Redis::start();
+    let (store, _) = store(&redis).await;
+    let keys = store.keys();
+    for id in ["gone-a", "gone-b", "kept"] {
+        let bucket = bucket_of(id);
+        redis.cmd(&["ZADD", &keys.sessions(bucket), "5", id]);
+        redis.cmd(&["ZADD", &keys.sessions_due(bucket), "5", id]);
+    }
+    store
+        .forget_sessions(&["gone-a".into(), "gone-b".into()])
+        .await
+        .unwrap();
+    for id in ["gone-a", "gone-b", "kept"] {
+        let bucket = bucket_of(id);
+        for index in [keys.sessions(bucket), keys.sessions_due(bucket)] {
+            let score = redis.cmd(&["ZSCORE", &index, id]);
+            let present = score.as_deref() != Some("$-1\r\n");
+            assert_eq!(present, id == "kept", "{id} in {index}: {score:?}");
+        }
+    }
+}
