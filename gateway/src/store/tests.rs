@@ -505,3 +505,52 @@ async fn forgotten_sessions_leave_both_indexes() {
         }
     }
 }
+
+/// What a client may retry (`Unavailable`: the connection, a cluster that is down, a
+/// Redis loading its data or busy with a script) and what it may not (`Internal`).
+#[test]
+fn redis_errors_are_classed_retryable_or_not() {
+    use fred::error::{Error, ErrorKind};
+
+    use super::StoreError;
+
+    let class = |kind: ErrorKind, details: &str| match StoreError::from(Error::new(
+        kind,
+        details.to_string(),
+    )) {
+        StoreError::Unavailable(_) => "unavailable",
+        StoreError::Internal(_) => "internal",
+        other => panic!("{other:?}"),
+    };
+    for kind in [
+        ErrorKind::IO,
+        ErrorKind::Timeout,
+        ErrorKind::Canceled,
+        ErrorKind::Routing,
+    ] {
+        assert_eq!(
+            class(kind.clone(), "connection reset"),
+            "unavailable",
+            "{kind:?}"
+        );
+    }
+    assert_eq!(
+        class(ErrorKind::Cluster, "CLUSTERDOWN The cluster is down"),
+        "unavailable"
+    );
+    assert_eq!(
+        class(ErrorKind::Cluster, "CROSSSLOT Keys in request"),
+        "internal"
+    );
+    for busy in [
+        "LOADING Redis is loading",
+        "BUSY Redis is busy running a script",
+    ] {
+        assert_eq!(class(ErrorKind::Unknown, busy), "unavailable", "{busy}");
+    }
+    assert_eq!(
+        class(ErrorKind::Unknown, "ERR user_script:1: oops"),
+        "internal"
+    );
+    assert_eq!(class(ErrorKind::Parse, "not a number"), "internal");
+}
