@@ -554,3 +554,20 @@ fn redis_errors_are_classed_retryable_or_not() {
     );
     assert_eq!(class(ErrorKind::Parse, "not a number"), "internal");
 }
+
+/// A Redis that stops answering is given up after twice the command timeout, checked
+/// every half of it (never more often than every 50 ms), so it is reconnected well
+/// before clients wait out their own retries.
+#[test]
+fn an_unresponsive_redis_is_dropped_after_twice_the_command_timeout() {
+    let config = Config::from_pairs(&[
+        ("redis-url", "redis://127.0.0.1:1"),
+        ("auth", "off"),
+        ("redis-timeout", "1s"),
+    ])
+    .unwrap();
+    let builder = redis_builder(&config, 32).unwrap();
+    let unresponsive = &builder.get_connection_config().unresponsive;
+    assert_eq!(unresponsive.max_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(unresponsive.interval, Duration::from_millis(500));
+}
