@@ -337,10 +337,11 @@ impl Store {
     }
 
     /// [`Store::publish`] counted against sliding-window `limits` first: `Ok(Err(d))` when
-    /// `d` refused it (then nothing was stored, and no other log counted it). Where every
-    /// key is on one node the limits and the publish are one script
-    /// (`publish_limits.lua` + `publish.lua`); on a Cluster the logs are checked first,
-    /// concurrently, with `ratelimit.lua`.
+    /// `d` refused it (then nothing was stored). Where every key is on one node the limits
+    /// and the publish are one script (`publish_limits.lua` + `publish.lua`), and a refusal
+    /// counts in no log; on a Cluster the logs are checked first, concurrently, with
+    /// `ratelimit.lua`, and a log that admitted has counted the attempt even when another
+    /// refused it.
     pub async fn publish_limited(
         &self,
         session: &str,
