@@ -237,7 +237,8 @@ pub struct Store {
     /// with `Unavailable` instead of waiting out its timeout and retries: a client learns
     /// of an outage the gateway already knows about in microseconds, not seconds.
     reachable: AtomicBool,
-    /// Redis Cluster: keys of different slots cannot meet in one script.
+    /// Redis Cluster: keys of different slots cannot meet in one script. (Tests set it on a
+    /// standalone Redis to run the Cluster path there.)
     clustered: bool,
 }
 
