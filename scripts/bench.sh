@@ -530,15 +530,27 @@ scenario_compare() {
 }
 
 # --- profiles: where the CPU goes under fan-out (issue 15) -------------------------------
-# perf record -g (999 Hz, 8 s) of one gateway and of Redis, then of the floor peer, during
+# perf record -g (999 Hz, 8 s; PROFILE_CALLGRAPH below) of one gateway and of Redis, then of the floor peer, during
 # the fan-out load at PROFILE_RATE msg/s per session; stacks folded into
 # bench/profile-<process>.folded (any flame-graph renderer reads them) and a summary of
 # the heaviest frames in bench/profile-<process>.txt (scripts/perf_fold.py).
+# PROFILE_CALLGRAPH=dwarf unwinds from DWARF at a lower rate (299 Hz): whole stacks through
+# code built without frame pointers, where the default (fp) cuts most stacks at the leaf.
+# Its stacks go to bench/profile-<process>-dwarf.folded.gz (10 times the size), with
+# bench/profile-<process>-dwarf-parts.txt: the share of each part of the gateway.
 profile_pids() {
-  local name=$1 pid=$2
-  perf record -F 999 -g -o "$WORK/perf-$name.data" -p "$pid" -- sleep 8 >/dev/null 2>&1
+  local name=$1 pid=$2 how=(-F 999 -g)
+  if [[ ${PROFILE_CALLGRAPH:-fp} == dwarf ]]; then
+    how=(-F 299 --call-graph dwarf,16384)
+    name=$name-dwarf
+  fi
+  perf record "${how[@]}" -o "$WORK/perf-$name.data" -p "$pid" -- sleep 8 >/dev/null 2>&1
   perf script -i "$WORK/perf-$name.data" 2>/dev/null | python3 scripts/perf_fold.py fold >"$OUT/profile-$name.folded"
   python3 scripts/perf_fold.py top "$OUT/profile-$name.folded" 30 >"$OUT/profile-$name.txt"
+  if [[ $name == *-dwarf ]]; then
+    python3 scripts/perf_fold.py parts "$OUT/profile-$name.folded" >"$OUT/profile-$name-parts.txt"
+    gzip -f "$OUT/profile-$name.folded"
+  fi
 }
 
 scenario_profile() {
