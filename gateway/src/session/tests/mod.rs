@@ -432,6 +432,22 @@ async fn catch_up_delivers_what_pubsub_lost_and_an_ended_session() {
     assert_eq!(frames.last(), Some(&Err(CloseCode::SessionEnded)));
 }
 
+/// After a Cluster slot moved, only the sessions on it catch up (`Pumps::catch_up`).
+#[tokio::test(start_paused = true)]
+async fn catch_up_of_one_session_delivers_what_pubsub_lost_there() {
+    let h = memory();
+    let display = Member::new("d");
+    h.join(&display, None).await.unwrap();
+    display.drain();
+    h.store.store_message("one");
+    h.store.store_message("two");
+    h.pumps.catch_up("elsewhere");
+    settle().await;
+    assert!(display.drain().is_empty(), "another session's catch-up");
+    h.pumps.catch_up(SESSION);
+    assert_eq!(display.seqs(2).await, vec![1, 2]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn joins_queued_together_run_as_one_batch() {
     let h = memory();
