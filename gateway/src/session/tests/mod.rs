@@ -690,6 +690,23 @@ async fn a_gap_gone_from_history_tells_the_members_behind_it_to_resync() {
     assert!(old.drain().is_empty(), "nothing after the close");
 }
 
+/// The gap is the newest message alone, and history no longer holds it: nothing after
+/// `last` is left to deliver, but the member missed one, so it is told to resync.
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_that_finds_the_newest_message_gone_tells_the_members_to_resync() {
+    let h = memory();
+    let old = Member::new("old");
+    h.join(&old, None).await.unwrap();
+    let one = h.store.store_message("one");
+    h.pumps.dispatch(SESSION, one);
+    assert_eq!(old.seqs(1).await, vec![1]);
+    h.store.store_message("two");
+    h.store.state().entries.retain(|e| e.seq != 2);
+    h.pumps.catch_up_all();
+    settle().await;
+    assert_eq!(old.drain(), vec![Err(CloseCode::Resync)]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn deliveries_are_counted_and_their_latency_recorded_in_seconds() {
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
