@@ -690,6 +690,32 @@ async fn a_gap_gone_from_history_tells_the_members_behind_it_to_resync() {
     assert!(old.drain().is_empty(), "nothing after the close");
 }
 
+/// A member that joined after the hole (its baseline past it) keeps its stream when the
+/// gap is found: only the members behind the hole resync.
+#[tokio::test(start_paused = true)]
+async fn a_member_that_joined_past_a_lost_gap_keeps_its_stream() {
+    let h = memory();
+    let old = Member::new("old");
+    h.join(&old, None).await.unwrap();
+    let one = h.store.store_message("one");
+    h.pumps.dispatch(SESSION, one);
+    assert_eq!(old.seqs(1).await, vec![1]);
+    for text in ["two", "three", "four"] {
+        h.store.store_message(text);
+    }
+    h.store.state().entries.retain(|e| e.seq > 4);
+    // Joins at 4 while this instance still thinks the session is at 1.
+    let late = Member::new("late");
+    h.join(&late, None).await.unwrap();
+    late.drain();
+    let five = h.store.store_message("five");
+    h.pumps.dispatch(SESSION, five);
+    assert_eq!(late.seqs(1).await, vec![5]);
+    settle().await;
+    assert_eq!(old.drain(), vec![Err(CloseCode::Resync)]);
+    assert!(late.drain().is_empty(), "late is not closed");
+}
+
 /// The gap is the newest message alone, and history no longer holds it: nothing after
 /// `last` is left to deliver, but the member missed one, so it is told to resync.
 #[tokio::test(start_paused = true)]
