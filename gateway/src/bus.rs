@@ -92,7 +92,7 @@ impl Bus {
         let connection = bus.subscriber.connect();
         let marker = app.clone();
         app.tracker.spawn(crate::keep_running(
-            app.clone(),
+            app.shutdown.clone(),
             bus.subscriber.clone(),
             connection,
             move || marker.bus.up.store(false, Ordering::Release),

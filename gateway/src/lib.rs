@@ -211,8 +211,12 @@ pub async fn run(
         .iter()
         .zip(app.store.pool().connect_pool())
     {
-        app.tracker
-            .spawn(keep_running(app.clone(), client.clone(), connection, || {}));
+        app.tracker.spawn(keep_running(
+            app.shutdown.clone(),
+            client.clone(),
+            connection,
+            || {},
+        ));
     }
     if tokio::time::timeout(wait, app.store.pool().wait_for_connect())
         .await
@@ -358,7 +362,7 @@ async fn close_clients(app: &App, stop: impl Fn() -> bool) {
 /// connecting it again makes it a blink instead. `stopped` runs first (the subscriber marks
 /// the bus down, so it resubscribes once connected).
 pub(crate) async fn keep_running<C, F>(
-    app: Arc<App>,
+    shutdown: CancellationToken,
     client: C,
     mut connection: fred::types::ConnectHandle,
     stopped: F,
@@ -368,10 +372,10 @@ pub(crate) async fn keep_running<C, F>(
 {
     loop {
         let ended = tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             ended = &mut connection => ended,
         };
-        if app.shutdown.is_cancelled() {
+        if shutdown.is_cancelled() {
             return;
         }
         let reason = match ended {
@@ -387,7 +391,7 @@ pub(crate) async fn keep_running<C, F>(
         metrics::redis_client_restart();
         stopped();
         tokio::select! {
-            _ = app.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
         connection = client.connect();
@@ -501,5 +505,53 @@ async fn monitor(app: Arc<App>) {
                 tracing::debug!(error = %e, "node connection count failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A Redis client whose connection task ended while the gateway runs is connected
+    /// again, after `stopped` ran; once the gateway shuts down, it is left alone.
+    #[tokio::test]
+    async fn a_redis_client_whose_connection_ended_is_connected_again() {
+        let redis = test_redis::Redis::start();
+        let config =
+            config::Config::from_pairs(&[("redis-url", &redis.url()), ("auth", "off")]).unwrap();
+        let client = store::redis_builder(&config, 16).unwrap().build().unwrap();
+        let connection = client.connect();
+        client.wait_for_connect().await.unwrap();
+        let shutdown = CancellationToken::new();
+        let stops = Arc::new(AtomicUsize::new(0));
+        let counted = stops.clone();
+        let task = tokio::spawn(keep_running(
+            shutdown.clone(),
+            client.clone(),
+            connection,
+            move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            },
+        ));
+        // QUIT ends the client's connection task, as fred's own give-ups do.
+        client.quit().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(stops.load(Ordering::SeqCst) == 1 && client.ping::<String>(None).await.is_ok()) {
+            assert!(
+                Instant::now() < deadline,
+                "not connected again (stopped ran {} times)",
+                stops.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("keep_running returns on shutdown")
+            .unwrap();
     }
 }
