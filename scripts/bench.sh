@@ -4,7 +4,7 @@
 # pid at the end. Results go to bench/ (BENCH_OUT overrides) as JSON, one file per run,
 # plus a summary per scenario.
 #
-#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|micro|lifecycle|silent|all]...
+#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|cost|micro|lifecycle|silent|all]...
 #
 # Knobs (environment): BENCH_DURATION (publishing time per fan-out step, default 15s),
 # BENCH_RATES (per-session rates tried by the fan-out search), BENCH_IDLE_PER_NODE
@@ -131,11 +131,21 @@ build() {
   cargo build --release -q -p roomcast-gateway -p roomcast-loadtest -p roomcast-floor
 }
 
+# commandstats FILE: a standalone Redis's INFO commandstats (calls and µs per command),
+# read at both ends of a fan-out window: bench_report.py turns the difference into calls
+# and Redis µs per published message (`redis_commands_per_publish` in the step's row).
+commandstats() {
+  if [[ ${#REDIS_PIDS[@]} == 1 && -n $REDIS_PORT ]]; then
+    redis-cli -p "$REDIS_PORT" INFO commandstats >"$1" 2>/dev/null || rm -f "$1"
+  fi
+}
+
 # --- 1. fan-out (and 6. the same against the peer) -------------------------------------
-# fanout_run LABEL PROTOCOL RATE FILE: one fan-out run, with the CPU time the servers and
-# Redis used during it written next to the report (FILE.cpu): over the whole run, and over
-# the publishing window alone (from the generator's go for BENCH_DURATION), which leaves
-# out connecting and closing and is what the per-delivery figures use.
+# fanout_run LABEL PROTOCOL RATE FILE: one fan-out run (DISPLAYS per session, default 10),
+# with the CPU time the servers and Redis used during it written next to the report
+# (FILE.cpu): over the whole run, and over the publishing window alone (from the
+# generator's go for BENCH_DURATION), which leaves out connecting and closing and is what
+# the per-delivery figures use; and Redis' commandstats at both ends of that window.
 fanout_run() {
   local label=$1 protocol=$2 rate=$3 file=$4
   local s0 r0 w0 wr0 w1=0 wr1=0 lt deadline window=${DURATION%s}
@@ -147,17 +157,19 @@ fanout_run() {
   # shellcheck disable=SC2046
   python3 scripts/bench_report.py child-cpu "$file.lt-cpu" \
     "${LT_PIN[@]}" "$LT" $(urls "$protocol") --protocol "$protocol" --secret "$SECRET" --sessions 100 \
-    --displays 10 --rate "$rate" --payload 64 --duration "$DURATION" --ramp 2s \
+    --displays "${DISPLAYS:-10}" --rate "$rate" --payload 64 --duration "$DURATION" --ramp 2s \
     --prefix "f$label$rate" --progress false --json "$file" --started-file "$file.started" >&2 &
   lt=$!
   deadline=$((SECONDS + 120))
   while [[ ! -e $file.started ]] && kill -0 "$lt" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.02; done
   w0=$(server_ticks)
   wr0=$(redis_ticks)
+  commandstats "$file.commands0"
   if [[ -e $file.started && $window =~ ^[0-9]+$ ]]; then
     sleep "$window" # the measurement window itself
     w1=$(server_ticks)
     wr1=$(redis_ticks)
+    commandstats "$file.commands1"
   else
     window=0
   fi
@@ -558,7 +570,8 @@ scenario_profile() {
     echo "bench: profiles need perf (apt-get install -y linux-perf)" >&2
     return 1
   fi
-  local rate=${PROFILE_RATE:-40} server
+  local rate=${PROFILE_RATE:-40} server suffix=""
+  [[ ${PROFILE_CALLGRAPH:-fp} == dwarf ]] && suffix=-dwarf
   for server in roomcast floor; do
     fresh
     if [[ $server == roomcast ]]; then start_gateway && start_gateway; else start_floor; fi
@@ -567,7 +580,7 @@ scenario_profile() {
     # shellcheck disable=SC2046
     "$LT" $(urls json) --secret "$SECRET" --sessions 100 --displays 10 --rate "$rate" \
       --payload 64 --duration 14s --ramp 2s --prefix "prof$server" --progress false \
-      --started-file "$WORK/profile.started" --json "$OUT/profile-$server-loadtest.json" >&2 &
+      --started-file "$WORK/profile.started" --json "$OUT/profile-$server$suffix-loadtest.json" >&2 &
     local lt=$!
     wait_for "publishing" 60 test -e "$WORK/profile.started"
     local first=${NODES[0]}
@@ -582,6 +595,24 @@ scenario_profile() {
     fi
     wait "$lt" || true
   done
+}
+
+# --- the gateway's cost per published message and per delivery (issue 15) ---------------
+# Two gateways, 100 sessions at 40 msg/s each, with 2 and then 10 displays per session:
+# the gateways' CPU per published message over the publishing window is a + D × b, which
+# two runs split into a (frame decode, publish script round trip, ack, pub/sub reception
+# on both instances, the pump) and b (one delivery). bench/cost.json.
+scenario_cost() {
+  local d
+  for d in 2 10; do
+    fresh
+    start_gateway
+    start_gateway
+    log "cost: 100 sessions x $d displays, 40 msg/s per session"
+    DISPLAYS=$d fanout_run "cost$d" json 40 "$OUT/cost-d$d.json"
+  done
+  python3 scripts/bench_report.py cost "$OUT" >"$OUT/cost.json"
+  cat "$OUT/cost.json" >&2
 }
 
 # --- 7. the lifecycle clock at scale -----------------------------------------------------
@@ -683,6 +714,7 @@ for s in "$@"; do
   peer) scenario_peer ;;
   compare) scenario_compare ;;
   profile) scenario_profile ;;
+  cost) scenario_cost ;;
   micro) scenario_micro ;;
   lifecycle) scenario_lifecycle ;;
   silent) scenario_silent ;;
@@ -696,12 +728,13 @@ for s in "$@"; do
     scenario_broadcast
     scenario_peer
     scenario_compare
+    scenario_cost
     scenario_micro
     scenario_lifecycle
     scenario_silent
     ;;
   *)
-    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|micro|lifecycle|silent|all]..." >&2
+    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|cost|micro|lifecycle|silent|all]..." >&2
     exit 64
     ;;
   esac

@@ -50,6 +50,36 @@ def cpu(path):
     return out
 
 
+def commandstats(path):
+    """{command: (calls, usec)} from a saved `INFO commandstats`."""
+    stats = {}
+    with open(path) as f:
+        for line in f:
+            if line.startswith("cmdstat_"):
+                name, fields = line.strip()[len("cmdstat_"):].split(":", 1)
+                kv = dict(x.split("=", 1) for x in fields.split(","))
+                stats[name] = (int(kv["calls"]), int(kv["usec"]))
+    return stats
+
+
+def commands_per_publish(path, published):
+    """Redis commands run over the window, per published message: calls and µs of each
+    (scripts count as EVALSHA; the commands a script runs are counted again under their
+    own names, inside its µs)."""
+    try:
+        before, after = commandstats(path + ".commands0"), commandstats(path + ".commands1")
+    except OSError:
+        return None
+    if not published:
+        return None
+    out = {}
+    for name, (calls, usec) in after.items():
+        c0, u0 = before.get(name, (0, 0))
+        if calls > c0:
+            out[name] = {"calls": round((calls - c0) / published, 3), "us": round((usec - u0) / published, 2)}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["us"]))
+
+
 def delivered_within(r, seconds):
     """Deliveries in the first `seconds` of publishing, from the report's timeline."""
     return sum(p["delivered"] for p in r.get("timeline", []) if p["t"] < seconds)
@@ -85,6 +115,10 @@ def row(r, path=None):
             out["server_cpu_us_per_delivery"] = round(1e6 * c["window_server_cpu_s"] / in_window, 2)
             out["redis_cpu_us_per_delivery"] = round(1e6 * c["window_redis_cpu_s"] / in_window, 2)
             out["cpu_measured_over"] = f"publishing window, {c['window_s']} s, {in_window} deliveries"
+            # Messages published in the window, counted by what reached the displays.
+            commands = commands_per_publish(path, in_window / max(r["displays_per_session"], 1))
+            if commands:
+                out["redis_commands_per_publish"] = commands
         elif r["delivered"]:
             out["server_cpu_us_per_delivery"] = round(1e6 * c["server_cpu_s"] / r["delivered"], 2)
             out["redis_cpu_us_per_delivery"] = round(1e6 * c["redis_cpu_s"] / r["delivered"], 2)
@@ -312,6 +346,29 @@ def compare_markdown(out):
     return "\n".join(lines)
 
 
+def cost(out):
+    """`scripts/bench.sh cost`: gateway CPU per published message with 2 and 10 displays
+    per session, split into a fixed part per message and a part per delivery."""
+    runs = {}
+    for d in (2, 10):
+        path = os.path.join(out, f"cost-d{d}.json")
+        r = row(load(path), path)
+        c = cpu(path)
+        delivered = delivered_within(load(path), c["window_s"])
+        published = delivered / d
+        runs[d] = dict(r, published_in_window=round(published),
+                       server_cpu_us_per_publish=round(1e6 * c["window_server_cpu_s"] / published, 1),
+                       redis_cpu_us_per_publish=round(1e6 * c["window_redis_cpu_s"] / published, 1))
+    per_delivery = (runs[10]["server_cpu_us_per_publish"] - runs[2]["server_cpu_us_per_publish"]) / 8
+    return {
+        "scenario": "cost",
+        "setup": "2 gateways, 100 sessions x (1 controller + D displays), 40 msg/s per session, 64 B",
+        "gateway_us_per_published_message": round(runs[2]["server_cpu_us_per_publish"] - 2 * per_delivery, 1),
+        "gateway_us_per_delivery": round(per_delivery, 2),
+        "runs": {f"displays_{d}": r for d, r in runs.items()},
+    }
+
+
 def passes_row(r):
     return r["p99_ms"] < 50 and r["lost"] == 0 and r["duplicated_or_reordered"] == 0 and not r["errors"]
 
@@ -347,6 +404,8 @@ def main():
         print(markdown(args[0], args[1]))
     elif cmd == "compare":
         print(json.dumps(compare(args[0]), indent=2))
+    elif cmd == "cost":
+        print(json.dumps(cost(args[0]), indent=2))
     elif cmd == "compare-markdown":
         print(compare_markdown(args[0]))
     elif cmd == "table":
