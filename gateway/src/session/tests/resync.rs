@@ -1,0 +1,133 @@
+//! Numbering restarts and holes history no longer covers: which members are told to
+//! resync (4010) and which keep their stream.
+
+use roomcast_shared::CloseCode;
+
+use super::{memory, settle, Harness, Member, Memory, SESSION};
+
+/// A pump with one member, "old", that has been given seq 1.
+async fn member_given_one() -> (Harness<Memory>, Member) {
+    let h = memory();
+    let old = Member::new("old");
+    h.join(&old, None).await.unwrap();
+    let one = h.store.store_message("one");
+    h.pumps.dispatch(SESSION, one);
+    assert_eq!(old.seqs(1).await, vec![1]);
+    (h, old)
+}
+
+/// The close a member was told to resync with, if any (after its queued frames).
+fn resync_close(member: &Member) -> Option<CloseCode> {
+    member.drain().into_iter().find_map(|f| f.err())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_join_that_finds_the_numbering_restarted_tells_the_old_members_to_resync() {
+    let h = memory();
+    let first = Member::new("first");
+    h.join(&first, None).await.unwrap();
+    for text in ["a", "b", "c"] {
+        let p = h.store.store_message(text);
+        h.pumps.dispatch(SESSION, p);
+    }
+    assert_eq!(first.seqs(3).await, vec![1, 2, 3]);
+    // The keys are lost; a second member joins at seq 0 of the new numbering.
+    h.store.lose_keys();
+    let second = Member::new("second");
+    h.join(&second, None).await.unwrap();
+    // The old member is told (4010) rather than handed seq 1 after its 3; the new one
+    // follows the new numbering.
+    assert_eq!(resync_close(&first), Some(CloseCode::Resync));
+    let one = h.store.store_message("new one");
+    h.pumps.dispatch(SESSION, one);
+    assert_eq!(second.seqs(1).await, vec![1]);
+    settle().await;
+    assert!(first.drain().is_empty(), "nothing after the close");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_that_finds_the_numbering_restarted_tells_members_to_resync() {
+    let h = memory();
+    let display = Member::new("d");
+    h.join(&display, None).await.unwrap();
+    for text in ["a", "b", "c"] {
+        let p = h.store.store_message(text);
+        h.pumps.dispatch(SESSION, p);
+    }
+    assert_eq!(display.seqs(3).await, vec![1, 2, 3]);
+    h.store.lose_keys();
+    // Pub/sub came back (a catch-up) before anything was published again.
+    h.pumps.catch_up_all();
+    settle().await;
+    let one = h.store.store_message("new one");
+    h.pumps.dispatch(SESSION, one);
+    settle().await;
+    let frames = display.drain();
+    assert_eq!(
+        frames,
+        vec![Err(CloseCode::Resync)],
+        "no seq 1 after 3, a 4010"
+    );
+}
+
+/// A gap older than history (a partition longer than the window): the members behind it
+/// are told to resync instead of getting the rest with a hole in it; a member that
+/// joined after the gap is served as usual.
+#[tokio::test(start_paused = true)]
+async fn a_gap_gone_from_history_tells_the_members_behind_it_to_resync() {
+    let (h, old) = member_given_one().await;
+    // 2..=4 are published while this instance hears nothing, and trimmed away.
+    for text in ["two", "three", "four"] {
+        h.store.store_message(text);
+    }
+    h.store.state().entries.retain(|e| e.seq > 4);
+    let five = h.store.store_message("five");
+    h.pumps.dispatch(SESSION, five);
+    settle().await;
+    assert_eq!(
+        old.drain(),
+        vec![Err(CloseCode::Resync)],
+        "4010, never 5 right after 1"
+    );
+    // A member that joins now starts after the hole: it gets what follows.
+    let late = Member::new("late");
+    h.join(&late, None).await.unwrap();
+    let six = h.store.store_message("six");
+    h.pumps.dispatch(SESSION, six);
+    assert_eq!(late.seqs(1).await, vec![6]);
+    settle().await;
+    assert!(old.drain().is_empty(), "nothing after the close");
+}
+
+/// A member that joined after the hole (its baseline past it) keeps its stream when the
+/// gap is found: only the members behind the hole resync.
+#[tokio::test(start_paused = true)]
+async fn a_member_that_joined_past_a_lost_gap_keeps_its_stream() {
+    let (h, old) = member_given_one().await;
+    for text in ["two", "three", "four"] {
+        h.store.store_message(text);
+    }
+    h.store.state().entries.retain(|e| e.seq > 4);
+    // Joins at 4 while this instance still thinks the session is at 1.
+    let late = Member::new("late");
+    h.join(&late, None).await.unwrap();
+    late.drain();
+    let five = h.store.store_message("five");
+    h.pumps.dispatch(SESSION, five);
+    assert_eq!(late.seqs(1).await, vec![5]);
+    settle().await;
+    assert_eq!(old.drain(), vec![Err(CloseCode::Resync)]);
+    assert!(late.drain().is_empty(), "late is not closed");
+}
+
+/// The gap is the newest message alone, and history no longer holds it: nothing after
+/// `last` is left to deliver, but the member missed one, so it is told to resync.
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_that_finds_the_newest_message_gone_tells_the_members_to_resync() {
+    let (h, old) = member_given_one().await;
+    h.store.store_message("two");
+    h.store.state().entries.retain(|e| e.seq != 2);
+    h.pumps.catch_up_all();
+    settle().await;
+    assert_eq!(old.drain(), vec![Err(CloseCode::Resync)]);
+}
