@@ -53,18 +53,22 @@ def fold(lines):
     return stacks
 
 
-def top(path, n):
-    inclusive, exclusive, total = collections.Counter(), collections.Counter(), 0
+def stacks(path):
+    """(frames below the thread name, sample count) for each line of a folded file."""
     with open(path) as f:
         for line in f:
             stack, count = line.rsplit(" ", 1)
-            count = int(count)
-            total += count
-            frames = stack.split(";")[1:]
-            for frame in set(frames):
-                inclusive[frame] += count
-            if frames:
-                exclusive[frames[-1]] += count
+            yield stack.split(";")[1:], int(count)
+
+
+def top(path, n):
+    inclusive, exclusive, total = collections.Counter(), collections.Counter(), 0
+    for frames, count in stacks(path):
+        total += count
+        for frame in set(frames):
+            inclusive[frame] += count
+        if frames:
+            exclusive[frames[-1]] += count
     print(f"{total} samples")
     print("inclusive (on the stack):")
     for frame, c in inclusive.most_common(n):
@@ -96,20 +100,14 @@ def parts(path):
     send = collections.Counter()
     alloc = collections.Counter()
     rules = [(name, re.compile(rx)) for name, rx in PARTS]
-    with open(path) as f:
-        for line in f:
-            stack, count = line.rsplit(" ", 1)
-            count = int(count)
-            total += count
-            frames = stack.split(";")[1:]
-            part = next(
-                (name for name, rx in rules if any(rx.search(x) for x in frames)), "other"
-            )
-            share[part] += count
-            if any(SEND.search(x) for x in frames):
-                send[part] += count
-            if any(ALLOC.search(x) for x in frames):
-                alloc[part] += count
+    for frames, count in stacks(path):
+        total += count
+        part = next((name for name, rx in rules if any(rx.search(x) for x in frames)), "other")
+        share[part] += count
+        if any(SEND.search(x) for x in frames):
+            send[part] += count
+        if any(ALLOC.search(x) for x in frames):
+            alloc[part] += count
     print(f"{total} samples; share of all samples: part, of which writing to sockets, of which malloc/free")
     for part, c in share.most_common():
         pct = lambda n: 100 * n / max(total, 1)
