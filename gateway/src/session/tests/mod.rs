@@ -402,14 +402,20 @@ async fn a_payload_dropped_at_a_full_mailbox_is_recovered() {
     assert_eq!(display.seqs(1).await, vec![1]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn catch_up_delivers_what_pubsub_lost_and_an_ended_session() {
+/// A pump with one member, "d", and two messages stored that pub/sub never brought it.
+async fn display_that_missed_two() -> (Harness<Memory>, Member) {
     let h = memory();
     let display = Member::new("d");
     h.join(&display, None).await.unwrap();
     display.drain();
     h.store.store_message("one");
     h.store.store_message("two");
+    (h, display)
+}
+
+#[tokio::test(start_paused = true)]
+async fn catch_up_delivers_what_pubsub_lost_and_an_ended_session() {
+    let (h, display) = display_that_missed_two().await;
     h.store.state().ended = Some((Some("done".into()), 42));
     h.pumps.catch_up_all();
     settle().await;
@@ -435,12 +441,7 @@ async fn catch_up_delivers_what_pubsub_lost_and_an_ended_session() {
 /// After a Cluster slot moved, only the sessions on it catch up (`Pumps::catch_up`).
 #[tokio::test(start_paused = true)]
 async fn catch_up_of_one_session_delivers_what_pubsub_lost_there() {
-    let h = memory();
-    let display = Member::new("d");
-    h.join(&display, None).await.unwrap();
-    display.drain();
-    h.store.store_message("one");
-    h.store.store_message("two");
+    let (h, display) = display_that_missed_two().await;
     h.pumps.catch_up("elsewhere");
     settle().await;
     assert!(display.drain().is_empty(), "another session's catch-up");

@@ -5,14 +5,17 @@ use roomcast_shared::CloseCode;
 
 use super::{memory, settle, Harness, Member, Memory, SESSION};
 
-/// A pump with one member, "old", that has been given seq 1.
-async fn member_given_one() -> (Harness<Memory>, Member) {
+/// A pump with one member, "old", that has been given seqs 1 to `count`.
+async fn member_given(count: u64) -> (Harness<Memory>, Member) {
     let h = memory();
     let old = Member::new("old");
     h.join(&old, None).await.unwrap();
-    let one = h.store.store_message("one");
-    h.pumps.dispatch(SESSION, one);
-    assert_eq!(old.seqs(1).await, vec![1]);
+    for n in 1..=count {
+        let p = h.store.store_message(&format!("m{n}"));
+        h.pumps.dispatch(SESSION, p);
+    }
+    let given = usize::try_from(count).unwrap();
+    assert_eq!(old.seqs(given).await, (1..=count).collect::<Vec<_>>());
     (h, old)
 }
 
@@ -23,14 +26,7 @@ fn resync_close(member: &Member) -> Option<CloseCode> {
 
 #[tokio::test(start_paused = true)]
 async fn a_join_that_finds_the_numbering_restarted_tells_the_old_members_to_resync() {
-    let h = memory();
-    let first = Member::new("first");
-    h.join(&first, None).await.unwrap();
-    for text in ["a", "b", "c"] {
-        let p = h.store.store_message(text);
-        h.pumps.dispatch(SESSION, p);
-    }
-    assert_eq!(first.seqs(3).await, vec![1, 2, 3]);
+    let (h, first) = member_given(3).await;
     // The keys are lost; a second member joins at seq 0 of the new numbering.
     h.store.lose_keys();
     let second = Member::new("second");
@@ -47,14 +43,7 @@ async fn a_join_that_finds_the_numbering_restarted_tells_the_old_members_to_resy
 
 #[tokio::test(start_paused = true)]
 async fn a_catch_up_that_finds_the_numbering_restarted_tells_members_to_resync() {
-    let h = memory();
-    let display = Member::new("d");
-    h.join(&display, None).await.unwrap();
-    for text in ["a", "b", "c"] {
-        let p = h.store.store_message(text);
-        h.pumps.dispatch(SESSION, p);
-    }
-    assert_eq!(display.seqs(3).await, vec![1, 2, 3]);
+    let (h, display) = member_given(3).await;
     h.store.lose_keys();
     // Pub/sub came back (a catch-up) before anything was published again.
     h.pumps.catch_up_all();
@@ -75,7 +64,7 @@ async fn a_catch_up_that_finds_the_numbering_restarted_tells_members_to_resync()
 /// joined after the gap is served as usual.
 #[tokio::test(start_paused = true)]
 async fn a_gap_gone_from_history_tells_the_members_behind_it_to_resync() {
-    let (h, old) = member_given_one().await;
+    let (h, old) = member_given(1).await;
     // 2..=4 are published while this instance hears nothing, and trimmed away.
     for text in ["two", "three", "four"] {
         h.store.store_message(text);
@@ -103,7 +92,7 @@ async fn a_gap_gone_from_history_tells_the_members_behind_it_to_resync() {
 /// gap is found: only the members behind the hole resync.
 #[tokio::test(start_paused = true)]
 async fn a_member_that_joined_past_a_lost_gap_keeps_its_stream() {
-    let (h, old) = member_given_one().await;
+    let (h, old) = member_given(1).await;
     for text in ["two", "three", "four"] {
         h.store.store_message(text);
     }
@@ -124,7 +113,7 @@ async fn a_member_that_joined_past_a_lost_gap_keeps_its_stream() {
 /// `last` is left to deliver, but the member missed one, so it is told to resync.
 #[tokio::test(start_paused = true)]
 async fn a_catch_up_that_finds_the_newest_message_gone_tells_the_members_to_resync() {
-    let (h, old) = member_given_one().await;
+    let (h, old) = member_given(1).await;
     h.store.store_message("two");
     h.store.state().entries.retain(|e| e.seq != 2);
     h.pumps.catch_up_all();
