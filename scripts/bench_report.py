@@ -349,21 +349,21 @@ def compare_markdown(out):
 def cost(out):
     """`scripts/bench.sh cost`: gateway CPU per published message with 2 and 10 displays
     per session, split into a fixed part per message and a part per delivery."""
-    runs = {}
+    runs, per_publish = {}, {}
     for d in (2, 10):
         path = os.path.join(out, f"cost-d{d}.json")
-        r = row(load(path), path)
-        c = cpu(path)
-        delivered = delivered_within(load(path), c["window_s"])
-        published = delivered / d
+        report = load(path)
+        r = row(report, path)
+        published = delivered_within(report, r["window_s"]) / d
+        per_publish[d] = 1e6 * r["window_server_cpu_s"] / published
         runs[d] = dict(r, published_in_window=round(published),
-                       server_cpu_us_per_publish=round(1e6 * c["window_server_cpu_s"] / published, 1),
-                       redis_cpu_us_per_publish=round(1e6 * c["window_redis_cpu_s"] / published, 1))
-    per_delivery = (runs[10]["server_cpu_us_per_publish"] - runs[2]["server_cpu_us_per_publish"]) / 8
+                       server_cpu_us_per_publish=round(per_publish[d], 1),
+                       redis_cpu_us_per_publish=round(1e6 * r["window_redis_cpu_s"] / published, 1))
+    per_delivery = (per_publish[10] - per_publish[2]) / 8
     return {
         "scenario": "cost",
         "setup": "2 gateways, 100 sessions x (1 controller + D displays), 40 msg/s per session, 64 B",
-        "gateway_us_per_published_message": round(runs[2]["server_cpu_us_per_publish"] - 2 * per_delivery, 1),
+        "gateway_us_per_published_message": round(per_publish[2] - 2 * per_delivery, 1),
         "gateway_us_per_delivery": round(per_delivery, 2),
         "runs": {f"displays_{d}": r for d, r in runs.items()},
     }
