@@ -5,12 +5,25 @@
 -- Pushes the expiry of each listed member that is still present; sweeps members whose
 -- expiry passed (their node stopped refreshing) and announces each leave once ([3, info]).
 -- Returns {ids no longer present (so the node can re-add them), number swept}.
+-- Two calls per chunk of members rather than two per member: ZMSCORE finds who is still
+-- present, one ZADD XX pushes their expiries (XX: never re-adds anyone). Chunks keep
+-- unpack under Lua's stack limit (8,000 values) in a session of thousands.
 local missing = {}
-for i = 5, #ARGV do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i])
-  else
-    missing[#missing + 1] = ARGV[i]
+local chunk = 500
+for first = 5, #ARGV, chunk do
+  local last = math.min(first + chunk - 1, #ARGV)
+  local scores = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, first, last))
+  local present = {}
+  for i = first, last do
+    if scores[i - first + 1] then
+      present[#present + 1] = ARGV[2]
+      present[#present + 1] = ARGV[i]
+    else
+      missing[#missing + 1] = ARGV[i]
+    end
+  end
+  if #present > 0 then
+    redis.call('ZADD', KEYS[1], 'XX', unpack(present))
   end
 end
 local swept = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]))

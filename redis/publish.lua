@@ -11,11 +11,22 @@
 -- The entry is the msgpack array [seq, ts, from, data]; the gateway encodes everything
 -- but seq, which only this script knows. The pub/sub payload is [1, entry] or, with a
 -- trace context, [1, entry, traceparent]; history keeps the entry alone.
-local status = redis.call('HGET', KEYS[3], 'status')
+-- Every session that has a status has its created_at and expires_at (session_create.lua,
+-- join.lua and this script's creation set them together), so only a publish that creates
+-- the session writes them. One HMGET, not a call per field: each redis.call costs about
+-- as much as the command it runs (BENCHMARKS.md, "Round 3").
+local meta = redis.call('HMGET', KEYS[3], 'status', 'expires_at')
+local status = meta[1]
+local expires_at = meta[2]
 local reactivated = 0
 local created = 0
 if not status then
   created = 1
+  -- Fields a lost session left behind (its epoch) are kept; HSETNX as before.
+  redis.call('HSETNX', KEYS[3], 'status', 'active')
+  redis.call('HSETNX', KEYS[3], 'created_at', ARGV[4])
+  redis.call('HSETNX', KEYS[3], 'expires_at', ARGV[6])
+  expires_at = redis.call('HGET', KEYS[3], 'expires_at')
 elseif status == 'ended' then
   return -1
 elseif status == 'resolved' then
@@ -30,16 +41,16 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local seq = redis.call('INCR', KEYS[1])
 local entry = '\148' .. cmsgpack.pack(seq) .. ARGV[1]
-redis.call('LPUSH', KEYS[2], entry)
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
-redis.call('HSETNX', KEYS[3], 'status', 'active')
-redis.call('HSETNX', KEYS[3], 'created_at', ARGV[4])
-redis.call('HSETNX', KEYS[3], 'expires_at', ARGV[6])
+local cap = tonumber(ARGV[2])
+-- The list only needs trimming once it is over its cap.
+if redis.call('LPUSH', KEYS[2], entry) > cap then
+  redis.call('LTRIM', KEYS[2], 0, cap - 1)
+end
 redis.call('HSET', KEYS[3], 'last_activity', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 -- The meta outlives the session's end of life by the tombstone (see join.lua).
-local expires = tonumber(redis.call('HGET', KEYS[3], 'expires_at') or '0') or 0
+local expires = tonumber(expires_at or '0') or 0
 redis.call('PEXPIRE', KEYS[3],
   math.max(tonumber(ARGV[3]), expires - tonumber(ARGV[4]) + tonumber(ARGV[7])))
 if ARGV[5] == '' then

@@ -43,6 +43,16 @@ fn int(reply: Option<String>) -> i64 {
         .unwrap_or_else(|_| panic!("not an integer reply: {reply:?}"))
 }
 
+/// An integer in a bulk string reply (`$3\r\n250\r\n`), as hash fields are.
+fn bulk_int(reply: Option<String>) -> i64 {
+    let reply = reply.expect("redis answered");
+    reply
+        .split("\r\n")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("not an integer in a bulk reply: {reply:?}"))
+}
+
 #[tokio::test]
 async fn a_publish_leaves_every_key_with_a_ttl_and_reports_creation_and_reactivation() {
     let redis = Redis::start();
@@ -63,10 +73,24 @@ async fn a_publish_leaves_every_key_with_a_ttl_and_reports_creation_and_reactiva
         );
     }
 
+    // A session its first publish creates gets a lifetime like any other: the lifecycle
+    // clock ends it at created_at + max_lifetime.
+    let created_at = bulk_int(redis.cmd(&["HGET", &k.meta, "created_at"]));
+    let expires_at = bulk_int(redis.cmd(&["HGET", &k.meta, "expires_at"]));
+    assert_eq!(
+        expires_at - created_at,
+        config.max_lifetime.as_millis() as i64
+    );
+
     let second = publish(&store, "s1").await;
     assert_eq!(
         (second.seq, second.created, second.reactivated),
         (2, false, false)
+    );
+    // Later publishes leave the creation fields alone.
+    assert_eq!(
+        bulk_int(redis.cmd(&["HGET", &k.meta, "expires_at"])),
+        expires_at
     );
 
     // An inactive session: the publish makes it active again and says so, so the caller
@@ -175,6 +199,45 @@ async fn a_presence_refresh_keeps_the_seq_alive_while_members_are_there() {
         let left = int(redis.cmd(&["PTTL", key]));
         assert!(left > ttl - 60_000, "{key} was not pushed: {left} ms left");
     }
+}
+
+/// A node with thousands of members in one session: the heartbeat pushes each present
+/// member's expiry and reports each missing one without re-adding it, across more
+/// members than one call can unpack at once (the script works in chunks).
+#[tokio::test]
+async fn a_presence_refresh_of_thousands_pushes_each_present_member_and_reports_each_missing_one() {
+    let redis = Redis::start();
+    let (store, _) = store(&redis).await;
+    let k = store.keys().session("big");
+    let now = now_ms();
+    let old = (now + 10_000).to_string();
+    let ids: Vec<String> = (0..5_000).map(|i| format!("m{i}")).collect();
+    // Every thousandth member was swept while its node stalled: the last of a chunk.
+    let present: Vec<&String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 1000 != 999)
+        .map(|(_, id)| id)
+        .collect();
+    let mut zadd = vec!["ZADD", k.pres.as_str()];
+    for id in &present {
+        zadd.push(&old);
+        zadd.push(id);
+    }
+    assert_eq!(int(redis.cmd(&zadd)), present.len() as i64);
+    let expiry = now + 30_000;
+    let (missing, swept) = store
+        .refresh_presence("big", now, expiry, ids.iter().cloned())
+        .await
+        .unwrap();
+    assert_eq!(swept, 0);
+    assert_eq!(missing, ["m999", "m1999", "m2999", "m3999", "m4999"]);
+    let pushed = expiry.to_string();
+    assert_eq!(
+        int(redis.cmd(&["ZCOUNT", &k.pres, &pushed, &pushed])),
+        present.len() as i64
+    );
+    assert_eq!(int(redis.cmd(&["ZCARD", &k.pres])), present.len() as i64);
 }
 
 /// The node registry behind `/api/v1/sessions/stats`: a node counts while its heartbeat
