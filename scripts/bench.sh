@@ -8,10 +8,11 @@
 #
 # Knobs (environment): BENCH_DURATION (publishing time per fan-out step, default 15s),
 # BENCH_RATES (per-session rates tried by the fan-out search), BENCH_IDLE_PER_NODE
-# (default 15000), BENCH_STORM_CLIENTS (default 10000), BENCH_LIFECYCLE_SESSIONS (default
-# 100000), BENCH_COMPARE_RATES (default "20 40"; empty: skip), BENCH_PINNED_RATES (the
-# pinned search's steps; empty: skip) and BENCH_COMPARE_SERVERS (default "floor roomcast
-# socketio"). GATEWAY_ENV adds variables to the gateways a scenario starts.
+# (default 15000), BENCH_STORM_CLIENTS (default 10000), BENCH_BROADCAST_SERVERS (default
+# "roomcast floor"), BENCH_LIFECYCLE_SESSIONS (default 100000), BENCH_COMPARE_RATES
+# (default "20 40"; empty: skip), BENCH_PINNED_RATES (the pinned search's steps; empty:
+# skip) and BENCH_COMPARE_SERVERS (default "floor roomcast socketio"). GATEWAY_ENV adds
+# variables to the gateways a scenario starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -212,15 +213,30 @@ scenario_fanout() {
 }
 
 # --- 2. broadcast ------------------------------------------------------------------------
+# The same load against the floor peer (one process, no Redis) shows what this machine
+# can deliver at all: the generator and the servers share its two cores.
+# BENCH_BROADCAST_SERVERS (default "roomcast floor") picks the servers.
 scenario_broadcast() {
-  fresh
-  start_gateway
-  start_gateway
-  log "broadcast: 1 session, 10,000 displays over 2 instances, 10 msg/s"
-  # shellcheck disable=SC2046
-  "$LT" $(urls json) --secret "$SECRET" --sessions 1 --displays 10000 --rate 10 \
-    --payload 64 --duration 20s --drain 5s --concurrency 1000 --prefix bcast \
-    --progress false --json "$OUT/broadcast-10k.json" >&2
+  local server file
+  for server in ${BENCH_BROADCAST_SERVERS:-roomcast floor}; do
+    fresh
+    case $server in
+    floor) start_floor && file=$OUT/broadcast-10k-floor.json ;;
+    *) start_gateway && start_gateway && file=$OUT/broadcast-10k.json ;;
+    esac
+    log "broadcast $server: 1 session, 10,000 displays, 10 msg/s"
+    local s0 r0
+    s0=$(server_ticks)
+    r0=$(redis_ticks)
+    # shellcheck disable=SC2046
+    python3 scripts/bench_report.py child-cpu "$file.lt-cpu" \
+      "$LT" $(urls json) --secret "$SECRET" --sessions 1 --displays 10000 --rate 10 \
+      --payload 64 --duration 20s --drain 5s --concurrency 1000 --prefix "bcast$server" \
+      --progress false --json "$file" >&2
+    # CPU over the whole run, joins included (FILE.cpu, as the fan-out's).
+    echo "{\"server_ticks\": $(($(server_ticks) - s0)), \"redis_ticks\": $(($(redis_ticks) - r0)), \"clk_tck\": $(getconf CLK_TCK), \"loadgen_cpu_s\": $(cat "$file.lt-cpu")}" >"$file.cpu"
+    rm -f "$file.lt-cpu"
+  done
 }
 
 # --- 3. idle capacity (and 6. against the peer) ------------------------------------------
@@ -243,7 +259,8 @@ idle_run() {
       bash -c "[[ \$(curl -sf http://127.0.0.1:$port/health | grep -o '\"\\(count\\|sockets\\)\":[0-9]*' | grep -o '[0-9]*$') -ge $IDLE_PER_NODE ]]"
   done
   sleep 5 # let the join burst's allocations settle before reading RSS
-  local rows=() i=0 t0 t1
+  local rows=() i=0 t0 t1 r0
+  r0=$(redis_ticks)
   for n in "${NODES[@]}"; do
     port=${n%%:*} pid=${n##*:}
     t0=$(cpu_ticks "$pid")
@@ -252,7 +269,8 @@ idle_run() {
   done
   local window=30
   sleep "$window" # heartbeats (25 s) and presence refreshes fall inside this window
-  local result=()
+  local result=() redis_used
+  redis_used=$(($(redis_ticks) - r0))
   for row in "${rows[@]}"; do
     read -r port pid b t0 <<<"$row"
     t1=$(cpu_ticks "$pid")
@@ -260,7 +278,7 @@ idle_run() {
   done
   wait "$lt" || true
   printf '%s\n' "${result[@]}" |
-    python3 scripts/bench_report.py idle "$label" "$window" "$(getconf CLK_TCK)" >"$OUT/idle-$label.json"
+    python3 scripts/bench_report.py idle "$label" "$window" "$(getconf CLK_TCK)" "$redis_used" >"$OUT/idle-$label.json"
   cat "$OUT/idle-$label.json" >&2
 }
 

@@ -166,7 +166,7 @@ def fanout(out, label):
     }
 
 
-def idle(label, window, clk):
+def idle(label, window, clk, redis_ticks=None):
     nodes = []
     for line in sys.stdin:
         port, before, rss, conns, ticks = line.split()
@@ -186,6 +186,9 @@ def idle(label, window, clk):
         "cpu_window_s": window,
         "nodes": nodes,
         "rss_per_connection_bytes": round(sum(per_conn) / len(per_conn)) if per_conn else None,
+        # Redis at idle: the presence refreshes of every node's members.
+        "redis_cpu_percent_of_one_core":
+            round(100.0 * redis_ticks / clk / window, 2) if redis_ticks is not None else None,
     }
 
 
@@ -397,7 +400,8 @@ def main():
     elif cmd == "fanout":
         print(json.dumps(fanout(args[0], args[1]), indent=2))
     elif cmd == "idle":
-        print(json.dumps(idle(args[0], float(args[1]), float(args[2])), indent=2))
+        redis_ticks = int(args[3]) if len(args) > 3 else None
+        print(json.dumps(idle(args[0], float(args[1]), float(args[2]), redis_ticks), indent=2))
     elif cmd == "publish-path":
         print(json.dumps(publish_path(args[0], args[1], args[2]), indent=2))
     elif cmd == "markdown":
