@@ -296,8 +296,10 @@ pub struct Config {
     pub presence_list_max: u32,
     /// Presence events (join/leave/update) are broadcast only while a session has at most
     /// this many members: each goes to every member, so joining N members costs N²/2
-    /// frames. Larger sessions learn presence through REST. 0: no cap.
-    #[arg(long, env = "ROOMCAST_PRESENCE_EVENTS_MAX", default_value_t = 1000)]
+    /// frames. Larger sessions learn presence through REST. 0: no cap. At 1,000 a filling
+    /// 10,000-member session queued half a million events ahead of its messages and
+    /// delayed them by seconds (BENCHMARKS.md, "Round 3").
+    #[arg(long, env = "ROOMCAST_PRESENCE_EVENTS_MAX", default_value_t = 100)]
     pub presence_events_max: u32,
 
     #[arg(long, env = "ROOMCAST_RATE_PUBLISH", default_value = "10/60s", value_parser = parse_rate)]
