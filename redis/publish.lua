@@ -13,8 +13,8 @@
 -- trace context, [1, entry, traceparent]; history keeps the entry alone.
 -- Every session that has a status has its created_at and expires_at (session_create.lua,
 -- join.lua and this script's creation set them together), so only a publish that creates
--- the session writes them. One HMGET, not a call per field: each redis.call costs about
--- as much as the command it runs (BENCHMARKS.md, "Round 3").
+-- the session writes them, and one HMGET reads what the rest needs: 10 calls per publish
+-- instead of 14 (BENCHMARKS.md, "Round 3").
 local meta = redis.call('HMGET', KEYS[3], 'status', 'expires_at')
 local status = meta[1]
 local expires_at = meta[2]
