@@ -242,6 +242,14 @@ impl<S: PumpStore> Harness<S> {
     }
 }
 
+impl Harness<Memory> {
+    /// Stores a message and brings its payload to the pump, as pub/sub would.
+    fn publish(&self, text: &str) {
+        let payload = self.store.store_message(text);
+        self.pumps.dispatch(SESSION, payload);
+    }
+}
+
 fn memory() -> Harness<Memory> {
     Harness::new(Memory::default())
 }

@@ -3,7 +3,7 @@
 
 use roomcast_shared::CloseCode;
 
-use super::{memory, settle, Harness, Member, Memory, SESSION};
+use super::{memory, settle, Harness, Member, Memory};
 
 /// A pump with one member, "old", that has been given seqs 1 to `count`.
 async fn member_given(count: u64) -> (Harness<Memory>, Member) {
@@ -11,12 +11,19 @@ async fn member_given(count: u64) -> (Harness<Memory>, Member) {
     let old = Member::new("old");
     h.join(&old, None).await.unwrap();
     for n in 1..=count {
-        let p = h.store.store_message(&format!("m{n}"));
-        h.pumps.dispatch(SESSION, p);
+        h.publish(&format!("m{n}"));
     }
     let given = usize::try_from(count).unwrap();
     assert_eq!(old.seqs(given).await, (1..=count).collect::<Vec<_>>());
     (h, old)
+}
+
+/// Seqs 2..=4 are published while this instance hears nothing, and trimmed away.
+fn lose_two_to_four(h: &Harness<Memory>) {
+    for text in ["two", "three", "four"] {
+        h.store.store_message(text);
+    }
+    h.store.state().entries.retain(|e| e.seq > 4);
 }
 
 /// The close a member was told to resync with, if any (after its queued frames).
@@ -34,8 +41,7 @@ async fn a_join_that_finds_the_numbering_restarted_tells_the_old_members_to_resy
     // The old member is told (4010) rather than handed seq 1 after its 3; the new one
     // follows the new numbering.
     assert_eq!(resync_close(&first), Some(CloseCode::Resync));
-    let one = h.store.store_message("new one");
-    h.pumps.dispatch(SESSION, one);
+    h.publish("new one");
     assert_eq!(second.seqs(1).await, vec![1]);
     settle().await;
     assert!(first.drain().is_empty(), "nothing after the close");
@@ -48,8 +54,7 @@ async fn a_catch_up_that_finds_the_numbering_restarted_tells_members_to_resync()
     // Pub/sub came back (a catch-up) before anything was published again.
     h.pumps.catch_up_all();
     settle().await;
-    let one = h.store.store_message("new one");
-    h.pumps.dispatch(SESSION, one);
+    h.publish("new one");
     settle().await;
     let frames = display.drain();
     assert_eq!(
@@ -65,13 +70,8 @@ async fn a_catch_up_that_finds_the_numbering_restarted_tells_members_to_resync()
 #[tokio::test(start_paused = true)]
 async fn a_gap_gone_from_history_tells_the_members_behind_it_to_resync() {
     let (h, old) = member_given(1).await;
-    // 2..=4 are published while this instance hears nothing, and trimmed away.
-    for text in ["two", "three", "four"] {
-        h.store.store_message(text);
-    }
-    h.store.state().entries.retain(|e| e.seq > 4);
-    let five = h.store.store_message("five");
-    h.pumps.dispatch(SESSION, five);
+    lose_two_to_four(&h);
+    h.publish("five");
     settle().await;
     assert_eq!(
         old.drain(),
@@ -81,8 +81,7 @@ async fn a_gap_gone_from_history_tells_the_members_behind_it_to_resync() {
     // A member that joins now starts after the hole: it gets what follows.
     let late = Member::new("late");
     h.join(&late, None).await.unwrap();
-    let six = h.store.store_message("six");
-    h.pumps.dispatch(SESSION, six);
+    h.publish("six");
     assert_eq!(late.seqs(1).await, vec![6]);
     settle().await;
     assert!(old.drain().is_empty(), "nothing after the close");
@@ -93,16 +92,12 @@ async fn a_gap_gone_from_history_tells_the_members_behind_it_to_resync() {
 #[tokio::test(start_paused = true)]
 async fn a_member_that_joined_past_a_lost_gap_keeps_its_stream() {
     let (h, old) = member_given(1).await;
-    for text in ["two", "three", "four"] {
-        h.store.store_message(text);
-    }
-    h.store.state().entries.retain(|e| e.seq > 4);
+    lose_two_to_four(&h);
     // Joins at 4 while this instance still thinks the session is at 1.
     let late = Member::new("late");
     h.join(&late, None).await.unwrap();
     late.drain();
-    let five = h.store.store_message("five");
-    h.pumps.dispatch(SESSION, five);
+    h.publish("five");
     assert_eq!(late.seqs(1).await, vec![5]);
     settle().await;
     assert_eq!(old.drain(), vec![Err(CloseCode::Resync)]);
