@@ -141,6 +141,12 @@ commandstats() {
   fi
 }
 
+# run_cpu SERVER_TICKS0 REDIS_TICKS0 LT_CPU_FILE: the JSON fields of a run's CPU since
+# those tick counts (servers, Redis) and the generator's CPU seconds (child-cpu's file).
+run_cpu() {
+  echo "\"server_ticks\": $(($(server_ticks) - $1)), \"redis_ticks\": $(($(redis_ticks) - $2)), \"clk_tck\": $(getconf CLK_TCK), \"loadgen_cpu_s\": $(cat "$3")"
+}
+
 # --- 1. fan-out (and 6. the same against the peer) -------------------------------------
 # fanout_run LABEL PROTOCOL RATE FILE: one fan-out run (DISPLAYS per session, default 10),
 # with the CPU time the servers and Redis used during it written next to the report
@@ -175,7 +181,7 @@ fanout_run() {
     window=0
   fi
   wait "$lt"
-  echo "{\"server_ticks\": $(($(server_ticks) - s0)), \"redis_ticks\": $(($(redis_ticks) - r0)), \"window_s\": $window, \"window_server_ticks\": $((w1 - w0)), \"window_redis_ticks\": $((wr1 - wr0)), \"clk_tck\": $(getconf CLK_TCK), \"loadgen_cpu_s\": $(cat "$file.lt-cpu")}" >"$file.cpu"
+  echo "{$(run_cpu "$s0" "$r0" "$file.lt-cpu"), \"window_s\": $window, \"window_server_ticks\": $((w1 - w0)), \"window_redis_ticks\": $((wr1 - wr0))}" >"$file.cpu"
   rm -f "$file.lt-cpu" "$file.started"
 }
 
@@ -234,7 +240,7 @@ scenario_broadcast() {
       --payload 64 --duration 20s --drain 5s --concurrency 1000 --prefix "bcast$server" \
       --progress false --json "$file" >&2
     # CPU over the whole run, joins included (FILE.cpu, as the fan-out's).
-    echo "{\"server_ticks\": $(($(server_ticks) - s0)), \"redis_ticks\": $(($(redis_ticks) - r0)), \"clk_tck\": $(getconf CLK_TCK), \"loadgen_cpu_s\": $(cat "$file.lt-cpu")}" >"$file.cpu"
+    echo "{$(run_cpu "$s0" "$r0" "$file.lt-cpu")}" >"$file.cpu"
     rm -f "$file.lt-cpu"
   done
 }
