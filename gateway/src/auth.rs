@@ -1,6 +1,6 @@
 //! Authentication: JWT verification and minting, and the identity a connection carries.
 //!
-//! Owns the token format (claims of SPEC.md "Running and configuration") and which
+//! Owns the token format (the claims README "What it does" lists) and which
 //! algorithm is accepted: the configured key pins it, so `alg: none` or an HS256 token
 //! signed with an RSA public key never verify. Tokens never reach a log line.
 

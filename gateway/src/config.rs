@@ -1,6 +1,6 @@
 //! Typed configuration: flags and `ROOMCAST_*` variables parsed once into `Config`.
 //!
-//! Owns every knob of SPEC.md "Running and configuration" and its validation. Nothing else
+//! Owns every knob of README "Configuration" and its validation. Nothing else
 //! reads the environment. Tests build configs with [`Config::from_pairs`] instead of
 //! touching the process environment.
 

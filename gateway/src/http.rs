@@ -2,7 +2,7 @@
 //!
 //! Owns `router(app)` (so tests need no socket for plain HTTP) and `ops_router(app)` (the
 //! operational endpoints alone, for their own listener), the health endpoints of
-//! SPEC.md "Operations", `/metrics`, the `X-Request-Id` convention and the one problem+json
+//! docs/OPERATIONS.md "Probes", `/metrics`, the `X-Request-Id` convention and the one problem+json
 //! error shape (RFC 9457) every HTTP error uses, and CORS on the REST API.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The Redis key schema of SPEC.md "Redis layout", in one place.
+//! The Redis key schema (ARCHITECTURE.md "Redis layout"), in one place.
 //!
 //! Every key of one session shares the hash tag `{s:<id>}`, so each Lua script touches one
 //! slot and the layout runs unchanged on Redis Cluster. The indexes that span sessions or

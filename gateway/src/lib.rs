@@ -153,8 +153,8 @@ pub fn check_config(config: &Config) -> Result<(), config::ConfigError> {
         .map_err(config::ConfigError)
 }
 
-/// Runs a gateway on `listener` until `shutdown` resolves, then drains (SPEC.md
-/// "Shutdown") and returns.
+/// Runs a gateway on `listener` until `shutdown` resolves, then drains
+/// (docs/OPERATIONS.md "Draining") and returns.
 pub async fn run(
     config: Config,
     listener: TcpListener,

@@ -1,4 +1,4 @@
-//! Prometheus metrics: the names of SPEC.md "Metrics", their help texts and buckets.
+//! Prometheus metrics: the names of README "Metrics", their help texts and buckets.
 //!
 //! Owns the recorder installation and every metric name; the rest of the gateway calls the
 //! small helpers here so that names and label sets stay in one place. Labels have bounded

@@ -1,5 +1,5 @@
-//! The one error shape of every HTTP answer: RFC 9457 `application/problem+json` with the
-//! SPEC.md `code`. The REST API, the WebSocket admission and the rate limits all render
+//! The one error shape of every HTTP answer: RFC 9457 `application/problem+json` with an
+//! error `code` (docs/PROTOCOL.md). The REST API, the WebSocket admission and the rate limits all render
 //! through it, so no module builds a problem body by hand.
 
 use axum::http::{header, HeaderValue, StatusCode};

@@ -1,8 +1,8 @@
 //! Roomcast wire types, shared by the gateway and the load generator.
 //!
-//! - [`protocol`]: the frames of WebSocket protocol v1 (SPEC.md) and the close codes.
+//! - [`protocol`]: the frames of WebSocket protocol v1 (docs/PROTOCOL.md) and the close codes.
 //! - [`codec`]: pure JSON/msgpack encode and decode, with bad input classified into the
-//!   SPEC.md error codes.
+//!   protocol's error codes.
 //! - [`numbers`]: refusal of numbers that decoding would change (huge JSON integers,
 //!   non-finite msgpack floats).
 //!

@@ -1,6 +1,6 @@
 //! Roomcast WebSocket protocol v1: every frame a client or server sends, as plain data.
 //!
-//! Owns the shapes of SPEC.md "WebSocket protocol v1". It knows nothing about sockets,
+//! Owns the shapes of docs/PROTOCOL.md. It knows nothing about sockets,
 //! Redis or sessions; encoding and decoding live in [`crate::codec`].
 
 use serde::{Deserialize, Serialize};
@@ -123,7 +123,7 @@ impl SessionEvent {
     }
 }
 
-/// `error.code`: the closed list of SPEC.md.
+/// `error.code`: the closed list of docs/PROTOCOL.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -428,7 +428,7 @@ impl CloseCode {
         }
     }
 
-    /// The `reason` label of `roomcast_disconnects_total` (SPEC.md "Metrics").
+    /// The `reason` label of `roomcast_disconnects_total` (README "Metrics").
     pub const fn label(self) -> &'static str {
         match self {
             CloseCode::GoingAway => "going_away",

@@ -1,8 +1,8 @@
 //! The REST API under `/api/v1`: sessions, history, presence, server publish.
 //!
 //! Owns the HTTP edge of the session model: one [`ApiError`] that renders RFC 9457
-//! problem+json with the SPEC.md `code` (internals are logged, never returned), the
-//! credentials of SPEC.md "REST API" (server API key, admin token, session JWTs; keys
+//! problem+json with its `code` (docs/PROTOCOL.md, the `error` table) (internals are logged, never returned), the
+//! credentials of README "REST API" (server API key, admin token, session JWTs; keys
 //! compared in constant time), and extractors whose rejections are problems too.
 //! Business rules live in the route modules; Redis access goes through `store`.
 
@@ -75,7 +75,7 @@ pub(crate) fn router() -> Router<Arc<App>> {
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
-/// Every REST failure: a status, a SPEC.md code and a message safe to show.
+/// Every REST failure: a status, an error `code` and a message safe to show.
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,

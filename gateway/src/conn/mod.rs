@@ -6,7 +6,7 @@
 //! session when the socket ends); `commands` what each client frame does. Outbound frames
 //! go through the client's bounded queue (`client`); session fan-out happens in the
 //! session pump (`session`). A bad frame gets an `error` frame; only the close codes of
-//! SPEC.md end a connection.
+//! docs/PROTOCOL.md end a connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
