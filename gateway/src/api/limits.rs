@@ -94,7 +94,7 @@ fn scope_and_key(scope: &str, key: &str) -> Result<Scope, ApiError> {
 }
 
 /// `GET /admin/rate-limits/{scope}/{key}`
-#[utoipa::path(get, path = "/admin/rate-limits/{scope}/{key}", tag = "admin",
+#[utoipa::path(get, path = "/admin/rate-limits/{scope}/{key}", operation_id = "getRateLimit", tag = "admin",
     params(("scope" = String, Path, pattern = "^(publish|publish_ip|connect|api|api_strict|burst)$"),
         ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}(/64)?$")),
     responses((status = 200, body = LimitState)))]
@@ -129,7 +129,7 @@ pub(crate) struct Reset {
 }
 
 /// `DELETE /admin/rate-limits/{scope}/{key}`: forgets the key's window.
-#[utoipa::path(delete, path = "/admin/rate-limits/{scope}/{key}", tag = "admin",
+#[utoipa::path(delete, path = "/admin/rate-limits/{scope}/{key}", operation_id = "resetRateLimit", tag = "admin",
     params(("scope" = String, Path, pattern = "^(publish|publish_ip|connect|api|api_strict|burst)$"),
         ("key" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}(/64)?$")),
     responses((status = 200, body = Reset)))]

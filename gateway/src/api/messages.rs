@@ -65,7 +65,7 @@ fn check_size(app: &App, data: &Value) -> Result<(), ApiError> {
 }
 
 /// `POST /sessions/{id}/messages`
-#[utoipa::path(post, path = "/sessions/{id}/messages", tag = "messages", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/messages", operation_id = "publishMessage", tag = "messages", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = ServerMessage,
     responses((status = 200, body = Published),
         (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -139,7 +139,7 @@ pub(crate) struct Delivered {
 }
 
 /// `POST /users/{user}/messages`
-#[utoipa::path(post, path = "/users/{user}/messages", tag = "messages", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$")),
+#[utoipa::path(post, path = "/users/{user}/messages", operation_id = "sendDirectMessage", tag = "messages", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$")),
     request_body = DirectMessage,
     responses((status = 200, body = Delivered),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]

@@ -85,7 +85,7 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Roomcast REST API", version = "1", description = "Sessions, history, presence and server publishing. \
-        Errors are RFC 9457 problem+json with a `code`. WebSocket protocol: see SPEC.md."),
+        Errors are RFC 9457 problem+json with a `code`. WebSocket protocol: docs/PROTOCOL.md in the Roomcast repository."),
     servers((url = "/api/v1")),
     security(("bearer" = [])),
     modifiers(&BearerAuth),
@@ -103,7 +103,42 @@ impl Modify for BearerAuth {
 )]
 pub(crate) struct ApiDoc;
 
-static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::openapi);
+/// The served document, built once. Kept as JSON because utoipa 5.5 serialises a link's
+/// fields in snake_case (`operation_id`), which no OpenAPI tool reads: the links are added
+/// to the JSON instead.
+static DOCUMENT: LazyLock<serde_json::Value> = LazyLock::new(|| {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    add_presence_links(&mut doc);
+    doc
+});
+
+/// Links from a REST presence join to the routes its `client_id` is for, so a client (or
+/// schemathesis' stateful phase) can follow them instead of guessing a member. The body's
+/// `client_id` is a runtime expression inside a literal body; tools that do not evaluate
+/// such expressions read it as a plain example.
+fn add_presence_links(doc: &mut serde_json::Value) {
+    let joined = doc
+        .pointer_mut("/paths/~1sessions~1{id}~1presence~1join/post/responses/200")
+        .and_then(serde_json::Value::as_object_mut);
+    let Some(joined) = joined else {
+        return;
+    };
+    let link = |operation: &str, description: &str| {
+        serde_json::json!({
+            "operationId": operation,
+            "parameters": { "id": "$request.path.id" },
+            "requestBody": { "client_id": "$response.body#/client_id" },
+            "description": description,
+        })
+    };
+    joined.insert(
+        "links".to_string(),
+        serde_json::json!({
+            "activity": link("markPresenceActive", "Refresh the member just joined"),
+            "leave": link("leavePresence", "Remove the member just joined"),
+        }),
+    );
+}
 
 fn problem_response(description: &str) -> utoipa::openapi::Response {
     ResponseBuilder::new()
@@ -128,7 +163,7 @@ mod tests {
 
     #[test]
     fn document_lists_every_route() {
-        let doc = serde_json::to_value(&*DOCUMENT).unwrap();
+        let doc = &*DOCUMENT;
         let paths = doc["paths"].as_object().unwrap();
         for p in [
             "/sessions",
@@ -173,5 +208,30 @@ mod tests {
             1
         );
         assert!(doc["components"]["schemas"]["PatchSession"]["maxProperties"].is_null());
+    }
+
+    /// Code generators and link resolution need each operation named once.
+    #[test]
+    fn operation_ids_are_unique_and_links_resolve() {
+        let doc = &*DOCUMENT;
+        let mut ids = std::collections::HashSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let id = op["operationId"].as_str().unwrap_or_default();
+                assert!(!id.is_empty(), "{method} {path} has no operationId");
+                assert!(ids.insert(id.to_string()), "operationId {id} is used twice");
+            }
+        }
+        let links =
+            &doc["paths"]["/sessions/{id}/presence/join"]["post"]["responses"]["200"]["links"];
+        for name in ["activity", "leave"] {
+            let target = links[name]["operationId"].as_str().unwrap();
+            assert!(ids.contains(target), "link {name} names no operation");
+            assert_eq!(links[name]["parameters"]["id"], "$request.path.id");
+            assert_eq!(
+                links[name]["requestBody"]["client_id"],
+                "$response.body#/client_id"
+            );
+        }
     }
 }

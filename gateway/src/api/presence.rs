@@ -55,7 +55,7 @@ pub(crate) struct Summary {
 }
 
 /// `GET /sessions/{id}/presence`
-#[utoipa::path(get, path = "/sessions/{id}/presence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(get, path = "/sessions/{id}/presence", operation_id = "getPresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Summary),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn summary(
@@ -85,7 +85,7 @@ pub(crate) struct MemberList {
 }
 
 /// `GET /sessions/{id}/presence/users`
-#[utoipa::path(get, path = "/sessions/{id}/presence/users", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(get, path = "/sessions/{id}/presence/users", operation_id = "listPresenceUsers", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = MemberList),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn users(
@@ -129,7 +129,7 @@ pub(crate) struct PresenceEntry {
 }
 
 /// `POST /sessions/{id}/presence/join`
-#[utoipa::path(post, path = "/sessions/{id}/presence/join", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/presence/join", operation_id = "joinPresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body(content = Option<PresenceJoin>),
     responses((status = 200, body = PresenceEntry),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -241,7 +241,7 @@ async fn own_member(
 }
 
 /// `POST /sessions/{id}/presence/activity`: refreshes the entry and marks it active.
-#[utoipa::path(post, path = "/sessions/{id}/presence/activity", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/presence/activity", operation_id = "markPresenceActive", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = PresenceClient,
     responses((status = 200, body = PresenceEntry),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -284,7 +284,7 @@ pub(crate) struct Left {
 }
 
 /// `POST /sessions/{id}/presence/leave`
-#[utoipa::path(post, path = "/sessions/{id}/presence/leave", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/presence/leave", operation_id = "leavePresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = PresenceClient,
     responses((status = 200, body = Left),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -311,7 +311,7 @@ pub(crate) struct Cleanup {
 }
 
 /// `POST /sessions/{id}/presence/cleanup` (admin): sweeps expired entries now.
-#[utoipa::path(post, path = "/sessions/{id}/presence/cleanup", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/presence/cleanup", operation_id = "cleanupPresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Cleanup),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn cleanup(

@@ -97,7 +97,7 @@ fn new_code() -> String {
 }
 
 /// `POST /sessions`
-#[utoipa::path(post, path = "/sessions", tag = "sessions", security(()), request_body(content = Option<CreateSession>),
+#[utoipa::path(post, path = "/sessions", operation_id = "createSession", tag = "sessions", security(()), request_body(content = Option<CreateSession>),
     responses((status = 201, body = SessionCreated),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create(
@@ -201,7 +201,7 @@ pub(crate) struct Joined {
 }
 
 /// `POST /sessions/join`
-#[utoipa::path(post, path = "/sessions/join", tag = "sessions", security(()), request_body = JoinByCode,
+#[utoipa::path(post, path = "/sessions/join", operation_id = "joinSessionByCode", tag = "sessions", security(()), request_body = JoinByCode,
     responses((status = 200, body = Joined),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
@@ -264,7 +264,7 @@ pub(crate) async fn join(
 }
 
 /// `GET /sessions/{id}`
-#[utoipa::path(get, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(get, path = "/sessions/{id}", operation_id = "getSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = SessionView),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get(
@@ -339,7 +339,7 @@ async fn transition(
 }
 
 /// `PATCH /sessions/{id}`
-#[utoipa::path(patch, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = PatchSession,
+#[utoipa::path(patch, path = "/sessions/{id}", operation_id = "updateSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = PatchSession,
     responses((status = 200, body = SessionView),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -394,7 +394,7 @@ pub(crate) struct EndParams {
 }
 
 /// `DELETE /sessions/{id}`: ends it; members get `session/ended`, then close 4000.
-#[utoipa::path(delete, path = "/sessions/{id}", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), EndParams),
+#[utoipa::path(delete, path = "/sessions/{id}", operation_id = "endSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), EndParams),
     responses((status = 200, body = SessionView),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn end(
@@ -447,7 +447,7 @@ pub(crate) struct ResolveSession {
 }
 
 /// `POST /sessions/{id}/resolve`
-#[utoipa::path(post, path = "/sessions/{id}/resolve", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/resolve", operation_id = "resolveSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body(content = Option<ResolveSession>),
     responses((status = 200, body = SessionView),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
@@ -495,7 +495,7 @@ pub(crate) struct Resumed {
 
 /// `POST /sessions/{id}/resume`: reactivates an inactive or resolved session inside its
 /// lifetime.
-#[utoipa::path(post, path = "/sessions/{id}/resume", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/resume", operation_id = "resumeSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Resumed),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn resume(
@@ -570,7 +570,7 @@ pub(crate) struct SessionList {
 }
 
 /// `GET /users/{user}/sessions`
-#[utoipa::path(get, path = "/users/{user}/sessions", tag = "sessions", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$"), UserSessionsParams),
+#[utoipa::path(get, path = "/users/{user}/sessions", operation_id = "listUserSessions", tag = "sessions", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$"), UserSessionsParams),
     responses((status = 200, body = SessionList)))]
 pub(crate) async fn of_user(
     State(app): State<Arc<App>>,
@@ -627,7 +627,7 @@ pub(crate) struct Stats {
 }
 
 /// `GET /sessions/stats`
-#[utoipa::path(get, path = "/sessions/stats", tag = "sessions",
+#[utoipa::path(get, path = "/sessions/stats", operation_id = "getSessionStats", tag = "sessions",
     responses((status = 200, body = Stats)))]
 pub(crate) async fn stats(
     State(app): State<Arc<App>>,
