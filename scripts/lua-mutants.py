@@ -3,7 +3,7 @@
 
 cargo-mutants cannot mutate Lua, so this keeps a short list of hand-written mutants of
 the scripts that carry the guarantees: publish, join, ratelimit, publish_limits,
-session_transition and presence_refresh. For each mutant it edits the script in place (the scripts are compiled
+session_transition, presence_refresh and node_prune. For each mutant it edits the script in place (the scripts are compiled
 into the gateway with include_str!), runs the tests that cover that script, and restores
 the original whatever happens. A mutant is "caught" when a test fails, "missed" when
 every test passes, "unviable" when the gateway no longer builds.
@@ -33,6 +33,7 @@ TESTS = {
     "session_transition": ["--test", "rest", "--test", "lifecycle", "--test", "hardening"],
     "presence_refresh": ["--lib", "--test", "realtime", "--test", "resilience",
                          "--test", "hardening"],
+    "node_prune": ["--lib", "--test", "rest"],
 }
 
 # (name, script, original text, replacement, what the mutant breaks). The original must
@@ -138,6 +139,18 @@ MUTANTS = [
      "  redis.call('PEXPIRE', KEYS[4], ARGV[3])",
      "  local _ = KEYS[4]",
      "the seq can expire under live members"),
+    ("prune-keeps-counts", "node_prune",
+     "  redis.call('HDEL', KEYS[2], unpack(gone, first, math.min(first + chunk - 1, #gone)))",
+     "  local _ = gone",
+     "a dead node's connection count stays forever"),
+    ("prune-drops-live-counts", "node_prune",
+     "    if not scores[i - first + 1] then",
+     "    if true then",
+     "a live node's connection count is forgotten at every heartbeat"),
+    ("prune-keeps-dead-nodes", "node_prune",
+     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])",
+     "local _ = ARGV[1]",
+     "a dead node stays registered (and its count with it)"),
 ]
 
 # Mutants that cannot change behaviour, each with the reason (none so far).

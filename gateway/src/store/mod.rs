@@ -93,6 +93,7 @@ struct Scripts {
     due_claim: Script,
     due_reschedule: Script,
     owned_claim: Script,
+    node_prune: Script,
     ratelimit: Script,
 }
 
@@ -117,6 +118,7 @@ impl Scripts {
             due_claim: Script::from_lua(include_str!("../../../redis/due_claim.lua")),
             due_reschedule: Script::from_lua(include_str!("../../../redis/due_reschedule.lua")),
             owned_claim: Script::from_lua(include_str!("../../../redis/owned_claim.lua")),
+            node_prune: Script::from_lua(include_str!("../../../redis/node_prune.lua")),
             ratelimit: Script::from_lua(include_str!("../../../redis/ratelimit.lua")),
         }
     }
@@ -636,9 +638,9 @@ impl Store {
         Ok(())
     }
 
-    /// Records this node's heartbeat (in its bucket of the registry) and forgets nodes
-    /// silent for `forget_after`, in every bucket (a bucket whose nodes all died has
-    /// nobody else to clean it).
+    /// Records this node's heartbeat (in its bucket of the registry), then forgets nodes
+    /// silent for `forget_after` and the connection counts of unregistered nodes, in every
+    /// bucket (`node_prune.lua`; a bucket whose nodes all died has nobody else to clean it).
     pub async fn node_heartbeat(
         &self,
         node: &str,
@@ -646,8 +648,8 @@ impl Store {
         forget_after: Duration,
     ) -> Result<(), StoreError> {
         let started = Instant::now();
-        let pipe = self.client()?.pipeline();
-        let _: () = pipe
+        let _: i64 = self
+            .client()?
             .zadd(
                 self.keys.nodes(bucket_of(node)),
                 None,
@@ -657,13 +659,18 @@ impl Store {
                 (now_ms as f64, node),
             )
             .await?;
-        let horizon = now_ms.saturating_sub(forget_after.as_millis() as u64) as f64;
-        for bucket in 0..INDEX_BUCKETS {
-            let _: () = pipe
-                .zremrangebyscore(self.keys.nodes(bucket), f64::NEG_INFINITY, horizon)
-                .await?;
+        let horizon = now_ms.saturating_sub(forget_after.as_millis() as u64) as i64;
+        let prunes = (0..INDEX_BUCKETS).map(|bucket| {
+            self.eval(
+                "node_prune",
+                &self.scripts.node_prune,
+                vec![self.keys.nodes(bucket), self.keys.node_connections(bucket)],
+                vec![horizon.into()],
+            )
+        });
+        for pruned in futures_util::future::join_all(prunes).await {
+            pruned?;
         }
-        let _: Vec<Value> = pipe.all().await?;
         m::redis_command("node_heartbeat", started.elapsed());
         Ok(())
     }

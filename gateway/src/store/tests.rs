@@ -267,6 +267,50 @@ async fn the_node_registry_counts_live_nodes_and_forgets_a_removed_one() {
     );
 }
 
+/// A node that dies without a clean shutdown leaves its heartbeat and its connection
+/// count behind: the next heartbeat of any live node forgets both, and the orphan counts
+/// an earlier version left, while a live node's count stays.
+#[tokio::test]
+async fn a_heartbeat_forgets_dead_nodes_and_their_connection_counts() {
+    use crate::keys::bucket_of;
+    let redis = Redis::start();
+    let (store, _) = store(&redis).await;
+    let minute = Duration::from_secs(60);
+    let now = now_ms();
+    // Many dead nodes, so that every bucket holds some and a live node prunes them all.
+    let dead: Vec<String> = (0..40).map(|i| format!("gw-dead-{i}")).collect();
+    for node in &dead {
+        store
+            .node_heartbeat(node, now - 120_000, minute)
+            .await
+            .unwrap();
+        store.node_connections(node, 5).await.unwrap();
+    }
+    let k = store.keys();
+    let orphan = "gw-orphan";
+    redis.cmd(&["HSET", &k.node_connections(bucket_of(orphan)), orphan, "9"]);
+    store.node_heartbeat("gw-live", now, minute).await.unwrap();
+    store.node_connections("gw-live", 3).await.unwrap();
+    // A second pass finds nothing more to forget and keeps the live node.
+    store.node_heartbeat("gw-live", now, minute).await.unwrap();
+    assert_eq!(store.cluster(now, minute).await.unwrap(), (1, 3));
+    for node in dead.iter().map(String::as_str).chain([orphan]) {
+        let bucket = bucket_of(node);
+        assert_eq!(
+            redis.cmd(&["ZSCORE", &k.nodes(bucket), node]).as_deref(),
+            Some("$-1\r\n"),
+            "{node} stayed registered"
+        );
+        assert_eq!(
+            int(redis.cmd(&["HEXISTS", &k.node_connections(bucket), node])),
+            0,
+            "{node}'s count stayed"
+        );
+    }
+    let live = k.node_connections(bucket_of("gw-live"));
+    assert_eq!(int(redis.cmd(&["HEXISTS", &live, "gw-live"])), 1);
+}
+
 /// The cross-session indexes live in buckets: every session is listed from whichever
 /// bucket holds it, the lifecycle clock finds it in its own bucket, and entries an
 /// earlier version left in the unbucketed keys move into the buckets.
