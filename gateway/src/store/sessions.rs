@@ -482,16 +482,34 @@ impl Store {
                 .await?;
         }
         if let Some(user) = user {
-            let key = self.keys.user_sessions(user);
-            let _: () = pipe
-                .zadd(&key, None, None, false, false, (now, session))
-                .await?;
-            let _: () = pipe
-                .pexpire(&key, self.max_lifetime_ms.max(self.ttl_ms) as i64, None)
-                .await?;
+            self.file_user_session(&pipe, user, session, now_ms).await?;
         }
         let _: Vec<Value> = pipe.all().await?;
         m::redis_command("touch_indexes", started.elapsed());
+        Ok(())
+    }
+
+    /// Queues the writes that list `session` for `user`: the entry, the key's lifetime,
+    /// and the removal of entries too old to name a session that still exists (their
+    /// session ended by its lifetime, and its meta is gone). Without that removal an
+    /// active user's listing would only ever grow while its TTL kept being pushed.
+    async fn file_user_session(
+        &self,
+        pipe: &fred::clients::Pipeline<fred::clients::Client>,
+        user: &str,
+        session: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.user_sessions(user);
+        let lives = self.max_lifetime_ms.max(self.ttl_ms);
+        let stale = now_ms.saturating_sub(lives + TOMBSTONE.as_millis() as u64);
+        let _: () = pipe
+            .zadd(&key, None, None, false, false, (now_ms as f64, session))
+            .await?;
+        let _: () = pipe
+            .zremrangebyscore(&key, f64::NEG_INFINITY, stale as f64)
+            .await?;
+        let _: () = pipe.pexpire(&key, lives as i64, None).await?;
         Ok(())
     }
 
@@ -503,14 +521,9 @@ impl Store {
         session: &str,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let key = self.keys.user_sessions(user);
-        let client = self.client()?;
-        let _: i64 = client
-            .zadd(&key, None, None, false, false, (now_ms as f64, session))
-            .await?;
-        let _: i64 = client
-            .pexpire(&key, self.max_lifetime_ms.max(self.ttl_ms) as i64, None)
-            .await?;
+        let pipe = self.client()?.pipeline();
+        self.file_user_session(&pipe, user, session, now_ms).await?;
+        let _: Vec<Value> = pipe.all().await?;
         Ok(())
     }
 

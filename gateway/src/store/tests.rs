@@ -470,6 +470,35 @@ async fn an_observed_session_is_listed_for_its_user_with_a_ttl() {
     );
 }
 
+/// A listing entry older than any session can live (its lifetime, and the hour its meta
+/// outlives it) is dropped at the user's next write: an active user's listing, whose TTL
+/// every write pushes, does not grow for good. A younger entry stays.
+#[tokio::test]
+async fn a_users_listing_drops_entries_older_than_any_session_lives() {
+    let redis = Redis::start();
+    let (store, config) = store(&redis).await;
+    let now = now_ms();
+    let lives = config.max_lifetime.max(config.history_ttl) + super::TOMBSTONE;
+    let gone = now - lives.as_millis() as u64 - 1_000;
+    let kept = now - lives.as_millis() as u64 + 60_000;
+    store
+        .remember_user_session("u", "gone", gone)
+        .await
+        .unwrap();
+    store
+        .remember_user_session("u", "kept", kept)
+        .await
+        .unwrap();
+    store
+        .touch_indexes("new", now, Some("u"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.user_session_ids("u", 10).await.unwrap(),
+        ["new", "kept"]
+    );
+}
+
 /// A user's listing holds exactly `limit` sessions, the most recent first.
 #[tokio::test]
 async fn a_users_session_listing_holds_at_most_the_limit_newest_first() {
