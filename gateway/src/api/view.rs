@@ -24,7 +24,8 @@ pub(crate) struct SessionView {
     pub notes: Option<String>,
     pub resolved_at: Option<u64>,
     pub ended_at: Option<u64>,
-    /// Why it ended or went inactive.
+    /// Why it ended: `max_lifetime`, or the `reason` of `DELETE /sessions/{id}` (default
+    /// `ended`). An inactive session's status says why on its own.
     pub reason: Option<String>,
 }
 
