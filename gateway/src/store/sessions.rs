@@ -406,9 +406,16 @@ impl Store {
         let (sessions, due) = self.keys.legacy_session_indexes();
         let client = self.client()?;
         let mut moved = 0;
-        for (legacy, bucketed) in [
-            (sessions, Keys::sessions as fn(&Keys, u16) -> String),
-            (due, Keys::sessions_due),
+        use fred::types::sorted_sets::Ordering;
+        // A session in both places keeps its latest activity and its earliest due time
+        // (the clock looks, then reschedules it).
+        for (legacy, bucketed, keep) in [
+            (
+                sessions,
+                Keys::sessions as fn(&Keys, u16) -> String,
+                Ordering::GreaterThan,
+            ),
+            (due, Keys::sessions_due, Ordering::LessThan),
         ] {
             let entries: Vec<(String, f64)> = client
                 .zrange(&legacy, 0, 999, None, false, None, true)
@@ -422,7 +429,7 @@ impl Store {
                     .zadd(
                         bucketed(&self.keys, bucket_of(id)),
                         None,
-                        Some(fred::types::sorted_sets::Ordering::LessThan),
+                        Some(keep.clone()),
                         false,
                         false,
                         (*score, id.as_str()),

@@ -350,7 +350,22 @@ async fn session_indexes_are_bucketed_and_legacy_entries_move_in() {
     let (legacy, legacy_due) = k.legacy_session_indexes();
     redis.cmd(&["ZADD", &legacy, "5", "old-one"]).unwrap();
     redis.cmd(&["ZADD", &legacy_due, "7", "old-one"]).unwrap();
-    assert_eq!(store.migrate_legacy_indexes().await.unwrap(), 2);
+    // One already in the buckets: the later activity and the earlier due time win.
+    let both = &ids[1];
+    redis.cmd(&["ZADD", &legacy, "5", both]).unwrap();
+    redis.cmd(&["ZADD", &legacy_due, "7", both]).unwrap();
+    assert_eq!(store.migrate_legacy_indexes().await.unwrap(), 4);
+    let b1 = bucket_of(both);
+    assert_eq!(
+        redis.cmd(&["ZSCORE", &k.sessions(b1), both]).unwrap(),
+        format!("${}\r\n{now}\r\n", now.to_string().len()),
+        "the later activity stays"
+    );
+    assert_eq!(
+        redis.cmd(&["ZSCORE", &k.sessions_due(b1), both]).unwrap(),
+        "$1\r\n7\r\n",
+        "the earlier due time wins"
+    );
     let b = bucket_of("old-one");
     assert_eq!(
         redis
