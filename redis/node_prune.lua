@@ -3,9 +3,9 @@
 --       connection count); one tag, so one slot on a cluster
 -- ARGV: 1 horizon ms: a heartbeat at or before it is stale
 -- Forgets stale nodes, then every connection count whose node is not registered, so a
--- node that died without a clean shutdown (SIGKILL, a lost machine) leaves nothing behind;
--- so do the counts such nodes left before this script existed. A live node writes its
--- heartbeat before its count, and writes both again at its next heartbeat.
+-- node that died without a clean shutdown (SIGKILL, a lost machine) leaves nothing behind.
+-- That also clears the counts such nodes left before this script existed. A live node
+-- writes its heartbeat before its count, and both again at its next heartbeat.
 -- Returns the number of counts removed.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local counted = redis.call('HKEYS', KEYS[2])

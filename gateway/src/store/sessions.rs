@@ -403,10 +403,10 @@ impl Store {
     /// rolling upgrade: old instances may still write there). Idempotent; nothing to do
     /// costs two reads of absent keys.
     pub async fn migrate_legacy_indexes(&self) -> Result<usize, StoreError> {
+        use fred::types::sorted_sets::Ordering;
         let (sessions, due) = self.keys.legacy_session_indexes();
         let client = self.client()?;
         let mut moved = 0;
-        use fred::types::sorted_sets::Ordering;
         // A session in both places keeps its latest activity and its earliest due time
         // (the clock looks, then reschedules it).
         for (legacy, bucketed, keep) in [
