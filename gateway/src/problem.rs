@@ -1,6 +1,6 @@
 //! The one error shape of every HTTP answer: RFC 9457 `application/problem+json` with an
-//! error `code` (docs/PROTOCOL.md). The REST API, the WebSocket admission and the rate limits all render
-//! through it, so no module builds a problem body by hand.
+//! error `code` (docs/PROTOCOL.md). The REST API, the WebSocket admission and the rate
+//! limits all render through it, so no module builds a problem body by hand.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

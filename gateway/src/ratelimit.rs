@@ -1,11 +1,12 @@
 //! Rate limits: exact sliding windows shared by every instance through Redis, and the
 //! per-connection token bucket for ephemeral frames.
 //!
-//! Owns the scopes of README "Security" (rate limits), their keys (`rc:rl:{SCOPE:KEY}`), the decision
-//! type both HTTP and WebSocket answers are built from, and the IETF `RateLimit-Policy` /
-//! `RateLimit` header values, the one `check` both the REST middleware and the WebSocket
-//! side call, and the 429 answer. When Redis cannot answer, callers decide: publishes
-//! fail closed (they could not be stored anyway), connection and API checks fail open.
+//! Owns the scopes of README "Security" (rate limits), their keys (`rc:rl:{SCOPE:KEY}`),
+//! the decision type both HTTP and WebSocket answers are built from, the IETF
+//! `RateLimit-Policy` / `RateLimit` header values, the one `check` both the REST
+//! middleware and the WebSocket side call, and the 429 answer. When Redis cannot answer,
+//! callers decide: publishes fail closed (they could not be stored anyway), connection and
+//! API checks fail open.
 
 use std::time::{Duration, Instant};
 

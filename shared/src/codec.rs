@@ -1,8 +1,8 @@
 //! Pure encode/decode of protocol frames for both subprotocols.
 //!
 //! Owns the mapping from bytes to [`ClientFrame`]/[`ServerFrame`] and the classification of
-//! bad input into the error codes of docs/PROTOCOL.md. No I/O here: the gateway and the load generator call
-//! these functions on frames they already hold.
+//! bad input into the error codes of docs/PROTOCOL.md. No I/O here: the gateway and the
+//! load generator call these functions on frames they already hold.
 
 use std::borrow::Cow;
 

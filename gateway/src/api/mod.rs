@@ -1,9 +1,10 @@
 //! The REST API under `/api/v1`: sessions, history, presence, server publish.
 //!
 //! Owns the HTTP edge of the session model: one [`ApiError`] that renders RFC 9457
-//! problem+json with its `code` (docs/PROTOCOL.md, the `error` table) (internals are logged, never returned), the
-//! credentials of README "REST API" (server API key, admin token, session JWTs; keys
-//! compared in constant time), and extractors whose rejections are problems too.
+//! problem+json with a `code` of docs/PROTOCOL.md's `error` table (internals are logged,
+//! never returned), the credentials of README "REST API" (server API key, admin token,
+//! session JWTs; keys compared in constant time), and extractors whose rejections are
+//! problems too.
 //! Business rules live in the route modules; Redis access goes through `store`.
 
 pub(crate) mod history;
