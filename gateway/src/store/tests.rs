@@ -46,6 +46,15 @@ fn int(reply: Option<String>) -> i64 {
         .unwrap_or_else(|_| panic!("not an integer reply: {reply:?}"))
 }
 
+/// Asserts that `key` expires in `want` ms, less the few seconds the test itself took.
+fn assert_pttl(redis: &Redis, key: &str, want: i64) {
+    let left = int(redis.cmd(&["PTTL", key]));
+    assert!(
+        want - 5_000 < left && left <= want,
+        "{key}: PTTL {left} ms, want {want} ms"
+    );
+}
+
 /// An integer in a bulk string reply (`$3\r\n250\r\n`), as hash fields are.
 fn bulk_int(reply: Option<String>) -> i64 {
     let reply = reply.expect("redis answered");
@@ -256,12 +265,7 @@ async fn a_created_session_meta_lives_as_long_as_its_history_or_lifetime_and_tom
         .await
         .unwrap());
     let meta = store.keys().session("made").meta;
-    let left = int(redis.cmd(&["PTTL", &meta]));
-    let history = config.history_ttl.as_millis() as i64;
-    assert!(
-        history - 5_000 < left && left <= history,
-        "meta PTTL {left} ms, history TTL {history} ms"
-    );
+    assert_pttl(&redis, &meta, config.history_ttl.as_millis() as i64);
     // A lifetime longer than the history: the lifetime plus the tombstone's hour.
     let long = 48 * hour;
     assert!(store
@@ -269,12 +273,7 @@ async fn a_created_session_meta_lives_as_long_as_its_history_or_lifetime_and_tom
         .await
         .unwrap());
     let meta = store.keys().session("long").meta;
-    let left = int(redis.cmd(&["PTTL", &meta]));
-    let want = (long + hour) as i64;
-    assert!(
-        want - 5_000 < left && left <= want,
-        "meta PTTL {left} ms, want {want} ms"
-    );
+    assert_pttl(&redis, &meta, (long + hour) as i64);
 }
 
 /// Presence lists the members whose expiry is still ahead: one that expires at this very

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{int, store};
+use super::{assert_pttl, int, store};
 use crate::test_redis::Redis;
 use crate::util::now_ms;
 
@@ -211,12 +211,8 @@ async fn an_observed_session_is_listed_for_its_user_with_a_ttl() {
         ["watched"]
     );
     let key = store.keys().user_sessions("watcher");
-    let left = int(redis.cmd(&["PTTL", &key]));
     let want = config.max_lifetime.max(config.history_ttl).as_millis() as i64;
-    assert!(
-        want - 5_000 < left && left <= want,
-        "PTTL {left}, want {want}"
-    );
+    assert_pttl(&redis, &key, want);
 }
 
 /// A listing entry older than any session can live (its lifetime, and the hour its meta
