@@ -6,15 +6,17 @@ use roomcast_shared::CloseCode;
 use super::{memory, settle, Harness, Member, Memory};
 
 /// A pump with one member, "old", that has been given seqs 1 to `count`.
-async fn member_given(count: u64) -> (Harness<Memory>, Member) {
+async fn member_given(count: usize) -> (Harness<Memory>, Member) {
     let h = memory();
     let old = Member::new("old");
     h.join(&old, None).await.unwrap();
     for n in 1..=count {
         h.publish(&format!("m{n}"));
     }
-    let given = usize::try_from(count).unwrap();
-    assert_eq!(old.seqs(given).await, (1..=count).collect::<Vec<_>>());
+    assert_eq!(
+        old.seqs(count).await,
+        (1..=count as u64).collect::<Vec<_>>()
+    );
     (h, old)
 }
 
