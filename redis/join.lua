@@ -6,14 +6,20 @@
 --       11 tombstone ms (how long the meta outlives the session's lifetime),
 --       12 create ('1': create the session when absent), 13 activity ('1': a writer's
 --       join touches last_activity; an observer's is a read), 14 owner (the creating user),
---       15 the epoch the client's since belongs to ('' when it names none)
+--       15 the epoch the client's since belongs to ('' when it names none),
+--       16 the id of the message the client saw at since ('' when it names none)
 -- Returns {-1} when the session has ended, {-2} when it does not exist and ARGV[12] is not
--- '1', else {seq, history (newest first), infos, created (1/0), epoch, same numbering (1/0)}.
+-- '1', else {seq, history (newest first), infos, created (1/0), epoch, same numbering (1/0),
+-- tip (the id of the message at seq, '' when unknown)}.
 -- The epoch names the session's numbering: it changes exactly when the seq counter is
 -- created (here, at 0, or in publish.lua), so a numbering that starts over after its keys
 -- were lost has a new one, and a since from the old one is not mistaken for the new. It
 -- is Redis' clock (TIME, in µs) at that moment: one session cannot start two numberings
 -- in the same microsecond, and no caller has to send a fresh id with every call.
+-- An epoch cannot name a fork: a failover to a replica that lacked the last writes keeps
+-- the epoch and reuses their seqs. So a since of the current epoch is also checked against
+-- the message stored at it (its id, ARGV[16]): the `prev` of the entry after it, or the
+-- tip when since is the top. Another id there is another branch: not the same numbering.
 -- Expired members (their node died) are swept first and announced as leaves ([3, info]);
 -- the new member is announced as a join ([4, info]). Sessions with more members than
 -- ARGV[10] get no presence events: each would go to every member (quadratic in size).
@@ -56,10 +62,14 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
 local stored = redis.call('GET', KEYS[3])
-local epoch = redis.call('HGET', KEYS[5], 'epoch')
+local numbering = redis.call('HMGET', KEYS[5], 'epoch', 'tip')
+local epoch = numbering[1]
+local tip = numbering[2] or ''
 if not stored then
   redis.call('SET', KEYS[3], '0', 'PX', ARGV[7])
+  redis.call('HDEL', KEYS[5], 'tip')
   epoch = nil
+  tip = ''
 end
 if not epoch then
   -- A new numbering, or a session from before epochs (or whose meta was lost).
@@ -70,6 +80,23 @@ end
 local same = ARGV[15] == '' or ARGV[15] == epoch
 local seq = tonumber(stored or '0')
 local since = tonumber(ARGV[5])
+if same and ARGV[16] ~= '' and since >= 0 and since <= seq then
+  local anchor = nil
+  if since == seq then
+    anchor = tip
+  elseif seq - since <= tonumber(ARGV[6]) then
+    local after = redis.call('LINDEX', KEYS[4], seq - since - 1)
+    if after then
+      local ok, e = pcall(cmsgpack.unpack, after)
+      if ok and type(e) == 'table' and e[1] == since + 1 then
+        anchor = e[6]
+      end
+    end
+  end
+  if type(anchor) == 'string' and anchor ~= '' and anchor ~= ARGV[16] then
+    same = false
+  end
+end
 local hist = {}
 if since >= 0 then
   local n = tonumber(ARGV[6])
@@ -88,4 +115,4 @@ end
 if loud() then
   redis.call('SPUBLISH', KEYS[6], '\146\4' .. ARGV[3])
 end
-return {seq, hist, infos, created, epoch, same and 1 or 0}
+return {seq, hist, infos, created, epoch, same and 1 or 0, tip}

@@ -1,23 +1,29 @@
 -- publish.lua: store one message and fan it out, atomically, on the session's slot.
 -- KEYS: 1 seq, 2 hist, 3 meta, 4 ch
--- ARGV: 1 entry tail (msgpack of ts, from, data), 2 history cap, 3 ttl ms, 4 now ms,
+-- ARGV: 1 entry tail (msgpack of ts, from, data, id), 2 history cap, 3 ttl ms, 4 now ms,
 --       5 trace context (a msgpack string, or empty when tracing is off),
 --       6 expires_at ms for a session this publish creates, 7 tombstone ms (how long
---       the meta outlives the session's lifetime)
+--       the meta outlives the session's lifetime), 8 the message's id (as in the tail)
 -- A publish that creates the seq counter starts a new numbering: a new epoch (join.lua).
+-- The meta's `tip` is the id of the newest message; each entry ends with `prev`, the tip
+-- it followed ('' for the first of a numbering), so a reader that delivered seq n can
+-- tell whether seq n+1 continues what it delivered or another branch (a failover to a
+-- replica that lacked writes reuses seqs under the same epoch).
 -- Returns {seq, reactivated (1/0), created (1/0)}, or -1 when the session has ended, -2
 -- when it is resolved. Publishing is activity: an inactive session becomes active again
 -- (the caller puts it back under the lifecycle clock when `reactivated` or `created`).
--- The entry is the msgpack array [seq, ts, from, data]; the gateway encodes everything
--- but seq, which only this script knows. The pub/sub payload is [1, entry] or, with a
--- trace context, [1, entry, traceparent]; history keeps the entry alone.
+-- The entry is the msgpack array [seq, ts, from, data, id, prev]; the gateway encodes
+-- everything but seq and prev, which only this script knows. The pub/sub payload is
+-- [1, entry] or, with a trace context, [1, entry, traceparent]; history keeps the entry
+-- alone.
 -- Every session that has a status has its created_at and expires_at (session_create.lua,
 -- join.lua and this script's creation set them together), so only a publish that creates
 -- the session writes them, and one HMGET reads what the rest needs: 10 calls per publish
 -- instead of 14 (BENCHMARKS.md, "Round 3").
-local meta = redis.call('HMGET', KEYS[3], 'status', 'expires_at')
+local meta = redis.call('HMGET', KEYS[3], 'status', 'expires_at', 'tip')
 local status = meta[1]
 local expires_at = meta[2]
+local prev = meta[3] or ''
 local reactivated = 0
 local created = 0
 if not status then
@@ -38,15 +44,16 @@ end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[3], 'epoch', t[1] .. string.format('%06d', tonumber(t[2])))
+  prev = ''
 end
 local seq = redis.call('INCR', KEYS[1])
-local entry = '\148' .. cmsgpack.pack(seq) .. ARGV[1]
+local entry = '\150' .. cmsgpack.pack(seq) .. ARGV[1] .. cmsgpack.pack(prev)
 local cap = tonumber(ARGV[2])
 -- The list only needs trimming once it is over its cap.
 if redis.call('LPUSH', KEYS[2], entry) > cap then
   redis.call('LTRIM', KEYS[2], 0, cap - 1)
 end
-redis.call('HSET', KEYS[3], 'last_activity', ARGV[4])
+redis.call('HSET', KEYS[3], 'last_activity', ARGV[4], 'tip', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 -- The meta outlives the session's end of life by the tombstone (see join.lua).

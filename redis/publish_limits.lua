@@ -4,7 +4,7 @@
 -- lives on one node (standalone, Sentinel): on a Cluster the logs and the session are on
 -- different slots, and ratelimit.lua runs apart, once per log.
 -- KEYS: 1-4 publish.lua's; 5.. one sliding-window log per limit (a ZSET, as ratelimit.lua)
--- ARGV: 1-7 publish.lua's; 8.. three per log: window ms, limit, a unique member
+-- ARGV: 1-8 publish.lua's; 9.. three per log: window ms, limit, a unique member
 -- Refused: {-3, which log (1 for KEYS[5]), its count, its oldest admission ms, now ms},
 -- and nothing is counted or stored. Admitted: each log records the admission (Redis'
 -- clock, like ratelimit.lua, so every instance counts on one timeline), then publish.lua
@@ -14,7 +14,7 @@ do
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   for i = 5, #KEYS do
-    local a = 8 + (i - 5) * 3
+    local a = 9 + (i - 5) * 3
     redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - tonumber(ARGV[a]))
     local count = redis.call('ZCARD', KEYS[i])
     if count >= tonumber(ARGV[a + 1]) then
@@ -23,7 +23,7 @@ do
     end
   end
   for i = 5, #KEYS do
-    local a = 8 + (i - 5) * 3
+    local a = 9 + (i - 5) * 3
     redis.call('ZADD', KEYS[i], now, ARGV[a + 2])
     redis.call('PEXPIRE', KEYS[i], ARGV[a])
   end

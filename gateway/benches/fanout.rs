@@ -19,9 +19,14 @@ fn payload(pad: usize) -> Vec<u8> {
         name: Some("Stage remote".into()),
     };
     let data = json!({"t": 1_763_800_000_000_000u64, "n": 42, "pad": "x".repeat(pad)});
-    let tail = encode_entry_tail(1_763_800_000_000, &from, &data).unwrap_or_default();
-    let mut out = vec![0x92, 1, 0x94, 0xcd, 0x30, 0x39]; // seq 12345 as uint16
+    let tail = encode_entry_tail(1_763_800_000_000, &from, &data)
+        .map(|t| t.bytes)
+        .unwrap_or_default();
+    let mut out = vec![0x92, 1, 0x96, 0xcd, 0x30, 0x39]; // seq 12345 as uint16
     out.extend(tail);
+    // `prev`, as publish.lua appends it.
+    out.extend([0xac]);
+    out.extend(b"0123456789ab");
     out
 }
 
@@ -30,6 +35,7 @@ fn frame_of(bytes: &[u8]) -> SharedFrame {
         Ok(Envelope::Message(e, _)) => SharedFrame::new(ServerFrame::Message {
             session: "bench".into(),
             seq: e.seq,
+            id: e.id,
             ts: e.ts,
             from: e.from,
             data: e.data,

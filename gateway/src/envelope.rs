@@ -1,7 +1,8 @@
 //! Internal encodings shared through Redis: history entries, member info, pub/sub payloads.
 //!
 //! Owns the msgpack layouts the Lua scripts assemble or forward (see `redis/*.lua`):
-//! an entry is the array `[seq, ts, from, data]`; a pub/sub payload is `[kind, body]`.
+//! an entry is the array `[seq, ts, from, data, id, prev]` (entries stored before ids
+//! existed end after `data`); a pub/sub payload is `[kind, body]`.
 //! These are not client-facing frames: the gateway turns them into `ServerFrame`s.
 
 use roomcast_shared::{From, HistoryMessage, Member, Role, SessionEvent};
@@ -27,18 +28,35 @@ pub mod kind {
 }
 
 /// A stored message.
+///
+/// `id` and `prev` chain a numbering: `prev` is the id of the message stored right before
+/// this one (`publish.lua` keeps the newest id in the meta's `tip`). Whoever delivered the
+/// message at `seq - 1` can tell that this one follows it, and not a message of another
+/// branch with the same seq (a restart, or a failover to a replica that lacked writes).
+/// Both are empty where unknown (the first message of a numbering has no `prev`; entries
+/// stored before ids existed have neither), and an empty one is never a mismatch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub seq: u64,
     pub ts: u64,
     pub from: From,
     pub data: Value,
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub prev: String,
+}
+
+/// Whether two message ids name different messages; an unknown (empty) one never does.
+pub fn ids_differ(a: &str, b: &str) -> bool {
+    !a.is_empty() && !b.is_empty() && a != b
 }
 
 impl Entry {
     pub fn into_history(self) -> HistoryMessage {
         HistoryMessage {
             seq: self.seq,
+            id: self.id,
             ts: self.ts,
             from: self.from,
             data: self.data,
@@ -172,12 +190,36 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, EnvelopeError> {
     rmp_serde::from_slice(bytes).map_err(|e| EnvelopeError(e.to_string()))
 }
 
-/// Everything of an entry but its seq, which `publish.lua` prepends (see the script).
-pub fn encode_entry_tail(ts: u64, from: &From, data: &Value) -> Result<Vec<u8>, EnvelopeError> {
-    let mut out = rmp_serde::to_vec(&ts).map_err(|e| EnvelopeError(e.to_string()))?;
-    out.extend(rmp_serde::to_vec(from).map_err(|e| EnvelopeError(e.to_string()))?);
-    out.extend(rmp_serde::to_vec(data).map_err(|e| EnvelopeError(e.to_string()))?);
-    Ok(out)
+/// A message about to be stored: its new unique `id` and the entry's middle
+/// (`ts, from, data, id`). `publish.lua` puts the array header and the seq in front and
+/// `prev` behind, which only it knows (see the script).
+#[derive(Debug, Clone)]
+pub struct EntryTail {
+    pub id: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Characters of a message id: 62 random bits, so two branches of one numbering never
+/// give the same seq the same id.
+pub const MESSAGE_ID_CHARS: usize = 12;
+
+/// Encodes a new message with a fresh id.
+pub fn encode_entry_tail(ts: u64, from: &From, data: &Value) -> Result<EntryTail, EnvelopeError> {
+    encode_entry_tail_with_id(ts, from, data, crate::util::random_id(MESSAGE_ID_CHARS))
+}
+
+fn encode_entry_tail_with_id(
+    ts: u64,
+    from: &From,
+    data: &Value,
+    id: String,
+) -> Result<EntryTail, EnvelopeError> {
+    let err = |e: rmp_serde::encode::Error| EnvelopeError(e.to_string());
+    let mut bytes = rmp_serde::to_vec(&ts).map_err(err)?;
+    bytes.extend(rmp_serde::to_vec(from).map_err(err)?);
+    bytes.extend(rmp_serde::to_vec(data).map_err(err)?);
+    bytes.extend(rmp_serde::to_vec(&id).map_err(err)?);
+    Ok(EntryTail { id, bytes })
 }
 
 #[cfg(test)]
@@ -194,12 +236,16 @@ mod tests {
         }
     }
 
-    /// What publish.lua does: `'\148' .. cmsgpack.pack(seq) .. tail`, for each width
-    /// cmsgpack may choose for the seq.
+    /// What publish.lua does: `'\150' .. cmsgpack.pack(seq) .. tail .. cmsgpack.pack(prev)`,
+    /// for each width cmsgpack may choose for the seq.
     #[test]
     fn lua_assembled_entry_decodes() {
         let data = json!({"text": "hi", "n": [1, 2]});
-        let tail = encode_entry_tail(1234, &from(), &data).unwrap();
+        let tail = encode_entry_tail_with_id(1234, &from(), &data, "id7".into()).unwrap();
+        assert_eq!(
+            encode_entry_tail(1, &from(), &data).unwrap().id.len(),
+            MESSAGE_ID_CHARS
+        );
         let seq_encodings: [(u64, Vec<u8>); 4] = [
             (5, vec![0x05]),
             (200, vec![0xcc, 200]),
@@ -207,13 +253,15 @@ mod tests {
             (1 << 40, vec![0xcf, 0, 0, 1, 0, 0, 0, 0, 0]),
         ];
         for (seq, packed) in seq_encodings {
-            let mut entry = vec![0x94];
+            let mut entry = vec![0x96];
             entry.extend(&packed);
-            entry.extend(&tail);
+            entry.extend(&tail.bytes);
+            entry.extend(rmp_serde::to_vec("id6").unwrap());
             let e = decode_entry(&entry).unwrap();
             assert_eq!(e.seq, seq);
             assert_eq!(e.ts, 1234);
             assert_eq!(e.data, data);
+            assert_eq!((e.id.as_str(), e.prev.as_str()), ("id7", "id6"));
             let mut payload = vec![0x92, kind::MESSAGE];
             payload.extend(&entry);
             assert_eq!(
@@ -230,6 +278,20 @@ mod tests {
                 Envelope::Message(e, Some(tp.into()))
             );
         }
+    }
+
+    /// Entries stored before ids existed (`[seq, ts, from, data]`) still decode, with
+    /// unknown ids that never count as a mismatch.
+    #[test]
+    fn entries_without_ids_decode() {
+        let mut entry = vec![0x94, 0x05];
+        entry.extend(rmp_serde::to_vec(&1234u64).unwrap());
+        entry.extend(rmp_serde::to_vec(&from()).unwrap());
+        entry.extend(rmp_serde::to_vec(&json!("x")).unwrap());
+        let e = decode_entry(&entry).unwrap();
+        assert_eq!((e.seq, e.id.as_str(), e.prev.as_str()), (5, "", ""));
+        assert!(!ids_differ(&e.id, "abc") && !ids_differ("abc", ""));
+        assert!(ids_differ("abc", "abd") && !ids_differ("abc", "abc"));
     }
 
     #[test]

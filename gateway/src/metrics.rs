@@ -30,6 +30,7 @@ pub(crate) const PUBSUB_SHARD_RECONNECTS_TOTAL: &str = "roomcast_pubsub_shard_re
 pub(crate) const PUBSUB_SHARD_RESUBSCRIBES_TOTAL: &str = "roomcast_pubsub_shard_resubscribes_total";
 pub(crate) const PUBSUB_DROPPED_TOTAL: &str = "roomcast_pubsub_dropped_total";
 pub(crate) const RECOVERED_MESSAGES_TOTAL: &str = "roomcast_recovered_messages_total";
+pub(crate) const NUMBERING_RESETS_TOTAL: &str = "roomcast_numbering_resets_total";
 pub(crate) const RATE_LIMITED_TOTAL: &str = "roomcast_rate_limited_total";
 pub(crate) const RATE_LIMIT_UNAVAILABLE_TOTAL: &str = "roomcast_rate_limit_unavailable_total";
 pub(crate) const SLOW_CONSUMER_TOTAL: &str = "roomcast_slow_consumer_disconnects_total";
@@ -69,6 +70,7 @@ pub(crate) fn install() -> Result<PrometheusHandle, String> {
             PUBSUB_RECEIVED_TOTAL,
             REDIS_CLIENT_RESTARTS_TOTAL,
             RECOVERED_MESSAGES_TOTAL,
+            NUMBERING_RESETS_TOTAL,
             SLOW_CONSUMER_TOTAL,
             ACCEPT_ERRORS_TOTAL,
             PUBLISH_UNREPLICATED_TOTAL,
@@ -154,6 +156,10 @@ fn describe() {
     describe_counter!(
         RECOVERED_MESSAGES_TOTAL,
         "Messages read back from history to fill a pub/sub gap or a reconnect."
+    );
+    describe_counter!(
+        NUMBERING_RESETS_TOTAL,
+        "Sessions whose numbering a pump found restarted or forked (Redis lost keys or writes); their local members were closed with 4010."
     );
     describe_counter!(
         RATE_LIMITED_TOTAL,
@@ -296,6 +302,10 @@ pub(crate) fn pubsub_dropped(reason: &'static str, count: u64) {
 
 pub(crate) fn recovered(count: u64) {
     counter!(RECOVERED_MESSAGES_TOTAL).increment(count);
+}
+
+pub(crate) fn numbering_reset() {
+    counter!(NUMBERING_RESETS_TOTAL).increment(1);
 }
 
 pub(crate) fn rate_limit_unavailable(scope: &'static str) {

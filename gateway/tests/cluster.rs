@@ -550,3 +550,176 @@ async fn a_redis_client_fred_gave_up_on_is_connected_again() {
         assert_eq!(ctl.publish(session, json!(n)).await, n);
     }
 }
+
+/// The display's gateway A with a lost-Redis grace longer than the test, a server key,
+/// and B beside it; the display has joined `session` and seen 1..=3 (their ids kept).
+struct Watched {
+    a: Gateway,
+    b: Gateway,
+    tv: WsClient,
+    epoch: String,
+    seen: Vec<(u64, String)>,
+}
+
+async fn watched(redis: &Redis, session: &str) -> Watched {
+    let env = [
+        ("ROOMCAST_API_KEY", API_KEY),
+        ("ROOMCAST_REDIS_LOST_GRACE", "60s"),
+    ];
+    let a = Gateway::start(&redis.url(), &env);
+    let b = Gateway::start(&redis.url(), &env);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    let ServerFrame::Joined { epoch, .. } = tv.join(session, None).await else {
+        panic!("not joined");
+    };
+    for n in 1..=3 {
+        assert_eq!(b.server_publish(API_KEY, session, json!(n)).await, n);
+    }
+    let seen = tv.message_ids(session, 3).await;
+    Watched {
+        a,
+        b,
+        tv,
+        epoch,
+        seen,
+    }
+}
+
+impl Watched {
+    /// The display's stream ends with 4010 before any message of the new numbering, and
+    /// its rejoin, naming what it saw at `since`, is not recovered: it gets `window`.
+    async fn told(&mut self, session: &str, since: u64, window: Vec<u64>) {
+        let (after, closed) = self.tv.seqs_until_closed(Duration::from_secs(30)).await;
+        assert_eq!((after, closed), (vec![], Closed::Code(close::RESYNC)));
+        let since_id = self
+            .seen
+            .iter()
+            .find(|(seq, _)| *seq == since)
+            .map(|(_, id)| id.clone())
+            .expect("seen");
+        let mut back = self.a.connect(&token("tv", &[Role::Display])).await;
+        let (_, recovered, history) = back
+            .rejoin(session, since, Some(&self.epoch), Some(&since_id))
+            .await;
+        assert!(!recovered);
+        assert_eq!(history, window);
+    }
+}
+
+/// The primary of a session's slot restarts empty (it keeps its cluster config, so it
+/// serves the slot again) while the display's gateway is paused, and the new numbering
+/// reaches 3, as many as the display saw: the gateway must not take the new 1..3 for
+/// the old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_restarted_empty_is_a_new_numbering_for_its_sessions() {
+    let mut redis = Redis::cluster(3, 0);
+    let session = "shard-restart";
+    let mut w = watched(&redis, session).await;
+    let slot = redis.keyslot(&format!("rc:{{s:{session}}}:ch"));
+    let owner = redis.owner(slot).port;
+    w.a.signal("-STOP");
+    redis
+        .servers_mut()
+        .iter_mut()
+        .find(|s| s.port == owner)
+        .expect("owner")
+        .restart();
+    redis.wait_cluster_ok();
+    let channel = format!("rc:{{s:{session}}}:ch");
+    for n in 1..=3 {
+        let reply = publish_with_script(&redis, session, &channel, &json!(format!("new {n}")));
+        assert!(
+            reply.starts_with(format!("*3\r\n:{n}\r\n").as_bytes()),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    w.a.signal("-CONT");
+    w.told(session, 3, vec![1, 2, 3]).await;
+}
+
+/// A failover to a replica that lacked the last writes: the replica of the session's
+/// primary is cut off after 1..=3, 4..=5 are acked and delivered, the primary dies and
+/// the stale replica is promoted. The next publishes are acked 4..=8 under the same
+/// epoch; the display must not take them for what followed its 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_failover_to_a_stale_replica_is_told_to_its_displays() {
+    let mut redis = Redis::cluster(3, 1);
+    let session = "stale-replica";
+    let mut w = watched(&redis, session).await;
+    let slot = redis.keyslot(&format!("rc:{{s:{session}}}:ch"));
+    let primary = redis.owner(slot).port;
+    let replica_port = redis
+        .servers()
+        .iter()
+        .find(|s| {
+            s.cmd(&["INFO", "replication"])
+                .is_some_and(|i| i.contains(&format!("master_port:{primary}\r\n")))
+        })
+        .map(|s| s.port)
+        .expect("the primary's replica");
+    let replica_pid = |redis: &Redis| {
+        redis
+            .servers()
+            .iter()
+            .find(|s| s.port == replica_port)
+            .and_then(|s| s.pid())
+            .expect("replica runs")
+    };
+    let signal = |pid: u32, sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success());
+    };
+    // Everything so far is on the replica; then its link is cut.
+    wait_for(DEADLINE, "the replica caught up", || async {
+        let offset = |port: u16, field: &str| {
+            cmd_at(([127, 0, 0, 1], port).into(), &[b"INFO", b"replication"]).and_then(|r| {
+                String::from_utf8_lossy(&r)
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+            })
+        };
+        let p = offset(primary, "master_repl_offset:");
+        p.is_some() && p == offset(replica_port, "slave_repl_offset:")
+    })
+    .await;
+    signal(replica_pid(&redis), "-STOP");
+    let killed = redis
+        .servers()
+        .iter()
+        .find(|s| s.port == primary)
+        .and_then(|s| s.cmd(&["CLIENT", "KILL", "TYPE", "replica"]))
+        .expect("primary answers");
+    assert!(killed.starts_with(':'), "{killed}");
+    for n in 4..=5 {
+        assert_eq!(w.b.server_publish(API_KEY, session, json!(n)).await, n);
+    }
+    w.seen.extend(w.tv.message_ids(session, 2).await);
+    redis
+        .servers_mut()
+        .iter_mut()
+        .find(|s| s.port == primary)
+        .expect("primary")
+        .stop();
+    signal(replica_pid(&redis), "-CONT");
+    wait_for(
+        Duration::from_secs(30),
+        "the stale replica promoted",
+        || async { redis.owner_port(slot) == Some(replica_port) },
+    )
+    .await;
+    for n in 4..=8 {
+        assert_eq!(
+            w.b.server_publish(API_KEY, session, json!(format!("fork {n}")))
+                .await,
+            n,
+            "the fork reuses 4 and 5"
+        );
+    }
+    w.told(session, 5, (1..=8).collect()).await;
+}

@@ -8,14 +8,8 @@
 mod common;
 
 use common::*;
-use roomcast_shared::{From, Role};
+use roomcast_shared::Role;
 use serde_json::json;
-
-/// Sends one command with binary-safe arguments (to the node that owns the key on a
-/// cluster); answers the raw reply.
-fn redis_bytes(redis: &Redis, args: &[&[u8]]) -> Vec<u8> {
-    redis.cmd_bytes(args).expect("redis answers")
-}
 
 #[tokio::test]
 async fn a_message_pubsub_dropped_is_delivered_before_the_next_one() {
@@ -31,35 +25,7 @@ async fn a_message_pubsub_dropped_is_delivered_before_the_next_one() {
     // Message 2 is stored exactly as a publish stores it, but its pub/sub payload goes to
     // a channel nobody listens on: the instance's subscriber stays connected and never
     // sees it, as if Redis or the network had dropped it.
-    let now = gateway::util::now_ms();
-    let from = From {
-        client_id: "lost".into(),
-        user: "ghost".into(),
-        role: Role::Controller,
-        name: None,
-    };
-    let tail = gateway::envelope::encode_entry_tail(now, &from, &json!("two")).unwrap();
-    let now_s = now.to_string();
-    let expires = (now + 3_600_000).to_string();
-    let reply = redis_bytes(
-        &redis,
-        &[
-            b"EVAL",
-            include_bytes!("../../redis/publish.lua"),
-            b"4",
-            b"rc:{s:gap}:seq",
-            b"rc:{s:gap}:hist",
-            b"rc:{s:gap}:meta",
-            b"rc:{s:gap}:nowhere",
-            &tail,
-            b"100",
-            b"86400000",
-            now_s.as_bytes(),
-            b"",
-            expires.as_bytes(),
-            b"3600000",
-        ],
-    );
+    let reply = publish_with_script(&redis, "gap", "rc:{s:gap}:nowhere", &json!("two"));
     assert!(
         reply.starts_with(b"*3\r\n:2\r\n"),
         "{}",

@@ -75,12 +75,14 @@ async fn message_frames_carry_sender_and_data() {
         ServerFrame::Message {
             session,
             seq,
+            id,
             ts,
             from,
             data,
         } => {
             assert_eq!(session, "s");
             assert_eq!(seq, 1);
+            assert_eq!(id.len(), 12, "every stored message has an id: {id:?}");
             assert!(ts >= before);
             assert_eq!(from.user, "alice");
             assert_eq!(from.role, Role::Controller);

@@ -123,7 +123,7 @@ async fn a_partition_longer_than_the_history_window_ends_in_a_resync_not_a_hole(
         other => panic!("expected 4010, got {other:?}"),
     }
     let mut back = a.connect(&token("tv", &[Role::Display])).await;
-    let (same, recovered, history) = rejoin(&mut back, "long-cut", 3, Some(&epoch)).await;
+    let (same, recovered, history) = back.rejoin("long-cut", 3, Some(&epoch), None).await;
     assert_eq!(same, epoch, "the numbering went on");
     assert!(!recovered, "4..=53 are gone");
     assert_eq!(history, (54..=153).collect::<Vec<_>>());
@@ -171,7 +171,7 @@ async fn a_node_cut_off_from_redis_past_the_grace_sends_its_clients_elsewhere() 
         cut_at.elapsed()
     );
     let mut back = c.connect(&token("tv", &[Role::Display])).await;
-    let (same, recovered, history) = rejoin(&mut back, "moving", 3, Some(&epoch)).await;
+    let (same, recovered, history) = back.rejoin("moving", 3, Some(&epoch), None).await;
     assert_eq!(same, epoch);
     assert!(recovered, "nothing missed beyond the window");
     assert_eq!(history, vec![4, 5, 6, 7, 8]);
@@ -458,33 +458,6 @@ async fn an_end_missed_during_a_partition_is_delivered_after_it() {
     );
 }
 
-/// Joins `session` with `since` and, when given, the epoch it belongs to; answers
-/// (epoch, recovered, history seqs).
-async fn rejoin(
-    c: &mut WsClient,
-    session: &str,
-    since: u64,
-    epoch: Option<&str>,
-) -> (String, bool, Vec<u64>) {
-    let mut frame = json!({"type": "join", "session": session, "since": since});
-    if let Some(e) = epoch {
-        frame["epoch"] = e.into();
-    }
-    c.send_json(frame).await;
-    match c
-        .expect("joined", |f| matches!(f, ServerFrame::Joined { .. }))
-        .await
-    {
-        ServerFrame::Joined {
-            epoch,
-            recovered,
-            history,
-            ..
-        } => (epoch, recovered, history.iter().map(|m| m.seq).collect()),
-        _ => unreachable!(),
-    }
-}
-
 /// Redis restarts without persistence and the session starts over at seq 1 with a new
 /// epoch. A display that saw 1..=3 of the old numbering comes back after the new one
 /// passed 3: with its epoch it gets `recovered: false` and the new window, never 4..=5 of
@@ -521,14 +494,129 @@ async fn a_numbering_that_started_over_is_told_apart_by_its_epoch() {
     }
 
     let mut tv = a.connect(&token("tv", &[Role::Display])).await;
-    let (new, recovered, history) = rejoin(&mut tv, "epoch-room", 3, Some(&old)).await;
+    let (new, recovered, history) = tv.rejoin("epoch-room", 3, Some(&old), None).await;
     assert_ne!(new, old, "a new numbering, a new epoch");
     assert!(!recovered);
     assert_eq!(history, vec![1, 2, 3, 4, 5], "the new window, whole");
     // Within the new numbering, since works as always.
     let mut again = a.connect(&token("tv2", &[Role::Display])).await;
-    let (same, recovered, history) = rejoin(&mut again, "epoch-room", 3, Some(&new)).await;
+    let (same, recovered, history) = again.rejoin("epoch-room", 3, Some(&new), None).await;
     assert_eq!(same, new);
     assert!(recovered);
     assert_eq!(history, vec![4, 5]);
+}
+
+const SERVER_KEY: &str = "resilience-server-key-0123456789";
+
+/// Redis restarts empty while a display stays connected (within the lost-Redis grace, so
+/// nobody is shed), and the new numbering reaches `new` messages before its gateway
+/// looks again: as many as the display saw (3 = 3) or more. (The gateway is paused
+/// meanwhile and the messages are stored by `publish.lua` itself, so its catch-up
+/// always finds them; unpaused, it may look before they exist and see the seq go back.)
+/// The display is never handed the new messages as continuing the old ones, nor left
+/// without them: its connection is closed with 4010 after exactly the old messages, and
+/// its rejoin, naming what it saw, gets `recovered: false` and the new window.
+async fn restart_reaching(new: u64) {
+    let mut redis = Redis::standalone();
+    let env = [
+        ("ROOMCAST_API_KEY", SERVER_KEY),
+        ("ROOMCAST_REDIS_LOST_GRACE", "60s"),
+    ];
+    let a = Gateway::start(&redis.url(), &env);
+    a.wait_ready().await;
+    let session = format!("restart-{new}");
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    let ServerFrame::Joined { epoch: old, .. } = tv.join(&session, None).await else {
+        panic!("not joined");
+    };
+    for n in 1..=3 {
+        assert_eq!(a.server_publish(SERVER_KEY, &session, json!(n)).await, n);
+    }
+    let seen = tv.message_ids(&session, 3).await;
+    let last_id = seen[2].1.clone();
+
+    a.signal("-STOP");
+    redis.restart();
+    let channel = format!("rc:{{s:{session}}}:ch");
+    for n in 1..=new {
+        let reply = publish_with_script(&redis, &session, &channel, &json!(format!("new {n}")));
+        assert!(
+            reply.starts_with(format!("*3\r\n:{n}\r\n").as_bytes()),
+            "a new numbering: {}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    a.signal("-CONT");
+    let (after, closed) = tv.seqs_until_closed(DEADLINE).await;
+    assert_eq!(
+        (after, closed),
+        (vec![], Closed::Code(close::RESYNC)),
+        "nothing of the new numbering on the old stream, then 4010"
+    );
+    let mut back = a.connect(&token("tv", &[Role::Display])).await;
+    let (epoch, recovered, history) = back.rejoin(&session, 3, Some(&old), Some(&last_id)).await;
+    assert_ne!(epoch, old);
+    assert!(!recovered);
+    assert_eq!(
+        history,
+        (1..=new).collect::<Vec<_>>(),
+        "the new window, whole"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_whose_new_numbering_reaches_the_last_seq_seen_is_never_silent() {
+    restart_reaching(3).await;
+}
+
+#[tokio::test]
+async fn a_restart_whose_new_numbering_passes_the_last_seq_seen_is_never_silent() {
+    restart_reaching(6).await;
+}
+
+/// Two gateways; the display's is paused (SIGSTOP) while Redis restarts empty and three
+/// messages are published through the other: they are acked 1, 2, 3 of a new numbering,
+/// and the paused gateway's subscription never saw them. Resumed, it must not pass 2
+/// and 3 off as following the 1 it delivered before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_instance_that_misses_a_restart_never_continues_into_the_new_numbering() {
+    let mut redis = Redis::standalone();
+    let env = [
+        ("ROOMCAST_API_KEY", SERVER_KEY),
+        ("ROOMCAST_REDIS_LOST_GRACE", "60s"),
+    ];
+    let a = Gateway::start(&redis.url(), &env);
+    let b = Gateway::start(&redis.url(), &env);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let mut tv = a.connect(&token("tv", &[Role::Display])).await;
+    let ServerFrame::Joined { epoch: old, .. } = tv.join("paused", None).await else {
+        panic!("not joined");
+    };
+    assert_eq!(
+        b.server_publish(SERVER_KEY, "paused", json!("old 1")).await,
+        1
+    );
+    let seen = tv.message_ids("paused", 1).await;
+
+    a.signal("-STOP");
+    redis.restart();
+    for n in 1..=3 {
+        assert_eq!(
+            b.server_publish(SERVER_KEY, "paused", json!(format!("new {n}")))
+                .await,
+            n
+        );
+    }
+    a.signal("-CONT");
+    let (after, closed) = tv.seqs_until_closed(DEADLINE).await;
+    assert_eq!(
+        (after, closed),
+        (vec![], Closed::Code(close::RESYNC)),
+        "no 2 and 3 of the new numbering after the old 1"
+    );
+    let mut back = a.connect(&token("tv", &[Role::Display])).await;
+    let (_, recovered, history) = back.rejoin("paused", 1, Some(&old), Some(&seen[0].1)).await;
+    assert!(!recovered);
+    assert_eq!(history, vec![1, 2, 3]);
 }

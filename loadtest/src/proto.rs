@@ -49,6 +49,9 @@ impl Proto {
                     epoch: since
                         .map(|(_, epoch)| epoch.to_string())
                         .filter(|e| !e.is_empty()),
+                    // The generator reads only seqs (`message_view`), not ids: a fork of
+                    // one epoch reaches its displays as the gateways' 4010 and new epoch.
+                    since_id: None,
                     reference: None,
                 },
             ),
@@ -378,6 +381,7 @@ mod tests {
         let frame = ServerFrame::Message {
             session: "s".into(),
             seq: 7,
+            id: "m7".into(),
             ts: 1,
             from: roomcast_shared::From {
                 client_id: "c".into(),

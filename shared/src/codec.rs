@@ -204,6 +204,7 @@ mod tests {
                 name: None,
                 since: Some(0),
                 epoch: Some("e".into()),
+                since_id: None,
                 reference: Some("x".into())
             }
         );
@@ -279,6 +280,7 @@ mod tests {
             ServerFrame::Message {
                 session: "s".into(),
                 seq: 9,
+                id: "k3x9abcdefgh".into(),
                 ts: 1_700_000_000_000,
                 from: from.clone(),
                 data: json!({"k": "v", "n": [1, 2.5, null]}),
@@ -388,18 +390,22 @@ mod properties {
                 prop::option::of(".{0,10}"),
                 prop::option::of(any::<u64>()),
                 prop::option::of("[a-z0-9]{0,12}"),
+                prop::option::of("[a-z0-9]{0,12}"),
                 reference.clone()
             )
-                .prop_map(|(session, role, name, since, epoch, reference)| {
-                    ClientFrame::Join {
-                        session,
-                        role,
-                        name,
-                        since,
-                        epoch,
-                        reference,
+                .prop_map(
+                    |(session, role, name, since, epoch, since_id, reference)| {
+                        ClientFrame::Join {
+                            session,
+                            role,
+                            name,
+                            since,
+                            epoch,
+                            since_id,
+                            reference,
+                        }
                     }
-                }),
+                ),
             (id, json_value(), reference.clone()).prop_map(|(session, data, reference)| {
                 ClientFrame::Publish {
                     session,

@@ -76,6 +76,10 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryMessage {
     pub seq: u64,
+    /// The message's unique id (empty for messages stored before ids existed). A client
+    /// sends the id of the last message it processed as `since_id` when it rejoins.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     pub ts: u64,
     pub from: From,
     pub data: Value,
@@ -177,6 +181,11 @@ pub enum ClientFrame {
         /// is not the session's current one, `since` means nothing: `recovered:false`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<String>,
+        /// The `id` of the message at `since` (the last one the client processed, or the
+        /// `seq_id` of its `joined`). A session whose stored message at `since` is
+        /// another one forked (a failover lost writes): `recovered:false`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_id: Option<String>,
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
@@ -275,6 +284,10 @@ pub enum ServerFrame {
         /// one. Empty for a session created before epochs existed.
         #[serde(default)]
         epoch: String,
+        /// The id of the message at `seq` (empty when there is none, or it predates ids):
+        /// the `since_id` of a rejoin that saw no message after this `joined`.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        seq_id: String,
         recovered: bool,
         history: Vec<HistoryMessage>,
         presence: Vec<Member>,
@@ -284,6 +297,9 @@ pub enum ServerFrame {
     Message {
         session: String,
         seq: u64,
+        /// Unique per stored message (see [`HistoryMessage::id`]).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        id: String,
         ts: u64,
         from: From,
         data: Value,

@@ -23,6 +23,12 @@ export interface Member extends Sender {
 /** A stored message: live, or an entry of `history`. */
 export interface Message {
   seq: number;
+  /**
+   * The message's unique id (absent from messages stored before ids existed). A rejoin
+   * names the id of the last message it processed, so a session whose numbering forked
+   * (a failover lost writes and reused their seqs) answers with a reset.
+   */
+  id?: string;
   /** The server's time of the publish, Unix ms. */
   ts: number;
   from: Sender;
@@ -53,6 +59,8 @@ export type ServerFrame =
       seq: number;
       /** Names the session's numbering; a new one means it started over. */
       epoch?: string;
+      /** The id of the message at `seq` (absent when there is none). */
+      seq_id?: string;
       recovered: boolean;
       history: Message[];
       presence: Member[];
@@ -82,6 +90,7 @@ export type ClientFrame =
       name?: string;
       since?: number;
       epoch?: string;
+      since_id?: string;
       ref?: string;
     }
   | { type: 'leave'; session: string; ref?: string }

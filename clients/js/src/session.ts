@@ -43,6 +43,12 @@ export interface SessionOptions {
    * messages that merely follow `since` in the new numbering.
    */
   epoch?: string;
+  /**
+   * The id of the message at `since` (`session.lastId` when you saved `lastSeq`). With it,
+   * a session whose numbering forked (a failover lost writes and reused their seqs under
+   * the same epoch) answers with a `reset` too.
+   */
+  sinceId?: string;
 }
 
 export interface SessionEvents {
@@ -99,6 +105,8 @@ export class Session extends Emitter<SessionEvents> {
   lastSeq: number | undefined;
   /** The numbering `lastSeq` belongs to (from the server's last `joined`). */
   epoch: string | undefined;
+  /** The id of the message at `lastSeq`, when the server gave one. */
+  lastId: string | undefined;
   /** Who is here, by `client_id` (you included), kept live from presence events. */
   readonly presence = new Map<string, Member>();
 
@@ -124,6 +132,7 @@ export class Session extends Emitter<SessionEvents> {
     this.name = opts.name;
     this.lastSeq = opts.since;
     this.epoch = opts.epoch;
+    this.lastId = opts.sinceId;
   }
 
   /**
@@ -311,7 +320,11 @@ export class Session extends Emitter<SessionEvents> {
     if (since !== undefined) frame.since = since;
     // A reset asks for the whole window whatever the numbering; otherwise the epoch makes
     // the server tell a numbering that started over from one that merely moved on.
-    if (since !== undefined && this.repair !== 'reset' && this.epoch) frame.epoch = this.epoch;
+    if (since !== undefined && this.repair !== 'reset') {
+      if (this.epoch) frame.epoch = this.epoch;
+      // And the message seen at `since`: a fork of the same numbering is told apart too.
+      if (this.lastId) frame.since_id = this.lastId;
+    }
     this.host.send(frame);
     if (this.state !== 'joining') this.setState('joining');
   }
@@ -327,7 +340,10 @@ export class Session extends Emitter<SessionEvents> {
     for (const m of f.presence) this.presence.set(m.client_id, m);
     // Joined, quietly first: what waited goes out before anything a listener publishes.
     this.state = 'joined';
-    if (reset) this.lastSeq = f.seq;
+    if (reset) {
+      this.lastSeq = f.seq;
+      this.lastId = f.seq_id;
+    }
     for (const p of this.queue.splice(0)) this.sendPublish(p);
     this.emit('state', 'joined');
     if (reset) {
@@ -339,7 +355,10 @@ export class Session extends Emitter<SessionEvents> {
         this.deliver(m);
       }
       // Without `since` there is nothing to replay: live messages start after `seq`.
-      if (this.lastSeq === undefined) this.lastSeq = f.seq;
+      if (this.lastSeq === undefined) {
+        this.lastSeq = f.seq;
+        this.lastId = f.seq_id;
+      }
     }
   }
 
@@ -347,13 +366,16 @@ export class Session extends Emitter<SessionEvents> {
     // While repairing, the coming `joined` carries everything up to its seq.
     if (this.state !== 'joined' || this.repair) return;
     const m: Message = { seq: f.seq, ts: f.ts, from: f.from, data: f.data };
+    if (f.id !== undefined) m.id = f.id;
     const last = this.lastSeq ?? f.seq - 1;
     if (f.seq === last + 1) {
       this.deliver(m);
-    } else if (f.seq <= last) {
-      // On one connection seqs only rise; a lower one means the numbering restarted
-      // (docs/PROTOCOL.md "Recovery"): start over from the session's window.
+    } else if (f.seq === last && f.id && this.lastId && f.id !== this.lastId) {
+      // Another message under the seq we processed last: the numbering restarted or
+      // forked (the server closes with 4010 then; this covers one that does not).
       this.repairStream('reset');
+    } else if (f.seq <= last) {
+      // A message we have: drop it.
     } else {
       // A hole the server should have filled: ask for it again rather than skip it.
       this.repairStream('gap');
@@ -363,6 +385,7 @@ export class Session extends Emitter<SessionEvents> {
   private deliver(m: Message): void {
     if (this.lastSeq !== undefined && m.seq <= this.lastSeq) return;
     this.lastSeq = m.seq;
+    this.lastId = m.id;
     this.emit('message', m);
   }
 

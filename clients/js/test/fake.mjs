@@ -54,20 +54,35 @@ export class FakeSocket {
   }
 
   /** Answers the client's last join of `session`. */
-  joined(session, seq, { recovered = true, history = [], presence = [], epoch = 'e1' } = {}) {
+  joined(
+    session,
+    seq,
+    { recovered = true, history = [], presence = [], epoch = 'e1', seq_id = `m${seq}` } = {},
+  ) {
     const join = this.sentOf('join').filter((j) => j.session === session).pop();
     if (!join) throw new Error(`no join of ${session} was sent`);
-    this.frame({ type: 'joined', session, seq, epoch, recovered, history, presence, ref: join.ref });
+    this.frame({
+      type: 'joined',
+      session,
+      seq,
+      epoch,
+      seq_id,
+      recovered,
+      history,
+      presence,
+      ref: join.ref,
+    });
     return join;
   }
 
-  message(session, seq, data = { n: seq }) {
-    this.frame({ type: 'message', session, ...entry(seq, data) });
+  message(session, seq, data = { n: seq }, id = `m${seq}`) {
+    this.frame({ type: 'message', session, ...entry(seq, data, id) });
   }
 }
 
-export function entry(seq, data = { n: seq }) {
-  return { seq, ts: 1000 + seq, from: { client_id: 'c9', user: 'ann', role: 'controller' }, data };
+/** A stored message; its id is `m<seq>` unless another branch's is given. */
+export function entry(seq, data = { n: seq }, id = `m${seq}`) {
+  return { seq, id, ts: 1000 + seq, from: { client_id: 'c9', user: 'ann', role: 'controller' }, data };
 }
 
 /** Resolves when `cond()` holds, or rejects after `ms`. */

@@ -225,19 +225,43 @@ test('recovered:false and a numbering restart both reset, with the window', asyn
   next.message('room', 301);
   assert.deepEqual(s.seen, [1, 301]);
 
-  // Live, the seq goes back: the numbering restarted under us.
+  // Live, a seq we have is a duplicate: dropped, no reset.
   next.message('room', 1);
+  next.message('room', 301);
+  assert.deepEqual(s.seen, [1, 301]);
+  assert.equal(next.sentOf('leave').length, 0, 'no rejoin for a duplicate');
+  // Another message under the last seq: the numbering restarted or forked under us.
+  next.message('room', 301, { n: 'fork' }, 'other-301');
   const leave = next.sentOf('leave').at(-1);
   assert.ok(leave?.ref, 'the client leaves to rejoin');
   next.frame({ type: 'ack', ref: leave.ref });
   const join = next.joined('room', 2, { history: [entry(1), entry(2)], epoch: 'e2' });
   assert.equal(join.since, 0, 'the whole window');
   assert.equal(join.epoch, undefined, 'a reset asks for the window whatever the numbering');
+  assert.equal(join.since_id, undefined);
   assert.equal(s.epoch, 'e2', 'the new numbering');
   assert.equal(resets.length, 2);
   assert.equal(s.lastSeq, 2);
   next.message('room', 3);
   assert.deepEqual(s.seen, [1, 301, 3]);
+});
+
+test('a rejoin names the epoch and the id of the last message processed', async () => {
+  const { s, ws } = joinedClient({}, 5);
+  ws.shut(1006);
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  let next = FakeSocket.last();
+  next.welcome();
+  let join = next.joined('room', 5);
+  assert.deepEqual([join.since, join.epoch, join.since_id], [5, 'e1', 'm5'], 'from joined.seq_id');
+  next.message('room', 6);
+  assert.equal(s.lastId, 'm6');
+  next.shut(1006);
+  await until(() => FakeSocket.all.length === 3, 'a reconnect');
+  next = FakeSocket.last();
+  next.welcome();
+  join = next.joined('room', 6);
+  assert.deepEqual([join.since, join.since_id], [6, 'm6'], 'from the last message');
 });
 
 test('a live gap is filled by rejoining with since, never skipped', () => {

@@ -17,6 +17,8 @@ export class Session extends Emitter {
     lastSeq;
     /** The numbering `lastSeq` belongs to (from the server's last `joined`). */
     epoch;
+    /** The id of the message at `lastSeq`, when the server gave one. */
+    lastId;
     /** Who is here, by `client_id` (you included), kept live from presence events. */
     presence = new Map();
     inflight = new Map();
@@ -37,6 +39,7 @@ export class Session extends Emitter {
         this.name = opts.name;
         this.lastSeq = opts.since;
         this.epoch = opts.epoch;
+        this.lastId = opts.sinceId;
     }
     /**
      * Publishes `data` (any JSON value) and resolves with its seq once the server stored it.
@@ -235,8 +238,13 @@ export class Session extends Emitter {
             frame.since = since;
         // A reset asks for the whole window whatever the numbering; otherwise the epoch makes
         // the server tell a numbering that started over from one that merely moved on.
-        if (since !== undefined && this.repair !== 'reset' && this.epoch)
-            frame.epoch = this.epoch;
+        if (since !== undefined && this.repair !== 'reset') {
+            if (this.epoch)
+                frame.epoch = this.epoch;
+            // And the message seen at `since`: a fork of the same numbering is told apart too.
+            if (this.lastId)
+                frame.since_id = this.lastId;
+        }
         this.host.send(frame);
         if (this.state !== 'joining')
             this.setState('joining');
@@ -253,8 +261,10 @@ export class Session extends Emitter {
             this.presence.set(m.client_id, m);
         // Joined, quietly first: what waited goes out before anything a listener publishes.
         this.state = 'joined';
-        if (reset)
+        if (reset) {
             this.lastSeq = f.seq;
+            this.lastId = f.seq_id;
+        }
         for (const p of this.queue.splice(0))
             this.sendPublish(p);
         this.emit('state', 'joined');
@@ -269,8 +279,10 @@ export class Session extends Emitter {
                 this.deliver(m);
             }
             // Without `since` there is nothing to replay: live messages start after `seq`.
-            if (this.lastSeq === undefined)
+            if (this.lastSeq === undefined) {
                 this.lastSeq = f.seq;
+                this.lastId = f.seq_id;
+            }
         }
     }
     onMessage(f) {
@@ -278,14 +290,19 @@ export class Session extends Emitter {
         if (this.state !== 'joined' || this.repair)
             return;
         const m = { seq: f.seq, ts: f.ts, from: f.from, data: f.data };
+        if (f.id !== undefined)
+            m.id = f.id;
         const last = this.lastSeq ?? f.seq - 1;
         if (f.seq === last + 1) {
             this.deliver(m);
         }
-        else if (f.seq <= last) {
-            // On one connection seqs only rise; a lower one means the numbering restarted
-            // (docs/PROTOCOL.md "Recovery"): start over from the session's window.
+        else if (f.seq === last && f.id && this.lastId && f.id !== this.lastId) {
+            // Another message under the seq we processed last: the numbering restarted or
+            // forked (the server closes with 4010 then; this covers one that does not).
             this.repairStream('reset');
+        }
+        else if (f.seq <= last) {
+            // A message we have: drop it.
         }
         else {
             // A hole the server should have filled: ask for it again rather than skip it.
@@ -296,6 +313,7 @@ export class Session extends Emitter {
         if (this.lastSeq !== undefined && m.seq <= this.lastSeq)
             return;
         this.lastSeq = m.seq;
+        this.lastId = m.id;
         this.emit('message', m);
     }
     /** Leave and join again on this connection: with `since` for a gap, from 0 for a reset. */

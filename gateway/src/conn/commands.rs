@@ -28,10 +28,15 @@ impl Connection {
                 name,
                 since,
                 epoch,
+                since_id,
                 reference,
             } => {
                 let span = tracing::info_span!("join", session = %session);
-                let since = since.map(|seq| Since { seq, epoch });
+                let since = since.map(|seq| Since {
+                    seq,
+                    epoch,
+                    id: since_id,
+                });
                 self.join(session, role, name, since, reference)
                     .instrument(span)
                     .await

@@ -30,7 +30,7 @@ use crate::client::ClientHandle;
 use crate::config::Config;
 use crate::envelope::MemberInfo;
 use crate::metrics as m;
-use crate::store::{JoinArgs, JoinReply, SessionStatus, Store, StoreError};
+use crate::store::{HistoryReply, JoinArgs, JoinReply, SessionStatus, Store, StoreError};
 use crate::util::now_ms;
 
 use pump::Pump;
@@ -65,12 +65,20 @@ pub(crate) trait PumpStore: Send + Sync + 'static {
         announce: u8,
         now_ms: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// The current seq and the stored entries after `since`, newest first.
+    /// Runs `history.lua`: the current seq, the stored entries after `since` (newest
+    /// first), the epoch and the tip.
     fn history_since(
         &self,
         session: &str,
         since: u64,
-    ) -> impl Future<Output = Result<(u64, Vec<Bytes>), StoreError>> + Send;
+    ) -> impl Future<Output = Result<HistoryReply, StoreError>> + Send;
+    /// Runs `fork.lua`: a new epoch if the session's is still `epoch`; answers the
+    /// session's epoch afterwards.
+    fn fork(
+        &self,
+        session: &str,
+        epoch: &str,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
     /// Refreshes the listed members' presence; answers those that were not there.
     fn refresh_presence(
         &self,
@@ -111,12 +119,12 @@ impl PumpStore for Store {
         Store::presence_set(self, session, client_id, expiry_ms, info, announce, now_ms).await
     }
 
-    async fn history_since(
-        &self,
-        session: &str,
-        since: u64,
-    ) -> Result<(u64, Vec<Bytes>), StoreError> {
+    async fn history_since(&self, session: &str, since: u64) -> Result<HistoryReply, StoreError> {
         Store::history_since(self, session, since).await
+    }
+
+    async fn fork(&self, session: &str, epoch: &str) -> Result<String, StoreError> {
+        Store::fork(self, session, epoch).await
     }
 
     async fn refresh_presence(
@@ -300,11 +308,13 @@ enum Command {
 }
 
 /// Where a rejoining member left off: the last seq it saw, in the numbering named by
-/// `epoch` (absent from clients that predate epochs, or that never saw one).
+/// `epoch` (absent from clients that predate epochs, or that never saw one), and the id
+/// of the message it saw there (absent from clients that predate ids).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Since {
     pub(crate) seq: u64,
     pub(crate) epoch: Option<String>,
+    pub(crate) id: Option<String>,
 }
 
 /// A member joining through a pump.

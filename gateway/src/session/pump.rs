@@ -5,7 +5,11 @@
 //! delivered on this instance, and the per-member baseline taken at join. Because joins,
 //! leaves, pub/sub payloads and catch-ups are all handled in this one task, delivery is in
 //! seq order without duplicates, and a gap (pub/sub dropped something, or the subscriber
-//! reconnected) is filled from history before any newer message goes out.
+//! reconnected) is filled from history before any newer message goes out. A numbering that
+//! restarted or forked (Redis lost the session's keys, or failed over to a replica that
+//! lacked the newest writes) is recognised from the messages themselves: each names the
+//! one it follows (`Entry::prev`), so the pump never passes off another branch's message
+//! as the next one, whatever its seq.
 //! It must not block on a client: fan-out only `offer`s (see `client`).
 
 use std::collections::HashMap;
@@ -20,9 +24,9 @@ use tracing::Instrument;
 
 use super::{Command, JoinError, JoinRequest, PumpEnv, PumpStore, Subscriptions};
 use crate::client::{ClientHandle, SharedFrame};
-use crate::envelope::{decode_entry, kind, Entry, Envelope, Event, MemberInfo};
+use crate::envelope::{decode_entry, ids_differ, kind, Entry, Envelope, Event, MemberInfo};
 use crate::metrics as m;
-use crate::store::{JoinArgs, JoinReply, StoreError};
+use crate::store::{HistoryReply, JoinArgs, JoinReply, StoreError};
 use crate::util::now_ms;
 
 /// Delay before a failed history read is tried again.
@@ -60,6 +64,11 @@ pub(super) struct Pump<S, B> {
     members: HashMap<String, LocalMember>,
     /// The highest seq delivered on this instance; `None` before the first join.
     last_seq: Option<u64>,
+    /// The id of the message at `last_seq` (empty when unknown): the `prev` the next
+    /// message must name.
+    last_id: String,
+    /// The numbering `last_seq` belongs to (empty before the first join).
+    epoch: String,
     /// Set by the hub when it could not hand this pump a payload (or a catch-up):
     /// something may be missing, so history is read before going on.
     lagged: Arc<AtomicBool>,
@@ -84,6 +93,8 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
             rx,
             members: HashMap::new(),
             last_seq: None,
+            last_id: String::new(),
+            epoch: String::new(),
             lagged,
             retry_at: None,
             joined_once: false,
@@ -306,6 +317,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
                         now_ms: now,
                         since: req.join.since.as_ref().map(|s| s.seq),
                         epoch: req.join.since.as_ref().and_then(|s| s.epoch.as_deref()),
+                        since_id: req.join.since.as_ref().and_then(|s| s.id.as_deref()),
                         presence_list_max,
                         create: req.join.create,
                         activity: req.join.info.role.can_write(),
@@ -314,12 +326,22 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
                 )
             }))
             .await;
-        let lowest = replies.iter().flatten().map(|r| r.seq).min();
-        match (self.last_seq, lowest) {
-            (None, Some(seq)) => self.last_seq = Some(seq),
-            // The seq went backwards: the session's keys expired and it started over.
-            (Some(last), Some(seq)) if seq < last => self.restart_numbering(seq),
-            _ => {}
+        if let Some(lowest) = replies.iter().flatten().min_by_key(|r| r.seq) {
+            let (seq, tip, epoch) = (lowest.seq, lowest.tip.clone(), lowest.epoch.clone());
+            match self.last_seq {
+                None => self.start_at(seq, tip, epoch),
+                // Another numbering (the keys were lost and it started over, maybe past
+                // our seq already), or ours went backwards or has another message at our
+                // seq (a failover lost writes): what we delivered is not its history.
+                Some(last)
+                    if ids_differ(&epoch, &self.epoch)
+                        || seq < last
+                        || (seq == last && ids_differ(&tip, &self.last_id)) =>
+                {
+                    self.renumber(seq, tip, epoch).await
+                }
+                Some(_) => {}
+            }
         }
         for (req, reply) in batch.into_iter().zip(replies) {
             match reply {
@@ -366,6 +388,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
             session: self.session.clone(),
             seq: reply.seq,
             epoch: reply.epoch.clone(),
+            seq_id: reply.tip.clone(),
             recovered,
             history: history.into_iter().map(Entry::into_history).collect(),
             presence,
@@ -409,7 +432,21 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
             // No member has joined yet; the first join's baseline covers this message.
             return;
         };
-        if entry.seq <= last {
+        if entry.seq < last {
+            // A duplicate (pub/sub after a gap fill), or an older branch's message that
+            // the chain check below, or the next catch-up, recognises.
+            return;
+        }
+        if entry.seq == last {
+            if ids_differ(&entry.id, &self.last_id) {
+                // Another message under our last seq: the numbering forked or restarted.
+                Box::pin(self.renumber(entry.seq, entry.id, String::new())).await;
+            }
+            return;
+        }
+        if entry.seq == last + 1 && ids_differ(&entry.prev, &self.last_id) {
+            // It follows a message we never delivered: another branch.
+            Box::pin(self.renumber(entry.seq, entry.id, String::new())).await;
             return;
         }
         if entry.seq > last + 1 {
@@ -428,7 +465,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
     /// Delivers every stored message after `last`, oldest first. False when history could
     /// not be read (a retry is scheduled).
     async fn fill_from(&mut self, last: u64) -> bool {
-        let (top, stored) = match self.env.store.history_since(&self.session, last).await {
+        let reply = match self.env.store.history_since(&self.session, last).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(session = %self.session, error = %e, "history read for gap fill failed; retrying");
@@ -436,12 +473,26 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
                 return false;
             }
         };
+        let HistoryReply {
+            seq: top,
+            entries: stored,
+            epoch,
+            tip,
+        } = reply;
         let mut entries: Vec<Entry> = stored.iter().filter_map(|b| decode_entry(b).ok()).collect();
         entries.reverse();
         entries.retain(|e| e.seq > last);
-        if top < last {
-            tracing::info!(session = %self.session, top, last, "session seq restarted");
-            self.restart_numbering(top);
+        // Whether what is stored continues what this instance delivered: the same epoch,
+        // and at our last seq the message we delivered (named by the next one's `prev`,
+        // or by the tip when nothing follows it).
+        let continues = match entries.first() {
+            _ if ids_differ(&epoch, &self.epoch) || top < last => false,
+            Some(next) if next.seq == last + 1 => !ids_differ(&next.prev, &self.last_id),
+            Some(_) => true,
+            None => top > last || !ids_differ(&tip, &self.last_id),
+        };
+        if !continues {
+            self.renumber(top, tip, epoch).await;
             return true;
         }
         // The oldest seq history could give; everything between `last` and it is gone.
@@ -460,11 +511,41 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
         true
     }
 
-    /// The session's keys expired (or Redis lost them) and seqs started over. No member
-    /// may take the new numbering for a continuation of the old one: every member is
-    /// told to resync (4010); its rejoin names the old epoch and gets `recovered: false`.
-    fn restart_numbering(&mut self, top: u64) {
-        self.last_seq = Some(top);
+    /// The first baseline: where this instance's stream of the session starts.
+    fn start_at(&mut self, seq: u64, id: String, epoch: String) {
+        self.last_seq = Some(seq);
+        self.last_id = id;
+        self.epoch = epoch;
+    }
+
+    /// What this instance delivered is not the session's history any more: its keys
+    /// expired or Redis lost them (a new numbering), or a failover lost writes and the
+    /// same seqs now name other messages (a fork of the same epoch). No member may take
+    /// the new messages for a continuation of the old ones: every member is told to
+    /// resync (4010). A fork gets a new epoch first (`fork.lua`, only while the session
+    /// still has ours), so every rejoin that names ours, here or on any instance, is
+    /// answered `recovered: false`, as after a restart. `epoch` is the session's when the
+    /// caller read it (empty when it did not).
+    async fn renumber(&mut self, seq: u64, id: String, epoch: String) {
+        tracing::info!(
+            session = %self.session, seq, last = self.last_seq,
+            "session numbering restarted or forked; members resync"
+        );
+        m::numbering_reset();
+        let epoch = if epoch.is_empty() || epoch == self.epoch {
+            match self.env.store.fork(&self.session, &self.epoch).await {
+                Ok(now) => now,
+                Err(e) => {
+                    // The members resync all the same; a rejoin that names the message
+                    // it saw (`since_id`) is still recognised by join.lua.
+                    tracing::warn!(session = %self.session, error = %e, "renaming a forked numbering failed");
+                    String::new()
+                }
+            }
+        } else {
+            epoch
+        };
+        self.start_at(seq, id, epoch);
         self.resync_members(|_| true);
     }
 
@@ -485,9 +566,11 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
     fn deliver(&mut self, entry: Entry) {
         let seq = entry.seq;
         let ts = entry.ts;
+        self.last_id.clone_from(&entry.id);
         let frame = SharedFrame::new(ServerFrame::Message {
             session: self.session.clone(),
             seq,
+            id: entry.id,
             ts,
             from: entry.from,
             data: entry.data,

@@ -32,6 +32,7 @@ use fred::types::{Builder, Value};
 use tracing::Instrument;
 
 use crate::config::{Config, Rate};
+use crate::envelope::EntryTail;
 use crate::keys::{bucket_of, Keys, INDEX_BUCKETS};
 use crate::metrics as m;
 use crate::ratelimit::{Decision, Scope};
@@ -87,6 +88,7 @@ struct Scripts {
     presence_refresh: Script,
     presence_set: Script,
     history: Script,
+    fork: Script,
     session_create: Script,
     session_transition: Script,
     session_sweep: Script,
@@ -110,6 +112,7 @@ impl Scripts {
             presence_refresh: Script::from_lua(include_str!("../../../redis/presence_refresh.lua")),
             presence_set: Script::from_lua(include_str!("../../../redis/presence_set.lua")),
             history: Script::from_lua(include_str!("../../../redis/history.lua")),
+            fork: Script::from_lua(include_str!("../../../redis/fork.lua")),
             session_create: Script::from_lua(include_str!("../../../redis/session_create.lua")),
             session_transition: Script::from_lua(include_str!(
                 "../../../redis/session_transition.lua"
@@ -160,8 +163,23 @@ pub struct JoinReply {
     pub created: bool,
     /// The session's numbering (see `ServerFrame::Joined::epoch`).
     pub epoch: String,
-    /// The join's `epoch` named the current numbering (or it named none).
+    /// The join's `epoch` named the current numbering (or it named none), and its
+    /// `since_id` the message stored at `since` (or it named none).
     pub same_numbering: bool,
+    /// The id of the message at `seq` (empty when unknown): where the joiner's stream
+    /// starts.
+    pub tip: String,
+}
+
+/// What `history.lua` read: the current seq, the stored entries after the `since` asked
+/// for (newest first), and the numbering they belong to.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryReply {
+    pub seq: u64,
+    pub entries: Vec<Bytes>,
+    pub epoch: String,
+    /// The id of the message at `seq` (empty when unknown).
+    pub tip: String,
 }
 
 /// Arguments of a join.
@@ -174,6 +192,8 @@ pub struct JoinArgs<'a> {
     pub since: Option<u64>,
     /// The numbering `since` belongs to; `None` trusts `since` as it is.
     pub epoch: Option<&'a str>,
+    /// The id of the message the joiner saw at `since`; `None` skips that check.
+    pub since_id: Option<&'a str>,
     pub presence_list_max: u32,
     /// Create the session when it does not exist (otherwise `NoSuchSession`).
     pub create: bool,
@@ -324,7 +344,7 @@ impl Store {
     pub async fn publish(
         &self,
         session: &str,
-        tail: Vec<u8>,
+        tail: EntryTail,
         now_ms: u64,
         traceparent: Option<&str>,
     ) -> Result<Published, StoreError> {
@@ -348,7 +368,7 @@ impl Store {
     pub async fn publish_limited(
         &self,
         session: &str,
-        tail: Vec<u8>,
+        tail: EntryTail,
         now_ms: u64,
         traceparent: Option<&str>,
         limits: &[Limit<'_>],
@@ -372,13 +392,14 @@ impl Store {
         let k = self.keys.session(session);
         let mut keys = vec![k.seq, k.hist, k.meta, k.channel];
         let mut args: Vec<Value> = vec![
-            Value::Bytes(tail.into()),
+            Value::Bytes(tail.bytes.into()),
             self.history_size.into(),
             (self.ttl_ms as i64).into(),
             (now_ms as i64).into(),
             Value::Bytes(trace.into()),
             ((now_ms + self.max_lifetime_ms) as i64).into(),
             (TOMBSTONE.as_millis() as i64).into(),
+            tail.id.into(),
         ];
         for l in folded {
             keys.push(self.keys.rate_limit(l.scope.name(), l.key));
@@ -500,6 +521,7 @@ impl Store {
                     flag(a.activity),
                     a.owner.into(),
                     a.epoch.unwrap_or("").into(),
+                    a.since_id.unwrap_or("").into(),
                 ],
             )
             .await?;
@@ -515,6 +537,7 @@ impl Store {
                 created: parts.next().and_then(|v| v.as_i64()) == Some(1),
                 epoch: parts.next().and_then(|v| v.as_string()).unwrap_or_default(),
                 same_numbering: parts.next().and_then(|v| v.as_i64()) != Some(0),
+                tip: parts.next().and_then(|v| v.as_string()).unwrap_or_default(),
             }),
             _ => Err(StoreError::Internal("join.lua answered no seq".into())),
         }
@@ -602,18 +625,18 @@ impl Store {
     }
 
     /// Runs `history.lua`: the current seq and the stored entries after `since`, newest
-    /// first.
+    /// first, with the numbering's epoch and tip.
     pub async fn history_since(
         &self,
         session: &str,
         since: u64,
-    ) -> Result<(u64, Vec<Bytes>), StoreError> {
+    ) -> Result<HistoryReply, StoreError> {
         let k = self.keys.session(session);
         let reply = self
             .eval(
                 "history",
                 &self.scripts.history,
-                vec![k.seq, k.hist],
+                vec![k.seq, k.hist, k.meta],
                 vec![(since as i64).into(), self.history_size.into()],
             )
             .await?;
@@ -622,7 +645,22 @@ impl Store {
             .next()
             .and_then(|v| v.as_i64())
             .ok_or_else(|| StoreError::Internal("history.lua answered no seq".into()))?;
-        Ok((seq.max(0) as u64, bytes_list(parts.next())))
+        Ok(HistoryReply {
+            seq: seq.max(0) as u64,
+            entries: bytes_list(parts.next()),
+            epoch: parts.next().and_then(|v| v.as_string()).unwrap_or_default(),
+            tip: parts.next().and_then(|v| v.as_string()).unwrap_or_default(),
+        })
+    }
+
+    /// Runs `fork.lua`: names a new numbering when the session's is still `epoch`, which a
+    /// reader found forked. Answers the session's epoch afterwards.
+    pub async fn fork(&self, session: &str, epoch: &str) -> Result<String, StoreError> {
+        let k = self.keys.session(session);
+        let reply = self
+            .eval("fork", &self.scripts.fork, vec![k.meta], vec![epoch.into()])
+            .await?;
+        Ok(reply.as_string().unwrap_or_default())
     }
 
     /// Publishes an ephemeral payload on a session's channel.

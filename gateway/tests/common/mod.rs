@@ -172,6 +172,37 @@ impl Gateway {
         }
     }
 
+    /// Sends a signal by name (`-STOP`, `-CONT`): a paused process keeps its sockets, so
+    /// what is sent to it waits in the kernel until it runs again.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// `POST /sessions/{id}/messages` with the server `key`, retried while it answers 503
+    /// (Redis coming back, a failover); answers the acked seq.
+    pub async fn server_publish(&self, key: &str, session: &str, data: Value) -> u64 {
+        let path = format!("/api/v1/sessions/{session}/messages");
+        let body = serde_json::json!({ "data": data });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = call(self.addr, "POST", &path, Some(key), Some(&body)).await;
+            if r.status == 200 {
+                return r.json()["seq"].as_u64().expect("seq");
+            }
+            assert!(
+                r.status == 503 && Instant::now() < deadline,
+                "publish refused: {} {}",
+                r.status,
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill")
@@ -606,6 +637,74 @@ impl WsClient {
         seqs
     }
 
+    /// Collects `(seq, id)` of the `message`s in `session` until `count` arrived.
+    pub async fn message_ids(&mut self, session: &str, count: usize) -> Vec<(u64, String)> {
+        let mut got = Vec::new();
+        while got.len() < count {
+            if let ServerFrame::Message {
+                session: s,
+                seq,
+                id,
+                ..
+            } = self
+                .expect("message", |f| matches!(f, ServerFrame::Message { .. }))
+                .await
+            {
+                if s == session {
+                    got.push((seq, id));
+                }
+            }
+        }
+        got
+    }
+
+    /// Rejoins as a client that processed up to `since` does: with the epoch of its
+    /// numbering and, when given, the id of the message it saw at `since`. Answers
+    /// (epoch, recovered, the history's seqs).
+    pub async fn rejoin(
+        &mut self,
+        session: &str,
+        since: u64,
+        epoch: Option<&str>,
+        since_id: Option<&str>,
+    ) -> (String, bool, Vec<u64>) {
+        let mut frame = serde_json::json!({"type": "join", "session": session, "since": since});
+        if let Some(e) = epoch {
+            frame["epoch"] = e.into();
+        }
+        if let Some(id) = since_id {
+            frame["since_id"] = id.into();
+        }
+        self.send_json(frame).await;
+        match self
+            .expect("joined", |f| matches!(f, ServerFrame::Joined { .. }))
+            .await
+        {
+            ServerFrame::Joined {
+                epoch,
+                recovered,
+                history,
+                ..
+            } => (epoch, recovered, history.iter().map(|m| m.seq).collect()),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Reads until the connection closes and answers the seqs of the `message`s that came
+    /// before the close, with the close.
+    pub async fn seqs_until_closed(&mut self, within: Duration) -> (Vec<u64>, Closed) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut seqs = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await {
+                Ok(ServerFrame::Message { seq, .. }) => seqs.push(seq),
+                Ok(_) => continue,
+                Err(c) => return (seqs, c),
+            }
+        }
+    }
+
     /// Round-trips a ping and answers every frame received before the pong: a barrier
     /// proving nothing else was queued for us.
     pub async fn drain_until_pong(&mut self) -> Vec<ServerFrame> {
@@ -725,6 +824,44 @@ pub fn message_seqs(frames: &[ServerFrame]) -> Vec<u64> {
             _ => None,
         })
         .collect()
+}
+
+/// Stores a message in `session` exactly as a publish does (`publish.lua`, with the key
+/// prefix `rc`), without any gateway, publishing its payload on `channel`: the session's
+/// own channel, or one nobody listens on. Answers the script's raw reply
+/// (`*3 :seq :reactivated :created`).
+pub fn publish_with_script(redis: &Redis, session: &str, channel: &str, data: &Value) -> Vec<u8> {
+    let now = gateway::util::now_ms();
+    let from = roomcast_shared::From {
+        client_id: "script".into(),
+        user: "script".into(),
+        role: Role::Controller,
+        name: None,
+    };
+    let tail = gateway::envelope::encode_entry_tail(now, &from, data).expect("encodes");
+    let now_s = now.to_string();
+    let expires = (now + 3_600_000).to_string();
+    let key = |k: &str| format!("rc:{{s:{session}}}:{k}");
+    let (seq, hist, meta) = (key("seq"), key("hist"), key("meta"));
+    redis
+        .cmd_bytes(&[
+            b"EVAL",
+            include_bytes!("../../../redis/publish.lua"),
+            b"4",
+            seq.as_bytes(),
+            hist.as_bytes(),
+            meta.as_bytes(),
+            channel.as_bytes(),
+            &tail.bytes,
+            b"100",
+            b"86400000",
+            now_s.as_bytes(),
+            b"",
+            expires.as_bytes(),
+            b"3600000",
+            tail.id.as_bytes(),
+        ])
+        .expect("redis answers")
 }
 
 /// An HTTP response as the tests see it.

@@ -37,6 +37,13 @@ struct State {
     seq: u64,
     /// Oldest first.
     entries: Vec<Entry>,
+    /// The numbering's name and the id of its newest message, as the meta holds them.
+    epoch: String,
+    tip: String,
+    /// Ids given so far (each message's is unique, as `publish.lua`'s are).
+    ids: u64,
+    /// `fork` calls: (the epoch named, the epoch after).
+    forks: Vec<(String, String)>,
     presence: BTreeMap<String, Vec<u8>>,
     /// The next this many history reads fail.
     failing_history_reads: u32,
@@ -63,6 +70,8 @@ impl Memory {
     fn store_message_aged(&self, text: &str, age_ms: u64) -> Bytes {
         let mut s = self.state();
         s.seq += 1;
+        s.ids += 1;
+        let id = format!("id{}", s.ids);
         let entry = Entry {
             seq: s.seq,
             ts: now_ms() - age_ms,
@@ -73,17 +82,30 @@ impl Memory {
                 name: None,
             },
             data: serde_json::json!(text),
+            prev: std::mem::replace(&mut s.tip, id.clone()),
+            id,
         };
         s.entries.push(entry.clone());
         payload(&entry)
     }
 
     /// The session's keys are lost (a Redis restart without persistence): numbering
-    /// starts over.
+    /// starts over, under a new epoch.
     fn lose_keys(&self) {
         let mut s = self.state();
         s.seq = 0;
         s.entries.clear();
+        s.tip.clear();
+        s.epoch = format!("{}-restarted", s.epoch);
+    }
+
+    /// A failover to a replica that had the messages up to `seq` only: the epoch stays,
+    /// the later ones are gone, and the next publish reuses their seqs.
+    fn fork_at(&self, seq: u64) {
+        let mut s = self.state();
+        s.entries.retain(|e| e.seq <= seq);
+        s.seq = seq;
+        s.tip = s.entries.last().map(|e| e.id.clone()).unwrap_or_default();
     }
 
     fn encoded_after(s: &State, since: u64) -> Vec<Bytes> {
@@ -124,8 +146,9 @@ impl PumpStore for Memory {
             history: Memory::encoded_after(&s, a.since.unwrap_or(s.seq)),
             members: s.presence.values().cloned().map(Bytes::from).collect(),
             created: false,
-            epoch: "memory".into(),
-            same_numbering: a.epoch.is_none_or(|e| e == "memory"),
+            epoch: s.epoch.clone(),
+            same_numbering: a.epoch.is_none_or(|e| e == s.epoch),
+            tip: s.tip.clone(),
         })
     }
 
@@ -155,18 +178,29 @@ impl PumpStore for Memory {
         Ok(())
     }
 
-    async fn history_since(
-        &self,
-        _session: &str,
-        since: u64,
-    ) -> Result<(u64, Vec<Bytes>), StoreError> {
+    async fn history_since(&self, _session: &str, since: u64) -> Result<HistoryReply, StoreError> {
         let mut s = self.state();
         s.history_reads += 1;
         if s.failing_history_reads > 0 {
             s.failing_history_reads -= 1;
             return Err(StoreError::Unavailable("history read failed (test)".into()));
         }
-        Ok((s.seq, Memory::encoded_after(&s, since)))
+        Ok(HistoryReply {
+            seq: s.seq,
+            entries: Memory::encoded_after(&s, since),
+            epoch: s.epoch.clone(),
+            tip: s.tip.clone(),
+        })
+    }
+
+    async fn fork(&self, _session: &str, epoch: &str) -> Result<String, StoreError> {
+        let mut s = self.state();
+        if s.epoch == epoch {
+            s.epoch = format!("{epoch}-forked");
+        }
+        let after = s.epoch.clone();
+        s.forks.push((epoch.to_string(), after.clone()));
+        Ok(after)
     }
 
     async fn refresh_presence(
@@ -251,7 +285,9 @@ impl Harness<Memory> {
 }
 
 fn memory() -> Harness<Memory> {
-    Harness::new(Memory::default())
+    let store = Memory::default();
+    store.state().epoch = "e1".into();
+    Harness::new(store)
 }
 
 /// A connected client as the pump sees it, and the outbox its writer would drain.
@@ -286,7 +322,11 @@ impl Member {
         Join {
             client: self.client.clone(),
             info: self.info(),
-            since: since.map(|seq| Since { seq, epoch: None }),
+            since: since.map(|seq| Since {
+                seq,
+                epoch: None,
+                id: None,
+            }),
             reference: None,
             create: false,
         }

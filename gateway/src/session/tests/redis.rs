@@ -20,8 +20,8 @@ async fn redis_store(redis: &crate::test_redis::Redis) -> Store {
 
 /// The pub/sub payload of stored message `seq`, as `publish.lua` published it.
 async fn stored_payload(store: &Store, seq: u64) -> Bytes {
-    let (_, entries) = store.history_since(SESSION, seq - 1).await.unwrap();
-    let entry = entries.last().expect("stored");
+    let reply = store.history_since(SESSION, seq - 1).await.unwrap();
+    let entry = reply.entries.last().expect("stored");
     let mut p = vec![0x92, kind::MESSAGE];
     p.extend_from_slice(entry);
     Bytes::from(p)

@@ -3,7 +3,7 @@
 
 use roomcast_shared::CloseCode;
 
-use super::{memory, settle, Harness, Member, Memory};
+use super::{memory, settle, Harness, Member, Memory, SESSION};
 
 /// A pump with one member, "old", that has been given seqs 1 to `count`.
 async fn member_given(count: usize) -> (Harness<Memory>, Member) {
@@ -116,4 +116,146 @@ async fn a_catch_up_that_finds_the_newest_message_gone_tells_the_members_to_resy
     h.pumps.catch_up_all();
     settle().await;
     assert_eq!(old.drain(), vec![Err(CloseCode::Resync)]);
+}
+
+// ---------------------------------------------------------------------------------------
+// A numbering that restarts or forks and catches up with what this instance delivered:
+// recognised from the messages (their ids and `prev`), never from comparing seqs alone.
+
+/// Redis restarted empty while the member was joined; the new numbering's messages reach
+/// the pump live, and one of them has the seq the pump delivered last (3 = 3).
+#[tokio::test(start_paused = true)]
+async fn a_restart_whose_numbering_reaches_the_last_seq_is_a_resync_not_a_duplicate() {
+    let (h, display) = member_given(3).await;
+    h.store.lose_keys();
+    for text in ["new 1", "new 2", "new 3"] {
+        h.publish(text);
+    }
+    settle().await;
+    assert_eq!(
+        display.drain(),
+        vec![Err(CloseCode::Resync)],
+        "never silently dropped as duplicates of 1..3"
+    );
+    // A restart named a new epoch already: nothing to rename.
+    let s = h.store.state();
+    assert_eq!(
+        s.forks,
+        vec![("e1".to_string(), "e1-restarted".to_string())]
+    );
+}
+
+/// The new numbering is past the old last seq before the pump hears of it (its messages
+/// went to a Redis this instance was not subscribed to): the catch-up after the
+/// resubscription sees another epoch and a chain that does not continue.
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_that_finds_a_restarted_numbering_past_the_last_seq_resyncs() {
+    let (h, display) = member_given(1).await;
+    h.store.lose_keys();
+    for text in ["new 1", "new 2", "new 3"] {
+        h.store.store_message(text);
+    }
+    h.pumps.catch_up_all();
+    settle().await;
+    assert_eq!(
+        display.drain(),
+        vec![Err(CloseCode::Resync)],
+        "not new 2 and 3 as if they followed 1"
+    );
+    // Later messages of the new numbering reach members that join it, not the old one.
+    let late = Member::new("late");
+    h.join(&late, None).await.unwrap();
+    h.publish("new 4");
+    assert_eq!(late.seqs(1).await, vec![4]);
+    settle().await;
+    assert!(display.drain().is_empty());
+}
+
+/// A failover to a replica that had 1..5 of 1..10: the epoch stays and the next publishes
+/// reuse 6..10. Their pub/sub payloads arrive in order; the one at the last delivered seq
+/// (10) is another message, so the pump renames the numbering and closes its members.
+#[tokio::test(start_paused = true)]
+async fn a_lossy_failover_that_reuses_delivered_seqs_is_found_and_renamed() {
+    let (h, display) = member_given(10).await;
+    h.store.fork_at(5);
+    for n in 6..=13 {
+        h.publish(&format!("fork {n}"));
+    }
+    settle().await;
+    assert_eq!(
+        display.drain(),
+        vec![Err(CloseCode::Resync)],
+        "no fork message handed over as 11..13"
+    );
+    let s = h.store.state();
+    assert_eq!(s.forks, vec![("e1".to_string(), "e1-forked".to_string())]);
+    assert_eq!(
+        s.epoch, "e1-forked",
+        "rejoins naming e1 now get recovered:false"
+    );
+}
+
+/// The fork's message at the last delivered seq never arrived (pub/sub dropped it during
+/// the failover); the next one, at last + 1, names a `prev` this instance never gave.
+#[tokio::test(start_paused = true)]
+async fn a_message_that_follows_another_branch_is_never_delivered() {
+    let (h, display) = member_given(3).await;
+    h.store.fork_at(1);
+    h.store.store_message("fork 2");
+    h.store.store_message("fork 3");
+    h.publish("fork 4");
+    settle().await;
+    assert_eq!(
+        display.drain(),
+        vec![Err(CloseCode::Resync)],
+        "not 4 after 3"
+    );
+    assert_eq!(h.store.state().epoch, "e1-forked");
+}
+
+/// After a failover the fork has exactly as many messages as this instance delivered:
+/// nothing follows the last seq, and the catch-up compares the tip.
+#[tokio::test(start_paused = true)]
+async fn a_catch_up_that_finds_another_message_at_the_last_seq_resyncs() {
+    let (h, display) = member_given(3).await;
+    h.store.fork_at(2);
+    h.store.store_message("fork 3");
+    h.pumps.catch_up_all();
+    settle().await;
+    assert_eq!(display.drain(), vec![Err(CloseCode::Resync)]);
+    assert_eq!(h.store.state().epoch, "e1-forked");
+}
+
+/// A join whose reply shows another epoch (the numbering restarted and is past this
+/// instance's last seq already) closes the members that followed the old one.
+#[tokio::test(start_paused = true)]
+async fn a_join_that_finds_another_epoch_past_the_last_seq_resyncs_the_old_members() {
+    let (h, old) = member_given(2).await;
+    h.store.lose_keys();
+    for text in ["new 1", "new 2", "new 3", "new 4"] {
+        h.store.store_message(text);
+    }
+    let new = Member::new("new");
+    h.join(&new, None).await.unwrap();
+    assert_eq!(resync_close(&old), Some(CloseCode::Resync));
+    h.publish("new 5");
+    assert_eq!(new.seqs(1).await, vec![5]);
+}
+
+/// What does continue is delivered as before: duplicates, a gap fill and a catch-up of
+/// the same branch never count as a fork.
+#[tokio::test(start_paused = true)]
+async fn the_same_branch_never_counts_as_a_fork() {
+    let (h, display) = member_given(2).await;
+    let three = h.store.store_message("three");
+    h.store.store_message("four");
+    let five = h.store.store_message("five");
+    h.pumps.dispatch(SESSION, five.clone());
+    h.pumps.dispatch(SESSION, three);
+    h.pumps.catch_up_all();
+    h.pumps.dispatch(SESSION, five);
+    assert_eq!(display.seqs(3).await, vec![3, 4, 5]);
+    settle().await;
+    assert!(display.drain().is_empty(), "no close, no repeat");
+    assert!(h.store.state().forks.is_empty());
 }

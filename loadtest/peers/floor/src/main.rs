@@ -145,6 +145,7 @@ async fn serve(floor: Arc<Floor>, mut stream: TcpStream) {
                     session,
                     seq,
                     epoch: "floor".into(),
+                    seq_id: String::new(),
                     recovered: false,
                     history: Vec::new(),
                     presence: Vec::new(),
@@ -173,6 +174,8 @@ async fn serve(floor: Arc<Floor>, mut stream: TcpStream) {
                     let frame = ServerFrame::Message {
                         session,
                         seq: r.seq,
+                        // No history, so no recovery to check: no id.
+                        id: String::new(),
                         ts: now_ms(),
                         from,
                         data,
