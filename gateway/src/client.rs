@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::stream::SplitSink;
-use futures_util::SinkExt;
+use futures_util::{Sink, SinkExt};
 use roomcast_shared::{encode, CloseCode, Format, ServerFrame};
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
@@ -288,11 +289,10 @@ const BATCH: usize = 64;
 
 /// Drains the client's queue into the socket until the queue closes or the client is
 /// killed; then sends the close frame (bounded in time) and returns.
-pub async fn run_writer(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: Outbox,
-    client: ClientHandle,
-) {
+pub async fn run_writer<S>(mut sink: S, mut rx: Outbox, client: ClientHandle)
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
     let kill = client.killed().clone();
     let mut close_code = None;
     loop {
@@ -339,7 +339,7 @@ pub async fn run_writer(
         client.kill(code);
     }
     let frame = CloseFrame {
-        code: code.code(),
+        code: WsCloseCode::from(code.code()),
         reason: Utf8Bytes::from_static(code.reason()),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {

@@ -290,6 +290,10 @@ pub struct Config {
     /// must also arrive whole within it.
     #[arg(long, env = "ROOMCAST_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
+    /// How long a REST request's whole body may take to arrive once its head has: a body
+    /// trickled slower is answered 408 and its connection freed.
+    #[arg(long, env = "ROOMCAST_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
     /// Members listed in `joined.presence` (the largest sessions get the first ones). Every
     /// join reads and sends this list, so it bounds what a join costs in a big session.
     #[arg(long, env = "ROOMCAST_PRESENCE_LIST_MAX", default_value_t = 100)]
@@ -465,6 +469,9 @@ impl Config {
         }
         if self.header_timeout < Duration::from_millis(100) {
             return fail("ROOMCAST_HEADER_TIMEOUT must be at least 100ms");
+        }
+        if self.body_timeout < Duration::from_millis(100) {
+            return fail("ROOMCAST_BODY_TIMEOUT must be at least 100ms");
         }
         if self.allowed_origins.iter().any(|o| o.trim().is_empty()) {
             return fail("ROOMCAST_ALLOWED_ORIGINS has an empty entry");

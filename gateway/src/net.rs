@@ -29,8 +29,8 @@ use axum::http::{HeaderMap, Request};
 use axum::Router;
 use dashmap::DashMap;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -342,11 +342,15 @@ pub(crate) async fn serve(
     stop: CancellationToken,
 ) -> TaskTracker {
     let connections = TaskTracker::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only. Cleartext HTTP/2 (h2c) would multiplex up to hundreds of streams,
+    // each with a body in flight, over one connection the per-address and header rules
+    // here count once; nothing a client of this API needs (WebSockets and REST are both
+    // HTTP/1.1), so a prior-knowledge h2 preface is refused like any malformed request.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(edge.header_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES);
     let pending = Arc::new(Pending::default());
     let mut errors = AcceptErrors::default();
@@ -415,10 +419,9 @@ pub(crate) async fn serve(
         connections.spawn(async move {
             // Held until the HTTP phase ends: closed, or handed over as a WebSocket.
             let _pending = guard;
-            let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(io),
-                TowerToHyperService::new(service),
-            );
+            let conn = builder
+                .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+                .with_upgrades();
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
@@ -434,9 +437,7 @@ pub(crate) async fn serve(
             };
             if let Err(e) = result {
                 // hyper's own head timer (armed at the first byte) may fire before ours.
-                if e.downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_timeout)
-                {
+                if e.is_timeout() {
                     m::connection_refused("header_timeout");
                 }
                 tracing::debug!(error = %e, peer = %peer, "connection ended with an error");

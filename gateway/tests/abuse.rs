@@ -449,6 +449,63 @@ async fn signal_floods_get_rate_limited_errors_and_frame_floods_are_closed_4029(
     assert_eq!(a.get("/health/live").await.0, 200);
 }
 
+/// One frame of a fragmented text message: the first (`first`) or a continuation.
+fn fragment(first: bool, fin: bool, text: &str) -> Message {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let opcode = OpCode::Data(if first { Data::Text } else { Data::Continue });
+    Message::Frame(Frame::message(text.as_bytes().to_vec(), opcode, fin))
+}
+
+/// Sends `{"type":"ping","ref":"f"}` in `frames` frames: the first byte, empty
+/// continuations, and the rest in the last.
+async fn fragmented_ping(c: &mut WsClient, frames: usize) {
+    let text = r#"{"type":"ping","ref":"f"}"#;
+    c.send_raw(fragment(true, false, &text[..1])).await;
+    for _ in 0..frames - 2 {
+        c.send_raw(fragment(false, false, "")).await;
+    }
+    c.send_raw(fragment(false, true, &text[1..])).await;
+}
+
+/// The frames tungstenite handles by itself, empty continuations included, count against
+/// the frame budget like whole messages: a message begun and then fed nothing but empty
+/// continuation frames is closed 4029 within the budget, not read forever. A message may
+/// come in at most 128 frames; more closes the connection with 1008. Others are served
+/// throughout.
+#[tokio::test]
+async fn every_frame_counts_and_a_message_has_at_most_128_fragments() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_RATE_FRAMES", "100/1s")]);
+    a.wait_ready().await;
+    let mut bystander = a.connect(&token("tv", &[Role::Display])).await;
+    bystander.join("fragments", None).await;
+    let mut flooder = a.connect(&token("flooder", &[Role::Display])).await;
+    flooder.send_raw(fragment(true, false, "{")).await;
+    for _ in 0..500 {
+        flooder.send_raw(fragment(false, false, "")).await;
+    }
+    assert_eq!(
+        flooder.closed(DEADLINE).await,
+        Closed::Code(close::RATE_LIMITED)
+    );
+    // The bystander's connection was never touched: a ping round trip still works.
+    bystander.drain_until_pong().await;
+
+    let b = Gateway::start(&redis.url(), &[("ROOMCAST_RATE_FRAMES", "10000/1s")]);
+    b.wait_ready().await;
+    let mut whole = b.connect(&token("ok", &[Role::Display])).await;
+    fragmented_ping(&mut whole, 128).await;
+    assert!(matches!(
+        whole.expect("pong", |f| matches!(f, ServerFrame::Pong { .. })).await,
+        ServerFrame::Pong { reference: Some(r) } if r == "f"
+    ));
+    let mut over = b.connect(&token("over", &[Role::Display])).await;
+    fragmented_ping(&mut over, 129).await;
+    assert_eq!(over.closed(DEADLINE).await, Closed::Code(close::POLICY));
+    assert_eq!(b.get("/health/live").await.0, 200);
+}
+
 #[tokio::test]
 async fn with_redis_down_publishes_fail_closed_and_connects_fail_open() {
     let mut redis = Redis::start();

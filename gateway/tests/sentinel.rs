@@ -136,7 +136,7 @@ struct Deployment {
 
 impl Deployment {
     async fn start() -> Deployment {
-        let mut primary = Node::data(None);
+        let primary = Node::data(None);
         wait_for(DEADLINE, "the primary", || async {
             primary
                 .cmd(&["PING"])

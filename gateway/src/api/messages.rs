@@ -78,7 +78,7 @@ pub(crate) async fn publish(
 ) -> Result<Json<Published>, ApiError> {
     let id = checked_id(&id, "id")?;
     require_server(&app, &headers)?;
-    let body = body.value()?;
+    let body = body.value().await?;
     check_size(&app, &body.data)?;
     // Read as a value first: serde would accept an array for a struct, positionally.
     let sender: Sender = match body.from {
@@ -151,7 +151,7 @@ pub(crate) async fn direct(
 ) -> Result<Json<Delivered>, ApiError> {
     let user = super::checked_user(&user)?;
     require_server(&app, &headers)?;
-    let body = body.value()?;
+    let body = body.value().await?;
     check_size(&app, &body.data)?;
     let payload = Event::Direct {
         data: body.data,

@@ -191,29 +191,109 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// A required JSON object body of `T`. Parsing is deferred: handlers check credentials
-/// first and then call [`ApiJson::value`], so a missing credential is a 401 even when the
-/// body is also wrong.
-pub(crate) struct ApiJson<T>(Result<T, ApiError>);
+/// A request body not read yet: handlers check credentials first and read it after
+/// (`value().await`), so a request without credentials is answered 401 at once, however
+/// slowly its body would arrive, and no body is buffered for it.
+pub(crate) struct LazyBody {
+    body: axum::body::Body,
+    /// `Content-Type` is JSON.
+    json: bool,
+    /// `Content-Length`, when given.
+    length: Option<u64>,
+    /// The whole body must arrive within this (`ROOMCAST_BODY_TIMEOUT`).
+    timeout: std::time::Duration,
+}
 
-impl<T> ApiJson<T> {
-    pub(crate) fn value(self) -> Result<T, ApiError> {
-        self.0
+impl LazyBody {
+    fn new(req: axum::extract::Request, app: &App) -> Self {
+        let headers = req.headers();
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        LazyBody {
+            body: req.into_body(),
+            json,
+            length,
+            timeout: app.config.body_timeout,
+        }
+    }
+
+    /// Reads the whole body: at most [`MAX_BODY`] bytes, within the body timeout. A
+    /// declared length over the limit is refused before anything is read (so an
+    /// `Expect: 100-continue` client is never told to send it).
+    async fn bytes(self) -> Result<axum::body::Bytes, ApiError> {
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                format!("the body is larger than {MAX_BODY} bytes"),
+            )
+        };
+        if self.length.is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(too_large());
+        }
+        let limited = http_body_util::Limited::new(self.body, MAX_BODY);
+        match tokio::time::timeout(self.timeout, http_body_util::BodyExt::collect(limited)).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+            Ok(Err(e)) => Err(ApiError::bad_request(format!(
+                "reading the body failed: {e}"
+            ))),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::BadRequest,
+                format!(
+                    "the body did not arrive within {} ms (ROOMCAST_BODY_TIMEOUT)",
+                    self.timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
+    /// The body as an optional JSON object of `T` (empty or `null`: `None`).
+    async fn object<T: serde::de::DeserializeOwned>(self) -> Result<Option<T>, ApiError> {
+        let json = self.json;
+        let bytes = self.bytes().await?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::BadRequest,
+                "the body must be application/json",
+            ));
+        }
+        parse_object(&bytes)
     }
 }
 
-impl<T, S> FromRequest<S> for ApiJson<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
+/// A required JSON object body of `T`, read and parsed when the handler asks
+/// ([`ApiJson::value`]), after its credential checks.
+pub(crate) struct ApiJson<T>(LazyBody, std::marker::PhantomData<fn() -> T>);
+
+impl<T: serde::de::DeserializeOwned> ApiJson<T> {
+    pub(crate) async fn value(self) -> Result<T, ApiError> {
+        self.0
+            .object()
+            .await?
+            .ok_or_else(|| ApiError::bad_request("a JSON object body is required"))
+    }
+}
+
+impl<T> FromRequest<Arc<App>> for ApiJson<T> {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let MaybeJson(parsed) = MaybeJson::<T>::from_request(req, state).await?;
-        Ok(ApiJson(parsed.and_then(|v| {
-            v.ok_or_else(|| ApiError::bad_request("a JSON object body is required"))
-        })))
+    async fn from_request(
+        req: axum::extract::Request,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ApiJson(LazyBody::new(req, app), std::marker::PhantomData))
     }
 }
 
@@ -233,51 +313,23 @@ fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Option<T
     }
 }
 
-/// An optional JSON object body (empty or `null` means `None`); deferred like [`ApiJson`].
-pub(crate) struct MaybeJson<T>(Result<Option<T>, ApiError>);
+/// An optional JSON object body (empty or `null` means `None`); read like [`ApiJson`].
+pub(crate) struct MaybeJson<T>(LazyBody, std::marker::PhantomData<fn() -> T>);
 
-impl<T> MaybeJson<T> {
-    pub(crate) fn value(self) -> Result<Option<T>, ApiError> {
-        self.0
+impl<T: serde::de::DeserializeOwned> MaybeJson<T> {
+    pub(crate) async fn value(self) -> Result<Option<T>, ApiError> {
+        self.0.object().await
     }
 }
 
-impl<T, S> FromRequest<S> for MaybeJson<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
+impl<T> FromRequest<Arc<App>> for MaybeJson<T> {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        let is_json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"));
-        let bytes = match axum::body::Bytes::from_request(req, state).await {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                let status = e.status();
-                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    ErrorCode::TooLarge
-                } else {
-                    ErrorCode::BadRequest
-                };
-                return Ok(MaybeJson(Err(ApiError::new(status, code, e.body_text()))));
-            }
-        };
-        if bytes.is_empty() {
-            return Ok(MaybeJson(Ok(None)));
-        }
-        if !is_json {
-            return Ok(MaybeJson(Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ErrorCode::BadRequest,
-                "the body must be application/json",
-            ))));
-        }
-        Ok(MaybeJson(parse_object(&bytes)))
+    async fn from_request(
+        req: axum::extract::Request,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(MaybeJson(LazyBody::new(req, app), std::marker::PhantomData))
     }
 }
 

@@ -143,7 +143,7 @@ pub(crate) async fn join(
 ) -> Result<Json<PresenceEntry>, ApiError> {
     let id = checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, true)?;
-    let body = body.value()?.unwrap_or_default();
+    let body = body.value().await?.unwrap_or_default();
     load_open(&app, &id).await?;
     // REST members have `rest-` ids, so a caller can never take over a WebSocket
     // member's entry by naming its client id.
@@ -254,7 +254,7 @@ pub(crate) async fn activity(
 ) -> Result<Json<PresenceEntry>, ApiError> {
     let id = checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, true)?;
-    let body = body.value()?;
+    let body = body.value().await?;
     load_open(&app, &id).await?;
     let mut info = own_member(&app, &id, &credential, &body.client_id).await?;
     let now = now_ms();
@@ -297,7 +297,7 @@ pub(crate) async fn leave(
 ) -> Result<Json<Left>, ApiError> {
     let id = checked_id(&id, "id")?;
     let credential = require_session(&app, &headers, &id, true)?;
-    let body = body.value()?;
+    let body = body.value().await?;
     load_open(&app, &id).await?;
     own_member(&app, &id, &credential, &body.client_id).await?;
     let left = app.store.leave(&id, &body.client_id).await?;

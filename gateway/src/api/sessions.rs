@@ -106,7 +106,7 @@ pub(crate) async fn create(
     body: MaybeJson<CreateSession>,
 ) -> Result<Response, ApiError> {
     open_route(&app, &headers)?;
-    let body = body.value()?.unwrap_or_default();
+    let body = body.value().await?.unwrap_or_default();
     let max = app.config.max_lifetime.as_secs();
     let lifetime = match body.max_lifetime_s {
         Some(s) if s < 1 => return Err(ApiError::bad_request("`max_lifetime_s` must be positive")),
@@ -211,7 +211,7 @@ pub(crate) async fn join(
     body: ApiJson<JoinByCode>,
 ) -> Result<Json<Joined>, ApiError> {
     open_route(&app, &headers)?;
-    let body = body.value()?;
+    let body = body.value().await?;
     let code = body.code.trim().to_ascii_uppercase();
     if code.len() != CODE_LEN || !code.bytes().all(|b| CODE_ALPHABET.contains(&b)) {
         return Err(ApiError::bad_request(
@@ -352,7 +352,7 @@ pub(crate) async fn patch(
 ) -> Result<Json<SessionView>, ApiError> {
     let id = checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
-    let body = body.value()?;
+    let body = body.value().await?;
     let mut fields = Vec::new();
     if let Some(m) = &body.metadata {
         fields.push(("metadata", json_field(m, "metadata")?));
@@ -461,7 +461,11 @@ pub(crate) async fn resolve(
 ) -> Result<Json<SessionView>, ApiError> {
     let id = checked_id(&id, "id")?;
     require_session(&app, &headers, &id, true)?;
-    let notes = body.value()?.and_then(|b| b.notes).unwrap_or_default();
+    let notes = body
+        .value()
+        .await?
+        .and_then(|b| b.notes)
+        .unwrap_or_default();
     if notes.len() > MAX_FIELD_BYTES {
         return Err(ApiError::bad_request(format!(
             "`notes` is at most {MAX_FIELD_BYTES} bytes"

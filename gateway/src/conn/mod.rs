@@ -1,9 +1,11 @@
 //! WebSocket connections: the checks before the upgrade, then one task per connection.
 //!
 //! This file owns the HTTP-side admission (draining, `Origin`, connection cap, token,
-//! subprotocol) and the connection's state (`Connection`, its joined sessions, `Failure`);
-//! `task` the connection task (its read loop, heartbeats, token expiry, leaving every
-//! session when the socket ends); `commands` what each client frame does. Outbound frames
+//! subprotocol), the upgrade handshake itself (RFC 6455: so that the upgraded socket runs
+//! through `frames::FrameGuard`, which counts every frame), and the connection's state
+//! (`Connection`, its joined sessions, `Failure`); `task` the connection task (its read
+//! loop, heartbeats, token expiry, leaving every session when the socket ends); `frames`
+//! the frame budget below tungstenite; `commands` what each client frame does. Outbound frames
 //! go through the client's bounded queue (`client`); session fan-out happens in the
 //! session pump (`session`). A bad frame gets an `error` frame; only the close codes of
 //! docs/PROTOCOL.md end a connection.
@@ -13,12 +15,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use roomcast_shared::{CloseCode, ErrorCode, Format, From, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::{AuthError, Identity};
 use crate::client::ClientHandle;
@@ -31,7 +38,11 @@ use crate::store::StoreError;
 use crate::App;
 
 mod commands;
+mod frames;
 mod task;
+
+/// An upgraded client connection: tungstenite over the frame counter over hyper's socket.
+pub(crate) type Socket = WebSocketStream<frames::FrameGuard<TokioIo<Upgraded>>>;
 
 /// Sessions one connection may be joined to at once.
 const MAX_SESSIONS_PER_CONNECTION: usize = 16;
@@ -52,9 +63,14 @@ pub(crate) async fn upgrade(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<WsQuery>,
-    headers: HeaderMap,
-    mut ws: WebSocketUpgrade,
+    req: Request,
 ) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let headers = &parts.headers;
+    let (accept, on_upgrade) = match handshake(headers, parts.extensions.remove()) {
+        Ok(ok) => ok,
+        Err((status, detail)) => return problem(status, ErrorCode::BadRequest, detail),
+    };
     if app.is_draining() {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -62,14 +78,14 @@ pub(crate) async fn upgrade(
             "node is draining; connect to another node",
         );
     }
-    if !origin_allowed(&app.config.allowed_origins, &headers) {
+    if !origin_allowed(&app.config.allowed_origins, headers) {
         return problem(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             "origin not allowed",
         );
     }
-    let ip = app.proxies.client_ip(peer, &headers);
+    let ip = app.proxies.client_ip(peer, headers);
     let ip_key = limits::ip_key(ip);
     for (scope, what) in [
         (Scope::Burst, "too many requests in a burst"),
@@ -94,7 +110,7 @@ pub(crate) async fn upgrade(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     }
-    let identity = match authenticate(&app, &headers, &query) {
+    let identity = match authenticate(&app, headers, &query) {
         Ok(identity) => identity,
         Err(e) => {
             let (status, code) = match e {
@@ -117,7 +133,7 @@ pub(crate) async fn upgrade(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     }
-    let format = match select_protocol(&mut ws) {
+    let (format, selected) = match select_protocol(headers) {
         Ok(format) => format,
         Err(offered) => {
             return problem(
@@ -128,18 +144,81 @@ pub(crate) async fn upgrade(
         }
     };
     let max = app.config.max_frame_bytes;
-    ws.max_message_size(max)
-        .max_frame_size(max)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
         // Small per-connection buffers: most frames are small and idle sockets are many
         // (tungstenite never shrinks them). A larger frame still gets room for its whole
         // length; these only bound how much one read takes in and how much one write
         // batches, and 1 KiB still batches several fan-out frames per syscall.
         .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        .on_upgrade(move |socket| {
-            let tracker = app.tracker.clone();
-            tracker.track_future(task::run(app, socket, identity, format, peer, ip))
-        })
+        .write_buffer_size(WS_WRITE_BUFFER);
+    let budget = TokenBucket::new(app.config.rate_frames);
+    let tracker = app.tracker.clone();
+    tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, peer = %peer, "upgrade failed");
+                return;
+            }
+        };
+        let io = frames::FrameGuard::new(TokioIo::new(upgraded), budget);
+        let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
+        task::run(app, socket, identity, format, peer, ip).await
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(protocol) = selected {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    response
+}
+
+/// Checks an upgrade request (RFC 6455 §4.2.1) and answers the `Sec-WebSocket-Accept`
+/// value with the connection's upgrade, or the status (400; 426 for a connection hyper
+/// cannot hand over) and reason to answer instead.
+fn handshake(
+    headers: &HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+) -> Result<(HeaderValue, OnUpgrade), (StatusCode, &'static str)> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let bad = |detail| Err((StatusCode::BAD_REQUEST, detail));
+    if !has_token(header::CONNECTION, "upgrade") {
+        return bad("`Connection` must include `upgrade`: this is the WebSocket endpoint");
+    }
+    if !has_token(header::UPGRADE, "websocket") {
+        return bad("`Upgrade` must be `websocket`");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return bad("`Sec-WebSocket-Version` must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return bad("`Sec-WebSocket-Key` is missing");
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            "this connection cannot be upgraded (HTTP/1.1 is required)",
+        ));
+    };
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .map_err(|_| (StatusCode::BAD_REQUEST, "bad `Sec-WebSocket-Key`"))?;
+    Ok((accept, on_upgrade))
 }
 
 fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
@@ -182,29 +261,27 @@ fn authenticate(app: &App, headers: &HeaderMap, query: &WsQuery) -> Result<Ident
     app.auth.verify(token)
 }
 
-/// Picks the first offered subprotocol we speak; none offered means JSON.
-fn select_protocol(ws: &mut WebSocketUpgrade) -> Result<Format, String> {
-    let offered: Vec<String> = ws
-        .requested_protocols()
+/// Picks the first offered subprotocol we speak, with the header value that names it;
+/// none offered means JSON (and no header).
+fn select_protocol(headers: &HeaderMap) -> Result<(Format, Option<HeaderValue>), String> {
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .collect();
     if offered.is_empty() {
-        return Ok(Format::Json);
+        return Ok((Format::Json, None));
     }
     for p in &offered {
-        let format = match p.as_str() {
-            SUBPROTOCOL_JSON => Format::Json,
-            SUBPROTOCOL_MSGPACK => Format::Msgpack,
+        let (format, name) = match p.as_str() {
+            SUBPROTOCOL_JSON => (Format::Json, SUBPROTOCOL_JSON),
+            SUBPROTOCOL_MSGPACK => (Format::Msgpack, SUBPROTOCOL_MSGPACK),
             _ => continue,
         };
-        ws.set_selected_protocol(HeaderValue::from_static(match format {
-            Format::Json => SUBPROTOCOL_JSON,
-            Format::Msgpack => SUBPROTOCOL_MSGPACK,
-        }));
-        return Ok(format);
+        return Ok((format, Some(HeaderValue::from_static(name))));
     }
     Err(offered.join(", "))
 }
@@ -288,8 +365,6 @@ struct Connection {
     sessions: HashMap<SessionId, Joined>,
     /// `signal` and `typing` allowance.
     signals: Option<TokenBucket>,
-    /// Every inbound frame's allowance; running dry closes with 4029.
-    frames: Option<TokenBucket>,
 }
 
 /// Bytes one socket read takes in (tungstenite's `read_buffer_size`). Allocated for every
@@ -329,6 +404,7 @@ mod tests {
 mod task_size {
     use super::*;
     use std::future::Future;
+    use tokio_tungstenite::tungstenite::Message;
 
     /// The size of the future an async fn returns, without calling it.
     fn future_size<A, B, C, D, E, G, F: Future>(_: fn(A, B, C, D, E, G) -> F) -> usize {
@@ -344,7 +420,9 @@ mod task_size {
     #[test]
     fn idle_connection_tasks_stay_small() {
         let reader = future_size(task::run);
-        let writer = writer_size(crate::client::run_writer);
+        let writer = writer_size(
+            crate::client::run_writer::<futures_util::stream::SplitSink<Socket, Message>>,
+        );
         eprintln!("reader task future {reader} B, writer {writer} B");
         assert!(reader <= 1536, "connection future is {reader} bytes");
         assert!(writer <= 2048, "writer future is {writer} bytes");

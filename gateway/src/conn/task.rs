@@ -7,12 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
 use roomcast_shared::{
     decode_client, CloseCode, ErrorCode, Format, Role, ServerFrame, PROTOCOL_VERSION,
 };
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::Instrument;
 
 use crate::auth::Identity;
@@ -23,7 +23,8 @@ use crate::ratelimit::TokenBucket;
 use crate::util::{now_ms, random_id};
 use crate::App;
 
-use super::{Connection, Failure, CLOSE_DRAIN, MAX_REF_LEN};
+use super::frames::FrameViolation;
+use super::{Connection, Failure, Socket, CLOSE_DRAIN, MAX_REF_LEN};
 
 /// The connection task: from `welcome` to the last leave.
 ///
@@ -32,7 +33,7 @@ use super::{Connection, Failure, CLOSE_DRAIN, MAX_REF_LEN};
 /// idle connection's task is as large as that future.
 pub(super) fn run(
     app: Arc<App>,
-    socket: WebSocket,
+    socket: Socket,
     identity: Identity,
     format: Format,
     peer: SocketAddr,
@@ -57,7 +58,6 @@ pub(super) fn run(
         ip: limits::ip_key(ip),
         sessions: HashMap::new(),
         signals: TokenBucket::new(app.config.rate_signal),
-        frames: TokenBucket::new(app.config.rate_frames),
     };
     async move {
         if app.hub.add_client(client.clone()) {
@@ -115,7 +115,7 @@ impl Connection {
     /// Reads until the client leaves or must go; answers why, for the metric label.
     async fn read_loop(
         &mut self,
-        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        stream: &mut futures_util::stream::SplitStream<Socket>,
     ) -> &'static str {
         let heartbeat = self.app.config.heartbeat;
         let mut ping = interval_at(Instant::now() + heartbeat, heartbeat);
@@ -155,13 +155,7 @@ impl Connection {
                         Some(Err(e)) => return self.read_error(e),
                     };
                     last_seen = Instant::now();
-                    if let Some(frames) = &mut self.frames {
-                        if frames.take(std::time::Instant::now()).is_err() {
-                            m::rate_limited("frames");
-                            self.client.kill(CloseCode::RateLimited);
-                            return "rate_limited";
-                        }
-                    }
+                    // Every frame was counted below tungstenite (`frames::FrameGuard`).
                     // Frame handling is boxed: its Redis futures are kilobytes, and inline
                     // they would size every idle connection's task for its busiest moment.
                     match msg {
@@ -172,7 +166,7 @@ impl Connection {
                             Box::pin(self.on_bytes(Format::Msgpack, &bytes)).await
                         }
                         // tungstenite answers pings itself; any frame proves liveness.
-                        Message::Ping(_) | Message::Pong(_) => {}
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                         Message::Close(_) => return "client_closed",
                     }
                 }
@@ -180,26 +174,41 @@ impl Connection {
         }
     }
 
-    /// A read error ends the connection; size and UTF-8 violations get their close codes.
-    fn read_error(&self, e: axum::Error) -> &'static str {
-        use tokio_tungstenite::tungstenite::Error as WsError;
-        let inner = e.into_inner();
-        match inner.downcast_ref::<WsError>() {
-            Some(WsError::Capacity(_)) => {
+    /// A read error ends the connection; size, UTF-8 and frame-budget violations get
+    /// their close codes.
+    fn read_error(&self, e: WsError) -> &'static str {
+        match e {
+            WsError::Capacity(_) => {
                 self.client.kill(CloseCode::TooBig);
                 "too_large"
             }
-            Some(WsError::Utf8(_)) => {
+            WsError::Utf8(_) => {
                 self.client.kill(CloseCode::InvalidPayload);
                 "invalid_utf8"
             }
-            Some(WsError::Protocol(p)) => {
+            WsError::Protocol(p) => {
                 tracing::debug!(error = %p, "protocol violation");
                 self.client.kill(CloseCode::Policy);
                 "protocol_error"
             }
-            _ => {
-                tracing::debug!(error = %inner, "read failed");
+            WsError::Io(e) => match FrameViolation::of(&e) {
+                Some(FrameViolation::Flood) => {
+                    m::rate_limited("frames");
+                    self.client.kill(CloseCode::RateLimited);
+                    "rate_limited"
+                }
+                Some(FrameViolation::Fragments) => {
+                    tracing::debug!("a message in too many fragments");
+                    self.client.kill(CloseCode::Policy);
+                    "protocol_error"
+                }
+                None => {
+                    tracing::debug!(error = %e, "read failed");
+                    "io_error"
+                }
+            },
+            other => {
+                tracing::debug!(error = %other, "read failed");
                 "io_error"
             }
         }
