@@ -31,9 +31,21 @@ pub struct Claims {
     pub iat: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// One audience or several (RFC 7519 §4.1.3); the configured one must be among them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
 }
+
+/// The `aud` claim: a string or an array of strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Seconds of clock skew allowed when checking `exp` and `nbf` (docs/PROTOCOL.md).
+pub const CLOCK_LEEWAY_S: u64 = 5;
 
 /// Who a connection is, after authentication.
 #[derive(Debug, Clone)]
@@ -152,7 +164,7 @@ impl Authenticator {
         };
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
-        validation.leeway = 5;
+        validation.leeway = CLOCK_LEEWAY_S;
         // A configured issuer or audience is required, not only checked when present:
         // jsonwebtoken accepts a token that leaves the claim out unless it is listed.
         let mut required = vec!["exp"];
@@ -215,6 +227,9 @@ impl Authenticator {
         if claims.roles.is_empty() {
             return Err(AuthError::Forbidden("token allows no role".into()));
         }
+        if claims.sessions.as_ref().is_some_and(Vec::is_empty) {
+            return Err(AuthError::Forbidden("token allows no session".into()));
+        }
         Ok(Identity {
             user,
             roles: claims.roles,
@@ -235,6 +250,12 @@ impl Authenticator {
             name: None,
             expires_at_ms: None,
         }
+    }
+
+    /// Whether this gateway can sign tokens: only with `ROOMCAST_JWT_SECRET` (with a public
+    /// key it verifies what the application's backend signed, and signs nothing).
+    pub fn can_mint(&self) -> bool {
+        self.encoding.is_some()
     }
 
     /// Signs a token with the configured secret (HS256 only: we never hold private keys).
@@ -293,7 +314,7 @@ impl Authenticator {
             nbf: Some(now),
             iat: Some(now),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(Audience::One),
         };
         jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key)
             .map_err(|e| AuthError::Invalid(format!("cannot sign: {e}")))
@@ -391,6 +412,69 @@ mod tests {
             aud: None,
         };
         jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap()
+    }
+
+    /// Signs `claims` with the tests' shared secret.
+    fn signed(claims: &serde_json::Value) -> String {
+        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).unwrap()
+    }
+
+    #[test]
+    fn exp_and_nbf_allow_the_documented_clock_skew_and_no_more() {
+        let a = auth(&[]);
+        let now = (now_ms() / 1000) as i64;
+        let skew = CLOCK_LEEWAY_S as i64;
+        let token = |exp: i64, nbf: i64| {
+            signed(&serde_json::json!({"sub": "u", "roles": ["display"], "exp": exp, "nbf": nbf}))
+        };
+        assert!(
+            a.verify(&token(now - skew + 2, now)).is_ok(),
+            "expired within the skew"
+        );
+        assert!(matches!(
+            a.verify(&token(now - skew - 2, now)),
+            Err(AuthError::Expired)
+        ));
+        assert!(
+            a.verify(&token(now + 60, now + skew - 2)).is_ok(),
+            "valid within the skew"
+        );
+        assert!(a.verify(&token(now + 60, now + skew + 2)).is_err());
+    }
+
+    #[test]
+    fn a_token_that_allows_no_session_is_forbidden() {
+        let a = auth(&[]);
+        let exp = now_ms() / 1000 + 60;
+        let none = signed(
+            &serde_json::json!({"sub": "u", "roles": ["display"], "sessions": [], "exp": exp}),
+        );
+        assert!(matches!(a.verify(&none), Err(AuthError::Forbidden(_))));
+        let one = signed(
+            &serde_json::json!({"sub": "u", "roles": ["display"], "sessions": ["s"], "exp": exp}),
+        );
+        assert!(a.verify(&one).is_ok());
+    }
+
+    #[test]
+    fn an_audience_array_that_holds_the_configured_one_is_accepted() {
+        let a = auth(&[("jwt-audience", "roomcast")]);
+        let exp = now_ms() / 1000 + 60;
+        let with = |aud: serde_json::Value| {
+            signed(&serde_json::json!({"sub": "u", "roles": ["display"], "exp": exp, "aud": aud}))
+        };
+        assert!(a
+            .verify(&with(serde_json::json!(["other", "roomcast"])))
+            .is_ok());
+        assert!(a.verify(&with(serde_json::json!("roomcast"))).is_ok());
+        assert!(matches!(
+            a.verify(&with(serde_json::json!(["other"]))),
+            Err(AuthError::Invalid(m)) if m == "wrong audience"
+        ));
+        // The gateway's own tokens name the configured audience and verify.
+        let minted = a.mint(&args(Duration::from_secs(60))).unwrap();
+        assert!(a.verify(&minted).is_ok());
     }
 
     fn private_pem(file: &str) -> Vec<u8> {

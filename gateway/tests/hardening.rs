@@ -488,3 +488,40 @@ async fn cleartext_http2_is_not_served() {
     );
     assert_eq!(a.get("/health/live").await.0, 200);
 }
+
+/// A gateway that verifies with a public key cannot sign the display token `POST
+/// /sessions` answers with, nor the controller token of a join by code: both are refused
+/// with 501 before anything is written, where they answered 500 after writing a session
+/// and its code on every call.
+#[tokio::test]
+async fn a_public_key_gateway_refuses_to_create_sessions_before_writing_anything() {
+    let redis = Redis::start();
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rs256-public.pem");
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_JWT_PUBLIC_KEY", key)]);
+    a.wait_ready().await;
+    for _ in 0..3 {
+        let r = call(a.addr, "POST", "/api/v1/sessions", None, None).await;
+        r.assert_problem(501, "forbidden");
+        assert!(r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ROOMCAST_JWT_SECRET"));
+    }
+    let r = call(
+        a.addr,
+        "POST",
+        "/api/v1/sessions/join",
+        None,
+        Some(&json!({"code": "ABCDEF"})),
+    )
+    .await;
+    r.assert_problem(501, "forbidden");
+    for pattern in ["rc:code:*", "rc:{s:*", "rc:sessions*"] {
+        let found = redis.cmd_all(&["KEYS", pattern]);
+        assert!(
+            found.iter().all(|r| r.as_deref() == Some("*0\r\n")),
+            "nothing written: {pattern} {found:?}"
+        );
+    }
+    assert!(!a.logged(&["minting needs"]));
+}

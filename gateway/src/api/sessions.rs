@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rand::Rng;
-use roomcast_shared::{HistoryMessage, Role, SessionEvent};
+use roomcast_shared::{ErrorCode, HistoryMessage, Role, SessionEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -43,7 +43,7 @@ fn json_field(value: &Value, what: &str) -> Result<String, ApiError> {
     if text.len() > MAX_FIELD_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            roomcast_shared::ErrorCode::TooLarge,
+            ErrorCode::TooLarge,
             format!("`{what}` is larger than {MAX_FIELD_BYTES} bytes"),
         ));
     }
@@ -76,11 +76,21 @@ pub(crate) struct SessionCreated {
 
 /// Open routes stay open unless `ROOMCAST_OPEN_SESSIONS=false`.
 fn open_route(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    if app.config.open_sessions {
-        Ok(())
-    } else {
-        require_server(app, headers).map(|_| ())
+    if !app.config.open_sessions {
+        require_server(app, headers)?;
     }
+    // Both routes answer with a token the gateway signs: refuse before writing anything
+    // when it cannot (a public-key deployment signs on the application's backend).
+    if !app.auth.can_mint() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            ErrorCode::Forbidden,
+            "this gateway cannot sign tokens (it verifies them with ROOMCAST_JWT_PUBLIC_KEY): \
+             create sessions and sign their tokens on your backend, or give the gateway \
+             ROOMCAST_JWT_SECRET",
+        ));
+    }
+    Ok(())
 }
 
 /// Session tokens outlive their session by a minute, so the session's end (close 4000, with
@@ -99,7 +109,8 @@ fn new_code() -> String {
 /// `POST /sessions`
 #[utoipa::path(post, path = "/sessions", operation_id = "createSession", tag = "sessions", security(()), request_body(content = Option<CreateSession>),
     responses((status = 201, body = SessionCreated),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 501, description = "the gateway cannot sign tokens (public-key mode)", body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -204,7 +215,8 @@ pub(crate) struct Joined {
 #[utoipa::path(post, path = "/sessions/join", operation_id = "joinSessionByCode", tag = "sessions", security(()), request_body = JoinByCode,
     responses((status = 200, body = Joined),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
+        (status = 501, description = "the gateway cannot sign tokens (public-key mode)", body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn join(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

@@ -86,7 +86,6 @@ impl Gateway {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("ROOMCAST_LISTEN", "127.0.0.1:0")
             .env("ROOMCAST_REDIS_URL", redis_url)
-            .env("ROOMCAST_JWT_SECRET", SECRET)
             .env("ROOMCAST_LOG", "info,gateway=debug")
             .env("ROOMCAST_LOG_FORMAT", "json")
             // Test clients read only when a test looks: a short heartbeat would time them out.
@@ -96,6 +95,10 @@ impl Gateway {
             // Tests of Redis outages watch clients stay and catch up; the shedding of
             // clients after a long outage has tests of its own that set it.
             .env("ROOMCAST_REDIS_LOST_GRACE", "0s");
+        // The shared secret, unless the test verifies with a public key instead.
+        if !env.iter().any(|(k, _)| *k == "ROOMCAST_JWT_PUBLIC_KEY") {
+            cmd.env("ROOMCAST_JWT_SECRET", SECRET);
+        }
         // Every test client comes from 127.0.0.1: limits are off unless a test sets them.
         for scope in [
             "PUBLISH",
