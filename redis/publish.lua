@@ -10,8 +10,9 @@
 -- tell whether seq n+1 continues what it delivered or another branch (a failover to a
 -- replica that lacked writes reuses seqs under the same epoch).
 -- Returns {seq, reactivated (1/0), created (1/0)}, or -1 when the session has ended, -2
--- when it is resolved. Publishing is activity: an inactive session becomes active again
--- (the caller puts it back under the lifecycle clock when `reactivated` or `created`).
+-- when it is resolved, -4 when its status is none of ours. Publishing is activity: an
+-- inactive session becomes active again (the caller puts it back under the lifecycle
+-- clock when `reactivated` or `created`).
 -- The entry is the msgpack array [seq, ts, from, data, id, prev]; the gateway encodes
 -- everything but seq and prev, which only this script knows. The pub/sub payload is
 -- [1, entry] or, with a trace context, [1, entry, traceparent]; history keeps the entry
@@ -40,6 +41,9 @@ elseif status == 'resolved' then
 elseif status == 'inactive' then
   redis.call('HSET', KEYS[3], 'status', 'active', 'warned_for', '')
   reactivated = 1
+elseif status ~= 'active' then
+  -- Corrupt or another program's: never taken for a writable session.
+  return -4
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local t = redis.call('TIME')

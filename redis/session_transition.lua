@@ -9,7 +9,10 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return {-1}
 end
-if ARGV[2] ~= '*' and not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then
+-- An unknown status (corrupt, or another program's) allows no change, not even '*'.
+local known = {active = true, inactive = true, resolved = true, ended = true}
+if not known[status]
+  or (ARGV[2] ~= '*' and not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true)) then
   return {-2, status}
 end
 if ARGV[3] ~= '' then

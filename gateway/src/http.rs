@@ -52,6 +52,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         )
         .merge(demo)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(observe))
         .with_state(app)
 }
@@ -98,12 +99,22 @@ pub(crate) fn ops_router(app: Arc<App>) -> Router {
         .route("/ping", get(|| async { "pong" }))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(observe))
         .with_state(app)
 }
 
 async fn not_found() -> Response {
     problem(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
+}
+
+/// A route that exists, called with another method (axum adds the `Allow` header).
+async fn method_not_allowed() -> Response {
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::BadRequest,
+        "this route does not take that method (see Allow)",
+    )
 }
 
 /// Request id, span and metrics for every request.

@@ -525,3 +525,179 @@ async fn a_public_key_gateway_refuses_to_create_sessions_before_writing_anything
     }
     assert!(!a.logged(&["minting needs"]));
 }
+
+/// The low findings of the second red team, each as the docs now state it.
+#[tokio::test]
+async fn frames_signals_and_tokens_behave_as_documented() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    // A signal to oneself is refused, never echoed.
+    let mut me = a.connect(&token("me", &[Role::Controller])).await;
+    me.join("low", None).await;
+    let own = me.client_id.clone();
+    let (code, message) = error_for(
+        &mut me,
+        json!({"type": "signal", "session": "low", "data": 1, "to": own, "ref": "s"}),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::BadRequest);
+    assert!(message.contains("own client id"), "{message}");
+    assert!(me
+        .drain_until_pong()
+        .await
+        .iter()
+        .all(|f| !matches!(f, ServerFrame::Signal { .. })));
+    // One msgpack map per frame: an array, trailing bytes and two maps are refused.
+    let mut packed = WsClient::connect(
+        &a.ws_url(),
+        Some(&token("mp", &[Role::Display])),
+        Some("roomcast.v1.msgpack"),
+    )
+    .await;
+    let ping = rmp_serde::to_vec_named(&json!({"type": "ping", "ref": "p"})).unwrap();
+    for bad in [
+        rmp_serde::to_vec(&json!(["ping", "arr"])).unwrap(),
+        [ping.clone(), vec![0xc0]].concat(),
+        [ping.clone(), ping.clone()].concat(),
+    ] {
+        packed.send_raw(Message::binary(bad)).await;
+        let frame = packed
+            .expect("error", |f| {
+                matches!(f, ServerFrame::Error { .. } | ServerFrame::Pong { .. })
+            })
+            .await;
+        assert!(
+            matches!(
+                frame,
+                ServerFrame::Error {
+                    code: ErrorCode::BadRequest,
+                    ..
+                }
+            ),
+            "{frame:?}"
+        );
+    }
+    // A token that allows no session is refused before the upgrade, with 403.
+    let none = sign_claims(
+        &Claims {
+            sessions: Some(vec![]),
+            ..claims("nobody", None)
+        },
+        SECRET,
+    );
+    assert_eq!(
+        WsClient::try_connect(&a.ws_url(), Some(&none), None)
+            .await
+            .err(),
+        Some(403)
+    );
+    // An audience array is a valid `aud` (checked against the configured one).
+    let b = Gateway::start(&redis.url(), &[("ROOMCAST_JWT_AUDIENCE", "roomcast")]);
+    b.wait_ready().await;
+    let listed = sign_claims(
+        &Claims {
+            aud: Some(gateway::auth::Audience::Many(vec![
+                "other".into(),
+                "roomcast".into(),
+            ])),
+            ..claims("aud", None)
+        },
+        SECRET,
+    );
+    assert!(WsClient::try_connect(&b.ws_url(), Some(&listed), None)
+        .await
+        .is_ok());
+}
+
+/// Numbers are stored exactly or refused, over both surfaces: a fraction or exponent a
+/// double cannot hold is refused like an integer beyond 64 bits.
+#[tokio::test]
+async fn numbers_are_stored_exactly_or_refused_everywhere() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_API_KEY", API_KEY)]);
+    a.wait_ready().await;
+    let mut c = a.connect(&token("n", &[Role::Controller])).await;
+    c.join("exact", None).await;
+    for literal in ["1e-400", "12345678901234567890.5"] {
+        c.send_raw(Message::text(format!(
+            r#"{{"type":"publish","session":"exact","data":{literal},"ref":"x"}}"#
+        )))
+        .await;
+        let frame = c
+            .expect("error", |f| matches!(f, ServerFrame::Error { .. }))
+            .await;
+        assert!(
+            matches!(&frame, ServerFrame::Error { code: ErrorCode::BadRequest, message, .. } if message.contains("exactly")),
+            "{literal}: {frame:?}"
+        );
+        let r = call_raw(
+            a.addr,
+            format!(
+                "POST /api/v1/sessions/exact/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{{\"data\":{literal}}}",
+                literal.len() + 9
+            )
+            .as_bytes(),
+        )
+        .await;
+        r.assert_problem(400, "bad_request");
+    }
+    // What a double holds goes through, as sent.
+    assert_eq!(c.publish("exact", json!(0.1)).await, 1);
+}
+
+/// REST answers as the WebSocket side does: a key given twice is refused, a method a
+/// route does not take is a problem+json 405, `from.user` follows the user-id rules,
+/// and a presence join with the server key names its user.
+#[tokio::test]
+async fn rest_input_rules_match_the_websocket_side() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_API_KEY", API_KEY)]);
+    a.wait_ready().await;
+    let post = |path: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let r = call_raw(
+        a.addr,
+        post("/api/v1/sessions/rules/messages", r#"{"data":1,"data":2}"#).as_bytes(),
+    )
+    .await;
+    r.assert_problem(400, "bad_request");
+    assert!(r.body.contains("duplicate"), "{}", r.body);
+    let r = call(a.addr, "PUT", "/api/v1/sessions/rules", Some(API_KEY), None).await;
+    r.assert_problem(405, "bad_request");
+    assert!(r.header("allow").is_some(), "{:?}", r.headers);
+    for user in ["a\u{0}b", "line\nfeed", "\u{202e}evil"] {
+        call(
+            a.addr,
+            "POST",
+            "/api/v1/sessions/rules/messages",
+            Some(API_KEY),
+            Some(&json!({"data": 1, "from": {"user": user}})),
+        )
+        .await
+        .assert_problem(400, "bad_request");
+    }
+    let ok = call(
+        a.addr,
+        "POST",
+        "/api/v1/sessions/rules/messages",
+        Some(API_KEY),
+        Some(&json!({"data": 1, "from": {"user": "bot@app", "name": "Bot"}})),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let r = call(
+        a.addr,
+        "POST",
+        "/api/v1/sessions/rules/presence/join",
+        Some(API_KEY),
+        Some(&json!({"role": "display"})),
+    )
+    .await;
+    r.assert_problem(400, "bad_request");
+    assert!(r.body.contains("`user`"), "{}", r.body);
+}

@@ -63,6 +63,15 @@ const KNOWN_TYPES: [&str; 7] = [
 /// Decodes a client frame. Malformed input gets `bad_request`, an unknown `type` gets
 /// `unknown_type`; both carry the frame's `ref` when it was readable.
 pub fn decode_client(format: Format, bytes: &[u8]) -> Result<ClientFrame, DecodeError> {
+    let shape = match format {
+        Format::Msgpack => one_msgpack_map(bytes),
+        // serde would read a struct from an array too (positionally).
+        Format::Json => match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') | None => Ok(()),
+            Some(_) => Err("a frame must be one JSON object"),
+        },
+    };
+    shape.map_err(|e| DecodeError::new(ErrorCode::BadRequest, e, None))?;
     let peek: Peek<'_> = match format {
         Format::Json => serde_json::from_slice(bytes).map_err(|e| {
             DecodeError::new(ErrorCode::BadRequest, format!("malformed JSON: {e}"), None)
@@ -127,6 +136,22 @@ pub fn decode_client(format: Format, bytes: &[u8]) -> Result<ClientFrame, Decode
     }
 }
 
+/// A msgpack frame is exactly one map, as a JSON frame is one object: rmp-serde would also
+/// read a struct from an array (positionally) and stop after the first value (serde_json
+/// refuses anything after the object by itself).
+fn one_msgpack_map(bytes: &[u8]) -> Result<(), &'static str> {
+    let is_map = matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf));
+    if !is_map {
+        return Err("a frame must be one msgpack map");
+    }
+    let mut de = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    IgnoredAny::deserialize(&mut de).map_err(|_| "malformed msgpack")?;
+    if de.position() != bytes.len() as u64 {
+        return Err("a frame must be one msgpack map, with nothing after it");
+    }
+    Ok(())
+}
+
 /// Encodes a frame in the given format. JSON output is always valid UTF-8.
 pub fn encode<T: serde::Serialize>(format: Format, frame: &T) -> Result<Vec<u8>, EncodeError> {
     match format {
@@ -167,6 +192,30 @@ mod tests {
 
     fn json(v: serde_json::Value) -> Vec<u8> {
         serde_json::to_vec(&v).unwrap()
+    }
+
+    /// One map per msgpack frame, one object per JSON frame: no arrays, nothing after it
+    /// (a second map included).
+    #[test]
+    fn a_msgpack_frame_is_exactly_one_map() {
+        let ping = rmp_serde::to_vec_named(&json!({"type": "ping", "ref": "m"})).unwrap();
+        assert!(decode_client(Format::Msgpack, &ping).is_ok());
+        let array = rmp_serde::to_vec(&json!(["ping", "arr"])).unwrap();
+        let trailing = [ping.clone(), vec![0xc0]].concat();
+        let two = [ping.clone(), ping.clone()].concat();
+        for bad in [array, trailing, two, vec![]] {
+            let e = decode_client(Format::Msgpack, &bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad:?}");
+        }
+        for bad in [
+            &br#"["ping","arr"]"#[..],
+            br#"{"type":"ping"} {"type":"ping"}"#,
+        ] {
+            assert_eq!(
+                decode_client(Format::Json, bad).unwrap_err().code,
+                ErrorCode::BadRequest
+            );
+        }
     }
 
     #[test]

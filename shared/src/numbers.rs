@@ -1,10 +1,13 @@
 //! Numbers that would change silently on the way through: refused instead.
 //!
-//! Owns two byte-level checks run on client input before it is stored: a JSON integer
-//! literal beyond 64 bits (serde_json would turn it into a float and lose digits), and a
-//! msgpack float that is NaN or infinite (JSON has no such value, so it would become
-//! `null`). Both scans are linear, allocate nothing, and only look at numbers: whether the
-//! input is otherwise well formed is the decoder's business.
+//! Owns two byte-level checks run on client input before it is stored: a JSON number
+//! literal whose value would not survive decoding (an integer beyond 64 bits, which
+//! serde_json would turn into a float; a fraction or exponent no double holds exactly,
+//! such as `1e-400`, which becomes 0, or `12345678901234567890.5`), and a msgpack float
+//! that is NaN or infinite (JSON has no such value, so it would become `null`). The rule
+//! is one: a number is stored exactly as sent, or refused. Both scans are linear and only
+//! look at numbers: whether the input is otherwise well formed is the decoder's
+//! business.
 
 /// Why a number was refused, for the `bad_request` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,10 +21,14 @@ impl std::fmt::Display for NumberError {
 
 const BIG_INTEGER: NumberError =
     NumberError("an integer does not fit in 64 bits; send it as a string (it would lose digits)");
+const INEXACT: NumberError = NumberError(
+    "a number a double cannot hold exactly (too many digits, too large or too small); send it as a string",
+);
 const NON_FINITE: NumberError =
     NumberError("NaN and infinite floats have no JSON form; send them as strings or null");
 
-/// Refuses a JSON integer literal outside `i64::MIN..=u64::MAX`.
+/// Refuses a JSON integer literal outside `i64::MIN..=u64::MAX`, and a literal with a
+/// fraction or exponent whose value is not the double it decodes to.
 pub fn check_json(bytes: &[u8]) -> Result<(), NumberError> {
     let mut i = 0;
     while i < bytes.len() {
@@ -46,6 +53,9 @@ pub fn check_json(bytes: &[u8]) -> Result<(), NumberError> {
                 if integral && !fits_64_bits(&bytes[start..i]) {
                     return Err(BIG_INTEGER);
                 }
+                if !integral && !exact_double(&bytes[start..i]) {
+                    return Err(INEXACT);
+                }
             }
             _ => i += 1,
         }
@@ -63,6 +73,49 @@ fn fits_64_bits(literal: &[u8]) -> bool {
         return true;
     }
     text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok()
+}
+
+/// Whether a fraction/exponent literal denotes exactly the double it parses to: its
+/// decimal value equals that of the double's shortest round-trip form. (`0.1` does: the
+/// double prints back as `0.1`, which is what is stored and sent on.)
+fn exact_double(literal: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(literal) else {
+        return true;
+    };
+    let Ok(value) = text.parse::<f64>() else {
+        // Malformed: the decoder refuses it.
+        return true;
+    };
+    if !value.is_finite() {
+        return false;
+    }
+    match (decimal(text), decimal(&format!("{value:e}"))) {
+        (Some(sent), Some(held)) => sent == held,
+        _ => false,
+    }
+}
+
+/// A decimal literal's value as (digits without leading or trailing zeros, power of ten
+/// of the last digit); zero is ("", 0). The sign is left out: a literal and the double it
+/// parses to never differ in sign.
+fn decimal(text: &str) -> Option<(String, i64)> {
+    let text = text.trim_start_matches(['-', '+']);
+    let (mantissa, exponent) = match text.find(['e', 'E']) {
+        Some(at) => (&text[..at], text[at + 1..].parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let digits = digits.trim_start_matches('0');
+    let trimmed = digits.trim_end_matches('0');
+    if trimmed.is_empty() {
+        return Some((String::new(), 0));
+    }
+    let zeros = (digits.len() - trimmed.len()) as i64;
+    let power = exponent
+        .checked_sub(frac.len() as i64)?
+        .checked_add(zeros)?;
+    Some((trimmed.to_string(), power))
 }
 
 /// Refuses a msgpack float32/float64 that is NaN or infinite, anywhere in the value.
@@ -159,7 +212,6 @@ mod tests {
     fn json_integers_beyond_64_bits_are_refused() {
         for ok in [
             &br#"{"a":18446744073709551615,"b":-9223372036854775808}"#[..],
-            br#"{"a":1e400,"b":123456789012345678901234.5}"#,
             br#"{"s":"99999999999999999999999","t":"\"1\\"}"#,
             br#"[0,-1,2.5e10]"#,
         ] {
@@ -175,6 +227,44 @@ mod tests {
                 Err(BIG_INTEGER),
                 "{}",
                 String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// One rule for every number: stored exactly as sent, or refused. Fractions and
+    /// exponents a double holds (its shortest form has the same value) pass; ones that
+    /// would turn into another value (rounded, flushed to 0, out of range) do not.
+    #[test]
+    fn json_numbers_a_double_cannot_hold_exactly_are_refused() {
+        for ok in [
+            "0.1",
+            "-0.5",
+            "1.0",
+            "1.50",
+            "2.5e10",
+            "1E3",
+            "1.5e-3",
+            "0.0",
+            "-0e0",
+            "3.141592653589793",
+            "1.7976931348623157e308",
+            "5e-324",
+        ] {
+            assert_eq!(check_json(format!("[{ok}]").as_bytes()), Ok(()), "{ok}");
+        }
+        for bad in [
+            "1e-400",
+            "1e400",
+            "-1e400",
+            "12345678901234567890.5",
+            "0.1000000000000000000001",
+            "3.14159265358979323846",
+            "123456789012345678901234.5",
+        ] {
+            assert_eq!(
+                check_json(format!("[{bad}]").as_bytes()),
+                Err(INEXACT),
+                "{bad}"
             );
         }
     }

@@ -20,9 +20,9 @@ use crate::App;
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Sender {
-    /// Shown as `from.user` (default `server`).
+    /// Shown as `from.user` (default `server`): a user id as tokens carry them.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$")]
     pub user: Option<String>,
     /// Shown as `from.name`: 1 to 64 characters, no control or bidi-override characters.
     #[serde(default)]
@@ -87,19 +87,15 @@ pub(crate) async fn publish(
             .map_err(|e| ApiError::bad_request(format!("invalid `from`: {e}")))?,
         Some(_) => return Err(ApiError::bad_request("`from` must be an object")),
     };
-    let user = sender.user.unwrap_or_else(|| "server".into());
-    if user.is_empty()
-        || user.chars().count() > 128
-        || sender.name.as_ref().is_some_and(|n| n.chars().count() > 64)
-    {
-        return Err(ApiError::bad_request(
-            "`from.user` is 1 to 128 characters, `from.name` at most 64",
-        ));
-    }
+    // The same rules as a token's `sub` and `name`: what clients show of a sender.
+    let user = match sender.user {
+        Some(user) => super::checked_user(&user)?,
+        None => crate::ids::UserId::generated("server".into()),
+    };
     super::checked_name(sender.name.as_deref())?;
     let from = From {
         client_id: "server".into(),
-        user,
+        user: user.to_string(),
         role: Role::Controller,
         name: sender.name,
     };

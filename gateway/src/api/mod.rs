@@ -73,6 +73,13 @@ pub(crate) fn router() -> Router<Arc<App>> {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::BadRequest,
+                "this route does not take that method (see Allow)",
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
@@ -298,19 +305,24 @@ impl<T> FromRequest<Arc<App>> for ApiJson<T> {
 }
 
 /// Parses a request body that must be a JSON object (serde would also accept an array
-/// for a struct, positionally, which no client means). `null` means no body.
+/// for a struct, positionally, which no client means). `null` means no body. The object
+/// is read straight into `T`, so a key given twice is refused (as on the WebSocket side)
+/// rather than the last one winning.
 fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let invalid = |e: serde_json::Error| match e.classify() {
+        serde_json::error::Category::Data => ApiError::bad_request(format!("invalid body: {e}")),
+        _ => ApiError::bad_request(format!("invalid JSON body: {e}")),
+    };
+    let parsed = match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice(bytes).map(Some).map_err(invalid)?,
+        _ => match serde_json::from_slice::<serde_json::Value>(bytes).map_err(invalid)? {
+            serde_json::Value::Null => None,
+            _ => return Err(ApiError::bad_request("the body must be a JSON object")),
+        },
+    };
     // An integer beyond 64 bits parses as a float that has lost digits: refuse it.
     roomcast_shared::numbers::check_json(bytes).map_err(|e| ApiError::bad_request(e.0))?;
-    match value {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::Object(_) => serde_json::from_value(value)
-            .map(Some)
-            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}"))),
-        _ => Err(ApiError::bad_request("the body must be a JSON object")),
-    }
+    Ok(parsed)
 }
 
 /// An optional JSON object body (empty or `null` means `None`); read like [`ApiJson`].

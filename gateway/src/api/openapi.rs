@@ -21,9 +21,8 @@ pub(crate) struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
-    /// One of: bad_request, unknown_type, too_large, not_joined, forbidden, not_found,
-    /// session_ended, rate_limited, unavailable, internal.
-    pub code: String,
+    /// The closed list of error codes, the same as WebSocket `error` frames carry.
+    pub code: roomcast_shared::ErrorCode,
 }
 
 /// Responses every route can give, added to each operation here rather than repeated in
@@ -98,7 +97,7 @@ impl Modify for BearerAuth {
         messages::publish, messages::direct,
         limits::show, limits::reset,
     ),
-    components(schemas(Problem)),
+    components(schemas(Problem, roomcast_shared::ErrorCode)),
     tags((name = "sessions"), (name = "history"), (name = "presence"), (name = "messages"), (name = "admin"))
 )]
 pub(crate) struct ApiDoc;
@@ -192,6 +191,22 @@ mod tests {
             );
         }
         assert!(doc["components"]["schemas"]["Problem"].is_object());
+        // The served list of error codes is the one the code answers with.
+        let codes: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .expect("the ErrorCode schema lists its values")
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let all: Vec<&str> = roomcast_shared::ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(codes, all);
+        assert_eq!(
+            doc["components"]["schemas"]["Problem"]["properties"]["code"]["$ref"],
+            "#/components/schemas/ErrorCode"
+        );
         // Every operation documents the common problems.
         for (path, item) in paths {
             for (method, op) in item.as_object().unwrap() {

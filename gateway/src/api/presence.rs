@@ -162,8 +162,11 @@ pub(crate) async fn join(
             identity.default_role().unwrap_or(Role::Observer),
             identity.name.clone(),
         ),
+        // The server key names the member's user: nobody else can.
         _ => (
-            body.user.clone().unwrap_or_else(|| client_id.clone()),
+            body.user
+                .clone()
+                .ok_or_else(|| ApiError::bad_request("`user` is required with the server key"))?,
             Role::Controller,
             None,
         ),

@@ -102,6 +102,13 @@ impl Connection {
                             "`to` is not a client id",
                         ));
                     }
+                    // A signal is never echoed to its sender, not even when it asks.
+                    if to == self.client.id() {
+                        return Err(Failure::new(
+                            ErrorCode::BadRequest,
+                            "`to` is your own client id: a signal never goes back to its sender",
+                        ));
+                    }
                 }
                 let payload = Event::Signal { from, data, to }.encode();
                 self.publish_ephemeral(&session, payload, reference).await

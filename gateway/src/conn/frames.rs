@@ -6,17 +6,23 @@
 //! continuation frames it assembles never reach the read loop, so a client sending
 //! millions of empty continuation frames (or pings) would cost a core without ever being
 //! counted. [`FrameGuard`] sits between the socket and tungstenite and reads the frame
-//! headers as the bytes go by (never the payloads, which it skips), so every frame counts,
-//! and a violation fails the read with a [`FrameViolation`] the read loop turns into its
-//! close code. It must not change a byte: tungstenite parses the same stream after it.
+//! headers as the bytes go by (never the payloads, which it skips), so every frame counts.
+//! On a violation it closes the client with its code (the read loop sees the kill, the
+//! writer sends the close frame) and from then on reads and drops the client's input, so
+//! tungstenite sees nothing more and the socket is never closed with unread input (the
+//! kernel would reset it, which can destroy the close frame before the client reads it).
+//! It must not change a byte it passes: tungstenite parses the same stream after it.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use roomcast_shared::CloseCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::client::ClientHandle;
+use crate::metrics as m;
 use crate::ratelimit::TokenBucket;
 
 /// Most frames one message may arrive in (its first frame and its continuations).
@@ -34,9 +40,12 @@ pub(crate) enum FrameViolation {
 }
 
 impl FrameViolation {
-    /// The violation behind a read error, if the error is one.
-    pub(crate) fn of(e: &io::Error) -> Option<FrameViolation> {
-        e.get_ref()?.downcast_ref::<FrameViolation>().copied()
+    /// The code the client is closed with.
+    pub(crate) fn close_code(self) -> CloseCode {
+        match self {
+            FrameViolation::Flood => CloseCode::RateLimited,
+            FrameViolation::Fragments => CloseCode::Policy,
+        }
     }
 }
 
@@ -149,17 +158,18 @@ fn header_len(head: &[u8]) -> usize {
 pub(crate) struct FrameGuard<IO> {
     io: IO,
     counter: FrameCounter,
-    /// The violation was reported: from now on input is read and dropped, so the close
-    /// frame can still go out and be answered (closing a socket with unread input makes
-    /// the kernel reset it, which can destroy the close frame before the client reads it).
+    /// Closed with the violation's code when one happens.
+    client: ClientHandle,
+    /// A violation happened: input is read and dropped from now on.
     draining: bool,
 }
 
 impl<IO> FrameGuard<IO> {
-    pub(crate) fn new(io: IO, budget: Option<TokenBucket>) -> Self {
+    pub(crate) fn new(io: IO, budget: Option<TokenBucket>, client: ClientHandle) -> Self {
         FrameGuard {
             io,
             counter: FrameCounter::new(budget),
+            client,
             draining: false,
         }
     }
@@ -187,8 +197,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FrameGuard<IO> {
                     Err(v) => {
                         // Nothing of this read reaches tungstenite: the connection ends.
                         buf.set_filled(before);
+                        if v == FrameViolation::Flood {
+                            m::rate_limited("frames");
+                        }
+                        tracing::debug!(violation = %v, "closing the connection");
+                        this.client.kill(v.close_code());
                         this.draining = true;
-                        Poll::Ready(Err(io::Error::other(v)))
+                        this.drain(cx)
                     }
                 }
             }
@@ -337,25 +352,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_guard_passes_bytes_through_and_fails_the_read_on_a_violation() {
+    async fn the_guard_passes_bytes_through_and_closes_the_client_on_a_violation() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let mut guard = FrameGuard::new(server, budget(2));
+        let (mut peer, server) = tokio::io::duplex(1 << 16);
+        let (handle, _outbox) =
+            ClientHandle::new("c".into(), "u".into(), roomcast_shared::Format::Json, 8);
+        let mut guard = FrameGuard::new(server, budget(2), handle.clone());
         let two = [frame(true, 1, 3), frame(true, 2, 2)].concat();
-        client.write_all(&two).await.unwrap();
+        peer.write_all(&two).await.unwrap();
         let mut got = vec![0; two.len()];
         guard.read_exact(&mut got).await.unwrap();
         assert_eq!(got, two, "bytes unchanged");
-        client.write_all(&frame(true, 9, 0)).await.unwrap();
-        let e = guard.read(&mut got).await.unwrap_err();
-        assert_eq!(FrameViolation::of(&e), Some(FrameViolation::Flood));
-        // Afterwards input is dropped, not handed on, until the client closes.
-        client.write_all(&two).await.unwrap();
-        drop(client);
+        assert!(!handle.killed().is_cancelled());
+        // The third frame is one too many: the client is closed 4029, and what follows
+        // is dropped, not handed on, until the peer closes.
+        peer.write_all(&frame(true, 9, 0)).await.unwrap();
+        peer.write_all(&two).await.unwrap();
+        drop(peer);
         assert_eq!(
             guard.read(&mut got).await.unwrap(),
             0,
             "nothing, then the end"
         );
+        assert!(handle.killed().is_cancelled());
+        assert_eq!(handle.close_code(), CloseCode::RateLimited);
     }
 }

@@ -163,9 +163,15 @@ pub(crate) async fn upgrade(
                 return;
             }
         };
-        let io = frames::FrameGuard::new(TokioIo::new(upgraded), budget);
+        let client = ClientHandle::new(
+            crate::util::random_id(16),
+            identity.user.to_string(),
+            format,
+            app.config.send_queue,
+        );
+        let io = frames::FrameGuard::new(TokioIo::new(upgraded), budget, client.0.clone());
         let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
-        task::run(app, socket, identity, format, peer, ip).await
+        task::run(app, socket, client, identity, peer, ip).await
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -20,10 +20,9 @@ use crate::client::{self, ClientHandle};
 use crate::metrics as m;
 use crate::ratelimit as limits;
 use crate::ratelimit::TokenBucket;
-use crate::util::{now_ms, random_id};
+use crate::util::now_ms;
 use crate::App;
 
-use super::frames::FrameViolation;
 use super::{Connection, Failure, Socket, CLOSE_DRAIN, MAX_REF_LEN};
 
 /// The connection task: from `welcome` to the last leave.
@@ -34,22 +33,15 @@ use super::{Connection, Failure, Socket, CLOSE_DRAIN, MAX_REF_LEN};
 pub(super) fn run(
     app: Arc<App>,
     socket: Socket,
+    (client, rx): (ClientHandle, client::Outbox),
     identity: Identity,
-    format: Format,
     peer: SocketAddr,
     ip: IpAddr,
 ) -> impl std::future::Future<Output = ()> {
-    let client_id = random_id(16);
     let span =
-        tracing::info_span!("conn", client_id = %client_id, peer = %peer, user = %identity.user);
+        tracing::info_span!("conn", client_id = %client.id(), peer = %peer, user = %identity.user);
     let role = identity.default_role().map(Role::as_str).unwrap_or("none");
     let (sink, mut stream) = socket.split();
-    let (client, rx) = ClientHandle::new(
-        client_id,
-        identity.user.to_string(),
-        format,
-        app.config.send_queue,
-    );
     let user_channel = app.store.keys().user_channel(&identity.user);
     let mut conn = Connection {
         app: app.clone(),
@@ -174,8 +166,8 @@ impl Connection {
         }
     }
 
-    /// A read error ends the connection; size, UTF-8 and frame-budget violations get
-    /// their close codes.
+    /// A read error ends the connection; size and UTF-8 violations get their close codes.
+    /// (Frame-budget violations never get here: `frames::FrameGuard` kills the client.)
     fn read_error(&self, e: WsError) -> &'static str {
         match e {
             WsError::Capacity(_) => {
@@ -191,22 +183,6 @@ impl Connection {
                 self.client.kill(CloseCode::Policy);
                 "protocol_error"
             }
-            WsError::Io(e) => match FrameViolation::of(&e) {
-                Some(FrameViolation::Flood) => {
-                    m::rate_limited("frames");
-                    self.client.kill(CloseCode::RateLimited);
-                    "rate_limited"
-                }
-                Some(FrameViolation::Fragments) => {
-                    tracing::debug!("a message in too many fragments");
-                    self.client.kill(CloseCode::Policy);
-                    "protocol_error"
-                }
-                None => {
-                    tracing::debug!(error = %e, "read failed");
-                    "io_error"
-                }
-            },
             other => {
                 tracing::debug!(error = %other, "read failed");
                 "io_error"

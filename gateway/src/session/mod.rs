@@ -140,11 +140,15 @@ impl PumpStore for Store {
     }
 
     async fn ended(&self, session: &str) -> Result<Option<(Option<String>, u64)>, StoreError> {
-        Ok(self
-            .session_meta(session)
-            .await?
-            .filter(|meta| meta.status == SessionStatus::Ended)
-            .map(|meta| (meta.reason, meta.ended_at.unwrap_or_else(now_ms))))
+        match self.session_meta(session).await {
+            Ok(meta) => Ok(meta
+                .filter(|meta| meta.status == SessionStatus::Ended)
+                .map(|meta| (meta.reason, meta.ended_at.unwrap_or_else(now_ms)))),
+            // A status none of ours (`SessionMeta::parse`) is not `ended`: the session is
+            // refused every write, and retrying the read would not change it.
+            Err(StoreError::Internal(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

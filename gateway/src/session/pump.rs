@@ -601,11 +601,13 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
                     data,
                 });
                 match to {
-                    Some(target) => {
+                    // Never back to the sender (the connection refuses that already).
+                    Some(target) if target != sender => {
                         if let Some(member) = self.members.get(&target) {
                             offer(&frame, &member.client);
                         }
                     }
+                    Some(_) => {}
                     None => self.broadcast(&frame, Some(&sender)),
                 }
             }

@@ -423,6 +423,9 @@ impl Store {
         match parts[..] {
             [-1] => Err(StoreError::SessionEnded),
             [-2] => Err(StoreError::SessionResolved),
+            [-4] => Err(StoreError::Internal(
+                "the session's status is unknown: refused".into(),
+            )),
             [-3, which, count, oldest, now] => {
                 let limit = usize::try_from(which - 1)
                     .ok()

@@ -57,6 +57,8 @@ impl std::fmt::Display for SessionStatus {
 
 /// A session's meta hash (`rc:{s:ID}:meta`), parsed once. Fields the hash lacks (or
 /// holds in a foreign form) take their defaults: a session without a status is active.
+/// A status that is there but unknown (corrupt, or another program's) is an error, never
+/// a default: it must not make a session writable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionMeta {
     pub status: SessionStatus,
@@ -78,7 +80,7 @@ pub struct SessionMeta {
 }
 
 impl SessionMeta {
-    pub fn parse(f: &HashMap<String, String>) -> Self {
+    pub fn parse(f: &HashMap<String, String>) -> Result<Self, StoreError> {
         let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
         let json = |k: &str| {
             f.get(k)
@@ -86,11 +88,14 @@ impl SessionMeta {
                 .unwrap_or(serde_json::Value::Null)
         };
         let text = |k: &str| f.get(k).filter(|v| !v.is_empty()).cloned();
-        SessionMeta {
-            status: f
-                .get("status")
-                .and_then(|s| SessionStatus::parse(s))
-                .unwrap_or(SessionStatus::Active),
+        let status = match f.get("status") {
+            None => SessionStatus::Active,
+            Some(s) => SessionStatus::parse(s).ok_or_else(|| {
+                StoreError::Internal(format!("session status `{}` is unknown", s.escape_debug()))
+            })?,
+        };
+        Ok(SessionMeta {
+            status,
             code: text("code"),
             created_at: num("created_at").unwrap_or(0),
             expires_at: num("expires_at").unwrap_or(0),
@@ -102,7 +107,7 @@ impl SessionMeta {
             ended_at: num("ended_at"),
             reason: text("reason"),
             owner: text("owner"),
-        }
+        })
     }
 }
 
@@ -244,7 +249,9 @@ impl Store {
             .client()?
             .hgetall(self.keys.session(session).meta)
             .await?;
-        Ok((!fields.is_empty()).then(|| SessionMeta::parse(&fields)))
+        (!fields.is_empty())
+            .then(|| SessionMeta::parse(&fields))
+            .transpose()
     }
 
     /// Runs `session_transition.lua`.
@@ -291,7 +298,7 @@ impl Store {
                     .chunks(2)
                     .filter_map(|c| Some((c.first()?.clone(), c.get(1)?.clone())))
                     .collect();
-                Ok(Transition::Done(Box::new(SessionMeta::parse(&fields))))
+                Ok(Transition::Done(Box::new(SessionMeta::parse(&fields)?)))
             }
             Some(-1) => Ok(Transition::Missing),
             Some(-2) => {
@@ -753,11 +760,18 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
-        let meta = SessionMeta::parse(&f(&[("code", ""), ("status", "resolved")]));
+        let meta = SessionMeta::parse(&f(&[("code", ""), ("status", "resolved")])).unwrap();
         assert_eq!(meta.code, None);
         assert_eq!(meta.status, SessionStatus::Resolved);
-        let meta = SessionMeta::parse(&f(&[("code", "ABC123")]));
+        let meta = SessionMeta::parse(&f(&[("code", "ABC123")])).unwrap();
         assert_eq!(meta.code.as_deref(), Some("ABC123"));
         assert_eq!(meta.status, SessionStatus::Active, "no status: active");
+        // A status that is there but unknown is no default: it is an error.
+        for bad in ["Active", "open", ""] {
+            assert!(matches!(
+                SessionMeta::parse(&f(&[("status", bad)])),
+                Err(crate::store::StoreError::Internal(_))
+            ));
+        }
     }
 }

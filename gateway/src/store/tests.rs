@@ -592,3 +592,52 @@ async fn a_fork_renames_the_numbering_only_while_it_is_the_one_named() {
     let k = store.keys().session("absent");
     assert_eq!(int(redis.cmd(&["EXISTS", &k.meta])), 0);
 }
+
+/// A status none of ours (corrupt, or another program's) makes nothing writable: the
+/// publish script refuses it, a transition refuses it even when any status would do, and
+/// reading the meta says what is wrong instead of taking it for `active`.
+#[tokio::test]
+async fn an_unknown_status_is_never_taken_for_a_writable_session() {
+    let redis = Redis::start();
+    let (store, _) = store(&redis).await;
+    publish(&store, "odd").await;
+    let k = store.keys().session("odd");
+    redis.cmd(&["HSET", &k.meta, "status", "open"]).unwrap();
+    let from = From {
+        client_id: "writer".into(),
+        user: "w".into(),
+        role: Role::Controller,
+        name: None,
+    };
+    let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!("x")).unwrap();
+    assert!(matches!(
+        store.publish("odd", tail, now_ms(), None).await,
+        Err(super::StoreError::Internal(_))
+    ));
+    assert_eq!(
+        store.history_since("odd", 0).await.unwrap().seq,
+        1,
+        "nothing stored"
+    );
+    assert!(matches!(
+        store.session_meta("odd").await,
+        Err(super::StoreError::Internal(_))
+    ));
+    use super::sessions::SessionStatus as S;
+    let transition = store
+        .transition(
+            "odd",
+            now_ms(),
+            &[S::Active, S::Inactive, S::Resolved, S::Ended],
+            None,
+            None,
+            &[("state", "1".to_string())],
+        )
+        .await;
+    assert!(transition.is_err(), "{transition:?}");
+    assert_eq!(
+        redis.cmd(&["HGET", &k.meta, "state"]).unwrap(),
+        "$-1\r\n",
+        "nothing written"
+    );
+}
