@@ -230,6 +230,10 @@ pub async fn run(
     app.tracker.spawn(monitor(app.clone()));
     app.tracker.spawn(metrics_upkeep(app.clone()));
     app.tracker.spawn(report_redis_errors(app.clone()));
+    for client in app.store.pool().clients() {
+        app.tracker
+            .spawn(watch_connection(app.clone(), client.clone()));
+    }
     app.tracker.spawn(lifecycle::sweeper(app.clone()));
 
     // The ops listener is bound (and announced) before the main one is.
@@ -398,6 +402,25 @@ pub(crate) async fn keep_running<C, F>(
     }
 }
 
+/// Marks Redis unreachable as soon as a pool connection reports an error, so that requests
+/// fail at once while the readiness PING confirms it (the subscriber usually notices a
+/// dead Redis first: readiness is 503 at once, and commands must not wait out their
+/// timeout meanwhile).
+async fn watch_connection(app: Arc<App>, client: fred::clients::Client) {
+    let mut errors = client.error_rx();
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            e = errors.recv() => match e {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    app.store.connection_lost();
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
 /// Says why Redis cannot be reached (refused, a TLS certificate that does not verify,
 /// authentication), once per distinct error and at most every 10 s: without it a wrong
 /// TLS setting shows only as a 503.
@@ -452,6 +475,8 @@ async fn monitor(app: Arc<App>) {
         tokio::select! {
             _ = app.shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            // A lost connection: confirm (or clear) it now rather than at the next tick.
+            _ = app.store.recheck_requested() => {}
         }
         let started = Instant::now();
         let ok = app.store.ping(ping_timeout).await.is_ok();

@@ -701,3 +701,35 @@ async fn rest_input_rules_match_the_websocket_side() {
     r.assert_problem(400, "bad_request");
     assert!(r.body.contains("`user`"), "{}", r.body);
 }
+
+/// The moment Redis dies, the gateway knows: its connections report the loss (the
+/// subscriber turns readiness 503 at once). A write issued right then must fail at once
+/// too, not wait out the command timeout (5 s here) until the readiness PING agrees.
+#[tokio::test]
+async fn a_lost_connection_fails_requests_at_once() {
+    let mut redis = Redis::standalone();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_REDIS_TIMEOUT", "5s")]);
+    a.wait_ready().await;
+    redis.stop();
+    wait_for(DEADLINE, "readiness 503", || async {
+        a.get("/health/ready").await.0 == 503
+    })
+    .await;
+    let started = Instant::now();
+    let r = call(a.addr, "POST", "/api/v1/sessions", None, None).await;
+    r.assert_problem(503, "unavailable");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "waited {took:?} for a Redis known lost"
+    );
+    // Once Redis is back, so is the gateway.
+    redis.restart();
+    a.wait_ready().await;
+    assert_eq!(
+        call(a.addr, "POST", "/api/v1/sessions", None, None)
+            .await
+            .status,
+        201
+    );
+}

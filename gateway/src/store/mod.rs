@@ -259,6 +259,8 @@ pub struct Store {
     /// with `Unavailable` instead of waiting out its timeout and retries: a client learns
     /// of an outage the gateway already knows about in microseconds, not seconds.
     reachable: AtomicBool,
+    /// Wakes the readiness monitor to PING now, after a pool connection was lost.
+    recheck: tokio::sync::Notify,
     /// Redis Cluster: keys of different slots cannot meet in one script. (Tests set it on a
     /// standalone Redis to run the Cluster path there.)
     clustered: bool,
@@ -276,6 +278,7 @@ impl Store {
             wait_replicas: i64::from(config.redis_wait_replicas),
             wait_timeout_ms: config.redis_wait_timeout.as_millis() as i64,
             reachable: AtomicBool::new(true),
+            recheck: tokio::sync::Notify::new(),
             clustered: pool.next().is_clustered(),
             pool,
         }
@@ -289,6 +292,24 @@ impl Store {
     /// Whether the last readiness PING was answered.
     pub fn is_reachable(&self) -> bool {
         self.reachable.load(Ordering::Acquire)
+    }
+
+    /// A pool connection reported an error (it was lost): until the PING it asks for
+    /// says otherwise, commands fail at once instead of waiting out their timeout. Not on
+    /// a Cluster, where one node's lost connection says nothing about the others.
+    pub fn connection_lost(&self) {
+        if self.clustered {
+            return;
+        }
+        if self.set_reachable(false) {
+            tracing::warn!("redis connection lost");
+        }
+        self.recheck.notify_one();
+    }
+
+    /// Resolves when a lost connection asks for a PING now.
+    pub async fn recheck_requested(&self) {
+        self.recheck.notified().await
     }
 
     /// A pool connection for one command, or `Unavailable` at once when Redis is known to
