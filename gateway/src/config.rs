@@ -234,6 +234,10 @@ pub struct Config {
     /// How long a presence entry added over REST lives without an `activity` call.
     #[arg(long, env = "ROOMCAST_REST_PRESENCE_TTL", default_value = "60s", value_parser = parse_duration)]
     pub rest_presence_ttl: Duration,
+    /// REST presence members (`POST …/presence/join`) one session may hold at once; a
+    /// join beyond it is answered 429 until one leaves or expires. 0: no bound.
+    #[arg(long, env = "ROOMCAST_REST_PRESENCE_MAX", default_value_t = 100)]
+    pub rest_presence_max: u32,
     /// Serve the demo app (a display and a phone controller) at `/demo`. `make run` turns
     /// it on; off by default, since it lets anyone create sessions from a browser page.
     #[arg(long, env = "ROOMCAST_DEMO", default_value_t = false, action = clap::ArgAction::Set)]

@@ -29,6 +29,8 @@ pub struct SessionKeys {
     pub hist: String,
     pub pres: String,
     pub pinfo: String,
+    /// REST members (`rest-…` client ids) by expiry: what bounds them per session.
+    pub rest: String,
     pub channel: String,
 }
 
@@ -47,6 +49,7 @@ impl Keys {
             hist: format!("{base}:hist"),
             pres: format!("{base}:pres"),
             pinfo: format!("{base}:pinfo"),
+            rest: format!("{base}:rest"),
             channel: format!("{base}:ch"),
         }
     }

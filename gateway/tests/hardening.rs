@@ -733,3 +733,100 @@ async fn a_lost_connection_fails_requests_at_once() {
         201
     );
 }
+
+/// REST presence is bounded per session (`ROOMCAST_REST_PRESENCE_MAX`) and its listing is
+/// paged: one credential cannot fill a session with thousands of members, and reading them
+/// back comes a page at a time, each member once.
+#[tokio::test]
+async fn rest_presence_is_bounded_and_its_listing_paged() {
+    let redis = Redis::start();
+    let a = Gateway::start(
+        &redis.url(),
+        &[
+            ("ROOMCAST_API_KEY", API_KEY),
+            ("ROOMCAST_REST_PRESENCE_MAX", "5"),
+        ],
+    );
+    a.wait_ready().await;
+    open_session(&a, "crowd").await;
+    let join = |n: usize| async move {
+        let body = json!({"user": format!("u{n}")});
+        call(
+            a.addr,
+            "POST",
+            "/api/v1/sessions/crowd/presence/join",
+            Some(API_KEY),
+            Some(&body),
+        )
+        .await
+    };
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let r = join(n).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        ids.push(r.json()["client_id"].as_str().unwrap().to_string());
+    }
+    let refused = join(5).await;
+    refused.assert_problem(429, "rate_limited");
+    assert!(
+        refused.header("retry-after").is_some(),
+        "{:?}",
+        refused.headers
+    );
+    // A member that leaves makes room; one that re-joins its own id takes none.
+    let r = call(
+        a.addr,
+        "POST",
+        "/api/v1/sessions/crowd/presence/leave",
+        Some(API_KEY),
+        Some(&json!({"client_id": ids[0]})),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = join(6).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    ids[0] = r.json()["client_id"].as_str().unwrap().to_string();
+    let again = call(
+        a.addr,
+        "POST",
+        "/api/v1/sessions/crowd/presence/join",
+        Some(API_KEY),
+        Some(&json!({"user": "u1", "client_id": ids[1]})),
+    )
+    .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+
+    // Pages of 2, in client_id order, each member once.
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let path = match &after {
+            Some(c) => format!("/api/v1/sessions/crowd/presence/users?limit=2&after={c}"),
+            None => "/api/v1/sessions/crowd/presence/users?limit=2".to_string(),
+        };
+        let page = call(a.addr, "GET", &path, Some(API_KEY), None).await.json();
+        let members = page["members"].as_array().unwrap();
+        assert!(members.len() <= 2);
+        listed.extend(
+            members
+                .iter()
+                .map(|m| m["client_id"].as_str().unwrap().to_string()),
+        );
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(listed, want);
+    call(
+        a.addr,
+        "GET",
+        "/api/v1/sessions/crowd/presence/users?limit=1001",
+        Some(API_KEY),
+        None,
+    )
+    .await
+    .assert_problem(400, "bad_request");
+}

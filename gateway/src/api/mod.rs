@@ -119,6 +119,17 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, detail)
     }
 
+    /// 429 with `Retry-After`: a bound that frees up by itself.
+    pub(crate) fn too_many(detail: impl Into<String>, retry_after_s: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            detail,
+        );
+        e.retry_after = Some(retry_after_s.max(1));
+        e
+    }
+
     pub(crate) fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, ErrorCode::BadRequest, detail)
     }

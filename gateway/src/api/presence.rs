@@ -2,7 +2,8 @@
 //! socket, and the admin sweep.
 //!
 //! REST members live in the same ZSET/HASH as WebSocket members and are announced the same
-//! way; their entries expire after `ROOMCAST_REST_PRESENCE_TTL` unless refreshed.
+//! way; their entries expire after `ROOMCAST_REST_PRESENCE_TTL` unless refreshed, and a
+//! session holds at most `ROOMCAST_REST_PRESENCE_MAX` of them. The member list is paged.
 
 use std::sync::Arc;
 
@@ -11,12 +12,12 @@ use axum::http::HeaderMap;
 use axum::Json;
 use roomcast_shared::{Member, Role};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::view::{acts_for, load, load_open};
 use super::{
-    checked_id, parse_role, require_admin, require_session, ApiError, ApiJson, ApiPath, Credential,
-    MaybeJson,
+    checked_id, parse_role, require_admin, require_session, ApiError, ApiJson, ApiPath, ApiQuery,
+    Credential, MaybeJson,
 };
 use crate::envelope::{kind, MemberInfo};
 use crate::ids::{valid_id, ID_CHARSET};
@@ -81,20 +82,68 @@ pub(crate) async fn summary(
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct MemberList {
+    /// Ordered by `client_id`.
     pub members: Vec<Member>,
+    /// The `after` of the next page; `null` on the last one.
+    pub next_after: Option<String>,
 }
 
-/// `GET /sessions/{id}/presence/users`
-#[utoipa::path(get, path = "/sessions/{id}/presence/users", operation_id = "listPresenceUsers", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+/// Most members one page lists.
+const MAX_PAGE: usize = 1000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct MemberPage {
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// Only members whose `client_id` sorts after this (the previous page's `next_after`).
+    pub after: Option<String>,
+}
+
+/// `GET /sessions/{id}/presence/users`: the members present, a page at a time in
+/// `client_id` order (a member that joins or leaves meanwhile may or may not be listed).
+#[utoipa::path(get, path = "/sessions/{id}/presence/users", operation_id = "listPresenceUsers", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), MemberPage),
     responses((status = 200, body = MemberList),
         (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn users(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
+    params: ApiQuery<MemberPage>,
 ) -> Result<Json<MemberList>, ApiError> {
+    checked_id(&id, "id")?;
+    require_session(&app, &headers, &id, false)?;
+    let params = params.value()?;
+    let limit = match params.limit {
+        None => 100,
+        Some(n @ 1..) if n as usize <= MAX_PAGE => n as usize,
+        Some(_) => return Err(ApiError::bad_request(format!("`limit` is 1 to {MAX_PAGE}"))),
+    };
+    load(&app, &id).await?;
+    let now = now_ms();
+    let mut ids = app.store.presence_ids(&id, now).await?;
+    ids.sort_unstable();
+    if let Some(after) = &params.after {
+        ids.retain(|c| c > after);
+    }
+    let more = ids.len() > limit;
+    ids.truncate(limit);
+    let next_after = if more { ids.last().cloned() } else { None };
+    let idle_after = app.config.idle_after.as_millis() as u64;
+    let mut members: Vec<Member> = app
+        .store
+        .presence_infos(&id, ids)
+        .await?
+        .iter()
+        .filter_map(|b| MemberInfo::decode(b).ok())
+        .map(|i| i.to_member(now, idle_after))
+        .collect();
+    members.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
     Ok(Json(MemberList {
-        members: members(&app, &id, &headers).await?,
+        members,
+        next_after,
     }))
 }
 
@@ -203,13 +252,35 @@ pub(crate) async fn join(
         active_at: now,
     };
     let expires_at = now + app.config.rest_presence_ttl.as_millis() as u64;
-    app.store
-        .presence_set(&id, &client_id, expires_at, &info.encode(), kind::JOIN, now)
-        .await?;
+    rest_presence_set(&app, &id, &client_id, expires_at, &info, kind::JOIN, now).await?;
     Ok(Json(PresenceEntry {
         client_id,
         expires_at,
     }))
+}
+
+/// Writes a REST member, within `ROOMCAST_REST_PRESENCE_MAX` per session.
+async fn rest_presence_set(
+    app: &App,
+    id: &str,
+    client_id: &str,
+    expires_at: u64,
+    info: &MemberInfo,
+    kind: u8,
+    now: u64,
+) -> Result<(), ApiError> {
+    let max = app.config.rest_presence_max;
+    match app
+        .store
+        .rest_presence_set(id, client_id, expires_at, &info.encode(), kind, now, max)
+        .await?
+    {
+        Ok(()) => Ok(()),
+        Err(frees_at) => Err(ApiError::too_many(
+            format!("the session holds its {max} REST presence members (ROOMCAST_REST_PRESENCE_MAX); one frees when it leaves or expires"),
+            frees_at.saturating_sub(now).div_ceil(1000),
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -265,16 +336,7 @@ pub(crate) async fn activity(
     info.active_at = now;
     let expires_at = now + app.config.rest_presence_ttl.as_millis() as u64;
     let announce = if was_idle { kind::UPDATE } else { 0 };
-    app.store
-        .presence_set(
-            &id,
-            &body.client_id,
-            expires_at,
-            &info.encode(),
-            announce,
-            now,
-        )
-        .await?;
+    rest_presence_set(&app, &id, &body.client_id, expires_at, &info, announce, now).await?;
     Ok(Json(PresenceEntry {
         client_id: body.client_id,
         expires_at,

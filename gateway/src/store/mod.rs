@@ -574,7 +574,7 @@ impl Store {
             .eval(
                 "leave",
                 &self.scripts.leave,
-                vec![k.pres, k.pinfo, k.channel],
+                vec![k.pres, k.pinfo, k.channel, k.rest],
                 vec![client_id.into(), self.presence_events_max.into()],
             )
             .await?;
@@ -646,6 +646,47 @@ impl Store {
         )
         .await?;
         Ok(())
+    }
+
+    /// `presence_set.lua` for a REST member (join, activity): counted against `max` REST
+    /// members per session. `Ok(Err(at))` when a new member is refused: `at` is when the
+    /// soonest REST member expires (ms).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rest_presence_set(
+        &self,
+        session: &str,
+        client_id: &str,
+        expiry_ms: u64,
+        info: &[u8],
+        kind: u8,
+        now_ms: u64,
+        max: u32,
+    ) -> Result<Result<(), u64>, StoreError> {
+        let k = self.keys.session(session);
+        let reply = self
+            .eval(
+                "presence_set",
+                &self.scripts.presence_set,
+                vec![k.pres, k.pinfo, k.channel, k.meta, k.rest],
+                vec![
+                    client_id.into(),
+                    (expiry_ms as i64).into(),
+                    Value::Bytes(Bytes::copy_from_slice(info)),
+                    i64::from(kind).into(),
+                    (self.ttl_ms as i64).into(),
+                    (now_ms as i64).into(),
+                    self.presence_events_max.into(),
+                    i64::from(max).into(),
+                ],
+            )
+            .await?;
+        match reply {
+            Value::Array(parts) => Ok(Err(parts
+                .get(1)
+                .and_then(Value::as_i64)
+                .map_or(now_ms, |at| at.max(0) as u64))),
+            _ => Ok(Ok(())),
+        }
     }
 
     /// Runs `history.lua`: the current seq and the stored entries after `since`, newest

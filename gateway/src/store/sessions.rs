@@ -598,15 +598,34 @@ impl Store {
         session: &str,
         now_ms: u64,
     ) -> Result<Vec<Bytes>, StoreError> {
+        let ids = self.presence_ids(session, now_ms).await?;
+        self.presence_infos(session, ids).await
+    }
+
+    /// The client ids of the members present at `now_ms`.
+    pub async fn presence_ids(
+        &self,
+        session: &str,
+        now_ms: u64,
+    ) -> Result<Vec<String>, StoreError> {
         let k = self.keys.session(session);
-        let client = self.client()?;
-        let ids: Vec<String> = client
+        Ok(self
+            .client()?
             .zrangebyscore(&k.pres, (now_ms + 1) as f64, f64::INFINITY, false, None)
-            .await?;
+            .await?)
+    }
+
+    /// The stored infos of `ids` (those still there).
+    pub async fn presence_infos(
+        &self,
+        session: &str,
+        ids: Vec<String>,
+    ) -> Result<Vec<Bytes>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let infos: Vec<Value> = client.hmget(&k.pinfo, ids).await?;
+        let k = self.keys.session(session);
+        let infos: Vec<Value> = self.client()?.hmget(&k.pinfo, ids).await?;
         Ok(bytes_list(Some(Value::Array(infos))))
     }
 
