@@ -302,7 +302,11 @@ impl Store {
             return;
         }
         if self.set_reachable(false) {
-            tracing::warn!("redis connection lost");
+            // The same line the monitor logs for a failed PING: one per change.
+            tracing::warn!(
+                cause = "a connection reported an error",
+                "redis unreachable"
+            );
         }
         self.recheck.notify_one();
     }
