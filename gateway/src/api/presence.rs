@@ -154,7 +154,8 @@ pub(crate) struct PresenceJoin {
     #[serde(default)]
     #[schema(pattern = "^rest-[A-Za-z0-9_.:-]{1,123}$")]
     pub client_id: Option<String>,
-    /// Required with the server key; taken from the token otherwise.
+    /// With the server key: the member's user (default: its `client_id`). With a token:
+    /// the token's own user (another one is refused).
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$")]
     pub user: Option<String>,
@@ -211,11 +212,10 @@ pub(crate) async fn join(
             identity.default_role().unwrap_or(Role::Observer),
             identity.name.clone(),
         ),
-        // The server key names the member's user: nobody else can.
+        // The server key may name the member's user; without one the member is its own
+        // user (its client id), as the OpenAPI document says.
         _ => (
-            body.user
-                .clone()
-                .ok_or_else(|| ApiError::bad_request("`user` is required with the server key"))?,
+            body.user.clone().unwrap_or_else(|| client_id.clone()),
             Role::Controller,
             None,
         ),
