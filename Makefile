@@ -28,7 +28,9 @@ test-soak: ## the short form of make soak: 2 minutes at small scale on the debug
 
 test-cluster: ## the multi-instance suites again, each test against its own private 3-primary Redis Cluster
 	# --workspace keeps the features (and so the build) of the full test run: no rebuild.
-	ROOMCAST_TEST_REDIS=cluster $(CARGO) test --workspace --lib --test realtime --test rest --test lifecycle --test abuse --test guarantees
+	ROOMCAST_TEST_REDIS=cluster $(CARGO) test --workspace --lib
+	ROOMCAST_TEST_REDIS=cluster $(CARGO) test --workspace --test it -- protocol:: rest:: lifecycle:: limits:: \
+	  recovery::a_message_pubsub_dropped recovery::readiness_follows
 
 sdk-test: ## the TypeScript SDK (clients/js): its build and tests against real gateways and Redis
 	scripts/sdk-test.sh

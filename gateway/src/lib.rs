@@ -46,7 +46,7 @@ pub mod telemetry;
 pub mod util;
 
 #[cfg(test)]
-#[path = "../tests/common/redis.rs"]
+#[path = "../../testkit/src/redis.rs"]
 mod test_redis;
 
 use std::future::Future;

@@ -2,7 +2,7 @@
 //! a gateway that is not there is a counted error in the report, not a crash.
 //!
 //! These tests are also why `cargo test --workspace` builds the `loadtest` binary that
-//! `gateway/tests/loadtest.rs` runs against real gateways: cargo builds a package's
+//! `gateway/tests/it/loadgen.rs` runs against real gateways: cargo builds a package's
 //! binaries for its integration tests.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

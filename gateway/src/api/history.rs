@@ -71,7 +71,7 @@ pub(crate) struct Page {
 /// `GET /sessions/{id}/history`
 #[utoipa::path(get, path = "/sessions/{id}/history", operation_id = "listHistory", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), PageParams),
     responses((status = 200, body = Page),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -121,7 +121,7 @@ pub(crate) struct Messages {
 /// `GET /sessions/{id}/history/latest`
 #[utoipa::path(get, path = "/sessions/{id}/history/latest", operation_id = "getLatestMessage", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), LatestParams),
     responses((status = 200, body = Messages),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn latest(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -163,7 +163,7 @@ fn text_of(data: &serde_json::Value) -> String {
 /// `GET /sessions/{id}/history/search`
 #[utoipa::path(get, path = "/sessions/{id}/history/search", operation_id = "searchHistory", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), SearchParams),
     responses((status = 200, body = Messages),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn search(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -202,7 +202,7 @@ pub(crate) struct HistoryStats {
 /// `GET /sessions/{id}/history/stats`
 #[utoipa::path(get, path = "/sessions/{id}/history/stats", operation_id = "getHistoryStats", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = HistoryStats),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn stats(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -228,7 +228,7 @@ pub(crate) struct Cleared {
 /// `DELETE /sessions/{id}/history`: forgets stored messages; seq numbering continues.
 #[utoipa::path(delete, path = "/sessions/{id}/history", operation_id = "clearHistory", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Cleared),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn clear(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

@@ -68,8 +68,8 @@ fn check_size(app: &App, data: &Value) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/sessions/{id}/messages", operation_id = "publishMessage", tag = "messages", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = ServerMessage,
     responses((status = 200, body = Published),
-        (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn publish(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -138,7 +138,7 @@ pub(crate) struct Delivered {
 #[utoipa::path(post, path = "/users/{user}/messages", operation_id = "sendDirectMessage", tag = "messages", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$")),
     request_body = DirectMessage,
     responses((status = 200, body = Delivered),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn direct(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

@@ -157,43 +157,20 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(detail) => {
-                tracing::warn!(error = %detail, "redis unavailable");
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Unavailable,
-                    "storage unavailable, retry later",
-                );
-                e.retry_after = Some(1);
-                e
-            }
-            // 409: the request conflicts with the session's state (410 is kept for join codes).
-            StoreError::SessionEnded => ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorCode::SessionEnded,
-                "the session has ended",
-            ),
-            StoreError::NoSuchSession => ApiError::not_found("no such session"),
-            StoreError::SessionResolved => ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorCode::Forbidden,
-                "the session is resolved; resume it before writing",
-            ),
-            e @ StoreError::Unreplicated { .. } => {
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Unavailable,
-                    e.to_string(),
-                );
-                e.retry_after = Some(1);
-                e
-            }
-            StoreError::Internal(detail) => {
-                tracing::error!(error = %detail, "redis error");
-                ApiError::internal()
-            }
+        let told = e.told();
+        let status = match told.code {
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            // 409: the request conflicts with the session's state (ended, or resolved);
+            // 410 is kept for join codes.
+            ErrorCode::SessionEnded | ErrorCode::Forbidden => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut e = ApiError::new(status, told.code, told.message);
+        if told.retry {
+            e.retry_after = Some(1);
         }
+        e
     }
 }
 

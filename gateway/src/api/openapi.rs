@@ -5,25 +5,11 @@ use std::sync::LazyLock;
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use super::{history, limits, messages, presence, sessions};
-
-/// RFC 9457 problem details, as every error response carries them.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct Problem {
-    /// A URI naming the problem type.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
-    /// The closed list of error codes, the same as WebSocket `error` frames carry.
-    pub code: roomcast_shared::ErrorCode,
-}
 
 /// Responses every route can give, added to each operation here rather than repeated in
 /// every annotation: bad input, credentials, rate limits, Redis down.
@@ -97,7 +83,7 @@ impl Modify for BearerAuth {
         messages::publish, messages::direct,
         limits::show, limits::reset,
     ),
-    components(schemas(Problem, roomcast_shared::ErrorCode)),
+    components(schemas(crate::problem::Problem, roomcast_shared::ErrorCode)),
     tags((name = "sessions"), (name = "history"), (name = "presence"), (name = "messages"), (name = "admin"))
 )]
 pub(crate) struct ApiDoc;

@@ -58,7 +58,7 @@ pub(crate) struct Summary {
 /// `GET /sessions/{id}/presence`
 #[utoipa::path(get, path = "/sessions/{id}/presence", operation_id = "getPresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Summary),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn summary(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -106,7 +106,7 @@ pub(crate) struct MemberPage {
 /// `client_id` order (a member that joins or leaves meanwhile may or may not be listed).
 #[utoipa::path(get, path = "/sessions/{id}/presence/users", operation_id = "listPresenceUsers", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), MemberPage),
     responses((status = 200, body = MemberList),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn users(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -182,9 +182,9 @@ pub(crate) struct PresenceEntry {
 #[utoipa::path(post, path = "/sessions/{id}/presence/join", operation_id = "joinPresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body(content = Option<PresenceJoin>),
     responses((status = 200, body = PresenceEntry),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn join(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -318,8 +318,8 @@ async fn own_member(
 #[utoipa::path(post, path = "/sessions/{id}/presence/activity", operation_id = "markPresenceActive", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = PresenceClient,
     responses((status = 200, body = PresenceEntry),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn activity(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -352,8 +352,8 @@ pub(crate) struct Left {
 #[utoipa::path(post, path = "/sessions/{id}/presence/leave", operation_id = "leavePresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = PresenceClient,
     responses((status = 200, body = Left),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn leave(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -378,7 +378,7 @@ pub(crate) struct Cleanup {
 /// `POST /sessions/{id}/presence/cleanup` (admin): sweeps expired entries now.
 #[utoipa::path(post, path = "/sessions/{id}/presence/cleanup", operation_id = "cleanupPresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Cleanup),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn cleanup(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

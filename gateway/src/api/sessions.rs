@@ -109,8 +109,8 @@ fn new_code() -> String {
 /// `POST /sessions`
 #[utoipa::path(post, path = "/sessions", operation_id = "createSession", tag = "sessions", security(()), request_body(content = Option<CreateSession>),
     responses((status = 201, body = SessionCreated),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 501, description = "the gateway cannot sign tokens (public-key mode)", body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 415, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 501, description = "the gateway cannot sign tokens (public-key mode)", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn create(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -214,9 +214,9 @@ pub(crate) struct Joined {
 /// `POST /sessions/join`
 #[utoipa::path(post, path = "/sessions/join", operation_id = "joinSessionByCode", tag = "sessions", security(()), request_body = JoinByCode,
     responses((status = 200, body = Joined),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 501, description = "the gateway cannot sign tokens (public-key mode)", body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 410, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 415, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 501, description = "the gateway cannot sign tokens (public-key mode)", body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn join(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -278,7 +278,7 @@ pub(crate) async fn join(
 /// `GET /sessions/{id}`
 #[utoipa::path(get, path = "/sessions/{id}", operation_id = "getSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = SessionView),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -353,9 +353,9 @@ async fn transition(
 /// `PATCH /sessions/{id}`
 #[utoipa::path(patch, path = "/sessions/{id}", operation_id = "updateSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = PatchSession,
     responses((status = 200, body = SessionView),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn patch(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -408,7 +408,7 @@ pub(crate) struct EndParams {
 /// `DELETE /sessions/{id}`: ends it; members get `session/ended`, then close 4000.
 #[utoipa::path(delete, path = "/sessions/{id}", operation_id = "endSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), EndParams),
     responses((status = 200, body = SessionView),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn end(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -462,9 +462,9 @@ pub(crate) struct ResolveSession {
 #[utoipa::path(post, path = "/sessions/{id}/resolve", operation_id = "resolveSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body(content = Option<ResolveSession>),
     responses((status = 200, body = SessionView),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 413, body = super::openapi::Problem, content_type = "application/problem+json"),
-        (status = 415, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn resolve(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -513,7 +513,7 @@ pub(crate) struct Resumed {
 /// lifetime.
 #[utoipa::path(post, path = "/sessions/{id}/resume", operation_id = "resumeSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     responses((status = 200, body = Resumed),
-        (status = 404, body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn resume(
     State(app): State<Arc<App>>,
     headers: HeaderMap,

@@ -340,24 +340,11 @@ impl Failure {
     }
 
     fn from_store(e: StoreError) -> Self {
-        match e {
-            StoreError::SessionEnded => {
-                Failure::new(ErrorCode::SessionEnded, "the session has ended")
-            }
-            StoreError::NoSuchSession => Failure::new(ErrorCode::NotFound, "no such session"),
-            StoreError::SessionResolved => Failure::new(
-                ErrorCode::Forbidden,
-                "the session is resolved; resume it before writing",
-            ),
-            StoreError::Unavailable(detail) => {
-                tracing::warn!(error = %detail, "redis unavailable");
-                Failure::unavailable("storage unavailable, retry later")
-            }
-            e @ StoreError::Unreplicated { .. } => Failure::unavailable(&e.to_string()),
-            StoreError::Internal(detail) => {
-                tracing::error!(error = %detail, "redis error");
-                Failure::new(ErrorCode::Internal, "internal error")
-            }
+        let told = e.told();
+        if told.retry {
+            Failure::unavailable(&told.message)
+        } else {
+            Failure::new(told.code, told.message)
         }
     }
 }

@@ -61,6 +61,50 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// What a client is told of a [`StoreError`], over REST and WebSocket alike: the code, a
+/// message safe to show, and whether retrying later may work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Told {
+    pub code: roomcast_shared::ErrorCode,
+    pub message: String,
+    pub retry: bool,
+}
+
+impl StoreError {
+    /// The one mapping of store failures to what clients see (each surface turns it into
+    /// its own shape: a status, an `error` frame). Logs what the client is not shown.
+    pub fn told(self) -> Told {
+        use roomcast_shared::ErrorCode as C;
+        let (code, message, retry) = match self {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "redis unavailable");
+                (
+                    C::Unavailable,
+                    "storage unavailable, retry later".to_string(),
+                    true,
+                )
+            }
+            e @ StoreError::Unreplicated { .. } => (C::Unavailable, e.to_string(), true),
+            StoreError::SessionEnded => (C::SessionEnded, "the session has ended".into(), false),
+            StoreError::NoSuchSession => (C::NotFound, "no such session".into(), false),
+            StoreError::SessionResolved => (
+                C::Forbidden,
+                "the session is resolved; resume it before writing".into(),
+                false,
+            ),
+            StoreError::Internal(detail) => {
+                tracing::error!(error = %detail, "redis error");
+                (C::Internal, "internal error".into(), false)
+            }
+        };
+        Told {
+            code,
+            message,
+            retry,
+        }
+    }
+}
+
 impl From<fred::error::Error> for StoreError {
     fn from(e: fred::error::Error) -> Self {
         match e.kind() {

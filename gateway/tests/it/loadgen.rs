@@ -1,12 +1,10 @@
 //! The load generator against real gateways: what `make bench` and BENCHMARKS.md rely on
 //! (counts, loss detection, worker sharding) checked end to end on a small run.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::Value;
+use testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadtest_workers_count_every_delivery_across_two_gateways() {

@@ -4,14 +4,10 @@
 //! listener keeps answering probes. The full-scale form (20,000 silent sockets from two
 //! processes) belongs to `make bench`; these run the same code paths small.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
 use roomcast_shared::{Role, ServerFrame};
+use testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

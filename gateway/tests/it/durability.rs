@@ -2,15 +2,11 @@
 //! means the replica has the message; a replica that stops confirming turns publishes into
 //! `unavailable` (stored on the primary, not confirmed), over WebSocket and REST.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::process::{Child, Command, Stdio};
 
-use common::*;
 use roomcast_shared::{ErrorCode, Role, ServerFrame};
 use serde_json::json;
+use testkit::*;
 
 const API_KEY: &str = "durable-api-key-0123456789";
 

@@ -6,14 +6,10 @@
 //! Each test starts its own Redis and gateways, runs `loadtest --reconnect` for about a
 //! minute, injects its fault once messages flow, and reads the JSON report.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::Value;
+use testkit::*;
 
 const SESSIONS: usize = 24;
 const DISPLAYS: usize = 5;

@@ -1,15 +1,11 @@
 //! Multi-instance realtime behaviour against real Redis and real `roomcast` processes:
 //! fan-out, ordering, recovery, presence, signals, both subprotocols.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use roomcast_shared::{PresenceEvent, Role, ServerFrame};
 use serde_json::json;
+use testkit::*;
 
 const BOTH: &[Role] = &[Role::Controller, Role::Display];
 

@@ -1,12 +1,8 @@
 //! Operational surface: health endpoints, metrics (checked by promtool), HTTP conventions.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
 use roomcast_shared::{Role, ServerFrame};
 use serde_json::{json, Value};
+use testkit::*;
 
 const BOTH: &[Role] = &[Role::Controller, Role::Display];
 

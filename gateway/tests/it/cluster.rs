@@ -6,16 +6,12 @@
 //! The other multi-instance suites (realtime, rest, lifecycle, abuse, guarantees) also run
 //! against a cluster: `ROOMCAST_TEST_REDIS=cluster` (see the Makefile's `test-cluster`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
 use roomcast_shared::{close, Role, ServerFrame};
 use serde_json::json;
+use testkit::*;
 
 const API_KEY: &str = "test-api-key-0123456789";
 

@@ -1,14 +1,9 @@
 //! Traces: with an OTLP endpoint, spans reach a collector, and a delivery on another
 //! instance joins the trace of its publish through the pub/sub payload.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -19,6 +14,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use roomcast_shared::Role;
 use serde_json::json;
+use testkit::*;
 
 /// One received span with the resource it came from.
 #[derive(Clone, Debug)]

@@ -5,17 +5,13 @@
 //! Cluster carries traffic between gateways, every node verified; so does a TLS-only
 //! sentinel leading to a TLS-only primary.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use roomcast_shared::{Role, ServerFrame};
 use serde_json::json;
+use testkit::*;
 
 /// A CA, a server certificate for `redis.test` and 127.0.0.1, a client certificate, and an
 /// unrelated CA, in a scratch directory.

@@ -2,15 +2,11 @@
 //! to end, validation and authorization of every route, inactivity exactly once across
 //! instances, history paging, presence without sockets, direct messages.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use roomcast_shared::{close, ErrorCode, Role, ServerFrame, SessionEvent};
 use serde_json::{json, Value};
+use testkit::*;
 
 const API_KEY: &str = "test-api-key-0123456789";
 const ADMIN: &str = "test-admin-token-0123456789";

@@ -2,15 +2,11 @@
 //! transition happens, once, on time, however many sessions are due together; sessions a
 //! `join` creates live under the same rules (limits, lifetime) as REST-created ones.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use roomcast_shared::{close, ErrorCode, Role, ServerFrame, SessionEvent};
 use serde_json::json;
+use testkit::*;
 
 const API_KEY: &str = "test-api-key-0123456789";
 

@@ -3,16 +3,12 @@
 //! descriptor pressure) and the lifecycle clock have their own files: `edge.rs` and
 //! `lifecycle.rs`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use gateway::auth::Claims;
 use roomcast_shared::{ErrorCode, Role, ServerFrame};
 use serde_json::{json, Value};
+use testkit::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const API_KEY: &str = "test-api-key-0123456789";

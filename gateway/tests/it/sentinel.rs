@@ -3,17 +3,13 @@
 //! not-ready, follow the promotion by themselves, are ready again, and every acked message
 //! is delivered once, in order, with the publishes after the failover.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use roomcast_shared::{close, Role, ServerFrame};
 use serde_json::json;
+use testkit::*;
 
 /// A redis-server (or sentinel) process of the test, killed by pid on drop.
 struct Node {

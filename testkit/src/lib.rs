@@ -1,7 +1,9 @@
-//! Test harness: private Redis processes, gateway processes, a cuttable TCP proxy, WebSocket
-//! clients and a minimal HTTP client. Everything binds loopback, is stopped by pid on drop,
-//! and waits on conditions with deadlines instead of sleeping.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+//! The test kit: private Redis processes (standalone, cluster), `roomcast` gateway
+//! processes, a cuttable TCP proxy, WebSocket clients and a minimal HTTP client, for the
+//! gateway's integration tests. Everything binds loopback, is stopped by pid on drop, and
+//! waits on conditions with deadlines instead of sleeping. A failed expectation panics:
+//! that is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -22,10 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-#[path = "redis.rs"]
 mod redis;
-// Each test binary uses its own part of the harness.
-#[allow(unused_imports)]
 pub use redis::{cmd_at, free_cluster_port, free_port, scratch_dir, ClusterNode, Redis};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123";
@@ -50,11 +49,26 @@ where
 }
 
 /// A `roomcast` process.
+/// The `roomcast` binary: `ROOMCAST_BIN`, or the one cargo built beside the running test
+/// binary (tests run from `target/<profile>/deps/`; cargo builds a package's binaries for
+/// its integration tests).
+pub fn gateway_bin() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("ROOMCAST_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    dir.join(format!("roomcast{}", std::env::consts::EXE_SUFFIX))
+}
+
 /// The load generator's binary. `cargo test --workspace` builds it next to the
 /// gateway's (the loadtest crate's own integration tests, `loadtest/tests/cli.rs`, make
 /// cargo build it).
 pub fn loadtest_bin() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_BIN_EXE_roomcast")).with_file_name("loadtest")
+    gateway_bin().with_file_name(format!("loadtest{}", std::env::consts::EXE_SUFFIX))
 }
 
 pub struct Gateway {
@@ -73,11 +87,13 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with the process's open-files limit set to `nofile`.
     pub fn start_limited(redis_url: &str, env: &[(&str, &str)], nofile: Option<u32>) -> Gateway {
-        let bin = env!("CARGO_BIN_EXE_roomcast");
+        let bin = gateway_bin();
         let mut cmd = match nofile {
             Some(n) => {
                 let mut sh = Command::new("sh");
-                sh.args(["-c", &format!("ulimit -n {n} && exec \"$0\""), bin]);
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\""))
+                    .arg(&bin);
                 sh
             }
             None => Command::new(bin),
@@ -849,7 +865,7 @@ pub fn publish_with_script(redis: &Redis, session: &str, channel: &str, data: &V
     redis
         .cmd_bytes(&[
             b"EVAL",
-            include_bytes!("../../../redis/publish.lua"),
+            include_bytes!("../../redis/publish.lua"),
             b"4",
             seq.as_bytes(),
             hist.as_bytes(),

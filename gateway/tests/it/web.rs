@@ -1,12 +1,8 @@
 //! What a web page needs from the gateway: CORS on the REST API, answered from the same
 //! allow-list as the WebSocket `Origin` check, against real Redis and gateway processes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
 use serde_json::json;
+use testkit::*;
 
 const PAGE: &str = "https://display.example";
 

@@ -1,16 +1,12 @@
 //! Bad input and bad credentials: each gets its documented answer, the process stays up,
 //! and a well-behaved member of the same session notices nothing.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use gateway::auth::Claims;
 use roomcast_shared::{close, ErrorCode, Role, ServerFrame};
 use serde_json::json;
+use testkit::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const BOTH: &[Role] = &[Role::Controller, Role::Display];

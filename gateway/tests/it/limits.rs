@@ -1,15 +1,11 @@
 //! Abuse protection against real Redis and several gateways: exact distributed limits,
 //! their HTTP and WebSocket answers, trusted proxies, floods, per-user caps, log hygiene.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use roomcast_shared::{close, ErrorCode, Role, ServerFrame};
 use serde_json::json;
+use testkit::*;
 use tokio_tungstenite::tungstenite::Message;
 
 const API_KEY: &str = "abuse-api-key-0123456789";
