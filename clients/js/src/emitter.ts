@@ -29,10 +29,19 @@ export class Emitter<Events extends { [K in keyof Events]: Listener }> {
       try {
         fn(...args);
       } catch (e) {
-        queueMicrotask(() => {
-          throw e;
-        });
+        report(e);
       }
     }
   }
+}
+
+/**
+ * Surfaces a listener's exception without throwing it: browsers' `reportError` (the
+ * page's error handlers see it), else the console. Rethrowing it, even in a microtask,
+ * would end a Node process for a bug in one listener.
+ */
+function report(e: unknown): void {
+  const reportError = (globalThis as { reportError?: (e: unknown) => void }).reportError;
+  if (typeof reportError === 'function') reportError(e);
+  else console.error('a Roomcast listener threw:', e);
 }

@@ -443,14 +443,111 @@ test("a publish's rate limit does not slow a later reconnect", () => {
   return p;
 });
 
-test('an expired fixed token stops at once instead of retrying forever', () => {
+test("a fixed token this device's clock calls expired is still tried: the server decides", () => {
+  // A display whose clock runs ahead must not stay offline: only the server's answer counts.
   const exp = Math.floor(Date.now() / 1000) - 60;
   const jwt = `h.${Buffer.from(JSON.stringify({ sub: 'x', exp })).toString('base64url')}.s`;
   const c = client({ token: jwt });
   c.connect();
-  assert.equal(FakeSocket.all.length, 0);
+  assert.equal(FakeSocket.all.length, 1, 'a socket was opened');
+  FakeSocket.last().welcome();
+  assert.equal(c.state, 'connected');
+});
+
+test("a refused connection reported by an error alone (Node 20's WebSocket) is retried at once", async () => {
+  const c = client({ connectTimeoutMs: 60_000 });
+  c.connect();
+  const ws = FakeSocket.last();
+  ws.onerror?.({}); // no close event follows
+  assert.equal(c.state, 'disconnected', 'not waiting for the connect timeout');
+  assert.equal(c.states.at(-1)[1].code, 1006);
+  await until(() => FakeSocket.all.length === 2, 'a reconnect within the backoff');
+  // A late close event for the dropped socket changes nothing.
+  ws.onclose?.({ code: 1006, reason: '' });
+  assert.equal(FakeSocket.all.length, 2);
+});
+
+test('listeners may call connect() or close() from state and error events', async () => {
+  // close() from `disconnected`: the reconnect it announced is cancelled.
+  const a = client();
+  a.connect();
+  a.on('state', (s) => s === 'disconnected' && a.close());
+  FakeSocket.last().welcome();
+  FakeSocket.last().shut(1006);
+  assert.equal(a.state, 'closed');
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(FakeSocket.all.length, 1, 'no socket after close()');
+
+  // connect() from the `error` of a failure: the client is connecting, not closed.
+  FakeSocket.reset();
+  const b = client();
+  let again = false;
+  b.on('error', () => {
+    if (!again) {
+      again = true;
+      b.connect();
+    }
+  });
+  b.connect();
+  FakeSocket.last().welcome();
+  FakeSocket.last().shut(1008); // a protocol violation: the client stops
+  assert.equal(b.state, 'connecting');
+  assert.equal(FakeSocket.all.length, 2);
+});
+
+test('close 4003 with a token function asks it for a new token instead of stopping', async () => {
+  let calls = 0;
+  const c = client({ token: () => `tok${++calls}` });
+  c.connect();
+  await until(() => FakeSocket.all.length === 1, 'a socket');
+  FakeSocket.last().welcome();
+  FakeSocket.last().shut(4003);
+  assert.equal(c.state, 'disconnected');
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  assert.equal(calls, 2, 'the token function was asked again');
+  assert.ok(FakeSocket.last().url.includes('tok2'));
+  // A fixed token would be refused again: that stops.
+  FakeSocket.reset();
+  const fixed = client();
+  fixed.connect();
+  FakeSocket.last().welcome();
+  FakeSocket.last().shut(4003);
+  assert.equal(fixed.state, 'closed');
+  assert.equal(fixed.errors.at(-1).code, 'forbidden');
+});
+
+test('a throwing listener is reported, never rethrown, and the others still run', () => {
+  const { s, ws } = joinedClient({}, 0);
+  const logged = [];
+  const original = console.error;
+  console.error = (...args) => logged.push(args);
+  try {
+    s.on('message', () => {
+      throw new Error('app bug');
+    });
+    ws.message('room', 1);
+  } finally {
+    console.error = original;
+  }
+  assert.deepEqual(s.seen, [1], 'the other listener got it');
+  assert.equal(logged.length, 1);
+  assert.match(String(logged[0][1]), /app bug/);
+});
+
+test('disconnect() keeps the sessions, and connect() rejoins them with since', async () => {
+  const { c, s, ws } = joinedClient({}, 4);
+  ws.message('room', 5);
+  c.disconnect();
   assert.equal(c.state, 'closed');
-  assert.equal(c.errors.at(-1).code, 'token_expired');
+  assert.equal(s.state, 'joining', 'the session waits for the next connection');
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(FakeSocket.all.length, 1, 'no reconnect by itself');
+  c.connect();
+  const next = FakeSocket.last();
+  next.welcome();
+  const join = next.joined('room', 5);
+  assert.deepEqual([join.since, join.since_id], [5, 'm5']);
+  assert.equal(s.state, 'joined');
 });
 
 test('a publish over the frame limit is refused here, not sent to close the connection', async () => {

@@ -56,7 +56,8 @@ export class RoomcastClient extends Emitter {
         this.publishTimeoutMs = options.publishTimeoutMs ?? 10_000;
         const WS = options.WebSocket ?? globalThis.WebSocket;
         if (!WS) {
-            throw new Error('no WebSocket here: pass one (Node 20: the `ws` package) as `WebSocket`');
+            throw new Error('no WebSocket here: on Node 20 run node with --experimental-websocket, or pass one: ' +
+                "import WebSocket from 'ws', then new RoomcastClient({ ..., WebSocket })");
         }
         this.WS = WS;
         if (typeof options.token === 'string') {
@@ -79,7 +80,27 @@ export class RoomcastClient extends Emitter {
         this.backoff.reset();
         this.open();
     }
-    /** Closes for good: no reconnect; what waits is rejected with `closed`. */
+    /**
+     * Drops the connection and stops reconnecting, but keeps the sessions: the next
+     * `connect()` rejoins each where it left off (`since`). What was in flight is rejected
+     * with `disconnected`, like any drop.
+     */
+    disconnect() {
+        if (this.stopped)
+            return;
+        this.stopped = true;
+        this.attempt++;
+        if (this.reconnectTimer)
+            clearTimeout(this.reconnectTimer);
+        this.reconnectTimer = undefined;
+        const ws = this.ws;
+        this.dropSocket();
+        ws?.close(Close.Normal);
+        for (const s of this.sessions.values())
+            s._disconnected();
+        this.setState('closed', {});
+    }
+    /** Closes for good: no reconnect; the sessions end, what waits is rejected with `closed`. */
     close() {
         const wasOpen = !this.stopped;
         this.stopped = true;
@@ -151,13 +172,10 @@ export class RoomcastClient extends Emitter {
         const url = this.urls[this.urlIndex % this.urls.length];
         this.setState('connecting', { url });
         const source = this.options.token;
-        if (typeof source === 'string') {
-            // A fixed token past its exp would be refused before the upgrade, forever.
-            if (expired(source, 0)) {
-                return this.fail(new RoomcastError('token_expired', 'the token has expired'), {});
-            }
+        // A fixed token is tried whatever this device's clock says of its `exp`: the server
+        // decides (a clock running ahead must not keep a display offline).
+        if (typeof source === 'string')
             return this.openSocket(url, source);
-        }
         const fresh = this.usableToken();
         if (fresh !== undefined)
             return this.openSocket(url, fresh);
@@ -200,8 +218,17 @@ export class RoomcastClient extends Emitter {
         this.welcomed = false;
         ws.onmessage = (ev) => this.onData(ws, ev.data);
         ws.onclose = (ev) => this.onClose(ws, ev.code, ev.reason);
+        // Browsers follow an error with a close (1006); Node 20's built-in WebSocket reports a
+        // refused connection with the error alone. Either way the socket is done: handle it
+        // as an abnormal close now (a close event after it finds the socket already dropped).
         ws.onerror = () => {
-            // The close event follows with the code; nothing to add here.
+            this.onClose(ws, Close.Abnormal, 'connection error');
+            try {
+                ws.close();
+            }
+            catch {
+                // Never opened: nothing to close.
+            }
         };
         // A server that accepts but never says `welcome` (frozen mid-handshake): next URL.
         this.connectTimer = setTimeout(() => {
@@ -335,7 +362,14 @@ export class RoomcastClient extends Emitter {
             case Close.Policy:
                 return this.fail(new RoomcastError('protocol', `closed ${code}: ${reason}`), detail);
             case Close.Forbidden:
-                return this.fail(new RoomcastError('forbidden', `closed 4003: ${reason}`), detail);
+                // A token function may know better (a new grant): ask it again, with backoff.
+                // A fixed token would be refused again, forever.
+                if (typeof this.options.token !== 'function') {
+                    return this.fail(new RoomcastError('forbidden', `closed 4003: ${reason}`), detail);
+                }
+                this.tokenStale = true;
+                this.urlIndex++;
+                return this.scheduleReconnect(detail, this.backoff.next());
             case Close.SessionEnded: {
                 // The ended session got its `ended` event first; without one, which session
                 // ended is unknown, and the protocol says not to come back.
@@ -384,19 +418,26 @@ export class RoomcastClient extends Emitter {
     scheduleReconnect(detail, delayMs) {
         if (this.reconnectTimer)
             clearTimeout(this.reconnectTimer);
-        this.setState('disconnected', { ...detail, delayMs });
+        // The timer first, the event after: a listener that calls close() or connect()
+        // finds the reconnect armed and cancels or supersedes it.
         this.reconnectTimer = setTimeout(() => {
             this.reconnectTimer = undefined;
             this.open();
         }, delayMs);
+        this.setState('disconnected', { ...detail, delayMs });
     }
     fail(error, detail) {
         this.stopped = true;
         this.attempt++;
+        if (this.reconnectTimer)
+            clearTimeout(this.reconnectTimer);
+        this.reconnectTimer = undefined;
         for (const s of [...this.sessions.values()])
             s._end('failed', error);
-        this.emit('error', error);
+        // Closed first, then why: a listener that calls connect() from either event starts
+        // from `closed` and is not undone by what follows.
         this.setState('closed', detail);
+        this.emit('error', error);
     }
     dropSocket() {
         if (this.watchTimer)

@@ -24,10 +24,20 @@ export class Emitter {
                 fn(...args);
             }
             catch (e) {
-                queueMicrotask(() => {
-                    throw e;
-                });
+                report(e);
             }
         }
     }
+}
+/**
+ * Surfaces a listener's exception without throwing it: browsers' `reportError` (the
+ * page's error handlers see it), else the console. Rethrowing it, even in a microtask,
+ * would end a Node process for a bug in one listener.
+ */
+function report(e) {
+    const reportError = globalThis.reportError;
+    if (typeof reportError === 'function')
+        reportError(e);
+    else
+        console.error('a Roomcast listener threw:', e);
 }
