@@ -56,8 +56,8 @@ enum PeekRef {
     Other(IgnoredAny),
 }
 
-const KNOWN_TYPES: [&str; 7] = [
-    "join", "leave", "publish", "signal", "typing", "activity", "ping",
+const KNOWN_TYPES: [&str; 8] = [
+    "join", "leave", "publish", "signal", "typing", "activity", "ping", "refresh",
 ];
 
 /// Decodes a client frame. Malformed input gets `bad_request`, an unknown `type` gets

@@ -239,6 +239,13 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },
+    /// A new token for the same user: the connection's expiry moves to its `exp`
+    /// (answered `refreshed`), with no reconnect.
+    Refresh {
+        token: String,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
 }
 
 impl ClientFrame {
@@ -252,6 +259,7 @@ impl ClientFrame {
             ClientFrame::Typing { .. } => "typing",
             ClientFrame::Activity { .. } => "activity",
             ClientFrame::Ping { .. } => "ping",
+            ClientFrame::Refresh { .. } => "refresh",
         }
     }
 
@@ -264,7 +272,8 @@ impl ClientFrame {
             | ClientFrame::Signal { reference, .. }
             | ClientFrame::Typing { reference, .. }
             | ClientFrame::Activity { reference, .. }
-            | ClientFrame::Ping { reference } => reference.as_mut(),
+            | ClientFrame::Ping { reference }
+            | ClientFrame::Refresh { reference, .. } => reference.as_mut(),
         }
     }
 
@@ -277,7 +286,8 @@ impl ClientFrame {
             | ClientFrame::Signal { reference, .. }
             | ClientFrame::Typing { reference, .. }
             | ClientFrame::Activity { reference, .. }
-            | ClientFrame::Ping { reference } => reference.as_deref(),
+            | ClientFrame::Ping { reference }
+            | ClientFrame::Refresh { reference, .. } => reference.as_deref(),
         }
     }
 }
@@ -291,6 +301,10 @@ pub enum ServerFrame {
         node: String,
         heartbeat_ms: u64,
         protocol: u32,
+        /// The server's clock (Unix ms): a client times token refreshes by it, not by its
+        /// own clock.
+        #[serde(default)]
+        time: u64,
     },
     Joined {
         session: String,
@@ -362,6 +376,13 @@ pub enum ServerFrame {
     Pong {
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
+    },
+    /// The answer to `refresh`: the connection now expires at `exp` (Unix seconds, the new
+    /// token's `exp`).
+    Refreshed {
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        exp: u64,
     },
 }
 

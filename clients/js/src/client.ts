@@ -117,6 +117,12 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
   /** Bumped by every attempt and by `close()`: a token answer for an older one is dropped. */
   private attempt = 0;
   private connectTimer: ReturnType<typeof setTimeout> | undefined;
+  /** When the token is refreshed in band (a token function only). */
+  private refreshTimer: ReturnType<typeof setTimeout> | undefined;
+  /** `refresh` frames awaiting their answer. */
+  private readonly refreshRefs = new Set<string>();
+  /** The server's clock less this device's, from `welcome` (0 before one). */
+  private skewMs = 0;
 
   constructor(private readonly options: ClientOptions) {
     super();
@@ -335,6 +341,9 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
       case 'direct':
         this.emit('direct', { data: f.data, ts: f.ts });
         break;
+      case 'refreshed':
+        if (f.ref && this.refreshRefs.delete(f.ref)) this.scheduleRefresh();
+        break;
       case 'ack': {
         const owner = f.ref ? this.refs.get(f.ref) : undefined;
         if (f.ref && owner) {
@@ -355,6 +364,9 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
           this.refs.delete(f.ref);
           owner._error(f.ref, err);
         } else {
+          // A refused refresh lands here too: the old expiry stands, and its 4001 makes
+          // the client ask the token function again and reconnect.
+          if (f.ref) this.refreshRefs.delete(f.ref);
           this.emit('error', err);
         }
         break;
@@ -370,8 +382,10 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
     this.node = f.node;
     this.heartbeatMs = f.heartbeat_ms > 0 ? f.heartbeat_ms : 25_000;
     this.retryAfterMs = 0;
+    if (typeof f.time === 'number' && f.time > 0) this.skewMs = f.time - Date.now();
     this.backoff.reset();
     this.watch();
+    this.scheduleRefresh();
     // Sessions join first: one created by a `connected` listener joins once, by itself.
     const sessions = [...this.sessions.values()];
     for (const s of sessions) s._connected();
@@ -471,6 +485,40 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
     }
   }
 
+  /**
+   * With a token function and a token that has an `exp`: ask the function for a new token
+   * before it expires, by the server's clock (a quarter of the time left ahead, at most a
+   * minute), and send it in band (`refresh`): the connection, its sessions and presence
+   * stay as they are. If the server refuses it, its 4001 at the old expiry reconnects.
+   */
+  private scheduleRefresh(): void {
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    this.refreshTimer = undefined;
+    const source = this.options.token;
+    const exp = this.token ? jwtExp(this.token) : undefined;
+    if (typeof source !== 'function' || exp === undefined || !this.connected) return;
+    const left = exp * 1000 - (Date.now() + this.skewMs);
+    const delay = Math.max(0, left - Math.min(60_000, left / 4));
+    const ws = this.ws;
+    this.refreshTimer = setTimeout(() => {
+      this.refreshTimer = undefined;
+      Promise.resolve()
+        .then(source)
+        .then(
+          (token) => {
+            if (this.ws !== ws || !this.connected) return;
+            this.token = token;
+            const ref = `r${(this.refCounter = (this.refCounter + 1) % Number.MAX_SAFE_INTEGER)}`;
+            this.refreshRefs.add(ref);
+            this.send({ type: 'refresh', token, ref });
+          },
+          (e: unknown) => {
+            this.emit('error', new RoomcastError('unauthorized', `the token function failed: ${String(e)}`));
+          },
+        );
+    }, delay);
+  }
+
   /** Set when a session's `ended` event arrived on this connection (before its 4000). */
   private endedSeen = false;
 
@@ -505,6 +553,9 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
   private dropSocket(): void {
     if (this.watchTimer) clearInterval(this.watchTimer);
     this.watchTimer = undefined;
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    this.refreshTimer = undefined;
+    this.refreshRefs.clear();
     if (this.connectTimer) clearTimeout(this.connectTimer);
     this.connectTimer = undefined;
     const ws = this.ws;
@@ -559,13 +610,19 @@ function withToken(url: string, token: string): string {
 
 /** Whether a JWT's `exp` has passed (or passes within `marginMs`); unreadable tokens are not. */
 function expired(token: string, marginMs = 5000): boolean {
+  const exp = jwtExp(token);
+  return exp !== undefined && exp * 1000 < Date.now() + marginMs;
+}
+
+/** A JWT's `exp` (Unix seconds), when it has a readable one. */
+function jwtExp(token: string): number | undefined {
   const payload = token.split('.')[1];
-  if (!payload) return false;
+  if (!payload) return undefined;
   try {
     const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/'));
     const exp = (JSON.parse(json) as { exp?: unknown }).exp;
-    return typeof exp === 'number' && exp * 1000 < Date.now() + marginMs;
+    return typeof exp === 'number' ? exp : undefined;
   } catch {
-    return false;
+    return undefined;
   }
 }

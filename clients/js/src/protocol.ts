@@ -52,7 +52,15 @@ export type PresenceEvent = 'join' | 'leave' | 'update';
 export type LifecycleEvent = 'expiring' | 'updated' | 'resolved' | 'ended';
 
 export type ServerFrame =
-  | { type: 'welcome'; client_id: string; node: string; heartbeat_ms: number; protocol: number }
+  | {
+      type: 'welcome';
+      client_id: string;
+      node: string;
+      heartbeat_ms: number;
+      protocol: number;
+      /** The server's clock, Unix ms (absent from older servers). */
+      time?: number;
+    }
   | {
       type: 'joined';
       session: string;
@@ -80,7 +88,8 @@ export type ServerFrame =
       message: string;
       retry_after_ms?: number | null;
     }
-  | { type: 'pong'; ref?: string | null };
+  | { type: 'pong'; ref?: string | null }
+  | { type: 'refreshed'; ref?: string | null; exp: number };
 
 export type ClientFrame =
   | {
@@ -98,7 +107,8 @@ export type ClientFrame =
   | { type: 'signal'; session: string; data: unknown; to?: string; ref?: string }
   | { type: 'typing'; session: string; active: boolean; ref?: string }
   | { type: 'activity'; session: string; ref?: string }
-  | { type: 'ping'; ref?: string };
+  | { type: 'ping'; ref?: string }
+  | { type: 'refresh'; token: string; ref?: string };
 
 /** The close codes of docs/PROTOCOL.md "Close codes". */
 export const Close = {

@@ -89,6 +89,42 @@ test('publish, ack, fan-out, presence, typing, signal and direct between two ins
   }
 });
 
+test('a connection lives through three token lifetimes, refreshed in band, with no presence flicker', async () => {
+  const a = await startGateway(redis.url);
+  const b = await startGateway(redis.url);
+  try {
+    // Tokens of 2 s: without a refresh the gateway closes at each expiry (4001) and the
+    // others see the kiosk leave and join again.
+    let minted = 0;
+    const kiosk = client(a.ws, () => {
+      minted++;
+      return token('kiosk', 'display', { ttl: '2s' });
+    });
+    const screen = kiosk.session('lasting');
+    const watcher = client(b.ws, token('watcher', 'display'));
+    const seen = watcher.session('lasting');
+    const flicker = [];
+    seen.on('presence', (e) => e.member.user === 'kiosk' && flicker.push(e.event));
+    watcher.connect();
+    await until(() => seen.state === 'joined', 'the watcher joined');
+    kiosk.connect();
+    await until(() => screen.state === 'joined', 'the kiosk joined');
+    await until(() => flicker.length === 1, 'the kiosk seen joining');
+    const started = Date.now();
+    // Three lifetimes: the first token and at least two refreshed ones.
+    await until(() => Date.now() - started > 6500, 'three token lifetimes', 10_000);
+    assert.ok(minted >= 4, `tokens minted: ${minted}`);
+    assert.deepEqual(flicker, ['join'], 'no leave, no second join');
+    assert.ok(!kiosk.states.some(([s]) => s === 'disconnected'), JSON.stringify(kiosk.states));
+    assert.equal(screen.state, 'joined');
+    kiosk.close();
+    watcher.close();
+  } finally {
+    a.stop();
+    b.stop();
+  }
+});
+
 test('msgpack: the same session, the same data, next to JSON clients', async () => {
   const g = await startGateway(redis.url);
   try {

@@ -566,3 +566,25 @@ test('a publish over the frame limit is refused here, not sent to close the conn
   ws.frame({ type: 'ack', ref: ws.sentOf('publish').at(-1).ref, seq: 4 });
   assert.deepEqual(await small, { seq: 4 });
 });
+
+test('a token function refreshes the token in band before it expires, by the server clock', async () => {
+  const jwt = (inSeconds, n) =>
+    `h.${Buffer.from(JSON.stringify({ sub: 'x', n, exp: Math.floor(Date.now() / 1000) + inSeconds })).toString('base64url')}.s`;
+  let calls = 0;
+  // Each token lives 12 s by this device's clock, 2 s by the server's (10 s ahead).
+  const c = client({ token: () => jwt(12, ++calls) });
+  c.session('room');
+  c.connect();
+  await until(() => FakeSocket.all.length === 1, 'a socket');
+  const ws = FakeSocket.last();
+  // The server's clock is 10 s ahead of this device's: the refresh goes by the server's.
+  ws.frame({ type: 'welcome', client_id: 'c1', node: 'n1', heartbeat_ms: 25000, protocol: 1, time: Date.now() + 10_000 });
+  await until(() => ws.sentOf('refresh').length === 1, 'a refresh', 4000);
+  const sent = ws.sentOf('refresh')[0];
+  assert.equal(calls, 2, 'the function gave the new token');
+  assert.ok(sent.token.endsWith('.s') && sent.ref);
+  ws.frame({ type: 'refreshed', ref: sent.ref, exp: Math.floor(Date.now() / 1000) + 12 });
+  await until(() => ws.sentOf('refresh').length === 2, 'the next refresh', 4000);
+  assert.equal(FakeSocket.all.length, 1, 'never a reconnect');
+  assert.ok(!c.states.some(([s]) => s === 'disconnected'));
+});

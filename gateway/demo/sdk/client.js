@@ -44,6 +44,12 @@ export class RoomcastClient extends Emitter {
     /** Bumped by every attempt and by `close()`: a token answer for an older one is dropped. */
     attempt = 0;
     connectTimer;
+    /** When the token is refreshed in band (a token function only). */
+    refreshTimer;
+    /** `refresh` frames awaiting their answer. */
+    refreshRefs = new Set();
+    /** The server's clock less this device's, from `welcome` (0 before one). */
+    skewMs = 0;
     constructor(options) {
         super();
         this.options = options;
@@ -266,6 +272,10 @@ export class RoomcastClient extends Emitter {
             case 'direct':
                 this.emit('direct', { data: f.data, ts: f.ts });
                 break;
+            case 'refreshed':
+                if (f.ref && this.refreshRefs.delete(f.ref))
+                    this.scheduleRefresh();
+                break;
             case 'ack': {
                 const owner = f.ref ? this.refs.get(f.ref) : undefined;
                 if (f.ref && owner) {
@@ -287,6 +297,10 @@ export class RoomcastClient extends Emitter {
                     owner._error(f.ref, err);
                 }
                 else {
+                    // A refused refresh lands here too: the old expiry stands, and its 4001 makes
+                    // the client ask the token function again and reconnect.
+                    if (f.ref)
+                        this.refreshRefs.delete(f.ref);
                     this.emit('error', err);
                 }
                 break;
@@ -301,8 +315,11 @@ export class RoomcastClient extends Emitter {
         this.node = f.node;
         this.heartbeatMs = f.heartbeat_ms > 0 ? f.heartbeat_ms : 25_000;
         this.retryAfterMs = 0;
+        if (typeof f.time === 'number' && f.time > 0)
+            this.skewMs = f.time - Date.now();
         this.backoff.reset();
         this.watch();
+        this.scheduleRefresh();
         // Sessions join first: one created by a `connected` listener joins once, by itself.
         const sessions = [...this.sessions.values()];
         for (const s of sessions)
@@ -409,6 +426,39 @@ export class RoomcastClient extends Emitter {
                 return this.scheduleReconnect(detail, this.backoff.next());
         }
     }
+    /**
+     * With a token function and a token that has an `exp`: ask the function for a new token
+     * before it expires, by the server's clock (a quarter of the time left ahead, at most a
+     * minute), and send it in band (`refresh`): the connection, its sessions and presence
+     * stay as they are. If the server refuses it, its 4001 at the old expiry reconnects.
+     */
+    scheduleRefresh() {
+        if (this.refreshTimer)
+            clearTimeout(this.refreshTimer);
+        this.refreshTimer = undefined;
+        const source = this.options.token;
+        const exp = this.token ? jwtExp(this.token) : undefined;
+        if (typeof source !== 'function' || exp === undefined || !this.connected)
+            return;
+        const left = exp * 1000 - (Date.now() + this.skewMs);
+        const delay = Math.max(0, left - Math.min(60_000, left / 4));
+        const ws = this.ws;
+        this.refreshTimer = setTimeout(() => {
+            this.refreshTimer = undefined;
+            Promise.resolve()
+                .then(source)
+                .then((token) => {
+                if (this.ws !== ws || !this.connected)
+                    return;
+                this.token = token;
+                const ref = `r${(this.refCounter = (this.refCounter + 1) % Number.MAX_SAFE_INTEGER)}`;
+                this.refreshRefs.add(ref);
+                this.send({ type: 'refresh', token, ref });
+            }, (e) => {
+                this.emit('error', new RoomcastError('unauthorized', `the token function failed: ${String(e)}`));
+            });
+        }, delay);
+    }
     /** Set when a session's `ended` event arrived on this connection (before its 4000). */
     endedSeen = false;
     /** @internal A session of ours received its `ended` event. */
@@ -443,6 +493,10 @@ export class RoomcastClient extends Emitter {
         if (this.watchTimer)
             clearInterval(this.watchTimer);
         this.watchTimer = undefined;
+        if (this.refreshTimer)
+            clearTimeout(this.refreshTimer);
+        this.refreshTimer = undefined;
+        this.refreshRefs.clear();
         if (this.connectTimer)
             clearTimeout(this.connectTimer);
         this.connectTimer = undefined;
@@ -499,15 +553,20 @@ function withToken(url, token) {
 }
 /** Whether a JWT's `exp` has passed (or passes within `marginMs`); unreadable tokens are not. */
 function expired(token, marginMs = 5000) {
+    const exp = jwtExp(token);
+    return exp !== undefined && exp * 1000 < Date.now() + marginMs;
+}
+/** A JWT's `exp` (Unix seconds), when it has a readable one. */
+function jwtExp(token) {
     const payload = token.split('.')[1];
     if (!payload)
-        return false;
+        return undefined;
     try {
         const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/'));
         const exp = JSON.parse(json).exp;
-        return typeof exp === 'number' && exp * 1000 < Date.now() + marginMs;
+        return typeof exp === 'number' ? exp : undefined;
     }
     catch {
-        return false;
+        return undefined;
     }
 }

@@ -134,6 +134,7 @@ impl Connection {
                 self.client.send(&ServerFrame::Pong { reference });
                 Ok(())
             }
+            ClientFrame::Refresh { token, reference } => self.refresh(&token, reference),
         }
     }
 
@@ -460,5 +461,37 @@ fn publish_refusal(d: &Decision) -> Failure {
                 d.scope.name()
             ),
         )
+    }
+}
+
+impl Connection {
+    /// `refresh`: a new token for the same user moves the connection's expiry to its
+    /// `exp`, verified like a token at the upgrade (key, algorithm, claims). Only the
+    /// expiry changes: roles and sessions were checked at the upgrade and stay as they
+    /// were. A refused refresh leaves the old expiry standing.
+    fn refresh(&mut self, token: &str, reference: Option<String>) -> Result<(), Failure> {
+        if self.app.auth.is_off() {
+            // No tokens, no expiry: nothing to move.
+            self.client
+                .send(&ServerFrame::Refreshed { reference, exp: 0 });
+            return Ok(());
+        }
+        let fresh =
+            self.app.auth.verify(token).map_err(|e| {
+                Failure::new(ErrorCode::Unauthorized, format!("refresh refused: {e}"))
+            })?;
+        if fresh.user != self.identity.user {
+            return Err(Failure::new(
+                ErrorCode::Unauthorized,
+                "refresh refused: the token is for another user",
+            ));
+        }
+        let exp_ms = fresh.expires_at_ms.unwrap_or(0);
+        self.identity.expires_at_ms = Some(exp_ms);
+        self.client.send(&ServerFrame::Refreshed {
+            reference,
+            exp: exp_ms / 1000,
+        });
+        Ok(())
     }
 }

@@ -78,6 +78,7 @@ pub(super) fn run(
             node: app.node_id.clone(),
             heartbeat_ms: app.config.heartbeat.as_millis() as u64,
             protocol: PROTOCOL_VERSION,
+            time: now_ms(),
         });
         let reason = conn.read_loop(&mut stream).await;
         conn.leave_all();
@@ -113,23 +114,20 @@ impl Connection {
         let mut ping = interval_at(Instant::now() + heartbeat, heartbeat);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
-        let expires = self
-            .identity
-            .expires_at_ms
-            .map(|exp| Instant::now() + Duration::from_millis(exp.saturating_sub(now_ms())));
-        let expiry = async move {
-            match expires {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
+        // The token's expiry (4001), which a `refresh` moves. Without one (auth off) the
+        // timer is never polled (the branch below is disabled), whatever its deadline.
+        let deadline = |exp: Option<u64>| {
+            Instant::now() + Duration::from_millis(exp.unwrap_or(0).saturating_sub(now_ms()))
         };
+        let mut expires_at_ms = self.identity.expires_at_ms;
+        let expiry = tokio::time::sleep_until(deadline(expires_at_ms));
         tokio::pin!(expiry);
         let killed = self.client.killed().clone();
         loop {
             tokio::select! {
                 biased;
                 _ = killed.cancelled() => return self.client.close_code().label(),
-                _ = &mut expiry => {
+                _ = &mut expiry, if expires_at_ms.is_some() => {
                     self.client.kill(CloseCode::TokenExpired);
                     return "token_expired";
                 }
@@ -160,6 +158,11 @@ impl Connection {
                         // tungstenite answers pings itself; any frame proves liveness.
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                         Message::Close(_) => return "client_closed",
+                    }
+                    // A `refresh` moved the expiry.
+                    if self.identity.expires_at_ms != expires_at_ms {
+                        expires_at_ms = self.identity.expires_at_ms;
+                        expiry.as_mut().reset(deadline(expires_at_ms));
                     }
                 }
             }

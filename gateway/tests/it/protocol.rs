@@ -638,3 +638,81 @@ async fn a_swept_member_put_back_by_its_pump_keeps_its_latest_activity() {
         "re-added with a stale activity time"
     );
 }
+
+/// `refresh` moves a connection's expiry in band: a connection whose token lived 2 s is
+/// refreshed and outlives it, with no reconnect, so a member on another instance sees
+/// neither a leave nor a join. A refresh the gateway refuses (another user's token, a
+/// token it cannot verify) is an `unauthorized` error and the old expiry stands: 4001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_token_keeps_the_connection_past_its_old_expiry() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    let b = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let started = Instant::now();
+    let short = token_with("kiosk", &[Role::Display], &[], Duration::from_secs(2));
+    let mut kiosk = a.connect(&short).await;
+    kiosk.join("lasting", None).await;
+    let mut watcher = b.connect(&token("watcher", &[Role::Display])).await;
+    watcher.join("lasting", None).await;
+
+    let refresh = |token: String, reference: &str| json!({"type": "refresh", "token": token, "ref": reference});
+    kiosk
+        .send_json(refresh(token("someone-else", &[Role::Display]), "r0"))
+        .await;
+    let refused = kiosk
+        .expect("an error", |f| matches!(f, ServerFrame::Error { .. }))
+        .await;
+    assert!(
+        matches!(&refused, ServerFrame::Error { code: roomcast_shared::ErrorCode::Unauthorized, reference: Some(r), .. } if r == "r0"),
+        "{refused:?}"
+    );
+    let long = token_with("kiosk", &[Role::Display], &[], Duration::from_secs(3600));
+    kiosk.send_json(refresh(long, "r1")).await;
+    match kiosk
+        .expect("refreshed", |f| matches!(f, ServerFrame::Refreshed { .. }))
+        .await
+    {
+        ServerFrame::Refreshed { reference, exp } => {
+            assert_eq!(reference.as_deref(), Some("r1"));
+            assert!(exp * 1000 > gateway::util::now_ms() + 3_000_000, "{exp}");
+        }
+        _ => unreachable!(),
+    }
+    // Time itself is what is tested: wait until the old token is well past its expiry.
+    tokio::time::sleep_until((started + Duration::from_millis(3500)).into()).await;
+    assert!(kiosk
+        .drain_until_pong()
+        .await
+        .iter()
+        .all(|f| !matches!(f, ServerFrame::Error { .. })));
+    let seen = watcher.drain_until_pong().await;
+    assert!(
+        seen.iter()
+            .all(|f| !matches!(f, ServerFrame::Presence { .. })),
+        "no presence flicker: {seen:?}"
+    );
+
+    // Refused: the connection keeps its 2 s token and is closed when it expires.
+    let brief_token = token_with("brief", &[Role::Display], &[], Duration::from_secs(2));
+    let mut brief = a.connect(&brief_token).await;
+    brief.send_json(refresh("not.a.token".into(), "r2")).await;
+    let refused = brief
+        .expect("an error", |f| matches!(f, ServerFrame::Error { .. }))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            ServerFrame::Error {
+                code: roomcast_shared::ErrorCode::Unauthorized,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        brief.closed(DEADLINE).await,
+        Closed::Code(roomcast_shared::close::TOKEN_EXPIRED)
+    );
+}
