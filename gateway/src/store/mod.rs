@@ -8,6 +8,7 @@
 //! subscriptions are not here but in `bus`; key names come from `keys`.
 
 mod limits;
+mod presence;
 mod sessions;
 #[cfg(test)]
 mod tests;
@@ -677,23 +678,9 @@ impl Store {
         kind: u8,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let k = self.keys.session(session);
-        self.eval(
-            "presence_set",
-            &self.scripts.presence_set,
-            vec![k.pres, k.pinfo, k.channel, k.meta],
-            vec![
-                client_id.into(),
-                (expiry_ms as i64).into(),
-                Value::Bytes(Bytes::copy_from_slice(info)),
-                i64::from(kind).into(),
-                (self.ttl_ms as i64).into(),
-                (now_ms as i64).into(),
-                self.presence_events_max.into(),
-            ],
-        )
-        .await?;
-        Ok(())
+        self.presence_write(session, client_id, expiry_ms, info, kind, now_ms, None)
+            .await
+            .map(drop)
     }
 
     /// `presence_set.lua` for a REST member (join, activity): counted against `max` REST
@@ -710,23 +697,39 @@ impl Store {
         now_ms: u64,
         max: u32,
     ) -> Result<Result<(), u64>, StoreError> {
+        self.presence_write(session, client_id, expiry_ms, info, kind, now_ms, Some(max))
+            .await
+    }
+
+    /// `presence_set.lua`, counting the member as a REST one when `rest_max` is given.
+    #[allow(clippy::too_many_arguments)]
+    async fn presence_write(
+        &self,
+        session: &str,
+        client_id: &str,
+        expiry_ms: u64,
+        info: &[u8],
+        kind: u8,
+        now_ms: u64,
+        rest_max: Option<u32>,
+    ) -> Result<Result<(), u64>, StoreError> {
         let k = self.keys.session(session);
+        let mut keys = vec![k.pres, k.pinfo, k.channel, k.meta];
+        let mut args: Vec<Value> = vec![
+            client_id.into(),
+            (expiry_ms as i64).into(),
+            Value::Bytes(Bytes::copy_from_slice(info)),
+            i64::from(kind).into(),
+            (self.ttl_ms as i64).into(),
+            (now_ms as i64).into(),
+            self.presence_events_max.into(),
+        ];
+        if let Some(max) = rest_max {
+            keys.push(k.rest);
+            args.push(i64::from(max).into());
+        }
         let reply = self
-            .eval(
-                "presence_set",
-                &self.scripts.presence_set,
-                vec![k.pres, k.pinfo, k.channel, k.meta, k.rest],
-                vec![
-                    client_id.into(),
-                    (expiry_ms as i64).into(),
-                    Value::Bytes(Bytes::copy_from_slice(info)),
-                    i64::from(kind).into(),
-                    (self.ttl_ms as i64).into(),
-                    (now_ms as i64).into(),
-                    self.presence_events_max.into(),
-                    i64::from(max).into(),
-                ],
-            )
+            .eval("presence_set", &self.scripts.presence_set, keys, args)
             .await?;
         match reply {
             Value::Array(parts) => Ok(Err(parts
