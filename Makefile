@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help deps run test test-only test-cluster test-soak soak sdk-test demo-sdk lint k8s-check contract-test bench chaos mutants mutants-lua fmt build release stop-redis clean-run
+.PHONY: help deps run stop test test-only test-cluster test-soak soak sdk-test demo-sdk lint k8s-check contract-test bench chaos mutants mutants-lua fmt build release stop-redis clean-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -74,6 +74,10 @@ build: ## debug build
 
 release: ## optimised build of the roomcast binary
 	$(CARGO) build --release -p roomcast-gateway
+
+stop: ## stop the gateway and the Redis that `make run` started (by pid)
+	@scripts/stop-pid.sh .run/gateway.pid gateway
+	@scripts/stop-pid.sh .run/redis.pid Redis
 
 stop-redis: ## stop the Redis that `make run` started
 	@scripts/stop-pid.sh .run/redis.pid Redis

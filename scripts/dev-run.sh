@@ -59,22 +59,29 @@ lan_hint="Only this machine can connect; for a phone on your LAN: make run LISTE
 
 cat <<MSG
 
-Roomcast is starting on http://$LISTEN   (Ctrl-C stops it; stop Redis with: make stop-redis)
+Roomcast is starting on http://$LISTEN   (Ctrl-C, or make stop from another terminal,
+stops it; make stop also stops the Redis this started)
   Demo:       http://$shown/demo/   (a display; scan its QR code with a phone to control it)
   API key:    $ROOMCAST_API_KEY   (server routes: Authorization: Bearer <key>)
-  JWT secret: $ROOMCAST_JWT_SECRET   (HS256; mint tokens with: $BIN token --help)
+  JWT secret: $ROOMCAST_JWT_SECRET   (HS256)
+  To mint more tokens in another terminal:
+    export ROOMCAST_JWT_SECRET=$ROOMCAST_JWT_SECRET
+    $BIN token --sub NAME --role controller|display|observer
   Dev limits: 600 publishes a minute per user.
   $lan_hint
 
 Try it by hand (two terminals; needs: pip install websockets):
+  A display (user tv, 12 h token):
   python3 -m websockets "ws://$shown/ws?token=$TV"
       > {"type":"join","session":"demo"}
+  A controller (user alice, 12 h token):
   python3 -m websockets "ws://$shown/ws?token=$CTL"
       > {"type":"join","session":"demo"}
       > {"type":"publish","session":"demo","data":{"slide":2},"ref":"p1"}
+  The controller gets an ack with the seq and its own message, in either order (they
+  travel different paths); the display gets the message.
 
 Health: curl http://$shown/health     Metrics: curl http://$shown/metrics
-More tokens: $BIN token --sub NAME --role controller|display|observer
 Protocol: docs/PROTOCOL.md    SDK: clients/js/README.md
 
 MSG

@@ -26,12 +26,27 @@ if ((${#missing[@]})); then
     sudo="sudo"
   fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The prometheus package may start a server; we only want promtool.
-  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
-    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || $sudo pkill -x prometheus >/dev/null 2>&1 || true
-  fi
+  install() {
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  }
+  others=()
+  for p in "${missing[@]}"; do [[ $p == prometheus ]] || others+=("$p"); done
   # Debian's redis-server package starts a server on 6379; `make run` can use it as is.
+  ((${#others[@]} == 0)) || install "${others[@]}"
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    # The prometheus package would start a server; we only want promtool. Debian's
+    # policy-rc.d (exit 101: "action forbidden") keeps its scripts from starting it, so
+    # nothing has to be stopped afterwards. A policy the admin already has is left alone.
+    policy=/usr/sbin/policy-rc.d
+    ours=""
+    if [[ ! -e $policy ]]; then
+      printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy" && ours=1
+    fi
+    status=0
+    install prometheus || status=$?
+    [[ -z $ours ]] || $sudo rm -f "$policy"
+    ((status == 0)) || exit "$status"
+  fi
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
 if [[ "${1:-}" == "--test" ]]; then

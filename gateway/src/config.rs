@@ -202,17 +202,23 @@ pub struct Config {
     /// `jwt` (default) or `off` (development only).
     #[arg(long, env = "ROOMCAST_AUTH", value_enum, default_value = "jwt")]
     pub auth: AuthMode,
-    /// HMAC secret for HS256 tokens.
-    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
+    /// HMAC secret for HS256 tokens. (The token settings are global: `roomcast token
+    /// --jwt-secret …` works as well as `roomcast --jwt-secret … token`.)
+    #[arg(
+        long,
+        env = "ROOMCAST_JWT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
     pub jwt_secret: Option<Secret>,
     /// PEM file with an RSA or EC public key (RS256/ES256 tokens).
-    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY", global = true)]
     pub jwt_public_key: Option<PathBuf>,
     /// Required `iss`; unchecked when unset.
-    #[arg(long, env = "ROOMCAST_JWT_ISSUER")]
+    #[arg(long, env = "ROOMCAST_JWT_ISSUER", global = true)]
     pub jwt_issuer: Option<String>,
     /// Required `aud`; unchecked when unset.
-    #[arg(long, env = "ROOMCAST_JWT_AUDIENCE")]
+    #[arg(long, env = "ROOMCAST_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
     /// Server API key (REST server routes).
     #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]

@@ -363,6 +363,12 @@ async fn the_token_command_says_what_is_missing() {
     assert_eq!(code, Some(64));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--sub"), "{stderr}");
+    // The secret may follow the subcommand, as `token --help` lists it.
+    let (code, stderr) = run(
+        &[],
+        &["--jwt-secret", SECRET, "--sub", "a", "--role", "controller"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
     // A claim the gateway would refuse is not minted.
     let (code, stderr) = run(
         &[("ROOMCAST_JWT_SECRET", SECRET)],
