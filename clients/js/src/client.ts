@@ -66,6 +66,9 @@ export interface ClientOptions {
   deadAfterMs?: number;
   /** How long a new socket may take to reach `welcome` before the next URL is tried (10 s). */
   connectTimeoutMs?: number;
+  /** How long a join may go unanswered before the connection is given up and the
+   * session joins again on the next one (10 s). */
+  joinTimeoutMs?: number;
   /** The server's frame limit (`ROOMCAST_MAX_FRAME_BYTES`, 64 KiB by default). A publish
    * or signal that would exceed it is refused here (`too_large`): sent, it would close
    * the whole connection with 1009. */
@@ -94,6 +97,7 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
 
   readonly offlineQueue: number;
   readonly publishTimeoutMs: number;
+  readonly joinTimeoutMs: number;
 
   private readonly urls: string[];
   private readonly codec: Codec;
@@ -132,6 +136,7 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
     this.backoff = new Backoff(options.reconnect);
     this.offlineQueue = options.offlineQueue ?? 0;
     this.publishTimeoutMs = options.publishTimeoutMs ?? 10_000;
+    this.joinTimeoutMs = options.joinTimeoutMs ?? 10_000;
     const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WS) {
       throw new Error(
@@ -213,16 +218,34 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
 
   /** @internal Sends one frame: `false` when not connected, `'too_large'` when the
    * encoded frame exceeds `maxFrameBytes` (nothing is sent then). */
-  send(frame: ClientFrame): boolean | 'too_large' {
+  send(frame: ClientFrame): boolean | 'too_large' | 'encode' {
     const ws = this.ws;
     if (!ws || ws.readyState !== OPEN) return false;
+    let bytes: string | Uint8Array;
     try {
-      const bytes = this.codec.encode(frame);
-      if (!fits(bytes, this.options.maxFrameBytes ?? 65_536)) return 'too_large';
+      bytes = this.codec.encode(frame);
+    } catch {
+      // The app's data has no wire form (a BigInt, a cycle): its error, not the link's.
+      return 'encode';
+    }
+    if (!fits(bytes, this.options.maxFrameBytes ?? 65_536)) return 'too_large';
+    try {
       ws.send(bytes);
       return true;
     } catch {
       return false;
+    }
+  }
+
+  /** @internal Gives up the current connection as if it had dropped (it reconnects). */
+  restart(reason: string): void {
+    const ws = this.ws;
+    if (!ws) return;
+    this.onClose(ws, Close.Abnormal, reason);
+    try {
+      ws.close();
+    } catch {
+      // Already closing.
     }
   }
 

@@ -9,6 +9,9 @@ import type { ErrorCode } from './protocol.js';
  * - `timeout`: no answer in time; the publish may or may not have been stored;
  * - `disconnected`: the connection dropped before the answer (same uncertainty), or a
  *   publish was made while disconnected without an offline queue;
+ * - `not_sent`: the publish never went out (the session could not be joined in time): it
+ *   was not stored, and sending it again cannot store it twice;
+ * - `encode`: the data has no wire form (a BigInt, a cycle): nothing was sent;
  * - `queue_full`: the offline queue is at its bound;
  * - `closed`: the client or the session was closed by the app;
  * - `token_expired`, `protocol`: the connection cannot go on (see the client's `error`).
@@ -17,6 +20,8 @@ export type RoomcastErrorCode =
   | ErrorCode
   | 'timeout'
   | 'disconnected'
+  | 'not_sent'
+  | 'encode'
   | 'queue_full'
   | 'closed'
   | 'token_expired'

@@ -65,6 +65,11 @@ export interface SessionEvents {
    * current window, oldest first); messages continue after `seq`.
    */
   reset: (r: { seq: number; history: Message[] }) => void;
+  /**
+   * The whole member list, after every join and rejoin (the presence map was replaced:
+   * members who left while you were away are gone from it). Show this list.
+   */
+  sync: (members: Member[]) => void;
   /** The session's lifecycle: `expiring`, `updated`, `resolved`, `ended`. */
   lifecycle: (e: { event: LifecycleEvent; reason?: string | null; at: number }) => void;
 }
@@ -76,7 +81,11 @@ export interface SessionHost {
   readonly waiting: boolean;
   readonly offlineQueue: number;
   readonly publishTimeoutMs: number;
-  send(frame: ClientFrame): boolean | 'too_large';
+  send(frame: ClientFrame): boolean | 'too_large' | 'encode';
+  /** How long a join may go unanswered before the connection is given up (ms). */
+  readonly joinTimeoutMs: number;
+  /** Gives up the current connection (it reconnects): a join it never answered. */
+  restart(reason: string): void;
   ref(prefix: string, owner: Session): string;
   forget(ref: string): void;
   detach(session: Session): void;
@@ -117,6 +126,8 @@ export class Session extends Emitter<SessionEvents> {
   /** Set while a leave-and-join repairs the stream: `since` is the last seq, or 0. */
   private repair: 'gap' | 'reset' | undefined;
   private retry: ReturnType<typeof setTimeout> | undefined;
+  /** Gives up a join the server never answers. */
+  private joinTimer: ReturnType<typeof setTimeout> | undefined;
   /** Why the session is over (`ended`, `failed`): what later publishes reject with. */
   private failure: RoomcastError | undefined;
 
@@ -185,10 +196,12 @@ export class Session extends Emitter<SessionEvents> {
   /** Leaves the session: others see you go; queued publishes are rejected. */
   leave(): void {
     if (this.isTerminal()) return;
-    // Joined, or a join on its way: the server has (or will have) us as a member.
+    // Joined, or a join on its way: the server has (or will have) us as a member. The
+    // leave goes out before `left` is announced: a listener that joins again is then
+    // ordered after it, not undone by it.
     const member = this.state === 'joined' || this.joinRef !== undefined || this.repair !== undefined;
-    this.finish('left', new RoomcastError('closed', 'the session was left'));
     if (member && this.host.connected) this.host.send({ type: 'leave', session: this.id });
+    this.finish('left', new RoomcastError('closed', 'the session was left'));
   }
 
   // ----- driven by the client -----
@@ -205,6 +218,7 @@ export class Session extends Emitter<SessionEvents> {
   _disconnected(): void {
     if (this.retry) clearTimeout(this.retry);
     this.retry = undefined;
+    this.stopJoinClock();
     this.joinRef = undefined;
     this.leaveRef = undefined;
     // A repair that did not finish is finished by the rejoin (same `since` rules).
@@ -215,8 +229,9 @@ export class Session extends Emitter<SessionEvents> {
     }
     this.inflight.clear();
     if (this.host.offlineQueue === 0) {
+      // Never sent: certainly not stored.
       for (const p of this.queue.splice(0)) {
-        this.settle(p, new RoomcastError('disconnected', 'the connection dropped'));
+        this.settle(p, new RoomcastError('not_sent', 'the connection dropped before it was sent (nothing was stored)'));
       }
     } else {
       for (const p of this.queue.splice(this.host.offlineQueue)) {
@@ -296,6 +311,7 @@ export class Session extends Emitter<SessionEvents> {
     }
     if (ref === this.joinRef) {
       this.joinRef = undefined;
+      this.stopJoinClock();
       this.onJoinError(e);
       return;
     }
@@ -326,11 +342,25 @@ export class Session extends Emitter<SessionEvents> {
       if (this.lastId) frame.since_id = this.lastId;
     }
     this.host.send(frame);
+    // A join the server never answers would leave the session joining for good: give the
+    // connection up, and the next one joins again.
+    this.stopJoinClock();
+    const ref = this.joinRef;
+    this.joinTimer = setTimeout(() => {
+      this.joinTimer = undefined;
+      if (this.joinRef === ref) this.host.restart(`no answer to the join of ${this.id}`);
+    }, this.host.joinTimeoutMs);
     if (this.state !== 'joining') this.setState('joining');
+  }
+
+  private stopJoinClock(): void {
+    if (this.joinTimer) clearTimeout(this.joinTimer);
+    this.joinTimer = undefined;
   }
 
   private onJoined(f: Extract<ServerFrame, { type: 'joined' }>): void {
     this.joinRef = undefined;
+    this.stopJoinClock();
     const asked = this.repair === 'reset' ? 0 : this.lastSeq;
     const reset = this.repair === 'reset' || (asked !== undefined && !f.recovered);
     this.repair = undefined;
@@ -346,6 +376,7 @@ export class Session extends Emitter<SessionEvents> {
     }
     for (const p of this.queue.splice(0)) this.sendPublish(p);
     this.emit('state', 'joined');
+    this.emit('sync', [...this.presence.values()]);
     if (reset) {
       this.emit('reset', { seq: f.seq, history: f.history });
     } else {
@@ -426,6 +457,10 @@ export class Session extends Emitter<SessionEvents> {
       this.inflight.delete(ref);
       this.host.forget(ref);
       this.settle(p, new RoomcastError('too_large', 'over the frame size limit (maxFrameBytes)'));
+    } else if (sent === 'encode') {
+      this.inflight.delete(ref);
+      this.host.forget(ref);
+      this.settle(p, new RoomcastError('encode', 'the data has no wire form (a BigInt? a cycle?): nothing was sent'));
     } else if (!sent) {
       this.inflight.delete(ref);
       this.host.forget(ref);
@@ -440,8 +475,12 @@ export class Session extends Emitter<SessionEvents> {
       p.timer = undefined;
       const queued = this.queue.indexOf(p);
       if (queued >= 0) {
+        // Never sent: certainly not stored.
         this.queue.splice(queued, 1);
-      } else if (p.ref && this.inflight.delete(p.ref)) {
+        this.settle(p, new RoomcastError('not_sent', 'not sent in time: the session was not joined (nothing was stored)'));
+        return;
+      }
+      if (p.ref && this.inflight.delete(p.ref)) {
         this.host.forget(p.ref);
       } else {
         return;

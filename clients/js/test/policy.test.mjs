@@ -409,7 +409,7 @@ test('a server that never says welcome is left for the next URL', async () => {
   assert.equal(c.states.find(([s]) => s === 'disconnected')[1].reason, 'no welcome in time');
 });
 
-test('a publish right after connect() waits for the join; one that waits too long times out', async () => {
+test('a publish right after connect() waits for the join; one that waits too long is not_sent', async () => {
   const c = client({ publishTimeoutMs: 100 });
   const s = c.session('room');
   c.connect();
@@ -425,7 +425,9 @@ test('a publish right after connect() waits for the join; one that waits too lon
 
   const other = c.session('slow');
   const stuck = other.publish('never joined');
-  await assert.rejects(stuck, { code: 'timeout' });
+  // It times out without ever being sent: `not_sent` (certainly not stored), never the
+  // `timeout` of a sent publish whose outcome is unknown.
+  await assert.rejects(stuck, { code: 'not_sent' });
 });
 
 test("a publish's rate limit does not slow a later reconnect", () => {
@@ -587,4 +589,57 @@ test('a token function refreshes the token in band before it expires, by the ser
   await until(() => ws.sentOf('refresh').length === 2, 'the next refresh', 4000);
   assert.equal(FakeSocket.all.length, 1, 'never a reconnect');
   assert.ok(!c.states.some(([s]) => s === 'disconnected'));
+});
+
+test('a join the server never answers is given up and made again on the next connection', async () => {
+  const c = client({ joinTimeoutMs: 100 });
+  const s = c.session('room');
+  c.connect();
+  const first = FakeSocket.last();
+  first.welcome();
+  assert.equal(first.sentOf('join').length, 1);
+  // No `joined`, no error: the connection is given up, and the next one joins.
+  await until(() => FakeSocket.all.length === 2, 'a new connection', 2000);
+  const next = FakeSocket.last();
+  next.welcome();
+  next.joined('room', 0);
+  assert.equal(s.state, 'joined');
+});
+
+test('every (re)join syncs the whole presence list', async () => {
+  const { s, ws } = joinedClient({}, 0);
+  const synced = [];
+  s.on('sync', (members) => synced.push(members.map((m) => m.client_id)));
+  const member = (id) => ({ client_id: id, user: id, role: 'display', node: 'n', joined_at: 1, idle: false });
+  ws.shut(1006);
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  const next = FakeSocket.last();
+  next.welcome();
+  next.joined('room', 0, { presence: [member('a'), member('c')] });
+  assert.deepEqual(synced, [['a', 'c']], 'the members who left meanwhile are gone');
+  assert.deepEqual([...s.presence.keys()], ['a', 'c']);
+});
+
+test('data with no wire form is an encode error; a publish never sent is not_sent, not "may have been stored"', async () => {
+  const { s, ws } = joinedClient({}, 0);
+  await assert.rejects(s.publish({ n: 10n }), { code: 'encode' });
+  const cycle = {};
+  cycle.self = cycle;
+  await assert.rejects(s.publish(cycle), { code: 'encode' });
+  assert.equal(ws.sentOf('publish').length, 0);
+  // Queued behind a rejoin that never completes, then the connection drops: never sent.
+  ws.message('room', 2); // a gap: the session leaves and rejoins, publishes wait
+  const waiting = s.publish({ queued: true });
+  ws.shut(1006);
+  await assert.rejects(waiting, (e) => e.code === 'not_sent' && !/may have been stored/.test(e.message));
+});
+
+test('leave() sends its leave before announcing left: a rejoin from the listener follows it', () => {
+  const { c, s, ws } = joinedClient({}, 0);
+  s.on('state', (state) => {
+    if (state === 'left') c.session('room');
+  });
+  s.leave();
+  const kinds = ws.sent.filter((f) => f.type === 'leave' || f.type === 'join').map((f) => f.type);
+  assert.deepEqual(kinds.slice(-2), ['leave', 'join'], 'the new join comes after the leave');
 });

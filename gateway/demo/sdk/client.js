@@ -22,6 +22,7 @@ export class RoomcastClient extends Emitter {
     node;
     offlineQueue;
     publishTimeoutMs;
+    joinTimeoutMs;
     urls;
     codec;
     backoff;
@@ -60,6 +61,7 @@ export class RoomcastClient extends Emitter {
         this.backoff = new Backoff(options.reconnect);
         this.offlineQueue = options.offlineQueue ?? 0;
         this.publishTimeoutMs = options.publishTimeoutMs ?? 10_000;
+        this.joinTimeoutMs = options.joinTimeoutMs ?? 10_000;
         const WS = options.WebSocket ?? globalThis.WebSocket;
         if (!WS) {
             throw new Error('no WebSocket here: on Node 20 run node with --experimental-websocket, or pass one: ' +
@@ -144,15 +146,35 @@ export class RoomcastClient extends Emitter {
         const ws = this.ws;
         if (!ws || ws.readyState !== OPEN)
             return false;
+        let bytes;
         try {
-            const bytes = this.codec.encode(frame);
-            if (!fits(bytes, this.options.maxFrameBytes ?? 65_536))
-                return 'too_large';
+            bytes = this.codec.encode(frame);
+        }
+        catch {
+            // The app's data has no wire form (a BigInt, a cycle): its error, not the link's.
+            return 'encode';
+        }
+        if (!fits(bytes, this.options.maxFrameBytes ?? 65_536))
+            return 'too_large';
+        try {
             ws.send(bytes);
             return true;
         }
         catch {
             return false;
+        }
+    }
+    /** @internal Gives up the current connection as if it had dropped (it reconnects). */
+    restart(reason) {
+        const ws = this.ws;
+        if (!ws)
+            return;
+        this.onClose(ws, Close.Abnormal, reason);
+        try {
+            ws.close();
+        }
+        catch {
+            // Already closing.
         }
     }
     /** @internal */

@@ -28,6 +28,8 @@ export class Session extends Emitter {
     /** Set while a leave-and-join repairs the stream: `since` is the last seq, or 0. */
     repair;
     retry;
+    /** Gives up a join the server never answers. */
+    joinTimer;
     /** Why the session is over (`ended`, `failed`): what later publishes reject with. */
     failure;
     /** @internal Made by `RoomcastClient.session()`. */
@@ -90,11 +92,13 @@ export class Session extends Emitter {
     leave() {
         if (this.isTerminal())
             return;
-        // Joined, or a join on its way: the server has (or will have) us as a member.
+        // Joined, or a join on its way: the server has (or will have) us as a member. The
+        // leave goes out before `left` is announced: a listener that joins again is then
+        // ordered after it, not undone by it.
         const member = this.state === 'joined' || this.joinRef !== undefined || this.repair !== undefined;
-        this.finish('left', new RoomcastError('closed', 'the session was left'));
         if (member && this.host.connected)
             this.host.send({ type: 'leave', session: this.id });
+        this.finish('left', new RoomcastError('closed', 'the session was left'));
     }
     // ----- driven by the client -----
     /** @internal The connection is up (welcome): join, with `since` when we have one. */
@@ -112,6 +116,7 @@ export class Session extends Emitter {
         if (this.retry)
             clearTimeout(this.retry);
         this.retry = undefined;
+        this.stopJoinClock();
         this.joinRef = undefined;
         this.leaveRef = undefined;
         // A repair that did not finish is finished by the rejoin (same `since` rules).
@@ -123,8 +128,9 @@ export class Session extends Emitter {
         }
         this.inflight.clear();
         if (this.host.offlineQueue === 0) {
+            // Never sent: certainly not stored.
             for (const p of this.queue.splice(0)) {
-                this.settle(p, new RoomcastError('disconnected', 'the connection dropped'));
+                this.settle(p, new RoomcastError('not_sent', 'the connection dropped before it was sent (nothing was stored)'));
             }
         }
         else {
@@ -210,6 +216,7 @@ export class Session extends Emitter {
         }
         if (ref === this.joinRef) {
             this.joinRef = undefined;
+            this.stopJoinClock();
             this.onJoinError(e);
             return;
         }
@@ -246,11 +253,26 @@ export class Session extends Emitter {
                 frame.since_id = this.lastId;
         }
         this.host.send(frame);
+        // A join the server never answers would leave the session joining for good: give the
+        // connection up, and the next one joins again.
+        this.stopJoinClock();
+        const ref = this.joinRef;
+        this.joinTimer = setTimeout(() => {
+            this.joinTimer = undefined;
+            if (this.joinRef === ref)
+                this.host.restart(`no answer to the join of ${this.id}`);
+        }, this.host.joinTimeoutMs);
         if (this.state !== 'joining')
             this.setState('joining');
     }
+    stopJoinClock() {
+        if (this.joinTimer)
+            clearTimeout(this.joinTimer);
+        this.joinTimer = undefined;
+    }
     onJoined(f) {
         this.joinRef = undefined;
+        this.stopJoinClock();
         const asked = this.repair === 'reset' ? 0 : this.lastSeq;
         const reset = this.repair === 'reset' || (asked !== undefined && !f.recovered);
         this.repair = undefined;
@@ -268,6 +290,7 @@ export class Session extends Emitter {
         for (const p of this.queue.splice(0))
             this.sendPublish(p);
         this.emit('state', 'joined');
+        this.emit('sync', [...this.presence.values()]);
         if (reset) {
             this.emit('reset', { seq: f.seq, history: f.history });
         }
@@ -353,6 +376,11 @@ export class Session extends Emitter {
             this.host.forget(ref);
             this.settle(p, new RoomcastError('too_large', 'over the frame size limit (maxFrameBytes)'));
         }
+        else if (sent === 'encode') {
+            this.inflight.delete(ref);
+            this.host.forget(ref);
+            this.settle(p, new RoomcastError('encode', 'the data has no wire form (a BigInt? a cycle?): nothing was sent'));
+        }
         else if (!sent) {
             this.inflight.delete(ref);
             this.host.forget(ref);
@@ -366,9 +394,12 @@ export class Session extends Emitter {
             p.timer = undefined;
             const queued = this.queue.indexOf(p);
             if (queued >= 0) {
+                // Never sent: certainly not stored.
                 this.queue.splice(queued, 1);
+                this.settle(p, new RoomcastError('not_sent', 'not sent in time: the session was not joined (nothing was stored)'));
+                return;
             }
-            else if (p.ref && this.inflight.delete(p.ref)) {
+            if (p.ref && this.inflight.delete(p.ref)) {
                 this.host.forget(p.ref);
             }
             else {
