@@ -64,7 +64,16 @@ test('a phone drives the display through the demo, across a gateway kill', { ski
     await screen.waitForFunction(() => /^[A-Z2-9]{6}$/.test(document.getElementById('code').textContent));
     await screen.waitForSelector('#badge[data-state="connected"]');
     const code = await screen.textContent('#code');
-    assert.ok(await screen.$eval('#qr', (img) => img.complete && img.naturalWidth > 0), 'the QR code rendered');
+    // The QR code is an image the page loads after the code is shown: wait for it (a
+    // check made at once raced its load on a busy machine).
+    await screen.waitForFunction(
+      () => {
+        const img = document.getElementById('qr');
+        return img.complete && img.naturalWidth > 0;
+      },
+      null,
+      { timeout: 10_000 },
+    );
     const remoteHref = await screen.getAttribute('#remote-link', 'href');
     assert.ok(remoteHref.includes(`code=${code}`), remoteHref);
 
