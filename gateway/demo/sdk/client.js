@@ -166,15 +166,18 @@ export class RoomcastClient extends Emitter {
     }
     /** @internal Gives up the current connection as if it had dropped (it reconnects). */
     restart(reason) {
-        const ws = this.ws;
-        if (!ws)
-            return;
+        if (this.ws)
+            this.abandon(this.ws, reason);
+    }
+    /** Gives a socket up as if it had closed with 1006 (a close event that follows finds
+     * it already dropped), then closes it. */
+    abandon(ws, reason) {
         this.onClose(ws, Close.Abnormal, reason);
         try {
             ws.close();
         }
         catch {
-            // Already closing.
+            // Never opened, or already closing: it is forgotten either way.
         }
     }
     /** @internal */
@@ -249,21 +252,12 @@ export class RoomcastClient extends Emitter {
         // Browsers follow an error with a close (1006); Node 20's built-in WebSocket reports a
         // refused connection with the error alone. Either way the socket is done: handle it
         // as an abnormal close now (a close event after it finds the socket already dropped).
-        ws.onerror = () => {
-            this.onClose(ws, Close.Abnormal, 'connection error');
-            try {
-                ws.close();
-            }
-            catch {
-                // Never opened: nothing to close.
-            }
-        };
+        ws.onerror = () => this.abandon(ws, 'connection error');
         // A server that accepts but never says `welcome` (frozen mid-handshake): next URL.
         this.connectTimer = setTimeout(() => {
             if (this.ws !== ws || this.welcomed)
                 return;
-            this.onClose(ws, Close.Abnormal, 'no welcome in time');
-            ws.close();
+            this.abandon(ws, 'no welcome in time');
         }, this.options.connectTimeoutMs ?? 10_000);
     }
     onData(ws, data) {
@@ -364,15 +358,8 @@ export class RoomcastClient extends Emitter {
         this.watchTimer = setInterval(() => {
             const silent = Date.now() - this.lastReceived;
             if (silent >= deadAfter) {
-                const ws = this.ws;
-                if (ws)
-                    this.onClose(ws, Close.Abnormal, 'no frame from the server: connection dead');
-                try {
-                    ws?.close();
-                }
-                catch {
-                    // Already closing; it is forgotten either way.
-                }
+                if (this.ws)
+                    this.abandon(this.ws, 'no frame from the server: connection dead');
             }
             else if (silent >= pingAfter && !this.pinged) {
                 this.pinged = true;
