@@ -30,7 +30,7 @@ test-cluster: ## the multi-instance suites again, each test against its own priv
 	# --workspace keeps the features (and so the build) of the full test run: no rebuild.
 	ROOMCAST_TEST_REDIS=cluster $(CARGO) test --workspace --lib
 	ROOMCAST_TEST_REDIS=cluster $(CARGO) test --workspace --test it -- protocol:: rest:: lifecycle:: limits:: \
-	  recovery::a_message_pubsub_dropped recovery::readiness_follows
+	  recovery::a_message_pubsub_dropped recovery::readiness_follows webhooks::
 
 sdk-test: ## the TypeScript SDK (clients/js): its build and tests against real gateways and Redis
 	scripts/sdk-test.sh

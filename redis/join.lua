@@ -1,5 +1,5 @@
 -- join.lua: add a member to presence and read what it needs to start, atomically.
--- KEYS: 1 pres, 2 pinfo, 3 seq, 4 hist, 5 meta, 6 ch
+-- KEYS: 1 pres, 2 pinfo, 3 seq, 4 hist, 5 meta, 6 ch, 7 ev (webhook events, events.lua)
 -- ARGV: 1 client_id, 2 presence expiry ms, 3 member info (msgpack), 4 now ms,
 --       5 since (-1: no history), 6 history cap, 7 ttl ms, 8 presence list max,
 --       9 expires_at ms for a session this join creates, 10 presence events max (0: no cap),
@@ -7,7 +7,9 @@
 --       12 create ('1': create the session when absent), 13 activity ('1': a writer's
 --       join touches last_activity; an observer's is a read), 14 owner (the creating user),
 --       15 the epoch the client's since belongs to ('' when it names none),
---       16 the id of the message the client saw at since ('' when it names none)
+--       16 the id of the message the client saw at since ('' when it names none),
+--       17 events spec (records session.created, member.left for the swept,
+--       member.joined)
 -- Returns {-1} when the session has ended, {-2} when it does not exist and ARGV[12] is not
 -- '1', else {seq, history (newest first), infos, created (1/0), epoch, same numbering (1/0),
 -- tip (the id of the message at seq, '' when unknown)}.
@@ -35,6 +37,8 @@ if not status then
   redis.call('HSET', KEYS[5], 'status', 'active', 'created_at', ARGV[4],
     'expires_at', ARGV[9], 'last_activity', ARGV[4], 'state', 'null', 'owner', ARGV[14])
   created = 1
+  record_event(KEYS[7], ARGV[17], ARGV[4], 'session.created', {'data', cjson.encode({
+    status = 'active', by = 'join', expires_at = tonumber(ARGV[9]), owner = ARGV[14]})})
 end
 local now = tonumber(ARGV[4])
 local function loud()
@@ -56,7 +60,11 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   if info and loud() then
     redis.call('SPUBLISH', KEYS[6], '\146\3' .. info)
   end
+  if info then
+    record_event(KEYS[7], ARGV[17], ARGV[4], 'member.left', {'m', info, 'r', 'expired'})
+  end
 end
+local rejoined = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
@@ -114,5 +122,8 @@ if #ids > 0 then
 end
 if loud() then
   redis.call('SPUBLISH', KEYS[6], '\146\4' .. ARGV[3])
+end
+if not rejoined then
+  record_event(KEYS[7], ARGV[17], ARGV[4], 'member.joined', {'m', ARGV[3]})
 end
 return {seq, hist, infos, created, epoch, same and 1 or 0, tip}

@@ -1,7 +1,7 @@
 -- presence_refresh.lua: one node's heartbeat for its members of one session.
--- KEYS: 1 pres, 2 pinfo, 3 ch, 4 seq
+-- KEYS: 1 pres, 2 pinfo, 3 ch, 4 seq, 5 ev (webhook events, events.lua)
 -- ARGV: 1 now ms, 2 new expiry ms, 3 ttl ms, 4 presence events max (0: no cap),
---       5.. client ids of this node's members
+--       5 events spec, 6.. client ids of this node's members
 -- Pushes the expiry of each listed member that is still present; sweeps members whose
 -- expiry passed (their node stopped refreshing) and announces each leave once ([3, info]).
 -- Returns {ids no longer present (so the node can re-add them), number swept}.
@@ -10,7 +10,7 @@
 -- unpack under Lua's stack limit (8,000 values) in a session of thousands.
 local missing = {}
 local chunk = 500
-for first = 5, #ARGV, chunk do
+for first = 6, #ARGV, chunk do
   local last = math.min(first + chunk - 1, #ARGV)
   local scores = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, first, last))
   local present = {}
@@ -34,6 +34,9 @@ for _, id in ipairs(swept) do
   local max = tonumber(ARGV[4])
   if info and (max == 0 or redis.call('ZCARD', KEYS[1]) < max) then
     redis.call('SPUBLISH', KEYS[3], '\146\3' .. info)
+  end
+  if info then
+    record_event(KEYS[5], ARGV[5], ARGV[1], 'member.left', {'m', info, 'r', 'expired'})
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then

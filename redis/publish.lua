@@ -1,15 +1,17 @@
 -- publish.lua: store one message and fan it out, atomically, on the session's slot.
--- KEYS: 1 seq, 2 hist, 3 meta, 4 ch
+-- KEYS: 1 seq, 2 hist, 3 meta, 4 ch, 5 ev (webhook events, events.lua)
 -- ARGV: 1 entry tail (msgpack of ts, from, data, id), 2 history cap, 3 ttl ms, 4 now ms,
 --       5 trace context (a msgpack string, or empty when tracing is off),
 --       6 expires_at ms for a session this publish creates, 7 tombstone ms (how long
---       the meta outlives the session's lifetime), 8 the message's id (as in the tail)
+--       the meta outlives the session's lifetime), 8 the message's id (as in the tail),
+--       9 events spec (records session.created, session.active, and message.published
+--       when the spec names it or the session's meta has `hooks_messages` = '1')
 -- A publish that creates the seq counter starts a new numbering: a new epoch (join.lua).
 -- The meta's `tip` is the id of the newest message; each entry ends with `prev`, the tip
 -- it followed ('' for the first of a numbering), so a reader that delivered seq n can
 -- tell whether seq n+1 continues what it delivered or another branch (a failover to a
 -- replica that lacked writes reuses seqs under the same epoch).
--- Returns {seq, reactivated (1/0), created (1/0)}, or -1 when the session has ended, -2
+-- Returns {seq, reactivated (1/0), created (1/0), events recorded}, or -1 when the session has ended, -2
 -- when it is resolved, -4 when its status is none of ours. Publishing is activity: an
 -- inactive session becomes active again (the caller puts it back under the lifecycle
 -- clock when `reactivated` or `created`).
@@ -21,7 +23,7 @@
 -- join.lua and this script's creation set them together), so only a publish that creates
 -- the session writes them, and one HMGET reads what the rest needs: 10 calls per publish
 -- instead of 14 (BENCHMARKS.md, "Round 3").
-local meta = redis.call('HMGET', KEYS[3], 'status', 'expires_at', 'tip')
+local meta = redis.call('HMGET', KEYS[3], 'status', 'expires_at', 'tip', 'hooks_messages')
 local status = meta[1]
 local expires_at = meta[2]
 local prev = meta[3] or ''
@@ -34,6 +36,8 @@ if not status then
   redis.call('HSETNX', KEYS[3], 'created_at', ARGV[4])
   redis.call('HSETNX', KEYS[3], 'expires_at', ARGV[6])
   expires_at = redis.call('HGET', KEYS[3], 'expires_at')
+  record_event(KEYS[5], ARGV[9], ARGV[4], 'session.created', {'data', cjson.encode({
+    status = 'active', by = 'publish', expires_at = tonumber(expires_at)})})
 elseif status == 'ended' then
   return -1
 elseif status == 'resolved' then
@@ -41,6 +45,8 @@ elseif status == 'resolved' then
 elseif status == 'inactive' then
   redis.call('HSET', KEYS[3], 'status', 'active', 'warned_for', '')
   reactivated = 1
+  record_event(KEYS[5], ARGV[9], ARGV[4], 'session.active',
+    {'data', cjson.encode({status = 'active', reason = 'activity'})})
 elseif status ~= 'active' then
   -- Corrupt or another program's: never taken for a writable session.
   return -4
@@ -69,4 +75,6 @@ if ARGV[5] == '' then
 else
   redis.call('SPUBLISH', KEYS[4], '\147\1' .. entry .. ARGV[5])
 end
-return {seq, reactivated, created}
+record_event(KEYS[5], ARGV[9], ARGV[4], 'message.published', {'e', entry},
+  meta[4] == '1')
+return {seq, reactivated, created, events_recorded}

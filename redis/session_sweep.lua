@@ -1,6 +1,6 @@
 -- session_sweep.lua: the lifecycle clock of one session, safe to run from every instance.
--- KEYS: 1 meta, 2 ch
--- ARGV: 1 now ms, 2 inactivity warning ms, 3 inactivity timeout ms
+-- KEYS: 1 meta, 2 ch, 3 ev (webhook events, events.lua)
+-- ARGV: 1 now ms, 2 inactivity warning ms, 3 inactivity timeout ms, 4 events spec
 -- Returns {outcome, next_due}. Outcomes that changed something:
 -- warned, inactive, ended. Outcomes that did not: active (nothing due yet), unchanged (not
 -- active any more), gone (the keys expired). next_due is when this session
@@ -33,6 +33,8 @@ end
 if expires > 0 and now >= expires then
   redis.call('HSET', KEYS[1], 'status', 'ended', 'ended_at', ARGV[1], 'reason', 'max_lifetime')
   redis.call('SPUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({'ended', 'max_lifetime', now}))
+  record_event(KEYS[3], ARGV[4], ARGV[1], 'session.ended',
+    {'data', cjson.encode({status = 'ended', reason = 'max_lifetime'})})
   return {'ended', 0}
 end
 if status ~= 'active' then
@@ -41,6 +43,8 @@ end
 if now - last >= timeout then
   redis.call('HSET', KEYS[1], 'status', 'inactive', 'inactive_at', ARGV[1])
   redis.call('SPUBLISH', KEYS[2], '\146\6' .. cmsgpack.pack({'updated', 'inactive', now}))
+  record_event(KEYS[3], ARGV[4], ARGV[1], 'session.inactive',
+    {'data', cjson.encode({status = 'inactive', reason = 'inactivity'})})
   return {'inactive', due(0)}
 end
 local warned = m[4] == m[2]

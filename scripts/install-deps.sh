@@ -2,7 +2,8 @@
 # Installs what building, running and testing Roomcast needs, when it is missing:
 # redis-server and redis-cli (Debian packages), promtool (Debian package prometheus),
 # and for the TypeScript SDK's tests Node.js ≥ 20 with npm (Debian packages nodejs, npm)
-# and Chromium for the demo's browser tests (Debian package chromium).
+# Chromium for the demo's browser tests (Debian package chromium), and Python's
+# standardwebhooks (PyPI, in .run/py-venv) for the webhook tests.
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 
@@ -17,6 +18,7 @@ if [[ "${1:-}" == "--test" ]]; then
   command -v npm >/dev/null 2>&1 || missing+=(npm)
   # The demo's browser tests drive Debian's Chromium; nothing downloads a browser.
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
 fi
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
@@ -52,4 +54,12 @@ command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (https
 if [[ "${1:-}" == "--test" ]]; then
   major=$(node -p 'process.versions.node.split(".")[0]')
   ((major >= 20)) || { echo "Node.js $major is too old for clients/js: 20 or newer" >&2; exit 1; }
+  # The webhook tests check every signature with Python's standardwebhooks too (an
+  # implementation that shares no code with ours), from a private venv.
+  venv="$(cd "$(dirname "$0")/.." && pwd)/.run/py-venv"
+  if ! "$venv/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1; then
+    echo "installing standardwebhooks into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q standardwebhooks==1.1.0
+  fi
 fi

@@ -11,7 +11,7 @@
 #      `promtool check rules` and the alert unit tests in k8s/tests/ through
 #      `promtool test rules`
 #   5. cross-references no schema sees (selectors, names, shutdown time budget),
-#      ConfigMap coverage of every ROOMCAST_* knob in gateway/src/config.rs, and
+#      ConfigMap coverage of every ROOMCAST_* knob in gateway/src/config/, and
 #      metric names against gateway/src/metrics.rs
 #   6. the Grafana dashboard: valid JSON, datasource variable, and every query
 #      parsed by promtool
@@ -154,7 +154,8 @@ for target in "${targets[@]}"; do
 done
 
 step "ConfigMap coverage and metric names"
-"$py" "$helper" config-coverage gateway/src/config.rs k8s/base/configmap.yaml k8s/base/deployment.yaml
+"$py" "$helper" config-coverage gateway/src/config/mod.rs k8s/base/configmap.yaml k8s/base/deployment.yaml
+"$py" "$helper" config-coverage gateway/src/config/webhooks.rs k8s/base/configmap.yaml k8s/base/deployment.yaml
 "$py" "$helper" metric-names gateway/src/metrics.rs deploy/grafana/roomcast-dashboard.json k8s/base/prometheusrule.yaml
 
 step "Grafana dashboard deploy/grafana/roomcast-dashboard.json"

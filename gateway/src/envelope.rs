@@ -75,6 +75,10 @@ pub struct MemberInfo {
     pub joined_at: u64,
     /// Last activity (ms); `idle` is derived from it when shown.
     pub active_at: u64,
+    /// What the join hook attached (shown in presence as `info`). Last, and absent from
+    /// infos stored before it existed: such infos still decode.
+    #[serde(default)]
+    pub info: Option<serde_json::Value>,
 }
 
 impl MemberInfo {
@@ -87,6 +91,7 @@ impl MemberInfo {
             node: self.node.clone(),
             joined_at: self.joined_at,
             idle: now_ms.saturating_sub(self.active_at) > idle_after_ms,
+            info: self.info.clone(),
         }
     }
 
@@ -309,6 +314,7 @@ mod tests {
             node: "n1".into(),
             joined_at: 10,
             active_at: 10,
+            info: None,
         };
         let mut payload = vec![0x92, kind::LEAVE];
         payload.extend(info.encode());

@@ -32,6 +32,10 @@ pub struct SessionKeys {
     /// REST members (`rest-…` client ids) by expiry: what bounds them per session.
     pub rest: String,
     pub channel: String,
+    /// Webhook events of the session not yet delivered everywhere (STREAM, `events.lua`).
+    pub events: String,
+    /// Per endpoint, the last event it is done with (HASH endpoint id → stream id).
+    pub event_cursors: String,
 }
 
 impl Keys {
@@ -51,7 +55,25 @@ impl Keys {
             pinfo: format!("{base}:pinfo"),
             rest: format!("{base}:rest"),
             channel: format!("{base}:ch"),
+            events: format!("{base}:ev"),
+            event_cursors: format!("{base}:evc"),
         }
+    }
+
+    /// Who delivers a session's events to one endpoint (STRING owner token, with a TTL).
+    pub fn event_lease(&self, session: &str, endpoint: &str) -> String {
+        format!("{}:{{s:{session}}}:evl:{endpoint}", self.prefix)
+    }
+
+    /// One bucket of the webhook delivery requests (STREAM of session ids, read by the
+    /// consumer group every instance belongs to).
+    pub fn event_kicks(&self, bucket: u16) -> String {
+        format!("{}:wh:kick:{{b{bucket}}}", self.prefix)
+    }
+
+    /// Events an endpoint never acknowledged (STREAM).
+    pub fn dead_letters(&self) -> String {
+        format!("{}:wh:dead", self.prefix)
     }
 
     /// The session's pub/sub channel.
@@ -148,6 +170,11 @@ mod tests {
         assert_eq!(s.pres, "rc:{s:abc}:pres");
         assert_eq!(s.pinfo, "rc:{s:abc}:pinfo");
         assert_eq!(s.channel, "rc:{s:abc}:ch");
+        assert_eq!(s.events, "rc:{s:abc}:ev");
+        assert_eq!(s.event_cursors, "rc:{s:abc}:evc");
+        assert_eq!(k.event_lease("abc", "e1"), "rc:{s:abc}:evl:e1");
+        assert_eq!(k.event_kicks(7), "rc:wh:kick:{b7}");
+        assert_eq!(k.dead_letters(), "rc:wh:dead");
         assert_eq!(k.nodes(3), "rc:nodes:{b3}");
         assert_eq!(k.node_connections(3), "rc:nodes:conns:{b3}");
         assert_eq!(k.code("ABC234"), "rc:code:{ABC234}");

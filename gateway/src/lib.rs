@@ -17,6 +17,7 @@
 //! - [`session`]: the per-session pump, the single ordering point of delivery.
 //! - [`bus`]: the pub/sub connection and its subscriptions.
 //! - [`store`]: every Redis command and Lua script.
+//! - [`webhooks`]: event delivery to application backends, and the join hook.
 //! - [`keys`], [`envelope`]: Redis key names and internal encodings.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
 //!
@@ -44,6 +45,7 @@ mod session;
 pub mod store;
 pub mod telemetry;
 pub mod util;
+pub mod webhooks;
 
 #[cfg(test)]
 #[path = "../../testkit/src/redis.rs"]
@@ -98,6 +100,10 @@ pub struct App {
     /// Cancelled when background tasks must stop (after clients are closed).
     pub shutdown: CancellationToken,
     pub metrics: PrometheusHandle,
+    /// Webhook delivery, when `ROOMCAST_WEBHOOK_URLS` is set.
+    pub webhooks: Option<Arc<webhooks::Webhooks>>,
+    /// The join hook, when `ROOMCAST_JOIN_HOOK_URL` is set.
+    pub join_hook: Option<webhooks::hook::JoinHook>,
     pub started: Instant,
     draining: AtomicBool,
     redis_latency_us: AtomicU64,
@@ -179,6 +185,17 @@ pub async fn run(
     let store = Arc::new(Store::new(pool, &config));
     let bus = Bus::new(subscriber);
     let tracker = TaskTracker::new();
+    let shutdown_token = CancellationToken::new();
+    let hooks = webhooks::Webhooks::new(
+        &config,
+        store.clone(),
+        &node_id,
+        tracker.clone(),
+        shutdown_token.clone(),
+    )
+    .map_err(|e| StartError::Config(config::ConfigError(e)))?;
+    let join_hook = webhooks::hook::JoinHook::new(&config.webhooks)
+        .map_err(|e| StartError::Config(config::ConfigError(e)))?;
     let pumps = PumpEnv::new(
         store.clone(),
         bus.channels(),
@@ -193,8 +210,10 @@ pub async fn run(
             .map_err(|e| StartError::Config(config::ConfigError(e)))?,
         node_id,
         tracker,
-        shutdown: CancellationToken::new(),
+        shutdown: shutdown_token,
         metrics,
+        webhooks: hooks,
+        join_hook,
         started: Instant::now(),
         draining: AtomicBool::new(false),
         redis_latency_us: AtomicU64::new(0),
@@ -235,6 +254,9 @@ pub async fn run(
             .spawn(watch_connection(app.clone(), client.clone()));
     }
     app.tracker.spawn(lifecycle::sweeper(app.clone()));
+    if let Some(hooks) = &app.webhooks {
+        hooks.start();
+    }
 
     // The ops listener is bound (and announced) before the main one is.
     let ops_listener = match app.config.ops_listen {

@@ -42,6 +42,15 @@ pub(crate) const LIFECYCLE_LAG: &str = "roomcast_lifecycle_lag_seconds";
 pub(crate) const CONNECTIONS_REFUSED_TOTAL: &str = "roomcast_connections_refused_total";
 pub(crate) const ACCEPT_ERRORS_TOTAL: &str = "roomcast_accept_errors_total";
 pub(crate) const PUBLISH_UNREPLICATED_TOTAL: &str = "roomcast_publish_unreplicated_total";
+pub(crate) const WEBHOOK_SENT_TOTAL: &str = "roomcast_webhook_events_sent_total";
+pub(crate) const WEBHOOK_DELIVERED_TOTAL: &str = "roomcast_webhook_delivered_total";
+pub(crate) const WEBHOOK_RETRIES_TOTAL: &str = "roomcast_webhook_retries_total";
+pub(crate) const WEBHOOK_DEAD_TOTAL: &str = "roomcast_webhook_dead_letters_total";
+pub(crate) const WEBHOOK_LAG: &str = "roomcast_webhook_delivery_lag_seconds";
+pub(crate) const WEBHOOK_PENDING: &str = "roomcast_webhook_pending_sessions";
+pub(crate) const WEBHOOK_BREAKER_OPEN: &str = "roomcast_webhook_breaker_open";
+pub(crate) const JOIN_HOOK_TOTAL: &str = "roomcast_join_hook_calls_total";
+pub(crate) const JOIN_HOOK_DURATION: &str = "roomcast_join_hook_duration_seconds";
 
 /// Buckets from 100 µs to 10 s: sub-millisecond local work up to multi-second stalls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -49,11 +58,19 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
+/// Webhook lag: retries take seconds to hours, so the buckets reach an hour.
+const WEBHOOK_LAG_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
 /// Installs the global recorder and describes every metric. Idempotent: a second call
 /// (several gateways in one test process) returns a handle that renders nothing new.
 pub(crate) fn install() -> Result<PrometheusHandle, String> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        // A full name is matched before any suffix.
+        .set_buckets_for_metric(Matcher::Full(WEBHOOK_LAG.into()), WEBHOOK_LAG_BUCKETS)
         .map_err(|e| e.to_string())?
         .build_recorder();
     let handle = recorder.handle();
@@ -204,6 +221,75 @@ fn describe() {
         ACCEPT_ERRORS_TOTAL,
         "accept() failures on the listeners (out of descriptors and the like)."
     );
+    describe_counter!(
+        WEBHOOK_SENT_TOTAL,
+        "Webhook events this instance sent a first time, by endpoint and type (a takeover after a crash may send one again)."
+    );
+    describe_counter!(
+        WEBHOOK_DELIVERED_TOTAL,
+        "Webhook deliveries answered 2xx, by endpoint."
+    );
+    describe_counter!(
+        WEBHOOK_RETRIES_TOTAL,
+        "Webhook deliveries that failed and will be tried again, by endpoint."
+    );
+    describe_counter!(
+        WEBHOOK_DEAD_TOTAL,
+        "Webhook events given up on and dead-lettered, by endpoint."
+    );
+    describe_histogram!(
+        WEBHOOK_LAG,
+        Unit::Seconds,
+        "From a webhook event's recording to its 2xx answer, by endpoint."
+    );
+    describe_gauge!(
+        WEBHOOK_PENDING,
+        "Sessions this instance is delivering to an endpoint (events waiting, in flight or retrying), by endpoint."
+    );
+    describe_gauge!(
+        WEBHOOK_BREAKER_OPEN,
+        "1 while an endpoint's circuit breaker is open on this instance (deliveries wait for a probe), by endpoint."
+    );
+    describe_counter!(
+        JOIN_HOOK_TOTAL,
+        "Join hook calls, by outcome (allowed, denied, failed_open, failed_closed)."
+    );
+    describe_histogram!(
+        JOIN_HOOK_DURATION,
+        Unit::Seconds,
+        "Join hook round trips, answered or not."
+    );
+}
+
+pub(crate) fn webhook_sent(endpoint: &str, kind: &str) {
+    counter!(WEBHOOK_SENT_TOTAL, "endpoint" => endpoint.to_string(), "type" => kind.to_string())
+        .increment(1);
+}
+
+pub(crate) fn webhook_delivered(endpoint: &str, lag_seconds: f64) {
+    counter!(WEBHOOK_DELIVERED_TOTAL, "endpoint" => endpoint.to_string()).increment(1);
+    histogram!(WEBHOOK_LAG, "endpoint" => endpoint.to_string()).record(lag_seconds);
+}
+
+pub(crate) fn webhook_retry(endpoint: &str) {
+    counter!(WEBHOOK_RETRIES_TOTAL, "endpoint" => endpoint.to_string()).increment(1);
+}
+
+pub(crate) fn webhook_dead(endpoint: &str) {
+    counter!(WEBHOOK_DEAD_TOTAL, "endpoint" => endpoint.to_string()).increment(1);
+}
+
+pub(crate) fn webhook_pending(endpoint: &str, sessions: usize) {
+    gauge!(WEBHOOK_PENDING, "endpoint" => endpoint.to_string()).set(sessions as f64);
+}
+
+pub(crate) fn webhook_breaker(endpoint: &str, open: bool) {
+    gauge!(WEBHOOK_BREAKER_OPEN, "endpoint" => endpoint.to_string()).set(f64::from(u8::from(open)));
+}
+
+pub(crate) fn join_hook(outcome: &'static str, took: Duration) {
+    counter!(JOIN_HOOK_TOTAL, "outcome" => outcome).increment(1);
+    histogram!(JOIN_HOOK_DURATION).record(took.as_secs_f64());
 }
 
 pub(crate) fn redis_command(command: &'static str, took: Duration) {

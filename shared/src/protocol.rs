@@ -69,6 +69,10 @@ pub struct Member {
     pub node: String,
     pub joined_at: u64,
     pub idle: bool,
+    /// What the application's join hook attached to this member (any JSON object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub info: Option<serde_json::Value>,
 }
 
 /// One stored message, as listed in `joined.history`.

@@ -14,6 +14,7 @@ pub(crate) mod openapi;
 pub(crate) mod presence;
 pub(crate) mod sessions;
 pub(crate) mod view;
+pub(crate) mod webhooks;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -69,6 +70,16 @@ pub(crate) fn router() -> Router<Arc<App>> {
         .route(
             "/admin/rate-limits/{scope}/{key}",
             get(limits::show).delete(limits::reset),
+        )
+        .route("/admin/webhooks", get(webhooks::status))
+        .route("/admin/webhooks/dead-letters", get(webhooks::list))
+        .route(
+            "/admin/webhooks/dead-letters/replay",
+            post(webhooks::replay_all),
+        )
+        .route(
+            "/admin/webhooks/dead-letters/{id}/replay",
+            post(webhooks::replay),
         )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
@@ -481,6 +492,32 @@ pub(crate) fn parse_role(role: Option<&str>, default: Role) -> Result<Role, ApiE
         Some(r) => Role::parse(r)
             .ok_or_else(|| ApiError::bad_request("`role` must be controller, display or observer")),
     }
+}
+
+/// An integer as JSON Schema means it: `3079` and `3079.0` alike; `null` is absent.
+pub(crate) fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    use serde::Deserialize;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .map(Some)
+            .ok_or_else(|| D::Error::custom("expected an integer")),
+        _ => Err(D::Error::custom("expected an integer")),
+    }
+}
+
+/// A field that is present, even as `null`, is `Some`; only an absent one is `None`.
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    <serde_json::Value as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 #[cfg(test)]

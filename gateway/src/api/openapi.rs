@@ -9,7 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi};
 
-use super::{history, limits, messages, presence, sessions};
+use super::{history, limits, messages, presence, sessions, webhooks};
 
 /// Responses every route can give, added to each operation here rather than repeated in
 /// every annotation: bad input, credentials, rate limits, Redis down.
@@ -82,8 +82,10 @@ impl Modify for BearerAuth {
         presence::cleanup,
         messages::publish, messages::direct,
         limits::show, limits::reset,
+        webhooks::status, webhooks::list, webhooks::replay, webhooks::replay_all,
     ),
-    components(schemas(crate::problem::Problem, roomcast_shared::ErrorCode)),
+    components(schemas(crate::problem::Problem, roomcast_shared::ErrorCode,
+        crate::webhooks::event::EventBody, roomcast_shared::HistoryMessage)),
     tags((name = "sessions"), (name = "history"), (name = "presence"), (name = "messages"), (name = "admin"))
 )]
 pub(crate) struct ApiDoc;
@@ -94,6 +96,7 @@ pub(crate) struct ApiDoc;
 static DOCUMENT: LazyLock<serde_json::Value> = LazyLock::new(|| {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     add_presence_links(&mut doc);
+    add_webhooks(&mut doc);
     doc
 });
 
@@ -123,6 +126,70 @@ fn add_presence_links(doc: &mut serde_json::Value) {
             "leave": link("leavePresence", "Remove the member just joined"),
         }),
     );
+}
+
+/// The `webhooks` section (OpenAPI 3.1): what Roomcast POSTs to the application, one
+/// entry per event type and one for the join hook, with the signature headers.
+fn add_webhooks(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let headers = json!([
+        {"name": "webhook-id", "in": "header", "required": true, "schema": {"type": "string"},
+         "description": "The event's id: the same on every retry; dedupe by it."},
+        {"name": "webhook-timestamp", "in": "header", "required": true, "schema": {"type": "integer"},
+         "description": "Seconds since the epoch when this attempt was signed."},
+        {"name": "webhook-signature", "in": "header", "required": true, "schema": {"type": "string"},
+         "description": "Space-separated `v1,<base64 HMAC-SHA256 of id.timestamp.body>`, one per secret (Standard Webhooks)."},
+    ]);
+    let session_data = json!({"type": "object", "required": ["status"], "properties": {
+        "status": {"type": "string", "enum": ["active", "inactive", "resolved", "ended"]},
+        "reason": {"type": "string", "description": "api, activity, inactivity, max_lifetime"},
+        "by": {"type": "string", "enum": ["api", "join", "publish"], "description": "session.created: what created it"},
+        "expires_at": {"type": "integer", "description": "session.created: end of its lifetime (ms)"},
+        "owner": {"type": "string"},
+        "message": {"type": "string", "description": "session.ended by the API: the reason given"}}});
+    let member_data = json!({"type": "object", "required": ["client_id", "user", "role", "node", "joined_at"], "properties": {
+        "client_id": {"type": "string"}, "user": {"type": "string"},
+        "role": {"type": "string", "enum": ["controller", "display", "observer"]},
+        "name": {"type": ["string", "null"]}, "node": {"type": "string"}, "joined_at": {"type": "integer"},
+        "info": {"type": "object", "description": "What the join hook attached"},
+        "reason": {"type": "string", "enum": ["left", "expired"], "description": "member.left: left, or expired (its instance stopped refreshing it)"}}});
+    let mut hooks = serde_json::Map::new();
+    for kind in crate::config::webhooks::EVENT_TYPES {
+        let data = match kind.split('.').next() {
+            Some("session") => session_data.clone(),
+            Some("member") => member_data.clone(),
+            _ => json!({"$ref": "#/components/schemas/HistoryMessage"}),
+        };
+        hooks.insert(kind.to_string(), json!({"post": {
+            "summary": format!("`{kind}`"),
+            "operationId": format!("webhook.{kind}"),
+            "parameters": headers,
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "allOf": [{"$ref": "#/components/schemas/EventBody"}],
+                "properties": {"type": {"const": kind}, "data": data}}}}},
+            "responses": {"2XX": {"description": "Acknowledged; anything else (or no answer in time) is retried, then dead-lettered."}}
+        }}));
+    }
+    hooks.insert("join-hook".into(), json!({"post": {
+        "summary": "The join hook: may this member join?",
+        "operationId": "webhook.join-hook",
+        "parameters": headers,
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["user", "client_id", "session", "role"], "properties": {
+                "user": {"type": "string"}, "client_id": {"type": "string"}, "session": {"type": "string"},
+                "role": {"type": "string", "enum": ["controller", "display", "observer"]},
+                "name": {"type": ["string", "null"]}}}}}},
+        "responses": {"200": {"description": "The verdict", "content": {"application/json": {"schema": {
+            "type": "object", "required": ["allow"], "properties": {
+                "allow": {"type": "boolean"},
+                "reason": {"type": "string", "description": "Shown to the client in a `forbidden` error when allow is false"},
+                "member": {"type": "object", "additionalProperties": false, "properties": {
+                    "name": {"type": "string", "maxLength": 64},
+                    "info": {"type": "object", "description": "At most 4096 bytes of JSON; presence shows it"}}}}}}}}}
+    }}));
+    if let Some(root) = doc.as_object_mut() {
+        root.insert("webhooks".into(), serde_json::Value::Object(hooks));
+    }
 }
 
 fn problem_response(description: &str) -> utoipa::openapi::Response {
@@ -177,6 +244,22 @@ mod tests {
             );
         }
         assert!(doc["components"]["schemas"]["Problem"].is_object());
+        for p in [
+            "/admin/webhooks",
+            "/admin/webhooks/dead-letters",
+            "/admin/webhooks/dead-letters/{id}/replay",
+        ] {
+            assert!(paths.contains_key(p), "{p} missing");
+        }
+        let hooks = doc["webhooks"].as_object().expect("a webhooks section");
+        for kind in crate::config::webhooks::EVENT_TYPES {
+            assert!(
+                hooks[kind]["post"]["requestBody"].is_object(),
+                "{kind} missing"
+            );
+        }
+        assert!(hooks.contains_key("join-hook"));
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
         // The served list of error codes is the one the code answers with.
         let codes: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"]
             .as_array()

@@ -22,6 +22,7 @@ use super::{
 use crate::envelope::{kind, MemberInfo};
 use crate::ids::{valid_id, ID_CHARSET};
 use crate::util::{now_ms, random_id};
+use crate::webhooks::hook::{JoinQuestion, JoinVerdict};
 use crate::App;
 
 async fn members(app: &App, id: &str, headers: &HeaderMap) -> Result<Vec<Member>, ApiError> {
@@ -241,6 +242,25 @@ pub(crate) async fn join(
             return Err(ApiError::forbidden("that member belongs to another user"));
         }
     }
+    // The join hook asks the application about token holders; the server key is the
+    // application's own backend and is not asked about itself.
+    let (mut name, mut extra) = (name, None);
+    if let (Some(hook), Credential::Token(_)) = (&app.join_hook, &credential) {
+        let question = JoinQuestion {
+            user: user.as_str(),
+            client_id: &client_id,
+            session: &id,
+            role,
+            name: name.as_deref(),
+        };
+        match hook.ask(&question).await {
+            JoinVerdict::Allow { name: named, info } => {
+                name = named.or(name);
+                extra = info;
+            }
+            JoinVerdict::Deny(reason) => return Err(ApiError::forbidden(reason)),
+        }
+    }
     let now = now_ms();
     let info = MemberInfo {
         client_id: client_id.clone(),
@@ -250,6 +270,7 @@ pub(crate) async fn join(
         node: "rest".into(),
         joined_at: now,
         active_at: now,
+        info: extra,
     };
     let expires_at = now + app.config.rest_presence_ttl.as_millis() as u64;
     rest_presence_set(&app, &id, &client_id, expires_at, &info, kind::JOIN, now).await?;

@@ -57,9 +57,13 @@ pub(crate) struct CreateSession {
     #[serde(default)]
     pub metadata: Option<Value>,
     /// Lifetime in seconds; longer values are cut to the configured maximum.
-    #[serde(default, deserialize_with = "integral")]
+    #[serde(default, deserialize_with = "super::integral")]
     #[schema(minimum = 1)]
     pub max_lifetime_s: Option<i64>,
+    /// Send `message.published` webhook events for this session (each costs a stream
+    /// write per publish).
+    #[serde(default)]
+    pub message_webhooks: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -152,7 +156,15 @@ pub(crate) async fn create(
     })?;
     if !app
         .store
-        .create_session(&id, now, expires_at, &code, "", &metadata)
+        .create_session(
+            &id,
+            now,
+            expires_at,
+            &code,
+            "",
+            &metadata,
+            body.message_webhooks,
+        )
         .await?
     {
         return Err(ApiError::internal());
@@ -293,34 +305,14 @@ pub(crate) async fn get(
 #[serde(deny_unknown_fields)]
 pub(crate) struct PatchSession {
     /// Replaces the metadata (`null` clears it).
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::present")]
     pub metadata: Option<Value>,
     /// Application state shared by the session's members (`null` clears it).
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::present")]
     pub state: Option<Value>,
-}
-
-/// An integer as JSON Schema means it: `3079` and `3079.0` alike; `null` is absent.
-fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    use serde::de::Error;
-    match Value::deserialize(d)? {
-        Value::Null => Ok(None),
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                    .map(|f| f as i64)
-            })
-            .map(Some)
-            .ok_or_else(|| D::Error::custom("expected an integer")),
-        _ => Err(D::Error::custom("expected an integer")),
-    }
-}
-
-/// A field that is present, even as `null`, is `Some`; only an absent one is `None`.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
+    /// Turns `message.published` webhook events for this session on or off.
+    #[serde(default)]
+    pub message_webhooks: Option<bool>,
 }
 
 /// Applies a transition and maps its outcome.
@@ -372,8 +364,13 @@ pub(crate) async fn patch(
     if let Some(s) = &body.state {
         fields.push(("state", json_field(s, "state")?));
     }
+    if let Some(on) = body.message_webhooks {
+        fields.push(("hooks_messages", if on { "1" } else { "" }.to_string()));
+    }
     if fields.is_empty() {
-        return Err(ApiError::bad_request("give `metadata` and/or `state`"));
+        return Err(ApiError::bad_request(
+            "give `metadata`, `state` and/or `message_webhooks`",
+        ));
     }
     let event = LifecycleEvent {
         event: SessionEvent::Updated,

@@ -27,6 +27,9 @@ pub(crate) struct SessionView {
     /// Why it ended: `max_lifetime`, or the `reason` of `DELETE /sessions/{id}` (default
     /// `ended`). An inactive session's status says why on its own.
     pub reason: Option<String>,
+    /// `message.published` webhook events are sent for this session (set at creation or
+    /// by PATCH; `ROOMCAST_WEBHOOK_EVENTS` may send them for every session).
+    pub message_webhooks: bool,
 }
 
 impl SessionView {
@@ -44,6 +47,7 @@ impl SessionView {
             resolved_at: meta.resolved_at,
             ended_at: meta.ended_at,
             reason: meta.reason,
+            message_webhooks: meta.message_webhooks,
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::ratelimit::{Decision, Scope};
 use crate::session::{Join, JoinError, Since};
 use crate::store::{Limit, StoreError};
 use crate::util::now_ms;
+use crate::webhooks::hook::{JoinQuestion, JoinVerdict};
 
 use super::{Connection, Failure, Joined, MAX_SESSIONS_PER_CONNECTION};
 
@@ -188,7 +189,29 @@ impl Connection {
                 format!("`name` {problem}"),
             ));
         }
-        let name = name.or_else(|| self.identity.name.clone());
+        let mut name = name.or_else(|| self.identity.name.clone());
+        // The application's backend decides last: everything the token decides was
+        // checked first, so a refused token never reaches it. Its answer may name the
+        // member and attach info that presence shows.
+        let mut extra = None;
+        if let Some(hook) = &self.app.join_hook {
+            let question = JoinQuestion {
+                user: self.identity.user.as_str(),
+                client_id: self.client.id(),
+                session: session.as_str(),
+                role,
+                name: name.as_deref(),
+            };
+            match hook.ask(&question).await {
+                JoinVerdict::Allow { name: named, info } => {
+                    name = named.or(name);
+                    extra = info;
+                }
+                JoinVerdict::Deny(reason) => {
+                    return Err(Failure::new(ErrorCode::Forbidden, reason))
+                }
+            }
+        }
         let now = now_ms();
         let info = MemberInfo {
             client_id: self.client.id().to_string(),
@@ -198,6 +221,7 @@ impl Connection {
             node: self.app.node_id.clone(),
             joined_at: now,
             active_at: now,
+            info: extra,
         };
         // A pump that is retiring answers Retry; the next lookup spawns a fresh one. A
         // join first assumes the session exists; only when it does not are the creation

@@ -7,6 +7,7 @@
 //! `sessions` the session model and its indexes, `limits` the rate limits. Pub/sub
 //! subscriptions are not here but in `bus`; key names come from `keys`.
 
+mod events;
 mod limits;
 mod presence;
 mod sessions;
@@ -14,6 +15,7 @@ mod sessions;
 mod tests;
 pub mod tls;
 
+pub use events::{Claim, DeadLetter, StoredEvent};
 pub use sessions::{LifecycleEvent, SessionMeta, SessionStatus, SweepOutcome, Swept, Transition};
 
 use std::collections::HashMap;
@@ -142,32 +144,41 @@ struct Scripts {
     owned_claim: Script,
     node_prune: Script,
     ratelimit: Script,
+    events_claim: Script,
+    events_advance: Script,
+}
+
+/// A script that records webhook events: `events.lua` in front of it.
+macro_rules! recording {
+    ($($file:literal),+) => {
+        Script::from_lua(concat!(include_str!("../../../redis/events.lua"), $(include_str!($file)),+))
+    };
 }
 
 impl Scripts {
     fn new() -> Self {
         Scripts {
-            publish: Script::from_lua(include_str!("../../../redis/publish.lua")),
-            publish_limited: Script::from_lua(concat!(
-                include_str!("../../../redis/publish_limits.lua"),
-                include_str!("../../../redis/publish.lua")
-            )),
-            join: Script::from_lua(include_str!("../../../redis/join.lua")),
-            leave: Script::from_lua(include_str!("../../../redis/leave.lua")),
-            presence_refresh: Script::from_lua(include_str!("../../../redis/presence_refresh.lua")),
-            presence_set: Script::from_lua(include_str!("../../../redis/presence_set.lua")),
+            publish: recording!("../../../redis/publish.lua"),
+            publish_limited: recording!(
+                "../../../redis/publish_limits.lua",
+                "../../../redis/publish.lua"
+            ),
+            join: recording!("../../../redis/join.lua"),
+            leave: recording!("../../../redis/leave.lua"),
+            presence_refresh: recording!("../../../redis/presence_refresh.lua"),
+            presence_set: recording!("../../../redis/presence_set.lua"),
             history: Script::from_lua(include_str!("../../../redis/history.lua")),
             fork: Script::from_lua(include_str!("../../../redis/fork.lua")),
-            session_create: Script::from_lua(include_str!("../../../redis/session_create.lua")),
-            session_transition: Script::from_lua(include_str!(
-                "../../../redis/session_transition.lua"
-            )),
-            session_sweep: Script::from_lua(include_str!("../../../redis/session_sweep.lua")),
+            session_create: recording!("../../../redis/session_create.lua"),
+            session_transition: recording!("../../../redis/session_transition.lua"),
+            session_sweep: recording!("../../../redis/session_sweep.lua"),
             due_claim: Script::from_lua(include_str!("../../../redis/due_claim.lua")),
             due_reschedule: Script::from_lua(include_str!("../../../redis/due_reschedule.lua")),
             owned_claim: Script::from_lua(include_str!("../../../redis/owned_claim.lua")),
             node_prune: Script::from_lua(include_str!("../../../redis/node_prune.lua")),
             ratelimit: Script::from_lua(include_str!("../../../redis/ratelimit.lua")),
+            events_claim: Script::from_lua(include_str!("../../../redis/events_claim.lua")),
+            events_advance: Script::from_lua(include_str!("../../../redis/events_advance.lua")),
         }
     }
 }
@@ -309,6 +320,8 @@ pub struct Store {
     /// Redis Cluster: keys of different slots cannot meet in one script. (Tests set it on a
     /// standalone Redis to run the Cluster path there.)
     clustered: bool,
+    /// Webhook events: recorded by the scripts when configured (`events`).
+    events: Option<events::Recording>,
 }
 
 impl Store {
@@ -325,6 +338,7 @@ impl Store {
             reachable: AtomicBool::new(true),
             recheck: tokio::sync::Notify::new(),
             clustered: pool.next().is_clustered(),
+            events: events::Recording::new(config),
             pool,
         }
     }
@@ -459,8 +473,9 @@ impl Store {
                 }
             }
         }
+        self.events_intent(session, &[]).await?;
         let k = self.keys.session(session);
-        let mut keys = vec![k.seq, k.hist, k.meta, k.channel];
+        let mut keys = vec![k.seq, k.hist, k.meta, k.channel, k.events];
         let mut args: Vec<Value> = vec![
             Value::Bytes(tail.bytes.into()),
             self.history_size.into(),
@@ -470,6 +485,7 @@ impl Store {
             ((now_ms + self.max_lifetime_ms) as i64).into(),
             (TOMBSTONE.as_millis() as i64).into(),
             tail.id.into(),
+            self.events_spec(),
         ];
         for l in folded {
             keys.push(self.keys.rate_limit(l.scope.name(), l.key));
@@ -484,7 +500,7 @@ impl Store {
         };
         let client = self.client()?;
         let reply = self.eval_on(client, name, script, keys, args).await?;
-        // {seq, reactivated, created} on success; a bare -1/-2 when the session is ended or
+        // {seq, reactivated, created, events recorded} on success; a bare -1/-2 when the session is ended or
         // resolved; {-3, log, count, oldest, now} when a limit refused it.
         let parts: Vec<i64> = match reply {
             Value::Array(values) => values.iter().filter_map(Value::as_i64).collect(),
@@ -512,7 +528,10 @@ impl Store {
                     now.max(0) as u64,
                 )))
             }
-            [seq, reactivated, created] if seq > 0 => {
+            [seq, reactivated, created, recorded] if seq > 0 => {
+                if recorded > 0 {
+                    self.events_recorded(session, &[]);
+                }
                 self.confirm_replicated(client, session).await?;
                 Ok(Ok(Published {
                     seq: seq as u64,
@@ -573,11 +592,16 @@ impl Store {
     pub async fn join(&self, session: &str, a: JoinArgs<'_>) -> Result<JoinReply, StoreError> {
         let k = self.keys.session(session);
         let since = a.since.map(|s| s as i64).unwrap_or(-1);
+        self.events_intent(
+            session,
+            &["session.created", "member.joined", "member.left"],
+        )
+        .await?;
         let reply = self
             .eval(
                 "join",
                 &self.scripts.join,
-                vec![k.pres, k.pinfo, k.seq, k.hist, k.meta, k.channel],
+                vec![k.pres, k.pinfo, k.seq, k.hist, k.meta, k.channel, k.events],
                 vec![
                     a.client_id.into(),
                     (a.expiry_ms as i64).into(),
@@ -595,9 +619,14 @@ impl Store {
                     a.owner.into(),
                     a.epoch.unwrap_or("").into(),
                     a.since_id.unwrap_or("").into(),
+                    self.events_spec(),
                 ],
             )
             .await?;
+        self.events_recorded(
+            session,
+            &["session.created", "member.joined", "member.left"],
+        );
         let mut parts = reply.into_array().into_iter();
         let seq = parts.next().and_then(|v| v.as_i64());
         match seq {
@@ -619,14 +648,23 @@ impl Store {
     /// Runs `leave.lua`; true when the member was present.
     pub async fn leave(&self, session: &str, client_id: &str) -> Result<bool, StoreError> {
         let k = self.keys.session(session);
+        self.events_intent(session, &["member.left"]).await?;
         let reply = self
             .eval(
                 "leave",
                 &self.scripts.leave,
-                vec![k.pres, k.pinfo, k.channel, k.rest],
-                vec![client_id.into(), self.presence_events_max.into()],
+                vec![k.pres, k.pinfo, k.channel, k.rest, k.events],
+                vec![
+                    client_id.into(),
+                    self.presence_events_max.into(),
+                    (crate::util::now_ms() as i64).into(),
+                    self.events_spec(),
+                ],
             )
             .await?;
+        if reply.as_i64() == Some(1) {
+            self.events_recorded(session, &["member.left"]);
+        }
         Ok(reply.as_i64() == Some(1))
     }
 
@@ -645,13 +683,15 @@ impl Store {
             (expiry_ms as i64).into(),
             (self.ttl_ms as i64).into(),
             self.presence_events_max.into(),
+            self.events_spec(),
         ];
         args.extend(client_ids.map(Value::from));
+        self.events_intent(session, &["member.left"]).await?;
         let reply = self
             .eval(
                 "presence_refresh",
                 &self.scripts.presence_refresh,
-                vec![k.pres, k.pinfo, k.channel, k.seq],
+                vec![k.pres, k.pinfo, k.channel, k.seq, k.events],
                 args,
             )
             .await?;
@@ -664,6 +704,9 @@ impl Store {
             .filter_map(|v| v.as_str().map(|s| s.to_string()))
             .collect();
         let swept = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        if swept > 0 {
+            self.events_recorded(session, &["member.left"]);
+        }
         Ok((missing, swept))
     }
 
@@ -714,8 +757,8 @@ impl Store {
         rest_max: Option<u32>,
     ) -> Result<Result<(), u64>, StoreError> {
         let k = self.keys.session(session);
-        let mut keys = vec![k.pres, k.pinfo, k.channel, k.meta];
-        let mut args: Vec<Value> = vec![
+        let mut keys = vec![k.pres, k.pinfo, k.channel, k.meta, k.events];
+        let args: Vec<Value> = vec![
             client_id.into(),
             (expiry_ms as i64).into(),
             Value::Bytes(Bytes::copy_from_slice(info)),
@@ -723,14 +766,21 @@ impl Store {
             (self.ttl_ms as i64).into(),
             (now_ms as i64).into(),
             self.presence_events_max.into(),
+            i64::from(rest_max.unwrap_or(0)).into(),
+            self.events_spec(),
         ];
-        if let Some(max) = rest_max {
+        if rest_max.is_some() {
             keys.push(k.rest);
-            args.push(i64::from(max).into());
+        }
+        if kind == 4 {
+            self.events_intent(session, &["member.joined"]).await?;
         }
         let reply = self
             .eval("presence_set", &self.scripts.presence_set, keys, args)
             .await?;
+        if kind == 4 {
+            self.events_recorded(session, &["member.joined"]);
+        }
         match reply {
             Value::Array(parts) => Ok(Err(parts
                 .get(1)

@@ -77,6 +77,8 @@ pub struct SessionMeta {
     pub reason: Option<String>,
     /// The user whose implicit join created it (counted against their session cap).
     pub owner: Option<String>,
+    /// `message.published` webhook events are recorded for this session (its own opt-in).
+    pub message_webhooks: bool,
 }
 
 impl SessionMeta {
@@ -107,6 +109,7 @@ impl SessionMeta {
             ended_at: num("ended_at"),
             reason: text("reason"),
             owner: text("owner"),
+            message_webhooks: f.get("hooks_messages").is_some_and(|v| v == "1"),
         })
     }
 }
@@ -212,6 +215,7 @@ impl Store {
     }
 
     /// Runs `session_create.lua`; false when the id exists.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_session(
         &self,
         session: &str,
@@ -220,16 +224,18 @@ impl Store {
         code: &str,
         owner: &str,
         metadata_json: &str,
+        message_webhooks: bool,
     ) -> Result<bool, StoreError> {
         let k = self.keys.session(session);
         let ttl = self
             .ttl_ms
             .max(expires_at.saturating_sub(now_ms) + TOMBSTONE.as_millis() as u64);
+        self.events_intent(session, &["session.created"]).await?;
         let reply = self
             .eval(
                 "session_create",
                 &self.scripts.session_create,
-                vec![k.meta],
+                vec![k.meta, k.events],
                 vec![
                     (now_ms as i64).into(),
                     (expires_at as i64).into(),
@@ -237,9 +243,13 @@ impl Store {
                     code.into(),
                     owner.into(),
                     metadata_json.into(),
+                    self.events_spec(),
+                    if message_webhooks { "1" } else { "" }.into(),
                 ],
             )
             .await?;
+        // A create refused for an id collision (rare) tells the deliverer too: it finds nothing.
+        self.events_recorded(session, &["session.created"]);
         Ok(reply.as_i64() == Some(1))
     }
 
@@ -270,29 +280,41 @@ impl Store {
             .collect::<Vec<_>>()
             .join(",");
         let k = self.keys.session(session);
+        let hook = super::events::transition_event(to, event.map_or("", |e| e.reason));
         let mut args: Vec<Value> = vec![
             (now_ms as i64).into(),
             allowed.into(),
             to.map(SessionStatus::as_str).unwrap_or("").into(),
             event.map(|e| e.event.as_str()).unwrap_or("").into(),
-            event.map(|e| e.reason).unwrap_or("").into(),
+            event.map_or("", |e| e.reason).into(),
             (event.map(|e| e.at).unwrap_or(0) as i64).into(),
+            hook.as_ref().map_or("", |(t, _)| t).into(),
+            hook.as_ref()
+                .map_or(String::new(), |(_, d)| d.to_string())
+                .into(),
+            self.events_spec(),
         ];
         for (field, value) in fields {
             args.push((*field).into());
             args.push(value.as_str().into());
         }
+        if let Some((kind, _)) = &hook {
+            self.events_intent(session, &[kind]).await?;
+        }
         let reply = self
             .eval(
                 "session_transition",
                 &self.scripts.session_transition,
-                vec![k.meta, k.channel],
+                vec![k.meta, k.channel, k.events],
                 args,
             )
             .await?;
         let mut parts = reply.into_array().into_iter();
         match parts.next().and_then(|v| v.as_i64()) {
             Some(1) => {
+                if let Some((kind, _)) = &hook {
+                    self.events_recorded(session, &[kind]);
+                }
                 let flat: Vec<String> = parts.filter_map(|v| v.as_string()).collect();
                 let fields: HashMap<String, String> = flat
                     .chunks(2)
@@ -324,15 +346,18 @@ impl Store {
         timeout: Duration,
     ) -> Result<Swept, StoreError> {
         let k = self.keys.session(session);
+        self.events_intent(session, super::events::SWEEP_EVENTS)
+            .await?;
         let reply = self
             .eval(
                 "session_sweep",
                 &self.scripts.session_sweep,
-                vec![k.meta, k.channel],
+                vec![k.meta, k.channel, k.events],
                 vec![
                     (now_ms as i64).into(),
                     (warning.as_millis() as i64).into(),
                     (timeout.as_millis() as i64).into(),
+                    self.events_spec(),
                 ],
             )
             .await?;
@@ -342,6 +367,9 @@ impl Store {
             StoreError::Internal(format!("session_sweep.lua answered `{outcome}`"))
         })?;
         let next_due = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        if matches!(outcome, SweepOutcome::Inactive | SweepOutcome::Ended) {
+            self.events_recorded(session, super::events::SWEEP_EVENTS);
+        }
         Ok(Swept { outcome, next_due })
     }
 

@@ -15,6 +15,8 @@ use crate::envelope::{encode_entry_tail, Envelope, MemberInfo};
 use crate::test_redis::Redis;
 use crate::util::now_ms;
 
+/// Webhook events: what the scripts record, and delivery's claims and cursors.
+mod events;
 /// The cross-session indexes and the node registry.
 mod indexes;
 
@@ -132,6 +134,7 @@ async fn a_join_sweeps_members_whose_node_died_and_announces_each_leave() {
         node: "n".into(),
         joined_at: 1,
         active_at: 1,
+        info: None,
     };
     // The ghost's presence expired long ago: its node stopped refreshing it.
     let ghost = info("ghost").encode();
@@ -262,7 +265,7 @@ async fn a_created_session_meta_lives_as_long_as_its_history_or_lifetime_and_tom
     let now = now_ms();
     let hour = 3_600_000;
     assert!(store
-        .create_session("made", now, now + hour, "CODE42", "owner", "{}")
+        .create_session("made", now, now + hour, "CODE42", "owner", "{}", false)
         .await
         .unwrap());
     let meta = store.keys().session("made").meta;
@@ -270,7 +273,7 @@ async fn a_created_session_meta_lives_as_long_as_its_history_or_lifetime_and_tom
     // A lifetime longer than the history: the lifetime plus the tombstone's hour.
     let long = 48 * hour;
     assert!(store
-        .create_session("long", now, now + long, "CODE43", "owner", "{}")
+        .create_session("long", now, now + long, "CODE43", "owner", "{}", false)
         .await
         .unwrap());
     let meta = store.keys().session("long").meta;
@@ -469,6 +472,7 @@ async fn rejoin(
         node: "n".into(),
         joined_at: now,
         active_at: now,
+        info: None,
     }
     .encode();
     store

@@ -42,3 +42,5 @@ mod tls;
 mod tracing;
 /// CORS and the demo's routes.
 mod web;
+/// Webhooks (delivery, retries, dead letters, takeover) and the join hook.
+mod webhooks;

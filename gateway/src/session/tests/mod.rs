@@ -94,6 +94,7 @@ impl Member {
             node: "test".into(),
             joined_at: now_ms(),
             active_at: now_ms(),
+            info: None,
         }
     }
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod webhooks;
+
 /// Exit code for an invalid configuration (EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
 
@@ -351,6 +353,10 @@ pub struct Config {
     /// OTLP collector endpoint (also read from OTEL_EXPORTER_OTLP_ENDPOINT).
     #[arg(long, env = "ROOMCAST_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+
+    /// Webhooks and the join hook (docs/WEBHOOKS.md).
+    #[command(flatten)]
+    pub webhooks: webhooks::WebhookConfig,
 }
 
 /// A configuration that cannot work, with a one-line reason.
@@ -491,7 +497,7 @@ impl Config {
                 return fail("ROOMCAST_NODE_ID must be 1 to 64 characters");
             }
         }
-        Ok(())
+        self.webhooks.validate(self.redis_timeout)
     }
 
     /// Checks what `roomcast token` needs: a secret to sign with (a public key can only
