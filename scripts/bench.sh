@@ -319,9 +319,9 @@ scenario_publish_path() {
   # What the gateway loads: the webhook events prelude in front of publish.lua.
   sha=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "$(cat redis/events.lua redis/publish.lua)")
   # An entry tail of the size the gateway sends for a 64-byte payload (the script only
-  # concatenates it). The arguments are publish.lua's nine (the last, the events spec,
-  # empty: webhooks off): with one missing the script fails half-way, and
-  # redis-benchmark counts errors as requests.
+  # concatenates it). The arguments are publish.lua's ten (the last two, the events spec
+  # and the idempotency window, empty: webhooks off, no key): with one missing the script
+  # fails half-way, and redis-benchmark counts errors as requests.
   tail=$(python3 -c 'print("x" * 120)')
   now=$(date +%s%3N)
   # Without pipelining (one command per connection per round trip) and with 16 in flight
@@ -330,9 +330,10 @@ scenario_publish_path() {
   for depth in 1 16; do
     log "publish path ceiling: redis-benchmark EVALSHA publish.lua, $concurrency clients, pipeline $depth"
     redis-benchmark -p "$REDIS_PORT" -c "$concurrency" -n "$n" -r 100 -P "$depth" --csv \
-      EVALSHA "$sha" 5 'rc:{s:rb-__rand_int__}:seq' 'rc:{s:rb-__rand_int__}:hist' \
+      EVALSHA "$sha" 6 'rc:{s:rb-__rand_int__}:seq' 'rc:{s:rb-__rand_int__}:hist' \
       'rc:{s:rb-__rand_int__}:meta' 'rc:{s:rb-__rand_int__}:ch' 'rc:{s:rb-__rand_int__}:ev' \
-      "$tail" 100 86400000 "$now" '' $((now + 86400000)) 3600000 rb-id '' >"$WORK/redis-benchmark-P$depth.csv"
+      'rc:{s:rb-__rand_int__}:idem:' \
+      "$tail" 100 86400000 "$now" '' $((now + 86400000)) 3600000 rb-id '' '' >"$WORK/redis-benchmark-P$depth.csv"
     cat "$WORK/redis-benchmark-P$depth.csv" >&2
   done
   python3 scripts/bench_report.py publish-path "$WORK/publish-path.json" \

@@ -34,6 +34,12 @@ pub fn valid_id(id: &str) -> bool {
     valid(id, b"")
 }
 
+/// Why a publish's idempotency key is refused, if it is: 1 to 64 of the id charset (it
+/// becomes part of a Redis key).
+pub fn idempotency_key_problem(key: &str) -> Option<&'static str> {
+    (key.len() > 64 || !valid_id(key)).then_some("must be 1 to 64 of A-Z a-z 0-9 _ . : -")
+}
+
 /// Whether `user` is acceptable as a user id (a token's `sub`).
 pub fn valid_user_id(user: &str) -> bool {
     valid(user, b"@+|")

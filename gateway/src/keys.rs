@@ -60,6 +60,12 @@ impl Keys {
         }
     }
 
+    /// A keyed publish's seq (STRING, for `ROOMCAST_IDEMPOTENCY_WINDOW`); without a key,
+    /// a name in the session's slot that is never written (scripts declare their keys).
+    pub fn idempotency(&self, session: &str, key: Option<&str>) -> String {
+        format!("{}:{{s:{session}}}:idem:{}", self.prefix, key.unwrap_or(""))
+    }
+
     /// Who delivers a session's events to one endpoint (STRING owner token, with a TTL).
     pub fn event_lease(&self, session: &str, endpoint: &str) -> String {
         format!("{}:{{s:{session}}}:evl:{endpoint}", self.prefix)
@@ -175,6 +181,7 @@ mod tests {
         assert_eq!(k.event_lease("abc", "e1"), "rc:{s:abc}:evl:e1");
         assert_eq!(k.event_kicks(7), "rc:wh:kick:{b7}");
         assert_eq!(k.dead_letters(), "rc:wh:dead");
+        assert_eq!(k.idempotency("abc", Some("k1")), "rc:{s:abc}:idem:k1");
         assert_eq!(k.nodes(3), "rc:nodes:{b3}");
         assert_eq!(k.node_connections(3), "rc:nodes:conns:{b3}");
         assert_eq!(k.code("ABC234"), "rc:code:{ABC234}");

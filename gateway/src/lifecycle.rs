@@ -240,6 +240,7 @@ mod tests {
             seq: 1,
             created,
             reactivated,
+            repeat: false,
         };
         assert_eq!(
             due_after_publish(&config, &published(true, false), now),

@@ -36,12 +36,15 @@ pub(crate) enum PublishError {
 }
 
 /// Stores and fans out one message in `session` if every one of `limits` admits it. The
-/// message is in history if and only if this returns `Ok`, and then its seq is final.
+/// message is in history if and only if this returns `Ok`, and then its seq is final. A
+/// `key` seen within `ROOMCAST_IDEMPOTENCY_WINDOW` makes it a repeat: nothing is stored,
+/// and the answer is the first one's seq (`Published::repeat`).
 pub(crate) async fn publish_message(
     app: &Arc<App>,
     session: &str,
     from: &From,
     data: &Value,
+    key: Option<&str>,
     limits: &[Limit<'_>],
 ) -> Result<Published, PublishError> {
     let now = now_ms();
@@ -50,7 +53,7 @@ pub(crate) async fn publish_message(
     let published = async {
         let traceparent = crate::telemetry::current_traceparent();
         app.store
-            .publish_limited(session, tail, now, traceparent.as_deref(), limits)
+            .publish_limited(session, tail, now, traceparent.as_deref(), key, limits)
             .await
     }
     .instrument(span)

@@ -67,6 +67,7 @@ impl Proto {
                 &ClientFrame::Publish {
                     session: session.to_string(),
                     data,
+                    idempotency_key: None,
                     // The counter as `ref`: an answer names the publish it is for.
                     reference: Some(n.to_string()),
                 },

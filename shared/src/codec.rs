@@ -455,13 +455,14 @@ mod properties {
                         }
                     }
                 ),
-            (id, json_value(), reference.clone()).prop_map(|(session, data, reference)| {
-                ClientFrame::Publish {
+            (id, json_value(), prop::option::of(id), reference.clone()).prop_map(
+                |(session, data, idempotency_key, reference)| ClientFrame::Publish {
                     session,
                     data,
+                    idempotency_key,
                     reference,
                 }
-            }),
+            ),
             (id, json_value(), prop::option::of(id), reference.clone()).prop_map(
                 |(session, data, to, reference)| ClientFrame::Signal {
                     session,

@@ -217,6 +217,10 @@ pub enum ClientFrame {
     Publish {
         session: String,
         data: Value,
+        /// Stored once within the gateway's idempotency window; a repeat is acked with the
+        /// first one's seq.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
     },

@@ -623,6 +623,33 @@ impl WsClient {
     }
 
     /// Publishes and waits for the answer: the acked seq, or the error frame.
+    /// [`WsClient::try_publish`] with an idempotency key.
+    pub async fn try_publish_keyed(
+        &mut self,
+        session: &str,
+        data: Value,
+        key: &str,
+    ) -> Result<u64, ServerFrame> {
+        let reference = gateway::util::random_id(8);
+        self.send_json(
+            serde_json::json!({"type": "publish", "session": session, "data": data,
+            "ref": reference, "idempotency_key": key}),
+        )
+        .await;
+        let frame = self
+            .expect("ack", |f| match f {
+                ServerFrame::Ack { reference: r, .. } | ServerFrame::Error { reference: r, .. } => {
+                    r.as_deref() == Some(reference.as_str())
+                }
+                _ => false,
+            })
+            .await;
+        match frame {
+            ServerFrame::Ack { seq: Some(seq), .. } => Ok(seq),
+            other => Err(other),
+        }
+    }
+
     pub async fn try_publish(&mut self, session: &str, data: Value) -> Result<u64, ServerFrame> {
         let reference = gateway::util::random_id(8);
         self.send_json(serde_json::json!({"type": "publish", "session": session, "data": data, "ref": reference}))
@@ -868,7 +895,7 @@ pub fn message_seqs(frames: &[ServerFrame]) -> Vec<u64> {
 /// Stores a message in `session` exactly as a publish does (`publish.lua`, with the key
 /// prefix `rc`), without any gateway, publishing its payload on `channel`: the session's
 /// own channel, or one nobody listens on. Answers the script's raw reply
-/// (`*4 :seq :reactivated :created :events`).
+/// (`*5 :seq :reactivated :created :events :repeat`).
 pub fn publish_with_script(redis: &Redis, session: &str, channel: &str, data: &Value) -> Vec<u8> {
     let now = gateway::util::now_ms();
     let from = roomcast_shared::From {
@@ -882,6 +909,7 @@ pub fn publish_with_script(redis: &Redis, session: &str, channel: &str, data: &V
     let expires = (now + 3_600_000).to_string();
     let key = |k: &str| format!("rc:{{s:{session}}}:{k}");
     let (seq, hist, meta, events) = (key("seq"), key("hist"), key("meta"), key("ev"));
+    let idem = key("idem:");
     // The gateway's script: the events prelude in front of publish.lua (no events: the
     // spec is empty).
     let script = [
@@ -893,12 +921,13 @@ pub fn publish_with_script(redis: &Redis, session: &str, channel: &str, data: &V
         .cmd_bytes(&[
             b"EVAL",
             &script,
-            b"5",
+            b"6",
             seq.as_bytes(),
             hist.as_bytes(),
             meta.as_bytes(),
             channel.as_bytes(),
             events.as_bytes(),
+            idem.as_bytes(),
             &tail.bytes,
             b"100",
             b"86400000",
@@ -907,6 +936,7 @@ pub fn publish_with_script(redis: &Redis, session: &str, channel: &str, data: &V
             expires.as_bytes(),
             b"3600000",
             tail.id.as_bytes(),
+            b"",
             b"",
         ])
         .expect("redis answers")

@@ -75,6 +75,9 @@ export interface ClientOptions {
   maxFrameBytes?: number;
   /** A WebSocket implementation where there is no global one (Node 20: `ws`). */
   WebSocket?: WebSocketConstructor;
+  /** In a browser, call {@link RoomcastClient.wake} when the network comes back
+   * (`online`) and when a hidden page becomes visible (default true). */
+  wakeOnResume?: boolean;
 }
 
 export interface ClientEvents {
@@ -86,6 +89,8 @@ export interface ClientEvents {
 }
 
 const OPEN = 1;
+/** How long `wake()` waits for any frame after its ping before dropping the socket. */
+const WAKE_PROBE_MS = 3000;
 const utf8 = new TextEncoder();
 
 export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost {
@@ -165,8 +170,66 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
     if (!this.stopped) return;
     this.stopped = false;
     this.backoff.reset();
+    this.listenForResume();
     this.open();
   }
+
+  /**
+   * The device says the network or the page is back (the client calls this itself on a
+   * browser's `online` and `visibilitychange` unless `wakeOnResume` is false): waiting
+   * for a reconnect, reconnect now instead of after the backoff; connected, make sure
+   * the socket still works (mobile browsers often drop a hidden page's socket without a
+   * close event): ping, and reconnect if nothing answers within 3 s.
+   */
+  wake(): void {
+    if (this.stopped) return;
+    if (this.reconnectTimer) {
+      clearTimeout(this.reconnectTimer);
+      this.reconnectTimer = undefined;
+      this.open();
+      return;
+    }
+    const ws = this.ws;
+    if (!ws || !this.welcomed) return;
+    const asked = Date.now();
+    this.send({ type: 'ping' });
+    setTimeout(() => {
+      if (this.ws === ws && this.lastReceived < asked) this.abandon(ws, 'no answer after the device resumed: connection dead');
+    }, Math.min(WAKE_PROBE_MS, this.options.deadAfterMs ?? WAKE_PROBE_MS));
+  }
+
+  private resumeListening = false;
+
+  /** Browsers: wake on `online` and when the page becomes visible. */
+  private listenForResume(): void {
+    if (this.resumeListening || this.options.wakeOnResume === false) return;
+    const g = globalThis as unknown as {
+      addEventListener?: (type: string, f: () => void) => void;
+      document?: { visibilityState?: string; addEventListener?: (type: string, f: () => void) => void };
+    };
+    if (typeof g.addEventListener !== 'function') return;
+    this.resumeListening = true;
+    g.addEventListener('online', this.onResume);
+    g.document?.addEventListener?.('visibilitychange', this.onVisible);
+  }
+
+  private stopListening(): void {
+    if (!this.resumeListening) return;
+    this.resumeListening = false;
+    const g = globalThis as unknown as {
+      removeEventListener?: (type: string, f: () => void) => void;
+      document?: { removeEventListener?: (type: string, f: () => void) => void };
+    };
+    g.removeEventListener?.('online', this.onResume);
+    g.document?.removeEventListener?.('visibilitychange', this.onVisible);
+  }
+
+  private readonly onResume = (): void => this.wake();
+
+  private readonly onVisible = (): void => {
+    const g = globalThis as unknown as { document?: { visibilityState?: string } };
+    if (g.document?.visibilityState === 'visible') this.wake();
+  };
 
   /**
    * Drops the connection and stops reconnecting, but keeps the sessions: the next
@@ -188,6 +251,7 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
 
   /** Closes for good: no reconnect; the sessions end, what waits is rejected with `closed`. */
   close(): void {
+    this.stopListening();
     const wasOpen = !this.stopped;
     this.stopped = true;
     this.attempt++;
@@ -296,6 +360,10 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
         },
         (e: unknown) => {
           if (attempt !== this.attempt) return;
+          if (e instanceof Error && e.name === 'UnauthorizedError') {
+            // The app says no token will come: stop, do not retry.
+            return this.fail(new RoomcastError('unauthorized', e.message), { reason: 'token' });
+          }
           this.emit('error', new RoomcastError('unauthorized', `the token function failed: ${String(e)}`));
           this.urlIndex++;
           this.scheduleReconnect({ reason: 'token' }, this.backoff.next());

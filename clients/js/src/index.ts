@@ -20,8 +20,8 @@ export type {
   WebSocketLike,
 } from './client.js';
 export { Session } from './session.js';
-export type { SessionEvents, SessionOptions, SessionState } from './session.js';
-export { RoomcastError, isRoomcastError } from './errors.js';
+export type { PublishOptions, SessionEvents, SessionOptions, SessionState } from './session.js';
+export { RoomcastError, UnauthorizedError, isRoomcastError } from './errors.js';
 export type { RoomcastErrorCode } from './errors.js';
 export { Backoff } from './backoff.js';
 export type { BackoffOptions } from './backoff.js';

@@ -103,7 +103,7 @@ export type ClientFrame =
       ref?: string;
     }
   | { type: 'leave'; session: string; ref?: string }
-  | { type: 'publish'; session: string; data: unknown; ref?: string }
+  | { type: 'publish'; session: string; data: unknown; ref?: string; idempotency_key?: string }
   | { type: 'signal'; session: string; data: unknown; to?: string; ref?: string }
   | { type: 'typing'; session: string; active: boolean; ref?: string }
   | { type: 'activity'; session: string; ref?: string }

@@ -93,8 +93,25 @@ export interface SessionHost {
   noteEnded(): void;
 }
 
+/** Options of one publish. */
+export interface PublishOptions {
+  /**
+   * The idempotency key (1 to 64 of `A-Z a-z 0-9 _ . : -`): the server stores a publish
+   * with a key it saw in the last `ROOMCAST_IDEMPOTENCY_WINDOW` (5 min) only once, and
+   * answers a repeat with the first one's seq. Default: a fresh random key, kept across
+   * the client's own retries; give your own to retry across reloads or devices.
+   */
+  key?: string;
+  /** This publish's timeout (default: the client's `publishTimeoutMs`). */
+  timeoutMs?: number;
+}
+
 interface Pending {
   data: unknown;
+  key: string;
+  timeoutMs: number;
+  /** Sent at least once: an answerless end means it may have been stored. */
+  sent?: boolean;
   /** Set once sent: the `ref` its answer carries. */
   ref?: string;
   resolve: (r: { seq: number }) => void;
@@ -104,6 +121,21 @@ interface Pending {
 
 /** Publishes held while a connected session (re)joins, whatever `offlineQueue` says. */
 const JOINING_QUEUE = 64;
+
+const KEY_CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+
+/** A fresh idempotency key: 22 random characters (about 131 bits). */
+function newKey(): string {
+  const bytes = new Uint8Array(22);
+  const c = (globalThis as { crypto?: { getRandomValues?: (a: Uint8Array) => Uint8Array } }).crypto;
+  if (c?.getRandomValues) c.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  let out = '';
+  for (const b of bytes) out += KEY_CHARS[b % KEY_CHARS.length];
+  return out;
+}
+
+const KEY_FORM = /^[A-Za-z0-9_.:-]{1,64}$/;
 
 export class Session extends Emitter<SessionEvents> {
   readonly id: string;
@@ -148,17 +180,31 @@ export class Session extends Emitter<SessionEvents> {
 
   /**
    * Publishes `data` (any JSON value) and resolves with its seq once the server stored it.
+   * Every publish carries an idempotency key (`options.key`, or a fresh one): when the
+   * connection drops before the ack, it is sent again after the rejoin and the server
+   * answers with the seq it stored the first time, so it is stored once.
    * Rejects with a {@link RoomcastError}: `rate_limited` and `unavailable` (with
-   * `retryAfterMs`), `forbidden`, `session_ended`, `too_large`, `timeout` and
-   * `disconnected` (outcome unknown: it may have been stored), `queue_full`, `closed`.
+   * `retryAfterMs`), `forbidden`, `session_ended`, `too_large`, `timeout` (it may have
+   * been stored: publish again with the error's `key`), `disconnected`, `not_sent`,
+   * `encode`, `queue_full`, `closed`, and `bad_request` for a malformed key.
    * Made before the session is joined, it waits and is sent after the join; made while
    * disconnected, it waits only with the client's `offlineQueue` (else `disconnected`).
    */
-  publish(data: unknown): Promise<{ seq: number }> {
+  publish<T = unknown>(data: T, options: PublishOptions = {}): Promise<{ seq: number }> {
     return new Promise((resolve, reject) => {
       const terminal = this.terminalError();
       if (terminal) return reject(terminal);
-      const p: Pending = { data, resolve, reject };
+      const key = options.key ?? newKey();
+      if (!KEY_FORM.test(key)) {
+        return reject(new RoomcastError('bad_request', 'the key is 1 to 64 of A-Z a-z 0-9 _ . : -'));
+      }
+      const p: Pending = {
+        data,
+        key,
+        timeoutMs: options.timeoutMs ?? this.host.publishTimeoutMs,
+        resolve,
+        reject,
+      };
       if (this.state === 'joined' && this.host.connected && !this.repair) {
         this.sendPublish(p);
         return;
@@ -214,7 +260,8 @@ export class Session extends Emitter<SessionEvents> {
     this.join();
   }
 
-  /** @internal The connection is gone: what was in flight has an unknown outcome. */
+  /** @internal The connection is gone. What was in flight goes again after the rejoin,
+   * with its key (the server stores it once), its clock still running. */
   _disconnected(): void {
     if (this.retry) clearTimeout(this.retry);
     this.retry = undefined;
@@ -223,10 +270,8 @@ export class Session extends Emitter<SessionEvents> {
     this.leaveRef = undefined;
     // A repair that did not finish is finished by the rejoin (same `since` rules).
     if (this.repair === 'gap') this.repair = undefined;
-    for (const [ref, p] of this.inflight) {
-      this.host.forget(ref);
-      this.settle(p, new RoomcastError('disconnected', 'the connection dropped before the ack'));
-    }
+    const unanswered = [...this.inflight.values()];
+    for (const ref of this.inflight.keys()) this.host.forget(ref);
     this.inflight.clear();
     if (this.host.offlineQueue === 0) {
       // Never sent: certainly not stored.
@@ -240,6 +285,9 @@ export class Session extends Emitter<SessionEvents> {
       // Offline, the wait has no clock until the connection is back.
       for (const p of this.queue) this.stopClock(p);
     }
+    // Ahead of what was never sent, in the order they were sent.
+    for (const p of unanswered) p.ref = undefined;
+    this.queue.unshift(...unanswered);
     if (!this.isTerminal() && this.state !== 'joining') this.setState('joining');
   }
 
@@ -452,7 +500,7 @@ export class Session extends Emitter<SessionEvents> {
     p.ref = ref;
     this.inflight.set(ref, p);
     if (!p.timer) this.startClock(p);
-    const sent = this.host.send({ type: 'publish', session: this.id, data: p.data, ref });
+    const sent = this.host.send({ type: 'publish', session: this.id, data: p.data, ref, idempotency_key: p.key });
     if (sent === 'too_large') {
       this.inflight.delete(ref);
       this.host.forget(ref);
@@ -465,6 +513,8 @@ export class Session extends Emitter<SessionEvents> {
       this.inflight.delete(ref);
       this.host.forget(ref);
       this.settle(p, new RoomcastError('disconnected', 'not connected'));
+    } else {
+      p.sent = true;
     }
   }
 
@@ -474,10 +524,16 @@ export class Session extends Emitter<SessionEvents> {
     p.timer = setTimeout(() => {
       p.timer = undefined;
       const queued = this.queue.indexOf(p);
-      if (queued >= 0) {
+      if (queued >= 0 && !p.sent) {
         // Never sent: certainly not stored.
         this.queue.splice(queued, 1);
         this.settle(p, new RoomcastError('not_sent', 'not sent in time: the session was not joined (nothing was stored)'));
+        return;
+      }
+      if (queued >= 0) {
+        // Sent before a drop, waiting to go again: it may have been stored.
+        this.queue.splice(queued, 1);
+        this.settle(p, new RoomcastError('timeout', 'no ack in time (it may have been stored: publish again with this key)'));
         return;
       }
       if (p.ref && this.inflight.delete(p.ref)) {
@@ -485,8 +541,8 @@ export class Session extends Emitter<SessionEvents> {
       } else {
         return;
       }
-      this.settle(p, new RoomcastError('timeout', 'no ack in time (it may have been stored)'));
-    }, this.host.publishTimeoutMs);
+      this.settle(p, new RoomcastError('timeout', 'no ack in time (it may have been stored: publish again with this key)'));
+    }, p.timeoutMs);
   }
 
   private stopClock(p: Pending): void {
@@ -501,15 +557,26 @@ export class Session extends Emitter<SessionEvents> {
 
   private settle(p: Pending, error?: RoomcastError, seq?: number): void {
     if (p.timer) clearTimeout(p.timer);
-    if (error) p.reject(error);
-    else p.resolve({ seq: seq as number });
+    if (error) {
+      // One error per publish (a session's end rejects many), naming its key.
+      const own = new RoomcastError(error.code, error.message, error.retryAfterMs);
+      own.key = p.key;
+      p.reject(own);
+    } else {
+      p.resolve({ seq: seq as number });
+    }
   }
 
   private finish(state: 'left' | 'ended' | 'failed', error: RoomcastError): void {
     if (this.retry) clearTimeout(this.retry);
     this.retry = undefined;
     this.joinRef = undefined;
-    for (const p of this.queue.splice(0)) this.settle(p, error);
+    for (const p of this.queue.splice(0)) {
+      // Sent before a drop and waiting to go again: its outcome is unknown, whatever ended
+      // the session.
+      const unknown = new RoomcastError('disconnected', 'the connection ended before the ack (it may have been stored: publish again with this key)');
+      this.settle(p, p.sent ? unknown : error);
+    }
     // A leave keeps what is in flight: its acks come back before the leave's.
     if (state !== 'left') {
       for (const [ref, p] of this.inflight) {

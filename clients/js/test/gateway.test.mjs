@@ -125,6 +125,26 @@ test('a connection lives through three token lifetimes, refreshed in band, with 
   }
 });
 
+test('a publish repeated with its key is stored once and acked with the same seq', async () => {
+  const g = await startGateway(redis.url);
+  try {
+    const phone = client(g.ws, token('ann', 'controller'));
+    const remote = phone.session('idempotent');
+    phone.connect();
+    await until(() => remote.state === 'joined', 'joined');
+    const first = await remote.publish({ slide: 1 }, { key: 'slide-1' });
+    const again = await remote.publish({ slide: 1 }, { key: 'slide-1' });
+    assert.deepEqual(again, first, 'the first seq again');
+    const other = await remote.publish({ slide: 2 });
+    assert.equal(other.seq, first.seq + 1);
+    const history = await api(g, 'GET', '/sessions/idempotent/history?limit=10');
+    const stored = history.body.messages.sort((x, y) => x.seq - y.seq).map((m) => m.data);
+    assert.deepEqual(stored, [{ slide: 1 }, { slide: 2 }], 'stored once each');
+  } finally {
+    await g.stop();
+  }
+});
+
 test('msgpack: the same session, the same data, next to JSON clients', async () => {
   const g = await startGateway(redis.url);
   try {

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, test } from 'node:test';
 
-import { RoomcastClient } from '../dist/index.js';
+import { RoomcastClient, UnauthorizedError } from '../dist/index.js';
 import { FakeSocket, entry, until } from './fake.mjs';
 
 const URLS = ['ws://a.test/ws', 'ws://b.test/ws'];
@@ -295,11 +295,47 @@ test('publish: acked with its seq; typed errors; unknown outcome on a drop', asy
   });
   await assert.rejects(limited, { code: 'rate_limited', retryAfterMs: 1200 });
 
-  await assert.rejects(s.publish(2), { code: 'timeout' });
+  const late = s.publish(2);
+  const lateKey = ws.sentOf('publish').at(-1).idempotency_key;
+  await assert.rejects(late, { code: 'timeout', key: lateKey }, 'the key to publish it again with');
+  // A publish in flight when the connection drops is not given up: it has a key.
   const dropped = s.publish(3);
   ws.shut(1006);
-  await assert.rejects(dropped, { code: 'disconnected' });
   await assert.rejects(s.publish(4), { code: 'disconnected' }, 'no offline queue by default');
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  await assert.rejects(dropped, { code: 'timeout' }, 'nobody answered within its timeout');
+});
+
+test('a publish in flight when the connection drops goes again after the rejoin, with its key', async () => {
+  const { s, ws } = joinedClient({ publishTimeoutMs: 5000 });
+  const first = s.publish('a');
+  const second = s.publish('b', { key: 'order-17' });
+  const keys = ws.sentOf('publish').map((p) => p.idempotency_key);
+  assert.equal(keys[1], 'order-17');
+  assert.match(keys[0], /^[A-Za-z0-9]{22}$/, 'a fresh key by default');
+  ws.shut(1006);
+  await until(() => FakeSocket.all.length === 2, 'a reconnect');
+  const next = FakeSocket.last();
+  next.welcome();
+  assert.equal(next.sentOf('publish').length, 0, 'nothing before the rejoin');
+  next.joined('room', 4);
+  const again = next.sentOf('publish');
+  assert.deepEqual(again.map((p) => [p.data, p.idempotency_key]), [['a', keys[0]], ['b', 'order-17']], 'same keys, same order');
+  // The server stored the first before the drop: it answers its seq again.
+  next.frame({ type: 'ack', ref: again[0].ref, seq: 4 });
+  next.frame({ type: 'ack', ref: again[1].ref, seq: 5 });
+  assert.deepEqual(await Promise.all([first, second]), [{ seq: 4 }, { seq: 5 }]);
+});
+
+test('a per-call timeout, and a malformed key refused before anything is sent', async () => {
+  const { s, ws } = joinedClient({ publishTimeoutMs: 60_000 });
+  const started = Date.now();
+  await assert.rejects(s.publish('x', { timeoutMs: 30 }), { code: 'timeout' });
+  assert.ok(Date.now() - started < 5000, "its own timeout, not the client's");
+  const before = ws.sentOf('publish').length;
+  await assert.rejects(s.publish('y', { key: 'no spaces' }), { code: 'bad_request' });
+  await assert.rejects(s.publish('y', { key: 'k'.repeat(65) }), { code: 'bad_request' });
+  assert.equal(ws.sentOf('publish').length, before);
 });
 
 test('the offline queue: bounded, sent after the rejoin', async () => {
@@ -642,4 +678,53 @@ test('leave() sends its leave before announcing left: a rejoin from the listener
   s.leave();
   const kinds = ws.sent.filter((f) => f.type === 'leave' || f.type === 'join').map((f) => f.type);
   assert.deepEqual(kinds.slice(-2), ['leave', 'join'], 'the new join comes after the leave');
+});
+
+test('wake(): a reconnect waiting out its backoff goes at once; a silent socket is replaced', async () => {
+  const c = client({ reconnect: { minDelayMs: 60_000, maxDelayMs: 60_000 }, deadAfterMs: 100 });
+  c.session('room');
+  c.connect();
+  const first = FakeSocket.last();
+  first.welcome();
+  first.shut(1006);
+  assert.equal(c.state, 'disconnected');
+  c.wake();
+  assert.equal(FakeSocket.all.length, 2, 'reconnected without waiting the backoff');
+  const second = FakeSocket.last();
+  second.welcome();
+  // Connected but dead (a phone that slept): the ping goes unanswered, the socket is
+  // given up (and the reconnect waits its backoff, which another wake() skips).
+  c.wake();
+  assert.equal(second.sentOf('ping').length, 1);
+  await until(() => c.state === 'disconnected', 'the silent socket given up');
+  c.wake();
+  assert.equal(FakeSocket.all.length, 3);
+  // An answered probe keeps the socket.
+  const third = FakeSocket.last();
+  third.welcome();
+  c.wake();
+  third.frame({ type: 'pong' });
+  await new Promise((r) => setTimeout(r, 60));
+  third.frame({ type: 'pong' });
+  await new Promise((r) => setTimeout(r, 60));
+  assert.equal(c.state, 'connected');
+  assert.equal(FakeSocket.all.length, 3);
+});
+
+test('a token function that throws UnauthorizedError stops the client', async () => {
+  let calls = 0;
+  const c = client({
+    token: () => {
+      calls++;
+      throw new UnauthorizedError('signed out');
+    },
+  });
+  const s = c.session('room');
+  c.connect();
+  await until(() => c.state === 'closed', 'closed');
+  assert.equal(c.errors.at(-1).code, 'unauthorized');
+  assert.equal(s.state, 'failed');
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(calls, 1, 'not asked again');
+  assert.equal(FakeSocket.all.length, 0, 'no socket opened');
 });

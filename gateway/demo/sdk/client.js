@@ -12,6 +12,8 @@ import { RoomcastError } from './errors.js';
 import { Close } from './protocol.js';
 import { Session } from './session.js';
 const OPEN = 1;
+/** How long `wake()` waits for any frame after its ping before dropping the socket. */
+const WAKE_PROBE_MS = 3000;
 const utf8 = new TextEncoder();
 export class RoomcastClient extends Emitter {
     options;
@@ -86,8 +88,61 @@ export class RoomcastClient extends Emitter {
             return;
         this.stopped = false;
         this.backoff.reset();
+        this.listenForResume();
         this.open();
     }
+    /**
+     * The device says the network or the page is back (the client calls this itself on a
+     * browser's `online` and `visibilitychange` unless `wakeOnResume` is false): waiting
+     * for a reconnect, reconnect now instead of after the backoff; connected, make sure
+     * the socket still works (mobile browsers often drop a hidden page's socket without a
+     * close event): ping, and reconnect if nothing answers within 3 s.
+     */
+    wake() {
+        if (this.stopped)
+            return;
+        if (this.reconnectTimer) {
+            clearTimeout(this.reconnectTimer);
+            this.reconnectTimer = undefined;
+            this.open();
+            return;
+        }
+        const ws = this.ws;
+        if (!ws || !this.welcomed)
+            return;
+        const asked = Date.now();
+        this.send({ type: 'ping' });
+        setTimeout(() => {
+            if (this.ws === ws && this.lastReceived < asked)
+                this.abandon(ws, 'no answer after the device resumed: connection dead');
+        }, Math.min(WAKE_PROBE_MS, this.options.deadAfterMs ?? WAKE_PROBE_MS));
+    }
+    resumeListening = false;
+    /** Browsers: wake on `online` and when the page becomes visible. */
+    listenForResume() {
+        if (this.resumeListening || this.options.wakeOnResume === false)
+            return;
+        const g = globalThis;
+        if (typeof g.addEventListener !== 'function')
+            return;
+        this.resumeListening = true;
+        g.addEventListener('online', this.onResume);
+        g.document?.addEventListener?.('visibilitychange', this.onVisible);
+    }
+    stopListening() {
+        if (!this.resumeListening)
+            return;
+        this.resumeListening = false;
+        const g = globalThis;
+        g.removeEventListener?.('online', this.onResume);
+        g.document?.removeEventListener?.('visibilitychange', this.onVisible);
+    }
+    onResume = () => this.wake();
+    onVisible = () => {
+        const g = globalThis;
+        if (g.document?.visibilityState === 'visible')
+            this.wake();
+    };
     /**
      * Drops the connection and stops reconnecting, but keeps the sessions: the next
      * `connect()` rejoins each where it left off (`since`). What was in flight is rejected
@@ -110,6 +165,7 @@ export class RoomcastClient extends Emitter {
     }
     /** Closes for good: no reconnect; the sessions end, what waits is rejected with `closed`. */
     close() {
+        this.stopListening();
         const wasOpen = !this.stopped;
         this.stopped = true;
         this.attempt++;
@@ -223,6 +279,10 @@ export class RoomcastClient extends Emitter {
         }, (e) => {
             if (attempt !== this.attempt)
                 return;
+            if (e instanceof Error && e.name === 'UnauthorizedError') {
+                // The app says no token will come: stop, do not retry.
+                return this.fail(new RoomcastError('unauthorized', e.message), { reason: 'token' });
+            }
             this.emit('error', new RoomcastError('unauthorized', `the token function failed: ${String(e)}`));
             this.urlIndex++;
             this.scheduleReconnect({ reason: 'token' }, this.backoff.next());

@@ -11,7 +11,7 @@
  */
 export { RoomcastClient } from './client.js';
 export { Session } from './session.js';
-export { RoomcastError, isRoomcastError } from './errors.js';
+export { RoomcastError, UnauthorizedError, isRoomcastError } from './errors.js';
 export { Backoff } from './backoff.js';
 export { jsonCodec } from './codec.js';
 export { Close } from './protocol.js';

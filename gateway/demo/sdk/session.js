@@ -7,6 +7,22 @@ import { Emitter } from './emitter.js';
 import { RoomcastError } from './errors.js';
 /** Publishes held while a connected session (re)joins, whatever `offlineQueue` says. */
 const JOINING_QUEUE = 64;
+const KEY_CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+/** A fresh idempotency key: 22 random characters (about 131 bits). */
+function newKey() {
+    const bytes = new Uint8Array(22);
+    const c = globalThis.crypto;
+    if (c?.getRandomValues)
+        c.getRandomValues(bytes);
+    else
+        for (let i = 0; i < bytes.length; i++)
+            bytes[i] = Math.floor(Math.random() * 256);
+    let out = '';
+    for (const b of bytes)
+        out += KEY_CHARS[b % KEY_CHARS.length];
+    return out;
+}
+const KEY_FORM = /^[A-Za-z0-9_.:-]{1,64}$/;
 export class Session extends Emitter {
     host;
     id;
@@ -45,18 +61,32 @@ export class Session extends Emitter {
     }
     /**
      * Publishes `data` (any JSON value) and resolves with its seq once the server stored it.
+     * Every publish carries an idempotency key (`options.key`, or a fresh one): when the
+     * connection drops before the ack, it is sent again after the rejoin and the server
+     * answers with the seq it stored the first time, so it is stored once.
      * Rejects with a {@link RoomcastError}: `rate_limited` and `unavailable` (with
-     * `retryAfterMs`), `forbidden`, `session_ended`, `too_large`, `timeout` and
-     * `disconnected` (outcome unknown: it may have been stored), `queue_full`, `closed`.
+     * `retryAfterMs`), `forbidden`, `session_ended`, `too_large`, `timeout` (it may have
+     * been stored: publish again with the error's `key`), `disconnected`, `not_sent`,
+     * `encode`, `queue_full`, `closed`, and `bad_request` for a malformed key.
      * Made before the session is joined, it waits and is sent after the join; made while
      * disconnected, it waits only with the client's `offlineQueue` (else `disconnected`).
      */
-    publish(data) {
+    publish(data, options = {}) {
         return new Promise((resolve, reject) => {
             const terminal = this.terminalError();
             if (terminal)
                 return reject(terminal);
-            const p = { data, resolve, reject };
+            const key = options.key ?? newKey();
+            if (!KEY_FORM.test(key)) {
+                return reject(new RoomcastError('bad_request', 'the key is 1 to 64 of A-Z a-z 0-9 _ . : -'));
+            }
+            const p = {
+                data,
+                key,
+                timeoutMs: options.timeoutMs ?? this.host.publishTimeoutMs,
+                resolve,
+                reject,
+            };
             if (this.state === 'joined' && this.host.connected && !this.repair) {
                 this.sendPublish(p);
                 return;
@@ -111,7 +141,8 @@ export class Session extends Emitter {
                 this.startClock(p);
         this.join();
     }
-    /** @internal The connection is gone: what was in flight has an unknown outcome. */
+    /** @internal The connection is gone. What was in flight goes again after the rejoin,
+     * with its key (the server stores it once), its clock still running. */
     _disconnected() {
         if (this.retry)
             clearTimeout(this.retry);
@@ -122,10 +153,9 @@ export class Session extends Emitter {
         // A repair that did not finish is finished by the rejoin (same `since` rules).
         if (this.repair === 'gap')
             this.repair = undefined;
-        for (const [ref, p] of this.inflight) {
+        const unanswered = [...this.inflight.values()];
+        for (const ref of this.inflight.keys())
             this.host.forget(ref);
-            this.settle(p, new RoomcastError('disconnected', 'the connection dropped before the ack'));
-        }
         this.inflight.clear();
         if (this.host.offlineQueue === 0) {
             // Never sent: certainly not stored.
@@ -141,6 +171,10 @@ export class Session extends Emitter {
             for (const p of this.queue)
                 this.stopClock(p);
         }
+        // Ahead of what was never sent, in the order they were sent.
+        for (const p of unanswered)
+            p.ref = undefined;
+        this.queue.unshift(...unanswered);
         if (!this.isTerminal() && this.state !== 'joining')
             this.setState('joining');
     }
@@ -370,7 +404,7 @@ export class Session extends Emitter {
         this.inflight.set(ref, p);
         if (!p.timer)
             this.startClock(p);
-        const sent = this.host.send({ type: 'publish', session: this.id, data: p.data, ref });
+        const sent = this.host.send({ type: 'publish', session: this.id, data: p.data, ref, idempotency_key: p.key });
         if (sent === 'too_large') {
             this.inflight.delete(ref);
             this.host.forget(ref);
@@ -386,6 +420,9 @@ export class Session extends Emitter {
             this.host.forget(ref);
             this.settle(p, new RoomcastError('disconnected', 'not connected'));
         }
+        else {
+            p.sent = true;
+        }
     }
     /** The publish timeout: from when it could be sent (queued while connecting or joining,
      * or sent) until its answer. */
@@ -393,10 +430,16 @@ export class Session extends Emitter {
         p.timer = setTimeout(() => {
             p.timer = undefined;
             const queued = this.queue.indexOf(p);
-            if (queued >= 0) {
+            if (queued >= 0 && !p.sent) {
                 // Never sent: certainly not stored.
                 this.queue.splice(queued, 1);
                 this.settle(p, new RoomcastError('not_sent', 'not sent in time: the session was not joined (nothing was stored)'));
+                return;
+            }
+            if (queued >= 0) {
+                // Sent before a drop, waiting to go again: it may have been stored.
+                this.queue.splice(queued, 1);
+                this.settle(p, new RoomcastError('timeout', 'no ack in time (it may have been stored: publish again with this key)'));
                 return;
             }
             if (p.ref && this.inflight.delete(p.ref)) {
@@ -405,8 +448,8 @@ export class Session extends Emitter {
             else {
                 return;
             }
-            this.settle(p, new RoomcastError('timeout', 'no ack in time (it may have been stored)'));
-        }, this.host.publishTimeoutMs);
+            this.settle(p, new RoomcastError('timeout', 'no ack in time (it may have been stored: publish again with this key)'));
+        }, p.timeoutMs);
     }
     stopClock(p) {
         if (p.timer)
@@ -421,18 +464,27 @@ export class Session extends Emitter {
     settle(p, error, seq) {
         if (p.timer)
             clearTimeout(p.timer);
-        if (error)
-            p.reject(error);
-        else
+        if (error) {
+            // One error per publish (a session's end rejects many), naming its key.
+            const own = new RoomcastError(error.code, error.message, error.retryAfterMs);
+            own.key = p.key;
+            p.reject(own);
+        }
+        else {
             p.resolve({ seq: seq });
+        }
     }
     finish(state, error) {
         if (this.retry)
             clearTimeout(this.retry);
         this.retry = undefined;
         this.joinRef = undefined;
-        for (const p of this.queue.splice(0))
-            this.settle(p, error);
+        for (const p of this.queue.splice(0)) {
+            // Sent before a drop and waiting to go again: its outcome is unknown, whatever ended
+            // the session.
+            const unknown = new RoomcastError('disconnected', 'the connection ended before the ack (it may have been stored: publish again with this key)');
+            this.settle(p, p.sent ? unknown : error);
+        }
         // A leave keeps what is in flight: its acks come back before the leave's.
         if (state !== 'left') {
             for (const [ref, p] of this.inflight) {

@@ -43,11 +43,19 @@ pub(crate) struct ServerMessage {
     #[serde(default)]
     #[schema(value_type = Option<Sender>)]
     pub from: Option<Value>,
+    /// A publish repeated with the same key within `ROOMCAST_IDEMPOTENCY_WINDOW` (5 min)
+    /// is stored once; the repeat is answered with the first one's seq.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Published {
     pub seq: u64,
+    /// The key was seen within the window: nothing new was stored, `seq` is the first
+    /// publish's.
+    pub repeat: bool,
 }
 
 fn check_size(app: &App, data: &Value) -> Result<(), ApiError> {
@@ -93,6 +101,15 @@ pub(crate) async fn publish(
         None => crate::ids::UserId::generated("server".into()),
     };
     super::checked_name(sender.name.as_deref())?;
+    if let Some(problem) = body
+        .idempotency_key
+        .as_deref()
+        .and_then(crate::ids::idempotency_key_problem)
+    {
+        return Err(ApiError::bad_request(format!(
+            "`idempotency_key` {problem}"
+        )));
+    }
     let from = From {
         client_id: "server".into(),
         user: user.to_string(),
@@ -100,7 +117,8 @@ pub(crate) async fn publish(
         name: sender.name,
     };
     // REST publishes are limited per request (the `api` scope, in the middleware).
-    let published = publish_message(&app, &id, &from, &body.data, &[])
+    let key = body.idempotency_key.as_deref();
+    let published = publish_message(&app, &id, &from, &body.data, key, &[])
         .await
         .map_err(|e| match e {
             PublishError::Data(e) => ApiError::bad_request(e),
@@ -116,7 +134,10 @@ pub(crate) async fn publish(
     // Server publishes are activity in the session index too (a WebSocket member's
     // activity is recorded, throttled, through its connection).
     touch_indexes_later(&app, &id, None, None, true);
-    Ok(Json(Published { seq: published.seq }))
+    Ok(Json(Published {
+        seq: published.seq,
+        repeat: published.repeat,
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

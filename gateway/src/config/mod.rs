@@ -264,6 +264,10 @@ pub struct Config {
     /// Lifetime of a session's keys after its last write.
     #[arg(long, env = "ROOMCAST_HISTORY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub history_ttl: Duration,
+    /// How long a publish's idempotency key is remembered: a publish repeated with the
+    /// same key within it is stored once and answered with the first one's seq.
+    #[arg(long, env = "ROOMCAST_IDEMPOTENCY_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub idempotency_window: Duration,
     /// WebSocket ping interval; presence is refreshed on the same clock.
     #[arg(long, env = "ROOMCAST_HEARTBEAT", default_value = "25s", value_parser = parse_duration)]
     pub heartbeat: Duration,
@@ -405,6 +409,11 @@ impl Config {
         }
         if self.history_ttl < Duration::from_secs(1) {
             return fail("ROOMCAST_HISTORY_TTL must be at least 1s");
+        }
+        if self.idempotency_window < Duration::from_secs(1)
+            || self.idempotency_window > Duration::from_secs(24 * 3600)
+        {
+            return fail("ROOMCAST_IDEMPOTENCY_WINDOW must be 1s to 24h");
         }
         if self.inactivity_warning >= self.inactivity_timeout {
             return fail(

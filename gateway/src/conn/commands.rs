@@ -54,12 +54,23 @@ impl Connection {
             ClientFrame::Publish {
                 session,
                 data,
+                idempotency_key,
                 reference,
             } => {
                 let started = std::time::Instant::now();
                 let from = self.writer_in(&session)?;
+                if let Some(problem) = idempotency_key
+                    .as_deref()
+                    .and_then(crate::ids::idempotency_key_problem)
+                {
+                    return Err(Failure::new(
+                        ErrorCode::BadRequest,
+                        format!("`idempotency_key` {problem}"),
+                    ));
+                }
                 let limits = self.publish_limits();
-                let published = publish_message(&self.app, &session, &from, &data, &limits)
+                let key = idempotency_key.as_deref();
+                let published = publish_message(&self.app, &session, &from, &data, key, &limits)
                     .await
                     .map_err(|e| match e {
                         PublishError::Data(e) => Failure::new(

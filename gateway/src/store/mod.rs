@@ -197,6 +197,9 @@ pub struct Published {
     pub reactivated: bool,
     /// The session did not exist and this publish created it.
     pub created: bool,
+    /// Its idempotency key was stored within the window: nothing was written and `seq` is
+    /// the first one's.
+    pub repeat: bool,
 }
 
 /// One sliding-window limit a publish is counted against: `scope`'s log for `key`.
@@ -308,6 +311,8 @@ pub struct Store {
     max_lifetime_ms: u64,
     /// Sessions with more members get no presence events (see join.lua).
     presence_events_max: i64,
+    /// How long a publish's idempotency key is remembered.
+    idempotency_ms: u64,
     /// Durable mode: replicas that must confirm a publish (0: off), and for how long.
     wait_replicas: i64,
     wait_timeout_ms: i64,
@@ -333,6 +338,7 @@ impl Store {
             ttl_ms: config.history_ttl.as_millis() as u64,
             max_lifetime_ms: config.max_lifetime.as_millis() as u64,
             presence_events_max: i64::from(config.presence_events_max),
+            idempotency_ms: config.idempotency_window.as_millis() as u64,
             wait_replicas: i64::from(config.redis_wait_replicas),
             wait_timeout_ms: config.redis_wait_timeout.as_millis() as i64,
             reachable: AtomicBool::new(true),
@@ -433,7 +439,7 @@ impl Store {
         traceparent: Option<&str>,
     ) -> Result<Published, StoreError> {
         match self
-            .publish_limited(session, tail, now_ms, traceparent, &[])
+            .publish_limited(session, tail, now_ms, traceparent, None, &[])
             .await?
         {
             Ok(published) => Ok(published),
@@ -448,13 +454,16 @@ impl Store {
     /// and the publish are one script (`publish_limits.lua` + `publish.lua`), and a refusal
     /// counts in no log; on a Cluster the logs are checked first, concurrently, with
     /// `ratelimit.lua`, and a log that admitted has counted the attempt even when another
-    /// refused it.
+    /// refused it. A publish with an idempotency `key` stored within
+    /// `ROOMCAST_IDEMPOTENCY_WINDOW` is a repeat: nothing is written, the first one's seq
+    /// is answered (and where the limits run in the same script, nothing is counted).
     pub async fn publish_limited(
         &self,
         session: &str,
         tail: EntryTail,
         now_ms: u64,
         traceparent: Option<&str>,
+        key: Option<&str>,
         limits: &[Limit<'_>],
     ) -> Result<Result<Published, Decision>, StoreError> {
         let trace = match traceparent {
@@ -475,7 +484,8 @@ impl Store {
         }
         self.events_intent(session, &[]).await?;
         let k = self.keys.session(session);
-        let mut keys = vec![k.seq, k.hist, k.meta, k.channel, k.events];
+        let idem = self.keys.idempotency(session, key);
+        let mut keys = vec![k.seq, k.hist, k.meta, k.channel, k.events, idem];
         let mut args: Vec<Value> = vec![
             Value::Bytes(tail.bytes.into()),
             self.history_size.into(),
@@ -486,6 +496,7 @@ impl Store {
             (TOMBSTONE.as_millis() as i64).into(),
             tail.id.into(),
             self.events_spec(),
+            key.map_or(Value::from(""), |_| (self.idempotency_ms as i64).into()),
         ];
         for l in folded {
             keys.push(self.keys.rate_limit(l.scope.name(), l.key));
@@ -500,7 +511,7 @@ impl Store {
         };
         let client = self.client()?;
         let reply = self.eval_on(client, name, script, keys, args).await?;
-        // {seq, reactivated, created, events recorded} on success; a bare -1/-2 when the session is ended or
+        // {seq, reactivated, created, events recorded, repeat} on success; a bare -1/-2 when the session is ended or
         // resolved; {-3, log, count, oldest, now} when a limit refused it.
         let parts: Vec<i64> = match reply {
             Value::Array(values) => values.iter().filter_map(Value::as_i64).collect(),
@@ -528,7 +539,7 @@ impl Store {
                     now.max(0) as u64,
                 )))
             }
-            [seq, reactivated, created, recorded] if seq > 0 => {
+            [seq, reactivated, created, recorded, repeat] if seq > 0 => {
                 if recorded > 0 {
                     self.events_recorded(session, &[]);
                 }
@@ -537,6 +548,7 @@ impl Store {
                     seq: seq as u64,
                     reactivated: reactivated == 1,
                     created: created == 1,
+                    repeat: repeat == 1,
                 }))
             }
             _ => Err(StoreError::Internal(format!(

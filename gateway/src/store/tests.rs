@@ -350,7 +350,7 @@ async fn limited_publish(apart: bool) {
         let store = &store;
         async move {
             store
-                .publish_limited("room", tail, now_ms(), None, &limits)
+                .publish_limited("room", tail, now_ms(), None, None, &limits)
                 .await
                 .unwrap()
         }

@@ -541,7 +541,7 @@ async fn restart_reaching(new: u64) {
     for n in 1..=new {
         let reply = publish_with_script(&redis, &session, &channel, &json!(format!("new {n}")));
         assert!(
-            reply.starts_with(format!("*4\r\n:{n}\r\n").as_bytes()),
+            reply.starts_with(format!("*5\r\n:{n}\r\n").as_bytes()),
             "a new numbering: {}",
             String::from_utf8_lossy(&reply)
         );
@@ -640,7 +640,7 @@ async fn a_message_pubsub_dropped_is_delivered_before_the_next_one() {
     // sees it, as if Redis or the network had dropped it.
     let reply = publish_with_script(&redis, "gap", "rc:{s:gap}:nowhere", &json!("two"));
     assert!(
-        reply.starts_with(b"*4\r\n:2\r\n"),
+        reply.starts_with(b"*5\r\n:2\r\n"),
         "{}",
         String::from_utf8_lossy(&reply)
     );
@@ -669,4 +669,157 @@ async fn readiness_follows_a_redis_that_stops_answering_with_the_subscriber_conn
     .await;
     // And ready again once Redis answers.
     a.wait_ready().await;
+}
+
+const IDEM_KEY: &str = "test-api-key-0123456789";
+
+/// The messages of `session` as history holds them: (seq, data).
+async fn stored(g: &Gateway, session: &str) -> Vec<(u64, serde_json::Value)> {
+    let r = call(
+        g.addr,
+        "GET",
+        &format!("/api/v1/sessions/{session}/history?limit=100"),
+        Some(IDEM_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["seq"].as_u64().unwrap(), m["data"].clone()))
+        .collect()
+}
+
+/// A publish whose ack was lost goes again with its idempotency key: it is stored once and
+/// acked with the first one's seq. Across a dropped connection (the publish reached the
+/// gateway, the ack never reached the client) and across a Redis blink (the gateway
+/// answered `unavailable` while Redis was paused; whether the script ran is unknown), and
+/// the REST server publish takes the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_publish_is_stored_once_across_a_dropped_connection_and_a_redis_blink() {
+    let redis = Redis::standalone();
+    let g = Gateway::start(&redis.url(), &[("ROOMCAST_API_KEY", IDEM_KEY)]);
+    g.wait_ready().await;
+    let mut tv = g.connect(&token("tv", &[Role::Display])).await;
+    tv.join("idem", None).await;
+
+    // 1. The connection drops right after the publish went out.
+    let mut phone = g.connect(&token("phone", BOTH)).await;
+    phone.join("idem", None).await;
+    phone
+        .send_json(json!({"type": "publish", "session": "idem", "data": "one",
+                          "idempotency_key": "k-1", "ref": "a"}))
+        .await;
+    drop(phone);
+    wait_for(DEADLINE, "the first publish stored", || async {
+        stored(&g, "idem").await.len() == 1
+    })
+    .await;
+    let mut phone = g.connect(&token("phone", BOTH)).await;
+    phone.join("idem", None).await;
+    phone
+        .send_json(json!({"type": "publish", "session": "idem", "data": "one",
+                          "idempotency_key": "k-1", "ref": "b"}))
+        .await;
+    let ack = phone
+        .expect(
+            "ack",
+            |f| matches!(f, ServerFrame::Ack { reference: Some(r), .. } if r == "b"),
+        )
+        .await;
+    assert!(
+        matches!(ack, ServerFrame::Ack { seq: Some(1), .. }),
+        "{ack:?}"
+    );
+
+    // 2. Redis pauses while the publish is on its way: the gateway gives up on it
+    // (`unavailable`); whether Redis ran it once resumed is unknown to the client, which
+    // sends it again with the same key until it is acked.
+    let pid = redis.servers()[0].pid().expect("redis pid").to_string();
+    let kill = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+    };
+    kill("-STOP");
+    phone
+        .send_json(json!({"type": "publish", "session": "idem", "data": "two",
+                          "idempotency_key": "k-2", "ref": "c"}))
+        .await;
+    // An error, or the connection shed (1013, 1001): either way the outcome is unknown.
+    let mut seq = None;
+    loop {
+        match phone.next_event(DEADLINE).await {
+            Ok(ServerFrame::Ack {
+                reference: Some(r),
+                seq: s,
+            }) if r == "c" => {
+                seq = s;
+                break;
+            }
+            Ok(ServerFrame::Error {
+                reference: Some(r), ..
+            }) if r == "c" => break,
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    kill("-CONT");
+    // Redis ran the publish it had buffered, after the gateway had given up on it: stored,
+    // never acked. (Unless the ack made it: then there is nothing to retry.)
+    if seq.is_none() {
+        wait_for(DEADLINE, "the unacked publish stored", || async {
+            stored(&g, "idem").await.iter().any(|(_, d)| d == "two")
+        })
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seq.is_none() {
+        assert!(Instant::now() < deadline, "never acked");
+        // The pause may have closed this connection (1013); a client reconnects.
+        let mut again = g.connect(&token("phone", BOTH)).await;
+        if !matches!(again.join("idem", None).await, ServerFrame::Joined { .. }) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        match again.try_publish_keyed("idem", json!("two"), "k-2").await {
+            Ok(s) => seq = Some(s),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let history = stored(&g, "idem").await;
+    let twos: Vec<u64> = history
+        .iter()
+        .filter(|(_, d)| d == "two")
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(
+        twos,
+        vec![seq.unwrap()],
+        "stored once, acked with its seq: {history:?}"
+    );
+
+    // 3. REST: the same key twice is one message; the repeat says so.
+    let body = json!({"data": "three", "idempotency_key": "k-3"});
+    let path = "/api/v1/sessions/idem/messages";
+    let first = call(g.addr, "POST", path, Some(IDEM_KEY), Some(&body)).await;
+    let second = call(g.addr, "POST", path, Some(IDEM_KEY), Some(&body)).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["repeat"], false);
+    assert_eq!(second.json()["repeat"], true);
+    assert_eq!(first.json()["seq"], second.json()["seq"]);
+    let bad = json!({"data": 1, "idempotency_key": "has space"});
+    call(g.addr, "POST", path, Some(IDEM_KEY), Some(&bad))
+        .await
+        .assert_problem(400, "bad_request");
+    let history = stored(&g, "idem").await;
+    assert_eq!(history.iter().filter(|(_, d)| d == "three").count(), 1);
+
+    // The display saw each message once, in order.
+    let mut seqs: Vec<u64> = history.iter().map(|(s, _)| *s).collect();
+    seqs.sort_unstable();
+    assert_eq!(tv.messages("idem", seqs.len()).await, seqs);
 }

@@ -157,6 +157,7 @@ async fn serve(floor: Arc<Floor>, mut stream: TcpStream) {
                 session,
                 data,
                 reference,
+                ..
             } => {
                 let Some(room) = floor.rooms.get(&session).map(|r| r.clone()) else {
                     continue;
