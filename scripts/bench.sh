@@ -4,7 +4,7 @@
 # pid at the end. Results go to bench/ (BENCH_OUT overrides) as JSON, one file per run,
 # plus a summary per scenario.
 #
-#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|cost|micro|lifecycle|silent|all]...
+#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|cost|micro|lifecycle|silent|webhooks|all]...
 #
 # Knobs (environment): BENCH_DURATION (publishing time per fan-out step, default 15s),
 # BENCH_RATES (per-session rates tried by the fan-out search), BENCH_IDLE_PER_NODE
@@ -719,6 +719,77 @@ PY
   done
 }
 
+# --- 9. webhooks -------------------------------------------------------------------------
+# message.published at 1k and 10k events/s (10 messages/s per session, 100 and 1,000
+# sessions, one display each) into webhook-sink on loopback: events delivered per second
+# and lag (recorded -> received). Each rate runs twice, webhooks off then on, so the same
+# run gives what recording costs a publish: publish->ack and Redis CPU per publish. Then
+# the join hook: 1,000 joins with a hook answering in 1 ms, against none.
+SINK=target/release/webhook-sink
+WH_SECRET="whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMDEyMzQ1Njc4OQ=="
+SINK_URL=""
+SINK_PID=""
+start_sink() {
+  local f="$WORK/sink-addr"
+  rm -f "$f"
+  "$SINK" --addr-file "$f" --idle 3s --json "$1" >"$WORK/sink.log" 2>&1 &
+  SINK_PID=$!
+  PIDS+=($!)
+  wait_for "webhook sink" 10 test -s "$f"
+  SINK_URL="http://$(cat "$f")"
+}
+
+scenario_webhooks() {
+  local target hooks sessions r0 r1 g0 g1 env duration=${BENCH_WEBHOOK_DURATION:-10s}
+  for target in 1000 10000; do
+    sessions=$((target / 10))
+    for hooks in off on; do
+      fresh
+      env=""
+      if [[ $hooks == on ]]; then
+        start_sink "$OUT/webhooks-$target-sink.json"
+        env="ROOMCAST_WEBHOOK_URLS=$SINK_URL/hook ROOMCAST_WEBHOOK_SECRETS=$WH_SECRET"
+        env="$env ROOMCAST_WEBHOOK_EVENTS=message.published ROOMCAST_WEBHOOK_CONCURRENCY=256"
+      fi
+      GATEWAY_ENV="$env" start_gateway
+      GATEWAY_ENV="$env" start_gateway
+      log "webhooks $hooks: $target messages/s over $sessions sessions for $duration"
+      r0=$(redis_ticks)
+      g0=$(server_ticks)
+      # shellcheck disable=SC2046
+      "$LT" $(urls json) --secret "$SECRET" --sessions "$sessions" --displays 1 --rate 10 \
+        --duration "$duration" --drain 2s --prefix "wh$hooks" --progress false \
+        --json "$OUT/webhooks-$target-$hooks.json" >&2
+      # The same window for both runs (the load generator's, its 2 s drain included): at
+      # 1k/s every delivery is done within it (the sink's lag says so), at 10k/s not.
+      r1=$(redis_ticks)
+      g1=$(server_ticks)
+      echo "$((r1 - r0))" >"$WORK/webhooks-$target-$hooks.redis-ticks"
+      echo "$((g1 - g0))" >"$WORK/webhooks-$target-$hooks.gateway-ticks"
+      if [[ $hooks == on ]]; then
+        wait_for "the sink to drain" 120 sh -c "! kill -0 $SINK_PID 2>/dev/null"
+      fi
+    done
+  done
+  for hooks in off on; do
+    fresh
+    env=""
+    if [[ $hooks == on ]]; then
+      start_sink "$OUT/webhooks-join-sink.json"
+      env="ROOMCAST_JOIN_HOOK_URL=$SINK_URL/join ROOMCAST_WEBHOOK_SECRETS=$WH_SECRET"
+    fi
+    GATEWAY_ENV="$env" start_gateway
+    log "join hook $hooks: 1,000 joins, 100 in flight"
+    # shellcheck disable=SC2046
+    "$LT" $(urls json) --secret "$SECRET" --sessions 500 --displays 1 --rate 0 \
+      --duration 1s --drain 0s --concurrency 100 --prefix "jh$hooks" --progress false \
+      --json "$OUT/webhooks-join-$hooks.json" >&2
+    [[ $hooks == off ]] || kill -TERM "$SINK_PID" 2>/dev/null || true
+  done
+  python3 scripts/bench_report.py webhooks "$OUT" "$WORK" >"$OUT/webhooks.json"
+  cat "$OUT/webhooks.json" >&2
+}
+
 # --- in-process hot path -----------------------------------------------------------------
 scenario_micro() {
   log "cargo bench: encode and fan-out hot path"
@@ -745,6 +816,7 @@ for s in "$@"; do
   micro) scenario_micro ;;
   lifecycle) scenario_lifecycle ;;
   silent) scenario_silent ;;
+  webhooks) scenario_webhooks ;;
   all)
     scenario_publish_path
     scenario_durable
@@ -759,6 +831,7 @@ for s in "$@"; do
     scenario_micro
     scenario_lifecycle
     scenario_silent
+    scenario_webhooks
     ;;
   *)
     echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|cost|micro|lifecycle|silent|all]..." >&2

@@ -372,6 +372,44 @@ def cost(out):
     }
 
 
+def webhooks(out, work):
+    """The webhook scenario: per rate, the sink's throughput and lag, and what turning
+    webhooks on did to publish->ack and to Redis CPU per publish; the join hook's cost."""
+    clk = os.sysconf("SC_CLK_TCK")
+    rates = {}
+    for target in (1000, 10000):
+        runs = {}
+        for hooks in ("off", "on"):
+            lt = load(os.path.join(out, f"webhooks-{target}-{hooks}.json"))
+            ticks = int(open(os.path.join(work, f"webhooks-{target}-{hooks}.redis-ticks")).read())
+            gateway = int(open(os.path.join(work, f"webhooks-{target}-{hooks}.gateway-ticks")).read())
+            published = max(lt["published"], 1)
+            runs[hooks] = {
+                "published": lt["published"],
+                "acked": lt["acked"],
+                "publish_per_s": round(lt["published"] / lt["publish_s"], 1),
+                "ack_ms": {"p50": lt["ack"]["p50_ms"], "p99": lt["ack"]["p99_ms"]},
+                "redis_cpu_us_per_publish": round(ticks / clk / published * 1e6, 1),
+                "gateway_cpu_us_per_publish": round(gateway / clk / published * 1e6, 1),
+            }
+        sink = load(os.path.join(out, f"webhooks-{target}-sink.json"))
+        rates[str(target)] = {
+            "offered_events_per_s": target,
+            "delivered": sink["unique"],
+            "duplicates": sink["duplicates"],
+            "out_of_order": sink["out_of_order"],
+            "events_per_s": round(sink["events_per_s"], 1),
+            "lag_ms": sink["lag_ms"],
+            "publish_off": runs["off"],
+            "publish_on": runs["on"],
+        }
+    join = {}
+    for hooks in ("off", "on"):
+        lt = load(os.path.join(out, f"webhooks-join-{hooks}.json"))
+        join[hooks] = {"joins": lt["join"]["count"], "p50_ms": lt["join"]["p50_ms"], "p99_ms": lt["join"]["p99_ms"]}
+    return {"scenario": "webhooks", "rates": rates, "join_hook_1ms": join}
+
+
 def passes_row(r):
     return r["p99_ms"] < 50 and r["lost"] == 0 and r["duplicated_or_reordered"] == 0 and not r["errors"]
 
@@ -412,6 +450,8 @@ def main():
         print(json.dumps(cost(args[0]), indent=2))
     elif cmd == "compare-markdown":
         print(compare_markdown(args[0]))
+    elif cmd == "webhooks":
+        print(json.dumps(webhooks(args[0], args[1]), indent=2))
     elif cmd == "table":
         print(table(args[0]))
     else:

@@ -239,7 +239,9 @@ impl Store {
     }
 
     /// Runs `events_advance.lua`: `done` is the stream id the endpoint is done with (None
-    /// renews the lease only). False when the lease is no longer ours.
+    /// renews the lease only), and up to `next` following events are read in the same
+    /// call (none left: the lease is freed). `None` when the lease is no longer ours.
+    #[allow(clippy::too_many_arguments)]
     pub async fn events_advance(
         &self,
         session: &str,
@@ -247,8 +249,9 @@ impl Store {
         owner: &str,
         lease: Duration,
         done: Option<&str>,
+        next: u32,
         endpoints: &[String],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Vec<StoredEvent>>, StoreError> {
         let k = self.keys.session(session);
         let retention = self.events.as_ref().map_or(0, |r| r.retention_ms);
         let mut args: Vec<Value> = vec![
@@ -257,6 +260,7 @@ impl Store {
             (lease.as_millis() as i64).into(),
             done.unwrap_or("").into(),
             (retention as i64).into(),
+            i64::from(next).into(),
         ];
         args.extend(endpoints.iter().map(|e| Value::from(e.as_str())));
         let reply = self
@@ -271,7 +275,16 @@ impl Store {
                 args,
             )
             .await?;
-        Ok(reply.as_i64() == Some(1))
+        if reply.as_i64() == Some(0) {
+            return Ok(None);
+        }
+        let mut parts = reply.into_array().into_iter();
+        match parts.next().and_then(|v| v.as_i64()) {
+            Some(1) => Ok(Some(entries(parts.next().unwrap_or(Value::Null)))),
+            _ => Err(StoreError::Internal(
+                "events_advance.lua answered nothing".into(),
+            )),
+        }
     }
 
     /// Creates the consumer group on every bucket stream (idempotent).

@@ -186,25 +186,29 @@ pub(crate) fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
 }
 
 impl Webhooks {
-    /// Delivers one session to one endpoint until nothing is left or it is not ours.
+    /// Delivers one session to one endpoint until nothing is left or it is not ours. One
+    /// Redis call per event: the advance after a batch's last event reads the next batch
+    /// (and, finding none, frees the lease).
     pub(crate) async fn drain(&self, session: &str, ep: &Endpoint) -> Result<Drained, StoreError> {
-        loop {
-            let claim = self
-                .store
-                .events_claim(session, &ep.id, &self.owner, self.lease, BATCH)
-                .await?;
-            let events = match claim {
-                Claim::Held => return Ok(Drained::Held),
-                Claim::Batch(events) if events.is_empty() => return Ok(Drained::Empty),
-                Claim::Batch(events) => events,
-            };
-            for event in &events {
+        let claim = self
+            .store
+            .events_claim(session, &ep.id, &self.owner, self.lease, BATCH)
+            .await?;
+        let mut events = match claim {
+            Claim::Held => return Ok(Drained::Held),
+            Claim::Batch(events) => events,
+        };
+        while !events.is_empty() {
+            let last = events.len() - 1;
+            let mut next = Vec::new();
+            for (i, event) in events.iter().enumerate() {
                 match self.send(session, ep, event).await? {
                     Sent::Done => {}
                     Sent::LeaseLost => return Ok(Drained::Held),
                     Sent::Stopped => return Ok(Drained::Stopped),
                 }
-                let ours = self
+                let read = if i == last { BATCH } else { 0 };
+                let advanced = self
                     .store
                     .events_advance(
                         session,
@@ -212,14 +216,19 @@ impl Webhooks {
                         &self.owner,
                         self.lease,
                         Some(&event.stream_id),
+                        read,
                         &self.endpoint_ids,
                     )
                     .await?;
-                if !ours {
-                    return Ok(Drained::Held);
+                match advanced {
+                    None => return Ok(Drained::Held),
+                    Some(batch) if i == last => next = batch,
+                    Some(_) => {}
                 }
             }
+            events = next;
         }
+        Ok(Drained::Empty)
     }
 
     /// Sends one event until it is answered 2xx or dead-lettered.
@@ -334,11 +343,12 @@ impl Webhooks {
                         &self.owner,
                         self.lease,
                         None,
+                        0,
                         &self.endpoint_ids,
                     )
                     .await?;
                 *renewed = Instant::now();
-                if !ours {
+                if ours.is_none() {
                     return Ok(false);
                 }
             }
