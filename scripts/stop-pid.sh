@@ -10,7 +10,7 @@ if [[ ! -f $file ]]; then
 fi
 pid=$(cat "$file")
 if ! kill -0 "$pid" 2>/dev/null; then
-  echo "$name (pid $pid) was not running"
+  echo "$name (pid $pid) had already stopped"
   rm -f "$file"
   exit 0
 fi

@@ -56,6 +56,10 @@ function control(joined, name) {
     if (s === 'ended') showProblem('The session has ended.');
     if (s === 'failed') showProblem(`Cannot join: ${error?.message}`);
   });
+  // The session's stream started over (its history was lost or forked): say so; the
+  // slide is whatever the kept history says.
+  room.on('reset', () => showProblem('The session was reset: some earlier actions are gone.'));
+  client.on('error', (e) => showProblem(`Connection: ${e.message}`));
 
   const publish = async (action) => {
     try {
@@ -106,8 +110,9 @@ function control(joined, name) {
 }
 
 $('code').value = (params.get('code') || '').toUpperCase();
+if (params.get('name')) $('name').value = params.get('name');
 $('join').onsubmit = async (ev) => {
-  ev.preventDefault();
+  ev?.preventDefault();
   const code = $('code').value.trim().toUpperCase();
   const name = $('name').value.trim() || 'Phone';
   $('join').querySelector('button').disabled = true;
@@ -122,3 +127,5 @@ $('join').onsubmit = async (ev) => {
     $('join').querySelector('button').disabled = false;
   }
 };
+// Opened from the display's QR code: the link carries the code, so join at once.
+if ($('code').value) $('join').requestSubmit();

@@ -3,7 +3,8 @@
 //! by code. Both are static files embedded in the binary (`gateway/demo/`) and use only
 //! the public REST API and the TypeScript SDK, whose compiled modules are embedded as
 //! `gateway/demo/sdk/` (a copy of `clients/js/dist` that `make sdk-test` keeps in step).
-//! Owns the file table, their headers, and `/demo/qr.svg`.
+//! Owns the file table, their headers, `/demo/qr.svg`, and (while the demo is on) the root
+//! page at `/`, which links the demo, the OpenAPI document and the health routes.
 
 use std::sync::Arc;
 
@@ -21,6 +22,8 @@ use crate::App;
 /// (path under `/demo/`, content type, body).
 const FILES: &[(&str, &str, &str)] = &[
     ("", HTML, include_str!("../demo/display.html")),
+    ("index", HTML, include_str!("../demo/index.html")),
+    ("favicon.svg", SVG, include_str!("../demo/favicon.svg")),
     ("remote", HTML, include_str!("../demo/remote.html")),
     ("demo.css", CSS, include_str!("../demo/demo.css")),
     ("display.js", JS, include_str!("../demo/display.js")),
@@ -42,6 +45,7 @@ const FILES: &[(&str, &str, &str)] = &[
 const HTML: &str = "text/html; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
+const SVG: &str = "image/svg+xml";
 
 /// Same-origin scripts, styles and images only; sockets to any gateway (the display may
 /// be given several URLs).
@@ -54,6 +58,11 @@ const QR_MAX: usize = 512;
 
 pub(crate) fn router() -> Router<Arc<App>> {
     Router::new()
+        .route("/", get(|| file("index".into())))
+        .route(
+            "/favicon.ico",
+            get(|| async { Redirect::permanent("/demo/favicon.svg") }),
+        )
         .route("/demo", get(|| async { Redirect::permanent("/demo/") }))
         .route("/demo/", get(|| file(String::new())))
         .route("/demo/qr.svg", get(qr))

@@ -9,7 +9,7 @@
 import { Backoff, type BackoffOptions } from './backoff.js';
 import { jsonCodec, type Codec } from './codec.js';
 import { Emitter } from './emitter.js';
-import { RoomcastError } from './errors.js';
+import { RoomcastError, type RoomcastErrorCode } from './errors.js';
 import { Close, type ClientFrame, type ServerFrame } from './protocol.js';
 import { Session, type SessionHost, type SessionOptions } from './session.js';
 
@@ -75,6 +75,9 @@ export interface ClientOptions {
   maxFrameBytes?: number;
   /** A WebSocket implementation where there is no global one (Node 20: `ws`). */
   WebSocket?: WebSocketConstructor;
+  /** The REST API's base for `session.history()` and `session.members()`
+   * (default: the current WebSocket URL's origin, `…/ws` replaced by `…/api/v1`). */
+  apiUrl?: string;
   /** In a browser, call {@link RoomcastClient.wake} when the network comes back
    * (`online`) and when a hidden page becomes visible (default true). */
   wakeOnResume?: boolean;
@@ -651,6 +654,31 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
   }
 
   /** The token to use now, or undefined when the token function must be asked. */
+  /** @internal A GET of the REST API with this client's token (the session's reads). */
+  async get(path: string): Promise<unknown> {
+    const source = this.options.token;
+    const token = typeof source === 'string' ? source : (this.usableToken() ?? (await source()));
+    const base = this.options.apiUrl ?? apiBase(this.urls[this.urlIndex % this.urls.length] as string);
+    const fetchFn = (globalThis as { fetch?: typeof fetch }).fetch;
+    if (!fetchFn) throw new RoomcastError('protocol', 'no fetch here: the REST reads need fetch (Node 18+ or a browser)');
+    let r: Response;
+    try {
+      r = await fetchFn(`${base}${path}`, { headers: { authorization: `Bearer ${token}` } });
+    } catch (e) {
+      throw new RoomcastError('unavailable', `the REST API could not be reached: ${String(e)}`);
+    }
+    const body = (await r.json().catch(() => null)) as { code?: string; detail?: string } | null;
+    if (!r.ok) {
+      const retry = Number(r.headers.get('retry-after'));
+      throw new RoomcastError(
+        (body?.code as RoomcastErrorCode | undefined) ?? 'internal',
+        body?.detail ?? `HTTP ${r.status}`,
+        Number.isFinite(retry) && retry > 0 ? retry * 1000 : undefined,
+      );
+    }
+    return body;
+  }
+
   private usableToken(): string | undefined {
     if (this.tokenStale || !this.token || expired(this.token)) return undefined;
     return this.token;
@@ -706,4 +734,14 @@ function jwtExp(token: string): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The REST API's base for a WebSocket URL: the same origin, `…/ws` replaced by
+ * `…/api/v1` (a relative `/ws` gives the relative `/api/v1`). */
+export function apiBase(wsUrl: string): string {
+  const m = /^(wss?):\/\/([^/]+)(\/.*)?$/.exec(wsUrl);
+  const path = (m ? m[3] ?? '' : wsUrl).replace(/\?.*$/, '').replace(/\/ws\/?$/, '').replace(/\/$/, '');
+  if (!m) return `${path}/api/v1`;
+  const scheme = m[1] === 'wss' ? 'https' : 'http';
+  return `${scheme}://${m[2]}${path}/api/v1`;
 }

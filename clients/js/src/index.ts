@@ -20,7 +20,7 @@ export type {
   WebSocketLike,
 } from './client.js';
 export { Session } from './session.js';
-export type { PublishOptions, SessionEvents, SessionOptions, SessionState } from './session.js';
+export type { HistoryPage, MembersPage, PublishOptions, SessionEvents, SessionOptions, SessionState } from './session.js';
 export { RoomcastError, UnauthorizedError, isRoomcastError } from './errors.js';
 export type { RoomcastErrorCode } from './errors.js';
 export { Backoff } from './backoff.js';

@@ -18,6 +18,8 @@ export interface Member extends Sender {
   node: string;
   joined_at: number;
   idle: boolean;
+  /** What the application's join hook attached to this member, if anything. */
+  info?: Record<string, unknown>;
 }
 
 /** A stored message: live, or an entry of `history`. */

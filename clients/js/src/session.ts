@@ -91,6 +91,22 @@ export interface SessionHost {
   detach(session: Session): void;
   /** The session's `ended` event arrived: the close 4000 that follows is about it. */
   noteEnded(): void;
+  /** A GET of the REST API (`/api/v1` + `path`) with the connection's token. */
+  get(path: string): Promise<unknown>;
+}
+
+/** One page of stored messages, newest first. */
+export interface HistoryPage {
+  messages: Message[];
+  /** Pass as `before` for the next (older) page; `null` on the last. */
+  nextBefore: number | null;
+}
+
+/** One page of the members present, by `client_id`. */
+export interface MembersPage {
+  members: Member[];
+  /** Pass as `after` for the next page; `null` on the last. */
+  nextAfter: string | null;
 }
 
 /** Options of one publish. */
@@ -222,6 +238,39 @@ export class Session extends Emitter<SessionEvents> {
       if (waiting) this.startClock(p);
       this.queue.push(p);
     });
+  }
+
+  /**
+   * Stored messages, newest first, one page (the REST API's history, with this client's
+   * token): `limit` 1 to 100 (default 20), `before` a seq (the previous page's
+   * `nextBefore`). What a joined session missed is replayed by the join itself; this
+   * is for scrolling back further.
+   */
+  async history(options: { before?: number; limit?: number } = {}): Promise<HistoryPage> {
+    const q = new URLSearchParams();
+    if (options.limit !== undefined) q.set('limit', String(options.limit));
+    if (options.before !== undefined) q.set('before', String(options.before));
+    const page = (await this.host.get(`/sessions/${encodeURIComponent(this.id)}/history?${q}`)) as {
+      messages: Message[];
+      next_before: number | null;
+    };
+    return { messages: page.messages, nextBefore: page.next_before ?? null };
+  }
+
+  /**
+   * Who is present, one page by `client_id` (the REST API's presence list): for sessions
+   * bigger than the live `presence` map covers. `limit` 1 to 1000 (default 100), `after`
+   * the previous page's `nextAfter`.
+   */
+  async members(options: { after?: string; limit?: number } = {}): Promise<MembersPage> {
+    const q = new URLSearchParams();
+    if (options.limit !== undefined) q.set('limit', String(options.limit));
+    if (options.after !== undefined) q.set('after', options.after);
+    const page = (await this.host.get(`/sessions/${encodeURIComponent(this.id)}/presence/users?${q}`)) as {
+      members: Member[];
+      next_after?: string | null;
+    };
+    return { members: page.members, nextAfter: page.next_after ?? null };
   }
 
   /** An ephemeral signal to every member, or to one `client_id`; never stored. */

@@ -81,11 +81,11 @@ test('a phone drives the display through the demo, across a gateway kill', { ski
       await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true })
     ).newPage();
     phone.on('pageerror', (e) => errors.push(e));
-    await phone.goto(`${b.http}/demo/remote?code=${code}`);
+    // The QR link carries the code: the controller joins at once, no tap.
+    await phone.goto(`${b.http}/demo/remote?code=${code}&name=Ann`);
     assert.equal(await phone.inputValue('#code'), code, 'the QR link fills the code in');
-    await phone.fill('#name', 'Ann');
-    await phone.click('#join button');
     await phone.waitForSelector('#badge[data-state="connected"]');
+    assert.ok(await phone.isHidden('#join'), 'joined without a tap');
     await screen.waitForFunction(() => document.getElementById('presence').textContent.includes('Ann'));
 
     // 20 actions: Next and a note, taking turns; each acked before the next.
@@ -111,7 +111,7 @@ test('a phone drives the display through the demo, across a gateway kill', { ski
     for (const [i, [, text]] of shown.entries()) assert.ok(text.startsWith(expected[i][1]), `${text} vs ${expected[i][1]}`);
     assert.match(await screen.textContent('#slide-title'), /^6\. /, 'ten Nexts from slide 1 stop at the last slide');
     assert.equal(await screen.textContent('#note'), 'action 20');
-    await screen.screenshot({ path: path.join(OUT, 'display.png') });
+    await screen.screenshot({ path: path.join(OUT, 'display.png'), fullPage: true });
     await phone.screenshot({ path: path.join(OUT, 'remote.png') });
 
     // The display's gateway dies; the phone, on the other one, goes on.

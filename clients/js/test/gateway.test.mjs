@@ -145,6 +145,78 @@ test('a publish repeated with its key is stored once and acked with the same seq
   }
 });
 
+test('history and members pages over REST with the session token', async () => {
+  const g = await startGateway(redis.url);
+  try {
+    // The REST API reads a session for tokens that list it (`sessions`).
+    const phone = client(g.ws, token('ann', 'controller', { sessions: ['pages'] }));
+    const tv = client(g.ws, token('tv', 'display', { sessions: ['pages'] }));
+    const remote = phone.session('pages');
+    const screen = tv.session('pages');
+    phone.connect();
+    tv.connect();
+    await until(() => remote.state === 'joined' && screen.state === 'joined', 'both joined');
+    for (let i = 1; i <= 5; i++) await remote.publish({ i });
+    const first = await remote.history({ limit: 2 });
+    assert.deepEqual(first.messages.map((m) => m.seq), [5, 4], 'newest first');
+    assert.equal(first.nextBefore, 4);
+    const second = await remote.history({ limit: 10, before: first.nextBefore });
+    assert.deepEqual(second.messages.map((m) => m.seq), [3, 2, 1]);
+    assert.equal(second.nextBefore, null);
+    const who = await screen.members({ limit: 1 });
+    assert.equal(who.members.length, 1);
+    const rest = await screen.members({ after: who.nextAfter });
+    assert.deepEqual(
+      [...who.members, ...rest.members].map((m) => m.user).sort(),
+      ['ann', 'tv'],
+    );
+    // A token for another session is refused, as the REST API says.
+    const stranger = client(g.ws, token('eve', 'display', { sessions: ['elsewhere'] }));
+    await assert.rejects(stranger.session('pages').history(), { code: 'forbidden' });
+  } finally {
+    await g.stop();
+  }
+});
+
+test('Redis restarted empty: the display is told and resets to the new numbering', async () => {
+  const own = await startRedis();
+  const g = await startGateway(own.url);
+  try {
+    const tv = client(g.ws, token('tv', 'display'));
+    const phone = client(g.ws, token('ann', 'controller'));
+    const screen = watch(tv.session('restart'));
+    const remote = phone.session('restart');
+    const resets = [];
+    screen.on('reset', (r) => resets.push(r));
+    tv.connect();
+    phone.connect();
+    await until(() => screen.state === 'joined' && remote.state === 'joined', 'both joined');
+    for (let i = 1; i <= 3; i++) await remote.publish({ before: i });
+    await until(() => screen.seen.length === 3, 'the first three');
+    const epoch = screen.epoch;
+    await own.restart();
+    // The controller publishes into the new numbering as soon as the gateway is back.
+    let acked;
+    await until(async () => {
+      try {
+        acked = await remote.publish({ after: 1 }, { key: 'after-restart' });
+        return true;
+      } catch {
+        return false;
+      }
+    }, 'a publish after the restart', 20_000);
+    assert.equal(acked.seq, 1, 'a new numbering starts at 1');
+    await until(() => resets.length > 0, 'the reset', 20_000);
+    assert.notEqual(screen.epoch, epoch, 'a new epoch');
+    // The message stored after the restart reaches the display (in the reset's window or
+    // live after it): its stream now follows the new numbering.
+    await until(() => screen.lastSeq === 1, 'the new message');
+  } finally {
+    await g.stop();
+    own.stop();
+  }
+});
+
 test('msgpack: the same session, the same data, next to JSON clients', async () => {
   const g = await startGateway(redis.url);
   try {

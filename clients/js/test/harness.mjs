@@ -60,15 +60,27 @@ function ping(port) {
 export async function startRedis() {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'roomcast-sdk-redis-'));
   const port = await freePort();
-  const proc = spawn(
-    'redis-server',
-    ['--port', `${port}`, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
-    { stdio: 'ignore' },
-  );
-  children.add(proc);
+  const launch = () => {
+    const p = spawn(
+      'redis-server',
+      ['--port', `${port}`, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir],
+      { stdio: 'ignore' },
+    );
+    children.add(p);
+    return p;
+  };
+  let proc = launch();
   await until(() => ping(port), `redis-server on ${port}`);
   return {
     url: `redis://127.0.0.1:${port}`,
+    /** Killed and started again on the same port, empty (no persistence). */
+    async restart() {
+      proc.kill('SIGKILL');
+      children.delete(proc);
+      await new Promise((r) => proc.once('exit', r));
+      proc = launch();
+      await until(() => ping(port), `redis-server on ${port} again`);
+    },
     stop() {
       proc.kill('SIGKILL');
       children.delete(proc);
@@ -136,9 +148,10 @@ export async function startGateway(redisUrl, env = {}) {
 }
 
 /** A token minted by the gateway binary itself (`roomcast token`). */
-export function token(sub, role, { ttl = '1h', name } = {}) {
+export function token(sub, role, { ttl = '1h', name, sessions = [] } = {}) {
   const args = ['token', '--sub', sub, '--role', role, '--ttl', ttl];
   if (name) args.push('--name', name);
+  for (const s of sessions) args.push('--session', s);
   return execFileSync(BIN, args, { env: { PATH: process.env.PATH, ROOMCAST_JWT_SECRET: SECRET } })
     .toString()
     .trim();

@@ -728,3 +728,11 @@ test('a token function that throws UnauthorizedError stops the client', async ()
   assert.equal(calls, 1, 'not asked again');
   assert.equal(FakeSocket.all.length, 0, 'no socket opened');
 });
+
+test('the REST base follows the WebSocket URL', async () => {
+  const { apiBase } = await import('../dist/client.js');
+  assert.equal(apiBase('ws://a.test:8080/ws'), 'http://a.test:8080/api/v1');
+  assert.equal(apiBase('wss://a.test/rt/ws?x=1'), 'https://a.test/rt/api/v1');
+  assert.equal(apiBase('wss://a.test'), 'https://a.test/api/v1');
+  assert.equal(apiBase('/ws'), '/api/v1');
+});

@@ -581,6 +581,28 @@ export class RoomcastClient extends Emitter {
             this.refs.delete(ref);
     }
     /** The token to use now, or undefined when the token function must be asked. */
+    /** @internal A GET of the REST API with this client's token (the session's reads). */
+    async get(path) {
+        const source = this.options.token;
+        const token = typeof source === 'string' ? source : (this.usableToken() ?? (await source()));
+        const base = this.options.apiUrl ?? apiBase(this.urls[this.urlIndex % this.urls.length]);
+        const fetchFn = globalThis.fetch;
+        if (!fetchFn)
+            throw new RoomcastError('protocol', 'no fetch here: the REST reads need fetch (Node 18+ or a browser)');
+        let r;
+        try {
+            r = await fetchFn(`${base}${path}`, { headers: { authorization: `Bearer ${token}` } });
+        }
+        catch (e) {
+            throw new RoomcastError('unavailable', `the REST API could not be reached: ${String(e)}`);
+        }
+        const body = (await r.json().catch(() => null));
+        if (!r.ok) {
+            const retry = Number(r.headers.get('retry-after'));
+            throw new RoomcastError(body?.code ?? 'internal', body?.detail ?? `HTTP ${r.status}`, Number.isFinite(retry) && retry > 0 ? retry * 1000 : undefined);
+        }
+        return body;
+    }
     usableToken() {
         if (this.tokenStale || !this.token || expired(this.token))
             return undefined;
@@ -638,4 +660,14 @@ function jwtExp(token) {
     catch {
         return undefined;
     }
+}
+/** The REST API's base for a WebSocket URL: the same origin, `…/ws` replaced by
+ * `…/api/v1` (a relative `/ws` gives the relative `/api/v1`). */
+export function apiBase(wsUrl) {
+    const m = /^(wss?):\/\/([^/]+)(\/.*)?$/.exec(wsUrl);
+    const path = (m ? m[3] ?? '' : wsUrl).replace(/\?.*$/, '').replace(/\/ws\/?$/, '').replace(/\/$/, '');
+    if (!m)
+        return `${path}/api/v1`;
+    const scheme = m[1] === 'wss' ? 'https' : 'http';
+    return `${scheme}://${m[2]}${path}/api/v1`;
 }

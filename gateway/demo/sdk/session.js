@@ -106,6 +106,35 @@ export class Session extends Emitter {
             this.queue.push(p);
         });
     }
+    /**
+     * Stored messages, newest first, one page (the REST API's history, with this client's
+     * token): `limit` 1 to 100 (default 20), `before` a seq (the previous page's
+     * `nextBefore`). What a joined session missed is replayed by the join itself; this
+     * is for scrolling back further.
+     */
+    async history(options = {}) {
+        const q = new URLSearchParams();
+        if (options.limit !== undefined)
+            q.set('limit', String(options.limit));
+        if (options.before !== undefined)
+            q.set('before', String(options.before));
+        const page = (await this.host.get(`/sessions/${encodeURIComponent(this.id)}/history?${q}`));
+        return { messages: page.messages, nextBefore: page.next_before ?? null };
+    }
+    /**
+     * Who is present, one page by `client_id` (the REST API's presence list): for sessions
+     * bigger than the live `presence` map covers. `limit` 1 to 1000 (default 100), `after`
+     * the previous page's `nextAfter`.
+     */
+    async members(options = {}) {
+        const q = new URLSearchParams();
+        if (options.limit !== undefined)
+            q.set('limit', String(options.limit));
+        if (options.after !== undefined)
+            q.set('after', options.after);
+        const page = (await this.host.get(`/sessions/${encodeURIComponent(this.id)}/presence/users?${q}`));
+        return { members: page.members, nextAfter: page.next_after ?? null };
+    }
     /** An ephemeral signal to every member, or to one `client_id`; never stored. */
     signal(data, to) {
         return this.joinedSend({ type: 'signal', session: this.id, data, ...(to ? { to } : {}) });

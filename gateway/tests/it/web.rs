@@ -166,6 +166,26 @@ async fn the_demo_is_served_only_when_turned_on() {
     call(off.addr, "GET", "/demo/", None, None)
         .await
         .assert_problem(404, "not_found");
+    call(off.addr, "GET", "/", None, None)
+        .await
+        .assert_problem(404, "not_found");
+
+    // With the demo on, the root page links the demo, the API document and health; the
+    // pages have an icon (no 404 in the browser's console).
+    let r = call(on.addr, "GET", "/", None, None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for link in ["/demo/", "/api/v1/openapi.json", "/health", "/metrics"] {
+        assert!(
+            r.body.contains(&format!("href=\"{link}\"")),
+            "{link}: {}",
+            r.body
+        );
+    }
+    let r = call(on.addr, "GET", "/favicon.ico", None, None).await;
+    assert_eq!(r.header("location"), Some("/demo/favicon.svg"), "{r:?}");
+    let r = call(on.addr, "GET", "/demo/favicon.svg", None, None).await;
+    assert_eq!(r.header("content-type"), Some("image/svg+xml"));
+    assert!(r.body.starts_with("<svg"), "{}", r.body);
 
     let r = call(on.addr, "GET", "/demo", None, None).await;
     assert_eq!(r.status, 308, "{r:?}");
