@@ -18,6 +18,23 @@ import sys
 import time
 
 PREFIX = "rc"
+# The gateway's index buckets (keys.rs `INDEX_BUCKETS`, `bucket_of`): an id's Redis key
+# slot (CRC16/XMODEM of the id, hash tags aside: ours have no braces) modulo 16.
+BUCKETS = 16
+
+
+def crc16(data):
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def bucket_of(sid):
+    return (crc16(sid.encode()) % 16384) % BUCKETS
 
 
 def resp(*args):
@@ -84,7 +101,8 @@ def populate(port, n, spread_ms, warning_ms):
         batch.append(resp("HSET", meta, "status", "active", "created_at", now,
                           "expires_at", expires, "last_activity", last, "state", "null"))
         batch.append(resp("PEXPIRE", meta, 3 * 3600 * 1000))
-        batch.append(resp("ZADD", f"{PREFIX}:sessions:due", last + warning_ms, sid))
+        # The bucketed due index, as `Store::touch_indexes` files it.
+        batch.append(resp("ZADD", f"{PREFIX}:sessions:due:{{b{bucket_of(sid)}}}", last + warning_ms, sid))
         if len(batch) >= 3000:
             c.send(b"".join(batch))
             for _ in batch:
