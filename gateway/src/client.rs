@@ -1,7 +1,7 @@
 //! One client's outbound side: its bounded send queue, its writer task and its close signal.
 //!
-//! Owns the rule of STYLE.md practice 4: producers (fan-out, replies) never wait; a full
-//! queue closes that client with 4008 and nobody else waits. The writer drains the queue
+//! Owns the rule that producers (fan-out, replies) never wait (ARCHITECTURE.md,
+//! "Invariants"): a full queue closes that client with 4008 and nobody else waits. The writer drains the queue
 //! in batches, feeding every frame and flushing once per batch. Frames shared by many
 //! clients are encoded once per format ([`SharedFrame`]).
 //!
