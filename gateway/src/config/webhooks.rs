@@ -1,6 +1,7 @@
-//! The webhook and join-hook settings (docs/WEBHOOKS.md) (`ROOMCAST_WEBHOOK_*`, `ROOMCAST_JOIN_HOOK_*`):
-//! parsed by clap into [`WebhookConfig`], checked by [`WebhookConfig::validate`], which
-//! also turns the raw strings into what delivery uses (endpoints, keys, event types).
+//! The webhook and join-hook settings (`ROOMCAST_WEBHOOK_*`, `ROOMCAST_JOIN_HOOK_*`;
+//! docs/WEBHOOKS.md): parsed by clap into [`WebhookConfig`] and checked by
+//! [`WebhookConfig::validate`]; its helpers turn the raw strings into what delivery uses
+//! (the signing keys, the event types).
 
 use std::time::Duration;
 
