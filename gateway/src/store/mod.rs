@@ -4,10 +4,12 @@
 //! EVALSHA, reloaded on NOSCRIPT), the mapping of Redis failures to [`StoreError`], and
 //! whether Redis is known to be down (commands then fail at once). This file holds the
 //! realtime path (publish, join, leave, presence, history) and the node registry;
-//! `sessions` the session model and its indexes, `limits` the rate limits. Pub/sub
+//! `sessions` the session model, `indexes` the indexes that span sessions, `events` the
+//! webhook events, `limits` the rate limits. Pub/sub
 //! subscriptions are not here but in `bus`; key names come from `keys`.
 
 mod events;
+mod indexes;
 mod limits;
 mod presence;
 mod sessions;
