@@ -9,6 +9,7 @@
 
 pub(crate) mod history;
 pub(crate) mod limits;
+pub(crate) mod listing;
 pub(crate) mod messages;
 pub(crate) mod openapi;
 pub(crate) mod presence;
@@ -42,7 +43,7 @@ pub(crate) fn router() -> Router<Arc<App>> {
         .route("/openapi.json", get(openapi::serve))
         .route("/sessions", post(sessions::create))
         .route("/sessions/join", post(sessions::join))
-        .route("/sessions/stats", get(sessions::stats))
+        .route("/sessions/stats", get(listing::stats))
         .route(
             "/sessions/{id}",
             get(sessions::get)
@@ -66,7 +67,7 @@ pub(crate) fn router() -> Router<Arc<App>> {
         .route("/sessions/{id}/presence/cleanup", post(presence::cleanup))
         .route("/sessions/{id}/messages", post(messages::publish))
         .route("/users/{user}/messages", post(messages::direct))
-        .route("/users/{user}/sessions", get(sessions::of_user))
+        .route("/users/{user}/sessions", get(listing::of_user))
         .route(
             "/admin/rate-limits/{scope}/{key}",
             get(limits::show).delete(limits::reset),

@@ -9,7 +9,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi};
 
-use super::{history, limits, messages, presence, sessions, webhooks};
+use super::{history, limits, listing, messages, presence, sessions, webhooks};
 
 /// Responses every route can give, added to each operation here rather than repeated in
 /// every annotation: bad input, credentials, rate limits, Redis down.
@@ -76,7 +76,7 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     paths(
         sessions::create, sessions::join, sessions::get, sessions::patch, sessions::end,
-        sessions::resolve, sessions::resume, sessions::of_user, sessions::stats,
+        sessions::resolve, sessions::resume, listing::of_user, listing::stats,
         history::list, history::latest, history::search, history::stats, history::clear,
         presence::summary, presence::users, presence::join, presence::activity, presence::leave,
         presence::cleanup,
