@@ -22,7 +22,7 @@ use super::{
 use crate::envelope::{kind, MemberInfo};
 use crate::ids::{valid_id, ID_CHARSET};
 use crate::util::{now_ms, random_id};
-use crate::webhooks::hook::{JoinQuestion, JoinVerdict};
+use crate::webhooks::hook::{JoinHook, JoinQuestion};
 use crate::App;
 
 async fn members(app: &App, id: &str, headers: &HeaderMap) -> Result<Vec<Member>, ApiError> {
@@ -244,23 +244,20 @@ pub(crate) async fn join(
     }
     // The join hook asks the application about token holders; the server key is the
     // application's own backend and is not asked about itself.
-    let (mut name, mut extra) = (name, None);
-    if let (Some(hook), Credential::Token(_)) = (&app.join_hook, &credential) {
-        let question = JoinQuestion {
-            user: user.as_str(),
-            client_id: &client_id,
-            session: &id,
-            role,
-            name: name.as_deref(),
-        };
-        match hook.ask(&question).await {
-            JoinVerdict::Allow { name: named, info } => {
-                name = named.or(name);
-                extra = info;
-            }
-            JoinVerdict::Deny(reason) => return Err(ApiError::forbidden(reason)),
-        }
-    }
+    let hook = match &credential {
+        Credential::Token(_) => app.join_hook.as_ref(),
+        _ => None,
+    };
+    let question = JoinQuestion {
+        user: user.as_str(),
+        client_id: &client_id,
+        session: &id,
+        role,
+        name: name.as_deref(),
+    };
+    let (name, extra) = JoinHook::decide(hook, &question, name.clone())
+        .await
+        .map_err(ApiError::forbidden)?;
     let now = now_ms();
     let info = MemberInfo {
         client_id: client_id.clone(),

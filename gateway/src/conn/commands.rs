@@ -16,7 +16,7 @@ use crate::ratelimit::{Decision, Scope};
 use crate::session::{Join, JoinError, Since};
 use crate::store::{Limit, StoreError};
 use crate::util::now_ms;
-use crate::webhooks::hook::{JoinQuestion, JoinVerdict};
+use crate::webhooks::hook::{JoinHook, JoinQuestion};
 
 use super::{Connection, Failure, Joined, MAX_SESSIONS_PER_CONNECTION};
 
@@ -200,29 +200,20 @@ impl Connection {
                 format!("`name` {problem}"),
             ));
         }
-        let mut name = name.or_else(|| self.identity.name.clone());
+        let name = name.or_else(|| self.identity.name.clone());
         // The application's backend decides last: everything the token decides was
         // checked first, so a refused token never reaches it. Its answer may name the
         // member and attach info that presence shows.
-        let mut extra = None;
-        if let Some(hook) = &self.app.join_hook {
-            let question = JoinQuestion {
-                user: self.identity.user.as_str(),
-                client_id: self.client.id(),
-                session: session.as_str(),
-                role,
-                name: name.as_deref(),
-            };
-            match hook.ask(&question).await {
-                JoinVerdict::Allow { name: named, info } => {
-                    name = named.or(name);
-                    extra = info;
-                }
-                JoinVerdict::Deny(reason) => {
-                    return Err(Failure::new(ErrorCode::Forbidden, reason))
-                }
-            }
-        }
+        let question = JoinQuestion {
+            user: self.identity.user.as_str(),
+            client_id: self.client.id(),
+            session: session.as_str(),
+            role,
+            name: name.as_deref(),
+        };
+        let (name, extra) = JoinHook::decide(self.app.join_hook.as_ref(), &question, name.clone())
+            .await
+            .map_err(|reason| Failure::new(ErrorCode::Forbidden, reason))?;
         let now = now_ms();
         let info = MemberInfo {
             client_id: self.client.id().to_string(),

@@ -28,8 +28,10 @@ const DEAD_MAX: u64 = 100_000;
 
 /// How this instance records events; absent when webhooks are off.
 pub(crate) struct Recording {
-    /// `,type,type,`: what the scripts record.
+    /// `,type,type,`: what the scripts record (the form of the spec they take).
     types: String,
+    /// The same types, for the checks around each script.
+    kinds: Vec<&'static str>,
     maxlen: u32,
     retention_ms: u64,
     /// When this instance last filed a delivery request per session: one per
@@ -45,10 +47,7 @@ pub(crate) struct Recording {
 impl Recording {
     /// Whether a script that may record `kinds` (empty: any) records anything.
     fn records_any(&self, kinds: &[&str]) -> bool {
-        kinds.is_empty()
-            || kinds
-                .iter()
-                .any(|k| self.types.split(',').any(|t| !t.is_empty() && t == *k))
+        kinds.is_empty() || kinds.iter().any(|k| self.kinds.contains(k))
     }
 
     pub(crate) fn new(config: &crate::config::Config) -> Option<Self> {
@@ -60,6 +59,7 @@ impl Recording {
         let (recorded, receiver) = tokio::sync::mpsc::channel(4096);
         Some(Recording {
             types: format!(",{},", types.join(",")),
+            kinds: types,
             maxlen: w.stream_max,
             retention_ms: w.max_age.max(config.history_ttl).as_millis() as u64,
             kicked: DashMap::new(),

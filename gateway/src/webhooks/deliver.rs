@@ -209,16 +209,7 @@ impl Webhooks {
                 }
                 let read = if i == last { BATCH } else { 0 };
                 let advanced = self
-                    .store
-                    .events_advance(
-                        session,
-                        &ep.id,
-                        &self.owner,
-                        self.lease,
-                        Some(&event.stream_id),
-                        read,
-                        &self.endpoint_ids,
-                    )
+                    .advance(session, ep, Some(&event.stream_id), read)
                     .await?;
                 match advanced {
                     None => return Ok(Drained::Held),
@@ -229,6 +220,28 @@ impl Webhooks {
             events = next;
         }
         Ok(Drained::Empty)
+    }
+
+    /// `events_advance.lua` for this owner: `done` the event the endpoint is done with
+    /// (None: the lease is only renewed), `read` how many next events to take along.
+    async fn advance(
+        &self,
+        session: &str,
+        ep: &Endpoint,
+        done: Option<&str>,
+        read: u32,
+    ) -> Result<Option<Vec<StoredEvent>>, StoreError> {
+        self.store
+            .events_advance(
+                session,
+                &ep.id,
+                &self.owner,
+                self.lease,
+                done,
+                read,
+                &self.endpoint_ids,
+            )
+            .await
     }
 
     /// Sends one event until it is answered 2xx or dead-lettered.
@@ -335,18 +348,7 @@ impl Webhooks {
                 _ = self.shutdown.cancelled() => return Ok(false),
             }
             if Instant::now() >= renew_at {
-                let ours = self
-                    .store
-                    .events_advance(
-                        session,
-                        &ep.id,
-                        &self.owner,
-                        self.lease,
-                        None,
-                        0,
-                        &self.endpoint_ids,
-                    )
-                    .await?;
+                let ours = self.advance(session, ep, None, 0).await?;
                 *renewed = Instant::now();
                 if ours.is_none() {
                     return Ok(false);

@@ -188,6 +188,22 @@ impl JoinHook {
         }
     }
 
+    /// The member's name and info after the hook (its name wins over `name`), or the
+    /// reason of a refusal. Without a hook, `name` as it is and no info.
+    pub async fn decide(
+        hook: Option<&JoinHook>,
+        q: &JoinQuestion<'_>,
+        name: Option<String>,
+    ) -> Result<(Option<String>, Option<Value>), String> {
+        let Some(hook) = hook else {
+            return Ok((name, None));
+        };
+        match hook.ask(q).await {
+            JoinVerdict::Allow { name: named, info } => Ok((named.or(name), info)),
+            JoinVerdict::Deny(reason) => Err(reason),
+        }
+    }
+
     fn failed(&self, started: Instant, why: &str) -> JoinVerdict {
         tracing::warn!(error = %why, mode = ?self.failure, "join hook failed");
         match self.failure {

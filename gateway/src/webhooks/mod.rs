@@ -162,20 +162,29 @@ impl Webhooks {
     /// Delivers `session` to one endpoint unless this instance already is: then the
     /// running delivery is asked to look again before it stops.
     fn spawn_delivery(self: Arc<Self>, session: String, endpoint: usize) {
-        use dashmap::mapref::entry::Entry;
-        match self.active.entry((session.clone(), endpoint)) {
-            Entry::Occupied(mut o) => {
-                *o.get_mut() = true;
-                return;
-            }
-            Entry::Vacant(v) => {
-                v.insert(false);
-            }
+        if !self.enter(&session, endpoint) {
+            return;
         }
         let me = self.clone();
         self.tracker.spawn(async move {
             let _ = me.run_delivery(&session, endpoint).await;
         });
+    }
+
+    /// Names a (session, endpoint) delivery in `active`: true when this caller is to run
+    /// it, false when one runs already (which is then asked to look again before it stops).
+    fn enter(&self, session: &str, endpoint: usize) -> bool {
+        use dashmap::mapref::entry::Entry;
+        match self.active.entry((session.to_string(), endpoint)) {
+            Entry::Occupied(mut o) => {
+                *o.get_mut() = true;
+                false
+            }
+            Entry::Vacant(v) => {
+                v.insert(false);
+                true
+            }
+        }
     }
 
     /// Runs one (session, endpoint) delivery that `active` already names, until it has
@@ -316,17 +325,10 @@ impl Webhooks {
     async fn deliver_everywhere(&self, session: &str) -> bool {
         let mut finished = true;
         for endpoint in 0..self.endpoints.len() {
-            use dashmap::mapref::entry::Entry;
-            match self.active.entry((session.to_string(), endpoint)) {
-                // This instance is on it already: not finished yet.
-                Entry::Occupied(mut o) => {
-                    *o.get_mut() = true;
-                    finished = false;
-                    continue;
-                }
-                Entry::Vacant(v) => {
-                    v.insert(false);
-                }
+            // This instance is on it already: not finished yet.
+            if !self.enter(session, endpoint) {
+                finished = false;
+                continue;
             }
             finished &= matches!(self.run_delivery(session, endpoint).await, Ok(true));
         }
