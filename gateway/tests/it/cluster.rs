@@ -596,8 +596,9 @@ impl Watched {
             .map(|(_, id)| id.clone())
             .expect("seen");
         // A gateway still settling after the failover may answer 1013 (try again
-        // later): the display reconnects, as a client does.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // later) or not answer the join in time: the display reconnects, as a client
+        // does (the SDK after its join timeout).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let (_, recovered, history) = loop {
             let mut back = self.a.connect(&token("tv", &[Role::Display])).await;
             match back
@@ -605,7 +606,7 @@ impl Watched {
                 .await
             {
                 Ok(joined) => break joined,
-                Err(Closed::Code(close::TRY_AGAIN_LATER))
+                Err(Closed::Code(close::TRY_AGAIN_LATER) | Closed::Unanswered)
                     if std::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(200)).await;
