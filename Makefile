@@ -17,8 +17,13 @@ run: ## start a local Redis (AOF) and one gateway with a dev config, print how t
 
 test: deps lint test-only sdk-test contract-test k8s-check ## install what is missing, lint, run every test, validate manifests
 
+# A bound on each test command (its build included), so that a test that hangs fails the
+# run with the names libtest printed ("has been running for over 60 seconds") instead of
+# outliving it. The first (a fresh build included) is most of a fresh clone's CI time.
+TEST_TIMEOUT ?= 40m
+
 test-only: ## run every test (each starts its own private Redis instances), the multi-instance suites against a Redis Cluster, a 2-minute soak
-	$(CARGO) test --workspace --all-targets
+	timeout -k 30s $(TEST_TIMEOUT) $(CARGO) test --workspace --all-targets
 	$(MAKE) test-cluster
 	$(MAKE) test-soak
 
@@ -28,8 +33,8 @@ test-soak: ## the short form of make soak: 2 minutes at small scale on the debug
 
 test-cluster: ## the multi-instance suites again, each test against its own private 3-primary Redis Cluster
 	# --workspace keeps the features (and so the build) of the full test run: no rebuild.
-	ROOMCAST_TEST_REDIS=cluster $(CARGO) test --workspace --lib
-	ROOMCAST_TEST_REDIS=cluster $(CARGO) test --workspace --test it -- protocol:: rest:: lifecycle:: limits:: \
+	ROOMCAST_TEST_REDIS=cluster timeout -k 30s $(TEST_TIMEOUT) $(CARGO) test --workspace --lib
+	ROOMCAST_TEST_REDIS=cluster timeout -k 30s $(TEST_TIMEOUT) $(CARGO) test --workspace --test it -- protocol:: rest:: lifecycle:: limits:: \
 	  recovery::a_message_pubsub_dropped recovery::readiness_follows webhooks::
 
 sdk-test: ## the TypeScript SDK (clients/js): its build and tests against real gateways and Redis

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use gateway::auth::{Authenticator, Claims};
 use gateway::config::{Config, TokenArgs};
-use roomcast_shared::{decode_server, Format, Role, ServerFrame};
+use roomcast_shared::{close, decode_server, ErrorCode, Format, Role, ServerFrame};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -389,8 +389,15 @@ pub enum Closed {
     Code(u16),
     /// The stream ended without a close frame.
     Abrupt,
-    /// Nothing answered in time (a client gives such a connection up and reconnects).
-    Unanswered,
+}
+
+/// Why a join was not answered `joined`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotJoined {
+    /// An `error` frame answered it, with this code.
+    Refused(ErrorCode),
+    /// The connection ended.
+    Closed(Closed),
 }
 
 /// A protocol client for tests.
@@ -461,7 +468,8 @@ impl WsClient {
                 .headers_mut()
                 .insert(name, v.parse().expect("header"));
         }
-        match tokio_tungstenite::connect_async(request).await {
+        let dial = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request));
+        match dial.await.expect("the upgrade answered in time") {
             Ok((ws, response)) => {
                 let format = match response
                     .headers()
@@ -495,8 +503,10 @@ impl WsClient {
             "authorization",
             format!("Bearer {token}").parse().expect("header"),
         );
-        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+        let upgrade = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream));
+        let (ws, _) = tokio::time::timeout(DEADLINE, upgrade)
             .await
+            .expect("the upgrade answered in time")
             .expect("upgrade");
         let mut client = WsClient {
             ws,
@@ -720,21 +730,24 @@ impl WsClient {
     ) -> (String, bool, Vec<u64>) {
         match self.try_rejoin(session, since, epoch, since_id).await {
             Ok(joined) => joined,
-            Err(c) => panic!("closed ({c:?}) while waiting for joined"),
+            Err(why) => panic!("rejoin not joined: {why:?}"),
         }
     }
 
-    /// [`WsClient::rejoin`], answering how the connection closed instead of failing the
-    /// test: a gateway still finding its way after a failover may answer 1013 (try again
-    /// later), which a client meets by reconnecting.
+    /// [`WsClient::rejoin`], answering a refusal or a close instead of failing the test: a
+    /// gateway still finding its way after a failover may refuse the join `unavailable` or
+    /// close 1013 (try again later), which a client meets by joining again.
     pub async fn try_rejoin(
         &mut self,
         session: &str,
         since: u64,
         epoch: Option<&str>,
         since_id: Option<&str>,
-    ) -> Result<(String, bool, Vec<u64>), Closed> {
-        let mut frame = serde_json::json!({"type": "join", "session": session, "since": since});
+    ) -> Result<(String, bool, Vec<u64>), NotJoined> {
+        let reference = gateway::util::random_id(8);
+        let mut frame = serde_json::json!(
+            {"type": "join", "session": session, "since": since, "ref": reference}
+        );
         if let Some(e) = epoch {
             frame["epoch"] = e.into();
         }
@@ -742,22 +755,64 @@ impl WsClient {
             frame["since_id"] = id.into();
         }
         self.send_json(frame).await;
-        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let answer = |f: &ServerFrame| {
+            matches!(f, ServerFrame::Joined { reference: Some(r), .. }
+                | ServerFrame::Error { reference: Some(r), .. } if *r == reference)
+        };
+        // Frames met while waiting stay queued for the test (`expect`'s rule): the answer
+        // is looked for among them first, then read, never re-read from the queue.
+        let frame = match self.pending.iter().position(answer) {
+            Some(i) => self.pending.remove(i).expect("index"),
+            None => {
+                let deadline = tokio::time::Instant::now() + DEADLINE;
+                loop {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    assert!(!left.is_zero(), "timed out waiting for joined");
+                    match self.read_event(left).await {
+                        Ok(f) if answer(&f) => break f,
+                        Ok(f) => self.pending.push_back(f),
+                        Err(c) => return Err(NotJoined::Closed(c)),
+                    }
+                }
+            }
+        };
+        match frame {
+            ServerFrame::Joined {
+                epoch,
+                recovered,
+                history,
+                ..
+            } => Ok((epoch, recovered, history.iter().map(|m| m.seq).collect())),
+            ServerFrame::Error { code, .. } => Err(NotJoined::Refused(code)),
+            _ => unreachable!("matched above"),
+        }
+    }
+
+    /// Connects to `gateway` as `token` and rejoins as [`WsClient::rejoin`] does, joining
+    /// again while the gateway, settling after a failover, refuses `unavailable` or closes
+    /// 1013, as a client does; other refusals fail the test. Answers the client with
+    /// (epoch, recovered, the history's seqs).
+    pub async fn rejoin_retrying(
+        gateway: &Gateway,
+        token: &str,
+        session: &str,
+        since: u64,
+        epoch: Option<&str>,
+        since_id: Option<&str>,
+    ) -> (WsClient, (String, bool, Vec<u64>)) {
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            // The outer timeout comes first: no answer is an outcome here, not a failure.
-            let next = tokio::time::timeout(left, self.next_event(left + Duration::from_secs(1)));
-            let Ok(event) = next.await else {
-                return Err(Closed::Unanswered);
-            };
-            match event? {
-                ServerFrame::Joined {
-                    epoch,
-                    recovered,
-                    history,
-                    ..
-                } => return Ok((epoch, recovered, history.iter().map(|m| m.seq).collect())),
-                other => self.pending.push_back(other),
+            let mut client = gateway.connect(token).await;
+            match client.try_rejoin(session, since, epoch, since_id).await {
+                Ok(joined) => return (client, joined),
+                Err(
+                    why @ (NotJoined::Refused(ErrorCode::Unavailable)
+                    | NotJoined::Closed(Closed::Code(close::TRY_AGAIN_LATER))),
+                ) if Instant::now() < deadline => {
+                    eprintln!("rejoin of {session}: {why:?}; joining again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(other) => panic!("rejoin refused: {other:?}"),
             }
         }
     }

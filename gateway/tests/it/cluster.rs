@@ -595,25 +595,17 @@ impl Watched {
             .find(|(seq, _)| *seq == since)
             .map(|(_, id)| id.clone())
             .expect("seen");
-        // A gateway still settling after the failover may answer 1013 (try again
-        // later) or not answer the join in time: the display reconnects, as a client
-        // does (the SDK after its join timeout).
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        let (_, recovered, history) = loop {
-            let mut back = self.a.connect(&token("tv", &[Role::Display])).await;
-            match back
-                .try_rejoin(session, since, Some(&self.epoch), Some(&since_id))
-                .await
-            {
-                Ok(joined) => break joined,
-                Err(Closed::Code(close::TRY_AGAIN_LATER) | Closed::Unanswered)
-                    if std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(c) => panic!("rejoin closed with {c:?}"),
-            }
-        };
+        // A gateway still settling after the failover may refuse the rejoin `unavailable`
+        // (closing 1013): the display joins again, as a client does.
+        let (_, (_, recovered, history)) = WsClient::rejoin_retrying(
+            &self.a,
+            &token("tv", &[Role::Display]),
+            session,
+            since,
+            Some(&self.epoch),
+            Some(&since_id),
+        )
+        .await;
         assert!(!recovered);
         assert_eq!(history, window);
     }

@@ -381,14 +381,29 @@ async fn a_failover_to_a_stale_replica_is_never_passed_off_as_continuous() {
     assert_eq!((after, closed), (vec![], Closed::Code(close::RESYNC)));
     // Its rejoin names what it saw at 10: not the fork's 10, so not recovered, with the
     // whole window the session now has (the fork's 6..13 included).
-    let mut back = a.connect(&token("tv", &[Role::Display])).await;
-    let (now, recovered, history) = back.rejoin("fork", ten, Some(&epoch), Some(&ten_id)).await;
+    // (A gateway still settling may refuse it `unavailable`: it is joined again.)
+    let (_back, (now, recovered, history)) = WsClient::rejoin_retrying(
+        &a,
+        &token("tv", &[Role::Display]),
+        "fork",
+        ten,
+        Some(&epoch),
+        Some(&ten_id),
+    )
+    .await;
     assert!(!recovered);
     assert_eq!(history, (1..=13).collect::<Vec<u64>>());
     // The gateways renamed the forked numbering, so a client that names only the epoch
     // (an older SDK) is told too.
     assert_ne!(now, epoch);
-    let mut old_client = b.connect(&token("old", &[Role::Display])).await;
-    let (_, recovered, _) = old_client.rejoin("fork", ten, Some(&epoch), None).await;
+    let (_old_client, (_, recovered, _)) = WsClient::rejoin_retrying(
+        &b,
+        &token("old", &[Role::Display]),
+        "fork",
+        ten,
+        Some(&epoch),
+        None,
+    )
+    .await;
     assert!(!recovered, "the old epoch names a numbering that forked");
 }
