@@ -80,6 +80,8 @@ pub(super) struct Pump<S, B> {
     retry_at: Option<Instant>,
     /// Whether a join was handled; a pump retires when empty only after one.
     joined_once: bool,
+    /// A fork found while Redis refused its rename; the pump lives until it is done.
+    owed_rename: Option<numbering::OwedRename>,
 }
 
 impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
@@ -102,6 +104,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
             lagged,
             retry_at: None,
             joined_once: false,
+            owed_rename: None,
         }
     }
 
@@ -144,7 +147,11 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
             // no session (their creating retry, say) are served here, not bounced. A pump
             // without members drains its mailbox fast (payloads go to nobody), so this
             // delays retiring by a burst at most.
-            if self.joined_once && self.members.is_empty() && self.rx.is_empty() {
+            if self.joined_once
+                && self.members.is_empty()
+                && self.rx.is_empty()
+                && self.owed_rename.is_none()
+            {
                 break;
             }
         }
@@ -248,6 +255,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
     /// and whether the session ended meanwhile (that event is not stored anywhere else).
     async fn catch_up(&mut self) {
         self.lagged.store(false, Ordering::Release);
+        self.rename().await;
         if let Some(last) = self.last_seq {
             self.fill_from(last).await;
         }

@@ -7,6 +7,13 @@
 use roomcast_shared::CloseCode;
 
 use super::{Pump, CLOSED};
+
+/// A fork whose rename Redis refused: the epoch to rename, and the members to tell
+/// (4010) once it is renamed.
+pub(super) struct OwedRename {
+    forked: String,
+    held: Vec<String>,
+}
 use crate::metrics as m;
 use crate::session::{PumpStore, Subscriptions};
 
@@ -32,21 +39,64 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
             "session numbering restarted or forked; members resync"
         );
         m::numbering_reset();
-        let epoch = if epoch.is_empty() || epoch == self.epoch {
-            match self.env.store.fork(&self.session, &self.epoch).await {
-                Ok(now) => now,
-                Err(e) => {
-                    // The members resync all the same; a rejoin that names the message
-                    // it saw (`since_id`) is still recognised by join.lua.
-                    tracing::warn!(session = %self.session, error = %e, "renaming a forked numbering failed");
-                    String::new()
-                }
+        if !epoch.is_empty() && epoch != self.epoch {
+            // A new numbering already has a name of its own (and a fork still to rename
+            // is gone with the old one).
+            if let Some(owed) = self.owed_rename.take() {
+                self.tell(owed.held);
             }
-        } else {
-            epoch
+            self.start_at(seq, id, epoch);
+            self.resync_members(|_| true);
+            return;
+        }
+        // The members are given nothing more from here, and told once the fork is
+        // renamed: a rejoin before that, naming only the old epoch (as older SDKs do),
+        // would be taken for a continuation. Until then this instance's numbering is
+        // unnamed (empty matches any). Found again before the rename went through: it is still the first one's.
+        let (forked, mut held) = match self.owed_rename.take() {
+            Some(owed) => (owed.forked, owed.held),
+            None => (std::mem::take(&mut self.epoch), Vec::new()),
         };
-        self.start_at(seq, id, epoch);
-        self.resync_members(|_| true);
+        self.start_at(seq, id, String::new());
+        for (client_id, member) in &mut self.members {
+            if member.last_seq != CLOSED {
+                member.last_seq = CLOSED;
+                held.push(client_id.clone());
+            }
+        }
+        self.owed_rename = Some(OwedRename { forked, held });
+        self.rename().await;
+    }
+
+    /// Runs the rename a fork owes (see [`Pump::renumber`]), then tells the members
+    /// held for it to resync. While Redis refuses it, the retry tries again, and the
+    /// pump does not retire.
+    pub(super) async fn rename(&mut self) {
+        let Some(owed) = &self.owed_rename else {
+            return;
+        };
+        match self.env.store.fork(&self.session, &owed.forked).await {
+            Ok(now) => {
+                if self.epoch.is_empty() {
+                    self.epoch = now;
+                }
+                let held = self.owed_rename.take().map(|o| o.held).unwrap_or_default();
+                self.tell(held);
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.session, error = %e, "renaming a forked numbering failed; retrying");
+                self.schedule_retry();
+            }
+        }
+    }
+
+    /// Tells members held for a rename to resync (those still here).
+    fn tell(&self, held: Vec<String>) {
+        for client_id in held {
+            if let Some(member) = self.members.get(&client_id) {
+                member.client.close_after_queue(CloseCode::Resync);
+            }
+        }
     }
 
     /// Closes the members `behind` picks (by the last seq each was given) with 4010:

@@ -31,6 +31,8 @@ pub(super) struct State {
     pub(super) ids: u64,
     /// `fork` calls: (the epoch named, the epoch after).
     pub(super) forks: Vec<(String, String)>,
+    /// The next this many `fork` calls fail.
+    pub(super) failing_forks: u32,
     pub(super) presence: BTreeMap<String, Vec<u8>>,
     /// The next this many history reads fail.
     pub(super) failing_history_reads: u32,
@@ -182,6 +184,10 @@ impl PumpStore for Memory {
 
     async fn fork(&self, _session: &str, epoch: &str) -> Result<String, StoreError> {
         let mut s = self.state();
+        if s.failing_forks > 0 {
+            s.failing_forks -= 1;
+            return Err(StoreError::Unavailable("fork failed (test)".into()));
+        }
         if s.epoch == epoch {
             s.epoch = format!("{epoch}-forked");
         }

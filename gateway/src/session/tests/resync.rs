@@ -1,6 +1,8 @@
 //! Numbering restarts and holes history no longer covers: which members are told to
 //! resync (4010) and which keep their stream.
 
+use std::time::Duration;
+
 use roomcast_shared::CloseCode;
 
 use super::{memory, settle, Harness, Member, Memory, SESSION};
@@ -192,6 +194,36 @@ async fn a_lossy_failover_that_reuses_delivered_seqs_is_found_and_renamed() {
     assert_eq!(
         s.epoch, "e1-forked",
         "rejoins naming e1 now get recovered:false"
+    );
+}
+
+/// The rename of a fork fails while Redis settles after the failover: the members are
+/// given nothing of the fork and told only once it is renamed, so that no rejoin naming
+/// the old epoch alone can come before the rename and be taken for a continuation.
+#[tokio::test(start_paused = true)]
+async fn the_members_of_a_fork_whose_rename_fails_are_told_once_it_is_renamed() {
+    let (h, display) = member_given(10).await;
+    h.store.fork_at(5);
+    h.store.state().failing_forks = 2;
+    for n in 6..=13 {
+        h.publish(&format!("fork {n}"));
+    }
+    settle().await;
+    assert!(
+        display.drain().is_empty(),
+        "held: nothing, and no close yet"
+    );
+    assert_eq!(h.store.state().epoch, "e1");
+    // The retries (every 250 ms) rename it, then the member is told.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(display.drain(), vec![Err(CloseCode::Resync)]);
+    let s = h.store.state();
+    assert_eq!(s.epoch, "e1-forked");
+    assert_eq!(
+        s.forks,
+        vec![("e1".to_string(), "e1-forked".to_string())],
+        "renamed once, from the epoch the member followed"
     );
 }
 
