@@ -12,8 +12,8 @@ use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::cli::Args;
 use crate::report::Partial;
-use crate::Args;
 
 /// A worker's side of the start signal.
 pub(crate) struct Gate {
