@@ -47,7 +47,7 @@ enum Op {
 /// feed pauses after a move. History fills what was published meanwhile.
 const SLOT_CHECK_EVERY: Duration = Duration::from_millis(250);
 
-pub struct Bus {
+pub(crate) struct Bus {
     subscriber: SubscriberClient,
     ops: Channels,
     ops_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
@@ -56,7 +56,7 @@ pub struct Bus {
 }
 
 impl Bus {
-    pub fn new(subscriber: SubscriberClient) -> Self {
+    pub(crate) fn new(subscriber: SubscriberClient) -> Self {
         let (ops, ops_rx) = mpsc::unbounded_channel();
         Bus {
             subscriber,
@@ -67,31 +67,31 @@ impl Bus {
     }
 
     /// A handle on the subscriptions, for session pumps.
-    pub fn channels(&self) -> Channels {
+    pub(crate) fn channels(&self) -> Channels {
         self.ops.clone()
     }
 
     /// Subscribes to a channel (or takes one more reference on it).
-    pub async fn subscribe(&self, channel: String) -> Result<(), StoreError> {
+    pub(crate) async fn subscribe(&self, channel: String) -> Result<(), StoreError> {
         self.ops.subscribe(channel).await
     }
 
     /// Gives a channel reference back; the last one unsubscribes.
-    pub fn unsubscribe(&self, channel: String) {
+    pub(crate) fn unsubscribe(&self, channel: String) {
         self.ops.unsubscribe(channel);
     }
 
     /// Whether the subscriber is connected and subscribed.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire) && self.subscriber.is_connected()
     }
 
     /// Connects (waiting at most `wait`) and starts the manager, reader and watcher tasks.
-    pub async fn start(app: &Arc<App>, wait: Duration) {
+    pub(crate) async fn start(app: &Arc<App>, wait: Duration) {
         let bus = &app.bus;
         let connection = bus.subscriber.connect();
         let marker = app.clone();
-        app.tracker.spawn(crate::keep_running(
+        app.tracker.spawn(crate::background::keep_running(
             app.shutdown.clone(),
             bus.subscriber.clone(),
             connection,
@@ -124,7 +124,7 @@ impl Bus {
     }
 
     /// Closes the subscriber connection (shutdown).
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let _ = self.subscriber.quit().await;
     }
 }
@@ -132,7 +132,7 @@ impl Bus {
 /// The requesting side of the subscriptions: cheap to clone, it only queues requests for
 /// the manager task.
 #[derive(Clone)]
-pub struct Channels {
+pub(crate) struct Channels {
     ops: mpsc::UnboundedSender<Op>,
 }
 

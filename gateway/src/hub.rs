@@ -12,7 +12,7 @@ use crate::client::ClientHandle;
 use crate::metrics as m;
 use crate::session::{Pumps, SessionHandle};
 
-pub struct Hub {
+pub(crate) struct Hub {
     pumps: Pumps,
     clients: DashMap<String, ClientHandle>,
     /// user → that user's connections here, for direct messages.
@@ -34,27 +34,27 @@ impl Hub {
     }
 
     /// Hands a pub/sub payload to the session's pump, if there is one here.
-    pub fn dispatch(&self, session: &str, payload: Bytes) {
+    pub(crate) fn dispatch(&self, session: &str, payload: Bytes) {
         self.pumps.dispatch(session, payload);
     }
 
     /// Asks every pump to read history after its last delivered seq.
-    pub fn catch_up_all(&self) {
+    pub(crate) fn catch_up_all(&self) {
         self.pumps.catch_up_all();
     }
 
     /// Asks one session's pump, if there is one here, to read history after its last
     /// delivered seq (its channel was resubscribed after a slot moved).
-    pub fn catch_up(&self, session: &str) {
+    pub(crate) fn catch_up(&self, session: &str) {
         self.pumps.catch_up(session);
     }
 
-    pub fn session_count(&self) -> usize {
+    pub(crate) fn session_count(&self) -> usize {
         self.pumps.count()
     }
 
     /// Registers a connection; true when it is its user's first one here.
-    pub fn add_client(&self, client: ClientHandle) -> bool {
+    pub(crate) fn add_client(&self, client: ClientHandle) -> bool {
         let mut first = false;
         self.users
             .entry(client.user().to_string())
@@ -68,12 +68,12 @@ impl Hub {
     }
 
     /// How many connections `user` holds on this instance.
-    pub fn user_connection_count(&self, user: &str) -> usize {
+    pub(crate) fn user_connection_count(&self, user: &str) -> usize {
         self.users.get(user).map(|l| l.len()).unwrap_or(0)
     }
 
     /// Forgets a connection; true when it was its user's last one here.
-    pub fn remove_client(&self, client: &ClientHandle) -> bool {
+    pub(crate) fn remove_client(&self, client: &ClientHandle) -> bool {
         self.clients.remove(client.id());
         if let Some(mut list) = self.users.get_mut(client.user()) {
             list.retain(|c| c.id() != client.id());
@@ -86,7 +86,7 @@ impl Hub {
     }
 
     /// Delivers a user-channel payload to that user's connections here.
-    pub fn dispatch_user(&self, user: &str, payload: &[u8]) {
+    pub(crate) fn dispatch_user(&self, user: &str, payload: &[u8]) {
         let Ok(crate::envelope::Envelope::Event(crate::envelope::Event::Direct { data, ts })) =
             crate::envelope::Envelope::decode(payload)
         else {
@@ -104,12 +104,12 @@ impl Hub {
         m::delivered(clients.len() as u64);
     }
 
-    pub fn client_count(&self) -> usize {
+    pub(crate) fn client_count(&self) -> usize {
         self.clients.len()
     }
 
     /// A snapshot of the connected clients (for draining).
-    pub fn clients(&self) -> Vec<ClientHandle> {
+    pub(crate) fn clients(&self) -> Vec<ClientHandle> {
         self.clients.iter().map(|e| e.value().clone()).collect()
     }
 }

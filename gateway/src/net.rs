@@ -541,10 +541,10 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// The configured trusted proxies (`ROOMCAST_TRUSTED_PROXIES`).
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<Cidr>);
+pub(crate) struct TrustedProxies(Vec<Cidr>);
 
 impl TrustedProxies {
-    pub fn parse(list: &[String]) -> Result<Self, String> {
+    pub(crate) fn parse(list: &[String]) -> Result<Self, String> {
         list.iter()
             .map(|s| Cidr::parse(s))
             .collect::<Result<_, _>>()
@@ -558,7 +558,7 @@ impl TrustedProxies {
     /// The client's address: the peer, unless the peer is a trusted proxy; then the
     /// right-most `X-Forwarded-For` entry that is not itself a trusted proxy (entries to
     /// its left could be forged by the client).
-    pub fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    pub(crate) fn client_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let peer = canonical(peer.ip());
         if !self.trusts(peer) {
             return peer;

@@ -6,14 +6,13 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use roomcast_shared::HistoryMessage;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::view::{load, load_open};
-use super::{checked_id, require_session, ApiError, ApiPath, ApiQuery};
+use super::{ApiError, ApiQuery, SessionRead, SessionWrite};
 use crate::envelope::{decode_entry, Entry};
 use crate::App;
 
@@ -21,14 +20,7 @@ const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
 /// Stored messages, newest first.
-/// Checks the id and the caller's right to read the session.
-fn authorize(app: &App, id: &str, headers: &HeaderMap) -> Result<(), ApiError> {
-    checked_id(id, "id")?;
-    require_session(app, headers, id, false).map(|_| ())
-}
-
-async fn entries(app: &App, id: &str, headers: &HeaderMap) -> Result<Vec<Entry>, ApiError> {
-    authorize(app, id, headers)?;
+async fn entries(app: &App, id: &str) -> Result<Vec<Entry>, ApiError> {
     load(app, id).await?;
     Ok(app
         .store
@@ -69,23 +61,21 @@ pub(crate) struct Page {
 }
 
 /// `GET /sessions/{id}/history`
-#[utoipa::path(get, path = "/sessions/{id}/history", operation_id = "listHistory", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), PageParams),
+#[utoipa::path(get, path = "/sessions/{id}/history", operation_id = "listHistory", tag = "history", params(super::SessionPath, PageParams),
     responses((status = 200, body = Page),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionRead { id }: SessionRead,
     params: ApiQuery<PageParams>,
 ) -> Result<Json<Page>, ApiError> {
-    authorize(&app, &id, &headers)?;
     let params = params.value()?;
     let limit = limit(params.limit)?;
     let before = match params.before {
         Some(b) if b < 1 => return Err(ApiError::bad_request("`before` is a seq, at least 1")),
         b => b.map(|b| b as u64),
     };
-    let mut older: Vec<Entry> = entries(&app, &id, &headers)
+    let mut older: Vec<Entry> = entries(&app, &id)
         .await?
         .into_iter()
         .filter(|e| before.is_none_or(|b| e.seq < b))
@@ -119,19 +109,17 @@ pub(crate) struct Messages {
 }
 
 /// `GET /sessions/{id}/history/latest`
-#[utoipa::path(get, path = "/sessions/{id}/history/latest", operation_id = "getLatestMessage", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), LatestParams),
+#[utoipa::path(get, path = "/sessions/{id}/history/latest", operation_id = "getLatestMessage", tag = "history", params(super::SessionPath, LatestParams),
     responses((status = 200, body = Messages),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn latest(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionRead { id }: SessionRead,
     params: ApiQuery<LatestParams>,
 ) -> Result<Json<Messages>, ApiError> {
-    authorize(&app, &id, &headers)?;
     let params = params.value()?;
     let limit = limit(params.limit)?;
-    let messages = entries(&app, &id, &headers)
+    let messages = entries(&app, &id)
         .await?
         .into_iter()
         .take(limit)
@@ -161,16 +149,14 @@ fn text_of(data: &serde_json::Value) -> String {
 }
 
 /// `GET /sessions/{id}/history/search`
-#[utoipa::path(get, path = "/sessions/{id}/history/search", operation_id = "searchHistory", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), SearchParams),
+#[utoipa::path(get, path = "/sessions/{id}/history/search", operation_id = "searchHistory", tag = "history", params(super::SessionPath, SearchParams),
     responses((status = 200, body = Messages),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn search(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionRead { id }: SessionRead,
     params: ApiQuery<SearchParams>,
 ) -> Result<Json<Messages>, ApiError> {
-    authorize(&app, &id, &headers)?;
     let params = params.value()?;
     let limit = limit(params.limit)?;
     let count = params.q.chars().count();
@@ -178,7 +164,7 @@ pub(crate) async fn search(
         return Err(ApiError::bad_request("`q` is 1 to 200 characters"));
     }
     let needle = params.q.to_lowercase();
-    let messages = entries(&app, &id, &headers)
+    let messages = entries(&app, &id)
         .await?
         .into_iter()
         .filter(|e| text_of(&e.data).contains(&needle))
@@ -200,15 +186,14 @@ pub(crate) struct HistoryStats {
 }
 
 /// `GET /sessions/{id}/history/stats`
-#[utoipa::path(get, path = "/sessions/{id}/history/stats", operation_id = "getHistoryStats", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(get, path = "/sessions/{id}/history/stats", operation_id = "getHistoryStats", tag = "history", params(super::SessionPath),
     responses((status = 200, body = HistoryStats),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn stats(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionRead { id }: SessionRead,
 ) -> Result<Json<HistoryStats>, ApiError> {
-    let all = entries(&app, &id, &headers).await?;
+    let all = entries(&app, &id).await?;
     let (newest, oldest) = (all.first(), all.last());
     Ok(Json(HistoryStats {
         count: all.len() as u64,
@@ -226,16 +211,13 @@ pub(crate) struct Cleared {
 }
 
 /// `DELETE /sessions/{id}/history`: forgets stored messages; seq numbering continues.
-#[utoipa::path(delete, path = "/sessions/{id}/history", operation_id = "clearHistory", tag = "history", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(delete, path = "/sessions/{id}/history", operation_id = "clearHistory", tag = "history", params(super::SessionPath),
     responses((status = 200, body = Cleared),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn clear(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionWrite { id, .. }: SessionWrite,
 ) -> Result<Json<Cleared>, ApiError> {
-    let id = checked_id(&id, "id")?;
-    require_session(&app, &headers, &id, true)?;
     load_open(&app, &id).await?;
     let removed = app.store.history_clear(&id).await?;
     Ok(Json(Cleared {

@@ -11,14 +11,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{require_admin, ApiError, ApiPath};
+use super::{Admin, ApiError, ApiPath};
 use crate::ids::valid_id;
 use crate::ratelimit::{add_headers, check, ip_key, refusal, Scope};
 use crate::util::now_ms;
@@ -100,10 +100,9 @@ fn scope_and_key(scope: &str, key: &str) -> Result<Scope, ApiError> {
     responses((status = 200, body = LimitState)))]
 pub(crate) async fn show(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     ApiPath((scope, key)): ApiPath<(String, String)>,
+    _: Admin,
 ) -> Result<Json<LimitState>, ApiError> {
-    require_admin(&app, &headers)?;
     let scope = scope_and_key(&scope, &key)?;
     let rate = scope.rate(&app.config);
     let d = if rate.is_disabled() {
@@ -135,10 +134,9 @@ pub(crate) struct Reset {
     responses((status = 200, body = Reset)))]
 pub(crate) async fn reset(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     ApiPath((scope, key)): ApiPath<(String, String)>,
+    _: Admin,
 ) -> Result<Json<Reset>, ApiError> {
-    require_admin(&app, &headers)?;
     let scope = scope_and_key(&scope, &key)?;
     let reset = app.store.rate_reset(scope, &key).await?;
     Ok(Json(Reset { reset }))

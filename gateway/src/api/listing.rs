@@ -5,13 +5,12 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::view::SessionView;
-use super::{require_server, ApiError, ApiPath, ApiQuery};
+use super::{ApiError, ApiQuery, Server, UserPath};
 use crate::store::SessionStatus;
 use crate::util::now_ms;
 use crate::App;
@@ -35,16 +34,14 @@ pub(crate) struct SessionList {
 }
 
 /// `GET /users/{user}/sessions`
-#[utoipa::path(get, path = "/users/{user}/sessions", operation_id = "listUserSessions", tag = "sessions", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$"), UserSessionsParams),
+#[utoipa::path(get, path = "/users/{user}/sessions", operation_id = "listUserSessions", tag = "sessions", params(super::UserPath, UserSessionsParams),
     responses((status = 200, body = SessionList)))]
 pub(crate) async fn of_user(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(user): ApiPath<String>,
+    UserPath(user): UserPath,
+    _: Server,
     params: ApiQuery<UserSessionsParams>,
 ) -> Result<Json<SessionList>, ApiError> {
-    let user = super::checked_user(&user)?;
-    require_server(&app, &headers)?;
     let params = params.value()?;
     let limit = params.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
@@ -94,11 +91,7 @@ pub(crate) struct Stats {
 /// `GET /sessions/stats`
 #[utoipa::path(get, path = "/sessions/stats", operation_id = "getSessionStats", tag = "sessions",
     responses((status = 200, body = Stats)))]
-pub(crate) async fn stats(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-) -> Result<Json<Stats>, ApiError> {
-    require_server(&app, &headers)?;
+pub(crate) async fn stats(State(app): State<Arc<App>>, _: Server) -> Result<Json<Stats>, ApiError> {
     let ids = app.store.all_session_ids().await?;
     let statuses = app.store.statuses(&ids).await?;
     let mut stats = Stats {

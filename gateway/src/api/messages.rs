@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use roomcast_shared::{ErrorCode, From, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{checked_id, require_server, ApiError, ApiJson, ApiPath};
+use super::{ApiError, ApiJson, Server, SessionPath, UserPath};
 use crate::envelope::Event;
 use crate::publish::{publish_message, touch_indexes_later, PublishError};
 use crate::util::now_ms;
@@ -73,19 +73,17 @@ fn check_size(app: &App, data: &Value) -> Result<(), ApiError> {
 }
 
 /// `POST /sessions/{id}/messages`
-#[utoipa::path(post, path = "/sessions/{id}/messages", operation_id = "publishMessage", tag = "messages", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/messages", operation_id = "publishMessage", tag = "messages", params(super::SessionPath),
     request_body = ServerMessage,
     responses((status = 200, body = Published),
         (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn publish(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionPath(id): SessionPath,
+    _: Server,
     body: ApiJson<ServerMessage>,
 ) -> Result<Json<Published>, ApiError> {
-    let id = checked_id(&id, "id")?;
-    require_server(&app, &headers)?;
     let body = body.value().await?;
     check_size(&app, &body.data)?;
     // Read as a value first: serde would accept an array for a struct, positionally.
@@ -156,18 +154,16 @@ pub(crate) struct Delivered {
 }
 
 /// `POST /users/{user}/messages`
-#[utoipa::path(post, path = "/users/{user}/messages", operation_id = "sendDirectMessage", tag = "messages", params(("user" = String, Path, pattern = "^[A-Za-z0-9_.:@+|-]{1,128}$")),
+#[utoipa::path(post, path = "/users/{user}/messages", operation_id = "sendDirectMessage", tag = "messages", params(super::UserPath),
     request_body = DirectMessage,
     responses((status = 200, body = Delivered),
         (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn direct(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(user): ApiPath<String>,
+    UserPath(user): UserPath,
+    _: Server,
     body: ApiJson<DirectMessage>,
 ) -> Result<Json<Delivered>, ApiError> {
-    let user = super::checked_user(&user)?;
-    require_server(&app, &headers)?;
     let body = body.value().await?;
     check_size(&app, &body.data)?;
     let payload = Event::Direct {

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use roomcast_shared::{Member, Role};
 use serde::{Deserialize, Serialize};
@@ -16,8 +15,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::view::{acts_for, load, load_open};
 use super::{
-    checked_id, parse_role, require_admin, require_session, ApiError, ApiJson, ApiPath, ApiQuery,
-    Credential, MaybeJson,
+    parse_role, Admin, ApiError, ApiJson, ApiQuery, Credential, MaybeJson, SessionPath,
+    SessionRead, SessionWrite,
 };
 use crate::envelope::{kind, MemberInfo};
 use crate::ids::{valid_id, ID_CHARSET};
@@ -25,9 +24,7 @@ use crate::util::{now_ms, random_id};
 use crate::webhooks::hook::{JoinHook, JoinQuestion};
 use crate::App;
 
-async fn members(app: &App, id: &str, headers: &HeaderMap) -> Result<Vec<Member>, ApiError> {
-    checked_id(id, "id")?;
-    require_session(app, headers, id, false)?;
+async fn members(app: &App, id: &str) -> Result<Vec<Member>, ApiError> {
     load(app, id).await?;
     let now = now_ms();
     let idle_after = app.config.idle_after.as_millis() as u64;
@@ -57,15 +54,14 @@ pub(crate) struct Summary {
 }
 
 /// `GET /sessions/{id}/presence`
-#[utoipa::path(get, path = "/sessions/{id}/presence", operation_id = "getPresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(get, path = "/sessions/{id}/presence", operation_id = "getPresence", tag = "presence", params(super::SessionPath),
     responses((status = 200, body = Summary),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn summary(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionRead { id }: SessionRead,
 ) -> Result<Json<Summary>, ApiError> {
-    let all = members(&app, &id, &headers).await?;
+    let all = members(&app, &id).await?;
     let mut by_role = ByRole::default();
     for m in &all {
         match m.role {
@@ -105,17 +101,14 @@ pub(crate) struct MemberPage {
 
 /// `GET /sessions/{id}/presence/users`: the members present, a page at a time in
 /// `client_id` order (a member that joins or leaves meanwhile may or may not be listed).
-#[utoipa::path(get, path = "/sessions/{id}/presence/users", operation_id = "listPresenceUsers", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), MemberPage),
+#[utoipa::path(get, path = "/sessions/{id}/presence/users", operation_id = "listPresenceUsers", tag = "presence", params(super::SessionPath, MemberPage),
     responses((status = 200, body = MemberList),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn users(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionRead { id }: SessionRead,
     params: ApiQuery<MemberPage>,
 ) -> Result<Json<MemberList>, ApiError> {
-    checked_id(&id, "id")?;
-    require_session(&app, &headers, &id, false)?;
     let params = params.value()?;
     let limit = match params.limit {
         None => 100,
@@ -180,7 +173,7 @@ pub(crate) struct PresenceEntry {
 }
 
 /// `POST /sessions/{id}/presence/join`
-#[utoipa::path(post, path = "/sessions/{id}/presence/join", operation_id = "joinPresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/presence/join", operation_id = "joinPresence", tag = "presence", params(super::SessionPath),
     request_body(content = Option<PresenceJoin>),
     responses((status = 200, body = PresenceEntry),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"),
@@ -188,12 +181,9 @@ pub(crate) struct PresenceEntry {
         (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn join(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionWrite { id, credential }: SessionWrite,
     body: MaybeJson<PresenceJoin>,
 ) -> Result<Json<PresenceEntry>, ApiError> {
-    let id = checked_id(&id, "id")?;
-    let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value().await?.unwrap_or_default();
     load_open(&app, &id).await?;
     // REST members have `rest-` ids, so a caller can never take over a WebSocket
@@ -333,19 +323,16 @@ async fn own_member(
 }
 
 /// `POST /sessions/{id}/presence/activity`: refreshes the entry and marks it active.
-#[utoipa::path(post, path = "/sessions/{id}/presence/activity", operation_id = "markPresenceActive", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/presence/activity", operation_id = "markPresenceActive", tag = "presence", params(super::SessionPath),
     request_body = PresenceClient,
     responses((status = 200, body = PresenceEntry),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn activity(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionWrite { id, credential }: SessionWrite,
     body: ApiJson<PresenceClient>,
 ) -> Result<Json<PresenceEntry>, ApiError> {
-    let id = checked_id(&id, "id")?;
-    let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value().await?;
     load_open(&app, &id).await?;
     let mut info = own_member(&app, &id, &credential, &body.client_id).await?;
@@ -367,19 +354,16 @@ pub(crate) struct Left {
 }
 
 /// `POST /sessions/{id}/presence/leave`
-#[utoipa::path(post, path = "/sessions/{id}/presence/leave", operation_id = "leavePresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/presence/leave", operation_id = "leavePresence", tag = "presence", params(super::SessionPath),
     request_body = PresenceClient,
     responses((status = 200, body = Left),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn leave(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionWrite { id, credential }: SessionWrite,
     body: ApiJson<PresenceClient>,
 ) -> Result<Json<Left>, ApiError> {
-    let id = checked_id(&id, "id")?;
-    let credential = require_session(&app, &headers, &id, true)?;
     let body = body.value().await?;
     load_open(&app, &id).await?;
     own_member(&app, &id, &credential, &body.client_id).await?;
@@ -394,16 +378,14 @@ pub(crate) struct Cleanup {
 }
 
 /// `POST /sessions/{id}/presence/cleanup` (admin): sweeps expired entries now.
-#[utoipa::path(post, path = "/sessions/{id}/presence/cleanup", operation_id = "cleanupPresence", tag = "presence", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/presence/cleanup", operation_id = "cleanupPresence", tag = "presence", params(super::SessionPath),
     responses((status = 200, body = Cleanup),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn cleanup(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionPath(id): SessionPath,
+    _: Admin,
 ) -> Result<Json<Cleanup>, ApiError> {
-    let id = checked_id(&id, "id")?;
-    require_admin(&app, &headers)?;
     load(&app, &id).await?;
     let now = now_ms();
     let (_, removed) = app

@@ -20,8 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::view::{load, SessionView};
 use super::{
-    checked_id, parse_role, require_server, require_session, ApiError, ApiJson, ApiPath, ApiQuery,
-    MaybeJson,
+    parse_role, require_server, ApiError, ApiJson, ApiQuery, MaybeJson, SessionRead, SessionWrite,
 };
 use crate::envelope::decode_entry;
 use crate::ids::SessionId;
@@ -288,16 +287,13 @@ pub(crate) async fn join(
 }
 
 /// `GET /sessions/{id}`
-#[utoipa::path(get, path = "/sessions/{id}", operation_id = "getSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(get, path = "/sessions/{id}", operation_id = "getSession", tag = "sessions", params(super::SessionPath),
     responses((status = 200, body = SessionView),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionRead { id }: SessionRead,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = checked_id(&id, "id")?;
-    require_session(&app, &headers, &id, false)?;
     Ok(Json(SessionView::new(&id, load(&app, &id).await?)))
 }
 
@@ -343,19 +339,16 @@ async fn transition(
 }
 
 /// `PATCH /sessions/{id}`
-#[utoipa::path(patch, path = "/sessions/{id}", operation_id = "updateSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")), request_body = PatchSession,
+#[utoipa::path(patch, path = "/sessions/{id}", operation_id = "updateSession", tag = "sessions", params(super::SessionPath), request_body = PatchSession,
     responses((status = 200, body = SessionView),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 413, body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn patch(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionWrite { id, .. }: SessionWrite,
     body: ApiJson<PatchSession>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = checked_id(&id, "id")?;
-    require_session(&app, &headers, &id, true)?;
     let body = body.value().await?;
     let mut fields = Vec::new();
     if let Some(m) = &body.metadata {
@@ -403,17 +396,14 @@ pub(crate) struct EndParams {
 }
 
 /// `DELETE /sessions/{id}`: ends it; members get `session/ended`, then close 4000.
-#[utoipa::path(delete, path = "/sessions/{id}", operation_id = "endSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), EndParams),
+#[utoipa::path(delete, path = "/sessions/{id}", operation_id = "endSession", tag = "sessions", params(super::SessionPath, EndParams),
     responses((status = 200, body = SessionView),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn end(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionWrite { id, .. }: SessionWrite,
     params: ApiQuery<EndParams>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = checked_id(&id, "id")?;
-    require_session(&app, &headers, &id, true)?;
     let params = params.value()?;
     let reason = params.reason.unwrap_or_else(|| "ended".into());
     if reason.chars().count() > 200 {
@@ -456,7 +446,7 @@ pub(crate) struct ResolveSession {
 }
 
 /// `POST /sessions/{id}/resolve`
-#[utoipa::path(post, path = "/sessions/{id}/resolve", operation_id = "resolveSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/resolve", operation_id = "resolveSession", tag = "sessions", params(super::SessionPath),
     request_body(content = Option<ResolveSession>),
     responses((status = 200, body = SessionView),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json"),
@@ -464,12 +454,9 @@ pub(crate) struct ResolveSession {
         (status = 415, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn resolve(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionWrite { id, .. }: SessionWrite,
     body: MaybeJson<ResolveSession>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = checked_id(&id, "id")?;
-    require_session(&app, &headers, &id, true)?;
     let notes = body
         .value()
         .await?
@@ -508,16 +495,13 @@ pub(crate) struct Resumed {
 
 /// `POST /sessions/{id}/resume`: reactivates an inactive or resolved session inside its
 /// lifetime.
-#[utoipa::path(post, path = "/sessions/{id}/resume", operation_id = "resumeSession", tag = "sessions", params(("id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
+#[utoipa::path(post, path = "/sessions/{id}/resume", operation_id = "resumeSession", tag = "sessions", params(super::SessionPath),
     responses((status = 200, body = Resumed),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn resume(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    ApiPath(id): ApiPath<String>,
+    SessionWrite { id, .. }: SessionWrite,
 ) -> Result<Json<Resumed>, ApiError> {
-    let id = checked_id(&id, "id")?;
-    require_session(&app, &headers, &id, true)?;
     let current = SessionView::new(&id, load(&app, &id).await?);
     let now = now_ms();
     if current.expires_at <= now {

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{require_admin, ApiError, ApiPath, ApiQuery};
+use super::{Admin, ApiError, ApiPath, ApiQuery};
 use crate::store::DeadLetter;
 use crate::webhooks::Webhooks;
 use crate::App;
@@ -40,9 +40,8 @@ pub(crate) struct WebhookStatus {
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn status(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> Result<Json<WebhookStatus>, ApiError> {
-    require_admin(&app, &headers)?;
     let hooks = service(&app)?;
     Ok(Json(WebhookStatus {
         endpoints: hooks.endpoint_states(),
@@ -96,10 +95,9 @@ fn checked_stream_id(id: &str) -> Result<&str, ApiError> {
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Admin,
     params: ApiQuery<DeadParams>,
 ) -> Result<Json<DeadLetters>, ApiError> {
-    require_admin(&app, &headers)?;
     service(&app)?;
     let params = params.value()?;
     let limit = params.limit.unwrap_or(100);
@@ -149,10 +147,9 @@ async fn replay_one(app: &App, hooks: &Webhooks, dead: &DeadLetter) -> Result<()
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn replay(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
+    _: Admin,
 ) -> Result<Json<Replayed>, ApiError> {
-    require_admin(&app, &headers)?;
     let hooks = service(&app)?;
     let id = checked_stream_id(&id)?;
     let dead = app
@@ -183,9 +180,8 @@ const REPLAY_ALL_MAX: u64 = 500;
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn replay_all(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> Result<Json<Replayed>, ApiError> {
-    require_admin(&app, &headers)?;
     let hooks = service(&app)?;
     let mut out = Replayed {
         delivered: 0,
