@@ -26,8 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 mod receiver;
 mod redis;
+mod sentinel;
+mod tls;
 pub use receiver::{signature_valid, verify_with_standardwebhooks, Answer, Delivery, Receiver};
 pub use redis::{cmd_at, free_cluster_port, free_port, scratch_dir, ClusterNode, Redis};
+pub use sentinel::{RedisNode, SentinelDeployment};
+pub use tls::{Pki, TlsCluster, TlsRedis, TlsSentinel};
 
 pub const SECRET: &str = "test-secret-0123456789abcdef0123";
 

@@ -3,197 +3,11 @@
 //! not-ready, follow the promotion by themselves, are ready again, and every acked message
 //! is delivered once, in order, with the publishes after the failover.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use roomcast_shared::{close, Role, ServerFrame};
 use serde_json::json;
 use testkit::*;
-
-/// A redis-server (or sentinel) process of the test, killed by pid on drop.
-struct Node {
-    port: u16,
-    child: Option<Child>,
-    _dir: PathBuf,
-}
-
-impl Node {
-    fn spawn(args: &[String], port: u16, dir: PathBuf) -> Node {
-        let child = Command::new("redis-server")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        Node {
-            port,
-            child: Some(child),
-            _dir: dir,
-        }
-    }
-
-    fn data(replica_of: Option<u16>) -> Node {
-        let port = free_port();
-        let dir = scratch_dir("sentinel-data");
-        let mut args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--loglevel",
-            "warning",
-            "--dir",
-            dir.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if let Some(primary) = replica_of {
-            args.extend([
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                primary.to_string(),
-            ]);
-        }
-        Node::spawn(&args, port, dir)
-    }
-
-    /// One of a group of sentinels for `primary` that needs `quorum` of them to agree.
-    fn sentinel(primary: u16, quorum: u32) -> Node {
-        Node::sentinel_with(primary, quorum, "")
-    }
-
-    /// A sentinel for `primary`; `extra` lines go to its config (a `requirepass`).
-    fn sentinel_with(primary: u16, quorum: u32, extra: &str) -> Node {
-        let port = free_port();
-        let dir = scratch_dir("sentinel");
-        let conf = dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel monitor rc 127.0.0.1 {primary} {quorum}\n\
-                 sentinel down-after-milliseconds rc 1000\nsentinel failover-timeout rc 5000\n\
-                 sentinel parallel-syncs rc 1\n{extra}",
-                dir = dir.display()
-            ),
-        )
-        .unwrap();
-        let args = vec![
-            conf.to_string_lossy().into_owned(),
-            "--sentinel".to_string(),
-        ];
-        Node::spawn(&args, port, dir)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Option<String> {
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        cmd_at(([127, 0, 0, 1], self.port).into(), &args)
-            .map(|r| String::from_utf8_lossy(&r).into_owned())
-    }
-
-    /// Sends a signal by name (`-STOP`, `-CONT`).
-    fn signal(&self, sig: &str) {
-        if let Some(child) = &self.child {
-            let status = Command::new("kill")
-                .args([sig, &child.id().to_string()])
-                .status()
-                .expect("kill");
-            assert!(status.success());
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A primary, its replica in sync, and three sentinels (quorum two) that all see both.
-struct Deployment {
-    primary: Node,
-    replica: Node,
-    _sentinels: Vec<Node>,
-    /// The gateway's `redis-sentinel://` URL.
-    url: String,
-}
-
-impl Deployment {
-    async fn start() -> Deployment {
-        let primary = Node::data(None);
-        wait_for(DEADLINE, "the primary", || async {
-            primary
-                .cmd(&["PING"])
-                .is_some_and(|r| r.starts_with("+PONG"))
-        })
-        .await;
-        let replica = Node::data(Some(primary.port));
-        wait_for(DEADLINE, "the replica in sync", || async {
-            replica
-                .cmd(&["INFO", "replication"])
-                .is_some_and(|i| i.contains("master_link_status:up"))
-        })
-        .await;
-        // Three sentinels, two of which must agree that the primary is down.
-        let sentinels: Vec<Node> = (0..3).map(|_| Node::sentinel(primary.port, 2)).collect();
-        wait_for(
-            Duration::from_secs(20),
-            "each sentinel sees the replica and the two others",
-            || async {
-                sentinels.iter().all(|s| {
-                    s.cmd(&["SENTINEL", "REPLICAS", "rc"])
-                        .is_some_and(|r| r.contains(&replica.port.to_string()))
-                        && s.cmd(&["SENTINEL", "MASTER", "rc"]).is_some_and(|r| {
-                            r.lines()
-                                .skip_while(|l| !l.contains("num-other-sentinels"))
-                                .nth(2)
-                                .is_some_and(|v| v.trim() == "2")
-                        })
-                })
-            },
-        )
-        .await;
-
-        let url = format!(
-            "redis-sentinel://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}&sentinelServiceName=rc",
-            sentinels[0].port, sentinels[1].port, sentinels[2].port
-        );
-        Deployment {
-            primary,
-            replica,
-            _sentinels: sentinels,
-            url,
-        }
-    }
-
-    /// Waits until the replica has every write the primary took.
-    async fn replica_caught_up(&self) {
-        let offset = |node: &Node, field: &str| {
-            node.cmd(&["INFO", "replication"]).and_then(|i| {
-                i.lines()
-                    .find_map(|l| l.strip_prefix(field))
-                    .map(|v| v.trim().to_string())
-            })
-        };
-        wait_for(DEADLINE, "the replica caught up", || async {
-            let p = offset(&self.primary, "master_repl_offset:");
-            p.is_some() && p == offset(&self.replica, "slave_repl_offset:")
-        })
-        .await;
-    }
-}
 
 /// Publishes, retrying while a failover refuses it `unavailable` (as clients do); answers
 /// the acked seq.
@@ -227,7 +41,7 @@ async fn publish_retrying(client: &mut WsClient, session: &str, data: serde_json
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_follows_a_sentinel_failover_and_delivers_every_acked_message() {
-    let mut d = Deployment::start().await;
+    let mut d = SentinelDeployment::start().await;
     let env = [("ROOMCAST_REDIS_TIMEOUT", "1s")];
     let a = Gateway::start(&d.url, &env);
     let b = Gateway::start(&d.url, &env);
@@ -288,14 +102,14 @@ async fn the_gateway_follows_a_sentinel_failover_and_delivers_every_acked_messag
 
 #[tokio::test]
 async fn a_sentinel_password_comes_from_the_url() {
-    let primary = Node::data(None);
+    let primary = RedisNode::data(None);
     wait_for(DEADLINE, "the primary", || async {
         primary
             .cmd(&["PING"])
             .is_some_and(|r| r.starts_with("+PONG"))
     })
     .await;
-    let sentinel = Node::sentinel_with(primary.port, 1, "requirepass sentinel-secret-42\n");
+    let sentinel = RedisNode::sentinel_with(primary.port, 1, "requirepass sentinel-secret-42\n");
     let base = format!(
         "redis-sentinel://127.0.0.1:{}?sentinelServiceName=rc",
         sentinel.port
@@ -317,7 +131,7 @@ const KEY: &str = "sentinel-server-key-0123456789";
 /// the fork's 11..13 for what follows its 10, or its rejoin being told nothing was missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_to_a_stale_replica_is_never_passed_off_as_continuous() {
-    let mut d = Deployment::start().await;
+    let mut d = SentinelDeployment::start().await;
     // A grace longer than the failover: the display stays connected through it, so its
     // gateway, not its reconnect, has to notice the fork.
     let env = [

@@ -5,114 +5,17 @@
 //! Cluster carries traffic between gateways, every node verified; so does a TLS-only
 //! sentinel leading to a TLS-only primary.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use roomcast_shared::{Role, ServerFrame};
 use serde_json::json;
 use testkit::*;
 
-/// A CA, a server certificate for `redis.test` and 127.0.0.1, a client certificate, and an
-/// unrelated CA, in a scratch directory.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = scratch_dir("pki");
-        let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-        let script = format!(
-            "set -e
-             openssl req -x509 {ec} -keyout ca.key -out ca.crt -days 2 -subj /CN=roomcast-test-ca
-             openssl req -x509 {ec} -keyout other.key -out other.crt -days 2 -subj /CN=unrelated-ca
-             openssl req {ec} -keyout server.key -out server.csr -subj /CN=redis.test
-             printf 'subjectAltName=DNS:redis.test,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > server.ext
-             openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext -out server.crt
-             openssl req {ec} -keyout client.key -out client.csr -subj /CN=roomcast-gateway
-             printf 'basicConstraints=CA:FALSE\\nextendedKeyUsage=clientAuth\\n' > client.ext
-             openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext -out client.crt"
-        );
-        let out = Command::new("sh")
-            .args(["-c", &script])
-            .current_dir(&dir)
-            .output()
-            .expect("openssl must be installed");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Pki { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_string_lossy().into_owned()
-    }
-}
-
-/// A redis-server with no plaintext port, only TLS.
-struct TlsRedis {
-    port: u16,
-    child: Child,
-    _dir: PathBuf,
-}
-
-impl TlsRedis {
-    fn start(pki: &Pki, client_certificates: bool) -> TlsRedis {
-        let dir = scratch_dir("tls-redis");
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args(["--tls-cert-file", &pki.path("server.crt")])
-            .args(["--tls-key-file", &pki.path("server.key")])
-            .args(["--tls-ca-cert-file", &pki.path("ca.crt")])
-            .args([
-                "--tls-auth-clients",
-                if client_certificates { "yes" } else { "no" },
-            ])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let deadline = Instant::now() + DEADLINE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "TLS redis did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        TlsRedis {
-            port,
-            child,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("rediss://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_rediss_url_verifies_the_server_and_carries_the_traffic() {
-    let pki = Pki::new();
+    let pki = Pki::create();
     let redis = TlsRedis::start(&pki, false);
     let ca = pki.path("ca.crt");
     let g = Gateway::start(&redis.url(), &[("ROOMCAST_REDIS_TLS_CA", &ca)]);
@@ -141,7 +44,7 @@ async fn a_rediss_url_verifies_the_server_and_carries_the_traffic() {
 
 #[tokio::test]
 async fn the_server_certificate_is_always_verified() {
-    let pki = Pki::new();
+    let pki = Pki::create();
     let redis = TlsRedis::start(&pki, false);
     // The system's trust store does not know the test CA.
     let system = Gateway::start(&redis.url(), &[]);
@@ -170,7 +73,7 @@ async fn the_server_certificate_is_always_verified() {
 
 #[tokio::test]
 async fn mutual_tls_presents_the_client_certificate() {
-    let pki = Pki::new();
+    let pki = Pki::create();
     let redis = TlsRedis::start(&pki, true);
     let ca = pki.path("ca.crt");
     let anonymous = Gateway::start(&redis.url(), &[("ROOMCAST_REDIS_TLS_CA", &ca)]);
@@ -208,7 +111,7 @@ async fn a_url_that_asks_for_tls_never_speaks_plaintext() {
             });
         }
     });
-    let pki = Pki::new();
+    let pki = Pki::create();
     let ca = pki.path("ca.crt");
     let _g = Gateway::start(
         &format!("rediss://127.0.0.1:{port}"),
@@ -254,7 +157,7 @@ fn serve_exit(env: &[(&str, &str)]) -> (Option<i32>, String) {
 
 #[tokio::test]
 async fn tls_settings_that_cannot_be_honoured_exit_64() {
-    let pki = Pki::new();
+    let pki = Pki::create();
     let ca = pki.path("ca.crt");
     let empty = scratch_dir("empty").join("none.pem");
     std::fs::write(&empty, "not a certificate\n").unwrap();
@@ -308,107 +211,11 @@ async fn tls_settings_that_cannot_be_honoured_exit_64() {
     let _ = Path::new(&ca);
 }
 
-/// A Redis Cluster of three primaries that speak only TLS, clients and cluster bus alike.
-struct TlsCluster {
-    ports: Vec<u16>,
-    children: Vec<Child>,
-    _dirs: Vec<PathBuf>,
-}
-
-impl TlsCluster {
-    fn start(pki: &Pki) -> TlsCluster {
-        let mut cluster = TlsCluster {
-            ports: Vec::new(),
-            children: Vec::new(),
-            _dirs: Vec::new(),
-        };
-        for _ in 0..3 {
-            let dir = scratch_dir("tls-cluster");
-            let port = free_cluster_port();
-            let child = Command::new("redis-server")
-                .args(["--port", "0", "--tls-port", &port.to_string()])
-                .args(["--bind", "127.0.0.1", "--tls-cluster", "yes"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                .args(["--tls-cert-file", &pki.path("server.crt")])
-                .args(["--tls-key-file", &pki.path("server.key")])
-                .args(["--tls-ca-cert-file", &pki.path("ca.crt")])
-                .args(["--tls-auth-clients", "no"])
-                .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server");
-            cluster.ports.push(port);
-            cluster.children.push(child);
-            cluster._dirs.push(dir);
-        }
-        let deadline = Instant::now() + DEADLINE;
-        for port in &cluster.ports {
-            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
-                assert!(Instant::now() < deadline, "TLS cluster node did not listen");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let mut create = vec![
-            "--tls".to_string(),
-            "--cacert".into(),
-            pki.path("ca.crt"),
-            "--cluster".into(),
-            "create".into(),
-        ];
-        create.extend(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")));
-        create.push("--cluster-yes".into());
-        let out = Command::new("redis-cli").args(&create).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for port in &cluster.ports {
-            loop {
-                let info = Command::new("redis-cli")
-                    .args(["--tls", "--cacert", &pki.path("ca.crt")])
-                    .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
-                    .output()
-                    .unwrap();
-                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the TLS cluster did not become ok"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        cluster
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "rediss-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}",
-            self.ports[0], self.ports[1], self.ports[2]
-        )
-    }
-}
-
-impl Drop for TlsCluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// TLS with Redis Cluster: the seeds and every node the gateway discovers are verified
 /// against the CA, and messages cross gateways through sharded pub/sub over TLS.
 #[tokio::test]
 async fn a_tls_cluster_carries_the_traffic_between_gateways() {
-    let pki = Pki::new();
+    let pki = Pki::create();
     let cluster = TlsCluster::start(&pki);
     let ca = pki.path("ca.crt");
     let env = [("ROOMCAST_REDIS_TLS_CA", ca.as_str())];
@@ -452,56 +259,10 @@ async fn a_tls_cluster_carries_the_traffic_between_gateways() {
 /// over verified TLS.
 #[tokio::test]
 async fn a_tls_sentinel_leads_to_a_tls_primary() {
-    let pki = Pki::new();
+    let pki = Pki::create();
     let primary = TlsRedis::start(&pki, false);
-    let dir = scratch_dir("tls-sentinel");
-    let port = free_port();
-    let conf = dir.join("sentinel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "port 0\ntls-port {port}\nbind 127.0.0.1\ndir {dir}\n\
-             tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
-             tls-auth-clients no\ntls-replication yes\n\
-             sentinel monitor rc 127.0.0.1 {primary} 1\n\
-             sentinel down-after-milliseconds rc 1000\n",
-            dir = dir.display(),
-            cert = pki.path("server.crt"),
-            key = pki.path("server.key"),
-            ca = pki.path("ca.crt"),
-            primary = primary.port,
-        ),
-    )
-    .unwrap();
-    let _sentinel = KilledOnDrop(
-        Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server --sentinel"),
-    );
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let answer = Command::new("redis-cli")
-            .args(["--tls", "--cacert", &pki.path("ca.crt")])
-            .args([
-                "-p",
-                &port.to_string(),
-                "SENTINEL",
-                "get-master-addr-by-name",
-                "rc",
-            ])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&answer.stdout).contains(&primary.port.to_string()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the TLS sentinel did not answer");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
+    let sentinel = TlsSentinel::start(&pki, primary.port);
+    let port = sentinel.port;
     let ca = pki.path("ca.crt");
     let url = format!("rediss-sentinel://127.0.0.1:{port}?sentinelServiceName=rc");
     let g = Gateway::start(&url, &[("ROOMCAST_REDIS_TLS_CA", ca.as_str())]);
@@ -514,14 +275,4 @@ async fn a_tls_sentinel_leads_to_a_tls_primary() {
         assert_eq!(ctl.publish("tls-sentinel", json!(n)).await, n);
     }
     assert_eq!(tv.messages("tls-sentinel", 3).await, vec![1, 2, 3]);
-}
-
-/// A process of the test, killed (by pid) when the test ends, passed or failed.
-struct KilledOnDrop(Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
