@@ -22,19 +22,21 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Test binaries per script: the tests that exercise it against a real redis-server.
+# The tests per script that exercise it against a real redis-server: the gateway's unit
+# tests and the modules of the one integration binary (gateway/tests/it), as libtest
+# filters (a test runs when its path contains one of them).
 TESTS = {
-    "publish": ["--lib", "--test", "realtime", "--test", "guarantees", "--test", "rest",
-                "--test", "hardening", "--test", "lifecycle"],
-    "join": ["--lib", "--test", "realtime", "--test", "hardening", "--test", "lifecycle",
-             "--test", "resilience"],
-    "ratelimit": ["--lib", "--test", "abuse", "--test", "edge", "--test", "rest"],
-    "publish_limits": ["--lib", "--test", "abuse", "--test", "edge"],
-    "session_transition": ["--test", "rest", "--test", "lifecycle", "--test", "hardening"],
-    "presence_refresh": ["--lib", "--test", "realtime", "--test", "resilience",
-                         "--test", "hardening"],
-    "node_prune": ["--lib", "--test", "rest"],
+    "publish": ["store::", "session::", "protocol::", "recovery::", "rest::", "refusals::",
+                "lifecycle::"],
+    "join": ["store::", "session::", "protocol::", "refusals::", "lifecycle::", "recovery::"],
+    "ratelimit": ["ratelimit::", "store::", "limits::", "edge::", "rest::"],
+    "publish_limits": ["ratelimit::", "store::", "limits::", "edge::"],
+    "session_transition": ["rest::", "lifecycle::", "refusals::"],
+    "presence_refresh": ["store::", "session::", "protocol::", "recovery::", "refusals::"],
+    "node_prune": ["store::", "rest::"],
 }
+# Every selection builds the same two test targets, so a mutant costs one build.
+TARGETS = ["test", "-p", "roomcast-gateway", "--lib", "--test", "it"]
 
 # (name, script, original text, replacement, what the mutant breaks). The original must
 # occur exactly once in the script.
@@ -172,12 +174,11 @@ def run_one(mutant, timeout):
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(source.replace(original, replacement))
-        selection = ["test", "-p", "roomcast-gateway"] + TESTS[script]
-        build = cargo(selection + ["--no-run"], timeout)
+        build = cargo(TARGETS + ["--no-run"], timeout)
         if build.returncode != 0:
             return "unviable", build.stdout[-2000:]
         try:
-            tests = cargo(selection, timeout)
+            tests = cargo(TARGETS + ["--"] + TESTS[script], timeout)
         except subprocess.TimeoutExpired:
             return "caught", "timed out"
         if tests.returncode != 0:
@@ -206,7 +207,7 @@ def main():
     # The unmutated scripts must pass first, or every mutant would look caught.
     print("baseline: building and running the selected tests unmutated", flush=True)
     for script in sorted({m[1] for m in chosen}):
-        base = cargo(["test", "-p", "roomcast-gateway"] + TESTS[script], args.timeout)
+        base = cargo(TARGETS + ["--"] + TESTS[script], args.timeout)
         if base.returncode != 0:
             print(base.stdout[-3000:])
             print(f"baseline failed for {script}.lua's tests", file=sys.stderr)

@@ -20,11 +20,11 @@ GROUP=${GROUP:-changed}
 
 files() {
   case $1 in
-  delivery) echo gateway/src/session/pump.rs gateway/src/session/mod.rs gateway/src/client.rs ;;
+  delivery) echo gateway/src/session/pump.rs gateway/src/session/pump/joins.rs gateway/src/session/pump/numbering.rs gateway/src/session/mod.rs gateway/src/client.rs ;;
   limits) echo gateway/src/ratelimit.rs gateway/src/store/limits.rs ;;
-  health) echo gateway/src/lib.rs gateway/src/http.rs ;;
+  health) echo gateway/src/app.rs gateway/src/background.rs gateway/src/http.rs ;;
   auth) echo gateway/src/auth.rs ;;
-  store) echo gateway/src/store/mod.rs gateway/src/store/sessions.rs gateway/src/store/tls.rs gateway/src/lifecycle.rs gateway/src/api/history.rs ;;
+  store) echo gateway/src/store/mod.rs gateway/src/store/sessions.rs gateway/src/store/indexes.rs gateway/src/store/tls.rs gateway/src/lifecycle.rs gateway/src/api/history.rs ;;
   esac
 }
 
@@ -36,8 +36,8 @@ tests() {
   delivery) modules='protocol|recovery' ;;
   limits) modules='limits|edge' ;;
   health) modules='operations|recovery|edge' ;;
-  auth) modules='input|hardening|rest' ;;
-  store) modules='rest|lifecycle|protocol|hardening|recovery|durability|tls' ;;
+  auth) modules='input|refusals|operations|rest' ;;
+  store) modules='rest|lifecycle|protocol|refusals|recovery|durability|tls' ;;
   esac
   echo "--lib --test it -E kind(lib)|test(/^($modules)::/)"
 }

@@ -2,9 +2,12 @@
 //! a byte are closed, one address cannot hold more than its share of unupgraded
 //! connections, and a process at its descriptor limit refuses cleanly while its ops
 //! listener keeps answering probes. The full-scale form (20,000 silent sockets from two
-//! processes) belongs to `make bench`; these run the same code paths small.
+//! processes) belongs to `make bench`; these run the same code paths small. Requests are
+//! held to their documented bounds too: header count and size, bodies read only after
+//! the credentials and within the body timeout, HTTP/1.1 only.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use roomcast_shared::{Role, ServerFrame};
 use testkit::*;
@@ -187,4 +190,107 @@ async fn at_the_descriptor_limit_clients_are_refused_and_probes_still_answer() {
         http_get(a.addr, "/health/live").await.0 == 200
     })
     .await;
+}
+
+const API_KEY: &str = "test-api-key-0123456789";
+
+/// Writes `head` and `body` on a fresh connection, then waits (up to `within`) for the
+/// start of an answer; answers what arrived (empty when the server closed first).
+async fn answer_to(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+    within: Duration,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(within, s.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn header_count_and_size_limits_are_the_documented_ones() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    let request = |headers: usize| {
+        let mut r = String::from("GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        // Host and Connection count too.
+        for i in 0..headers.saturating_sub(2) {
+            r.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        r.push_str("\r\n");
+        r
+    };
+    assert_eq!(call_raw(a.addr, request(100).as_bytes()).await.status, 200);
+    assert_eq!(call_raw(a.addr, request(101).as_bytes()).await.status, 431);
+    let under = format!(
+        "GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(60 * 1024)
+    );
+    assert_eq!(call_raw(a.addr, under.as_bytes()).await.status, 200);
+}
+
+/// A body that trickles in is cut off after `ROOMCAST_BODY_TIMEOUT` with a 408, and a
+/// request without credentials is answered 401 before its body has arrived: credentials
+/// come first, and nothing is buffered for a request that has none.
+#[tokio::test]
+async fn bodies_are_read_after_credentials_and_within_the_body_timeout() {
+    let redis = Redis::start();
+    let a = Gateway::start(
+        &redis.url(),
+        &[
+            ("ROOMCAST_API_KEY", API_KEY),
+            ("ROOMCAST_BODY_TIMEOUT", "1s"),
+        ],
+    );
+    a.wait_ready().await;
+    // 100 bytes announced, 10 sent, no credential: 401 now, not when the rest comes.
+    let head = "POST /api/v1/sessions/s/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+    let answer = answer_to(a.addr, head, b"{\"data\":  ", Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // With the key, the handler waits for the body, but only for the body timeout.
+    let head = format!(
+        "POST /api/v1/sessions/s/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    );
+    let started = Instant::now();
+    let answer = answer_to(a.addr, &head, b"{\"data\":  ", Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("ROOMCAST_BODY_TIMEOUT"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // A declared length over the limit is refused without asking for the body, even when
+    // the client waits for `100 Continue`.
+    let head = format!(
+        "POST /api/v1/sessions/s/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 99999999\r\nExpect: 100-continue\r\n\r\n"
+    );
+    let answer = answer_to(a.addr, &head, b"", Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "no 100 Continue: {answer}"
+    );
+    assert!(answer.contains("too_large"), "{answer}");
+}
+
+/// Only HTTP/1.1 is served: an HTTP/2 prior-knowledge (h2c) connection is refused, so
+/// the per-connection and per-address bounds and the header-line rule hold for every
+/// request.
+#[tokio::test]
+async fn cleartext_http2_is_not_served() {
+    let redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[]);
+    a.wait_ready().await;
+    let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // An HTTP/2 server would answer with a SETTINGS frame (binary, no status line).
+    let answer = answer_to(a.addr, preface, &[0, 0, 0, 4, 0, 0, 0, 0, 0], DEADLINE).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 5"),
+        "{answer:?}"
+    );
+    assert_eq!(a.get("/health/live").await.0, 200);
 }

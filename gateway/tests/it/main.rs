@@ -16,8 +16,6 @@ mod cluster;
 mod durability;
 /// The network edge before a request: idle sockets, per-address caps, descriptors.
 mod edge;
-/// Red-team regressions of both rounds (issues 10 and 26), each as the docs state it.
-mod hardening;
 /// Hostile input: bad frames and encodings, forged and expired tokens, bad config.
 mod input;
 /// The lifecycle clock: warnings, inactivity, lifetimes, implicit creation.
@@ -32,6 +30,9 @@ mod operations;
 mod protocol;
 /// Redis outages, partitions, restarts and forks; slow consumers; draining.
 mod recovery;
+/// What each surface refuses and how it says so: roles, ended sessions, token claims,
+/// numbers, REST input rules, bounds.
+mod refusals;
 /// The REST API.
 mod rest;
 /// Redis behind Sentinel: failovers, lossy ones included.

@@ -1,4 +1,6 @@
-//! Operational surface: health endpoints, metrics (checked by promtool), HTTP conventions.
+//! Operational surface: health endpoints, metrics (checked by promtool), HTTP conventions,
+//! the `token` command, and a public-key deployment that cannot sign refusing to create
+//! sessions.
 
 use roomcast_shared::{Role, ServerFrame};
 use serde_json::{json, Value};
@@ -214,4 +216,86 @@ async fn health_reports_the_redis_round_trip_in_milliseconds() {
     // Ready means a PING was answered and timed.
     let ms = latency().await;
     assert!((40.0..1000.0).contains(&ms), "latency_ms = {ms}");
+}
+
+#[tokio::test]
+async fn the_token_command_says_what_is_missing() {
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast"));
+        cmd.env_clear().arg("token").args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    // No secret: it names the one variable that can sign, not the public key or auth=off.
+    let (code, stderr) = run(&[], &["--sub", "a", "--role", "controller"]);
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("ROOMCAST_JWT_SECRET"), "{stderr}");
+    assert!(
+        !stderr.contains("PUBLIC_KEY") && !stderr.contains("AUTH=off"),
+        "{stderr}"
+    );
+    // A missing flag is named on the one line.
+    let (code, stderr) = run(
+        &[("ROOMCAST_JWT_SECRET", SECRET)],
+        &["--role", "controller"],
+    );
+    assert_eq!(code, Some(64));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--sub"), "{stderr}");
+    // The secret may follow the subcommand, as `token --help` lists it.
+    let (code, stderr) = run(
+        &[],
+        &["--jwt-secret", SECRET, "--sub", "a", "--role", "controller"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    // A claim the gateway would refuse is not minted.
+    let (code, stderr) = run(
+        &[("ROOMCAST_JWT_SECRET", SECRET)],
+        &["--sub", "a b", "--role", "controller"],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("sub"), "{stderr}");
+}
+
+/// A gateway that verifies with a public key cannot sign the display token `POST
+/// /sessions` answers with, nor the controller token of a join by code: both are refused
+/// with 501 before anything is written, where they answered 500 after writing a session
+/// and its code on every call.
+#[tokio::test]
+async fn a_public_key_gateway_refuses_to_create_sessions_before_writing_anything() {
+    let redis = Redis::start();
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rs256-public.pem");
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_JWT_PUBLIC_KEY", key)]);
+    a.wait_ready().await;
+    for _ in 0..3 {
+        let r = call(a.addr, "POST", "/api/v1/sessions", None, None).await;
+        r.assert_problem(501, "forbidden");
+        assert!(r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ROOMCAST_JWT_SECRET"));
+    }
+    let r = call(
+        a.addr,
+        "POST",
+        "/api/v1/sessions/join",
+        None,
+        Some(&json!({"code": "ABCDEF"})),
+    )
+    .await;
+    r.assert_problem(501, "forbidden");
+    for pattern in ["rc:code:*", "rc:{s:*", "rc:sessions*"] {
+        let found = redis.cmd_all(&["KEYS", pattern]);
+        assert!(
+            found.iter().all(|r| r.as_deref() == Some("*0\r\n")),
+            "nothing written: {pattern} {found:?}"
+        );
+    }
+    assert!(!a.logged(&["minting needs"]));
 }

@@ -2,12 +2,13 @@
 //! numbering, slow consumers, draining on SIGTERM; and the two promises mutation testing
 //! found unguarded (a message lost between Redis and an instance whose subscriber stayed
 //! connected is filled from history before the next one; readiness follows a Redis that
-//! stops answering while the subscriber stays connected).
+//! stops answering while the subscriber stays connected). While Redis is known to be
+//! down, requests fail at once instead of waiting out the command timeout.
 
 use std::time::{Duration, Instant};
 
-use roomcast_shared::{close, Role, ServerFrame};
-use serde_json::json;
+use roomcast_shared::{close, ErrorCode, Role, ServerFrame};
+use serde_json::{json, Value};
 use testkit::*;
 
 const BOTH: &[Role] = &[Role::Controller, Role::Display];
@@ -822,4 +823,83 @@ async fn a_keyed_publish_is_stored_once_across_a_dropped_connection_and_a_redis_
     let mut seqs: Vec<u64> = history.iter().map(|(s, _)| *s).collect();
     seqs.sort_unstable();
     assert_eq!(tv.messages("idem", seqs.len()).await, seqs);
+}
+
+/// Sends `frame` and answers the code and message of the `error` frame it gets.
+async fn error_for(client: &mut WsClient, frame: Value) -> (ErrorCode, String) {
+    client.send_json(frame).await;
+    match client
+        .expect("error", |f| matches!(f, ServerFrame::Error { .. }))
+        .await
+    {
+        ServerFrame::Error { code, message, .. } => (code, message),
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn requests_fail_fast_while_redis_is_known_to_be_down() {
+    let mut redis = Redis::start();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_REDIS_TIMEOUT", "2s")]);
+    a.wait_ready().await;
+    let mut ctl = a.connect(&token("ctl", &[Role::Controller])).await;
+    ctl.join("fast", None).await;
+    redis.stop();
+    // Readiness may first fail for the lost subscriber; wait until the PING has failed.
+    wait_for(DEADLINE, "readiness 503 for redis", || async {
+        let (status, body) = a.get("/health/ready").await;
+        status == 503 && body.contains("redis unreachable")
+    })
+    .await;
+    // With a 2 s command timeout, waiting on Redis would take seconds; the gateway
+    // already knows, so it answers at once.
+    let started = Instant::now();
+    let r = call(a.addr, "POST", "/api/v1/sessions", None, None).await;
+    let took = started.elapsed();
+    r.assert_problem(503, "unavailable");
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    assert!(took < Duration::from_millis(1000), "took {took:?}");
+    let started = Instant::now();
+    let (code, _) = error_for(
+        &mut ctl,
+        json!({"type": "publish", "session": "fast", "data": 1, "ref": "p"}),
+    )
+    .await;
+    assert_eq!(code, ErrorCode::Unavailable);
+    assert!(started.elapsed() < Duration::from_millis(1000));
+}
+
+// ---------------------------------------------------------------------------------------
+// Round two (issue 26): request bodies and the HTTP versions served.
+
+/// The moment Redis dies, the gateway knows: its connections report the loss (the
+/// subscriber turns readiness 503 at once). A write issued right then must fail at once
+/// too, not wait out the command timeout (5 s here) until the readiness PING agrees.
+#[tokio::test]
+async fn a_lost_connection_fails_requests_at_once() {
+    let mut redis = Redis::standalone();
+    let a = Gateway::start(&redis.url(), &[("ROOMCAST_REDIS_TIMEOUT", "5s")]);
+    a.wait_ready().await;
+    redis.stop();
+    wait_for(DEADLINE, "readiness 503", || async {
+        a.get("/health/ready").await.0 == 503
+    })
+    .await;
+    let started = Instant::now();
+    let r = call(a.addr, "POST", "/api/v1/sessions", None, None).await;
+    r.assert_problem(503, "unavailable");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "waited {took:?} for a Redis known lost"
+    );
+    // Once Redis is back, so is the gateway.
+    redis.restart();
+    a.wait_ready().await;
+    assert_eq!(
+        call(a.addr, "POST", "/api/v1/sessions", None, None)
+            .await
+            .status,
+        201
+    );
 }
