@@ -3,7 +3,7 @@
 # redis-server and redis-cli (Debian packages), promtool (Debian package prometheus),
 # and for the TypeScript SDK's tests Node.js ≥ 20 with npm (Debian packages nodejs, npm)
 # Chromium for the demo's browser tests (Debian package chromium), and Python's
-# standardwebhooks (PyPI, in .run/py-venv) for the webhook tests.
+# standardwebhooks (PyPI in .run/py-venv, npm in .run/node-webhooks) for the webhook tests.
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 
@@ -61,5 +61,12 @@ if [[ "${1:-}" == "--test" ]]; then
     echo "installing standardwebhooks into $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q standardwebhooks==1.1.0
+  fi
+  # And with npm's standardwebhooks: the README's receiver runs as written in a test.
+  hooks="$(cd "$(dirname "$0")/.." && pwd)/.run/node-webhooks"
+  if [[ ! -e $hooks/node_modules/standardwebhooks/package.json ]]; then
+    echo "installing standardwebhooks (npm) into $hooks"
+    mkdir -p "$hooks"
+    (cd "$hooks" && npm install --silent --no-audit --no-fund --no-save standardwebhooks@1.3.0)
   fi
 fi

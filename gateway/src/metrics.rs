@@ -42,6 +42,7 @@ pub(crate) const LIFECYCLE_LAG: &str = "roomcast_lifecycle_lag_seconds";
 pub(crate) const CONNECTIONS_REFUSED_TOTAL: &str = "roomcast_connections_refused_total";
 pub(crate) const ACCEPT_ERRORS_TOTAL: &str = "roomcast_accept_errors_total";
 pub(crate) const PUBLISH_UNREPLICATED_TOTAL: &str = "roomcast_publish_unreplicated_total";
+pub(crate) const WEBHOOK_RECORDED_TOTAL: &str = "roomcast_webhook_events_recorded_total";
 pub(crate) const WEBHOOK_SENT_TOTAL: &str = "roomcast_webhook_events_sent_total";
 pub(crate) const WEBHOOK_DELIVERED_TOTAL: &str = "roomcast_webhook_delivered_total";
 pub(crate) const WEBHOOK_RETRIES_TOTAL: &str = "roomcast_webhook_retries_total";
@@ -234,6 +235,10 @@ fn describe() {
         "Webhook deliveries that failed and will be tried again, by endpoint."
     );
     describe_counter!(
+        WEBHOOK_RECORDED_TOTAL,
+        "Webhook events recorded in session event streams by this instance's scripts (once each, whatever the endpoints)."
+    );
+    describe_counter!(
         WEBHOOK_DEAD_TOTAL,
         "Webhook events given up on and dead-lettered, by endpoint."
     );
@@ -259,6 +264,10 @@ fn describe() {
         Unit::Seconds,
         "Join hook round trips, answered or not."
     );
+}
+
+pub(crate) fn webhook_recorded(events: u64) {
+    counter!(WEBHOOK_RECORDED_TOTAL).increment(events);
 }
 
 pub(crate) fn webhook_sent(endpoint: &str, kind: &str) {

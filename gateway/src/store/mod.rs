@@ -129,31 +129,59 @@ impl From<fred::error::Error> for StoreError {
 
 /// The Lua scripts, compiled into the binary.
 struct Scripts {
-    publish: Script,
+    publish: Lua,
     /// `publish_limits.lua` in front of `publish.lua`: the limits and the publish as one.
-    publish_limited: Script,
-    join: Script,
-    leave: Script,
-    presence_refresh: Script,
-    presence_set: Script,
-    history: Script,
-    fork: Script,
-    session_create: Script,
-    session_transition: Script,
-    session_sweep: Script,
-    due_claim: Script,
-    due_reschedule: Script,
-    owned_claim: Script,
-    node_prune: Script,
-    ratelimit: Script,
-    events_claim: Script,
-    events_advance: Script,
+    publish_limited: Lua,
+    join: Lua,
+    leave: Lua,
+    presence_refresh: Lua,
+    presence_set: Lua,
+    history: Lua,
+    fork: Lua,
+    session_create: Lua,
+    session_transition: Lua,
+    session_sweep: Lua,
+    due_claim: Lua,
+    due_reschedule: Lua,
+    owned_claim: Lua,
+    node_prune: Lua,
+    ratelimit: Lua,
+    events_claim: Lua,
+    events_advance: Lua,
 }
 
-/// A script that records webhook events: `events.lua` in front of it.
+/// A compiled script, and whether it records webhook events.
+struct Lua {
+    script: Script,
+    /// `events.lua` is in front of it and its body is wrapped so that it answers
+    /// `{events recorded, its own reply}`: [`Store::eval_on`] counts the first (the
+    /// `roomcast_webhook_events_recorded_total` metric) and hands on the second.
+    records: bool,
+}
+
+/// A script that records webhook events: `events.lua` in front of it, its body a
+/// function whose reply goes out with the count `record_event` kept.
 macro_rules! recording {
     ($($file:literal),+) => {
-        Script::from_lua(concat!(include_str!("../../../redis/events.lua"), $(include_str!($file)),+))
+        Lua {
+            script: Script::from_lua(concat!(
+                include_str!("../../../redis/events.lua"),
+                "local function recording_body()\n",
+                $(include_str!($file),)+
+                "\nend\nlocal reply = recording_body()\nreturn {events_recorded, reply}\n"
+            )),
+            records: true,
+        }
+    };
+}
+
+/// A script that records nothing.
+macro_rules! plain {
+    ($file:literal) => {
+        Lua {
+            script: Script::from_lua(include_str!($file)),
+            records: false,
+        }
     };
 }
 
@@ -169,18 +197,18 @@ impl Scripts {
             leave: recording!("../../../redis/leave.lua"),
             presence_refresh: recording!("../../../redis/presence_refresh.lua"),
             presence_set: recording!("../../../redis/presence_set.lua"),
-            history: Script::from_lua(include_str!("../../../redis/history.lua")),
-            fork: Script::from_lua(include_str!("../../../redis/fork.lua")),
+            history: plain!("../../../redis/history.lua"),
+            fork: plain!("../../../redis/fork.lua"),
             session_create: recording!("../../../redis/session_create.lua"),
             session_transition: recording!("../../../redis/session_transition.lua"),
             session_sweep: recording!("../../../redis/session_sweep.lua"),
-            due_claim: Script::from_lua(include_str!("../../../redis/due_claim.lua")),
-            due_reschedule: Script::from_lua(include_str!("../../../redis/due_reschedule.lua")),
-            owned_claim: Script::from_lua(include_str!("../../../redis/owned_claim.lua")),
-            node_prune: Script::from_lua(include_str!("../../../redis/node_prune.lua")),
-            ratelimit: Script::from_lua(include_str!("../../../redis/ratelimit.lua")),
-            events_claim: Script::from_lua(include_str!("../../../redis/events_claim.lua")),
-            events_advance: Script::from_lua(include_str!("../../../redis/events_advance.lua")),
+            due_claim: plain!("../../../redis/due_claim.lua"),
+            due_reschedule: plain!("../../../redis/due_reschedule.lua"),
+            owned_claim: plain!("../../../redis/owned_claim.lua"),
+            node_prune: plain!("../../../redis/node_prune.lua"),
+            ratelimit: plain!("../../../redis/ratelimit.lua"),
+            events_claim: plain!("../../../redis/events_claim.lua"),
+            events_advance: plain!("../../../redis/events_advance.lua"),
         }
     }
 }
@@ -406,7 +434,7 @@ impl Store {
     async fn eval(
         &self,
         name: &'static str,
-        script: &Script,
+        script: &Lua,
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<Value, StoreError> {
@@ -418,17 +446,38 @@ impl Store {
         &self,
         client: &fred::clients::Client,
         name: &'static str,
-        script: &Script,
+        lua: &Lua,
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<Value, StoreError> {
         let started = Instant::now();
-        let result = script
+        let result = lua
+            .script
             .evalsha_with_reload::<Value, _, _>(client, keys, args)
             .instrument(tracing::info_span!("redis", script = name))
             .await;
         m::redis_command(name, started.elapsed());
-        Ok(result?)
+        let reply = result?;
+        if !lua.records {
+            return Ok(reply);
+        }
+        // {events recorded, reply}; a nil reply leaves the table one long.
+        match reply {
+            Value::Array(mut parts) if !parts.is_empty() => {
+                let recorded = parts.first().and_then(Value::as_i64).unwrap_or(0);
+                if recorded > 0 {
+                    m::webhook_recorded(recorded as u64);
+                }
+                Ok(if parts.len() > 1 {
+                    parts.swap_remove(1)
+                } else {
+                    Value::Null
+                })
+            }
+            other => Err(StoreError::Internal(format!(
+                "{name} answered {other:?}, not {{events recorded, reply}}"
+            ))),
+        }
     }
 
     /// Runs `publish.lua`: the message is stored and fanned out, or nothing happened.

@@ -275,12 +275,29 @@ impl Webhooks {
         let mut attempt: u32 = 0;
         let mut renewed = Instant::now();
         loop {
-            // An open breaker: wait for the probe's turn, keeping the lease.
+            // An open breaker: wait for the probe's turn, keeping the lease. An event
+            // held there ages like one that is retried: past the maximum age it is
+            // dead-lettered, not delivered days late when the receiver is back.
             loop {
                 match ep.admit() {
                     Ok(()) => break,
                     Err(at) => {
-                        if !self.wait_until(session, ep, at, &mut renewed).await? {
+                        let age = Duration::from_millis(now_ms().saturating_sub(body.timestamp));
+                        let Some(left) = self
+                            .config
+                            .max_age
+                            .checked_sub(age)
+                            .filter(|l| !l.is_zero())
+                        else {
+                            tracing::warn!(endpoint = %ep.shown, event = %body.id, attempts = attempt, "webhook event dead-lettered behind an open breaker");
+                            let text = String::from_utf8_lossy(&bytes).into_owned();
+                            let why = "the endpoint's breaker stayed open past the maximum age";
+                            self.dead_letter(session, ep, &body.id, attempt, why, text)
+                                .await?;
+                            return Ok(Sent::Done);
+                        };
+                        let until = at.min(Instant::now() + left);
+                        if !self.wait_until(session, ep, until, &mut renewed).await? {
                             return Ok(if self.shutdown.is_cancelled() {
                                 Sent::Stopped
                             } else {

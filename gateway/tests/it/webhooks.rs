@@ -1,6 +1,6 @@
 //! Webhooks and the join hook against real Redis, several gateway processes and a test
 //! receiver: each event once and in order per session across instances, signatures
-//! checked by our HMAC and by Python's standardwebhooks, retries with growing delays,
+//! checked by our HMAC and by Python's standardwebhooks (the README's receiver by npm's), retries with growing delays,
 //! dead letters and replay, a killed instance's deliveries taken over, and the join hook's
 //! verdicts and failure modes.
 
@@ -167,6 +167,25 @@ async fn a_session_lifecycle_across_two_instances_arrives_once_in_order_and_sign
         assert_eq!(d.json()["id"], d.id.as_str());
     }
     signatures_verify(&receiver);
+    // Each event was counted once, by the instance whose script recorded it.
+    wait_for(
+        DEADLINE,
+        "the recorded count to match the deliveries",
+        || {
+            let (a, b, receiver, id) = (&a, &b, &receiver, &id);
+            async move {
+                let recorded = a.metric("roomcast_webhook_events_recorded_total", "").await
+                    + b.metric("roomcast_webhook_events_recorded_total", "").await;
+                let delivered = receiver
+                    .acknowledged("/hook")
+                    .iter()
+                    .filter(|e| e["session"] == id.as_str())
+                    .count();
+                recorded as usize == delivered
+            }
+        },
+    )
+    .await;
     drop(display);
 }
 
@@ -210,22 +229,7 @@ async fn failures_are_retried_with_growing_delays_then_dead_lettered_and_replaye
     // A receiver that is down for good: after 3 tries the event is a dead letter.
     receiver.answer_with(|_, _| Answer::Status(503));
     let second = create(&g).await;
-    let listed = loop {
-        let r = call(
-            g.addr,
-            "GET",
-            "/api/v1/admin/webhooks/dead-letters",
-            Some(ADMIN),
-            None,
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let list = r.json()["dead_letters"].as_array().unwrap().clone();
-        if !list.is_empty() {
-            break list;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let listed = dead_letters(&g, 1).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["session"], second.as_str());
     assert_eq!(listed[0]["attempts"], 3);
@@ -393,6 +397,58 @@ async fn messages_at_a_thousand_a_second_over_a_hundred_sessions_arrive_once_in_
             "{session}: every seq once, in order"
         );
     }
+    signatures_verify(&receiver);
+}
+
+/// `message.published` opted in and out for one session by `PATCH`: of three messages,
+/// the one published while it was off is never sent (a session's events arrive in
+/// order, so once the third arrived the second would have come before it).
+#[tokio::test]
+async fn a_patch_turns_one_sessions_message_events_on_and_off() {
+    let redis = Redis::start();
+    let receiver = Receiver::start().await;
+    let g = gateway(&redis, &receiver.url("/hook"), &[]).await;
+    let id = create(&g).await;
+    let path = format!("/api/v1/sessions/{id}");
+    let messages = format!("/api/v1/sessions/{id}/messages");
+    for (n, on) in [(1, true), (2, false), (3, true)] {
+        let r = call(
+            g.addr,
+            "PATCH",
+            &path,
+            Some(API_KEY),
+            Some(&json!({"message_webhooks": on})),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["message_webhooks"], on, "{}", r.body);
+        let r = call(
+            g.addr,
+            "POST",
+            &messages,
+            Some(API_KEY),
+            Some(&json!({"data": n})),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    receiver
+        .wait_until(DEADLINE, "the third message's event", |_| {
+            types_of(&receiver, &id)
+                .iter()
+                .filter(|t| *t == "message.published")
+                .count()
+                >= 2
+        })
+        .await;
+    let seqs: Vec<u64> = receiver
+        .acknowledged("/hook")
+        .iter()
+        .filter(|e| e["session"] == id.as_str() && e["type"] == "message.published")
+        .map(|e| e["data"]["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 3], "the message published while off has no event");
+    signatures_verify(&receiver);
 }
 
 /// A gateway with only a join hook (no webhooks).
@@ -565,6 +621,7 @@ async fn a_session_whose_lifetime_runs_out_ends_with_reason_max_lifetime() {
             .count(),
         1
     );
+    signatures_verify(&receiver);
 }
 
 #[tokio::test]
@@ -611,4 +668,222 @@ async fn an_endpoint_that_keeps_failing_opens_its_breaker_and_is_probed() {
     assert_eq!(r.json()["endpoints"][0]["breaker"], "closed", "{}", r.body);
     let open = g.metric("roomcast_webhook_breaker_open", "").await;
     assert_eq!(open, 0.0);
+    // The failed tries and the probe were signed like any delivery.
+    signatures_verify(&receiver);
+}
+
+/// The dead letters listed by the admin route, once there are at least `n`.
+async fn dead_letters(g: &Gateway, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let r = call(
+            g.addr,
+            "GET",
+            "/api/v1/admin/webhooks/dead-letters",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let list = r.json()["dead_letters"].as_array().unwrap().clone();
+        if list.len() >= n {
+            return list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {n} dead letters: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An event held behind an open breaker ages like a retried one: past the maximum age it
+/// is a dead letter, though the breaker never let it be tried. One dead letter replayed
+/// by its id is delivered with its original `webhook-id` and leaves the list.
+#[tokio::test]
+async fn events_held_by_an_open_breaker_age_into_dead_letters_and_one_is_replayed_by_id() {
+    let redis = Redis::start();
+    let receiver = Receiver::start().await;
+    receiver.answer_with(|_, _| Answer::Status(503));
+    let g = gateway(
+        &redis,
+        &receiver.url("/hook"),
+        &[
+            ("ROOMCAST_WEBHOOK_BREAKER_FAILURES", "1"),
+            // No probe within the test: only the age can end the wait.
+            ("ROOMCAST_WEBHOOK_BREAKER_COOLDOWN", "10m"),
+            ("ROOMCAST_WEBHOOK_MAX_AGE", "2s"),
+            ("ROOMCAST_WEBHOOK_MAX_ATTEMPTS", "100"),
+        ],
+    )
+    .await;
+    let first = create(&g).await;
+    receiver
+        .wait_until(DEADLINE, "the try that opens the breaker", |d| {
+            !d.is_empty()
+        })
+        .await;
+    let second = create(&g).await;
+    let listed = dead_letters(&g, 2).await;
+    let sessions: Vec<&str> = listed
+        .iter()
+        .map(|d| d["session"].as_str().unwrap())
+        .collect();
+    assert!(
+        sessions.contains(&first.as_str()) && sessions.contains(&second.as_str()),
+        "{listed:?}"
+    );
+    let held = listed
+        .iter()
+        .find(|d| d["session"] == second.as_str())
+        .unwrap();
+    assert_eq!(held["attempts"], 0, "never tried: {held}");
+    assert!(
+        held["error"].as_str().unwrap().contains("breaker"),
+        "{held}"
+    );
+    assert_eq!(
+        receiver.deliveries().len(),
+        1,
+        "only the first event was ever sent"
+    );
+
+    // The receiver is back; the held one is replayed alone, by its id.
+    receiver.answer_with(|_, _| Answer::Status(204));
+    let id = held["id"].as_str().unwrap();
+    let r = call(
+        g.addr,
+        "POST",
+        &format!("/api/v1/admin/webhooks/dead-letters/{id}/replay"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["delivered"], 1, "{}", r.body);
+    let got = receiver.acknowledged("/hook");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["session"], second.as_str());
+    assert_eq!(got[0]["type"], "session.created");
+    let left = dead_letters(&g, 1).await;
+    assert_eq!(left.len(), 1, "the replayed one left the list: {left:?}");
+    assert_eq!(left[0]["session"], first.as_str());
+    // Again: it is gone.
+    let r = call(
+        g.addr,
+        "POST",
+        &format!("/api/v1/admin/webhooks/dead-letters/{id}/replay"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    r.assert_problem(404, "not_found");
+    signatures_verify(&receiver);
+}
+
+/// Kills the child when dropped: the README's receiver must not outlive its test.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The README's receiver, exactly as the README shows it, run by Node with npm's
+/// `standardwebhooks` (a second implementation sharing no code with ours or Python's):
+/// it verifies and prints what a gateway sends, and refuses a request it cannot verify.
+#[tokio::test]
+async fn the_readme_receiver_verifies_and_prints_the_events_it_is_sent() {
+    use std::io::BufRead;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let modules = root.join(".run/node-webhooks/node_modules");
+    assert!(
+        modules.join("standardwebhooks").exists(),
+        "{} is missing: run `make deps` (scripts/install-deps.sh --test)",
+        modules.display()
+    );
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme.split("\n## Webhooks\n").nth(1).unwrap();
+    let code = section
+        .split("```js\n")
+        .nth(1)
+        .and_then(|c| c.split("\n```").next())
+        .expect("a js block in the README's Webhooks section");
+    let dir = scratch_dir("readme-receiver");
+    std::fs::write(dir.join("receiver.mjs"), code).unwrap();
+    std::os::unix::fs::symlink(&modules, dir.join("node_modules")).unwrap();
+    let port = free_port();
+    let mut node = Child(
+        std::process::Command::new("node")
+            .arg("receiver.mjs")
+            .current_dir(&dir)
+            .env("ROOMCAST_WEBHOOK_SECRET", HOOK_SECRET)
+            .env("PORT", port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node"),
+    );
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = node.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for(DEADLINE, "the receiver listening", || async move {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    // Unsigned: refused.
+    let r = call(
+        addr,
+        "POST",
+        "/roomcast/events",
+        None,
+        Some(&json!({"type": "x"})),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let redis = Redis::start();
+    let g = Gateway::start(
+        &redis.url(),
+        &[
+            ("ROOMCAST_API_KEY", API_KEY),
+            (
+                "ROOMCAST_WEBHOOK_URLS",
+                &format!("http://{addr}/roomcast/events"),
+            ),
+            ("ROOMCAST_WEBHOOK_SECRETS", HOOK_SECRET),
+        ],
+    );
+    g.wait_ready().await;
+    let id = create(&g).await;
+    let mut display = g.connect(&token("screen", &[Role::Display])).await;
+    display.join_as(&id, "display").await;
+    let want = [
+        format!("session.created {id} "),
+        format!("member.joined {id} "),
+    ];
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while seen.len() < want.len() {
+        let line = tokio::time::timeout_at(deadline, lines.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the receiver printed {seen:?}, not {want:?}"))
+            .expect("the receiver exited");
+        seen.push(line);
+    }
+    for (line, prefix) in seen.iter().zip(&want) {
+        assert!(
+            line.starts_with(prefix.as_str()),
+            "{line:?} is not {prefix:?}…"
+        );
+    }
+    assert!(seen[1].contains("\"user\":\"screen\""), "{}", seen[1]);
 }
