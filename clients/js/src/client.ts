@@ -272,11 +272,13 @@ export class RoomcastClient extends Emitter<ClientEvents> implements SessionHost
    * The session `id`, joined as soon as the client is connected (and rejoined with
    * `since` after every reconnect). The same id answers the same object until it is left.
    */
-  session(id: string, opts: SessionOptions = {}): Session {
+  session<T = unknown>(id: string, opts: SessionOptions = {}): Session<T> {
+    // `T` is the app's word for what the session's messages hold: one object per id
+    // whatever type each caller names.
     const existing = this.sessions.get(id);
-    if (existing) return existing;
-    const s = new Session(this, id, opts);
-    this.sessions.set(id, s);
+    if (existing) return existing as Session<T>;
+    const s = new Session<T>(this, id, opts);
+    this.sessions.set(id, s as Session);
     if (this.connected) s._connected();
     return s;
   }

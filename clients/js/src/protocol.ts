@@ -22,8 +22,11 @@ export interface Member extends Sender {
   info?: Record<string, unknown>;
 }
 
-/** A stored message: live, or an entry of `history`. */
-export interface Message {
+/**
+ * A stored message: live, or an entry of `history`. `T` is what the app says its
+ * messages' `data` holds (`client.session<T>()`); the SDK does not check it.
+ */
+export interface Message<T = unknown> {
   seq: number;
   /**
    * The message's unique id (absent from messages stored before ids existed). A rejoin
@@ -34,7 +37,7 @@ export interface Message {
   /** The server's time of the publish, Unix ms. */
   ts: number;
   from: Sender;
-  data: unknown;
+  data: T;
 }
 
 export type ErrorCode =

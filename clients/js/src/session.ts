@@ -51,9 +51,9 @@ export interface SessionOptions {
   sinceId?: string;
 }
 
-export interface SessionEvents {
+export interface SessionEvents<T = unknown> {
   /** A message, in seq order, each once. */
-  message: (m: Message) => void;
+  message: (m: Message<T>) => void;
   /** Someone joined, left or changed (never yourself); `presence` is already updated. */
   presence: (e: { event: PresenceEvent; member: Member }) => void;
   typing: (e: { from: Sender; active: boolean }) => void;
@@ -64,7 +64,7 @@ export interface SessionEvents {
    * or its numbering restarted (Redis lost it). Rebuild from `history` (the session's
    * current window, oldest first); messages continue after `seq`.
    */
-  reset: (r: { seq: number; history: Message[] }) => void;
+  reset: (r: { seq: number; history: Message<T>[] }) => void;
   /**
    * The whole member list, after every join and rejoin (the presence map was replaced:
    * members who left while you were away are gone from it). Show this list.
@@ -96,8 +96,8 @@ export interface SessionHost {
 }
 
 /** One page of stored messages, newest first. */
-export interface HistoryPage {
-  messages: Message[];
+export interface HistoryPage<T = unknown> {
+  messages: Message<T>[];
   /** Pass as `before` for the next (older) page; `null` on the last. */
   nextBefore: number | null;
 }
@@ -153,7 +153,12 @@ function newKey(): string {
 
 const KEY_FORM = /^[A-Za-z0-9_.:-]{1,64}$/;
 
-export class Session extends Emitter<SessionEvents> {
+/**
+ * A session (room) on the client's connection. `T` types the `data` of the messages it
+ * publishes and receives (`client.session<T>()`): a compile-time promise the app makes,
+ * which the SDK does not check at run time.
+ */
+export class Session<T = unknown> extends Emitter<SessionEvents<T>> {
   readonly id: string;
   readonly role: Role | undefined;
   readonly name: string | undefined;
@@ -206,7 +211,7 @@ export class Session extends Emitter<SessionEvents> {
    * Made before the session is joined, it waits and is sent after the join; made while
    * disconnected, it waits only with the client's `offlineQueue` (else `disconnected`).
    */
-  publish<T = unknown>(data: T, options: PublishOptions = {}): Promise<{ seq: number }> {
+  publish(data: T, options: PublishOptions = {}): Promise<{ seq: number }> {
     return new Promise((resolve, reject) => {
       const terminal = this.terminalError();
       if (terminal) return reject(terminal);
@@ -246,12 +251,12 @@ export class Session extends Emitter<SessionEvents> {
    * `nextBefore`). What a joined session missed is replayed by the join itself; this
    * is for scrolling back further.
    */
-  async history(options: { before?: number; limit?: number } = {}): Promise<HistoryPage> {
+  async history(options: { before?: number; limit?: number } = {}): Promise<HistoryPage<T>> {
     const q = new URLSearchParams();
     if (options.limit !== undefined) q.set('limit', String(options.limit));
     if (options.before !== undefined) q.set('before', String(options.before));
     const page = (await this.host.get(`/sessions/${encodeURIComponent(this.id)}/history?${q}`)) as {
-      messages: Message[];
+      messages: Message<T>[];
       next_before: number | null;
     };
     return { messages: page.messages, nextBefore: page.next_before ?? null };
@@ -475,12 +480,12 @@ export class Session extends Emitter<SessionEvents> {
     this.emit('state', 'joined');
     this.emit('sync', [...this.presence.values()]);
     if (reset) {
-      this.emit('reset', { seq: f.seq, history: f.history });
+      this.emit('reset', { seq: f.seq, history: f.history as Message<T>[] });
     } else {
       for (const m of f.history) {
         // A listener may have left or closed meanwhile.
         if (this.state !== 'joined') return;
-        this.deliver(m);
+        this.deliver(m as Message<T>);
       }
       // Without `since` there is nothing to replay: live messages start after `seq`.
       if (this.lastSeq === undefined) {
@@ -493,7 +498,7 @@ export class Session extends Emitter<SessionEvents> {
   private onMessage(f: Extract<ServerFrame, { type: 'message' }>): void {
     // While repairing, the coming `joined` carries everything up to its seq.
     if (this.state !== 'joined' || this.repair) return;
-    const m: Message = { seq: f.seq, ts: f.ts, from: f.from, data: f.data };
+    const m: Message<T> = { seq: f.seq, ts: f.ts, from: f.from, data: f.data as T };
     if (f.id !== undefined) m.id = f.id;
     const last = this.lastSeq ?? f.seq - 1;
     if (f.seq === last + 1) {
@@ -510,7 +515,7 @@ export class Session extends Emitter<SessionEvents> {
     }
   }
 
-  private deliver(m: Message): void {
+  private deliver(m: Message<T>): void {
     if (this.lastSeq !== undefined && m.seq <= this.lastSeq) return;
     this.lastSeq = m.seq;
     this.lastId = m.id;

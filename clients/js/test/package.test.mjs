@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -108,4 +108,21 @@ test('the tarball carries both builds, their types and the licence', () => {
     assert.ok(files.includes(f), `${f} is packed`);
   }
   assert.ok(!files.some((f) => f.startsWith('package/test/') || f.startsWith('package/src/')));
+});
+
+// The root README's example ("Build an app in five minutes"), as the README shows it:
+// only its gateway address is this test's.
+test("the README's app runs as written from the installed package", () => {
+  const readme = readFileSync(path.join(SDK, '../../README.md'), 'utf8');
+  const section = readme.split('\n## Build an app in five minutes\n')[1];
+  const source = section.split('```js\n')[1].split('\n```')[0];
+  assert.match(source, /ws:\/\/127\.0\.0\.1:8080\/ws/);
+  writeFileSync(path.join(app, 'readme-app.mjs'), source.replaceAll('ws://127.0.0.1:8080/ws', gateway.ws));
+  const out = execFileSync(
+    process.execPath,
+    ['--experimental-websocket', 'readme-app.mjs', token('tv', 'display'), token('alice', 'controller')],
+    { cwd: app, encoding: 'utf8', timeout: 20_000, env: { PATH: process.env.PATH } },
+  );
+  assert.match(out, /^1 \{ slide: 2 \}$/m, out);
+  assert.match(out, /^stored as 1$/m, out);
 });

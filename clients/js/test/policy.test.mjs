@@ -736,3 +736,63 @@ test('the REST base follows the WebSocket URL', async () => {
   assert.equal(apiBase('wss://a.test'), 'https://a.test/api/v1');
   assert.equal(apiBase('/ws'), '/api/v1');
 });
+
+test("a browser's online and visibilitychange events wake the client; wakeOnResume: false ignores them", () => {
+  // A page's window and document, as far as the client listens to them.
+  const targets = { window: new EventTarget(), document: new EventTarget() };
+  targets.document.visibilityState = 'hidden';
+  const saved = {
+    add: globalThis.addEventListener,
+    remove: globalThis.removeEventListener,
+    document: globalThis.document,
+  };
+  globalThis.addEventListener = targets.window.addEventListener.bind(targets.window);
+  globalThis.removeEventListener = targets.window.removeEventListener.bind(targets.window);
+  globalThis.document = targets.document;
+  try {
+    const c = client({ reconnect: { minDelayMs: 60_000, maxDelayMs: 60_000 } });
+    c.connect();
+    FakeSocket.last().welcome();
+    FakeSocket.last().shut(1006);
+    assert.equal(FakeSocket.all.length, 1, 'waiting out its backoff');
+    targets.window.dispatchEvent(new Event('online'));
+    assert.equal(FakeSocket.all.length, 2, '`online` reconnected at once');
+    FakeSocket.last().welcome();
+    FakeSocket.last().shut(1006);
+    // Hidden: nothing; visible again: at once.
+    targets.document.dispatchEvent(new Event('visibilitychange'));
+    assert.equal(FakeSocket.all.length, 2, 'a page becoming hidden does not reconnect');
+    targets.document.visibilityState = 'visible';
+    targets.document.dispatchEvent(new Event('visibilitychange'));
+    assert.equal(FakeSocket.all.length, 3, 'a page becoming visible reconnected at once');
+    c.close();
+    // close() stops listening.
+    targets.window.dispatchEvent(new Event('online'));
+    assert.equal(FakeSocket.all.length, 3);
+
+    const quiet = client({ reconnect: { minDelayMs: 60_000, maxDelayMs: 60_000 }, wakeOnResume: false });
+    quiet.connect();
+    FakeSocket.last().welcome();
+    FakeSocket.last().shut(1006);
+    targets.window.dispatchEvent(new Event('online'));
+    assert.equal(FakeSocket.all.length, 4, 'wakeOnResume: false waits out the backoff');
+  } finally {
+    globalThis.addEventListener = saved.add;
+    globalThis.removeEventListener = saved.remove;
+    if (saved.document === undefined) delete globalThis.document;
+    else globalThis.document = saved.document;
+  }
+});
+
+test('without a WebSocket the error names the Node flag and the `ws` option', () => {
+  const saved = globalThis.WebSocket;
+  delete globalThis.WebSocket;
+  try {
+    assert.throws(
+      () => new RoomcastClient({ urls: URLS, token: 'tok' }),
+      (e) => /--experimental-websocket/.test(e.message) && /from 'ws'/.test(e.message) && /WebSocket \}/.test(e.message),
+    );
+  } finally {
+    if (saved !== undefined) globalThis.WebSocket = saved;
+  }
+});
