@@ -20,8 +20,11 @@
 //! - [`webhooks`]: event delivery to application backends, and the join hook.
 //! - [`keys`], [`envelope`]: Redis key names and internal encodings.
 //! - [`metrics`], [`telemetry`]: Prometheus metrics and logging.
+//! - [`app`]: the shared state of an instance, built and connected apart from serving.
+//! - [`background`]: the readiness monitor, Redis clients kept running, the metrics upkeep.
+//! - [`drain`]: graceful shutdown and the shedding of clients after a long outage.
 //!
-//! [`run`] wires them: it owns start-up, the background tasks and graceful shutdown.
+//! [`run`] wires them: build and connect an [`App`], serve, drain, stop.
 
 mod api;
 mod app;
