@@ -163,9 +163,10 @@ fanout_run() {
   # kernel's accounting of the finished child) goes into the sidecar too.
   # shellcheck disable=SC2046
   python3 scripts/bench_report.py child-cpu "$file.lt-cpu" \
-    "${LT_PIN[@]}" "$LT" $(urls "$protocol") --protocol "$protocol" --secret "$SECRET" --sessions 100 \
+    "${LT_PIN[@]}" "$LT" $(urls "$protocol") --protocol "$protocol" --secret "$SECRET" --sessions "${SESSIONS:-100}" \
     --displays "${DISPLAYS:-10}" --rate "$rate" --payload 64 --duration "$DURATION" --ramp 2s \
-    --prefix "f$label$rate" --progress false --json "$file" --started-file "$file.started" >&2 &
+    --prefix "f$label$rate" --progress false --json "$file" --started-file "$file.started" \
+    --placement "${PLACEMENT:-client}" >&2 &
   lt=$!
   deadline=$((SECONDS + 120))
   while [[ ! -e $file.started ]] && kill -0 "$lt" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.02; done
@@ -173,7 +174,11 @@ fanout_run() {
   wr0=$(redis_ticks)
   commandstats "$file.commands0"
   if [[ -e $file.started && $window =~ ^[0-9]+$ ]]; then
-    sleep "$window" # the measurement window itself
+    if [[ -n ${PERF_EVENTS:-} ]]; then
+      perf_stat_window "$file" "$window" # counts per process; the window itself
+    else
+      sleep "$window" # the measurement window itself
+    fi
     w1=$(server_ticks)
     wr1=$(redis_ticks)
     commandstats "$file.commands1"
@@ -183,6 +188,19 @@ fanout_run() {
   wait "$lt"
   echo "{$(run_cpu "$s0" "$r0" "$file.lt-cpu"), \"window_s\": $window, \"window_server_ticks\": $((w1 - w0)), \"window_redis_ticks\": $((wr1 - wr0))}" >"$file.cpu"
   rm -f "$file.lt-cpu" "$file.started"
+}
+
+# perf_stat_window FILE SECONDS: counts PERF_EVENTS in every server process and in Redis
+# for SECONDS, one `perf stat` each (FILE.perf-<port>, FILE.perf-redis).
+perf_stat_window() {
+  local n perfs=()
+  for n in "${NODES[@]}"; do
+    perf stat -x, -e "$PERF_EVENTS" -p "${n##*:}" -o "$1.perf-${n%%:*}" -- sleep "$2" >/dev/null 2>&1 &
+    perfs+=($!)
+  done
+  perf stat -x, -e "$PERF_EVENTS" -p "$REDIS_PID" -o "$1.perf-redis" -- sleep "$2" >/dev/null 2>&1 &
+  perfs+=($!)
+  wait "${perfs[@]}"
 }
 
 # Steps the per-session rate up while p99 stays under 50 ms with nothing lost, duplicated
@@ -642,6 +660,95 @@ scenario_cost() {
   cat "$OUT/cost.json" >&2
 }
 
+# --- small rooms: what one published message costs (issue 30) -------------------------
+# SMALL_SESSIONS sessions (500) x 1 controller + D displays (SMALL_DISPLAYS, "1 3") at
+# SMALL_RATES msg/s per session ("10 1": 5,000 and 500 msg/s in all), SMALL_DURATION
+# (30 s) each, on the floor peer (one process), two gateways and two Socket.IO peers
+# (SMALL_SERVERS), each on a fresh Redis. Two placements for the servers that run two
+# instances: split (a session's controller and displays on different instances, the
+# load generator's default) and co-located (`--placement session`: one instance per
+# session, as a session-affine ingress gives). Server and Redis CPU per published
+# message are counted over the publishing window only (connects and joins excluded).
+# Reports: small-d<D>-<server>-<placement>-r<rate>.json; summary small.json.
+scenario_small() {
+  local DURATION=${SMALL_DURATION:-30s} d server placement rate file
+  local servers=${SMALL_SERVERS:-floor roomcast socketio}
+  if [[ $servers == *socketio* ]]; then
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+      echo "bench: the Socket.IO peer needs node and npm (apt-get install -y nodejs npm)" >&2
+      return 1
+    fi
+    (cd loadtest/peers/socketio && npm ci --silent --no-audit --no-fund)
+  fi
+  rm -f "$OUT"/small-*.json*
+  for d in ${SMALL_DISPLAYS:-1 3}; do
+    for server in $servers; do
+      for placement in split colocated; do
+        # One floor process has nothing to split.
+        [[ $server == floor && $placement == colocated ]] && continue
+        fresh
+        case $server in
+        floor) start_floor ;;
+        roomcast) start_gateway && start_gateway ;;
+        socketio) start_peer && start_peer ;;
+        esac
+        for rate in ${SMALL_RATES:-10 1}; do
+          file="$OUT/small-d$d-$server-$placement-r$rate.json"
+          log "small rooms: $server $placement, ${SMALL_SESSIONS:-500} x (1 + $d), $rate msg/s per session"
+          SESSIONS=${SMALL_SESSIONS:-500} DISPLAYS=$d \
+            PLACEMENT=$([[ $placement == colocated ]] && echo session || echo client) \
+            fanout_run "s$d$server${placement:0:1}" "$([[ $server == socketio ]] && echo socketio || echo json)" "$rate" "$file"
+        done
+      done
+    done
+  done
+  stop_all
+  python3 scripts/bench_report.py small "$OUT" >"$OUT/small.json"
+  python3 scripts/bench_report.py small-markdown "$OUT" >&2
+}
+
+# --- small rooms: a published message's budget in syscalls, wake-ups, allocations -------
+# The small-room load (BUDGET_SESSIONS 500 x 1 controller + 1 display, BUDGET_RATE 10
+# msg/s per session, BUDGET_DURATION 15 s) on the floor, two gateways split and two
+# co-located, with `perf stat` counting in each server process and in Redis over the
+# publishing window: system calls, context switches (a thread that slept and was woken,
+# or was preempted), and calls of malloc, calloc and realloc (uprobes on the libc both
+# servers link). Counting slows the processes, so no CPU figure is taken from these
+# runs; Redis calls per publish come from commandstats as in every fan-out row.
+# Reports: budget-<server>-<placement>.json and their .perf-* files; summary budget.json.
+scenario_budget() {
+  if ! command -v perf >/dev/null; then
+    echo "bench: the budget needs perf (apt-get install -y linux-perf)" >&2
+    return 1
+  fi
+  local libc fn server placement file DURATION=${BUDGET_DURATION:-15s}
+  libc=$(ldd "$GW" | awk '/libc\.so/ {print $3}')
+  probes=$(perf probe -l 2>/dev/null || true)
+  for fn in malloc calloc realloc; do
+    [[ $probes == *"probe_libc:$fn "* ]] || perf probe -q -x "$libc" --add "$fn" >/dev/null 2>&1 || {
+      echo "bench: cannot add a uprobe on $fn in $libc (needs root)" >&2
+      return 1
+    }
+  done
+  rm -f "$OUT"/budget-*.json*
+  for server in floor roomcast; do
+    for placement in split colocated; do
+      [[ $server == floor && $placement == colocated ]] && continue
+      fresh
+      if [[ $server == roomcast ]]; then start_gateway && start_gateway; else start_floor; fi
+      file="$OUT/budget-$server-$placement.json"
+      log "budget: $server $placement, ${BUDGET_SESSIONS:-500} x (1 + 1), ${BUDGET_RATE:-10} msg/s per session"
+      SESSIONS=${BUDGET_SESSIONS:-500} DISPLAYS=1 \
+        PLACEMENT=$([[ $placement == colocated ]] && echo session || echo client) \
+        PERF_EVENTS=raw_syscalls:sys_enter,context-switches,probe_libc:malloc,probe_libc:calloc,probe_libc:realloc \
+        fanout_run "b$server${placement:0:1}" json "${BUDGET_RATE:-10}" "$file"
+    done
+  done
+  stop_all
+  python3 scripts/bench_report.py budget "$OUT" >"$OUT/budget.json"
+  python3 scripts/bench_report.py budget-markdown "$OUT" >&2
+}
+
 # --- 7. the lifecycle clock at scale -----------------------------------------------------
 # BENCH_LIFECYCLE_SESSIONS idle sessions whose warnings and timeouts fall due evenly over
 # 20 s, three gateways running the clock: how late was each event, and was each announced
@@ -817,6 +924,8 @@ for s in "$@"; do
   lifecycle) scenario_lifecycle ;;
   silent) scenario_silent ;;
   webhooks) scenario_webhooks ;;
+  small) scenario_small ;;
+  budget) scenario_budget ;;
   all)
     scenario_publish_path
     scenario_durable
@@ -828,13 +937,15 @@ for s in "$@"; do
     scenario_peer
     scenario_compare
     scenario_cost
+    scenario_small
+    scenario_budget
     scenario_micro
     scenario_lifecycle
     scenario_silent
     scenario_webhooks
     ;;
   *)
-    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|cost|micro|lifecycle|silent|all]..." >&2
+    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|cost|small|budget|micro|lifecycle|silent|webhooks|all]..." >&2
     exit 64
     ;;
   esac

@@ -6,6 +6,7 @@ import csv
 import glob
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -372,6 +373,122 @@ def cost(out):
     }
 
 
+def small(out):
+    """`scripts/bench.sh small`: CPU per published message in small rooms, per server,
+    placement, displays per session and rate, with the ratios issue 30 sets goals on."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(out, "small-d*-r*.json"))):
+        m = re.match(r"small-d(\d+)-(\w+)-(split|colocated)-r([\d.]+)\.json$",
+                     os.path.basename(path))
+        if not m:
+            continue
+        r = row(load(path), path)
+        published = r["published_in_window"] or 1
+        server_us = 1e6 * r["window_server_cpu_s"] / published
+        redis_us = 1e6 * r["window_redis_cpu_s"] / published
+        runs.append({
+            "displays": int(m.group(1)), "server": m.group(2), "placement": m.group(3),
+            "rate_per_session": float(m.group(4)),
+            "messages_per_s": round(published / max(r["window_s"], 1)),
+            "server_cpu_us_per_message": round(server_us, 1),
+            "redis_cpu_us_per_message": round(redis_us, 1),
+            "total_cpu_us_per_message": round(server_us + redis_us, 1),
+            "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "max_ms": r["max_ms"],
+            "lost": r["lost"], "duplicated_or_reordered": r["duplicated_or_reordered"],
+            "offered_share": r["offered_share"], "errors": r["errors"],
+        })
+    floor = {(x["displays"], x["rate_per_session"]): x["total_cpu_us_per_message"]
+             for x in runs if x["server"] == "floor"}
+    peer = {(x["displays"], x["rate_per_session"], x["placement"]): x["total_cpu_us_per_message"]
+            for x in runs if x["server"] == "socketio"}
+    for x in runs:
+        key = (x["displays"], x["rate_per_session"])
+        if key in floor:
+            x["vs_floor"] = round(x["total_cpu_us_per_message"] / floor[key], 2)
+        if key + (x["placement"],) in peer:
+            x["vs_socketio"] = round(
+                x["total_cpu_us_per_message"] / peer[key + (x["placement"],)], 2)
+    return {"scenario": "small",
+            "setup": "sessions x (1 controller + D displays), 64 B, CPU over the publishing window",
+            "runs": runs}
+
+
+def small_markdown(out):
+    runs = small(out)["runs"]
+    lines = ["| displays | server | placement | msg/s | server µs/msg | Redis µs/msg | total | "
+             "× floor | × Socket.IO | p99 ms | lost |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in sorted(runs, key=lambda x: (x["displays"], -x["rate_per_session"],
+                                         x["server"], x["placement"])):
+        lines.append(
+            f"| {x['displays']} | {x['server']} | {x['placement']} | {x['messages_per_s']} | "
+            f"{x['server_cpu_us_per_message']} | {x['redis_cpu_us_per_message']} | "
+            f"{x['total_cpu_us_per_message']} | {x.get('vs_floor', '')} | "
+            f"{x.get('vs_socketio', '')} | {x['p99_ms']} | {x['lost']} |")
+    return "\n".join(lines)
+
+
+def perf_counts(path):
+    """A `perf stat -x,` output file: {event: count}."""
+    counts = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) > 2 and parts[0].replace(".", "").isdigit():
+                counts[parts[2]] = float(parts[0])
+    return counts
+
+
+def budget(out):
+    """`scripts/bench.sh budget`: per published message, on each server process and in
+    Redis, the system calls, context switches and allocations `perf stat` counted over
+    the publishing window, and the Redis commands from commandstats."""
+    names = {"raw_syscalls:sys_enter": "syscalls", "context-switches": "context_switches",
+             "probe_libc:malloc": "malloc", "probe_libc:calloc": "calloc",
+             "probe_libc:realloc": "realloc"}
+    runs = []
+    for path in sorted(glob.glob(os.path.join(out, "budget-*-*.json"))):
+        m = re.match(r"budget-(\w+)-(split|colocated)\.json$", os.path.basename(path))
+        if not m:
+            continue
+        r = row(load(path), path)
+        published = r.get("published_in_window") or 0
+        if not published:
+            continue
+        processes = {}
+        for perf in sorted(glob.glob(path + ".perf-*")):
+            who = perf.rsplit(".perf-", 1)[1]
+            c = {names.get(k, k): v / published for k, v in perf_counts(perf).items()}
+            c["allocations"] = c.pop("malloc", 0) + c.pop("calloc", 0) + c.pop("realloc", 0)
+            processes["redis" if who == "redis" else f"server {who}"] = {
+                k: round(v, 2) for k, v in c.items()}
+        servers = [v for k, v in processes.items() if k != "redis"]
+        total = {k: round(sum(s.get(k, 0) for s in servers), 2)
+                 for k in ("syscalls", "context_switches", "allocations")}
+        runs.append({"server": m.group(1), "placement": m.group(2),
+                     "published_in_window": round(published),
+                     "per_message": processes, "servers_per_message": total,
+                     "redis_commands_per_publish": r.get("redis_commands_per_publish"),
+                     "p99_ms": r["p99_ms"], "lost": r["lost"]})
+    return {"scenario": "budget",
+            "setup": "sessions x (1 controller + 1 display), counts per published message "
+                     "over the publishing window",
+            "runs": runs}
+
+
+def budget_markdown(out):
+    lines = ["| server | placement | process | syscalls | context switches | allocations |",
+             "|---|---|---|---|---|---|"]
+    for x in budget(out)["runs"]:
+        for who, c in x["per_message"].items():
+            lines.append(f"| {x['server']} | {x['placement']} | {who} | {c.get('syscalls', '')} | "
+                         f"{c.get('context_switches', '')} | {c.get('allocations', '')} |")
+        t = x["servers_per_message"]
+        lines.append(f"| {x['server']} | {x['placement']} | **all server processes** | "
+                     f"{t['syscalls']} | {t['context_switches']} | {t['allocations']} |")
+    return "\n".join(lines)
+
+
 def webhooks(out, work):
     """The webhook scenario: per rate, the sink's throughput and lag, and what turning
     webhooks on did to publish->ack and to Redis CPU per publish; the join hook's cost."""
@@ -450,6 +567,14 @@ def main():
         print(json.dumps(cost(args[0]), indent=2))
     elif cmd == "compare-markdown":
         print(compare_markdown(args[0]))
+    elif cmd == "small":
+        print(json.dumps(small(args[0]), indent=2))
+    elif cmd == "small-markdown":
+        print(small_markdown(args[0]))
+    elif cmd == "budget":
+        print(json.dumps(budget(args[0]), indent=2))
+    elif cmd == "budget-markdown":
+        print(budget_markdown(args[0]))
     elif cmd == "webhooks":
         print(json.dumps(webhooks(args[0], args[1]), indent=2))
     elif cmd == "table":

@@ -30,6 +30,12 @@ pub(crate) struct Args {
     /// Displays per session.
     #[arg(long, default_value_t = 10)]
     pub(crate) displays: usize,
+    /// How clients are spread over the `--url`s: `client` deals them out one by one (a
+    /// session's controller and displays land on different gateways), `session` puts all
+    /// of a session's clients on one gateway (as a session-affine ingress would) and
+    /// deals out the sessions.
+    #[arg(long, value_enum, default_value_t = Placement::Client)]
+    pub(crate) placement: Placement,
     /// Messages per second each controller publishes; 0 holds the connections idle.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) rate: f64,
@@ -100,6 +106,13 @@ pub(crate) struct Args {
     /// Written (empty) when publishing starts, for scripts that time a fault from it.
     #[arg(long)]
     pub(crate) started_file: Option<std::path::PathBuf>,
+}
+
+/// See [`Args::placement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Placement {
+    Client,
+    Session,
 }
 
 impl Args {

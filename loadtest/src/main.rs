@@ -31,6 +31,7 @@ use futures_util::SinkExt;
 use tokio::sync::{mpsc, watch};
 
 pub(crate) use crate::cli::Args;
+use crate::cli::Placement;
 use crate::controller::controller;
 use crate::dial::{connect_and_join, Ws};
 use crate::display::display;
@@ -211,7 +212,10 @@ pub(crate) async fn run(
                 continue;
             }
             let is_controller = d == 0;
-            let url = this % args.urls.len();
+            let url = match args.placement {
+                Placement::Client => this,
+                Placement::Session => s,
+            } % args.urls.len();
             let source = (!args.source.is_empty()).then(|| args.source[this % args.source.len()]);
             let delay = ramp_step * this as u32;
             let (args, shared, limit, session) =

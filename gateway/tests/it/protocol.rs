@@ -716,3 +716,33 @@ async fn a_refreshed_token_keeps_the_connection_past_its_old_expiry() {
         Closed::Code(roomcast_shared::close::TOKEN_EXPIRED)
     );
 }
+
+/// The `session` query parameter is a routing hint for a session-affine ingress
+/// (k8s/overlays/affinity): the gateway takes the upgrade with it, beside `token`, and
+/// the connection may still join any session it is allowed, as without it.
+#[tokio::test]
+async fn a_session_routing_hint_in_the_url_changes_nothing_but_the_route() {
+    let redis = Redis::start();
+    let g = Gateway::start(&redis.url(), &[]);
+    g.wait_ready().await;
+    let hinted = format!(
+        "{}?session=living-room&token={}",
+        g.ws_url(),
+        token("phone", BOTH)
+    );
+    let mut phone = WsClient::connect(&hinted, None, None).await;
+    let mut tv = g.connect(&token("tv", &[Role::Display])).await;
+    for (c, session) in [(&mut phone, "living-room"), (&mut tv, "living-room")] {
+        assert!(matches!(
+            c.join(session, None).await,
+            ServerFrame::Joined { .. }
+        ));
+    }
+    // Another session than the hint's is joined like any.
+    assert!(matches!(
+        phone.join("kitchen", None).await,
+        ServerFrame::Joined { .. }
+    ));
+    let seq = phone.publish("living-room", json!({"slide": 2})).await;
+    assert_eq!(tv.messages("living-room", 1).await, [seq]);
+}
