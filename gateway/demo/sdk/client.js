@@ -186,6 +186,8 @@ export class RoomcastClient extends Emitter {
      * `since` after every reconnect). The same id answers the same object until it is left.
      */
     session(id, opts = {}) {
+        // `T` is the app's word for what the session's messages hold: one object per id
+        // whatever type each caller names.
         const existing = this.sessions.get(id);
         if (existing)
             return existing;

@@ -23,6 +23,11 @@ function newKey() {
     return out;
 }
 const KEY_FORM = /^[A-Za-z0-9_.:-]{1,64}$/;
+/**
+ * A session (room) on the client's connection. `T` types the `data` of the messages it
+ * publishes and receives (`client.session<T>()`): a compile-time promise the app makes,
+ * which the SDK does not check at run time.
+ */
 export class Session extends Emitter {
     host;
     id;
