@@ -46,24 +46,49 @@ impl Keys {
     }
 
     pub fn session(&self, id: &str) -> SessionKeys {
-        let base = format!("{}:{{s:{id}}}", self.prefix);
         SessionKeys {
-            meta: format!("{base}:meta"),
-            seq: format!("{base}:seq"),
-            hist: format!("{base}:hist"),
-            pres: format!("{base}:pres"),
-            pinfo: format!("{base}:pinfo"),
-            rest: format!("{base}:rest"),
-            channel: format!("{base}:ch"),
-            events: format!("{base}:ev"),
-            event_cursors: format!("{base}:evc"),
+            meta: self.session_key(id, &["meta"]),
+            seq: self.session_key(id, &["seq"]),
+            hist: self.session_key(id, &["hist"]),
+            pres: self.session_key(id, &["pres"]),
+            pinfo: self.session_key(id, &["pinfo"]),
+            rest: self.session_key(id, &["rest"]),
+            channel: self.session_key(id, &["ch"]),
+            events: self.session_key(id, &["ev"]),
+            event_cursors: self.session_key(id, &["evc"]),
         }
+    }
+
+    /// The keys `publish.lua` takes, in its order: seq, hist, meta, ch, ev and the
+    /// publish's idempotency key; room for `extra` more (the limits' logs). Only these:
+    /// a publish is the hot path, and each key is one allocation.
+    pub fn publish(&self, id: &str, key: Option<&str>, extra: usize) -> Vec<String> {
+        let mut keys = Vec::with_capacity(6 + extra);
+        for suffix in ["seq", "hist", "meta", "ch", "ev"] {
+            keys.push(self.session_key(id, &[suffix]));
+        }
+        keys.push(self.idempotency(id, key));
+        keys
     }
 
     /// A keyed publish's seq (STRING, for `ROOMCAST_IDEMPOTENCY_WINDOW`); without a key,
     /// a name in the session's slot that is never written (scripts declare their keys).
     pub fn idempotency(&self, session: &str, key: Option<&str>) -> String {
-        format!("{}:{{s:{session}}}:idem:{}", self.prefix, key.unwrap_or(""))
+        self.session_key(session, &["idem:", key.unwrap_or("")])
+    }
+
+    /// `<prefix>:{s:<id>}:<suffix…>`, allocated once at its length.
+    fn session_key(&self, id: &str, suffix: &[&str]) -> String {
+        let len = self.prefix.len() + id.len() + 6 + suffix.iter().map(|s| s.len()).sum::<usize>();
+        let mut k = String::with_capacity(len);
+        k.push_str(&self.prefix);
+        k.push_str(":{s:");
+        k.push_str(id);
+        k.push_str("}:");
+        for s in suffix {
+            k.push_str(s);
+        }
+        k
     }
 
     /// Who delivers a session's events to one endpoint (STRING owner token, with a TTL).
@@ -84,7 +109,7 @@ impl Keys {
 
     /// The session's pub/sub channel.
     pub fn session_channel(&self, id: &str) -> String {
-        format!("{}:{{s:{id}}}:ch", self.prefix)
+        self.session_key(id, &["ch"])
     }
 
     /// The session id a channel name belongs to, if it is one of ours.
@@ -182,6 +207,17 @@ mod tests {
         assert_eq!(k.event_kicks(7), "rc:wh:kick:{b7}");
         assert_eq!(k.dead_letters(), "rc:wh:dead");
         assert_eq!(k.idempotency("abc", Some("k1")), "rc:{s:abc}:idem:k1");
+        assert_eq!(
+            k.publish("abc", None, 0),
+            [
+                s.seq.as_str(),
+                &s.hist,
+                &s.meta,
+                &s.channel,
+                &s.events,
+                "rc:{s:abc}:idem:"
+            ]
+        );
         assert_eq!(k.nodes(3), "rc:nodes:{b3}");
         assert_eq!(k.node_connections(3), "rc:nodes:conns:{b3}");
         assert_eq!(k.code("ABC234"), "rc:code:{ABC234}");

@@ -4,10 +4,13 @@
 //! small helpers here so that names and label sets stay in one place. Labels have bounded
 //! cardinality: never a session id, user, client id or IP.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -301,8 +304,46 @@ pub(crate) fn join_hook(outcome: &'static str, took: Duration) {
     histogram!(JOIN_HOOK_DURATION).record(took.as_secs_f64());
 }
 
+// The metrics of every message's path keep their handles. Looking a handle up in the
+// recorder allocates on each call (the handle, and the labels copied), about ten
+// allocations of a small room's message (BENCHMARKS.md section 10); the recorder keeps a
+// metric forever (no idle timeout), so a handle looked up once stays valid. The gateway
+// installs the recorder before it serves, so no handle is taken from the no-op one.
+
+/// One label-free metric's handle, looked up on first use.
+macro_rules! kept {
+    ($ty:ty, $make:expr) => {{
+        static HANDLE: OnceLock<$ty> = OnceLock::new();
+        HANDLE.get_or_init(|| $make)
+    }};
+}
+
+/// One metric's handles by a label value from a fixed set (frame types, script names),
+/// each looked up on first use.
+struct ByLabel<T>(OnceLock<DashMap<&'static str, T>>);
+
+impl<T: Clone> ByLabel<T> {
+    const fn new() -> Self {
+        ByLabel(OnceLock::new())
+    }
+
+    fn get(&self, value: &'static str, make: impl FnOnce() -> T) -> T {
+        let map = self.0.get_or_init(DashMap::new);
+        if let Some(handle) = map.get(value) {
+            return handle.clone();
+        }
+        map.entry(value).or_insert_with(make).clone()
+    }
+}
+
 pub(crate) fn redis_command(command: &'static str, took: Duration) {
-    histogram!(REDIS_COMMAND_DURATION, "command" => command).record(took.as_secs_f64());
+    static BY_COMMAND: ByLabel<Histogram> = ByLabel::new();
+    BY_COMMAND
+        .get(
+            command,
+            || histogram!(REDIS_COMMAND_DURATION, "command" => command),
+        )
+        .record(took.as_secs_f64());
 }
 
 pub(crate) fn connection_opened(role: &'static str) {
@@ -316,7 +357,10 @@ pub(crate) fn connection_closed(role: &'static str, reason: &'static str) {
 }
 
 pub(crate) fn received(kind: &'static str) {
-    counter!(MESSAGES_RECEIVED_TOTAL, "type" => kind).increment(1);
+    static BY_TYPE: ByLabel<Counter> = ByLabel::new();
+    BY_TYPE
+        .get(kind, || counter!(MESSAGES_RECEIVED_TOTAL, "type" => kind))
+        .increment(1);
 }
 
 pub(crate) fn lifecycle_transition(event: &'static str) {
@@ -340,15 +384,15 @@ pub(crate) fn error_sent(code: &'static str) {
 }
 
 pub(crate) fn delivered(count: u64) {
-    counter!(MESSAGES_DELIVERED_TOTAL).increment(count);
+    kept!(Counter, counter!(MESSAGES_DELIVERED_TOTAL)).increment(count);
 }
 
 pub(crate) fn delivery_latency(seconds: f64) {
-    histogram!(DELIVERY_LATENCY).record(seconds);
+    kept!(Histogram, histogram!(DELIVERY_LATENCY)).record(seconds);
 }
 
 pub(crate) fn publish_duration(took: Duration) {
-    histogram!(PUBLISH_DURATION).record(took.as_secs_f64());
+    kept!(Histogram, histogram!(PUBLISH_DURATION)).record(took.as_secs_f64());
 }
 
 pub(crate) fn session_opened() {
@@ -376,7 +420,7 @@ pub(crate) fn redis_client_restart() {
 }
 
 pub(crate) fn pubsub_received() {
-    counter!(PUBSUB_RECEIVED_TOTAL).increment(1);
+    kept!(Counter, counter!(PUBSUB_RECEIVED_TOTAL)).increment(1);
 }
 
 pub(crate) fn pubsub_shard_up(shard: &str, up: bool) {

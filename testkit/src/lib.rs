@@ -976,7 +976,8 @@ pub fn publish_with_script(redis: &Redis, session: &str, channel: &str, data: &V
     let (seq, hist, meta, events) = (key("seq"), key("hist"), key("meta"), key("ev"));
     let idem = key("idem:");
     // The gateway's script: the events prelude in front of publish.lua (no events: the
-    // spec is empty).
+    // spec is empty). The gateway also wraps it to count recorded events; unwrapped, it
+    // answers the script's own reply.
     let script = [
         &include_bytes!("../../redis/events.lua")[..],
         &include_bytes!("../../redis/publish.lua")[..],

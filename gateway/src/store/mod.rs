@@ -28,7 +28,7 @@ use bytes::Bytes;
 use fred::clients::Pool;
 use fred::error::ErrorKind;
 use fred::interfaces::{
-    ClientLike, ClusterInterface, HashesInterface, PubsubInterface, ServerInterface,
+    ClientLike, ClusterInterface, HashesInterface, LuaInterface, PubsubInterface, ServerInterface,
     SortedSetsInterface,
 };
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
@@ -457,7 +457,46 @@ impl Store {
             .instrument(tracing::info_span!("redis", script = name))
             .await;
         m::redis_command(name, started.elapsed());
-        let reply = result?;
+        Self::unwrap_recorded(name, lua, result?)
+    }
+
+    /// [`Store::eval_on`] for the hot path: `inputs` builds the keys and arguments, and
+    /// builds them again only if Redis lost the script (`NOSCRIPT`, after a restart or a
+    /// failover). fred's `evalsha_with_reload` keeps a clone of both for that retry
+    /// instead, and cloning each costs an allocation (BENCHMARKS.md section 10).
+    async fn eval_built(
+        &self,
+        client: &fred::clients::Client,
+        name: &'static str,
+        lua: &Lua,
+        inputs: impl Fn() -> (Vec<String>, Vec<Value>),
+    ) -> Result<Value, StoreError> {
+        let started = Instant::now();
+        let result = async {
+            let (keys, args) = inputs();
+            match client
+                .evalsha::<Value, _, _, _>(lua.script.sha1().clone(), keys, args)
+                .await
+            {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    lua.script.load(client).await?;
+                    let (keys, args) = inputs();
+                    client
+                        .evalsha::<Value, _, _, _>(lua.script.sha1().clone(), keys, args)
+                        .await
+                }
+                result => result,
+            }
+        }
+        .instrument(tracing::info_span!("redis", script = name))
+        .await;
+        m::redis_command(name, started.elapsed());
+        Self::unwrap_recorded(name, lua, result?)
+    }
+
+    /// A recording script answers `{events recorded, its reply}` (see [`Lua`]): counts the
+    /// events and hands on the reply. Other scripts' replies pass as they are.
+    fn unwrap_recorded(name: &'static str, lua: &Lua, reply: Value) -> Result<Value, StoreError> {
         if !lua.records {
             return Ok(reply);
         }
@@ -534,34 +573,37 @@ impl Store {
             }
         }
         self.events_intent(session, &[]).await?;
-        let k = self.keys.session(session);
-        let idem = self.keys.idempotency(session, key);
-        let mut keys = vec![k.seq, k.hist, k.meta, k.channel, k.events, idem];
-        let mut args: Vec<Value> = vec![
-            Value::Bytes(tail.bytes.into()),
-            self.history_size.into(),
-            (self.ttl_ms as i64).into(),
-            (now_ms as i64).into(),
-            Value::Bytes(trace.into()),
-            ((now_ms + self.max_lifetime_ms) as i64).into(),
-            (TOMBSTONE.as_millis() as i64).into(),
-            tail.id.into(),
-            self.events_spec(),
-            key.map_or(Value::from(""), |_| (self.idempotency_ms as i64).into()),
-        ];
-        for l in folded {
-            keys.push(self.keys.rate_limit(l.scope.name(), l.key));
-            args.push((l.rate.window.as_millis() as i64).into());
-            args.push(i64::from(l.rate.count).into());
-            args.push(crate::util::random_id(12).into());
-        }
+        let spec = self.events_spec();
+        let inputs = || {
+            let mut keys = self.keys.publish(session, key, folded.len());
+            let mut args: Vec<Value> = Vec::with_capacity(10 + 3 * folded.len());
+            args.extend([
+                Value::Bytes(Bytes::copy_from_slice(&tail.bytes)),
+                self.history_size.into(),
+                (self.ttl_ms as i64).into(),
+                (now_ms as i64).into(),
+                Value::Bytes(Bytes::copy_from_slice(&trace)),
+                ((now_ms + self.max_lifetime_ms) as i64).into(),
+                (TOMBSTONE.as_millis() as i64).into(),
+                tail.id.as_str().into(),
+                spec.clone(),
+                key.map_or(Value::from(""), |_| (self.idempotency_ms as i64).into()),
+            ]);
+            for l in folded {
+                keys.push(self.keys.rate_limit(l.scope.name(), l.key));
+                args.push((l.rate.window.as_millis() as i64).into());
+                args.push(i64::from(l.rate.count).into());
+                args.push(crate::util::random_id(12).into());
+            }
+            (keys, args)
+        };
         let (name, script) = if folded.is_empty() {
             ("publish", &self.scripts.publish)
         } else {
             ("publish_limited", &self.scripts.publish_limited)
         };
         let client = self.client()?;
-        let reply = self.eval_on(client, name, script, keys, args).await?;
+        let reply = self.eval_built(client, name, script, inputs).await?;
         // {seq, reactivated, created, events recorded, repeat} on success; a bare -1/-2 when the session is ended or
         // resolved; {-3, log, count, oldest, now} when a limit refused it.
         let parts: Vec<i64> = match reply {

@@ -505,3 +505,53 @@ async fn an_unknown_status_is_never_taken_for_a_writable_session() {
         "nothing written"
     );
 }
+
+/// A Redis that lost its scripts (a restart, a failover to a replica that never loaded
+/// them) answers `NOSCRIPT`: the publish loads the script and runs again with its keys
+/// and arguments built anew, with and without the limits folded into it.
+#[tokio::test]
+async fn a_publish_after_redis_lost_its_scripts_loads_them_and_is_stored_once() {
+    use super::Limit;
+    use crate::config::Rate;
+    use crate::ratelimit::Scope;
+    let redis = Redis::start();
+    let (store, _config) = store(&redis).await;
+    assert_eq!(publish(&store, "room").await.seq, 1);
+    let user = Limit {
+        scope: Scope::Publish,
+        key: "ann",
+        rate: Rate {
+            count: 10,
+            window: Duration::from_secs(60),
+        },
+    };
+    for expected in [2, 3] {
+        // Every server of the deployment forgets every script.
+        for server in redis.servers() {
+            crate::test_redis::cmd_at(server.addr(), &[b"SCRIPT", b"FLUSH"]).expect("SCRIPT FLUSH");
+        }
+        let limits = if expected == 2 { vec![] } else { vec![user] };
+        let from = From {
+            client_id: "writer".into(),
+            user: "ann".into(),
+            role: Role::Controller,
+            name: None,
+        };
+        let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!(expected)).unwrap();
+        let published = store
+            .publish_limited(
+                "room",
+                tail,
+                now_ms(),
+                None,
+                Some(&format!("k{expected}")),
+                &limits,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((published.seq, published.repeat), (expected, false));
+    }
+    let reply = store.history_since("room", 0).await.unwrap();
+    assert_eq!((reply.seq, reply.entries.len()), (3, 3), "each stored once");
+}

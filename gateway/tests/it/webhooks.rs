@@ -723,6 +723,13 @@ async fn events_held_by_an_open_breaker_age_into_dead_letters_and_one_is_replaye
             !d.is_empty()
         })
         .await;
+    // Open before the second event is due, so that it is held, never tried.
+    let addr = g.addr;
+    wait_for(DEADLINE, "the breaker open", || async move {
+        let r = call(addr, "GET", "/api/v1/admin/webhooks", Some(ADMIN), None).await;
+        r.json()["endpoints"][0]["breaker"] == "open"
+    })
+    .await;
     let second = create(&g).await;
     let listed = dead_letters(&g, 2).await;
     let sessions: Vec<&str> = listed
