@@ -154,7 +154,7 @@ struct Scripts {
 struct Lua {
     script: Script,
     /// `events.lua` is in front of it and its body is wrapped so that it answers
-    /// `{events recorded, its own reply}`: [`Store::eval_on`] counts the first (the
+    /// `{events recorded, its own reply}`: [`Store::eval_built`] counts the first (the
     /// `roomcast_webhook_events_recorded_total` metric) and hands on the second.
     records: bool,
 }
@@ -431,39 +431,25 @@ impl Store {
         &self.pool
     }
 
+    /// Runs `lua` on a connection of the pool. The keys and arguments are cloned for each
+    /// try (the retry after `NOSCRIPT` needs them again); the per-message path builds its
+    /// own instead ([`Store::eval_built`]).
     async fn eval(
         &self,
-        name: &'static str,
-        script: &Lua,
-        keys: Vec<String>,
-        args: Vec<Value>,
-    ) -> Result<Value, StoreError> {
-        self.eval_on(self.client()?, name, script, keys, args).await
-    }
-
-    /// [`Store::eval`] on a given connection (a `WAIT` after it must use the same one).
-    async fn eval_on(
-        &self,
-        client: &fred::clients::Client,
         name: &'static str,
         lua: &Lua,
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<Value, StoreError> {
-        let started = Instant::now();
-        let result = lua
-            .script
-            .evalsha_with_reload::<Value, _, _>(client, keys, args)
-            .instrument(tracing::info_span!("redis", script = name))
-            .await;
-        m::redis_command(name, started.elapsed());
-        Self::unwrap_recorded(name, lua, result?)
+        self.eval_built(self.client()?, name, lua, || (keys.clone(), args.clone()))
+            .await
     }
 
-    /// [`Store::eval_on`] for the hot path: `inputs` builds the keys and arguments, and
-    /// builds them again only if Redis lost the script (`NOSCRIPT`, after a restart or a
-    /// failover). fred's `evalsha_with_reload` keeps a clone of both for that retry
-    /// instead, and cloning each costs an allocation (BENCHMARKS.md section 10).
+    /// Runs `lua` on `client` (a `WAIT` after it must use the same connection). `inputs`
+    /// builds the keys and arguments, and builds them again only if Redis lost the script
+    /// (`NOSCRIPT`, after a restart or a failover): a caller that can build them cheaply
+    /// keeps no copy for that rare retry, where fred's `evalsha_with_reload` clones both,
+    /// an allocation per key and argument (BENCHMARKS.md section 10).
     async fn eval_built(
         &self,
         client: &fred::clients::Client,

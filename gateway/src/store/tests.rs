@@ -508,7 +508,8 @@ async fn an_unknown_status_is_never_taken_for_a_writable_session() {
 
 /// A Redis that lost its scripts (a restart, a failover to a replica that never loaded
 /// them) answers `NOSCRIPT`: the publish loads the script and runs again with its keys
-/// and arguments built anew, with and without the limits folded into it.
+/// and arguments built anew, with and without the limits folded into it; so do the
+/// other scripts (history.lua here).
 #[tokio::test]
 async fn a_publish_after_redis_lost_its_scripts_loads_them_and_is_stored_once() {
     use super::Limit;
@@ -551,6 +552,10 @@ async fn a_publish_after_redis_lost_its_scripts_loads_them_and_is_stored_once() 
             .unwrap()
             .unwrap();
         assert_eq!((published.seq, published.repeat), (expected, false));
+    }
+    // The other scripts take the same path: history.lua after another flush.
+    for server in redis.servers() {
+        crate::test_redis::cmd_at(server.addr(), &[b"SCRIPT", b"FLUSH"]).expect("SCRIPT FLUSH");
     }
     let reply = store.history_since("room", 0).await.unwrap();
     assert_eq!((reply.seq, reply.entries.len()), (3, 3), "each stored once");
