@@ -54,6 +54,16 @@ where
     }
 }
 
+/// A process of the test, killed (by pid) when the test ends, passed or failed.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `roomcast` process.
 /// The `roomcast` binary: `ROOMCAST_BIN`, or the one cargo built beside the running test
 /// binary (tests run from `target/<profile>/deps/`; cargo builds a package's binaries for

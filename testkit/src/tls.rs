@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_cluster_port, free_port, scratch_dir, DEADLINE};
+use crate::{free_cluster_port, free_port, scratch_dir, KilledOnDrop, DEADLINE};
 
 /// A CA, a server certificate for `redis.test` and 127.0.0.1, a client certificate, and an
 /// unrelated CA, in a scratch directory.
@@ -264,15 +264,5 @@ impl TlsSentinel {
             _process: process,
             _dir: dir,
         }
-    }
-}
-
-/// A process of the test, killed (by pid) when the test ends, passed or failed.
-struct KilledOnDrop(Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

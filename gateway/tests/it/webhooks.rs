@@ -234,7 +234,7 @@ async fn failures_are_retried_with_growing_delays_then_dead_lettered_and_replaye
     assert_eq!(listed[0]["session"], second.as_str());
     assert_eq!(listed[0]["attempts"], 3);
     assert!(listed[0]["error"].as_str().unwrap().contains("503"));
-    let status = call(g.addr, "GET", "/api/v1/admin/webhooks", Some(ADMIN), None).await;
+    let status = admin(&g, "GET", "").await;
     assert_eq!(status.json()["dead_letters"], 1);
     // Routes for the admin only.
     let r = call(
@@ -250,14 +250,7 @@ async fn failures_are_retried_with_growing_delays_then_dead_lettered_and_replaye
     // The receiver is back: replay delivers it once, with its original id.
     receiver.answer_with(|_, _| Answer::Status(204));
     let before = receiver.deliveries().len();
-    let r = call(
-        g.addr,
-        "POST",
-        "/api/v1/admin/webhooks/dead-letters/replay",
-        Some(ADMIN),
-        None,
-    )
-    .await;
+    let r = admin(&g, "POST", "/dead-letters/replay").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["delivered"], 1);
     let after = receiver.deliveries();
@@ -265,17 +258,10 @@ async fn failures_are_retried_with_growing_delays_then_dead_lettered_and_replaye
     let replayed = after.last().unwrap();
     assert_eq!(replayed.json()["session"], second.as_str());
     assert_eq!(replayed.id, listed[0]["event_id"].as_str().unwrap());
-    let r = call(g.addr, "GET", "/api/v1/admin/webhooks", Some(ADMIN), None).await;
+    let r = admin(&g, "GET", "").await;
     assert_eq!(r.json()["dead_letters"], 0);
     // A second replay has nothing to send.
-    let r = call(
-        g.addr,
-        "POST",
-        "/api/v1/admin/webhooks/dead-letters/replay",
-        Some(ADMIN),
-        None,
-    )
-    .await;
+    let r = admin(&g, "POST", "/dead-letters/replay").await;
     assert_eq!(r.json()["delivered"], 0);
     signatures_verify(&receiver);
 }
@@ -645,7 +631,7 @@ async fn an_endpoint_that_keeps_failing_opens_its_breaker_and_is_probed() {
     receiver
         .wait_until(DEADLINE, "two tries", |d| d.len() >= 2)
         .await;
-    let r = call(g.addr, "GET", "/api/v1/admin/webhooks", Some(ADMIN), None).await;
+    let r = admin(&g, "GET", "").await;
     let endpoint = &r.json()["endpoints"][0];
     assert_eq!(endpoint["breaker"], "open", "{}", r.body);
     assert_eq!(endpoint["consecutive_failures"], 2);
@@ -664,7 +650,7 @@ async fn an_endpoint_that_keeps_failing_opens_its_breaker_and_is_probed() {
             d.iter().any(|d| d.status == 204)
         })
         .await;
-    let r = call(g.addr, "GET", "/api/v1/admin/webhooks", Some(ADMIN), None).await;
+    let r = admin(&g, "GET", "").await;
     assert_eq!(r.json()["endpoints"][0]["breaker"], "closed", "{}", r.body);
     let open = g.metric("roomcast_webhook_breaker_open", "").await;
     assert_eq!(open, 0.0);
@@ -672,29 +658,28 @@ async fn an_endpoint_that_keeps_failing_opens_its_breaker_and_is_probed() {
     signatures_verify(&receiver);
 }
 
+/// An admin request under `/api/v1/admin/webhooks` (`path` after it).
+async fn admin(g: &Gateway, method: &str, path: &str) -> Resp {
+    let path = format!("/api/v1/admin/webhooks{path}");
+    call(g.addr, method, &path, Some(ADMIN), None).await
+}
+
 /// The dead letters listed by the admin route, once there are at least `n`.
 async fn dead_letters(g: &Gateway, n: usize) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let r = call(
-            g.addr,
-            "GET",
-            "/api/v1/admin/webhooks/dead-letters",
-            Some(ADMIN),
-            None,
-        )
-        .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        let list = r.json()["dead_letters"].as_array().unwrap().clone();
-        if list.len() >= n {
-            return list;
+    let listed = std::cell::RefCell::new(Vec::new());
+    wait_for(DEADLINE, &format!("{n} dead letters"), || {
+        let listed = &listed;
+        async move {
+            let r = admin(g, "GET", "/dead-letters").await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let list = r.json()["dead_letters"].as_array().unwrap().clone();
+            let enough = list.len() >= n;
+            *listed.borrow_mut() = list;
+            enough
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {n} dead letters: {list:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    listed.into_inner()
 }
 
 /// An event held behind an open breaker ages like a retried one: past the maximum age it
@@ -724,10 +709,8 @@ async fn events_held_by_an_open_breaker_age_into_dead_letters_and_one_is_replaye
         })
         .await;
     // Open before the second event is due, so that it is held, never tried.
-    let addr = g.addr;
-    wait_for(DEADLINE, "the breaker open", || async move {
-        let r = call(addr, "GET", "/api/v1/admin/webhooks", Some(ADMIN), None).await;
-        r.json()["endpoints"][0]["breaker"] == "open"
+    wait_for(DEADLINE, "the breaker open", || async {
+        admin(&g, "GET", "").await.json()["endpoints"][0]["breaker"] == "open"
     })
     .await;
     let second = create(&g).await;
@@ -758,14 +741,7 @@ async fn events_held_by_an_open_breaker_age_into_dead_letters_and_one_is_replaye
     // The receiver is back; the held one is replayed alone, by its id.
     receiver.answer_with(|_, _| Answer::Status(204));
     let id = held["id"].as_str().unwrap();
-    let r = call(
-        g.addr,
-        "POST",
-        &format!("/api/v1/admin/webhooks/dead-letters/{id}/replay"),
-        Some(ADMIN),
-        None,
-    )
-    .await;
+    let r = admin(&g, "POST", &format!("/dead-letters/{id}/replay")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["delivered"], 1, "{}", r.body);
     let got = receiver.acknowledged("/hook");
@@ -776,26 +752,9 @@ async fn events_held_by_an_open_breaker_age_into_dead_letters_and_one_is_replaye
     assert_eq!(left.len(), 1, "the replayed one left the list: {left:?}");
     assert_eq!(left[0]["session"], first.as_str());
     // Again: it is gone.
-    let r = call(
-        g.addr,
-        "POST",
-        &format!("/api/v1/admin/webhooks/dead-letters/{id}/replay"),
-        Some(ADMIN),
-        None,
-    )
-    .await;
+    let r = admin(&g, "POST", &format!("/dead-letters/{id}/replay")).await;
     r.assert_problem(404, "not_found");
     signatures_verify(&receiver);
-}
-
-/// Kills the child when dropped: the README's receiver must not outlive its test.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The README's receiver, exactly as the README shows it, run by Node with npm's
@@ -822,7 +781,7 @@ async fn the_readme_receiver_verifies_and_prints_the_events_it_is_sent() {
     std::fs::write(dir.join("receiver.mjs"), code).unwrap();
     std::os::unix::fs::symlink(&modules, dir.join("node_modules")).unwrap();
     let port = free_port();
-    let mut node = Child(
+    let mut node = KilledOnDrop(
         std::process::Command::new("node")
             .arg("receiver.mjs")
             .current_dir(&dir)
