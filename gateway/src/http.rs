@@ -250,6 +250,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         .into_response()
 }
 
+/// The REST API through the whole router, in process (`oneshot`).
+#[cfg(test)]
+mod router_tests;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,6 @@ pub(crate) mod messages;
 pub(crate) mod openapi;
 pub(crate) mod presence;
 pub(crate) mod sessions;
-#[cfg(test)]
-mod tests;
 pub(crate) mod view;
 pub(crate) mod webhooks;
 

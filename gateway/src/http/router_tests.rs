@@ -1,4 +1,4 @@
-//! The REST API in process: the whole router (`http::router`, with the limits middleware
+//! The REST API in process: the whole router ([`super::router`], with the limits middleware
 //! and CORS) driven with `oneshot` over an [`App`] built and connected against a private
 //! redis-server. No gateway process, no socket: the order in which a route checks what
 //! it is given (the path's id, then the credential, then the body) is checked here
@@ -43,7 +43,7 @@ async fn gateway(redis: &Redis) -> (Arc<App>, Router) {
         assert!(tokio::time::Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let router = crate::http::router(app.clone());
+    let router = super::router(app.clone());
     (app, router)
 }
 
