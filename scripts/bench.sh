@@ -670,6 +670,24 @@ scenario_cost() {
 # session, as a session-affine ingress gives). Server and Redis CPU per published
 # message are counted over the publishing window only (connects and joins excluded).
 # Reports: small-d<D>-<server>-<placement>-r<rate>.json; summary small.json.
+# small_placements SERVER: the placements a small-room step runs (one floor process has
+# nothing to split).
+small_placements() { if [[ $1 == floor ]]; then echo split; else echo split colocated; fi; }
+
+# small_start SERVER: a fresh Redis and the server's instances: the floor's one process,
+# two gateways, or two Socket.IO peers.
+small_start() {
+  fresh
+  case $1 in
+  floor) start_floor ;;
+  roomcast) start_gateway && start_gateway ;;
+  socketio) start_peer && start_peer ;;
+  esac
+}
+
+# placement_flag PLACEMENT: the load generator's --placement for it.
+placement_flag() { if [[ $1 == colocated ]]; then echo session; else echo client; fi; }
+
 scenario_small() {
   local DURATION=${SMALL_DURATION:-30s} d server placement rate file
   local servers=${SMALL_SERVERS:-floor roomcast socketio}
@@ -683,20 +701,12 @@ scenario_small() {
   rm -f "$OUT"/small-*.json*
   for d in ${SMALL_DISPLAYS:-1 3}; do
     for server in $servers; do
-      for placement in split colocated; do
-        # One floor process has nothing to split.
-        [[ $server == floor && $placement == colocated ]] && continue
-        fresh
-        case $server in
-        floor) start_floor ;;
-        roomcast) start_gateway && start_gateway ;;
-        socketio) start_peer && start_peer ;;
-        esac
+      for placement in $(small_placements "$server"); do
+        small_start "$server"
         for rate in ${SMALL_RATES:-10 1}; do
           file="$OUT/small-d$d-$server-$placement-r$rate.json"
           log "small rooms: $server $placement, ${SMALL_SESSIONS:-500} x (1 + $d), $rate msg/s per session"
-          SESSIONS=${SMALL_SESSIONS:-500} DISPLAYS=$d \
-            PLACEMENT=$([[ $placement == colocated ]] && echo session || echo client) \
+          SESSIONS=${SMALL_SESSIONS:-500} DISPLAYS=$d PLACEMENT=$(placement_flag "$placement") \
             fanout_run "s$d$server${placement:0:1}" "$([[ $server == socketio ]] && echo socketio || echo json)" "$rate" "$file"
         done
       done
@@ -721,7 +731,7 @@ scenario_budget() {
     echo "bench: the budget needs perf (apt-get install -y linux-perf)" >&2
     return 1
   fi
-  local libc fn server placement file DURATION=${BUDGET_DURATION:-15s}
+  local libc probes fn server placement file DURATION=${BUDGET_DURATION:-15s}
   libc=$(ldd "$GW" | awk '/libc\.so/ {print $3}')
   probes=$(perf probe -l 2>/dev/null || true)
   for fn in malloc calloc realloc; do
@@ -732,14 +742,11 @@ scenario_budget() {
   done
   rm -f "$OUT"/budget-*.json*
   for server in floor roomcast; do
-    for placement in split colocated; do
-      [[ $server == floor && $placement == colocated ]] && continue
-      fresh
-      if [[ $server == roomcast ]]; then start_gateway && start_gateway; else start_floor; fi
+    for placement in $(small_placements "$server"); do
+      small_start "$server"
       file="$OUT/budget-$server-$placement.json"
       log "budget: $server $placement, ${BUDGET_SESSIONS:-500} x (1 + 1), ${BUDGET_RATE:-10} msg/s per session"
-      SESSIONS=${BUDGET_SESSIONS:-500} DISPLAYS=1 \
-        PLACEMENT=$([[ $placement == colocated ]] && echo session || echo client) \
+      SESSIONS=${BUDGET_SESSIONS:-500} DISPLAYS=1 PLACEMENT=$(placement_flag "$placement") \
         PERF_EVENTS=raw_syscalls:sys_enter,context-switches,probe_libc:malloc,probe_libc:calloc,probe_libc:realloc \
         fanout_run "b$server${placement:0:1}" json "${BUDGET_RATE:-10}" "$file"
     done
