@@ -313,15 +313,20 @@ pub(crate) fn join_hook(outcome: &'static str, took: Duration) {
 // handle would belong to whichever recorder was current first.
 
 /// One label-free metric's handle, looked up on first use.
+#[cfg(not(test))]
 macro_rules! kept {
     ($ty:ty, $make:expr) => {{
         static HANDLE: OnceLock<$ty> = OnceLock::new();
-        if cfg!(test) {
-            $make
-        } else {
-            HANDLE.get_or_init(|| $make).clone()
-        }
+        HANDLE.get_or_init(|| $make)
     }};
+}
+
+/// Unit tests: looked up every time (see above).
+#[cfg(test)]
+macro_rules! kept {
+    ($ty:ty, $make:expr) => {
+        $make
+    };
 }
 
 /// One metric's handles by a label value from a fixed set (frame types, script names),
