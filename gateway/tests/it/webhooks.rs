@@ -631,6 +631,12 @@ async fn an_endpoint_that_keeps_failing_opens_its_breaker_and_is_probed() {
     receiver
         .wait_until(DEADLINE, "two tries", |d| d.len() >= 2)
         .await;
+    // The receiver has the second try before the gateway has its answer: the failure
+    // that opens the breaker is counted a moment later.
+    wait_for(DEADLINE, "the breaker open", || async {
+        admin(&g, "GET", "").await.json()["endpoints"][0]["breaker"] == "open"
+    })
+    .await;
     let r = admin(&g, "GET", "").await;
     let endpoint = &r.json()["endpoints"][0];
     assert_eq!(endpoint["breaker"], "open", "{}", r.body);
@@ -650,6 +656,11 @@ async fn an_endpoint_that_keeps_failing_opens_its_breaker_and_is_probed() {
             d.iter().any(|d| d.status == 204)
         })
         .await;
+    // As above: the success is counted once the gateway has the answer.
+    wait_for(DEADLINE, "the breaker closed", || async {
+        admin(&g, "GET", "").await.json()["endpoints"][0]["breaker"] == "closed"
+    })
+    .await;
     let r = admin(&g, "GET", "").await;
     assert_eq!(r.json()["endpoints"][0]["breaker"], "closed", "{}", r.body);
     let open = g.metric("roomcast_webhook_breaker_open", "").await;
