@@ -13,7 +13,9 @@
 -- it followed ('' for the first of a numbering), so a reader that delivered seq n can
 -- tell whether seq n+1 continues what it delivered or another branch (a failover to a
 -- replica that lacked writes reuses seqs under the same epoch).
--- Returns {seq, reactivated (1/0), created (1/0), events recorded, repeat (1/0)}, or -1
+-- Returns {seq, reactivated (1/0), created (1/0), events recorded, repeat (1/0), prev}
+-- (prev: the id the entry follows, so the publishing instance can deliver its own
+-- message from this reply, in order; a repeat has none), or -1
 -- when the session has ended, -2 when it is resolved, -4 when its status is none of
 -- ours. A publish whose key was stored within the window is a repeat: nothing is written
 -- and the first one's seq is answered, whatever the session's status now. Publishing is activity: an
@@ -90,4 +92,4 @@ else
 end
 record_event(KEYS[5], ARGV[9], ARGV[4], 'message.published', {'e', entry},
   meta[4] == '1')
-return {seq, reactivated, created, events_recorded, 0}
+return {seq, reactivated, created, events_recorded, 0, prev}

@@ -94,7 +94,7 @@ async fn run(
                 let session = format!("pp-{}", i % sessions);
                 i += concurrency;
                 let sent = Instant::now();
-                match store.publish(&session, tail.clone(), now_ms(), None).await {
+                match store.publish(&session, &tail, now_ms(), None).await {
                     Ok(_) => took.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32),
                     Err(_) => {
                         failed.fetch_add(1, Ordering::Relaxed);

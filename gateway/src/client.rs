@@ -137,7 +137,24 @@ impl ClientHandle {
 
     /// Queues a message without waiting. A full queue kills the client with 4008.
     pub fn offer(&self, msg: Message) -> Offer {
-        match self.inner.push(Outbound::Frame(msg)) {
+        self.overflowed(self.inner.push(Outbound::Frame(msg), None))
+    }
+
+    /// Queues a message and a reply meant for this client in one push, so that the
+    /// writer, woken once, sends them in one write (an own message and its `ack`).
+    pub fn offer_with(&self, msg: Message, reply: &ServerFrame) -> Offer {
+        match encode_message(self.inner.format, reply) {
+            Some(reply) => self.overflowed(
+                self.inner
+                    .push(Outbound::Frame(msg), Some(Outbound::Frame(reply))),
+            ),
+            None => self.offer(msg),
+        }
+    }
+
+    /// A full queue kills the client with 4008.
+    fn overflowed(&self, offer: Offer) -> Offer {
+        match offer {
             Offer::Overflow => {
                 if !self.inner.kill.is_cancelled() {
                     m::slow_consumer();
@@ -163,7 +180,7 @@ impl ClientHandle {
 
     /// Queues a close behind what is already queued; kills at once if the queue is full.
     pub fn close_after_queue(&self, code: CloseCode) {
-        if self.inner.push(Outbound::Close(code)) != Offer::Queued {
+        if self.inner.push(Outbound::Close(code), None) != Offer::Queued {
             self.kill(code);
         }
     }
@@ -176,16 +193,18 @@ impl Inner {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, item: Outbound) -> Offer {
+    /// Queues `item`, and `then` right behind it, or neither.
+    fn push(&self, item: Outbound, then: Option<Outbound>) -> Offer {
         let wake = {
             let mut q = self.lock();
             if q.closed {
                 return Offer::Closed;
             }
-            if q.items.len() >= self.capacity {
+            if q.items.len() + usize::from(then.is_some()) >= self.capacity {
                 return Offer::Overflow;
             }
             q.items.push_back(item);
+            q.items.extend(then);
             std::mem::take(&mut q.waiting)
         };
         if wake {

@@ -5,6 +5,7 @@
 //! existed end after `data`); a pub/sub payload is `[kind, body]`.
 //! These are not client-facing frames: the gateway turns them into `ServerFrame`s.
 
+use bytes::Bytes;
 use roomcast_shared::{From, HistoryMessage, Member, Role, SessionEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -201,7 +202,37 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, EnvelopeError> {
 #[derive(Debug, Clone)]
 pub struct EntryTail {
     pub id: String,
-    pub bytes: Vec<u8>,
+    /// Shared, so the script call (and its retry on `NOSCRIPT`) takes it without a copy.
+    pub bytes: Bytes,
+}
+
+impl EntryTail {
+    /// The entry `publish.lua` stores for this tail as `seq` after `prev`, byte for byte
+    /// (`'\150' .. cmsgpack.pack(seq) .. tail .. cmsgpack.pack(prev)`; cmsgpack and rmp
+    /// both pick the shortest form of an integer and a string). The publishing instance
+    /// recognises its own message's pub/sub copy by it without decoding it
+    /// ([`is_payload_of`]).
+    pub fn stored(&self, seq: u64, prev: &str) -> Vec<u8> {
+        let mut entry = Vec::with_capacity(self.bytes.len() + prev.len() + 16);
+        entry.push(0x96);
+        // Writing integers and strings to a Vec cannot fail.
+        let _ = rmp_serde::encode::write(&mut entry, &seq);
+        entry.extend_from_slice(&self.bytes);
+        let _ = rmp_serde::encode::write(&mut entry, prev);
+        entry
+    }
+}
+
+/// Whether `payload` is the pub/sub payload of the stored `entry` (`[1, entry]`, or
+/// `[1, entry, traceparent]` when tracing). Byte-identical entries are the same message:
+/// the same seq, id and `prev`.
+pub fn is_payload_of(payload: &[u8], entry: &[u8]) -> bool {
+    match payload {
+        [0x92, kind::MESSAGE, body @ ..] => body == entry,
+        // The entry is self-delimiting: what follows it is the traceparent.
+        [0x93, kind::MESSAGE, body @ ..] => body.starts_with(entry),
+        _ => false,
+    }
 }
 
 /// Characters of a message id: 62 random bits, so two branches of one numbering never
@@ -227,7 +258,10 @@ fn encode_entry_tail_with_id(
     rmp_serde::encode::write(&mut bytes, from).map_err(err)?;
     rmp_serde::encode::write(&mut bytes, data).map_err(err)?;
     rmp_serde::encode::write(&mut bytes, &id).map_err(err)?;
-    Ok(EntryTail { id, bytes })
+    Ok(EntryTail {
+        id,
+        bytes: Bytes::from(bytes),
+    })
 }
 
 #[cfg(test)]
@@ -265,6 +299,11 @@ mod tests {
             entry.extend(&packed);
             entry.extend(&tail.bytes);
             entry.extend(rmp_serde::to_vec("id6").unwrap());
+            assert_eq!(
+                tail.stored(seq, "id6"),
+                entry,
+                "the gateway's copy of seq {seq}"
+            );
             let e = decode_entry(&entry).unwrap();
             assert_eq!(e.seq, seq);
             assert_eq!(e.ts, 1234);
@@ -276,11 +315,16 @@ mod tests {
                 Envelope::decode(&payload).unwrap(),
                 Envelope::Message(e.clone(), None)
             );
+            assert!(is_payload_of(&payload, &entry));
+            assert!(!is_payload_of(&payload, &tail.stored(seq, "id5")));
+            assert!(!is_payload_of(&payload, &tail.stored(seq + 1, "id6")));
             // With a trace context appended, as publish.lua does when tracing.
             let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
             let mut traced = vec![0x93, kind::MESSAGE];
             traced.extend(&entry);
             traced.extend(rmp_serde::to_vec(tp).unwrap());
+            assert!(is_payload_of(&traced, &entry));
+            assert!(!is_payload_of(&traced, &tail.stored(seq, "id5")));
             assert_eq!(
                 Envelope::decode(&traced).unwrap(),
                 Envelope::Message(e, Some(tp.into()))

@@ -241,6 +241,7 @@ mod tests {
             created,
             reactivated,
             repeat: false,
+            prev: String::new(),
         };
         assert_eq!(
             due_after_publish(&config, &published(true, false), now),

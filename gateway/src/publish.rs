@@ -16,7 +16,7 @@ use roomcast_shared::From;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::envelope::encode_entry_tail;
+use crate::envelope::{encode_entry_tail, Entry, EntryTail};
 use crate::ratelimit::Decision;
 use crate::store::{Limit, Published, StoreError};
 use crate::util::now_ms;
@@ -35,6 +35,36 @@ pub(crate) enum PublishError {
     Limited(Decision),
 }
 
+/// A stored message as the instance that published it knows it: enough to build the
+/// entry history holds (see [`Stored::entry`]) without reading it back.
+pub(crate) struct Stored {
+    pub(crate) published: Published,
+    /// The entry's `ts`: when it was published.
+    pub(crate) ts: u64,
+    pub(crate) tail: EntryTail,
+}
+
+impl Stored {
+    /// The stored entry, for delivering it on this instance (`data` and `from` are the
+    /// caller's, moved in: the tail holds them only encoded), and the entry's bytes, by
+    /// which its pub/sub copy is recognised. `None` for a repeat, which stored nothing.
+    pub(crate) fn entry(self, from: From, data: Value) -> Option<(Entry, Vec<u8>)> {
+        if self.published.repeat {
+            return None;
+        }
+        let bytes = self.tail.stored(self.published.seq, &self.published.prev);
+        let entry = Entry {
+            seq: self.published.seq,
+            ts: self.ts,
+            from,
+            data,
+            id: self.tail.id,
+            prev: self.published.prev,
+        };
+        Some((entry, bytes))
+    }
+}
+
 /// Stores and fans out one message in `session` if every one of `limits` admits it. The
 /// message is in history if and only if this returns `Ok`, and then its seq is final. A
 /// `key` seen within `ROOMCAST_IDEMPOTENCY_WINDOW` makes it a repeat: nothing is stored,
@@ -46,14 +76,14 @@ pub(crate) async fn publish_message(
     data: &Value,
     key: Option<&str>,
     limits: &[Limit<'_>],
-) -> Result<Published, PublishError> {
+) -> Result<Stored, PublishError> {
     let now = now_ms();
     let tail = encode_entry_tail(now, from, data).map_err(|e| PublishError::Data(e.to_string()))?;
     let span = tracing::info_span!("publish", session = %session);
     let published = async {
         let traceparent = crate::telemetry::current_traceparent();
         app.store
-            .publish_limited(session, tail, now, traceparent.as_deref(), key, limits)
+            .publish_limited(session, &tail, now, traceparent.as_deref(), key, limits)
             .await
     }
     .instrument(span)
@@ -62,7 +92,11 @@ pub(crate) async fn publish_message(
     if let Some(due) = crate::lifecycle::due_after_publish(&app.config, &published, now) {
         touch_indexes_later(app, session, None, Some(due), true);
     }
-    Ok(published)
+    Ok(Stored {
+        published,
+        ts: now,
+        tail,
+    })
 }
 
 /// Records activity (when `activity`) in the cross-slot session index, and the user's

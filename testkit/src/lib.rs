@@ -970,7 +970,7 @@ pub fn message_seqs(frames: &[ServerFrame]) -> Vec<u64> {
 /// Stores a message in `session` exactly as a publish does (`publish.lua`, with the key
 /// prefix `rc`), without any gateway, publishing its payload on `channel`: the session's
 /// own channel, or one nobody listens on. Answers the script's raw reply
-/// (`*5 :seq :reactivated :created :events :repeat`).
+/// (`*6 :seq :reactivated :created :events :repeat $prev`).
 pub fn publish_with_script(redis: &Redis, session: &str, channel: &str, data: &Value) -> Vec<u8> {
     let now = gateway::util::now_ms();
     let from = roomcast_shared::From {

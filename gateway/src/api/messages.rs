@@ -118,6 +118,7 @@ pub(crate) async fn publish(
     let key = body.idempotency_key.as_deref();
     let published = publish_message(&app, &id, &from, &body.data, key, &[])
         .await
+        .map(|stored| stored.published)
         .map_err(|e| match e {
             PublishError::Data(e) => ApiError::bad_request(e),
             PublishError::Store(e) => e.into(),

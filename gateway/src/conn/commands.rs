@@ -13,7 +13,7 @@ use crate::metrics as m;
 use crate::publish::{publish_message, touch_indexes_later, PublishError};
 use crate::ratelimit as limits;
 use crate::ratelimit::{Decision, Scope};
-use crate::session::{Join, JoinError, Since};
+use crate::session::{Join, JoinError, OwnMessage, Since};
 use crate::store::{Limit, StoreError};
 use crate::util::now_ms;
 use crate::webhooks::hook::{JoinHook, JoinQuestion};
@@ -70,7 +70,7 @@ impl Connection {
                 }
                 let limits = self.publish_limits();
                 let key = idempotency_key.as_deref();
-                let published = publish_message(&self.app, &session, &from, &data, key, &limits)
+                let stored = publish_message(&self.app, &session, &from, &data, key, &limits)
                     .await
                     .map_err(|e| match e {
                         PublishError::Data(e) => Failure::new(
@@ -92,10 +92,26 @@ impl Connection {
                         }
                     })?;
                 m::publish_duration(started.elapsed());
-                self.client.send(&ServerFrame::Ack {
+                let ack = ServerFrame::Ack {
                     reference,
-                    seq: Some(published.seq),
-                });
+                    seq: Some(stored.published.seq),
+                };
+                // This instance delivers the message from the script's reply (the pump
+                // keeps the order and drops the pub/sub copy), so the publisher's ack and
+                // its own message leave in one write. A repeat stored nothing: its ack
+                // goes alone.
+                let joined = self.sessions.get(session.as_str());
+                match (stored.entry(from, data), joined) {
+                    (Some((entry, bytes)), Some(joined)) => joined.handle.deliver_own(OwnMessage {
+                        entry,
+                        bytes,
+                        publisher: self.client.clone(),
+                        ack,
+                    }),
+                    _ => {
+                        self.client.send(&ack);
+                    }
+                }
                 self.note_activity(&session).await;
                 Ok(())
             }

@@ -23,12 +23,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use roomcast_shared::ServerFrame;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
 use crate::client::ClientHandle;
 use crate::config::Config;
-use crate::envelope::MemberInfo;
+use crate::envelope::{Entry, MemberInfo};
 use crate::metrics as m;
 use crate::store::{HistoryReply, JoinArgs, JoinReply, SessionStatus, Store, StoreError};
 use crate::util::now_ms;
@@ -307,8 +308,24 @@ enum Command {
     },
     /// A raw pub/sub payload for this session.
     Payload(Bytes),
+    /// A message this instance just stored, with its publisher's ack.
+    Own(Box<OwnMessage>),
     /// Pub/sub may have lost messages: read history after the last delivered seq.
     CatchUp,
+}
+
+/// A message a connection of this instance just stored, handed to the session's pump
+/// with the publisher's ack ([`SessionHandle::deliver_own`]): the pump delivers it
+/// without waiting for its pub/sub copy when it is the next one, and then drops that copy
+/// unread (recognised by `bytes`).
+#[derive(Debug)]
+pub(crate) struct OwnMessage {
+    pub(crate) entry: Entry,
+    /// The entry as `publish.lua` stored it, byte for byte (`EntryTail::stored`).
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) publisher: ClientHandle,
+    /// The publisher's `ack`, queued together with its own copy of the message.
+    pub(crate) ack: ServerFrame,
 }
 
 /// Where a rejoining member left off: the last seq it saw, in the numbering named by
@@ -402,6 +419,18 @@ impl SessionHandle {
         };
         self.tx.send(command).await.map_err(|_| gone())?;
         answer.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Hands a message this instance stored to the pump, which delivers it (to the
+    /// publisher too) and sends the ack. Never waits: with the mailbox full the ack goes
+    /// alone at once, and pub/sub delivers the message as ever.
+    pub(crate) fn deliver_own(&self, own: OwnMessage) {
+        match self.tx.try_reserve() {
+            Ok(permit) => permit.send(Command::Own(Box::new(own))),
+            Err(_) => {
+                own.publisher.send(&own.ack);
+            }
+        }
     }
 
     /// Hands over a pub/sub payload without waiting. A full mailbox drops it; stored

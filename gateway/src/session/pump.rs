@@ -12,7 +12,7 @@
 //! as the next one, whatever its seq.
 //! It must not block on a client: fan-out only `offer`s (see `client`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +22,18 @@ use tokio::sync::mpsc;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-use super::{Command, JoinError, PumpEnv, PumpStore, Subscriptions};
+use super::{Command, JoinError, OwnMessage, PumpEnv, PumpStore, Subscriptions};
 use crate::client::{ClientHandle, SharedFrame};
-use crate::envelope::{decode_entry, ids_differ, kind, Entry, Envelope, Event, MemberInfo};
+use crate::envelope::{
+    decode_entry, ids_differ, is_payload_of, kind, Entry, Envelope, Event, MemberInfo,
+};
 use crate::metrics as m;
 use crate::store::{HistoryReply, StoreError};
 use crate::util::now_ms;
+
+/// Own messages whose pub/sub copy is awaited, at most. A copy that never comes (pub/sub
+/// dropped it) is forgotten once this many newer ones are delivered.
+const ECHOES: usize = 32;
 
 /// Delay before a failed history read is tried again.
 const RETRY_DELAY: Duration = Duration::from_millis(250);
@@ -83,7 +89,11 @@ pub(super) struct Pump<S, B> {
     /// Whether a join was handled; a pump retires when empty only after one.
     joined_once: bool,
     /// A fork found while Redis refused its rename; the pump lives until it is done.
-    owed_rename: Option<numbering::OwedRename>,
+    /// Boxed: rare, and every pump task is as large as this struct (`task_size`).
+    owed_rename: Option<Box<numbering::OwedRename>>,
+    /// The stored bytes of the own messages delivered from their script's reply
+    /// ([`Pump::on_own`]) whose pub/sub copies have not come yet, oldest first.
+    echoes: VecDeque<Vec<u8>>,
 }
 
 impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
@@ -107,6 +117,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
             retry_at: None,
             joined_once: false,
             owed_rename: None,
+            echoes: VecDeque::new(),
         }
     }
 
@@ -132,6 +143,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
                     // Messages, the hot path, run inline (their rare gap fill is boxed);
                     // everything else is boxed.
                     Some(Command::Payload(bytes)) => self.on_payload(&bytes).await,
+                    Some(Command::Own(own)) => self.on_own(*own),
                     Some(Command::Join(req)) => Box::pin(self.joins(*req)).await,
                     Some(cmd) => Box::pin(self.handle(cmd)).await,
                     None => break,
@@ -190,6 +202,10 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
                 Command::Activity { done, .. } => {
                     let _ = done.send(Ok(()));
                 }
+                // Its pub/sub copy reaches nobody here now: only the ack is owed.
+                Command::Own(own) => {
+                    own.publisher.send(&own.ack);
+                }
                 Command::Payload(_) | Command::CatchUp => {}
             }
         }
@@ -208,6 +224,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
                 let _ = done.send(self.activity(&client_id).await);
             }
             Command::Payload(bytes) => self.on_payload(&bytes).await,
+            Command::Own(own) => self.on_own(*own),
             Command::CatchUp => self.catch_up().await,
         }
     }
@@ -244,6 +261,12 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
     }
 
     async fn on_payload(&mut self, bytes: &[u8]) {
+        if let Some(i) = self.echoes.iter().position(|e| is_payload_of(bytes, e)) {
+            // The copy of an own message this instance already delivered; pub/sub brings
+            // a session's messages in seq order, so older copies will not come any more.
+            self.echoes.drain(..=i);
+            return;
+        }
         match Envelope::decode(bytes) {
             Ok(envelope) => self.on_envelope(envelope).await,
             Err(e) => {
@@ -333,6 +356,32 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
         }
     }
 
+    /// A message this instance stored, from its publisher's connection. When it is the
+    /// next one (the test `on_entry` puts its pub/sub copy to), it goes out now, the
+    /// publisher's ack queued with the publisher's copy (one write), and its pub/sub copy
+    /// will be dropped unread. Otherwise (a message before it has not come yet, or it is
+    /// on another branch) only the ack goes, and the pub/sub copy takes the usual path:
+    /// this is a shortcut, never a second way in.
+    fn on_own(&mut self, own: OwnMessage) {
+        let OwnMessage {
+            entry,
+            bytes,
+            publisher,
+            ack,
+        } = own;
+        let next = self.last_seq.and_then(|last| last.checked_add(1)) == Some(entry.seq)
+            && !ids_differ(&entry.prev, &self.last_id);
+        if !next {
+            publisher.send(&ack);
+            return;
+        }
+        if self.echoes.len() == ECHOES {
+            self.echoes.pop_front();
+        }
+        self.echoes.push_back(bytes);
+        self.deliver_with(entry, Some((&publisher, &ack)));
+    }
+
     /// Delivers every stored message after `last`, oldest first. False when history could
     /// not be read (a retry is scheduled).
     async fn fill_from(&mut self, last: u64) -> bool {
@@ -383,6 +432,13 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
     }
 
     fn deliver(&mut self, entry: Entry) {
+        self.deliver_with(entry, None);
+    }
+
+    /// Delivers `entry` to every member not given it yet. With `ack`, the publisher's
+    /// reply goes with the publisher's copy in one push (its writer then sends both in
+    /// one write), or alone if the publisher is given nothing.
+    fn deliver_with(&mut self, entry: Entry, ack: Option<(&ClientHandle, &ServerFrame)>) {
         let seq = entry.seq;
         let ts = entry.ts;
         self.last_id.clone_from(&entry.id);
@@ -395,6 +451,25 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
             data: entry.data,
         });
         let mut count = 0;
+        if let Some((publisher, ack)) = ack {
+            let member = self
+                .members
+                .get_mut(publisher.id())
+                .filter(|m| seq > m.last_seq);
+            let msg = member.and_then(|m| {
+                m.last_seq = seq;
+                frame.message(m.client.format())
+            });
+            match msg {
+                Some(msg) => {
+                    publisher.offer_with(msg, ack);
+                    count += 1;
+                }
+                None => {
+                    publisher.send(ack);
+                }
+            }
+        }
         for member in self.members.values_mut() {
             if seq <= member.last_seq {
                 continue;

@@ -220,7 +220,7 @@ impl Scripts {
 pub const TOMBSTONE: Duration = Duration::from_secs(3600);
 
 /// What `publish.lua` answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
     pub seq: u64,
     /// The session was inactive and this publish made it active again.
@@ -230,6 +230,10 @@ pub struct Published {
     /// Its idempotency key was stored within the window: nothing was written and `seq` is
     /// the first one's.
     pub repeat: bool,
+    /// The id of the message this one follows (the entry's `prev`; empty for the first of
+    /// a numbering, and for a repeat): with it the publisher's instance knows the whole
+    /// stored entry and can deliver it without waiting for pub/sub.
+    pub prev: String,
 }
 
 /// One sliding-window limit a publish is counted against: `scope`'s log for `key`.
@@ -510,7 +514,7 @@ impl Store {
     pub async fn publish(
         &self,
         session: &str,
-        tail: EntryTail,
+        tail: &EntryTail,
         now_ms: u64,
         traceparent: Option<&str>,
     ) -> Result<Published, StoreError> {
@@ -536,7 +540,7 @@ impl Store {
     pub async fn publish_limited(
         &self,
         session: &str,
-        tail: EntryTail,
+        tail: &EntryTail,
         now_ms: u64,
         traceparent: Option<&str>,
         key: Option<&str>,
@@ -564,7 +568,7 @@ impl Store {
             let mut keys = self.keys.publish(session, key, folded.len());
             let mut args: Vec<Value> = Vec::with_capacity(10 + 3 * folded.len());
             args.extend([
-                Value::Bytes(Bytes::copy_from_slice(&tail.bytes)),
+                Value::Bytes(tail.bytes.clone()),
                 self.history_size.into(),
                 (self.ttl_ms as i64).into(),
                 (now_ms as i64).into(),
@@ -590,11 +594,18 @@ impl Store {
         };
         let client = self.client()?;
         let reply = self.eval_built(client, name, script, inputs).await?;
-        // {seq, reactivated, created, events recorded, repeat} on success; a bare -1/-2 when the session is ended or
-        // resolved; {-3, log, count, oldest, now} when a limit refused it.
-        let parts: Vec<i64> = match reply {
-            Value::Array(values) => values.iter().filter_map(Value::as_i64).collect(),
-            other => other.as_i64().into_iter().collect(),
+        // {seq, reactivated, created, events recorded, repeat, prev} on success (a repeat
+        // has no prev); a bare -1/-2 when the session is ended or resolved;
+        // {-3, log, count, oldest, now} when a limit refused it.
+        let (parts, prev): (Vec<i64>, String) = match reply {
+            Value::Array(mut values) => {
+                let prev = match values.get(5) {
+                    Some(_) => values.swap_remove(5).into_string().unwrap_or_default(),
+                    None => String::new(),
+                };
+                (values.iter().filter_map(Value::as_i64).collect(), prev)
+            }
+            other => (other.as_i64().into_iter().collect(), String::new()),
         };
         match parts[..] {
             [-1] => Err(StoreError::SessionEnded),
@@ -628,6 +639,7 @@ impl Store {
                     reactivated: reactivated == 1,
                     created: created == 1,
                     repeat: repeat == 1,
+                    prev,
                 }))
             }
             _ => Err(StoreError::Internal(format!(

@@ -11,7 +11,7 @@ use roomcast_shared::{From, Role};
 
 use super::{redis_builder, JoinArgs, Store};
 use crate::config::Config;
-use crate::envelope::{encode_entry_tail, Envelope, MemberInfo};
+use crate::envelope::{encode_entry_tail, is_payload_of, EntryTail, Envelope, MemberInfo};
 use crate::test_redis::Redis;
 use crate::util::now_ms;
 
@@ -37,7 +37,7 @@ async fn publish(store: &Store, session: &str) -> super::Published {
         name: None,
     };
     let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!("x")).unwrap();
-    store.publish(session, tail, now_ms(), None).await.unwrap()
+    store.publish(session, &tail, now_ms(), None).await.unwrap()
 }
 
 /// An integer reply (`:42\r\n`).
@@ -352,7 +352,7 @@ async fn limited_publish(apart: bool) {
         let store = &store;
         async move {
             store
-                .publish_limited("room", tail, now_ms(), None, None, &limits)
+                .publish_limited("room", &tail, now_ms(), None, None, &limits)
                 .await
                 .unwrap()
         }
@@ -475,7 +475,7 @@ async fn an_unknown_status_is_never_taken_for_a_writable_session() {
     };
     let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!("x")).unwrap();
     assert!(matches!(
-        store.publish("odd", tail, now_ms(), None).await,
+        store.publish("odd", &tail, now_ms(), None).await,
         Err(super::StoreError::Internal(_))
     ));
     assert_eq!(
@@ -542,7 +542,7 @@ async fn a_publish_after_redis_lost_its_scripts_loads_them_and_is_stored_once() 
         let published = store
             .publish_limited(
                 "room",
-                tail,
+                &tail,
                 now_ms(),
                 None,
                 Some(&format!("k{expected}")),
@@ -559,4 +559,70 @@ async fn a_publish_after_redis_lost_its_scripts_loads_them_and_is_stored_once() 
     }
     let reply = store.history_since("room", 0).await.unwrap();
     assert_eq!((reply.seq, reply.entries.len()), (3, 3), "each stored once");
+}
+
+/// A publish answers the `prev` its entry names, so the publishing instance rebuilds the
+/// stored entry byte for byte (`EntryTail::stored`) and recognises the pub/sub copy of its
+/// own message by those bytes; a repeat stored nothing and names none.
+#[tokio::test]
+async fn a_publish_answers_its_prev_so_the_publisher_knows_the_stored_entry_and_its_copy() {
+    let redis = Redis::start();
+    let (store, config) = store(&redis).await;
+    let k = store.keys().session("s1");
+    let subscriber = redis_builder(&config, 32)
+        .unwrap()
+        .build_subscriber_client()
+        .unwrap();
+    subscriber.init().await.unwrap();
+    let mut rx = subscriber.message_rx();
+    subscriber.ssubscribe(k.channel.clone()).await.unwrap();
+
+    let from = From {
+        client_id: "writer".into(),
+        user: "w".into(),
+        role: Role::Controller,
+        name: Some("W".into()),
+    };
+    let mut stored = Vec::new();
+    for n in 0..3 {
+        let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!({"n": n})).unwrap();
+        let published = store
+            .publish_limited("s1", &tail, now_ms(), None, Some(&format!("k{n}")), &[])
+            .await
+            .unwrap()
+            .unwrap();
+        let prev = stored
+            .last()
+            .map_or(String::new(), |(t, _): &(EntryTail, _)| t.id.clone());
+        assert_eq!(published.prev, prev, "publish {n} names the one before it");
+        let bytes = tail.stored(published.seq, &published.prev);
+        let copy = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the pub/sub copy in time")
+            .unwrap();
+        let copy = copy.value.as_bytes().expect("a binary payload").to_vec();
+        assert!(
+            is_payload_of(&copy, &bytes),
+            "publish {n}: the copy is the entry"
+        );
+        stored.push((tail, bytes));
+    }
+    let history = store.history_since("s1", 0).await.unwrap();
+    let newest_first: Vec<_> = stored.iter().rev().map(|(_, b)| b.clone()).collect();
+    assert_eq!(
+        history.entries, newest_first,
+        "history holds the same bytes"
+    );
+
+    let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!("again")).unwrap();
+    let repeat = store
+        .publish_limited("s1", &tail, now_ms(), None, Some("k1"), &[])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (repeat.seq, repeat.repeat, repeat.prev.as_str()),
+        (2, true, "")
+    );
+    let _ = subscriber.quit().await;
 }

@@ -634,7 +634,7 @@ async fn a_shard_restarted_empty_is_a_new_numbering_for_its_sessions() {
     for n in 1..=3 {
         let reply = publish_with_script(&redis, session, &channel, &json!(format!("new {n}")));
         assert!(
-            reply.starts_with(format!("*5\r\n:{n}\r\n").as_bytes()),
+            reply.starts_with(format!("*6\r\n:{n}\r\n").as_bytes()),
             "{}",
             String::from_utf8_lossy(&reply)
         );

@@ -542,7 +542,7 @@ async fn restart_reaching(new: u64) {
     for n in 1..=new {
         let reply = publish_with_script(&redis, &session, &channel, &json!(format!("new {n}")));
         assert!(
-            reply.starts_with(format!("*5\r\n:{n}\r\n").as_bytes()),
+            reply.starts_with(format!("*6\r\n:{n}\r\n").as_bytes()),
             "a new numbering: {}",
             String::from_utf8_lossy(&reply)
         );
@@ -641,7 +641,7 @@ async fn a_message_pubsub_dropped_is_delivered_before_the_next_one() {
     // sees it, as if Redis or the network had dropped it.
     let reply = publish_with_script(&redis, "gap", "rc:{s:gap}:nowhere", &json!("two"));
     assert!(
-        reply.starts_with(b"*5\r\n:2\r\n"),
+        reply.starts_with(b"*6\r\n:2\r\n"),
         "{}",
         String::from_utf8_lossy(&reply)
     );

@@ -20,6 +20,8 @@ use crate::session::{PumpStore, Subscriptions};
 impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
     /// The first baseline: where this instance's stream of the session starts.
     pub(super) fn start_at(&mut self, seq: u64, id: String, epoch: String) {
+        // Copies awaited from the stream before this one are not to be taken for ours.
+        self.echoes.clear();
         self.last_seq = Some(seq);
         self.last_id = id;
         self.epoch = epoch;
@@ -53,7 +55,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
         // renamed: a rejoin before that, naming only the old epoch (as older SDKs do),
         // would be taken for a continuation. Until then this instance's numbering is
         // unnamed (empty matches any). Found again before the rename went through: it is still the first one's.
-        let (forked, mut held) = match self.owed_rename.take() {
+        let (forked, mut held) = match self.owed_rename.take().map(|owed| *owed) {
             Some(owed) => (owed.forked, owed.held),
             None => (std::mem::take(&mut self.epoch), Vec::new()),
         };
@@ -64,7 +66,7 @@ impl<S: PumpStore, B: Subscriptions> Pump<S, B> {
                 held.push(client_id.clone());
             }
         }
-        self.owed_rename = Some(OwedRename { forked, held });
+        self.owed_rename = Some(Box::new(OwedRename { forked, held }));
         self.rename().await;
     }
 

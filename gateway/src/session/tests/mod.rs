@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::pump::JOIN_BATCH;
 use super::*;
 use crate::client::{ClientHandle, Outbound, Outbox};
-use crate::envelope::kind;
+use crate::envelope::{kind, Entry, Envelope};
 use memory::{Counted, Memory};
 
 const SESSION: &str = "room";
@@ -60,6 +60,29 @@ impl Harness<Memory> {
     fn publish(&self, text: &str) {
         let payload = self.store.store_message(text);
         self.pumps.dispatch(SESSION, payload);
+    }
+}
+
+impl Harness<Memory> {
+    /// Hands a stored message (its pub/sub payload) to the pump as its publisher's
+    /// connection does after the script answered: with the entry, its stored bytes and
+    /// the publisher's ack.
+    fn own(&self, publisher: &Member, payload: &Bytes, entry: Option<Entry>) {
+        let Ok(Envelope::Message(stored, _)) = Envelope::decode(payload) else {
+            panic!("not a message payload");
+        };
+        let entry = entry.unwrap_or(stored);
+        let ack = ServerFrame::Ack {
+            reference: Some(format!("r{}", entry.seq)),
+            seq: Some(entry.seq),
+        };
+        let own = OwnMessage {
+            entry,
+            bytes: payload[2..].to_vec(),
+            publisher: publisher.client.clone(),
+            ack,
+        };
+        self.pumps.session(SESSION).deliver_own(own);
     }
 }
 
@@ -138,6 +161,18 @@ impl Member {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("got messages {seqs:?}, waited for {want}");
+    }
+
+    /// The messages and acks queued so far, in order: `("message" | "ack", seq)`.
+    fn messages_and_acks(&self) -> Vec<(&'static str, u64)> {
+        self.drain()
+            .into_iter()
+            .filter_map(|f| match f {
+                Ok(ServerFrame::Message { seq, .. }) => Some(("message", seq)),
+                Ok(ServerFrame::Ack { seq: Some(seq), .. }) => Some(("ack", seq)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The `joined` frame (and whatever else is queued).
@@ -500,3 +535,78 @@ fn presence_is_refreshed_every_half_heartbeat_and_lives_one_and_a_half() {
 mod memory;
 mod redis;
 mod resync;
+
+// ---------------------------------------------------------------------------------------
+// Own messages: delivered from the publish script's reply.
+
+/// The publisher's instance delivers its own message when the connection hands it over,
+/// the ack right behind the publisher's copy, and drops the pub/sub copy when it comes.
+#[tokio::test(start_paused = true)]
+async fn an_own_message_goes_out_with_its_ack_and_its_pubsub_copy_is_dropped() {
+    let h = memory();
+    let (publisher, display) = (Member::new("p"), Member::new("d"));
+    h.join(&publisher, None).await.unwrap();
+    h.join(&display, None).await.unwrap();
+    let mine = h.store.store_message("mine");
+    h.own(&publisher, &mine, None);
+    settle().await;
+    assert_eq!(
+        publisher.messages_and_acks(),
+        [("message", 1), ("ack", 1)],
+        "the copy, then the ack, queued together"
+    );
+    assert_eq!(display.seqs(1).await, vec![1]);
+    // The pub/sub copy comes, then a message of someone else's.
+    h.pumps.dispatch(SESSION, mine);
+    h.publish("theirs");
+    assert_eq!(display.seqs(1).await, vec![2]);
+    assert_eq!(publisher.messages_and_acks(), [("message", 2)]);
+    assert_eq!(h.store.state().history_reads, 0, "no gap was seen");
+}
+
+/// An own message that is not the next one (a message stored before it is still on its
+/// way through pub/sub) is not delivered ahead of it: the ack goes alone, and pub/sub
+/// brings both in order, without a history read.
+#[tokio::test(start_paused = true)]
+async fn an_own_message_behind_a_missing_one_waits_for_pubsub() {
+    let h = memory();
+    let (publisher, display) = (Member::new("p"), Member::new("d"));
+    h.join(&publisher, None).await.unwrap();
+    h.join(&display, None).await.unwrap();
+    let theirs = h.store.store_message("theirs");
+    let mine = h.store.store_message("mine");
+    h.own(&publisher, &mine, None);
+    settle().await;
+    assert_eq!(publisher.messages_and_acks(), [("ack", 2)]);
+    assert!(display.seqs(0).await.is_empty());
+    h.pumps.dispatch(SESSION, theirs);
+    h.pumps.dispatch(SESSION, mine);
+    assert_eq!(display.seqs(2).await, vec![1, 2]);
+    assert_eq!(
+        publisher.messages_and_acks(),
+        [("message", 1), ("message", 2)]
+    );
+    assert_eq!(h.store.state().history_reads, 0, "no gap was seen");
+}
+
+/// An own message whose `prev` is not the message this instance delivered last (another
+/// branch of the numbering) is never delivered from the reply: only the ack goes, and
+/// the pub/sub copy, when it comes, takes the checks of any message.
+#[tokio::test(start_paused = true)]
+async fn an_own_message_of_another_branch_is_left_to_pubsub() {
+    let h = memory();
+    let (publisher, display) = (Member::new("p"), Member::new("d"));
+    h.join(&publisher, None).await.unwrap();
+    h.join(&display, None).await.unwrap();
+    h.publish("one");
+    assert_eq!(display.seqs(1).await, vec![1]);
+    let mine = h.store.store_message("two");
+    let Ok(Envelope::Message(mut forked, _)) = Envelope::decode(&mine) else {
+        panic!("a message");
+    };
+    forked.prev = "another-branch".into();
+    h.own(&publisher, &mine, Some(forked));
+    settle().await;
+    assert_eq!(publisher.messages_and_acks(), [("message", 1), ("ack", 2)]);
+    assert!(display.seqs(0).await.is_empty(), "nothing from the reply");
+}

@@ -37,7 +37,7 @@ async fn publish(store: &Store, text: &str) -> u64 {
     let tail =
         crate::envelope::encode_entry_tail(now_ms(), &from, &serde_json::json!(text)).unwrap();
     store
-        .publish(SESSION, tail, now_ms(), None)
+        .publish(SESSION, &tail, now_ms(), None)
         .await
         .unwrap()
         .seq
