@@ -586,7 +586,7 @@ scenario_compare() {
   python3 scripts/bench_report.py compare-markdown "$OUT" >&2
 }
 
-# --- profiles: where the CPU goes under fan-out (issue 15) -------------------------------
+# --- profiles: where the CPU goes under fan-out (issue 15) and in small rooms (30) ------
 # perf record -g (999 Hz, 8 s; PROFILE_CALLGRAPH below) of one gateway and of Redis, then of the floor peer, during
 # the fan-out load at PROFILE_RATE msg/s per session; stacks folded into
 # bench/profile-<process>.folded (any flame-graph renderer reads them) and a summary of
@@ -595,16 +595,23 @@ scenario_compare() {
 # code built without frame pointers, where the default (fp) cuts most stacks at the leaf.
 # Its stacks go to bench/profile-<process>-dwarf.folded.gz (10 times the size), with
 # bench/profile-<process>-dwarf-parts.txt: the share of each part of the gateway.
+# PROFILE_CALLGRAPH=offcpu records where threads go off the CPU instead (every
+# sched:sched_switch, DWARF stacks): a count of the sleeps and wake-ups by the part of
+# the process that slept, in bench/profile-<process>-offcpu-parts.txt.
+# PROFILE_LOAD=small profiles the small-room load instead (500 sessions x 1 controller +
+# 1 display, PROFILE_RATE 10 msg/s per session, split: the first gateway holds the
+# controllers, so it is the publishing instance); its files are named profile-*-small*.
 profile_pids() {
   local name=$1 pid=$2 how=(-F 999 -g)
-  if [[ ${PROFILE_CALLGRAPH:-fp} == dwarf ]]; then
-    how=(-F 299 --call-graph dwarf,16384)
-    name=$name-dwarf
-  fi
+  case ${PROFILE_CALLGRAPH:-fp} in
+  dwarf) how=(-F 299 --call-graph dwarf,16384) ;;
+  offcpu) how=(-e sched:sched_switch --call-graph dwarf,16384) ;;
+  esac
+  [[ ${PROFILE_CALLGRAPH:-fp} == fp ]] || name=$name-$PROFILE_CALLGRAPH
   perf record "${how[@]}" -o "$WORK/perf-$name.data" -p "$pid" -- sleep 8 >/dev/null 2>&1
   perf script -i "$WORK/perf-$name.data" 2>/dev/null | python3 scripts/perf_fold.py fold >"$OUT/profile-$name.folded"
   python3 scripts/perf_fold.py top "$OUT/profile-$name.folded" 30 >"$OUT/profile-$name.txt"
-  if [[ $name == *-dwarf ]]; then
+  if [[ ${PROFILE_CALLGRAPH:-fp} != fp ]]; then
     python3 scripts/perf_fold.py parts "$OUT/profile-$name.folded" >"$OUT/profile-$name-parts.txt"
     gzip -f "$OUT/profile-$name.folded"
   fi
@@ -615,28 +622,33 @@ scenario_profile() {
     echo "bench: profiles need perf (apt-get install -y linux-perf)" >&2
     return 1
   fi
-  local rate=${PROFILE_RATE:-40} server suffix=""
-  [[ ${PROFILE_CALLGRAPH:-fp} == dwarf ]] && suffix=-dwarf
+  local rate=${PROFILE_RATE:-40} server suffix="" tag="" load=(--sessions 100 --displays 10)
+  if [[ ${PROFILE_LOAD:-fanout} == small ]]; then
+    rate=${PROFILE_RATE:-10}
+    tag=-small
+    load=(--sessions 500 --displays 1 --placement client)
+  fi
+  [[ ${PROFILE_CALLGRAPH:-fp} == fp ]] || suffix=-$PROFILE_CALLGRAPH
   for server in roomcast floor; do
     fresh
     if [[ $server == roomcast ]]; then start_gateway && start_gateway; else start_floor; fi
     rm -f "$WORK/profile.started"
-    log "profile $server: fan-out at $rate msg/s per session"
+    log "profile $server: ${PROFILE_LOAD:-fanout} load at $rate msg/s per session"
     # shellcheck disable=SC2046
-    "$LT" $(urls json) --secret "$SECRET" --sessions 100 --displays 10 --rate "$rate" \
+    "$LT" $(urls json) --secret "$SECRET" "${load[@]}" --rate "$rate" \
       --payload 64 --duration 14s --ramp 2s --prefix "prof$server" --progress false \
-      --started-file "$WORK/profile.started" --json "$OUT/profile-$server$suffix-loadtest.json" >&2 &
+      --started-file "$WORK/profile.started" --json "$OUT/profile-$server$tag$suffix-loadtest.json" >&2 &
     local lt=$!
     wait_for "publishing" 60 test -e "$WORK/profile.started"
     local first=${NODES[0]}
     if [[ $server == roomcast ]]; then
-      profile_pids gateway "${first##*:}" &
+      profile_pids "gateway$tag" "${first##*:}" &
       local gateway_profile=$!
-      profile_pids redis "$REDIS_PID"
+      profile_pids "redis$tag" "$REDIS_PID"
       # Not a bare `wait`: that would wait for the servers too.
       wait "$gateway_profile"
     else
-      profile_pids floor "${first##*:}"
+      profile_pids "floor$tag" "${first##*:}"
     fi
     wait "$lt" || true
   done
