@@ -207,6 +207,12 @@ mod tests {
         assert_eq!(k.event_kicks(7), "rc:wh:kick:{b7}");
         assert_eq!(k.dead_letters(), "rc:wh:dead");
         assert_eq!(k.idempotency("abc", Some("k1")), "rc:{s:abc}:idem:k1");
+        // A suffix longer than the rest of the name (a 64-character key, a 1-character id).
+        let long = "k".repeat(64);
+        assert_eq!(
+            k.idempotency("a", Some(&long)),
+            format!("rc:{{s:a}}:idem:{long}")
+        );
         assert_eq!(
             k.publish("abc", None, 0),
             [

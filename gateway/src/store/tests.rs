@@ -626,3 +626,30 @@ async fn a_publish_answers_its_prev_so_the_publisher_knows_the_stored_entry_and_
     );
     let _ = subscriber.quit().await;
 }
+
+/// Only `NOSCRIPT` makes a script call run again. Any other error may come from a script
+/// stopped midway, whose writes Redis does not undo: a second run would write them twice.
+#[tokio::test]
+async fn a_script_that_fails_is_not_run_again() {
+    let redis = Redis::start();
+    let (store, _) = store(&redis).await;
+    // Redis knows the script (a first call would answer NOSCRIPT, which is retried).
+    publish(&store, "warm").await;
+    let k = store.keys().session("s1");
+    // publish.lua counts the seq, then fails on LPUSH: the history is not a list.
+    redis.cmd(&["SET", &k.hist, "not a list"]).unwrap();
+    let from = From {
+        client_id: "writer".into(),
+        user: "w".into(),
+        role: Role::Controller,
+        name: None,
+    };
+    let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!("x")).unwrap();
+    let result = store.publish("s1", &tail, now_ms(), None).await;
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(
+        bulk_int(redis.cmd(&["GET", &k.seq])),
+        1,
+        "the script ran once"
+    );
+}

@@ -484,6 +484,11 @@ async fn deliveries_are_counted_and_their_latency_recorded_in_seconds() {
     }
     assert_eq!(a.seqs(3).await, vec![1, 2, 3]);
     assert_eq!(b.seqs(3).await, vec![1, 2, 3]);
+    // An own message (delivered from its publish's reply) counts like the others.
+    let own = h.store.store_message_aged("4", 1500);
+    h.own(&a, &own, None);
+    assert_eq!(a.seqs(1).await, vec![4]);
+    assert_eq!(b.seqs(1).await, vec![4]);
     // A presence event goes to every member but its subject.
     let mut join = vec![0x92, kind::JOIN];
     join.extend(Member::new("z").info().encode());
@@ -502,11 +507,11 @@ async fn deliveries_are_counted_and_their_latency_recorded_in_seconds() {
             _ => {}
         }
     }
-    // 3 messages × 2 members, then the presence event to 2 members.
-    assert_eq!(delivered, Some(8));
+    // 4 messages × 2 members, then the presence event to 2 members.
+    assert_eq!(delivered, Some(10));
     assert_eq!(
         latencies.len(),
-        3,
+        4,
         "one latency per message, not per member"
     );
     for l in latencies {
