@@ -59,23 +59,29 @@ restart_redis() {
   launch_redis
 }
 
-# start_proxy: a fault proxy in front of Redis; sets PROXY_PORT and PROXY_CTL.
+# start_proxy: a fault proxy in front of Redis (the test kit's, as the `fault-proxy`
+# binary); sets PROXY_PORT and PROXY_CTL.
 start_proxy() {
   PROXY_PORT=$(free_port)
   PROXY_CTL=$(free_port)
-  python3 scripts/chaos_proxy.py "$PROXY_PORT" "$REDIS_PORT" "$PROXY_CTL" &
+  target/release/fault-proxy "$PROXY_PORT" "$REDIS_PORT" "$PROXY_CTL" &
   PIDS+=($!)
   wait_for "proxy on $PROXY_PORT" 10 redis-cli -p "$PROXY_PORT" ping
 }
 
-# proxy CTL COMMAND...: tells a proxy what to do (see chaos_proxy.py).
+# proxy CTL COMMAND...: tells a proxy what to do (`delay MS`, `blackhole`, `heal`; see
+# testkit/src/proxy.rs) and fails unless it answers `ok`.
 proxy() {
-  local ctl=$1
+  local answer
+  exec 3<>"/dev/tcp/127.0.0.1/$1"
   shift
-  python3 -c 'import socket, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-s.sendall((" ".join(sys.argv[2:]) + "\n").encode())
-s.recv(16)' "$ctl" "$@"
+  echo "$*" >&3
+  read -r answer <&3
+  exec 3>&-
+  [[ $answer == ok ]] || {
+    echo "chaos: the proxy answered '$answer' to '$*'" >&2
+    return 1
+  }
 }
 
 # start_gateway [REDIS_PORT]: appends "port:pid" to NODES, with the load generator's
@@ -255,6 +261,7 @@ SCENARIOS="${*:-all}"
 [[ $SCENARIOS == all ]] && SCENARIOS=$ALL
 log "building release binaries"
 cargo build --release -q -p roomcast-gateway -p roomcast-loadtest
+cargo build --release -q -p roomcast-testkit --bin fault-proxy
 scripts/install-deps.sh --test >/dev/null
 for s in $SCENARIOS; do
   log "chaos: $s ($SESSIONS sessions x $DISPLAYS displays, $RATE msg/s each, ${PUBLISH}s)"

@@ -1,5 +1,6 @@
 //! The test kit: private Redis processes (standalone, cluster), `roomcast` gateway
-//! processes, a cuttable TCP proxy, WebSocket clients and a minimal HTTP client, for the
+//! processes, a fault proxy (also the `fault-proxy` binary of `make chaos`), WebSocket
+//! clients and a minimal HTTP client, for the
 //! gateway's integration tests. Everything binds loopback, is stopped by pid on drop, and
 //! waits on conditions with deadlines instead of sleeping. A failed expectation panics:
 //! that is how a test fails.
@@ -17,17 +18,18 @@ use gateway::config::{Config, TokenArgs};
 use roomcast_shared::{close, decode_server, ErrorCode, Format, Role, ServerFrame};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
 
+mod proxy;
 mod receiver;
 mod redis;
 mod sentinel;
 mod tls;
+pub use proxy::Proxy;
 pub use receiver::{signature_valid, verify_with_standardwebhooks, Answer, Delivery, Receiver};
 pub use redis::{cmd_at, free_cluster_port, free_port, scratch_dir, ClusterNode, Redis};
 pub use sentinel::{RedisNode, SentinelDeployment};
@@ -863,96 +865,6 @@ impl WsClient {
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
-    }
-}
-
-/// A TCP proxy that can be cut (all connections dropped, new ones refused) and restored:
-/// a network partition between gateways and Redis.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    cut: Arc<Mutex<CancellationToken>>,
-    stop: CancellationToken,
-}
-
-impl Proxy {
-    pub async fn start(upstream: SocketAddr) -> Proxy {
-        Proxy::start_delayed(upstream, Duration::ZERO).await
-    }
-
-    /// A proxy that holds every chunk coming back from `upstream` for `delay`: a slow
-    /// network between the gateway and Redis.
-    pub async fn start_delayed(upstream: SocketAddr, delay: Duration) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("addr");
-        let cut = Arc::new(Mutex::new(CancellationToken::new()));
-        let stop = CancellationToken::new();
-        let (cut2, stop2) = (cut.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    _ = stop2.cancelled() => return,
-                    a = listener.accept() => a,
-                };
-                let Ok((mut inbound, _)) = accepted else {
-                    continue;
-                };
-                let epoch = cut2.lock().expect("cut").clone();
-                if epoch.is_cancelled() {
-                    drop(inbound);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    if delay.is_zero() {
-                        tokio::select! {
-                            _ = epoch.cancelled() => {}
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        }
-                        return;
-                    }
-                    let (mut in_read, mut in_write) = inbound.into_split();
-                    let (mut out_read, mut out_write) = outbound.into_split();
-                    let back = async {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        while let Ok(n @ 1..) = out_read.read(&mut buf).await {
-                            tokio::time::sleep(delay).await;
-                            if in_write.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        _ = epoch.cancelled() => {}
-                        _ = tokio::io::copy(&mut in_read, &mut out_write) => {}
-                        _ = back => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, cut, stop }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://{}", self.addr)
-    }
-
-    /// Drops every proxied connection and refuses new ones.
-    pub fn cut(&self) {
-        self.cut.lock().expect("cut").cancel();
-    }
-
-    /// Accepts connections again.
-    pub fn restore(&self) {
-        *self.cut.lock().expect("cut") = CancellationToken::new();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        self.cut();
     }
 }
 
