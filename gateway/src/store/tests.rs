@@ -29,14 +29,29 @@ async fn store(redis: &Redis) -> (Store, Config) {
     (Store::new(pool, &config), config)
 }
 
-async fn publish(store: &Store, session: &str) -> super::Published {
-    let from = From {
+/// The client the store tests publish as.
+fn writer(user: &str) -> From {
+    From {
         client_id: "writer".into(),
-        user: "w".into(),
+        user: user.into(),
         role: Role::Controller,
         name: None,
-    };
-    let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!("x")).unwrap();
+    }
+}
+
+/// A pub/sub client of the store's deployment, subscribed to `channel`.
+async fn subscribed(config: &Config, channel: &str) -> fred::clients::SubscriberClient {
+    let subscriber = redis_builder(config, 32)
+        .unwrap()
+        .build_subscriber_client()
+        .unwrap();
+    subscriber.init().await.unwrap();
+    subscriber.ssubscribe(channel).await.unwrap();
+    subscriber
+}
+
+async fn publish(store: &Store, session: &str) -> super::Published {
+    let tail = encode_entry_tail(now_ms(), &writer("w"), &serde_json::json!("x")).unwrap();
     store.publish(session, &tail, now_ms(), None).await.unwrap()
 }
 
@@ -145,13 +160,8 @@ async fn a_join_sweeps_members_whose_node_died_and_announces_each_leave() {
         .cmd_bytes(&[b"HSET", k.pinfo.as_bytes(), b"ghost", &ghost])
         .unwrap();
 
-    let subscriber = redis_builder(&config, 32)
-        .unwrap()
-        .build_subscriber_client()
-        .unwrap();
-    subscriber.init().await.unwrap();
+    let subscriber = subscribed(&config, &k.channel).await;
     let mut rx = subscriber.message_rx();
-    subscriber.ssubscribe(k.channel.clone()).await.unwrap();
 
     let now = now_ms();
     let newcomer = info("new").encode();
@@ -341,12 +351,7 @@ async fn limited_publish(apart: bool) {
             window: minute,
         },
     };
-    let from = From {
-        client_id: "writer".into(),
-        user: "ann".into(),
-        role: Role::Controller,
-        name: None,
-    };
+    let from = writer("ann");
     let attempt = |limits: Vec<Limit<'static>>| {
         let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!("x")).unwrap();
         let store = &store;
@@ -467,12 +472,7 @@ async fn an_unknown_status_is_never_taken_for_a_writable_session() {
     publish(&store, "odd").await;
     let k = store.keys().session("odd");
     redis.cmd(&["HSET", &k.meta, "status", "open"]).unwrap();
-    let from = From {
-        client_id: "writer".into(),
-        user: "w".into(),
-        role: Role::Controller,
-        name: None,
-    };
+    let from = writer("w");
     let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!("x")).unwrap();
     assert!(matches!(
         store.publish("odd", &tail, now_ms(), None).await,
@@ -532,12 +532,7 @@ async fn a_publish_after_redis_lost_its_scripts_loads_them_and_is_stored_once() 
             crate::test_redis::cmd_at(server.addr(), &[b"SCRIPT", b"FLUSH"]).expect("SCRIPT FLUSH");
         }
         let limits = if expected == 2 { vec![] } else { vec![user] };
-        let from = From {
-            client_id: "writer".into(),
-            user: "ann".into(),
-            role: Role::Controller,
-            name: None,
-        };
+        let from = writer("ann");
         let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!(expected)).unwrap();
         let published = store
             .publish_limited(
@@ -569,19 +564,12 @@ async fn a_publish_answers_its_prev_so_the_publisher_knows_the_stored_entry_and_
     let redis = Redis::start();
     let (store, config) = store(&redis).await;
     let k = store.keys().session("s1");
-    let subscriber = redis_builder(&config, 32)
-        .unwrap()
-        .build_subscriber_client()
-        .unwrap();
-    subscriber.init().await.unwrap();
+    let subscriber = subscribed(&config, &k.channel).await;
     let mut rx = subscriber.message_rx();
-    subscriber.ssubscribe(k.channel.clone()).await.unwrap();
 
     let from = From {
-        client_id: "writer".into(),
-        user: "w".into(),
-        role: Role::Controller,
         name: Some("W".into()),
+        ..writer("w")
     };
     let mut stored = Vec::new();
     for n in 0..3 {
@@ -638,12 +626,7 @@ async fn a_script_that_fails_is_not_run_again() {
     let k = store.keys().session("s1");
     // publish.lua counts the seq, then fails on LPUSH: the history is not a list.
     redis.cmd(&["SET", &k.hist, "not a list"]).unwrap();
-    let from = From {
-        client_id: "writer".into(),
-        user: "w".into(),
-        role: Role::Controller,
-        name: None,
-    };
+    let from = writer("w");
     let tail = encode_entry_tail(now_ms(), &from, &serde_json::json!("x")).unwrap();
     let result = store.publish("s1", &tail, now_ms(), None).await;
     assert!(result.is_err(), "{result:?}");
