@@ -27,9 +27,13 @@ test-only: ## run every test (each starts its own private Redis instances), the 
 	$(MAKE) test-cluster
 	$(MAKE) test-soak
 
+# The short soak runs the xtask binary that `cargo test --workspace` built (xtask/tests
+# needs it) with the test run's features: `cargo xtask` would build it apart, and with it
+# everything below it again.
 test-soak: ## the short form of make soak: 2 minutes at small scale on the debug build; fails on loss, leaks left after the run, keys without a TTL
+	test -x target/debug/xtask || $(CARGO) build -q -p roomcast-xtask
 	SOAK_PROFILE=debug SOAK_MINUTES=2 SOAK_WARMUP=40 SOAK_SESSIONS=20 SOAK_DISPLAYS=5 SOAK_RATE=10 \
-	  SOAK_MAX_GROWTH=25 SOAK_OUT=.run/soak-short scripts/soak.sh
+	  SOAK_MAX_GROWTH=25 SOAK_OUT=.run/soak-short target/debug/xtask soak
 
 test-cluster: ## the multi-instance suites again, each test against its own private 3-primary Redis Cluster
 	# --workspace keeps the features (and so the build) of the full test run: no rebuild.
@@ -56,13 +60,18 @@ k8s-check: ## render k8s/ with kustomize and validate it offline; promtool on al
 	scripts/k8s-check.sh
 
 bench: ## benchmark scenarios (BENCHMARKS.md), results in bench/; SCENARIOS="fanout idle ..." picks some
-	scripts/bench.sh $(SCENARIOS)
+	scripts/install-deps.sh --test >/dev/null
+	# The open-files limit the idle, storm, broadcast and silent scenarios need (20,000 is
+	# this machine's hard cap), for the driver and every process it starts.
+	ulimit -n 20000 2>/dev/null || true; $(CARGO) xtask bench $(SCENARIOS)
 
 chaos: ## fault scenarios under load (BENCHMARKS.md, Reliability), reports in bench/chaos/; SCENARIOS="kill pubsub ..." picks some
-	scripts/chaos.sh $(SCENARIOS)
+	scripts/install-deps.sh --test >/dev/null
+	$(CARGO) xtask chaos $(SCENARIOS)
 
 soak: ## 10 minutes at half capacity with churn: RSS, fds, tasks, pumps, Redis keys and memory every 10 s (BENCHMARKS.md, Reliability), in bench/soak/
-	scripts/soak.sh
+	scripts/install-deps.sh --test >/dev/null
+	$(CARGO) xtask soak
 
 mutants: ## mutation testing (TESTING.md): the code changed since origin/main; GROUP=delivery|limits|health|auth|store|lua|all, SHARD=k/n
 	scripts/mutants.sh

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# `make bench`: the benchmark scenarios of BENCHMARKS.md, each against fresh private
+# `make bench` (`cargo xtask bench`, which runs the scenarios already moved to Rust
+# itself, xtask/src/bench/, and hands the others to this script): the benchmark scenarios of
+# BENCHMARKS.md, each against fresh private
 # processes (one redis-server, release gateways or Socket.IO peers) on loopback, stopped by
 # pid at the end. Results go to bench/ (BENCH_OUT overrides) as JSON, one file per run,
 # plus a summary per scenario.
 #
-#   scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|cost|micro|lifecycle|silent|webhooks|all]...
+#   scripts/bench.sh [fanout|idle|cluster|peer|compare|profile|cost|small|budget|all]...
 #
 # Knobs (environment): BENCH_DURATION (publishing time per fan-out step, default 15s),
 # BENCH_RATES (per-session rates tried by the fan-out search), BENCH_IDLE_PER_NODE
-# (default 15000), BENCH_STORM_CLIENTS (default 10000), BENCH_BROADCAST_SERVERS (default
-# "roomcast floor"), BENCH_LIFECYCLE_SESSIONS (default 100000), BENCH_COMPARE_RATES
+# (default 15000), BENCH_COMPARE_RATES
 # (default "20 40"; empty: skip), BENCH_PINNED_RATES (the pinned search's steps; empty:
 # skip) and BENCH_COMPARE_SERVERS (default "floor roomcast socketio"). GATEWAY_ENV adds
 # variables to the gateways a scenario starts.
@@ -22,7 +23,6 @@ SECRET="bench-secret-0123456789abcdef"
 DURATION="${BENCH_DURATION:-15s}"
 RATES="${BENCH_RATES:-10 20 30 40 60 80 100 120}"
 IDLE_PER_NODE="${BENCH_IDLE_PER_NODE:-15000}"
-STORM_CLIENTS="${BENCH_STORM_CLIENTS:-10000}"
 LT=target/release/loadtest
 FLOOR=target/release/floor
 COMPARE_RATES="${BENCH_COMPARE_RATES-20 40}"
@@ -236,32 +236,7 @@ scenario_fanout() {
   fanout_search roomcast json
 }
 
-# --- 2. broadcast ------------------------------------------------------------------------
-# The same load against the floor peer (one process, no Redis) shows what this machine
-# can deliver at all: the generator and the servers share its two cores.
-# BENCH_BROADCAST_SERVERS (default "roomcast floor") picks the servers.
-scenario_broadcast() {
-  local server file
-  for server in ${BENCH_BROADCAST_SERVERS:-roomcast floor}; do
-    fresh
-    case $server in
-    floor) start_floor && file=$OUT/broadcast-10k-floor.json ;;
-    *) start_gateway && start_gateway && file=$OUT/broadcast-10k.json ;;
-    esac
-    log "broadcast $server: 1 session, 10,000 displays, 10 msg/s"
-    local s0 r0
-    s0=$(server_ticks)
-    r0=$(redis_ticks)
-    # shellcheck disable=SC2046
-    python3 scripts/bench_report.py child-cpu "$file.lt-cpu" \
-      "$LT" $(urls json) --secret "$SECRET" --sessions 1 --displays 10000 --rate 10 \
-      --payload 64 --duration 20s --drain 5s --concurrency 1000 --prefix "bcast$server" \
-      --progress false --json "$file" >&2
-    # CPU over the whole run, joins included (FILE.cpu, as the fan-out's).
-    echo "{$(run_cpu "$s0" "$r0" "$file.lt-cpu")}" >"$file.cpu"
-    rm -f "$file.lt-cpu"
-  done
-}
+# --- 2. broadcast: `cargo xtask bench broadcast` (xtask/src/bench/simple.rs).
 
 # --- 3. idle capacity (and 6. against the peer) ------------------------------------------
 idle_run() {
@@ -313,89 +288,8 @@ scenario_idle() {
   idle_run roomcast json
 }
 
-# --- 4. connect storm --------------------------------------------------------------------
-scenario_storm() {
-  fresh
-  start_gateway
-  start_gateway
-  log "connect storm: $STORM_CLIENTS clients connect and join, 1,000 in flight"
-  # shellcheck disable=SC2046
-  "$LT" $(urls json) --secret "$SECRET" --sessions $((STORM_CLIENTS / 10)) --displays 9 \
-    --rate 0 --duration 2s --drain 0s --concurrency 1000 --prefix storm --progress false \
-    --json "$OUT/storm-10k.json" >&2
-}
-
-# --- 5. publish path ---------------------------------------------------------------------
-scenario_publish_path() {
-  fresh
-  local concurrency=64 n=400000
-  log "publish path: Store::publish (fred, EVALSHA publish.lua), $concurrency in flight"
-  cargo bench -q -p roomcast-gateway --bench publish_path -- \
-    "redis://127.0.0.1:$REDIS_PORT" 10 "$concurrency" 100 >"$WORK/publish-path.json"
-  cat "$WORK/publish-path.json" >&2
-  local sha tail now
-  # What the gateway loads: the webhook events prelude in front of publish.lua.
-  sha=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "$(cat redis/events.lua redis/publish.lua)")
-  # An entry tail of the size the gateway sends for a 64-byte payload (the script only
-  # concatenates it). The arguments are publish.lua's ten (the last two, the events spec
-  # and the idempotency window, empty: webhooks off, no key): with one missing the script
-  # fails half-way, and redis-benchmark counts errors as requests.
-  tail=$(python3 -c 'print("x" * 120)')
-  now=$(date +%s%3N)
-  # Without pipelining (one command per connection per round trip) and with 16 in flight
-  # per connection (what Redis itself can take: the ceiling).
-  local depth
-  for depth in 1 16; do
-    log "publish path ceiling: redis-benchmark EVALSHA publish.lua, $concurrency clients, pipeline $depth"
-    redis-benchmark -p "$REDIS_PORT" -c "$concurrency" -n "$n" -r 100 -P "$depth" --csv \
-      EVALSHA "$sha" 6 'rc:{s:rb-__rand_int__}:seq' 'rc:{s:rb-__rand_int__}:hist' \
-      'rc:{s:rb-__rand_int__}:meta' 'rc:{s:rb-__rand_int__}:ch' 'rc:{s:rb-__rand_int__}:ev' \
-      'rc:{s:rb-__rand_int__}:idem:' \
-      "$tail" 100 86400000 "$now" '' $((now + 86400000)) 3600000 rb-id '' '' >"$WORK/redis-benchmark-P$depth.csv"
-    cat "$WORK/redis-benchmark-P$depth.csv" >&2
-  done
-  python3 scripts/bench_report.py publish-path "$WORK/publish-path.json" \
-    "$WORK/redis-benchmark-P1.csv" "$WORK/redis-benchmark-P16.csv" >"$OUT/publish-path.json"
-  cat "$OUT/publish-path.json" >&2
-}
-
-# --- durable mode: what a WAIT for one replica costs on the publish path ----------------
-scenario_durable() {
-  fresh
-  local replica dir concurrency
-  replica=$(free_port)
-  dir="$WORK/replica-$replica"
-  mkdir -p "$dir"
-  redis-server --port "$replica" --bind 127.0.0.1 --save '' --appendonly no \
-    --replicaof 127.0.0.1 "$REDIS_PORT" --dir "$dir" --logfile "$dir/redis.log" &
-  PIDS+=($!)
-  wait_for "replica in sync" 10 bash -c \
-    "redis-cli -p $replica INFO replication | grep -q master_link_status:up"
-  for concurrency in 1 64; do
-    for wait in 0 1; do
-      log "durable: Store::publish, WAIT_REPLICAS=$wait, $concurrency in flight"
-      cargo bench -q -p roomcast-gateway --bench publish_path -- \
-        "redis://127.0.0.1:$REDIS_PORT" 10 "$concurrency" 100 "$wait" \
-        >"$WORK/durable-c$concurrency-w$wait.json"
-      cat "$WORK/durable-c$concurrency-w$wait.json" >&2
-    done
-  done
-  python3 - "$WORK" >"$OUT/durable.json" <<'PY'
-import json, sys
-w = sys.argv[1]
-runs = {(c, r): json.load(open(f"{w}/durable-c{c}-w{r}.json")) for c in (1, 64) for r in (0, 1)}
-out = {"scenario": "durable", "runs": list(runs.values())}
-for c in (1, 64):
-    off, on = runs[(c, 0)], runs[(c, 1)]
-    out[f"concurrency_{c}"] = {
-        "publishes_per_s": [off["publishes_per_s"], on["publishes_per_s"]],
-        "mean_ms": [off["mean_ms"], on["mean_ms"]],
-        "throughput_ratio": on["publishes_per_s"] / off["publishes_per_s"],
-    }
-print(json.dumps(out, indent=2))
-PY
-  cat "$OUT/durable.json" >&2
-}
+# --- 4. connect storm, 5. publish path, durable mode: `cargo xtask bench storm
+# publish-path durable` (xtask/src/bench/).
 
 # --- Redis Cluster: the publish path on 1, 2 and 3 primaries, fan-out against standalone
 free_cluster_port() {
@@ -768,159 +662,11 @@ scenario_budget() {
   python3 scripts/bench_report.py budget-markdown "$OUT" >&2
 }
 
-# --- 7. the lifecycle clock at scale -----------------------------------------------------
-# BENCH_LIFECYCLE_SESSIONS idle sessions whose warnings and timeouts fall due evenly over
-# 20 s, three gateways running the clock: how late was each event, and was each announced
-# exactly once.
-scenario_lifecycle() {
-  local n=${BENCH_LIFECYCLE_SESSIONS:-100000} warning=20000 timeout=40000 spread=20000
-  fresh
-  GATEWAY_ENV="ROOMCAST_INACTIVITY_WARNING=20s ROOMCAST_INACTIVITY_TIMEOUT=40s" start_gateway
-  GATEWAY_ENV="ROOMCAST_INACTIVITY_WARNING=20s ROOMCAST_INACTIVITY_TIMEOUT=40s" start_gateway
-  GATEWAY_ENV="ROOMCAST_INACTIVITY_WARNING=20s ROOMCAST_INACTIVITY_TIMEOUT=40s" start_gateway
-  log "lifecycle: $n sessions due over $((spread / 1000)) s, warning 20 s, timeout 40 s, 3 gateways"
-  python3 scripts/lifecycle_bench.py populate "$REDIS_PORT" "$n" "$spread" "$warning"
-  wait_for "every session inactive" $(((spread + timeout) / 1000 + 60)) \
-    python3 scripts/lifecycle_bench.py done "$REDIS_PORT" "$n"
-  local report events node
-  report=$(python3 scripts/lifecycle_bench.py report "$REDIS_PORT" "$n" "$warning" "$timeout")
-  events=$(for node in "${NODES[@]}"; do curl -s "http://127.0.0.1:${node%%:*}/metrics"; done |
-    python3 -c 'import sys, collections
-c = collections.Counter()
-for l in sys.stdin:
-    if l.startswith("roomcast_lifecycle_transitions_total{"):
-        c[l.split("\"")[1]] += int(float(l.split()[-1]))
-print(dict(c))')
-  printf '%s\n' "$report" | python3 -c "import json, sys, ast
-r = json.load(sys.stdin); r['announced'] = ast.literal_eval(sys.argv[1]); print(json.dumps(r, indent=2))" "$events" \
-    >"$OUT/lifecycle-$((n / 1000))k.json"
-  cat "$OUT/lifecycle-$((n / 1000))k.json" >&2
-}
+# --- 7. the lifecycle clock at scale: `cargo xtask bench lifecycle` (xtask/src/bench.rs).
 
-# --- 8. silent sockets: 20,000 connections that never send a byte ------------------------
-# Two flooding processes against one gateway; probes on its ops listener meanwhile. Once
-# with the defaults (the per-address cap answers most floods at once) and once without the
-# per-address cap, as if the sockets came from many addresses (the descriptor budget and
-# the header timeout do the work).
-scenario_silent() {
-  local variant ops
-  for variant in default no-per-ip-cap; do
-    fresh
-    ops=$(free_port)
-    local env="ROOMCAST_OPS_LISTEN=127.0.0.1:$ops"
-    if [[ $variant == default ]]; then env="$env ROOMCAST_MAX_PENDING_PER_IP=256"; else env="$env ROOMCAST_MAX_PENDING_PER_IP=0"; fi
-    GATEWAY_ENV="$env" start_gateway
-    local port=${NODES[0]%%:*}
-    log "silent sockets ($variant): 2 x 10,000 silent connections, header timeout 10 s"
-    python3 scripts/silent_flood.py 127.0.0.1 "$port" 10000 15 >"$WORK/flood-a.json" &
-    local fa=$!
-    python3 scripts/silent_flood.py 127.0.0.1 "$port" 10000 15 >"$WORK/flood-b.json" &
-    local fb=$!
-    local probes=() i code
-    for i in $(seq 20); do
-      sleep 0.5
-      code=$(curl -s -o /dev/null -w '%{http_code} %{time_total}' --max-time 2 "http://127.0.0.1:$ops/health/ready" || true)
-      probes+=("$code")
-    done
-    wait "$fa" "$fb" || true
-    local metrics accept_lines
-    metrics=$(curl -s "http://127.0.0.1:$ops/metrics" | grep -E '^roomcast_(connections_refused_total|accept_errors_total)' || true)
-    accept_lines=$(grep -c 'accept failed' "$WORK/gateway-$port.log" || true)
-    python3 - "$variant" "$WORK/flood-a.json" "$WORK/flood-b.json" "$accept_lines" "$metrics" "${probes[@]}" \
-      >"$OUT/silent-$variant.json" <<'PY'
-import json, sys
-variant, a, b, accept_lines, metrics, *probes = sys.argv[1:]
-codes = [p.split()[0] for p in probes]
-times = sorted(float(p.split()[1]) for p in probes if len(p.split()) == 2)
-print(json.dumps({
-    "variant": variant,
-    "floods": [json.load(open(a)), json.load(open(b))],
-    "ready_probes": {"answered_200": codes.count("200"), "total": len(codes),
-                     "max_s": times[-1] if times else None},
-    "accept_failed_log_lines": int(accept_lines or 0),
-    "metrics": [l for l in metrics.splitlines() if l],
-}, indent=2))
-PY
-    cat "$OUT/silent-$variant.json" >&2
-  done
-}
+# --- 8. silent sockets: `cargo xtask bench silent` (xtask/src/bench/silent.rs).
 
-# --- 9. webhooks -------------------------------------------------------------------------
-# message.published at 1k and 10k events/s (10 messages/s per session, 100 and 1,000
-# sessions, one display each) into webhook-sink on loopback: events delivered per second
-# and lag (recorded -> received). Each rate runs twice, webhooks off then on, so the same
-# run gives what recording costs a publish: publish->ack and Redis CPU per publish. Then
-# the join hook: 1,000 joins with a hook answering in 1 ms, against none.
-SINK=target/release/webhook-sink
-WH_SECRET="whsec_YmVuY2gtd2ViaG9vay1zZWNyZXQtMDEyMzQ1Njc4OQ=="
-SINK_URL=""
-SINK_PID=""
-start_sink() {
-  local f="$WORK/sink-addr"
-  rm -f "$f"
-  "$SINK" --addr-file "$f" --idle 3s --json "$1" >"$WORK/sink.log" 2>&1 &
-  SINK_PID=$!
-  PIDS+=($!)
-  wait_for "webhook sink" 10 test -s "$f"
-  SINK_URL="http://$(cat "$f")"
-}
-
-scenario_webhooks() {
-  local target hooks sessions r0 r1 g0 g1 env duration=${BENCH_WEBHOOK_DURATION:-10s}
-  for target in 1000 10000; do
-    sessions=$((target / 10))
-    for hooks in off on; do
-      fresh
-      env=""
-      if [[ $hooks == on ]]; then
-        start_sink "$OUT/webhooks-$target-sink.json"
-        env="ROOMCAST_WEBHOOK_URLS=$SINK_URL/hook ROOMCAST_WEBHOOK_SECRETS=$WH_SECRET"
-        env="$env ROOMCAST_WEBHOOK_EVENTS=message.published ROOMCAST_WEBHOOK_CONCURRENCY=256"
-      fi
-      GATEWAY_ENV="$env" start_gateway
-      GATEWAY_ENV="$env" start_gateway
-      log "webhooks $hooks: $target messages/s over $sessions sessions for $duration"
-      r0=$(redis_ticks)
-      g0=$(server_ticks)
-      # shellcheck disable=SC2046
-      "$LT" $(urls json) --secret "$SECRET" --sessions "$sessions" --displays 1 --rate 10 \
-        --duration "$duration" --drain 2s --prefix "wh$hooks" --progress false \
-        --json "$OUT/webhooks-$target-$hooks.json" >&2
-      # The same window for both runs (the load generator's, its 2 s drain included): at
-      # 1k/s every delivery is done within it (the sink's lag says so), at 10k/s not.
-      r1=$(redis_ticks)
-      g1=$(server_ticks)
-      echo "$((r1 - r0))" >"$WORK/webhooks-$target-$hooks.redis-ticks"
-      echo "$((g1 - g0))" >"$WORK/webhooks-$target-$hooks.gateway-ticks"
-      if [[ $hooks == on ]]; then
-        wait_for "the sink to drain" 120 sh -c "! kill -0 $SINK_PID 2>/dev/null"
-      fi
-    done
-  done
-  for hooks in off on; do
-    fresh
-    env=""
-    if [[ $hooks == on ]]; then
-      start_sink "$OUT/webhooks-join-sink.json"
-      env="ROOMCAST_JOIN_HOOK_URL=$SINK_URL/join ROOMCAST_WEBHOOK_SECRETS=$WH_SECRET"
-    fi
-    GATEWAY_ENV="$env" start_gateway
-    log "join hook $hooks: 1,000 joins, 100 in flight"
-    # shellcheck disable=SC2046
-    "$LT" $(urls json) --secret "$SECRET" --sessions 500 --displays 1 --rate 0 \
-      --duration 1s --drain 0s --concurrency 100 --prefix "jh$hooks" --progress false \
-      --json "$OUT/webhooks-join-$hooks.json" >&2
-    [[ $hooks == off ]] || kill -TERM "$SINK_PID" 2>/dev/null || true
-  done
-  python3 scripts/bench_report.py webhooks "$OUT" "$WORK" >"$OUT/webhooks.json"
-  cat "$OUT/webhooks.json" >&2
-}
-
-# --- in-process hot path -----------------------------------------------------------------
-scenario_micro() {
-  log "cargo bench: encode and fan-out hot path"
-  cargo bench -q -p roomcast-gateway --bench fanout 2>&1 | tee "$WORK/criterion.txt" >&2
-}
+# --- 9. webhooks: `cargo xtask bench webhooks` (xtask/src/bench/webhooks.rs).
 
 scripts/install-deps.sh --test >/dev/null
 build
@@ -929,42 +675,26 @@ ulimit -n 20000 2>/dev/null || true
 for s in "$@"; do
   case $s in
   fanout) scenario_fanout ;;
-  broadcast) scenario_broadcast ;;
   idle) scenario_idle ;;
-  storm) scenario_storm ;;
-  publish-path) scenario_publish_path ;;
-  durable) scenario_durable ;;
   cluster) scenario_cluster ;;
   peer) scenario_peer ;;
   compare) scenario_compare ;;
   profile) scenario_profile ;;
   cost) scenario_cost ;;
-  micro) scenario_micro ;;
-  lifecycle) scenario_lifecycle ;;
-  silent) scenario_silent ;;
-  webhooks) scenario_webhooks ;;
   small) scenario_small ;;
   budget) scenario_budget ;;
   all)
-    scenario_publish_path
-    scenario_durable
     scenario_cluster
     scenario_fanout
-    scenario_storm
     scenario_idle
-    scenario_broadcast
     scenario_peer
     scenario_compare
     scenario_cost
     scenario_small
     scenario_budget
-    scenario_micro
-    scenario_lifecycle
-    scenario_silent
-    scenario_webhooks
     ;;
   *)
-    echo "usage: scripts/bench.sh [fanout|broadcast|idle|storm|publish-path|durable|cluster|peer|compare|profile|cost|small|budget|micro|lifecycle|silent|webhooks|all]..." >&2
+    echo "usage: scripts/bench.sh [fanout|idle|cluster|peer|compare|profile|cost|small|budget|all]..." >&2
     exit 64
     ;;
   esac

@@ -2,7 +2,6 @@
 """Reads loadtest JSON reports for scripts/bench.sh: pass/fail of a fan-out step, scenario
 summaries, and the table printed at the end of `make bench`."""
 
-import csv
 import glob
 import json
 import os
@@ -192,32 +191,6 @@ def idle(label, window, clk, redis_ticks=None):
         # Redis at idle: the presence refreshes of every node's members.
         "redis_cpu_percent_of_one_core":
             round(100.0 * redis_ticks / clk / window, 2) if redis_ticks is not None else None,
-    }
-
-
-def rps(csv_path):
-    with open(csv_path) as f:
-        for rec in csv.reader(f):
-            if rec and rec[0] != "test":
-                return float(rec[1])
-    return None
-
-
-def publish_path(ours_path, plain_csv, pipelined_csv):
-    ours = load(ours_path)
-    plain, pipelined = rps(plain_csv), rps(pipelined_csv)
-    ceiling = max(v for v in (plain, pipelined) if v) if (plain or pipelined) else None
-    return {
-        "scenario": "publish-path",
-        "gateway_store_publish_per_s": round(ours["publishes_per_s"]),
-        "gateway_failed": ours["failed"],
-        "redis_benchmark_per_s": round(plain) if plain else None,
-        "redis_benchmark_pipelined_16_per_s": round(pipelined) if pipelined else None,
-        "ceiling_per_s": round(ceiling) if ceiling else None,
-        "ratio_to_ceiling": round(ours["publishes_per_s"] / ceiling, 3) if ceiling else None,
-        "concurrency": ours["concurrency"],
-        "sessions": ours["sessions"],
-        "redis_pool": ours["redis_pool"],
     }
 
 
@@ -489,44 +462,6 @@ def budget_markdown(out):
     return "\n".join(lines)
 
 
-def webhooks(out, work):
-    """The webhook scenario: per rate, the sink's throughput and lag, and what turning
-    webhooks on did to publish->ack and to Redis CPU per publish; the join hook's cost."""
-    clk = os.sysconf("SC_CLK_TCK")
-    rates = {}
-    for target in (1000, 10000):
-        runs = {}
-        for hooks in ("off", "on"):
-            lt = load(os.path.join(out, f"webhooks-{target}-{hooks}.json"))
-            ticks = int(open(os.path.join(work, f"webhooks-{target}-{hooks}.redis-ticks")).read())
-            gateway = int(open(os.path.join(work, f"webhooks-{target}-{hooks}.gateway-ticks")).read())
-            published = max(lt["published"], 1)
-            runs[hooks] = {
-                "published": lt["published"],
-                "acked": lt["acked"],
-                "publish_per_s": round(lt["published"] / lt["publish_s"], 1),
-                "ack_ms": {"p50": lt["ack"]["p50_ms"], "p99": lt["ack"]["p99_ms"]},
-                "redis_cpu_us_per_publish": round(ticks / clk / published * 1e6, 1),
-                "gateway_cpu_us_per_publish": round(gateway / clk / published * 1e6, 1),
-            }
-        sink = load(os.path.join(out, f"webhooks-{target}-sink.json"))
-        rates[str(target)] = {
-            "offered_events_per_s": target,
-            "delivered": sink["unique"],
-            "duplicates": sink["duplicates"],
-            "out_of_order": sink["out_of_order"],
-            "events_per_s": round(sink["events_per_s"], 1),
-            "lag_ms": sink["lag_ms"],
-            "publish_off": runs["off"],
-            "publish_on": runs["on"],
-        }
-    join = {}
-    for hooks in ("off", "on"):
-        lt = load(os.path.join(out, f"webhooks-join-{hooks}.json"))
-        join[hooks] = {"joins": lt["join"]["count"], "p50_ms": lt["join"]["p50_ms"], "p99_ms": lt["join"]["p99_ms"]}
-    return {"scenario": "webhooks", "rates": rates, "join_hook_1ms": join}
-
-
 def passes_row(r):
     return r["p99_ms"] < 50 and r["lost"] == 0 and r["duplicated_or_reordered"] == 0 and not r["errors"]
 
@@ -557,8 +492,6 @@ def main():
     elif cmd == "idle":
         redis_ticks = int(args[3]) if len(args) > 3 else None
         print(json.dumps(idle(args[0], float(args[1]), float(args[2]), redis_ticks), indent=2))
-    elif cmd == "publish-path":
-        print(json.dumps(publish_path(args[0], args[1], args[2]), indent=2))
     elif cmd == "markdown":
         print(markdown(args[0], args[1]))
     elif cmd == "compare":
@@ -575,8 +508,6 @@ def main():
         print(json.dumps(budget(args[0]), indent=2))
     elif cmd == "budget-markdown":
         print(budget_markdown(args[0]))
-    elif cmd == "webhooks":
-        print(json.dumps(webhooks(args[0], args[1]), indent=2))
     elif cmd == "table":
         print(table(args[0]))
     else:

@@ -1,4 +1,5 @@
-# Process helpers shared by scripts/bench.sh and scripts/chaos.sh (sourced, not run):
+# Process helpers of scripts/bench.sh (sourced, not run; soak and chaos have moved to
+# `cargo xtask`, on the test kit):
 # private processes started in the background, remembered in PIDS, stopped by pid.
 
 PIDS=()

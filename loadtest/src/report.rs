@@ -13,7 +13,11 @@ use crate::seq::{merge_numberings, Numberings, SeqCheck, Tallies};
 
 /// The report a run ends with, built from the merged partials.
 mod summary;
-pub(crate) use summary::Report;
+pub use summary::{Percentiles, Point, Report};
+
+/// What `webhook-sink` reports (sink.rs builds it; `cargo xtask bench webhooks` reads it).
+mod sink;
+pub use sink::{Lag, SinkReport};
 
 /// Counters every client task updates.
 pub(crate) struct Shared {
@@ -94,14 +98,14 @@ impl Second {
 
 /// One readiness URL's record.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub(crate) struct Readiness {
+pub struct Readiness {
     /// Time it answered anything but 200 (or nothing), seconds.
-    pub(crate) not_ready_s: f64,
+    pub not_ready_s: f64,
     /// Times it went from ready to not ready.
-    pub(crate) dips: u64,
+    pub dips: u64,
     /// Seconds from the go to its first and last answer other than 200.
-    pub(crate) first_not_ready_at_s: Option<f64>,
-    pub(crate) last_not_ready_at_s: Option<f64>,
+    pub first_not_ready_at_s: Option<f64>,
+    pub last_not_ready_at_s: Option<f64>,
 }
 
 impl Shared {

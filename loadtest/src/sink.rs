@@ -4,7 +4,8 @@
 //! arrival; it counts duplicates (by id) and, for `message.published`, seqs that arrive
 //! out of order per session. `/join` answers the join hook `{"allow": true}` after
 //! `--join-delay`. It stops after `--idle` without a request (once one came) or on
-//! SIGTERM, and prints a JSON report (also to `--json`).
+//! SIGTERM, and prints its report (`roomcast_loadtest::report::SinkReport`; also to
+//! `--json`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use roomcast_loadtest::report::{Lag, SinkReport};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -91,7 +93,7 @@ impl Stats {
         }
     }
 
-    fn report(&self) -> Value {
+    fn report(&self) -> SinkReport {
         let span = match (self.first, self.last) {
             (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
             _ => 0.0,
@@ -102,18 +104,29 @@ impl Stats {
                 .as_ref()
                 .map_or(0.0, |h| h.value_at_quantile(p) as f64 / 1000.0)
         };
-        json!({
-            "events": self.events,
-            "unique": unique,
-            "duplicates": self.duplicates,
-            "out_of_order": self.out_of_order,
-            "by_type": self.by_type,
-            "joins": self.joins,
-            "span_s": span,
-            "events_per_s": if span > 0.0 { unique as f64 / span } else { 0.0 },
-            "lag_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
-                       "max": self.lag_us.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0)},
-        })
+        SinkReport {
+            events: self.events,
+            unique,
+            duplicates: self.duplicates,
+            out_of_order: self.out_of_order,
+            by_type: self.by_type.clone(),
+            joins: self.joins,
+            span_s: span,
+            events_per_s: if span > 0.0 {
+                unique as f64 / span
+            } else {
+                0.0
+            },
+            lag_ms: Lag {
+                p50: q(0.5),
+                p90: q(0.9),
+                p99: q(0.99),
+                max: self
+                    .lag_us
+                    .as_ref()
+                    .map_or(0.0, |h| h.max() as f64 / 1000.0),
+            },
+        }
     }
 }
 
@@ -199,7 +212,7 @@ async fn main() -> std::io::Result<()> {
             break;
         }
     }
-    let report = stats.lock().map(|s| s.report()).unwrap_or(Value::Null);
+    let report = stats.lock().map(|s| s.report()).unwrap_or_default();
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
     println!("{text}");
     if let Some(f) = &args.json {

@@ -1,8 +1,9 @@
-//! The test kit: private Redis processes (standalone, cluster), `roomcast` gateway
-//! processes, a fault proxy (also the `fault-proxy` binary of `make chaos`), WebSocket
-//! clients and a minimal HTTP client, for the
-//! gateway's integration tests. Everything binds loopback, is stopped by pid on drop, and
-//! waits on conditions with deadlines instead of sleeping. A failed expectation panics:
+//! The test kit: private Redis processes (standalone, cluster, Sentinel, TLS), `roomcast`
+//! gateway processes, a fault proxy, WebSocket clients and a minimal HTTP client, for the
+//! gateway's integration tests and for `cargo xtask` (bench, soak and chaos drive the
+//! same processes; [`Gateway::launch`] starts a gateway the way they need it). Everything
+//! binds loopback, is stopped by pid on drop, and waits on conditions with deadlines
+//! instead of sleeping. A failed expectation panics:
 //! that is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
@@ -24,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+mod launch;
 mod proxy;
 mod receiver;
 mod redis;
@@ -31,7 +33,7 @@ mod sentinel;
 mod tls;
 pub use proxy::Proxy;
 pub use receiver::{signature_valid, verify_with_standardwebhooks, Answer, Delivery, Receiver};
-pub use redis::{cmd_at, free_cluster_port, free_port, scratch_dir, ClusterNode, Redis};
+pub use redis::{cmd_at, free_cluster_port, free_port, scratch_dir, ClusterNode, Redis, Server};
 pub use sentinel::{RedisNode, SentinelDeployment};
 pub use tls::{Pki, TlsCluster, TlsRedis, TlsSentinel};
 

@@ -1,6 +1,6 @@
 //! The fault proxy: a TCP proxy between gateways and Redis that adds latency, partitions
-//! and cuts. The integration tests run it in process ([`Proxy`]); `make chaos` runs it as
-//! the `fault-proxy` binary, told what to do over a control port ([`Proxy::command`]).
+//! and cuts. The integration tests and `make chaos` (`cargo xtask chaos`) run it in
+//! process ([`Proxy`]).
 //!
 //! Faults, each whenever the caller says:
 //! - **delay**: every chunk Redis sends back waits that long (requests pass at once, so the
@@ -128,24 +128,6 @@ impl Proxy {
     pub fn restore(&self) {
         Faults::replace(&self.faults.cut);
     }
-
-    /// Applies one control command, as `fault-proxy` reads them from its control port:
-    /// `delay MS`, `blackhole`, `heal`, `cut` or `restore`.
-    pub fn command(&self, line: &str) -> Result<(), String> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words[..] {
-            ["delay", ms] => {
-                let ms: u64 = ms.parse().map_err(|_| format!("not milliseconds: {ms}"))?;
-                self.set_delay(Duration::from_millis(ms));
-            }
-            ["blackhole"] => self.blackhole(),
-            ["heal"] => self.heal(),
-            ["cut"] => self.cut(),
-            ["restore"] => self.restore(),
-            _ => return Err(format!("unknown command: {line}")),
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Proxy {
@@ -261,19 +243,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_delay_set_by_command_lengthens_each_round_trip_by_it() {
+    async fn a_delay_lengthens_each_round_trip_by_it() {
         let proxy = Proxy::start(echo().await).await;
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         let delay = Duration::from_millis(200);
         let fast = round_trip(&mut s, Duration::from_secs(5)).await.unwrap();
         assert!(fast < delay, "{fast:?} without a delay");
-        proxy.command("delay 200").unwrap();
+        proxy.set_delay(delay);
         let slow = round_trip(&mut s, Duration::from_secs(5)).await.unwrap();
         assert!(slow >= delay, "{slow:?} with 200 ms");
-        proxy.command("delay 0").unwrap();
+        proxy.set_delay(Duration::ZERO);
         assert!(round_trip(&mut s, Duration::from_secs(5)).await.is_some());
-        assert!(proxy.command("delay soon").is_err());
-        assert!(proxy.command("flood").is_err());
     }
 
     #[tokio::test]
@@ -283,7 +263,7 @@ mod tests {
         assert!(round_trip(&mut caught, Duration::from_secs(5))
             .await
             .is_some());
-        proxy.command("blackhole").unwrap();
+        proxy.blackhole();
         assert_eq!(
             round_trip(&mut caught, Duration::from_millis(300)).await,
             None,
@@ -292,7 +272,7 @@ mod tests {
         // Accepted, but it reaches upstream only after the heal.
         let mut during = TcpStream::connect(proxy.addr).await.unwrap();
         during.write_all(b"ping").await.unwrap();
-        proxy.command("heal").unwrap();
+        proxy.heal();
         assert!(closed(&mut caught, Duration::from_secs(5)).await);
         let mut buf = [0u8; 4];
         tokio::time::timeout(Duration::from_secs(5), during.read_exact(&mut buf))
@@ -311,11 +291,11 @@ mod tests {
         let proxy = Proxy::start(echo().await).await;
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         assert!(round_trip(&mut s, Duration::from_secs(5)).await.is_some());
-        proxy.command("cut").unwrap();
+        proxy.cut();
         assert!(closed(&mut s, Duration::from_secs(5)).await);
         let mut refused = TcpStream::connect(proxy.addr).await.unwrap();
         assert!(closed(&mut refused, Duration::from_secs(5)).await);
-        proxy.command("restore").unwrap();
+        proxy.restore();
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         assert!(round_trip(&mut s, Duration::from_secs(5)).await.is_some());
     }

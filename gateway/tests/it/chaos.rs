@@ -1,4 +1,4 @@
-//! The short forms of `make chaos` (scripts/chaos.sh), in every `make test`: faults
+//! The short forms of `make chaos` (`cargo xtask chaos`), in every `make test`: faults
 //! injected under steady load from the load generator's reconnecting clients, whose
 //! accounting must balance: every acked message delivered to every display once and in
 //! order, across the fault (`--fail-on-loss` makes the generator exit 3 otherwise).

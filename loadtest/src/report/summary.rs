@@ -5,24 +5,24 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{histogram, Partial, Readiness};
 use crate::cli::Args;
 use crate::seq::Tally;
 
 /// One second of the report's timeline.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub(crate) struct Point {
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Point {
     /// Seconds from the go.
-    pub(crate) t: usize,
+    pub t: usize,
     /// Deliveries that carried a send time.
-    pub(crate) delivered: u64,
-    pub(crate) p99_ms: f64,
-    pub(crate) max_ms: f64,
-    pub(crate) reconnects: u64,
+    pub delivered: u64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub reconnects: u64,
     /// Gateways not ready at some poll in this second.
-    pub(crate) not_ready: u64,
+    pub not_ready: u64,
 }
 
 fn rebuild(buckets: &[(u64, u64)]) -> Histogram<u64> {
@@ -34,14 +34,14 @@ fn rebuild(buckets: &[(u64, u64)]) -> Histogram<u64> {
 }
 
 /// Percentiles of one histogram, in milliseconds.
-#[derive(Debug, Serialize)]
-pub(crate) struct Percentiles {
-    pub(crate) count: u64,
-    pub(crate) p50_ms: f64,
-    pub(crate) p90_ms: f64,
-    pub(crate) p99_ms: f64,
-    pub(crate) p999_ms: f64,
-    pub(crate) max_ms: f64,
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
 }
 
 impl Percentiles {
@@ -58,62 +58,64 @@ impl Percentiles {
     }
 }
 
-/// The result of a run.
-#[derive(Debug, Serialize)]
-pub(crate) struct Report {
-    pub(crate) urls: Vec<String>,
-    pub(crate) sessions: usize,
-    pub(crate) displays_per_session: usize,
-    pub(crate) rate_per_session: f64,
-    pub(crate) payload_bytes: usize,
-    pub(crate) protocol: String,
+/// The result of a run. Read back (`cargo xtask`), a field that an older load generator
+/// did not write yet reads as zero or empty, so committed reports stay readable.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Report {
+    pub urls: Vec<String>,
+    pub sessions: usize,
+    pub displays_per_session: usize,
+    pub rate_per_session: f64,
+    pub payload_bytes: usize,
+    pub protocol: String,
     /// From the go to the last client done (publishing, then the drain).
-    pub(crate) duration_s: f64,
+    pub duration_s: f64,
     /// The configured publishing time (`--duration`).
-    pub(crate) publish_s: f64,
-    pub(crate) published: u64,
-    pub(crate) acked: u64,
-    pub(crate) delivered: u64,
-    pub(crate) expected: u64,
-    pub(crate) deliveries_per_s: f64,
+    pub publish_s: f64,
+    pub published: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    pub expected: u64,
+    pub deliveries_per_s: f64,
     /// Messages a display should have got and never did: gaps, and the tail after the
     /// last one it saw.
-    pub(crate) lost: u64,
-    pub(crate) duplicated: u64,
-    pub(crate) out_of_order: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
     /// `duplicated + out_of_order` (both must be 0).
-    pub(crate) duplicated_or_reordered: u64,
+    pub duplicated_or_reordered: u64,
     /// Seqs that `recovered: false` rejoins could not bring back (beyond the window).
-    pub(crate) unrecoverable: u64,
+    pub unrecoverable: u64,
     /// Seqs of an old numbering that displays never got because it started over.
-    pub(crate) reset_lost: u64,
+    pub reset_lost: u64,
     /// `lost + duplicated + out_of_order`: what no reset or window explains.
-    pub(crate) unexplained: u64,
-    pub(crate) reconnects: u64,
-    pub(crate) publish_retries: u64,
+    pub unexplained: u64,
+    pub reconnects: u64,
+    pub publish_retries: u64,
     /// Displays told their session's numbering had started over.
-    pub(crate) numbering_resets: u64,
+    pub numbering_resets: u64,
     /// Rejoins answered `recovered: false` in the same numbering.
-    pub(crate) not_recovered: u64,
+    pub not_recovered: u64,
     /// Connection lost to caught up again, per reconnect of a display.
-    pub(crate) recovery: Percentiles,
+    pub recovery: Percentiles,
     /// The second with the highest p99 publish-to-receive latency.
-    pub(crate) worst_second: Option<Point>,
-    pub(crate) readiness: BTreeMap<String, Readiness>,
-    pub(crate) timeline: Vec<Point>,
-    pub(crate) latency: Percentiles,
-    pub(crate) connect: Percentiles,
-    pub(crate) join: Percentiles,
-    pub(crate) connect_join: Percentiles,
+    pub worst_second: Option<Point>,
+    pub readiness: BTreeMap<String, Readiness>,
+    pub timeline: Vec<Point>,
+    pub latency: Percentiles,
+    pub connect: Percentiles,
+    pub join: Percentiles,
+    pub connect_join: Percentiles,
     /// A publish's send to its ack (publish→ack): what the gateway's publish path costs
     /// a controller.
-    pub(crate) ack: Percentiles,
+    pub ack: Percentiles,
     /// From the first connect to the last client joined (the slowest worker's).
-    pub(crate) connect_phase_s: f64,
-    pub(crate) workers: usize,
-    pub(crate) errors: BTreeMap<String, u64>,
+    pub connect_phase_s: f64,
+    pub workers: usize,
+    pub errors: BTreeMap<String, u64>,
     /// Connections that reconnecting clients lost, by how they ended.
-    pub(crate) drops: BTreeMap<String, u64>,
+    pub drops: BTreeMap<String, u64>,
 }
 
 impl Report {
