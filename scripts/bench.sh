@@ -36,6 +36,10 @@ LT_PIN=()
 GW=${ROOMCAST_BIN:-target/release/roomcast}
 mkdir -p "$OUT" "$WORK"
 
+# The reports are read in Rust, with the load generator's own types (`xtask report`,
+# xtask/src/bench/report.rs): through the binary `cargo xtask bench` runs as, or cargo's.
+if [[ -n ${XTASK:-} ]]; then XTASK=("$XTASK"); else XTASK=(cargo run -q -p roomcast-xtask --); fi
+
 # shellcheck source=scripts/procs.sh
 source scripts/procs.sh
 trap stop_all EXIT
@@ -101,18 +105,8 @@ urls() {
   done
 }
 
-# node_health PORT FIELD: rss_bytes or connections, from either server's /health.
-node_health() {
-  curl -sf "http://127.0.0.1:$1/health" | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-field = sys.argv[1]
-if "checks" in d:  # roomcast
-    v = d["checks"]["memory"]["rss_bytes"] if field == "rss" else d["checks"]["connections"]["count"]
-else:  # socket.io peer
-    v = d["rss_bytes"] if field == "rss" else d["sockets"]
-print(v)' "$2"
-}
+# node_health PORT FIELD: rss or conns, from either server's /health.
+node_health() { "${XTASK[@]}" health "$1" "$2"; }
 
 # server_ticks: clock ticks used so far by every server process in NODES.
 server_ticks() {
@@ -133,7 +127,7 @@ build() {
 }
 
 # commandstats FILE: a standalone Redis's INFO commandstats (calls and µs per command),
-# read at both ends of a fan-out window: bench_report.py turns the difference into calls
+# read at both ends of a fan-out window: `xtask report` turns the difference into calls
 # and Redis µs per published message (`redis_commands_per_publish` in the step's row).
 commandstats() {
   if [[ ${#REDIS_PIDS[@]} == 1 && -n $REDIS_PORT ]]; then
@@ -162,7 +156,7 @@ fanout_run() {
   # The load generator shares the cores: its own CPU time (user + system, from the
   # kernel's accounting of the finished child) goes into the sidecar too.
   # shellcheck disable=SC2046
-  python3 scripts/bench_report.py child-cpu "$file.lt-cpu" \
+  "${XTASK[@]}" report child-cpu "$file.lt-cpu" -- \
     "${LT_PIN[@]}" "$LT" $(urls "$protocol") --protocol "$protocol" --secret "$SECRET" --sessions "${SESSIONS:-100}" \
     --displays "${DISPLAYS:-10}" --rate "$rate" --payload 64 --duration "$DURATION" --ramp 2s \
     --prefix "f$label$rate" --progress false --json "$file" --started-file "$file.started" \
@@ -206,7 +200,7 @@ perf_stat_window() {
 # Steps the per-session rate up while p99 stays under 50 ms with nothing lost, duplicated
 # or reordered, and stops at the first failing step or once the load generator can no
 # longer offer the rate (it shares the cores); then runs at a quarter of the best
-# achieved rate. `bench_report.py step` decides: 0 go on, 1 failed, 2 saturated.
+# achieved rate. `xtask report step` decides: 0 go on, 1 failed, 2 saturated.
 fanout_search() {
   local label=$1 protocol=$2
   local rate file verdict
@@ -215,18 +209,18 @@ fanout_search() {
     log "fan-out $label: 100 sessions x 10 displays, $rate msg/s per session"
     fanout_run "$label" "$protocol" "$rate" "$file"
     verdict=0
-    python3 scripts/bench_report.py step "$file" 50 || verdict=$?
+    "${XTASK[@]}" report step "$file" 50 || verdict=$?
     [[ $verdict == 0 ]] || break
   done
   local quarter
-  quarter=$(python3 scripts/bench_report.py quarter "$OUT" "$label")
+  quarter=$("${XTASK[@]}" report quarter "$OUT" "$label")
   if [[ -z $quarter ]]; then
     echo "bench: fan-out $label failed at the lowest rate" >&2
     return 0
   fi
   log "fan-out $label at 25 % of the best achieved rate: $quarter msg/s per session"
   fanout_run "$label" "$protocol" "$quarter" "$OUT/fanout-$label-quarter.json"
-  python3 scripts/bench_report.py fanout "$OUT" "$label" >"$OUT/fanout-$label-summary.json"
+  "${XTASK[@]}" report fanout "$OUT" "$label" >"$OUT/fanout-$label-summary.json"
 }
 
 scenario_fanout() {
@@ -277,7 +271,7 @@ idle_run() {
   done
   wait "$lt" || true
   printf '%s\n' "${result[@]}" |
-    python3 scripts/bench_report.py idle "$label" "$window" "$(getconf CLK_TCK)" "$redis_used" >"$OUT/idle-$label.json"
+    "${XTASK[@]}" report idle "$label" "$window" "$(getconf CLK_TCK)" "$redis_used" >"$OUT/idle-$label.json"
   cat "$OUT/idle-$label.json" >&2
 }
 
@@ -292,20 +286,8 @@ scenario_idle() {
 # publish-path durable` (xtask/src/bench/).
 
 # --- Redis Cluster: the publish path on 1, 2 and 3 primaries, fan-out against standalone
-free_cluster_port() {
-  # A port whose cluster-bus port (+10000) is free too.
-  python3 - <<'PY'
-import random, socket
-for _ in range(2000):
-    p = random.randint(20000, 45000)
-    try:
-        for q in (p, p + 10000):
-            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
-        print(p); break
-    except OSError:
-        pass
-PY
-}
+# free_cluster_port: a port whose cluster-bus port (+10000) is free too.
+free_cluster_port() { "${XTASK[@]}" free-port --cluster; }
 
 # start_cluster N: a private Redis Cluster of N primaries (no replicas), the slots split
 # evenly (redis-cli --cluster create wants three, so the slots are assigned by hand).
@@ -359,15 +341,7 @@ scenario_cluster() {
     r0=$(redis_ticks)
     cargo bench -q -p roomcast-gateway --bench publish_path -- \
       "$CLUSTER_URL" 10 "$concurrency" 1000 >"$file"
-    python3 - "$file" "$n" "$(($(redis_ticks) - r0))" "$(getconf CLK_TCK)" <<'PY'
-import json, sys
-f, n, ticks, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-r = json.load(open(f))
-r["primaries"] = n
-r["redis_cpu_s"] = ticks / hz
-r["redis_cpu_us_per_publish"] = ticks / hz * 1e6 / max(r["publishes"], 1)
-json.dump(r, open(f, "w"))
-PY
+    "${XTASK[@]}" report cluster-publish "$file" "$n" "$(($(redis_ticks) - r0))" "$(getconf CLK_TCK)"
     cat "$file" >&2
   done
   # Fan-out at one load, standalone against the 3-primary cluster: two gateways,
@@ -389,26 +363,7 @@ PY
     file="$OUT/cluster-fanout-$label.json"
     fanout_run "cl$label" json "$rate" "$file"
   done
-  python3 - "$WORK" "$OUT" >"$OUT/cluster.json" <<'PY'
-import json, sys
-work, out = sys.argv[1], sys.argv[2]
-publish = [json.load(open(f"{work}/cluster-publish-{n}.json")) for n in (1, 2, 3)]
-fanout = {}
-for label in ("standalone", "cluster3"):
-    r = json.load(open(f"{out}/cluster-fanout-{label}.json"))
-    c = json.load(open(f"{out}/cluster-fanout-{label}.json.cpu"))
-    hz = c["clk_tck"]
-    fanout[label] = {
-        "deliveries_per_s": r["deliveries_per_s"],
-        "p50_ms": r["latency"].get("p50_ms"),
-        "p99_ms": r["latency"].get("p99_ms"),
-        "lost": r["lost"],
-        "duplicated_or_reordered": r["duplicated_or_reordered"],
-        "server_cpu_us_per_delivery": c["server_ticks"] / hz * 1e6 / max(r["delivered"], 1),
-        "redis_cpu_us_per_delivery": c["redis_ticks"] / hz * 1e6 / max(r["delivered"], 1),
-    }
-print(json.dumps({"scenario": "cluster", "publish_path": publish, "fanout": fanout}, indent=2))
-PY
+  "${XTASK[@]}" report cluster "$WORK" "$OUT" >"$OUT/cluster.json"
   cat "$OUT/cluster.json" >&2
 }
 
@@ -451,7 +406,7 @@ compare_servers() {
       log "$prefix $server: 100 sessions x 10 displays, $rate msg/s per session"
       fanout_run "$prefix-$server" "$([[ $server == socketio ]] && echo socketio || echo json)" "$rate" "$file"
       verdict=0
-      python3 scripts/bench_report.py step "$file" 50 || verdict=$?
+      "${XTASK[@]}" report step "$file" 50 || verdict=$?
       [[ $prefix != pinned || $verdict == 0 ]] || break
     done
   done
@@ -476,8 +431,8 @@ scenario_compare() {
     echo "bench: the pinned comparison needs taskset and two cores; skipped" >&2
   fi
   stop_all
-  python3 scripts/bench_report.py compare "$OUT" >"$OUT/compare.json"
-  python3 scripts/bench_report.py compare-markdown "$OUT" >&2
+  "${XTASK[@]}" report compare "$OUT" >"$OUT/compare.json"
+  "${XTASK[@]}" report compare-markdown "$OUT" >&2
 }
 
 # --- profiles: where the CPU goes under fan-out (issue 15) and in small rooms (30) ------
@@ -562,7 +517,7 @@ scenario_cost() {
     log "cost: 100 sessions x $d displays, 40 msg/s per session"
     DISPLAYS=$d fanout_run "cost$d" json 40 "$OUT/cost-d$d.json"
   done
-  python3 scripts/bench_report.py cost "$OUT" >"$OUT/cost.json"
+  "${XTASK[@]}" report cost "$OUT" >"$OUT/cost.json"
   cat "$OUT/cost.json" >&2
 }
 
@@ -619,8 +574,8 @@ scenario_small() {
     done
   done
   stop_all
-  python3 scripts/bench_report.py small "$OUT" >"$OUT/small.json"
-  python3 scripts/bench_report.py small-markdown "$OUT" >&2
+  "${XTASK[@]}" report small "$OUT" >"$OUT/small.json"
+  "${XTASK[@]}" report small-markdown "$OUT" >&2
 }
 
 # --- small rooms: a published message's budget in syscalls, wake-ups, allocations -------
@@ -658,8 +613,8 @@ scenario_budget() {
     done
   done
   stop_all
-  python3 scripts/bench_report.py budget "$OUT" >"$OUT/budget.json"
-  python3 scripts/bench_report.py budget-markdown "$OUT" >&2
+  "${XTASK[@]}" report budget "$OUT" >"$OUT/budget.json"
+  "${XTASK[@]}" report budget-markdown "$OUT" >&2
 }
 
 # --- 7. the lifecycle clock at scale: `cargo xtask bench lifecycle` (xtask/src/bench.rs).
@@ -700,4 +655,4 @@ for s in "$@"; do
   esac
 done
 stop_all
-python3 scripts/bench_report.py table "$OUT" >&2
+"${XTASK[@]}" report table "$OUT" >&2

@@ -26,9 +26,7 @@ LOADGEN_ENV=(ROOMCAST_MAX_PENDING_PER_IP=0 ROOMCAST_RATE_PUBLISH=0 ROOMCAST_RATE
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+free_port() { "${XTASK[@]}" free-port; }
 
 # wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND until it succeeds or time is up.
 wait_for() {

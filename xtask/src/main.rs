@@ -32,6 +32,21 @@ enum Task {
     Soak(soak::Args),
     /// Fault scenarios under load, judged on the acked-vs-delivered accounting.
     Chaos(chaos::Args),
+    /// What scripts/bench.sh asks of the load generator's reports.
+    #[command(subcommand)]
+    Report(bench::ReportCmd),
+    /// A free loopback port (`--cluster`: one whose cluster-bus port is free too).
+    #[command(hide = true)]
+    FreePort {
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// `rss` or `conns` from a gateway's or the Socket.IO peer's `/health`.
+    #[command(hide = true)]
+    Health {
+        port: u16,
+        field: bench::HealthField,
+    },
     /// Silent connections to a gateway (the silent scenario runs two of these).
     #[command(hide = true)]
     Flood(bench::FloodArgs),
@@ -44,6 +59,25 @@ async fn main() -> ExitCode {
         Task::Soak(args) => soak::run(args).await,
         Task::Chaos(args) => chaos::run(args).await,
         Task::Flood(args) => bench::flood(args).await,
+        Task::FreePort { cluster } => {
+            let port = if cluster {
+                testkit::free_cluster_port()
+            } else {
+                testkit::free_port()
+            };
+            println!("{port}");
+            Ok(true)
+        }
+        Task::Health { port, field } => bench::health(port, field).await,
+        Task::Report(cmd) => {
+            return match bench::report(cmd) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("xtask: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     };
     match outcome {
         Ok(true) => ExitCode::SUCCESS,

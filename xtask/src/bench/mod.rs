@@ -1,10 +1,10 @@
 //! `make bench` (`cargo xtask bench`): the benchmark scenarios of BENCHMARKS.md. The ones
-//! moved to Rust ([`OWNED`]) run here on the test kit; the rest (the fan-out family, which
-//! shares `fanout_run` and its report in `scripts/bench_report.py`, and the two that
-//! also run against the Socket.IO peer, idle and peer) still run in `scripts/bench.sh`,
-//! which this driver calls with their names, so `make bench` keeps its names and options
-//! while the move goes on. Results go to `bench/` (`BENCH_OUT`), in the formats the
-//! scripts wrote.
+//! moved to Rust ([`OWNED`]) run here on the test kit; the rest (the fan-out family,
+//! which shares `fanout_run`, and the two that also run against the Socket.IO peer, idle
+//! and peer) still run in `scripts/bench.sh`, which this driver calls with their names,
+//! so `make bench` keeps its names and options while the move goes on. That script's
+//! reports are read here too (`xtask report`, [`report`]). Results go to `bench/`
+//! (`BENCH_OUT`), in the formats the scripts wrote.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,10 +16,12 @@ use crate::kit::{self, gateway_env, Load, Profile, Result, Workspace, GATEWAY_RE
 
 mod lifecycle;
 mod publish;
+mod report;
 mod silent;
 mod simple;
 mod webhooks;
 
+pub(crate) use report::{run as report, ReportCmd};
 pub(crate) use silent::{flood, FloodArgs};
 
 /// The scenarios this driver runs itself, in the order `all` runs them (after the
@@ -80,8 +82,11 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
     };
     let mut passed = true;
     if !scripted.is_empty() {
+        // The script reads its reports through this binary (`xtask report`).
+        let xtask = std::env::current_exe().map_err(|e| e.to_string())?;
         let status = std::process::Command::new(ws.root.join("scripts/bench.sh"))
             .args(&scripted)
+            .env("XTASK", xtask)
             .current_dir(&ws.root)
             .status()
             .map_err(|e| format!("cannot run scripts/bench.sh: {e}"))?;
@@ -209,6 +214,30 @@ impl Bench {
         let path = self.out.join(name);
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
+}
+
+/// What `xtask health` prints of a server's `/health`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum HealthField {
+    Rss,
+    Conns,
+}
+
+/// `xtask health PORT FIELD`: resident memory or connections, from a gateway's `/health`
+/// or the Socket.IO peer's (which answers its own shape).
+pub(crate) async fn health(port: u16, field: HealthField) -> Result<bool> {
+    let (status, body) = testkit::http_get(([127, 0, 0, 1], port).into(), "/health").await;
+    let h: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| format!("/health on {port} answered {status}: {e}"))?;
+    let roomcast = h.get("checks").is_some();
+    let v = match (field, roomcast) {
+        (HealthField::Rss, true) => &h["checks"]["memory"]["rss_bytes"],
+        (HealthField::Conns, true) => &h["checks"]["connections"]["count"],
+        (HealthField::Rss, false) => &h["rss_bytes"],
+        (HealthField::Conns, false) => &h["sockets"],
+    };
+    println!("{v}");
+    Ok(true)
 }
 
 /// A server process other than a gateway (the floor peer).

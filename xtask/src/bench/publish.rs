@@ -117,11 +117,11 @@ fn requests_per_s(csv: &str) -> Option<f64> {
 #[derive(Debug, Serialize)]
 struct PublishPath {
     scenario: &'static str,
-    gateway_store_publish_per_s: f64,
+    gateway_store_publish_per_s: i64,
     gateway_failed: Value,
-    redis_benchmark_per_s: Option<f64>,
-    redis_benchmark_pipelined_16_per_s: Option<f64>,
-    ceiling_per_s: Option<f64>,
+    redis_benchmark_per_s: Option<i64>,
+    redis_benchmark_pipelined_16_per_s: Option<i64>,
+    ceiling_per_s: Option<i64>,
     ratio_to_ceiling: Option<f64>,
     concurrency: Value,
     sessions: Value,
@@ -134,11 +134,11 @@ fn publish_path_report(ours: &Value, plain: Option<f64>, pipelined: Option<f64>)
     let ceiling = plain.into_iter().chain(pipelined).reduce(f64::max);
     PublishPath {
         scenario: "publish-path",
-        gateway_store_publish_per_s: per_s.round(),
+        gateway_store_publish_per_s: per_s.round() as i64,
         gateway_failed: ours["failed"].clone(),
-        redis_benchmark_per_s: plain.map(f64::round),
-        redis_benchmark_pipelined_16_per_s: pipelined.map(f64::round),
-        ceiling_per_s: ceiling.map(f64::round),
+        redis_benchmark_per_s: plain.map(|v| v.round() as i64),
+        redis_benchmark_pipelined_16_per_s: pipelined.map(|v| v.round() as i64),
+        ceiling_per_s: ceiling.map(|v| v.round() as i64),
         ratio_to_ceiling: ceiling.map(|c| (per_s / c * 1000.0).round() / 1000.0),
         concurrency: ours["concurrency"].clone(),
         sessions: ours["sessions"].clone(),
@@ -254,7 +254,7 @@ mod tests {
     fn the_ceiling_is_the_faster_of_the_two_benchmarks() {
         let ours = serde_json::json!({"publishes_per_s": 59725.4, "failed": 0, "concurrency": 64, "sessions": 100, "redis_pool": 4});
         let r = publish_path_report(&ours, Some(43099.0), Some(65242.0));
-        assert_eq!(r.ceiling_per_s, Some(65242.0));
+        assert_eq!(r.ceiling_per_s, Some(65242));
         assert_eq!(r.ratio_to_ceiling, Some(0.915));
         let none = publish_path_report(&ours, None, None);
         assert_eq!(none.ratio_to_ceiling, None);
