@@ -27,9 +27,9 @@ test-only: ## run every test (each starts its own private Redis instances), the 
 	$(MAKE) test-cluster
 	$(MAKE) test-soak
 
-# The short soak runs the xtask binary that `cargo test --workspace` built (xtask/tests
-# needs it) with the test run's features: `cargo xtask` would build it apart, and with it
-# everything below it again.
+# The short soak and the contract test run the xtask binary that `cargo test --workspace`
+# built (xtask/tests needs it) with the test run's features: `cargo xtask` would build it
+# apart, and with it everything below it again.
 test-soak: ## the short form of make soak: 2 minutes at small scale on the debug build; fails on loss, leaks left after the run, keys without a TTL
 	test -x target/debug/xtask || $(CARGO) build -q -p roomcast-xtask
 	SOAK_PROFILE=debug SOAK_MINUTES=2 SOAK_WARMUP=40 SOAK_SESSIONS=20 SOAK_DISPLAYS=5 SOAK_RATE=10 \
@@ -54,7 +54,8 @@ lint: ## rustfmt and clippy, warnings are errors
 
 contract-test: ## schemathesis against the served OpenAPI document (private Redis and gateway)
 	$(CARGO) build -q -p roomcast-gateway
-	scripts/contract-test.sh
+	test -x target/debug/xtask || $(CARGO) build -q -p roomcast-xtask
+	target/debug/xtask contract
 
 k8s-check: ## render k8s/ with kustomize and validate it offline; promtool on alerts; hadolint
 	scripts/k8s-check.sh

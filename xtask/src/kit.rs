@@ -197,11 +197,30 @@ impl Load {
         args: &[String],
         started: Option<&Path>,
     ) -> Result<Load> {
+        Load::spawn_pinned(ws, work, name, args, started, None)
+    }
+
+    /// [`Load::spawn`], on CPU `core` only when given (`taskset -c`).
+    pub(crate) fn spawn_pinned(
+        ws: &Workspace,
+        work: &Path,
+        name: &str,
+        args: &[String],
+        started: Option<&Path>,
+        core: Option<&str>,
+    ) -> Result<Load> {
         let file = |ext: &str| {
             std::fs::File::create(work.join(format!("{name}.{ext}")))
                 .map_err(|e| format!("cannot write in {}: {e}", work.display()))
         };
-        let mut cmd = Command::new(ws.bin("loadtest"));
+        let mut cmd = match core {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", core]).arg(ws.bin("loadtest"));
+                c
+            }
+            None => Command::new(ws.bin("loadtest")),
+        };
         cmd.args(args)
             .args(["--progress", "false"])
             .stdin(Stdio::null())

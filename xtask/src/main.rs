@@ -1,4 +1,5 @@
-//! `cargo xtask`: the drivers behind `make bench`, `make soak` and `make chaos`. They start private
+//! `cargo xtask`: the drivers behind `make bench`, `make soak`, `make chaos` and `make
+//! contract-test`. They start private
 //! processes through the test kit (the integration tests' own), drive them with the load
 //! generator, and judge what it reports with the types that wrote the report
 //! (`roomcast_loadtest::report`). Exit status: 0 passed, 1 a verdict failed, 2 the run
@@ -6,6 +7,7 @@
 
 mod bench;
 mod chaos;
+mod contract;
 mod kit;
 mod report;
 mod soak;
@@ -32,21 +34,11 @@ enum Task {
     Soak(soak::Args),
     /// Fault scenarios under load, judged on the acked-vs-delivered accounting.
     Chaos(chaos::Args),
-    /// What scripts/bench.sh asks of the load generator's reports.
+    /// schemathesis against the served OpenAPI document (make contract-test).
+    Contract(contract::Args),
+    /// A benchmark summary or table rendered again from the results on disk.
     #[command(subcommand)]
     Report(bench::ReportCmd),
-    /// A free loopback port (`--cluster`: one whose cluster-bus port is free too).
-    #[command(hide = true)]
-    FreePort {
-        #[arg(long)]
-        cluster: bool,
-    },
-    /// `rss` or `conns` from a gateway's or the Socket.IO peer's `/health`.
-    #[command(hide = true)]
-    Health {
-        port: u16,
-        field: bench::HealthField,
-    },
     /// Silent connections to a gateway (the silent scenario runs two of these).
     #[command(hide = true)]
     Flood(bench::FloodArgs),
@@ -58,17 +50,8 @@ async fn main() -> ExitCode {
         Task::Bench(args) => bench::run(args).await,
         Task::Soak(args) => soak::run(args).await,
         Task::Chaos(args) => chaos::run(args).await,
+        Task::Contract(args) => contract::run(args).await,
         Task::Flood(args) => bench::flood(args).await,
-        Task::FreePort { cluster } => {
-            let port = if cluster {
-                testkit::free_cluster_port()
-            } else {
-                testkit::free_port()
-            };
-            println!("{port}");
-            Ok(true)
-        }
-        Task::Health { port, field } => bench::health(port, field).await,
         Task::Report(cmd) => {
             return match bench::report(cmd) {
                 Ok(code) => ExitCode::from(code),

@@ -17,3 +17,17 @@ fn an_unknown_scenario_is_refused_before_anything_starts() {
         "{err}"
     );
 }
+
+#[test]
+fn an_unknown_benchmark_is_refused_with_the_list_before_anything_builds() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["bench", "fanout", "fanot"])
+        .output()
+        .expect("run xtask");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no scenario \"fanot\"") && err.contains("small budget"),
+        "{err}"
+    );
+}

@@ -1,10 +1,10 @@
-//! `make bench` (`cargo xtask bench`): the benchmark scenarios of BENCHMARKS.md. The ones
-//! moved to Rust ([`OWNED`]) run here on the test kit; the rest (the fan-out family,
-//! which shares `fanout_run`, and the two that also run against the Socket.IO peer, idle
-//! and peer) still run in `scripts/bench.sh`, which this driver calls with their names,
-//! so `make bench` keeps its names and options while the move goes on. That script's
-//! reports are read here too (`xtask report`, [`report`]). Results go to `bench/`
-//! (`BENCH_OUT`), in the formats the scripts wrote.
+//! `make bench` (`cargo xtask bench`): the benchmark scenarios of BENCHMARKS.md
+//! ([`SCENARIOS`]), each against fresh private processes started through the test kit
+//! (until 2026-12-07 `scripts/bench.sh`). Results go to `bench/` (`BENCH_OUT`), in the
+//! formats the script wrote, and the knobs are the environment variables it read.
+//! `simple.rs`, `publish.rs`, `silent.rs`, `webhooks.rs`, `lifecycle.rs`: the scenarios
+//! of one kind each; `fanout.rs`: the fan-out family's machinery, `family.rs` its
+//! scenarios, `report.rs` their summaries.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,6 +14,8 @@ use testkit::{Gateway, KilledOnDrop, Server};
 
 use crate::kit::{self, gateway_env, Load, Profile, Result, Workspace, GATEWAY_READY};
 
+mod family;
+mod fanout;
 mod lifecycle;
 mod publish;
 mod report;
@@ -24,17 +26,25 @@ mod webhooks;
 pub(crate) use report::{run as report, ReportCmd};
 pub(crate) use silent::{flood, FloodArgs};
 
-/// The scenarios this driver runs itself, in the order `all` runs them (after the
-/// script's); every other name goes to `scripts/bench.sh`.
-pub(crate) const OWNED: [&str; 8] = [
+/// Every scenario, in the order `all` runs them (`profile` runs only by name).
+pub(crate) const SCENARIOS: [&str; 17] = [
     "publish-path",
     "durable",
+    "cluster",
+    "fanout",
     "storm",
+    "idle",
     "broadcast",
+    "peer",
+    "compare",
+    "cost",
+    "small",
+    "budget",
     "micro",
     "lifecycle",
     "silent",
     "webhooks",
+    "profile",
 ];
 
 #[derive(Debug, clap::Args)]
@@ -65,45 +75,26 @@ pub(crate) struct Args {
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
 
-/// Runs the scenarios; `Ok(false)` when `scripts/bench.sh` failed.
+/// Runs the scenarios asked for (none, or `all`: every one but `profile`), then prints
+/// the table of what the results in the output directory say.
 pub(crate) async fn run(args: Args) -> Result<bool> {
     let all = args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == "all");
+    let picked: Vec<&str> = if all {
+        SCENARIOS
+            .iter()
+            .copied()
+            .filter(|s| *s != "profile")
+            .collect()
+    } else {
+        args.scenarios.iter().map(String::as_str).collect()
+    };
+    if let Some(unknown) = picked.iter().find(|s| !SCENARIOS.contains(s)) {
+        return Err(format!(
+            "no scenario {unknown:?}; the scenarios: {} (or all)",
+            SCENARIOS.join(" ")
+        ));
+    }
     let ws = Workspace::new(Profile::Release);
-    // The scenarios still in bash, by name (`all`: bench.sh's own list, which no longer
-    // holds the ones moved here).
-    let scripted: Vec<&str> = if all {
-        vec!["all"]
-    } else {
-        args.scenarios
-            .iter()
-            .map(String::as_str)
-            .filter(|s| !OWNED.contains(s))
-            .collect()
-    };
-    let mut passed = true;
-    if !scripted.is_empty() {
-        // The script reads its reports through this binary (`xtask report`).
-        let xtask = std::env::current_exe().map_err(|e| e.to_string())?;
-        let status = std::process::Command::new(ws.root.join("scripts/bench.sh"))
-            .args(&scripted)
-            .env("XTASK", xtask)
-            .current_dir(&ws.root)
-            .status()
-            .map_err(|e| format!("cannot run scripts/bench.sh: {e}"))?;
-        passed = status.success();
-    }
-    let owned: Vec<&str> = if all {
-        OWNED.to_vec()
-    } else {
-        args.scenarios
-            .iter()
-            .map(String::as_str)
-            .filter(|s| OWNED.contains(s))
-            .collect()
-    };
-    if owned.is_empty() {
-        return Ok(passed);
-    }
     ws.build()?;
     let bench = Bench {
         out: ws.root.join(&args.out),
@@ -114,7 +105,8 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    for scenario in owned {
+    let knobs = family::Knobs::from_env()?;
+    for scenario in picked {
         match scenario {
             "publish-path" => publish::publish_path(&bench).await?,
             "durable" => publish::durable(&bench).await?,
@@ -127,13 +119,24 @@ pub(crate) async fn run(args: Args) -> Result<bool> {
             "micro" => publish::micro(&bench)?,
             "silent" => silent::silent(&bench).await?,
             "webhooks" => webhooks::webhooks(&bench, &args.webhook_duration).await?,
-            _ => lifecycle::lifecycle(&bench, args.lifecycle_sessions).await?,
+            "lifecycle" => lifecycle::lifecycle(&bench, args.lifecycle_sessions).await?,
+            "fanout" => family::fanout(&bench, &knobs).await?,
+            "idle" => family::idle(&bench, &knobs).await?,
+            "peer" => family::peer(&bench, &knobs).await?,
+            "compare" => family::compare(&bench, &knobs).await?,
+            "cost" => family::cost(&bench, &knobs).await?,
+            "small" => family::small(&bench).await?,
+            "budget" => family::budget(&bench).await?,
+            "cluster" => family::cluster(&bench, &knobs).await?,
+            _ => family::profile(&bench).await?,
         }
     }
-    Ok(passed)
+    eprintln!("{}", report::table(&bench.out)?);
+    Ok(true)
 }
 
 /// Where a benchmark runs: the workspace, its results and its scratch files.
+#[derive(Clone)]
 pub(crate) struct Bench {
     ws: Workspace,
     out: PathBuf,
@@ -146,9 +149,20 @@ impl Bench {
         Server::start(&["--maxclients", "20000"], false)
     }
 
+    /// A copy to move into a blocking task.
+    fn shallow(&self) -> Bench {
+        self.clone()
+    }
+
     /// `n` gateways on `redis` with the load generator's settings plus `extra`.
     async fn gateways(&self, redis: &Server, n: usize, extra: &[(&str, &str)]) -> Vec<Gateway> {
-        let env = gateway_env(&format!("redis://127.0.0.1:{}", redis.port), SECRET, extra);
+        let url = format!("redis://127.0.0.1:{}", redis.port);
+        self.gateways_on(&url, n, extra).await
+    }
+
+    /// `n` gateways on the Redis at `url` (a cluster's too).
+    async fn gateways_on(&self, url: &str, n: usize, extra: &[(&str, &str)]) -> Vec<Gateway> {
+        let env = gateway_env(url, SECRET, extra);
         let mut gateways = Vec::new();
         for _ in 0..n {
             gateways.push(
@@ -216,16 +230,16 @@ impl Bench {
     }
 }
 
-/// What `xtask health` prints of a server's `/health`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+/// What the idle run reads of a server's `/health`.
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum HealthField {
     Rss,
     Conns,
 }
 
-/// `xtask health PORT FIELD`: resident memory or connections, from a gateway's `/health`
-/// or the Socket.IO peer's (which answers its own shape).
-pub(crate) async fn health(port: u16, field: HealthField) -> Result<bool> {
+/// Resident memory or connections, from a gateway's `/health` or the Socket.IO peer's
+/// (which answers its own shape).
+pub(crate) async fn health_value(port: u16, field: HealthField) -> Result<u64> {
     let (status, body) = testkit::http_get(([127, 0, 0, 1], port).into(), "/health").await;
     let h: serde_json::Value = serde_json::from_str(&body)
         .map_err(|e| format!("/health on {port} answered {status}: {e}"))?;
@@ -236,8 +250,8 @@ pub(crate) async fn health(port: u16, field: HealthField) -> Result<bool> {
         (HealthField::Rss, false) => &h["rss_bytes"],
         (HealthField::Conns, false) => &h["sockets"],
     };
-    println!("{v}");
-    Ok(true)
+    v.as_u64()
+        .ok_or_else(|| format!("/health on {port} has no {field:?}"))
 }
 
 /// A server process other than a gateway (the floor peer).

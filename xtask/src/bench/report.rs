@@ -1,11 +1,12 @@
-//! `xtask report`: what `scripts/bench.sh` asks of the load generator's reports for the
-//! fan-out family (until `scripts/bench_report.py`, which re-parsed them). A fan-out
-//! step's verdict, the row every summary is built from (throughput, loss, latency, and
-//! the CPU the servers and Redis spent per delivery over the publishing window), the
-//! fan-out search's summary and table, idle capacity, the final table, and the load
-//! generator's own CPU (`child-cpu`). Reports are read as
-//! `roomcast_loadtest::report::Report`; the summaries this module writes are read back
-//! with their own types. `family.rs` holds the compare, cost, small and budget summaries.
+//! The fan-out family's summaries (until 2026-12-07 `scripts/bench_report.py`, which
+//! re-parsed the load generator's JSON): a step's verdict, the row every summary is
+//! built from (throughput, loss, latency, and the CPU the servers and Redis spent per
+//! delivery over the publishing window), the fan-out search's summary and table, and
+//! the table `make bench` ends with. Reports are read as
+//! `roomcast_loadtest::report::Report`; the summaries written here are read back with
+//! their own types. `family.rs`: compare, cost, small, budget; `idle.rs`; `cluster.rs`;
+//! `cli.rs`: `cargo xtask report`, which renders them again from results on disk. The
+//! output is the Python's, field for field, rounding and printing included.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,11 +17,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::kit::Result;
 
+mod cli;
+mod cluster;
 mod family;
+mod idle;
+pub(crate) use cli::{run, ReportCmd};
+pub(crate) use cluster::{cluster, cluster_publish};
 pub(crate) use family::{
-    budget, budget_markdown, cluster, cluster_publish, compare, compare_markdown, cost, small,
-    small_markdown,
+    budget, budget_markdown, compare, compare_markdown, cost, small, small_markdown,
 };
+pub(crate) use idle::{idle, Idle};
 
 /// The p99 bound of a fan-out step.
 pub(crate) const P99_BOUND_MS: f64 = 50.0;
@@ -450,75 +456,6 @@ pub(crate) fn markdown(out: &Path, label: &str) -> Result<String> {
     Ok(lines.join("\n"))
 }
 
-/// One node of the idle scenario, as `bench.sh` measured it.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct IdleNode {
-    port: u16,
-    connections: u64,
-    rss_before_bytes: u64,
-    rss_bytes: u64,
-    rss_per_connection_bytes: Option<i64>,
-    cpu_percent_of_one_core: f64,
-}
-
-/// `idle-<label>.json`.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Idle {
-    scenario: String,
-    server: String,
-    cpu_window_s: f64,
-    nodes: Vec<IdleNode>,
-    rss_per_connection_bytes: Option<i64>,
-    /// Redis at idle: the presence refreshes of every node's members.
-    redis_cpu_percent_of_one_core: Option<f64>,
-}
-
-/// The idle summary from `port rss_before rss connections ticks` lines (one per node).
-pub(crate) fn idle(
-    label: &str,
-    window: f64,
-    clk: f64,
-    redis_ticks: Option<u64>,
-    lines: &str,
-) -> Result<Idle> {
-    let mut nodes = Vec::new();
-    for line in lines.lines().filter(|l| !l.trim().is_empty()) {
-        let f: Vec<u64> = line
-            .split_whitespace()
-            .map(|x| x.parse().map_err(|e| format!("idle: {line:?}: {e}")))
-            .collect::<Result<_>>()?;
-        let [port, before, rss, conns, ticks] = f[..] else {
-            return Err(format!(
-                "idle: want `port before rss connections ticks`, got {line:?}"
-            ));
-        };
-        nodes.push(IdleNode {
-            port: port as u16,
-            connections: conns,
-            rss_before_bytes: before,
-            rss_bytes: rss,
-            rss_per_connection_bytes: (conns > 0)
-                .then(|| half_even((rss as f64 - before as f64) / conns as f64) as i64),
-            cpu_percent_of_one_core: round_to(100.0 * ticks as f64 / clk / window, 2),
-        });
-    }
-    let per_conn: Vec<i64> = nodes
-        .iter()
-        .filter_map(|n| n.rss_per_connection_bytes)
-        .filter(|v| *v != 0)
-        .collect();
-    Ok(Idle {
-        scenario: "idle".into(),
-        server: label.into(),
-        cpu_window_s: window,
-        rss_per_connection_bytes: (!per_conn.is_empty())
-            .then(|| half_even(per_conn.iter().sum::<i64>() as f64 / per_conn.len() as f64) as i64),
-        nodes,
-        redis_cpu_percent_of_one_core: redis_ticks
-            .map(|t| round_to(100.0 * t as f64 / clk / window, 2)),
-    })
-}
-
 /// The lines `make bench` ends with: what each scenario found, from the files in `out`.
 pub(crate) fn table(out: &Path) -> Result<String> {
     let mut lines = Vec::new();
@@ -612,144 +549,6 @@ pub(crate) fn step(path: &Path, bound_ms: f64) -> Result<u8> {
     })
 }
 
-/// `xtask report`: what `scripts/bench.sh` asks of the reports (one subcommand each).
-#[derive(Debug, clap::Subcommand)]
-pub(crate) enum ReportCmd {
-    /// A fan-out step's verdict: exits 0 to go on, 1 failed, 2 passed but saturated.
-    Step {
-        file: PathBuf,
-        bound_ms: f64,
-    },
-    /// Runs COMMAND, writes the CPU seconds it and the children it waited for used to
-    /// FILE, and exits with its status.
-    ChildCpu {
-        file: PathBuf,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        command: Vec<String>,
-    },
-    /// A quarter of the best passing step's per-session rate.
-    Quarter {
-        out: PathBuf,
-        label: String,
-    },
-    /// The fan-out search's summary.
-    Fanout {
-        out: PathBuf,
-        label: String,
-    },
-    /// The idle summary from `port rss_before rss connections ticks` lines on stdin.
-    Idle {
-        label: String,
-        window: f64,
-        clk: f64,
-        redis_ticks: Option<u64>,
-    },
-    /// The fan-out summary as a Markdown table.
-    Markdown {
-        out: PathBuf,
-        label: String,
-    },
-    Compare {
-        out: PathBuf,
-    },
-    CompareMarkdown {
-        out: PathBuf,
-    },
-    Cost {
-        out: PathBuf,
-    },
-    Small {
-        out: PathBuf,
-    },
-    SmallMarkdown {
-        out: PathBuf,
-    },
-    Budget {
-        out: PathBuf,
-    },
-    BudgetMarkdown {
-        out: PathBuf,
-    },
-    /// Adds the primaries and Redis's CPU to a `publish_path` run on a cluster.
-    ClusterPublish {
-        file: PathBuf,
-        primaries: u32,
-        redis_ticks: u64,
-        clk: f64,
-    },
-    /// The cluster scenario's summary from its runs in WORK and OUT.
-    Cluster {
-        work: PathBuf,
-        out: PathBuf,
-    },
-    /// The lines `make bench` ends with.
-    Table {
-        out: PathBuf,
-    },
-}
-
-/// Runs one report command; answers the exit status.
-pub(crate) fn run(cmd: ReportCmd) -> Result<u8> {
-    let text = match cmd {
-        ReportCmd::Step { file, bound_ms } => return step(&file, bound_ms),
-        ReportCmd::ChildCpu { file, command } => return child_cpu(&file, &command),
-        ReportCmd::Quarter { out, label } => quarter(&out, &label)?,
-        ReportCmd::Fanout { out, label } => pretty(&fanout(&out, &label)?)?,
-        ReportCmd::Idle {
-            label,
-            window,
-            clk,
-            redis_ticks,
-        } => {
-            let lines = std::io::read_to_string(std::io::stdin()).map_err(|e| e.to_string())?;
-            pretty(&idle(&label, window, clk, redis_ticks, &lines)?)?
-        }
-        ReportCmd::Markdown { out, label } => markdown(&out, &label)?,
-        ReportCmd::Compare { out } => pretty(&compare(&out)?)?,
-        ReportCmd::CompareMarkdown { out } => compare_markdown(&out)?,
-        ReportCmd::Cost { out } => pretty(&cost(&out)?)?,
-        ReportCmd::Small { out } => pretty(&small(&out)?)?,
-        ReportCmd::SmallMarkdown { out } => small_markdown(&out)?,
-        ReportCmd::Budget { out } => pretty(&budget(&out)?)?,
-        ReportCmd::BudgetMarkdown { out } => budget_markdown(&out)?,
-        ReportCmd::ClusterPublish {
-            file,
-            primaries,
-            redis_ticks,
-            clk,
-        } => {
-            let text =
-                serde_json::to_string(&cluster_publish(&load(&file)?, primaries, redis_ticks, clk))
-                    .map_err(|e| e.to_string())?;
-            std::fs::write(&file, text).map_err(|e| format!("{}: {e}", file.display()))?;
-            return Ok(0);
-        }
-        ReportCmd::Cluster { work, out } => pretty(&cluster(&work, &out)?)?,
-        ReportCmd::Table { out } => table(&out)?,
-    };
-    println!("{text}");
-    Ok(0)
-}
-
-/// `child-cpu`: the load generator's CPU, its workers' included, read from the kernel's
-/// accounting of the exited process before it is reaped.
-fn child_cpu(file: &Path, command: &[String]) -> Result<u8> {
-    let (program, args) = command.split_first().ok_or("child-cpu: no command")?;
-    let mut child = std::process::Command::new(program)
-        .args(args)
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let pid = child.id();
-    while !super::is_zombie(pid) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let seconds = super::cpu_ticks(pid, true) as f64 / super::clk_tck() as f64;
-    let status = child.wait().map_err(|e| e.to_string())?;
-    std::fs::write(file, format!("{seconds:.3}\n"))
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    Ok(status.code().map_or(1, |c| c as u8))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -814,21 +613,6 @@ mod tests {
             Ok(1),
             "a failure is a failure"
         );
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn child_cpu_passes_the_status_on_and_writes_seconds() {
-        let dir = testkit::scratch_dir("report-cpu");
-        let file = dir.join("cpu");
-        let command = ["sh", "-c", "exit 3"].map(String::from);
-        assert_eq!(child_cpu(&file, &command), Ok(3));
-        let seconds: f64 = std::fs::read_to_string(&file)
-            .expect("written")
-            .trim()
-            .parse()
-            .expect("seconds");
-        assert!((0.0..1.0).contains(&seconds), "{seconds}");
         let _ = std::fs::remove_dir_all(dir);
     }
 
