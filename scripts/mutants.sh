@@ -20,11 +20,11 @@ GROUP=${GROUP:-changed}
 
 files() {
   case $1 in
-  delivery) echo gateway/src/session/pump.rs gateway/src/session/pump/joins.rs gateway/src/session/pump/numbering.rs gateway/src/session/mod.rs gateway/src/client.rs ;;
+  delivery) echo gateway/src/session/pump.rs gateway/src/session/pump/events.rs gateway/src/session/pump/joins.rs gateway/src/session/pump/numbering.rs gateway/src/session/mod.rs gateway/src/client.rs ;;
   limits) echo gateway/src/ratelimit.rs gateway/src/store/limits.rs ;;
   health) echo gateway/src/app.rs gateway/src/background.rs gateway/src/http.rs ;;
   auth) echo gateway/src/auth.rs ;;
-  store) echo gateway/src/store/mod.rs gateway/src/store/sessions.rs gateway/src/store/indexes.rs gateway/src/store/tls.rs gateway/src/lifecycle.rs gateway/src/api/history.rs ;;
+  store) echo gateway/src/store/mod.rs gateway/src/store/error.rs gateway/src/store/scripts.rs gateway/src/store/realtime.rs gateway/src/store/presence.rs gateway/src/store/nodes.rs gateway/src/store/sessions.rs gateway/src/store/indexes.rs gateway/src/store/tls.rs gateway/src/lifecycle.rs gateway/src/api/history.rs ;;
   esac
 }
 
