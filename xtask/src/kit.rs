@@ -75,24 +75,21 @@ impl Workspace {
         std::env::var_os("ROOMCAST_BIN").map_or_else(|| self.bin("roomcast"), PathBuf::from)
     }
 
-    /// Builds the gateway and the load generator (and in release the floor peer). In
-    /// release, always (cargo makes it a
-    /// no-op when nothing changed). In debug, only when missing: `make test` runs the
-    /// short soak on what `cargo test --workspace` built, and a `cargo build` of two
-    /// packages would resolve features apart from it and build everything again.
+    /// Builds what the drivers run: in release the gateway, the load generator (with
+    /// the webhook sink) and the floor peer, always (cargo makes it a no-op when nothing
+    /// changed); in debug the workspace, only when the binaries are missing: `make test`
+    /// runs the short soak on what `cargo test --workspace` built, and a `cargo build`
+    /// of two packages would resolve features apart from it and build everything again.
     pub(crate) fn build(&self) -> Result<()> {
         let mut cargo =
             std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
         cargo.current_dir(&self.root).args(["build", "-q"]);
         match self.profile {
             Profile::Release => {
-                cargo.args([
-                    "--release",
-                    "-p",
-                    "roomcast-gateway",
-                    "-p",
-                    "roomcast-loadtest",
-                ]);
+                cargo.arg("--release");
+                for package in ["roomcast-gateway", "roomcast-loadtest", "roomcast-floor"] {
+                    cargo.args(["-p", package]);
+                }
             }
             Profile::Debug if self.gateway().exists() && self.bin("loadtest").exists() => {
                 return Ok(())

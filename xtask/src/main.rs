@@ -1,9 +1,8 @@
 //! `cargo xtask`: the drivers behind `make bench`, `make soak`, `make chaos` and `make
-//! contract-test`. They start private
-//! processes through the test kit (the integration tests' own), drive them with the load
-//! generator, and judge what it reports with the types that wrote the report
-//! (`roomcast_loadtest::report`). Exit status: 0 passed, 1 a verdict failed, 2 the run
-//! could not be made.
+//! contract-test`. They start private processes through the test kit (the integration
+//! tests' own), drive them with the load generator, and judge what it reports with the
+//! types that wrote the report (`roomcast_loadtest::report`). Exit status: 0 passed, 1
+//! a verdict failed, 2 the run could not be made.
 
 mod bench;
 mod chaos;

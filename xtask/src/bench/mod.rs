@@ -198,7 +198,7 @@ impl Bench {
         Ok(peer)
     }
 
-    /// `scripts/bench.sh`'s `cargo bench` of the gateway's `bench`, its stdout.
+    /// `cargo bench` of the gateway's `bench` target (release), its stdout.
     fn cargo_bench(&self, bench: &str, args: &[String]) -> Result<String> {
         let out = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
             .current_dir(&self.ws.root)

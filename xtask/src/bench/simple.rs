@@ -46,8 +46,8 @@ pub(crate) async fn storm(b: &Bench, clients: usize) -> Result<()> {
     Ok(())
 }
 
-/// The CPU a run used (the `.cpu` file beside its report, which `bench_report.py table`
-/// and BENCHMARKS.md read): servers and Redis in clock ticks, the load generator in
+/// The CPU a run used (the `.cpu` file beside its report, which the final table and
+/// BENCHMARKS.md read): servers and Redis in clock ticks, the load generator in
 /// seconds.
 #[derive(Debug, Serialize)]
 struct RunCpu {
