@@ -9,10 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use testkit::{Gateway, KilledOnDrop, Server};
+use testkit::{Gateway, Server};
 
-use super::report::{self, pretty};
+use super::report::{self, pretty, CpuFile};
 use super::{clk_tck, cpu_ticks, load_with_cpu, log, print_table, Bench, Peer};
 use crate::kit::{Load, Result};
 
@@ -189,7 +188,7 @@ impl Fleet {
         self
     }
 
-    fn server_ticks(&self) -> u64 {
+    pub(crate) fn server_ticks(&self) -> u64 {
         self.servers.iter().map(|s| cpu_ticks(s.pid(), false)).sum()
     }
 
@@ -233,34 +232,12 @@ impl Fleet {
     }
 }
 
-/// One Socket.IO peer (`loadtest/peers/socketio`) on `redis_url`.
+/// One Socket.IO peer (`loadtest/peers/socketio`, under node) on `redis_url`.
 async fn socketio_peer(b: &Bench, redis_url: &str) -> Result<Peer> {
-    let port = testkit::free_port();
-    let log = std::fs::File::create(b.work.join(format!("peer-{port}.log")))
-        .map_err(|e| e.to_string())?;
-    let child = Command::new("node")
-        .arg(b.ws.root.join("loadtest/peers/socketio/server.js"))
-        .env("PORT", port.to_string())
-        .env("REDIS_URL", redis_url)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("cannot start the Socket.IO peer (node): {e}"))?;
-    let peer = Peer {
-        process: KilledOnDrop(child),
-        addr: ([127, 0, 0, 1], port).into(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while testkit::http_get(peer.addr, "/health").await.0 != 200 {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the Socket.IO peer on {port} did not answer /health"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(peer)
+    let mut node = Command::new("node");
+    node.arg(b.ws.root.join("loadtest/peers/socketio/server.js"))
+        .env("REDIS_URL", redis_url);
+    b.peer("socketio", node).await
 }
 
 /// The Socket.IO peer's packages (`npm ci`), when a scenario runs it.
@@ -300,18 +277,6 @@ impl Load1 {
             perf_events: None,
         }
     }
-}
-
-/// `<file>.cpu`: what the servers and Redis used over the run and over the window.
-#[derive(Debug, Serialize)]
-struct RunCpu {
-    server_ticks: u64,
-    redis_ticks: u64,
-    clk_tck: u64,
-    loadgen_cpu_s: f64,
-    window_s: u64,
-    window_server_ticks: u64,
-    window_redis_ticks: u64,
 }
 
 /// One measured run at `rate` msg/s per session: the report in `file`, the CPU in
@@ -382,17 +347,16 @@ pub(crate) async fn fanout_run(
     }
     let loadgen_cpu_s = load_with_cpu(&mut load).await?;
     print_table(&b.work, &name);
-    let cpu = RunCpu {
+    CpuFile {
         server_ticks: fleet.server_ticks().saturating_sub(s0),
         redis_ticks: fleet.redis_ticks().saturating_sub(r0),
         clk_tck: clk_tck(),
-        loadgen_cpu_s: report::round_to(loadgen_cpu_s, 3),
+        loadgen_cpu_s: Some(report::round_to(loadgen_cpu_s, 3)),
         window_s: window,
         window_server_ticks: w1.saturating_sub(w0),
         window_redis_ticks: wr1.saturating_sub(wr0),
-    };
-    let text = serde_json::to_string(&cpu).map_err(|e| e.to_string())?;
-    std::fs::write(report::with_suffix(file, ".cpu"), text + "\n").map_err(|e| e.to_string())?;
+    }
+    .write(file)?;
     let _ = std::fs::remove_file(&started);
     Ok(())
 }

@@ -174,16 +174,23 @@ impl Bench {
 
     /// The floor peer (`loadtest/peers/floor`): one process, as it has nothing to share.
     async fn floor(&self) -> Result<Peer> {
+        self.peer("floor", std::process::Command::new(self.ws.bin("floor")))
+            .await
+    }
+
+    /// A server that is not a gateway (the floor peer, a Socket.IO peer): `cmd` on a free
+    /// port (`PORT`), its output in `<work>/<name>-<port>.log`, answering `/health`.
+    async fn peer(&self, name: &str, mut cmd: std::process::Command) -> Result<Peer> {
         let port = testkit::free_port();
-        let log = std::fs::File::create(self.work.join(format!("floor-{port}.log")))
+        let log = std::fs::File::create(self.work.join(format!("{name}-{port}.log")))
             .map_err(|e| e.to_string())?;
-        let child = std::process::Command::new(self.ws.bin("floor"))
+        let child = cmd
             .env("PORT", port.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("cannot start the floor peer: {e}"))?;
+            .map_err(|e| format!("cannot start the {name} peer: {e}"))?;
         let peer = Peer {
             process: KilledOnDrop(child),
             addr: ([127, 0, 0, 1], port).into(),
@@ -191,7 +198,7 @@ impl Bench {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while testkit::http_get(peer.addr, "/health").await.0 != 200 {
             if std::time::Instant::now() > deadline {
-                return Err(format!("the floor peer on {port} did not answer /health"));
+                return Err(format!("the {name} peer on {port} did not answer /health"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

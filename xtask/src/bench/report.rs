@@ -82,20 +82,45 @@ pub(crate) fn py_float(x: f64) -> String {
     }
 }
 
-/// The `.cpu` file beside a report: clock ticks the servers and Redis used over the run
-/// and over the publishing window, and the load generator's CPU seconds.
-#[derive(Debug, Deserialize)]
-struct CpuFile {
-    server_ticks: u64,
-    redis_ticks: u64,
-    clk_tck: f64,
-    loadgen_cpu_s: Option<f64>,
-    #[serde(default)]
-    window_s: f64,
-    #[serde(default)]
-    window_server_ticks: u64,
-    #[serde(default)]
-    window_redis_ticks: u64,
+/// The `.cpu` file beside a report, written by the runs that measure CPU and read by
+/// every summary: clock ticks the servers and Redis used over the run and over the
+/// publishing window (absent when there was none), and the load generator's CPU seconds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct CpuFile {
+    pub(crate) server_ticks: u64,
+    pub(crate) redis_ticks: u64,
+    pub(crate) clk_tck: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) loadgen_cpu_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) window_s: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) window_server_ticks: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) window_redis_ticks: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl CpuFile {
+    /// The `.cpu` file of the report at `report`.
+    pub(crate) fn read(report: &Path) -> Result<CpuFile> {
+        load(&with_suffix(report, ".cpu"))
+    }
+
+    /// Writes it beside the report at `report`.
+    pub(crate) fn write(&self, report: &Path) -> Result<()> {
+        let text = serde_json::to_string(self).map_err(|e| e.to_string())? + "\n";
+        let path = with_suffix(report, ".cpu");
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Ticks as seconds.
+    pub(crate) fn seconds(&self, ticks: u64) -> f64 {
+        ticks as f64 / self.clk_tck.max(1) as f64
+    }
 }
 
 /// A run's CPU, in seconds.
@@ -114,15 +139,15 @@ pub(crate) struct Cpu {
 }
 
 fn cpu(path: &Path) -> Option<Cpu> {
-    let c: CpuFile = load(&with_suffix(path, ".cpu")).ok()?;
-    let windowed = c.window_s > 0.0;
+    let c = CpuFile::read(path).ok()?;
+    let windowed = c.window_s > 0;
     Some(Cpu {
-        server_cpu_s: c.server_ticks as f64 / c.clk_tck,
-        redis_cpu_s: c.redis_ticks as f64 / c.clk_tck,
+        server_cpu_s: c.seconds(c.server_ticks),
+        redis_cpu_s: c.seconds(c.redis_ticks),
         loadgen_cpu_s: c.loadgen_cpu_s.map(|s| round_to(s, 2)),
-        window_s: windowed.then_some(c.window_s),
-        window_server_cpu_s: windowed.then(|| c.window_server_ticks as f64 / c.clk_tck),
-        window_redis_cpu_s: windowed.then(|| c.window_redis_ticks as f64 / c.clk_tck),
+        window_s: windowed.then_some(c.window_s as f64),
+        window_server_cpu_s: windowed.then(|| c.seconds(c.window_server_ticks)),
+        window_redis_cpu_s: windowed.then(|| c.seconds(c.window_redis_ticks)),
     })
 }
 
@@ -612,6 +637,46 @@ mod tests {
             step(&write_step(&dir, 70, 60.0), 50.0),
             Ok(1),
             "a failure is a failure"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_cpu_file_reads_back_as_written_and_committed_ones_read() {
+        let committed = |name: &str| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../bench")
+                .join(name)
+        };
+        let windowed = CpuFile::read(&committed("cost-d2.json")).expect("a cost run's");
+        assert!(
+            windowed.window_s > 0 && windowed.window_server_ticks > 0,
+            "{windowed:?}"
+        );
+        let whole = CpuFile::read(&committed("broadcast-10k.json")).expect("the broadcast's");
+        assert_eq!((whole.window_s, whole.window_server_ticks), (0, 0));
+        let dir = testkit::scratch_dir("cpu-file");
+        let report = dir.join("run.json");
+        whole.write(&report).expect("write");
+        let again = CpuFile::read(&report).expect("read back");
+        assert_eq!(
+            (
+                again.server_ticks,
+                again.redis_ticks,
+                again.clk_tck,
+                again.loadgen_cpu_s
+            ),
+            (
+                whole.server_ticks,
+                whole.redis_ticks,
+                whole.clk_tck,
+                whole.loadgen_cpu_s
+            )
+        );
+        let text = std::fs::read_to_string(dir.join("run.json.cpu")).expect("the file");
+        assert!(
+            !text.contains("window"),
+            "no window, no window fields: {text}"
         );
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -1,10 +1,10 @@
 //! Scenarios that are one load-generator run against fresh servers: the connect storm
 //! (section 4 of BENCHMARKS.md) and the broadcast to 10,000 displays (section 2).
 
-use serde::Serialize;
-
-use super::{clk_tck, cpu_ticks, load_with_cpu, log, print_table, ws_urls, Bench};
-use crate::kit::{Load, Result};
+use super::fanout::{Fleet, Kind};
+use super::report::{self, CpuFile};
+use super::{clk_tck, load_with_cpu, log, print_table, Bench};
+use crate::kit::{self, Load, Result};
 
 /// `storm`: `clients` clients (one in ten a controller) connect and join, 1,000 in
 /// flight, to two gateways; `bench/storm-10k.json` is the load generator's report.
@@ -14,8 +14,7 @@ pub(crate) async fn storm(b: &Bench, clients: usize) -> Result<()> {
     log(&format!(
         "connect storm: {clients} clients connect and join, 1,000 in flight"
     ));
-    let addrs: Vec<_> = gateways.iter().map(|g| g.addr).collect();
-    let mut args = ws_urls(&addrs, "/ws");
+    let mut args = kit::url_args(&gateways, false);
     args.extend(
         [
             "--secret",
@@ -46,45 +45,22 @@ pub(crate) async fn storm(b: &Bench, clients: usize) -> Result<()> {
     Ok(())
 }
 
-/// The CPU a run used (the `.cpu` file beside its report, which the final table and
-/// BENCHMARKS.md read): servers and Redis in clock ticks, the load generator in
-/// seconds.
-#[derive(Debug, Serialize)]
-struct RunCpu {
-    server_ticks: u64,
-    redis_ticks: u64,
-    clk_tck: u64,
-    loadgen_cpu_s: f64,
-}
-
 /// `broadcast`: one session, 10,000 displays, 10 msg/s for 20 s, against two gateways
 /// (`roomcast`) or the floor peer (`floor`: what this machine can deliver at all, as the
 /// generator and the servers share its two cores). CPU over the whole run, joins included.
 pub(crate) async fn broadcast(b: &Bench, server: &str) -> Result<()> {
-    let redis = b.redis();
-    let (gateways, floor, file) = match server {
-        "floor" => (
-            Vec::new(),
-            Some(b.floor().await?),
-            "broadcast-10k-floor.json",
-        ),
-        "roomcast" => (b.gateways(&redis, 2, &[]).await, None, "broadcast-10k.json"),
+    let (kind, file) = match server {
+        "floor" => (Kind::Floor, "broadcast-10k-floor.json"),
+        "roomcast" => (Kind::Roomcast, "broadcast-10k.json"),
         other => return Err(format!("broadcast: no server {other:?} (roomcast, floor)")),
     };
-    let mut addrs: Vec<_> = gateways.iter().map(|g| g.addr).collect();
-    let mut pids: Vec<u32> = gateways.iter().map(testkit::Gateway::pid).collect();
-    if let Some(f) = &floor {
-        addrs.push(f.addr);
-        pids.push(f.process.0.id());
-    }
+    let fleet = Fleet::standalone(b, false)?.serve(b, kind).await?;
     log(&format!(
         "broadcast {server}: 1 session, 10,000 displays, 10 msg/s"
     ));
-    let redis_pid = redis.pid().unwrap_or(0);
-    let servers = || pids.iter().map(|p| cpu_ticks(*p, false)).sum::<u64>();
-    let (s0, r0) = (servers(), cpu_ticks(redis_pid, false));
+    let (s0, r0) = (fleet.server_ticks(), fleet.redis_ticks());
     let path = b.out.join(file);
-    let mut args = ws_urls(&addrs, "/ws");
+    let mut args = fleet.urls();
     args.extend(
         [
             "--secret",
@@ -112,13 +88,14 @@ pub(crate) async fn broadcast(b: &Bench, server: &str) -> Result<()> {
     );
     let mut load = Load::spawn(&b.ws, &b.work, &format!("broadcast-{server}"), &args, None)?;
     let loadgen_cpu_s = load_with_cpu(&mut load).await?;
-    let cpu = RunCpu {
-        server_ticks: servers().saturating_sub(s0),
-        redis_ticks: cpu_ticks(redis_pid, false).saturating_sub(r0),
-        clk_tck: clk_tck(),
-        loadgen_cpu_s,
-    };
     print_table(&b.work, &format!("broadcast-{server}"));
-    let text = serde_json::to_string(&cpu).map_err(|e| e.to_string())?;
-    b.write(&format!("{file}.cpu"), &(text + "\n"))
+    // Over the whole run, joins included: no publishing window.
+    CpuFile {
+        server_ticks: fleet.server_ticks().saturating_sub(s0),
+        redis_ticks: fleet.redis_ticks().saturating_sub(r0),
+        clk_tck: clk_tck(),
+        loadgen_cpu_s: Some(report::round_to(loadgen_cpu_s, 3)),
+        ..CpuFile::default()
+    }
+    .write(&path)
 }

@@ -15,7 +15,7 @@ use roomcast_loadtest::report::{Lag, Report, SinkReport};
 use serde::Serialize;
 use testkit::KilledOnDrop;
 
-use super::{clk_tck, cpu_ticks, log, print_table, ws_urls, Bench};
+use super::{clk_tck, cpu_ticks, log, print_table, Bench};
 use crate::kit::{self, Load, Result};
 
 /// The secret the gateways sign with (standard-webhooks form).
@@ -187,8 +187,7 @@ pub(crate) async fn webhooks(b: &Bench, duration: &str) -> Result<()> {
             };
             let (r0, g0) = ticks();
             let report = b.out.join(format!("webhooks-{target}-{hooks}.json"));
-            let addrs: Vec<_> = gateways.iter().map(|g| g.addr).collect();
-            let mut args = ws_urls(&addrs, "/ws");
+            let mut args = kit::url_args(&gateways, false);
             args.extend(
                 [
                     "--secret",
@@ -269,7 +268,7 @@ pub(crate) async fn webhooks(b: &Bench, duration: &str) -> Result<()> {
         let gateways = b.gateways(&redis, 1, &env).await;
         log(&format!("join hook {hooks}: 1,000 joins, 100 in flight"));
         let report = b.out.join(format!("webhooks-join-{hooks}.json"));
-        let mut args = ws_urls(&[gateways[0].addr], "/ws");
+        let mut args = kit::url_args(&gateways, false);
         args.extend(
             [
                 "--secret",

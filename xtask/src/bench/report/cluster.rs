@@ -6,7 +6,7 @@ use std::path::Path;
 use roomcast_loadtest::report::Report;
 use serde::Serialize;
 
-use super::{load, with_suffix, Ordered};
+use super::{load, CpuFile, Ordered};
 use crate::kit::Result;
 
 /// A `publish_path` run on a cluster of `primaries`, with the CPU Redis spent on it.
@@ -54,10 +54,8 @@ pub(crate) fn cluster(work: &Path, out: &Path) -> Result<Cluster> {
     for label in ["standalone", "cluster3"] {
         let path = out.join(format!("cluster-fanout-{label}.json"));
         let r: Report = load(&path)?;
-        let c: serde_json::Value = load(&with_suffix(&path, ".cpu"))?;
-        let hz = c["clk_tck"].as_f64().unwrap_or(100.0);
-        let per =
-            |ticks: &str| c[ticks].as_f64().unwrap_or(0.0) / hz * 1e6 / r.delivered.max(1) as f64;
+        let c = CpuFile::read(&path)?;
+        let per = |ticks: u64| c.seconds(ticks) * 1e6 / r.delivered.max(1) as f64;
         fanout.push((
             label.to_string(),
             ClusterFanout {
@@ -66,8 +64,8 @@ pub(crate) fn cluster(work: &Path, out: &Path) -> Result<Cluster> {
                 p99_ms: r.latency.p99_ms,
                 lost: r.lost,
                 duplicated_or_reordered: r.duplicated_or_reordered,
-                server_cpu_us_per_delivery: per("server_ticks"),
-                redis_cpu_us_per_delivery: per("redis_ticks"),
+                server_cpu_us_per_delivery: per(c.server_ticks),
+                redis_cpu_us_per_delivery: per(c.redis_ticks),
             },
         ));
     }
